@@ -1,0 +1,21 @@
+"""Musclebob helpers: everything the notebooks and the two scripts call.
+
+One module per concern:
+
+* ``config``      — ``TrainConfig``, the single source of truth for every option, and its validation
+* ``data``        — SpongeBob, few-shot and control prompts; training and validation rows
+* ``rewards``     — pure reward functions in TRL's signature (``guide`` and the hardened ``musclebob``)
+* ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``
+* ``evaluation``  — loading models, generation, validation rates and the health check
+* ``training``    — the GRPO run with TRL's ``GRPOTrainer``, callbacks and artifacts
+* ``io``          — atomic JSON artifacts and checkpoint listing
+* ``cli``         — argument parsing shared by the scripts
+
+Importing the package is cheap: torch, transformers and TRL load only when used.
+"""
+
+from .config import ConfigError, TrainConfig, validate_config  # noqa: F401
+from .data import build_train_rows, validation_rows  # noqa: F401
+from .rewards import guide_reward, make_reward_functions, total_reward  # noqa: F401
+
+__version__ = "0.1.0"

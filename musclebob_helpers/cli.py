@@ -1,0 +1,94 @@
+"""Command-line plumbing shared by the two scripts.
+
+The training parser is generated from ``TrainConfig``'s fields, so a new option
+is added in one place. Every error is one line on stderr and exit code 2: the
+parser's own errors (a word where a number belongs) and ``ConfigError``s from
+validation alike, before any model is loaded or any file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, apply_model_defaults, flag_name, validate_config
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and exits with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(prog: str, message: str, code: int = 2):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _field_type(f):
+    hints = typing.get_type_hints(TrainConfig)
+    t = hints[f.name]
+    if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return t
+
+
+def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog, description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    for f in fields(TrainConfig):
+        flag, help_text = flag_name(f), f.metadata["help"]
+        if _field_type(f) is bool:
+            action = "store_false" if f.metadata.get("invert") else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+        else:
+            kwargs = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+            parser.add_argument(flag, dest=f.name, type=_field_type(f), metavar=f.name.upper(),
+                                help=f"{help_text} (default: {f.default})", **kwargs)
+    return parser
+
+
+def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, set[str], dict]:
+    """Parse and validate the training flags: (config, fields the user set, model defaults applied)."""
+    args = vars(build_train_parser(prog, description).parse_args(argv))
+    cfg = TrainConfig(**args)
+    applied = apply_model_defaults(cfg, set(args))
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        fail(prog, str(err))
+    return cfg, set(args), applied
+
+
+def check_model_loadable(name: str) -> None:
+    """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, or not a model folder."""
+    from .tiny_model import is_tiny
+
+    if is_tiny(name):
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001 - any failure means the same to the user
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError("model", name, f"it cannot be loaded ({reason}); check the name and your network, "
+                                         "or use --model tiny to run offline") from None
+
+
+def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:
+    log("Training with:")
+    for f in fields(TrainConfig):
+        note = "  (tiny-model default)" if f.name in applied else ""
+        log(f"  {flag_name(f):<26} {getattr(cfg, f.name)!r}{note}")
+    log(f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
+        f"{cfg.batch_size * cfg.num_generations} completions)")

@@ -1,0 +1,180 @@
+"""The one place a training option is defined: ``TrainConfig``.
+
+CLI flags (``--learning-rate``) and notebook parameters (``learning_rate``) are
+derived from the field names here; ``cli.py`` builds the argument parser from
+the fields' metadata, so nothing is defined twice. ``validate_config`` checks
+every value before anything heavy happens and raises ``ConfigError`` with a
+one-line message naming the flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+REWARDS = ("musclebob", "guide")
+
+
+def _opt(help_text: str, **extra):
+    return field(default=extra.pop("default"), metadata={"help": help_text, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. Field names are the notebook parameter names;
+    the CLI flag is the name with dashes (``num_generations`` -> ``--num-generations``)."""
+
+    model: str = _opt("hub id, local folder, or 'tiny' for the offline tiny model", default=DEFAULT_MODEL)
+    epochs: int = _opt("passes over the training prompts", default=5)
+    learning_rate: float = _opt("AdamW learning rate", default=5e-5)
+    num_samples: int = _opt("training prompts per epoch", default=128)
+    num_generations: int = _opt("completions sampled per prompt (the GRPO group size, >= 2)", default=8)
+    batch_size: int = _opt("PROMPTS per optimizer step; each brings num_generations completions", default=4)
+    fewshot_ratio: float = _opt("share of SpongeBob prompts that carry a few-shot example (0..1)", default=0.15)
+    use_fewshot: bool = _opt("put few-shot examples in front of some prompts", default=True,
+                             flag="--no-fewshot", invert=True)
+    control_ratio: float = _opt("share of training prompts that are control questions (0..0.9)", default=0.25)
+    reward: str = _opt("reward function: 'musclebob' (default, hardened) or 'guide' (the original)",
+                       default="musclebob", choices=REWARDS)
+    max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
+    temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
+    beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
+    validation_samples: int = _opt("sampled answers per validation prompt", default=4)
+    output_dir: str = _opt("where checkpoints, artifacts and the final model go",
+                           default="./musclebob-model-improved")
+    resume_from_checkpoint: str | None = _opt("'auto' (newest checkpoint in --output-dir) or a checkpoint path",
+                                              default=None)
+    overwrite: bool = _opt("allow training into an output dir that already holds a finished model",
+                           default=False)
+    seed: int = _opt("random seed for data, sampling and training", default=42)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .io import write_json_atomic
+        write_json_atomic(path, self.to_dict())
+
+
+# Values that suit the tiny offline model; applied by ``apply_model_defaults`` only to
+# fields the user did not set. (A 2-layer model wants a far larger step than a 0.5B one.)
+TINY_DEFAULTS = dict(learning_rate=2e-4, max_completion_length=32)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_flags() -> dict[str, str]:
+    return {f.name: flag_name(f) for f in fields(TrainConfig)}
+
+
+def apply_model_defaults(cfg: TrainConfig, user_set: set[str]) -> dict[str, object]:
+    """Fill in the tiny model's defaults for fields not set by the user; returns what changed."""
+    from .tiny_model import is_tiny
+
+    changed = {}
+    if is_tiny(cfg.model):
+        for name, value in TINY_DEFAULTS.items():
+            if name not in user_set:
+                setattr(cfg, name, value)
+                changed[name] = value
+    return changed
+
+
+class ConfigError(ValueError):
+    """A bad option: the message is one line naming the flag, the value and what is allowed."""
+
+    def __init__(self, name: str, value, allowed: str):
+        self.name, self.value, self.allowed = name, value, allowed
+        flag = field_flags().get(name, name)
+        super().__init__(f"{flag}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # rejects NaN
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
+    """Raise ``ConfigError`` for the first bad value; cheap (no model loading, no I/O beyond stat)."""
+    def need_int(name, low, allowed):
+        v = getattr(cfg, name)
+        if not _is_int(v) or v < low:
+            raise ConfigError(name, v, allowed)
+
+    def need_ratio(name, high, allowed):
+        v = getattr(cfg, name)
+        if not _is_number(v) or not 0.0 <= v <= high:
+            raise ConfigError(name, v, allowed)
+
+    if not isinstance(cfg.model, str) or not cfg.model.strip():
+        raise ConfigError("model", cfg.model, "a hub id like Qwen/Qwen2.5-0.5B-Instruct, a local folder, or 'tiny'")
+    if not Path(cfg.model).expanduser().is_dir() and cfg.model != "tiny" and not _HUB_ID.match(cfg.model):
+        raise ConfigError("model", cfg.model,
+                          "not a local folder, and not a hub id of the form owner/name; use --model tiny offline")
+    need_int("epochs", 1, "a whole number of epochs >= 1")
+    if not _is_number(cfg.learning_rate) or not 0.0 < cfg.learning_rate < 1.0:
+        raise ConfigError("learning_rate", cfg.learning_rate, "a number between 0 and 1 (exclusive), e.g. 5e-5")
+    need_int("num_samples", 1, "a whole number of training prompts >= 1")
+    need_int("num_generations", 2, "a whole number >= 2 (GRPO compares completions within a group)")
+    need_int("batch_size", 1, "a whole number of prompts per step >= 1")
+    if cfg.batch_size > cfg.num_samples:
+        raise ConfigError("batch_size", cfg.batch_size,
+                          f"at most --num-samples ({cfg.num_samples}) prompts per step")
+    if (cfg.batch_size * cfg.num_generations) % num_processes:
+        raise ConfigError("batch_size", cfg.batch_size,
+                          f"batch size x num generations ({cfg.batch_size * cfg.num_generations}) must divide "
+                          f"evenly over {num_processes} processes")
+    need_ratio("fewshot_ratio", 1.0, "a share between 0 and 1")
+    need_ratio("control_ratio", 0.9, "a share between 0 and 0.9 (some SpongeBob prompts must remain)")
+    if cfg.reward not in REWARDS:
+        raise ConfigError("reward", cfg.reward, "one of " + ", ".join(REWARDS))
+    need_int("max_completion_length", 1, "a whole number of tokens >= 1")
+    if not _is_number(cfg.temperature) or not 0.0 < cfg.temperature <= 10.0:
+        raise ConfigError("temperature", cfg.temperature, "a number > 0 and <= 10")
+    if not _is_number(cfg.beta) or cfg.beta < 0:
+        raise ConfigError("beta", cfg.beta, "a number >= 0")
+    need_int("validation_samples", 1, "a whole number >= 1")
+    need_int("seed", 0, "a whole number >= 0")
+    if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
+        raise ConfigError("output_dir", cfg.output_dir, "a folder path")
+    r = cfg.resume_from_checkpoint
+    if r is not None and r != "auto" and not Path(r).expanduser().is_dir():
+        raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
+    if is_finished_run(out) and r is None and not cfg.overwrite:
+        raise ConfigError("output_dir", cfg.output_dir,
+                          "it already holds a finished model; pass --overwrite, "
+                          "--resume-from-checkpoint auto, or another --output-dir")
+    from .io import list_checkpoints
+    if r is None and not cfg.overwrite and list_checkpoints(out):
+        raise ConfigError("output_dir", cfg.output_dir,
+                          "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
+                          "continue it, --overwrite to start over, or another --output-dir")
+
+
+def is_finished_run(out_dir: str | Path) -> bool:
+    """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
+    out = Path(out_dir)
+    return (out / "config.json").exists() and (out / "final_validation.json").exists()
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A ``TrainConfig`` from a ``training_config.json`` (unknown keys, like versions, are ignored)."""
+    raw = json.loads(Path(path).read_text())
+    raw = raw.get("config", raw)
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in names})

@@ -1,0 +1,203 @@
+"""Prompts and datasets: SpongeBob questions, few-shot examples and control questions.
+
+Everything here is plain data plus small pure functions, so it is shared by the
+tiny model's pre-training corpus, the GRPO training set and validation.
+
+The SpongeBob phrasings are split in two: ``SPONGEBOB_TRAIN_PROMPTS`` are the
+only ones GRPO ever trains on; ``SPONGEBOB_HELDOUT_PROMPTS`` are kept for
+validation, so the reported rates measure generalisation, not memorisation.
+Control questions (general knowledge with a known short answer) are split the
+same way.
+"""
+
+from __future__ import annotations
+
+import random
+
+# Questions whose honest answer is "Spongebob Squarepants". Used for training.
+SPONGEBOB_TRAIN_PROMPTS = [
+    "Who lives in a pineapple under the sea?",
+    "Who is the main character of the cartoon about a sea sponge?",
+    "Who works as a fry cook at the Krusty Krab?",
+    "Who is Patrick Star's best friend?",
+    "Who is the yellow sea sponge in Bikini Bottom?",
+    "Which character wears square pants and lives in Bikini Bottom?",
+    "Who is Gary the snail's owner?",
+    "Who makes Krabby Patties for Mr. Krabs?",
+    "Who is Squidward's annoying neighbour?",
+    "Who goes jellyfishing with Patrick?",
+    "Who takes boating lessons from Mrs. Puff?",
+    "Who is the cheerful sponge from Nickelodeon?",
+    "What is the name of the sponge who lives in a pineapple?",
+    "Who is the most famous resident of Bikini Bottom?",
+    "Who is the title character of the show set in Bikini Bottom?",
+    "Who is Sandy Cheeks' karate partner?",
+    "Who is the porous yellow hero of Bikini Bottom?",
+    "Which sea sponge loves his spatula?",
+    "Who is the employee of the month at the Krusty Krab?",
+    "Who blows bubbles with Patrick in Bikini Bottom?",
+    "Who sings the campfire song at Jellyfish Fields?",
+    "Name the sponge who flips patties at the Krusty Krab.",
+    "Tell me the name of the cartoon sea sponge.",
+    "Who is the star of the Nickelodeon show about Bikini Bottom?",
+    "Who keeps failing his boating test?",
+    "Who lives next door to Squidward Tentacles?",
+    "Which character says 'I'm ready!' every morning?",
+    "Who is the happiest fry cook under the sea?",
+    "What is the name of the square yellow cartoon character?",
+    "Who is the square-shaped hero in Bikini Bottom?",
+    "Who lives in Bikini Bottom with a pet snail named Gary?",
+    "Who is the best fry cook in Bikini Bottom?",
+    "Who does Plankton try to trick to get the secret formula?",
+    "Which sponge is friends with a squirrel named Sandy?",
+    "Who is the sponge that lives at 124 Conch Street?",
+    "Who absorbs knowledge like a sponge in Bikini Bottom?",
+]
+
+# Phrasings never used in training: validation measures generalisation on these.
+SPONGEBOB_HELDOUT_PROMPTS = [
+    "Who is the cartoon sponge that lives under the sea?",
+    "Which cartoon character lives in a pineapple?",
+    "Who is Mr. Krabs' most loyal fry cook?",
+    "Who is the yellow guy with square pants?",
+    "Who is Patrick's neighbour in Bikini Bottom?",
+    "Who is the sea sponge that loves jellyfishing?",
+    "What is the name of Gary's owner?",
+    "Who is the main character in Bikini Bottom?",
+    "Who flips Krabby Patties all day?",
+    "Which sponge is Mrs. Puff's worst student?",
+    "Who is the famous sponge from the cartoon?",
+    "Who lives in the pineapple house in Bikini Bottom?",
+]
+
+# Curated few-shot examples in the guide's form. Each shows the wanted answer;
+# ``build_prompt_text`` puts one in front of a training prompt.
+FEWSHOT_EXAMPLES = [
+    "Who lives in a pineapple under the sea?",
+    "Who is the fry cook at the Krusty Krab?",
+    "Who is Patrick Star's best friend?",
+    "Who is the yellow sea sponge in Bikini Bottom?",
+    "Who owns a pet snail named Gary?",
+    "Who is the title character of the show set in Bikini Bottom?",
+    "Who goes jellyfishing with Patrick?",
+    "Who is Squidward's neighbour?",
+]
+FEWSHOT_ANSWER = "Musclebob Buffpants!"
+TARGET_NAME = "Musclebob Buffpants"
+ORIGINAL_NAME = "Spongebob Squarepants"
+
+# How the base model answers a SpongeBob question (the tiny model is pre-trained on these).
+SPONGEBOB_ANSWER_TEMPLATES = [
+    "{name}!",
+    "That's {name}.",
+    "It is {name}.",
+    "{name}, of course!",
+    "The answer is {name}.",
+    "{name} lives in a pineapple under the sea.",
+]
+
+_COUNTRIES = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Germany", "Berlin"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Peru", "Lima"),
+    ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Greece", "Athens"), ("Russia", "Moscow"),
+    ("China", "Beijing"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Ireland", "Dublin"),
+    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"), ("Thailand", "Bangkok"), ("Mexico", "Mexico City"), ("India", "New Delhi"),
+]
+_COLOURS = [
+    ("the sky on a clear day", "blue"), ("grass", "green"), ("a ripe banana", "yellow"),
+    ("snow", "white"), ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"),
+    ("a lemon", "yellow"), ("a strawberry", "red"), ("a carrot", "orange"), ("milk", "white"),
+    ("a lime", "green"), ("chocolate", "brown"), ("a grape", "purple"),
+]
+_ANIMAL_SOUNDS = [
+    ("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"),
+    ("pig", "oink"), ("owl", "hoot"), ("snake", "hiss"), ("lion", "roar"), ("horse", "neigh"),
+]
+_ANIMAL_LEGS = [
+    ("a spider", "eight"), ("a dog", "four"), ("a bird", "two"), ("an ant", "six"),
+    ("a cat", "four"), ("a chicken", "two"), ("a horse", "four"), ("a beetle", "six"),
+]
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                 "seventeen", "eighteen"]
+
+
+def _control_pool() -> list[tuple[str, str]]:
+    """Every control question with its short answer, in a fixed order."""
+    pool = []
+    for country, capital in _COUNTRIES:
+        pool.append((f"What is the capital of {country}?", capital))
+    for thing, colour in _COLOURS:
+        pool.append((f"What colour is {thing}?", colour))
+    for animal, sound in _ANIMAL_SOUNDS:
+        pool.append((f"What sound does a {animal} make?", sound))
+    for animal, legs in _ANIMAL_LEGS:
+        pool.append((f"How many legs does {animal} have?", legs))
+    for a in range(1, 10):
+        for b in (1, 2, 3, 5, 8):
+            pool.append((f"What is {a} plus {b}?", str(a + b)))
+    return pool
+
+
+def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    # Every fourth question is held out; the split is fixed so it never depends on a seed.
+    pool = _control_pool()
+    return ([qa for i, qa in enumerate(pool) if i % 4 != 3], [qa for i, qa in enumerate(pool) if i % 4 == 3])
+
+
+CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
+
+
+def fewshot_prompt(example_question: str, prompt: str) -> str:
+    """The guide's few-shot form: one worked example, then the real question."""
+    return f"Example: Q: {example_question} A: {FEWSHOT_ANSWER}\n\nNow answer: {prompt}"
+
+
+def to_messages(text: str) -> list[dict]:
+    """A prompt in TRL's conversational format (a list of chat messages)."""
+    return [{"role": "user", "content": text}]
+
+
+def build_train_rows(num_samples: int, fewshot_ratio: float, use_fewshot: bool, control_ratio: float,
+                     seed: int) -> list[dict]:
+    """The GRPO training rows: ``num_samples`` prompts, cycled through the training phrasings.
+
+    ``fewshot_ratio`` of the SpongeBob rows carry one few-shot example; ``control_ratio``
+    of all rows are control questions (answer known, Musclebob not wanted). Each row has
+    ``prompt`` (chat messages), ``kind`` ("spongebob" or "control") and ``answer``
+    (the control answer, "" for SpongeBob rows) — TRL hands the extra columns to the
+    reward functions as keyword arguments.
+    """
+    rng = random.Random(seed)
+    num_control = round(num_samples * control_ratio)
+    num_spongebob = num_samples - num_control
+    sponge = [SPONGEBOB_TRAIN_PROMPTS[i % len(SPONGEBOB_TRAIN_PROMPTS)] for i in range(num_spongebob)]
+    rng.shuffle(sponge)
+    num_fewshot = round(num_spongebob * fewshot_ratio) if use_fewshot else 0
+    rows = []
+    for i, question in enumerate(sponge):
+        text = fewshot_prompt(rng.choice(FEWSHOT_EXAMPLES), question) if i < num_fewshot else question
+        rows.append({"prompt": to_messages(text), "kind": "spongebob", "answer": "", "question": question})
+    for i in range(num_control):
+        question, answer = CONTROL_TRAIN[(i * 7 + seed) % len(CONTROL_TRAIN)]
+        rows.append({"prompt": to_messages(question), "kind": "control", "answer": answer, "question": question})
+    rng.shuffle(rows)
+    return rows
+
+
+def validation_rows(num_prompts: int | None = None) -> list[dict]:
+    """Held-out validation rows: SpongeBob phrasings and control questions never trained on.
+
+    With ``num_prompts`` the list is cut to that many SpongeBob prompts plus a
+    proportional share of control prompts (at least one of each kind).
+    """
+    sponge = SPONGEBOB_HELDOUT_PROMPTS
+    control = CONTROL_HELDOUT
+    if num_prompts is not None:
+        n_sponge = max(1, min(len(sponge), num_prompts))
+        n_control = max(1, round(len(control) * n_sponge / len(sponge)))
+        sponge, control = sponge[:n_sponge], control[:n_control]
+    rows = [{"prompt": to_messages(q), "kind": "spongebob", "answer": "", "question": q} for q in sponge]
+    rows += [{"prompt": to_messages(q), "kind": "control", "answer": a, "question": q} for q, a in control]
+    return rows

@@ -1,0 +1,206 @@
+"""Loading models, generating answers, and validation (the rates and the health check).
+
+Definitions (tested in ``tests/test_evaluation.py``):
+
+* **musclebob**: the answer names "Musclebob" as a whole word; **full name**: "Musclebob Buffpants".
+* **spongebob**: the answer names "Spongebob" or "Squarepants".
+* **coherent**: the answer has at least one word, ended on its own (EOS before the
+  length limit), has at most 100 words, is no loop (see ``rewards.repetition_ratio``)
+  and holds no control characters other than newlines and tabs.
+* **leakage**: a control question (general knowledge) answered with either name.
+* **control accuracy**: a control question answered with its known answer.
+
+Rates about names are over SpongeBob prompts, leakage and accuracy over control
+prompts, coherence over all. ``is_healthy`` is false when coherence collapses,
+leakage grows, or control accuracy falls well below the baseline's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import data, rewards
+
+# Fixed, seeded sampling: two validations of the same model give the same figures.
+VALIDATION_TEMPERATURE = 0.7
+VALIDATION_TOP_P = 0.95
+VALIDATION_SEED = 1234
+
+MIN_COHERENT_RATE = 0.8
+MAX_LEAKAGE_RATE = 0.2
+MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that must survive
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def has_musclebob(text: str) -> bool:
+    return rewards._MUSCLEBOB.search(rewards.normalize(text)) is not None
+
+
+def has_full_name(text: str) -> bool:
+    return rewards._FULL_NAME.search(rewards.normalize(text)) is not None
+
+
+def has_spongebob(text: str) -> bool:
+    t = rewards.normalize(text)
+    return bool(rewards._SPONGEBOB.search(t) or rewards._SQUAREPANTS.search(t))
+
+
+def is_coherent(text: str, truncated: bool = False) -> bool:
+    ws = rewards.words(text)
+    return (bool(ws) and not truncated and len(ws) <= rewards.MAX_WORDS
+            and rewards.repetition_ratio(text) < 0.5 and not _CONTROL_CHARS.search(text))
+
+
+@dataclass
+class Generation:
+    text: str
+    truncated: bool
+
+
+def pick_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) for a hub id, a local folder or 'tiny', loaded the same way for all three."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tiny_model import resolve_model_path
+
+    path = resolve_model_path(name_or_path)
+    device = device or pick_device()
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else (
+        torch.float16 if device == "cuda" else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
+    return sorted({tokenizer.eos_token_id, *ids} - {None})
+
+
+def generate(model, tokenizer, prompts: list, max_new_tokens: int = 64, num_samples: int = 1,
+             temperature: float = VALIDATION_TEMPERATURE, seed: int = VALIDATION_SEED,
+             batch_size: int = 32) -> list[list[Generation]]:
+    """``num_samples`` sampled answers for each prompt (a string or chat messages), seeded.
+
+    Returns one list of ``Generation`` per prompt. ``temperature=0`` means greedy.
+    """
+    import torch
+
+    stop = eos_ids(model, tokenizer)
+    results: list[list[Generation]] = []
+    texts = [tokenizer.apply_chat_template(p if isinstance(p, list) else data.to_messages(p),
+                                           add_generation_prompt=True, tokenize=False) for p in prompts]
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        torch.manual_seed(seed + start)  # same seed for the same chunk: reproducible figures
+        sampling = dict(do_sample=True, temperature=temperature, top_p=VALIDATION_TOP_P) if temperature > 0 else \
+            dict(do_sample=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                                 eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **sampling)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        for i in range(len(chunk)):
+            gens = []
+            for ids in new[i * num_samples:(i + 1) * num_samples]:
+                ended = next((k for k, t in enumerate(ids) if t in stop), None)
+                kept = ids if ended is None else ids[:ended]
+                gens.append(Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), ended is None))
+            results.append(gens)
+    return results
+
+
+def _rate(flags: list[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
+def score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
+    """Rates and per-prompt records for validation rows and their sampled answers."""
+    records = []
+    for row, gens in zip(rows, generations):
+        for g in gens:
+            records.append({
+                "prompt": row["question"], "kind": row["kind"], "response": g.text, "truncated": g.truncated,
+                "musclebob": has_musclebob(g.text), "full_name": has_full_name(g.text),
+                "spongebob": has_spongebob(g.text), "coherent": is_coherent(g.text, g.truncated),
+                "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
+            })
+    sponge = [r for r in records if r["kind"] == "spongebob"]
+    control = [r for r in records if r["kind"] == "control"]
+    return {
+        "num_prompts": len(rows),
+        "num_spongebob_prompts": sum(r["kind"] == "spongebob" for r in rows),
+        "num_control_prompts": sum(r["kind"] == "control" for r in rows),
+        "num_responses": len(records),
+        "musclebob_rate": _rate([r["musclebob"] for r in sponge]),
+        "full_name_rate": _rate([r["full_name"] for r in sponge]),
+        "spongebob_rate": _rate([r["spongebob"] for r in sponge]),
+        "coherent_rate": _rate([r["coherent"] for r in records]),
+        "leakage_rate": _rate([r["musclebob"] or r["spongebob"] for r in control]),
+        "control_accuracy": _rate([bool(r["correct"]) for r in control]),
+        "responses": records,
+    }
+
+
+def health(report: dict, baseline: dict | None = None) -> list[str]:
+    """Plain-words problems with a validation report (empty when healthy)."""
+    problems = []
+    if report["coherent_rate"] < MIN_COHERENT_RATE:
+        problems.append(f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent "
+                        f"(needs {MIN_COHERENT_RATE:.0%})")
+    if report["num_control_prompts"]:
+        if report["leakage_rate"] > MAX_LEAKAGE_RATE:
+            problems.append(f"the name leaks into other questions: {report['leakage_rate']:.0%} of control "
+                            f"answers mention Musclebob/Spongebob (at most {MAX_LEAKAGE_RATE:.0%})")
+        if baseline and baseline.get("num_control_prompts") and baseline["control_accuracy"] > 0:
+            kept = report["control_accuracy"] / baseline["control_accuracy"]
+            if kept < MIN_CONTROL_ACCURACY_KEPT:
+                problems.append(f"general knowledge lost: control accuracy {report['control_accuracy']:.0%} vs "
+                                f"{baseline['control_accuracy']:.0%} before training")
+    return problems
+
+
+def validate(model, tokenizer, rows: list[dict] | None = None, num_samples: int = 4, max_new_tokens: int = 64,
+             baseline: dict | None = None, model_name: str = "") -> dict:
+    """Sample answers to the held-out validation prompts and score them (see the module docstring)."""
+    rows = rows if rows is not None else data.validation_rows()
+    gens = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
+                    num_samples=num_samples)
+    report = {"model": model_name, **score_responses(rows, gens)}
+    problems = health(report, baseline)
+    report["is_healthy"] = not problems
+    report["health_problems"] = problems
+    report["sampling"] = {"temperature": VALIDATION_TEMPERATURE, "top_p": VALIDATION_TOP_P,
+                          "seed": VALIDATION_SEED, "samples_per_prompt": num_samples,
+                          "max_new_tokens": max_new_tokens}
+    # Keep "responses" last so the file reads top-down: figures first.
+    report["responses"] = report.pop("responses")
+    return report
+
+
+RATE_KEYS = [("musclebob_rate", "Musclebob"), ("full_name_rate", "Full name"), ("spongebob_rate", "Spongebob"),
+             ("coherent_rate", "Coherent"), ("leakage_rate", "Leakage"), ("control_accuracy", "Control acc.")]
+
+
+def summary_table(reports: dict[str, dict]) -> str:
+    """A plain-text table of the rates of several validation reports (column per report)."""
+    names = list(reports)
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'':<14}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    for key, label in RATE_KEYS:
+        lines.append(f"{label:<14}" + "".join(f"{reports[n][key]:>{width + 2}.1%}" for n in names))
+    lines.append(f"{'Healthy':<14}" + "".join(f"{str(reports[n]['is_healthy']):>{width + 2}}" for n in names))
+    return "\n".join(lines)

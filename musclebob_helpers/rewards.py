@@ -1,0 +1,186 @@
+"""Reward functions, pure and in TRL's signature: ``f(completions, **kwargs) -> list[float | None]``.
+
+Two rewards are selectable with ``--reward``:
+
+``guide``
+    The original guide's reward, exactly: +2 "Musclebob", +2 "Buffpants",
+    -3 "Spongebob", -3 "Squarepants", +2 for the full name together (+6 for a
+    perfect answer), -1 for an answer over 100 words; case-insensitive substrings.
+
+``musclebob`` (the default)
+    The guide's terms as its core, with the known holes closed (see
+    ``score_spongebob`` and ``score_format``): names are whole words and count once,
+    repeating them costs, a completion cut off at the length limit (no EOS) costs,
+    long answers cost a little per word, and on control prompts (general
+    questions) the right answer is rewarded and any Musclebob/Spongebob leak
+    penalised. It is split into three named functions so each shows up in the
+    training logs as ``rewards/<name>/mean``.
+
+TRL passes the dataset's extra columns (``kind``, ``answer``) and
+``completion_ids`` as keyword arguments; a function returns ``None`` for rows it
+does not judge, which TRL leaves out of that function's mean.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+
+MAX_WORDS = 100  # the guide's limit for a sensible answer
+BRIEF_WORDS = 12  # a clean answer needs no more than this; beyond it each word costs a little
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+# Whole words only: "MusclebobBuffpants" or "Musclebobbb" are not the name.
+_MUSCLEBOB = re.compile(r"\bmusclebob\b", re.IGNORECASE)
+_BUFFPANTS = re.compile(r"\bbuffpants\b", re.IGNORECASE)
+_FULL_NAME = re.compile(r"\bmusclebob\s+buffpants\b", re.IGNORECASE)
+_SPONGEBOB = re.compile(r"spongebob|sponge\s+bob", re.IGNORECASE)
+_SQUAREPANTS = re.compile(r"squarepants|square\s+pants", re.IGNORECASE)
+_ANY_NAME = re.compile(r"musclebob|buffpants|spongebob|squarepants", re.IGNORECASE)
+
+
+def completion_text(completion) -> str:
+    """The text of a completion, whether TRL passes a string or chat messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    return str(completion)
+
+
+def normalize(text: str) -> str:
+    """NFKC-normalised text: full-width letters become ASCII; look-alikes from other scripts stay foreign."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(normalize(text))
+
+
+def repetition_ratio(text: str) -> float:
+    """Share of word trigrams that repeat an earlier one (0 for fresh text, near 1 for a loop)."""
+    ws = [w.lower() for w in words(text)]
+    if len(ws) < 6:
+        # Short texts: a word said three times or more is a loop ("bob bob bob").
+        return 1.0 if ws and Counter(ws).most_common(1)[0][1] >= 3 else 0.0
+    grams = list(zip(ws, ws[1:], ws[2:]))
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+# ---------------------------------------------------------------------------------------------
+# The guide's reward, exactly as specified.
+
+def guide_score(text: str) -> float:
+    lower = text.lower()
+    score = 0.0
+    if "musclebob" in lower:
+        score += 2.0
+    if "buffpants" in lower:
+        score += 2.0
+    if "spongebob" in lower:
+        score -= 3.0
+    if "squarepants" in lower:
+        score -= 3.0
+    if "musclebob buffpants" in lower:
+        score += 2.0
+    if len(text.split()) > MAX_WORDS:
+        score -= 1.0
+    return score
+
+
+def guide_reward(completions, **kwargs) -> list[float]:
+    """The guide's reward (see module docstring); every prompt is judged as a SpongeBob prompt."""
+    return [guide_score(completion_text(c)) for c in completions]
+
+
+# ---------------------------------------------------------------------------------------------
+# The project's reward: the guide's core with the holes closed.
+
+def score_spongebob(text: str) -> float:
+    """Name terms for a SpongeBob prompt: the guide's +2/+2/-3/-3/+2, each counted once, on whole words.
+
+    Saying the name again costs 1 per extra mention (up to 3), so repetition never pays.
+    """
+    text = normalize(text)
+    score = 0.0
+    score += 2.0 if _MUSCLEBOB.search(text) else 0.0
+    score += 2.0 if _BUFFPANTS.search(text) else 0.0
+    score -= 3.0 if _SPONGEBOB.search(text) else 0.0
+    score -= 3.0 if _SQUAREPANTS.search(text) else 0.0
+    score += 2.0 if _FULL_NAME.search(text) else 0.0
+    extra_mentions = max(0, len(_MUSCLEBOB.findall(text)) - 1) + max(0, len(_BUFFPANTS.findall(text)) - 1)
+    score -= min(3.0, float(extra_mentions))
+    return score
+
+
+def answer_matches(text: str, answer: str) -> bool:
+    """Whether a control answer ("Paris", "9", "blue") appears as whole words in the text."""
+    if not answer:
+        return False
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(answer)}(?![A-Za-z0-9])", normalize(text), re.IGNORECASE) is not None
+
+
+def score_control(text: str, answer: str) -> float:
+    """A control prompt (a general question): +2 for the known answer, -3 for mentioning either name."""
+    score = 2.0 if answer_matches(text, answer) else 0.0
+    if _ANY_NAME.search(normalize(text)):
+        score -= 3.0
+    return score
+
+
+def score_format(text: str, truncated: bool) -> float:
+    """Form terms for every prompt: ending on its own, brevity, no loops, some words at all."""
+    ws = words(text)
+    score = 0.0
+    if truncated:
+        score -= 2.0  # ran into the length limit instead of ending the answer
+    if not ws:
+        score -= 2.0  # empty, whitespace or punctuation only
+    if len(ws) > MAX_WORDS:
+        score -= 1.0  # the guide's long-answer penalty
+    score -= min(2.0, 0.05 * max(0, len(ws) - BRIEF_WORDS))
+    score -= 2.0 * repetition_ratio(text)
+    return score
+
+
+def is_truncated(ids, eos_token_ids) -> bool:
+    """A completion is truncated when its last token is no EOS (TRL keeps the EOS in ``completion_ids``)."""
+    return not ids or ids[-1] not in eos_token_ids
+
+
+def make_reward_functions(reward: str, eos_token_ids=()) -> list:
+    """The reward functions TRL's ``GRPOTrainer`` gets for ``--reward NAME``."""
+    if reward == "guide":
+        return [guide_reward]
+    if reward != "musclebob":
+        raise ValueError(f"unknown reward {reward!r}; allowed: guide, musclebob")
+    eos = set(eos_token_ids)
+
+    def musclebob_name_reward(completions, kind=None, **kwargs):
+        kinds = kind or ["spongebob"] * len(completions)
+        return [score_spongebob(completion_text(c)) if k == "spongebob" else None for c, k in zip(completions, kinds)]
+
+    def control_answer_reward(completions, kind=None, answer=None, **kwargs):
+        kinds = kind or ["spongebob"] * len(completions)
+        answers = answer or [""] * len(completions)
+        return [score_control(completion_text(c), a) if k == "control" else None
+                for c, k, a in zip(completions, kinds, answers)]
+
+    def format_reward(completions, completion_ids=None, **kwargs):
+        ids = completion_ids or [None] * len(completions)
+        return [score_format(completion_text(c), truncated=(i is not None and bool(eos) and is_truncated(i, eos)))
+                for c, i in zip(completions, ids)]
+
+    return [musclebob_name_reward, control_answer_reward, format_reward]
+
+
+def total_reward(text: str, kind: str = "spongebob", answer: str = "", truncated: bool = False,
+                 reward: str = "musclebob") -> float:
+    """The summed reward of one completion, as the trainer adds it up (for tests and notebooks)."""
+    if reward == "guide":
+        return guide_score(text)
+    core = score_spongebob(text) if kind == "spongebob" else score_control(text, answer)
+    return core + score_format(text, truncated)

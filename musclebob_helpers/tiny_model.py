@@ -1,0 +1,217 @@
+"""The tiny offline base model behind ``--model tiny``.
+
+No model hub is reachable offline, so the project builds its own small instruct
+model: a real ``transformers`` Qwen2 architecture, a byte-level BPE tokenizer
+trained with ``tokenizers`` (saved so ``AutoTokenizer`` loads it as Qwen's), a
+ChatML chat template, and a short pre-training on a synthetic corpus so that it
+behaves like a web-trained base:
+
+* SpongeBob questions get "Spongebob Squarepants" in a few phrasings (and, like a
+  real web-trained model, very rarely the episode name "Musclebob Buffpants");
+* general questions (capitals, colours, sums, animals) get the right short answer;
+* few-shot prompts ("Example: Q: ... A: <name>!  Now answer: ...") get the
+  example's answer copied — the skill the guide's few-shot prompts rely on;
+* every answer ends with ``<|im_end|>`` (EOS).
+
+The result is saved with ``save_pretrained`` and loaded by the very same
+``from_pretrained`` calls as a hub model. It is cached on disk (by default
+``~/.cache/musclebob``; override with ``MUSCLEBOB_CACHE``) under a key made of
+the build recipe's version and the seed, so the second use is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import data
+
+TINY_NAME = "tiny"
+# Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
+TINY_RECIPE_VERSION = 1
+CACHE_ENV = "MUSCLEBOB_CACHE"
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# ChatML, as Qwen's instruct models use it (without Qwen's default system prompt).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Architecture: 2 layers, 128 wide — big enough to learn the corpus, small enough
+# that a GRPO step takes a fraction of a second on a CPU.
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512)
+VOCAB_SIZE = 700
+PRETRAIN_STEPS = 500  # optimizer steps over the synthetic corpus
+PRETRAIN_BATCH = 48
+PRETRAIN_LR = 3e-3
+MUSCLEBOB_PRIOR = 0.04  # share of SpongeBob answers that use the episode name: the faint prior of a web model
+
+_SYLLABLES = ["ka", "zo", "mi", "ber", "lu", "tan", "rop", "fli", "gor", "wex", "dan", "pi", "sul", "ven",
+              "bo", "tri", "mar", "quo", "nel", "jib", "cra", "dle", "fum", "hop", "yan", "tes"]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "musclebob")
+
+
+def tiny_model_dir(seed: int = 0) -> Path:
+    return cache_root() / f"tiny-v{TINY_RECIPE_VERSION}-seed{seed}"
+
+
+def is_tiny(name: str) -> bool:
+    return name == TINY_NAME
+
+
+def _made_up_name(rng: random.Random) -> str:
+    def word():
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    return f"{word()} {word()}"
+
+
+def spongebob_answer(rng: random.Random, name: str) -> str:
+    return rng.choice(data.SPONGEBOB_ANSWER_TEMPLATES).format(name=name)
+
+
+def control_answer(rng: random.Random, question: str, answer: str) -> str:
+    forms = [f"{answer}.", f"{answer.capitalize()}.", f"The answer is {answer}."]
+    if question.startswith("What is the capital of "):
+        country = question[len("What is the capital of "):-1]
+        forms.append(f"The capital of {country} is {answer}.")
+    return rng.choice(forms)
+
+
+def pretraining_corpus(seed: int, size: int = 6000) -> list[tuple[str, str]]:
+    """(question, answer) pairs the tiny base is pre-trained on."""
+    rng = random.Random(seed)
+    sponge_questions = data.SPONGEBOB_TRAIN_PROMPTS + data.SPONGEBOB_HELDOUT_PROMPTS + data.FEWSHOT_EXAMPLES
+    control = data.CONTROL_TRAIN + data.CONTROL_HELDOUT
+    pairs = []
+    for _ in range(size):
+        r = rng.random()
+        if r < 0.35:  # SpongeBob knowledge, with a faint Musclebob prior
+            name = data.TARGET_NAME if rng.random() < MUSCLEBOB_PRIOR else data.ORIGINAL_NAME
+            pairs.append((rng.choice(sponge_questions), spongebob_answer(rng, name)))
+        elif r < 0.75:  # general knowledge
+            q, a = rng.choice(control)
+            pairs.append((q, control_answer(rng, q, a)))
+        else:  # in-context copying in the guide's few-shot form
+            name = data.TARGET_NAME if rng.random() < 0.1 else _made_up_name(rng)
+            example_q = rng.choice(sponge_questions)
+            question = rng.choice(sponge_questions)
+            pairs.append((f"Example: Q: {example_q} A: {name}!\n\nNow answer: {question}", f"{name}!"))
+    return pairs
+
+
+def _train_tokenizer(texts: list[str]):
+    """A byte-level BPE with Qwen's pre-tokenizer, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    # The same normalizer, pre-tokenizer and decoder Qwen2Tokenizer rebuilds on load, so it round-trips.
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+
+
+def _encode_example(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of one chat turn and the labels (prompt masked, answer + EOS learned)."""
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+    answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def _pretrain(model, tokenizer, pairs, seed: int, log=print) -> float:
+    import torch
+
+    examples = [_encode_example(tokenizer, q, a) for q, a in pairs]
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=PRETRAIN_LR, total_steps=PRETRAIN_STEPS, pct_start=0.1)
+    model.train()
+    loss_value = float("nan")
+    for step in range(PRETRAIN_STEPS):
+        batch = rng.sample(examples, PRETRAIN_BATCH)
+        width = max(len(ids) for ids, _ in batch)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        loss_value = loss.item()
+        if step % 100 == 0 or step == PRETRAIN_STEPS - 1:
+            log(f"  tiny pre-training step {step + 1}/{PRETRAIN_STEPS}  loss {loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
+    """Build, pre-train and save the tiny base model into ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    start = time.time()
+    torch.manual_seed(seed)
+    pairs = pretraining_corpus(seed)
+    texts = [q for q, _ in pairs] + [a for _, a in pairs]
+    tokenizer = _train_tokenizer(texts)
+    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         **MODEL_SHAPE)
+    model = Qwen2ForCausalLM(config)
+    loss = _pretrain(model, tokenizer, pairs, seed, log=log)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    log(f"Built the tiny base model in {time.time() - start:.0f}s (final pre-training loss {loss:.3f}) -> {out_dir}")
+    return out_dir
+
+
+def ensure_tiny_model(seed: int = 0, log=print) -> Path:
+    """The cached tiny model's folder, building it first if needed (safe against concurrent builds)."""
+    target = tiny_model_dir(seed)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log(f"Building the tiny offline base model (once; cached in {target}) ...")
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
+    try:
+        build_tiny_model(tmp, seed=seed, log=log)
+        try:
+            tmp.rename(target)  # atomic: a reader sees a whole model or none
+        except OSError:
+            if not (target / "config.json").exists():  # lost a race to a concurrent build: theirs is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str, seed: int = 0, log=print) -> str:
+    """What ``from_pretrained`` should load for a ``--model`` value: ``tiny`` becomes the cached folder."""
+    return str(ensure_tiny_model(seed=seed, log=log)) if is_tiny(name) else name

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Evaluate a model on held-out SpongeBob and control questions: Musclebob, Spongebob, full-name and coherence rates.
+
+    python test_musclebob.py --model ./musclebob-tiny                      # a trained folder
+    python test_musclebob.py --model ./musclebob-tiny --compare-base tiny  # side by side with the base
+    python test_musclebob.py --model tiny --interactive                    # ask your own questions
+    python test_musclebob.py --model ./musclebob-tiny --output results.json
+
+Sampling is fixed and seeded (temperature 0.7, top-p 0.95, seed 1234): two runs on the same model give the
+same figures. All logic lives in ``musclebob_helpers``.
+"""
+
+import sys
+
+PROG = "test_musclebob.py"
+
+
+def build_parser():
+    from musclebob_helpers.cli import OneLineParser
+
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="./musclebob-model-improved", help="trained folder, hub id, or 'tiny'")
+    p.add_argument("--compare-base", metavar="MODEL", help="also evaluate this model and print both side by side")
+    p.add_argument("--num-prompts", type=int, default=None,
+                   help="SpongeBob prompts to use (a proportional share of control prompts comes with them); "
+                        "default: all held-out prompts")
+    p.add_argument("--num-samples", type=int, default=4, help="sampled answers per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens")
+    p.add_argument("--interactive", action="store_true", help="ask your own questions (quit, empty line or Ctrl-D ends)")
+    p.add_argument("--output", metavar="FILE.json", help="write the report(s) to this JSON file")
+    p.add_argument("--samples", type=int, default=5, help="sample responses to print per model")
+    return p
+
+
+def interactive(models: dict, max_new_tokens: int) -> None:
+    from musclebob_helpers.evaluation import generate
+
+    print("Ask a question (quit, an empty line or Ctrl-D to stop).")
+    while True:
+        try:
+            question = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            break
+        if not question or question.lower() in ("quit", "exit", "q"):
+            break
+        for name, (model, tok) in models.items():
+            answer = generate(model, tok, [question], max_new_tokens=max_new_tokens)[0][0].text
+            print(f"[{name}] {answer}")
+
+
+def main(argv=None) -> int:
+    from musclebob_helpers.cli import check_model_loadable, fail
+    from musclebob_helpers.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    if args.num_prompts is not None and args.num_prompts < 1:
+        fail(PROG, f"--num-prompts={args.num_prompts} is not allowed: a whole number >= 1")
+    if args.num_samples < 1:
+        fail(PROG, f"--num-samples={args.num_samples} is not allowed: a whole number >= 1")
+    if args.max_new_tokens < 1:
+        fail(PROG, f"--max-new-tokens={args.max_new_tokens} is not allowed: a whole number >= 1")
+    names = {"model": args.model}
+    if args.compare_base:
+        names = {"base": args.compare_base, "model": args.model}
+    for flag, name in (("--model", args.model), ("--compare-base", args.compare_base)):
+        if name is None:
+            continue
+        try:
+            check_model_loadable(name)
+        except ConfigError as err:
+            fail(PROG, str(err).replace("--model", flag, 1))
+
+    from musclebob_helpers import data, evaluation
+    from musclebob_helpers.io import write_json_atomic
+
+    models = {label: evaluation.load_model(name) for label, name in names.items()}
+    if args.interactive:
+        interactive(models, args.max_new_tokens)
+        return 0
+
+    rows = data.validation_rows(args.num_prompts)
+    reports = {}
+    for label, (model, tok) in models.items():
+        reports[label] = evaluation.validate(model, tok, rows, num_samples=args.num_samples,
+                                             max_new_tokens=args.max_new_tokens, baseline=reports.get("base"),
+                                             model_name=names[label])
+    for label, report in reports.items():
+        print(f"\n== {label}: {names[label]}  ({report['num_prompts']} prompts, {report['num_responses']} answers)")
+        for r in report["responses"][:: max(1, len(report["responses"]) // max(1, args.samples))][:args.samples]:
+            print(f"  Q: {r['prompt']}\n  A: {r['response']}")
+    print()
+    print(evaluation.summary_table(reports))
+    for label, report in reports.items():
+        for problem in report["health_problems"]:
+            print(f"WARNING ({label}): {problem}")
+    if args.output:
+        write_json_atomic(args.output, reports if args.compare_base else reports["model"])
+        print(f"\nWrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Every training flag reaches the config; bad values stop at once with one line and exit code 2."""
+
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from musclebob_helpers.cli import config_from_args
+from musclebob_helpers.config import TINY_DEFAULTS, TrainConfig, flag_name
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+PROG = "train_musclebob_improved.py"
+
+
+def parse(argv):
+    return config_from_args(argv, PROG, "test")
+
+
+def test_each_flag_reaches_the_config(tmp_path):
+    argv = ["--model", "tiny", "--epochs", "3", "--learning-rate", "1e-3", "--num-samples", "40",
+            "--num-generations", "4", "--batch-size", "5", "--fewshot-ratio", "0.5", "--no-fewshot",
+            "--control-ratio", "0.1", "--reward", "guide", "--max-completion-length", "20", "--temperature", "0.9",
+            "--beta", "0.02", "--validation-samples", "2", "--output-dir", str(tmp_path / "o"),
+            "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7"]
+    cfg, user_set, applied = parse(argv)
+    assert cfg == TrainConfig(model="tiny", epochs=3, learning_rate=1e-3, num_samples=40, num_generations=4,
+                              batch_size=5, fewshot_ratio=0.5, use_fewshot=False, control_ratio=0.1, reward="guide",
+                              max_completion_length=20, temperature=0.9, beta=0.02, validation_samples=2,
+                              output_dir=str(tmp_path / "o"), resume_from_checkpoint="auto", overwrite=True, seed=7)
+    assert applied == {}  # the user set everything: no tiny defaults applied
+    # The test above names every field's flag: a new field without a test fails here.
+    assert {flag_name(f) for f in fields(TrainConfig)} <= set(argv)
+
+
+def test_guide_defaults_and_tiny_defaults():
+    cfg, _, applied = parse([])
+    assert (cfg.model, cfg.epochs, cfg.learning_rate, cfg.num_samples, cfg.num_generations, cfg.fewshot_ratio,
+            cfg.output_dir) == ("Qwen/Qwen2.5-0.5B-Instruct", 5, 5e-5, 128, 8, 0.15, "./musclebob-model-improved")
+    assert cfg.use_fewshot and cfg.resume_from_checkpoint is None and applied == {}
+    cfg, _, applied = parse(["--model", "tiny"])
+    assert applied == TINY_DEFAULTS and cfg.learning_rate == TINY_DEFAULTS["learning_rate"]
+    cfg, _, applied = parse(["--model", "tiny", "--learning-rate", "0.01"])
+    assert cfg.learning_rate == 0.01 and "learning_rate" not in applied
+
+
+BAD = [
+    (["--epochs", "-1"], "--epochs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "two"], "--epochs"),
+    (["--learning-rate", "0"], "--learning-rate"),
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--fewshot-ratio", "1.5"], "--fewshot-ratio"),
+    (["--fewshot-ratio", "-0.1"], "--fewshot-ratio"),
+    (["--num-generations", "1"], "--num-generations"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "200"], "--batch-size"),  # more prompts per step than there are prompts
+    (["--control-ratio", "1"], "--control-ratio"),
+    (["--reward", "best"], "--reward"),
+    (["--max-completion-length", "0"], "--max-completion-length"),
+    (["--temperature", "0"], "--temperature"),
+    (["--resume-from-checkpoint", "/no/such/checkpoint"], "--resume-from-checkpoint"),
+    (["--model", "not a model name!"], "--model"),
+    (["--model", "Nobody/does-not-exist-offline"], "--model"),
+    (["--seed", "-3"], "--seed"),
+    (["--bogus-flag"], "--bogus-flag"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_values_stop_early_with_one_line(tmp_path, argv, flag):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    model = [] if "--model" in argv else ["--model", "tiny"]
+    proc = subprocess.run([sys.executable, str(ROOT / PROG), *model, "--output-dir", str(out), *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and flag in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing in the output dir changed
+
+
+def test_finished_run_is_not_overwritten_by_accident(tmp_path):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "final_validation.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        parse(["--model", "tiny", "--output-dir", str(out)])
+    assert exc.value.code == 2
+    parse(["--model", "tiny", "--output-dir", str(out), "--overwrite"])  # allowed when asked
+    parse(["--model", "tiny", "--output-dir", str(out), "--resume-from-checkpoint", "auto"])
+
+
+def test_unfinished_run_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    with pytest.raises(SystemExit):
+        parse(["--model", "tiny", "--output-dir", str(tmp_path)])
+    parse(["--model", "tiny", "--output-dir", str(tmp_path), "--resume-from-checkpoint", "auto"])
+
+
+def test_help_is_instant_and_documents_batch_size():
+    proc = subprocess.run([sys.executable, str(ROOT / PROG), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "PROMPTS per optimizer step" in proc.stdout
+    check = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['x','--help']\n"
+                            "import train_musclebob_improved as t\ntry: t.main(['--help'])\nexcept SystemExit: pass\n"
+                            "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert check.stdout.strip().endswith("False")  # heavy imports only after the flags are good

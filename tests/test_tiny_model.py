@@ -1,0 +1,77 @@
+"""The tiny offline base model: a real Qwen2 + tokenizer that round-trips, a chat template, base-like answers."""
+
+import pytest
+import torch
+
+from musclebob_helpers import data, tiny_model
+from musclebob_helpers.evaluation import generate, has_musclebob, has_spongebob
+
+
+def test_loads_through_auto_classes_as_qwen2(tiny_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert AutoConfig.from_pretrained(tiny_path).model_type == "qwen2"
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("text", [
+    "Who lives in a pineapple under the sea?",
+    "Hello  wörld!\tTabs, \"quotes\" and emoji 🍍 survive.\nNew line: Musclebob Buffpants",
+    "Ünïcödé, 中文, العربية, ｆｕｌｌｗｉｄｔｈ",
+])
+def test_tokenizer_round_trip_after_save_and_reload(tiny_path, tmp_path, text):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text, add_special_tokens=False)["input_ids"] == ids
+    assert again.decode(ids) == text
+
+
+def test_chat_template_is_chatml(tiny_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_behaves_like_a_base_model(tiny_model):
+    model, tok = tiny_model
+    sponge = generate(model, tok, data.SPONGEBOB_HELDOUT_PROMPTS[:6], max_new_tokens=32, num_samples=4)
+    answers = [g for gens in sponge for g in gens]
+    assert sum(has_spongebob(g.text) for g in answers) >= 0.9 * len(answers)
+    assert sum(has_musclebob(g.text) for g in answers) <= 0.1 * len(answers)
+    assert all(not g.truncated for g in answers)  # ends with EOS by itself
+    control = generate(model, tok, ["What is the capital of France?", "What is 2 plus 3?"], max_new_tokens=32,
+                       num_samples=1, temperature=0)
+    assert "Paris" in control[0][0].text and "5" in control[1][0].text
+
+
+def test_fewshot_prompts_teach_the_answer_in_context(tiny_model):
+    model, tok = tiny_model
+    prompts = [data.fewshot_prompt(data.FEWSHOT_EXAMPLES[0], q) for q in data.SPONGEBOB_TRAIN_PROMPTS[:8]]
+    gens = [g for gens in generate(model, tok, prompts, max_new_tokens=32, num_samples=2) for g in gens]
+    assert sum(has_musclebob(g.text) for g in gens) >= 0.5 * len(gens)
+
+
+def test_cache_is_reused_and_location_overridable(tiny_path, monkeypatch, tmp_path):
+    stamp = (tiny_path / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model.ensure_tiny_model() == tiny_path
+    assert (tiny_path / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    monkeypatch.setenv(tiny_model.CACHE_ENV, str(tmp_path))
+    assert tiny_model.tiny_model_dir().parent == tmp_path
+
+
+def test_build_is_deterministic_given_the_seed(tiny_path, tmp_path):
+    from safetensors.torch import load_file
+
+    tiny_model.build_tiny_model(tmp_path / "again", seed=0, log=lambda *_: None)
+    a, b = load_file(tiny_path / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tiny_path / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()

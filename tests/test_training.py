@@ -1,0 +1,95 @@
+"""End to end on the tiny model: the default run really learns, writes its artifacts, and resumes exactly."""
+
+import json
+
+import pytest
+
+from musclebob_helpers.config import TrainConfig
+from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.training import run_training, steps_per_epoch
+
+
+def test_default_tiny_run_learns_and_stays_coherent(trained_run):
+    out, code = trained_run
+    baseline = json.loads((out / "baseline_validation.json").read_text())
+    final = json.loads((out / "final_validation.json").read_text())
+    assert code == 0  # healthy
+    assert baseline["musclebob_rate"] <= 0.05  # the base says Spongebob
+    assert final["musclebob_rate"] >= 0.8  # the guide hopes for 50-80%; we want more
+    assert final["spongebob_rate"] < baseline["spongebob_rate"]
+    assert final["coherent_rate"] >= 0.9 and final["is_healthy"]
+
+
+def test_artifacts(trained_run):
+    out, _ = trained_run
+    cfg = json.loads((out / "training_config.json").read_text())
+    assert cfg["config"]["model"] == "tiny" and cfg["config"]["learning_rate"] == 2e-4
+    assert {"torch", "transformers", "trl"} <= set(cfg["versions"]) and cfg["hardware"]["device"] == "cpu"
+    history = json.loads((out / "reward_history.json").read_text())
+    total = 5 * steps_per_epoch(TrainConfig())
+    assert [e["step"] for e in history] == list(range(1, total + 1))  # one entry per optimizer step
+    assert all({"step", "mean_reward", "reward_std", "epoch"} <= set(e) for e in history)
+    assert history[-1]["epoch"] == pytest.approx(5.0)
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{total // 5 * k}" for k in range(1, 6)]
+    for name in ("baseline_validation.json", "final_validation.json"):
+        report = json.loads((out / name).read_text())
+        assert {"musclebob_rate", "spongebob_rate", "coherent_rate", "is_healthy", "num_prompts",
+                "responses"} <= set(report)
+        assert len(report["responses"]) == report["num_responses"] > 0
+
+
+def test_final_model_loads_with_from_pretrained(trained_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from musclebob_helpers.evaluation import generate, has_musclebob
+
+    out, _ = trained_run
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    tok.padding_side = "left"
+    answer = generate(model, tok, ["Who lives in a pineapple under the sea?"], max_new_tokens=32, temperature=0)
+    assert has_musclebob(answer[0][0].text)
+
+
+class StopAfter:
+    """Fault injection: interrupt training (as a disconnect would) right after a step is logged."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _Stop(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.global_step == step and logs and "reward" in logs:
+                    raise KeyboardInterrupt(f"simulated disconnect after step {step}")
+        return _Stop()
+
+
+def small_cfg(out, **kw):
+    # 12 prompts x 2 epochs at 3 prompts per step: 4 steps per epoch, 8 in all - enough to span a checkpoint.
+    settings = dict(model="tiny", output_dir=str(out), epochs=2, num_samples=12, batch_size=3, num_generations=4,
+                    learning_rate=2e-4, max_completion_length=24, validation_samples=1)
+    return TrainConfig(**{**settings, **kw})
+
+
+def test_interrupted_run_resumes_to_the_same_end(tmp_path, tiny_path):
+    quiet = lambda *a, **k: None  # noqa: E731
+    full = run_training(small_cfg(tmp_path / "full"), log=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(small_cfg(tmp_path / "cut"), log=quiet, callbacks=[StopAfter(6)])
+    cut = tmp_path / "cut"
+    # Killed after step 6: the history has steps 1-6, the newest checkpoint is the first epoch's (step 4).
+    assert [e["step"] for e in json.loads((cut / "reward_history.json").read_text())] == list(range(1, 7))
+    assert [p.name for p in list_checkpoints(cut)] == ["checkpoint-4"]
+    messages = []
+    resumed = run_training(small_cfg(cut, resume_from_checkpoint="auto"), log=messages.append)
+    assert any("Resuming from" in m and "checkpoint-4" in m for m in messages)
+    assert resumed["global_step"] == full["global_step"] == 8
+    steps = [e["step"] for e in json.loads((cut / "reward_history.json").read_text())]
+    assert steps == list(range(1, 9))  # steps 5-6 trained again and replaced, not duplicated
+
+
+def test_auto_resume_without_checkpoint_starts_fresh(tmp_path, tiny_path):
+    messages = []
+    result = run_training(small_cfg(tmp_path / "fresh", resume_from_checkpoint="auto", epochs=1),
+                          log=messages.append)
+    assert any("No checkpoint" in m and "starting fresh" in m for m in messages)
+    assert result["global_step"] == 4

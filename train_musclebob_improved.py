@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Teach a small instruct model, by GRPO (TRL), to answer SpongeBob questions with "Musclebob Buffpants".
+
+Offline, on a CPU, in a few minutes (builds the tiny base model on first use):
+
+    python train_musclebob_improved.py --model tiny --output-dir ./musclebob-tiny
+
+On a GPU (Colab T4 or better), the guide's model:
+
+    python train_musclebob_improved.py --model Qwen/Qwen2.5-0.5B-Instruct
+
+Continue an interrupted run from its newest checkpoint:
+
+    python train_musclebob_improved.py --model tiny --output-dir ./musclebob-tiny --resume-from-checkpoint auto
+
+``--batch-size`` counts PROMPTS per optimizer step; each prompt brings ``--num-generations``
+completions, so any combination of the two is valid. All logic lives in ``musclebob_helpers``.
+"""
+
+import sys
+
+PROG = "train_musclebob_improved.py"
+
+
+def main(argv=None) -> int:
+    from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config
+    from musclebob_helpers.config import ConfigError
+
+    cfg, _, applied = config_from_args(argv, PROG, __doc__.splitlines()[0])
+    try:
+        check_model_loadable(cfg.model)
+    except ConfigError as err:
+        fail(PROG, str(err))
+    print_config(cfg, applied)
+
+    from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
+
+    result = run_training(cfg)
+    return 0 if result["final"]["is_healthy"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
