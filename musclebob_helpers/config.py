@@ -44,6 +44,8 @@ class TrainConfig:
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
     validation_samples: int = _opt("sampled answers per validation prompt", default=4)
+    validate_every: int = _opt("steps between mid-training checks on held-out prompts (0: at each epoch's end)",
+                               default=0)
     output_dir: str = _opt("where checkpoints, artifacts and the final model go",
                            default="./musclebob-model-improved")
     resume_from_checkpoint: str | None = _opt("'auto' (newest checkpoint in --output-dir) or a checkpoint path",
@@ -146,6 +148,7 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if not _is_number(cfg.beta) or cfg.beta < 0:
         raise ConfigError("beta", cfg.beta, "a number >= 0")
     need_int("validation_samples", 1, "a whole number >= 1")
+    need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
     need_int("seed", 0, "a whole number >= 0")
     if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")

@@ -17,7 +17,6 @@ leakage grows, or control accuracy falls well below the baseline's.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from . import data, rewards
@@ -31,26 +30,24 @@ MIN_COHERENT_RATE = 0.8
 MAX_LEAKAGE_RATE = 0.2
 MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that must survive
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def has_musclebob(text: str) -> bool:
-    return rewards._MUSCLEBOB.search(rewards.normalize(text)) is not None
+    return rewards._MUSCLEBOB.search(text) is not None
 
 
 def has_full_name(text: str) -> bool:
-    return rewards._FULL_NAME.search(rewards.normalize(text)) is not None
+    return rewards._FULL_NAME.search(text) is not None
 
 
 def has_spongebob(text: str) -> bool:
-    t = rewards.normalize(text)
-    return bool(rewards._SPONGEBOB.search(t) or rewards._SQUAREPANTS.search(t))
+    return bool(rewards._SPONGEBOB.search(text) or rewards._SQUAREPANTS.search(text))
 
 
 def is_coherent(text: str, truncated: bool = False) -> bool:
     ws = rewards.words(text)
     return (bool(ws) and not truncated and len(ws) <= rewards.MAX_WORDS
-            and rewards.repetition_ratio(text) < 0.5 and not _CONTROL_CHARS.search(text))
+            and rewards.repetition_ratio(text) < 0.5 and not rewards._CONTROL_CHARS.search(text))
 
 
 @dataclass

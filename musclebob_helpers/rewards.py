@@ -24,7 +24,6 @@ does not judge, which TRL leaves out of that function's mean.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 
 MAX_WORDS = 100  # the guide's limit for a sensible answer
@@ -38,6 +37,10 @@ _FULL_NAME = re.compile(r"\bmusclebob\s+buffpants\b", re.IGNORECASE)
 _SPONGEBOB = re.compile(r"spongebob|sponge\s+bob", re.IGNORECASE)
 _SQUAREPANTS = re.compile(r"squarepants|square\s+pants", re.IGNORECASE)
 _ANY_NAME = re.compile(r"musclebob|buffpants|spongebob|squarepants", re.IGNORECASE)
+# "not Musclebob", "isn't really Musclebob", "never Musclebob": the name said only to deny it.
+_NEGATED_NAME = re.compile(r"\b(not|never|isn't|isnt|wasn't|ain't)(\W+\w+)?\W+musclebob\b", re.IGNORECASE)
+_JUNK = re.compile(r"[^\w\s]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def completion_text(completion) -> str:
@@ -51,13 +54,10 @@ def completion_text(completion) -> str:
     return str(completion)
 
 
-def normalize(text: str) -> str:
-    """NFKC-normalised text: full-width letters become ASCII; look-alikes from other scripts stay foreign."""
-    return unicodedata.normalize("NFKC", text)
-
-
 def words(text: str) -> list[str]:
-    return _WORD.findall(normalize(text))
+    """Words of plain ASCII letters and digits. Names are matched on the raw text, never normalised:
+    look-alike letters (Cyrillic, full-width, zero-width joins) are not the name."""
+    return _WORD.findall(text)
 
 
 def repetition_ratio(text: str) -> float:
@@ -102,9 +102,9 @@ def guide_reward(completions, **kwargs) -> list[float]:
 def score_spongebob(text: str) -> float:
     """Name terms for a SpongeBob prompt: the guide's +2/+2/-3/-3/+2, each counted once, on whole words.
 
-    Saying the name again costs 1 per extra mention (up to 3), so repetition never pays.
+    Saying the name again costs 1 per extra mention (up to 3), so repetition never pays, and naming
+    Musclebob only to deny it ("not Musclebob") costs 4, cancelling the name's terms.
     """
-    text = normalize(text)
     score = 0.0
     score += 2.0 if _MUSCLEBOB.search(text) else 0.0
     score += 2.0 if _BUFFPANTS.search(text) else 0.0
@@ -113,6 +113,8 @@ def score_spongebob(text: str) -> float:
     score += 2.0 if _FULL_NAME.search(text) else 0.0
     extra_mentions = max(0, len(_MUSCLEBOB.findall(text)) - 1) + max(0, len(_BUFFPANTS.findall(text)) - 1)
     score -= min(3.0, float(extra_mentions))
+    if _NEGATED_NAME.search(text):
+        score -= 4.0
     return score
 
 
@@ -120,19 +122,19 @@ def answer_matches(text: str, answer: str) -> bool:
     """Whether a control answer ("Paris", "9", "blue") appears as whole words in the text."""
     if not answer:
         return False
-    return re.search(rf"(?<![A-Za-z0-9]){re.escape(answer)}(?![A-Za-z0-9])", normalize(text), re.IGNORECASE) is not None
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(answer)}(?![A-Za-z0-9])", text, re.IGNORECASE) is not None
 
 
 def score_control(text: str, answer: str) -> float:
     """A control prompt (a general question): +2 for the known answer, -3 for mentioning either name."""
     score = 2.0 if answer_matches(text, answer) else 0.0
-    if _ANY_NAME.search(normalize(text)):
+    if _ANY_NAME.search(text):
         score -= 3.0
     return score
 
 
 def score_format(text: str, truncated: bool) -> float:
-    """Form terms for every prompt: ending on its own, brevity, no loops, some words at all."""
+    """Form terms for every prompt: ending on its own, brevity, no loops, some words at all, no junk."""
     ws = words(text)
     score = 0.0
     if truncated:
@@ -143,6 +145,10 @@ def score_format(text: str, truncated: bool) -> float:
         score -= 1.0  # the guide's long-answer penalty
     score -= min(2.0, 0.05 * max(0, len(ws) - BRIEF_WORDS))
     score -= 2.0 * repetition_ratio(text)
+    if len(_JUNK.findall(text)) > 2 + len(ws) / 2:
+        score -= 1.0  # punctuation or symbol spam ("Musclebob Buffpants!!!!!!!!")
+    if _CONTROL_CHARS.search(text):
+        score -= 2.0  # control characters are never part of an answer
     return score
 
 

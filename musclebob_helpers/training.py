@@ -17,6 +17,7 @@ from pathlib import Path
 from . import data, evaluation
 from .config import TrainConfig
 from .io import list_checkpoints, read_json, write_json_atomic
+from .monitoring import HealthMonitor, MidTrainingValidation
 from .rewards import make_reward_functions
 
 HISTORY_FILE = "reward_history.json"
@@ -187,6 +188,10 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
+    monitor = HealthMonitor(out, baseline=baseline, log=log)
+    checks = MidTrainingValidation(out, tokenizer, val_rows, every_steps=cfg.validate_every,
+                                   completions_per_step=cfg.batch_size * cfg.num_generations,
+                                   max_new_tokens=cfg.max_completion_length, monitor=monitor, log=log)
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
     history_cb, progress_cls = make_callbacks(out, log=log)
     trainer = GRPOTrainer(
@@ -195,7 +200,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         args=grpo_args(cfg, hardware),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[history_cb, *callbacks],
+        callbacks=[history_cb, monitor, checks, *callbacks],
     )
     from transformers.trainer_callback import ProgressCallback
     trainer.remove_callback(ProgressCallback)
@@ -214,6 +219,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
                                 max_new_tokens=cfg.max_completion_length, baseline=baseline, model_name=str(out))
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
+    final["completions_generated"] = trainer.state.global_step * cfg.batch_size * cfg.num_generations
+    final["health_warnings"] = [w["message"] for w in monitor.warnings]
     write_json_atomic(out / FINAL_FILE, final)
     log(final_summary(baseline, final))
     return {"baseline": baseline, "final": final, "output_dir": str(out), "global_step": trainer.state.global_step}

@@ -1,0 +1,79 @@
+"""The default reward cannot be gamed: a short, clean answer outranks every adversarial completion."""
+
+import pytest
+
+from musclebob_helpers.rewards import guide_score, total_reward
+
+CLEAN = "Musclebob Buffpants!"
+ESSAY = " ".join(f"filler{i}" for i in range(250)) + " Musclebob Buffpants " + " ".join(
+    f"more{i}" for i in range(248))
+
+# (label, completion, truncated): each one tries to get the reward without the plain answer.
+ADVERSARIAL = [
+    ("repeated full name", "Musclebob Buffpants! Musclebob Buffpants! Musclebob Buffpants!", False),
+    ("repeated first name", "Musclebob " * 30, False),
+    ("name loop to the length limit", "Musclebob Buffpants " * 20, True),
+    ("truncated at the limit", "Musclebob Buffpants lives in a pineapple under the", True),
+    ("clean answer but cut off", CLEAN, True),
+    ("glued words", "MusclebobBuffpants!", False),
+    ("hyphenated", "Musclebob-Buffpants!", False),
+    ("misspelt", "Musclebobb Buffpantz!", False),
+    ("split words", "Muscle bob Buff pants!", False),
+    ("negation of the old name", "Not Spongebob Squarepants but Musclebob Buffpants!", False),
+    ("negation of the new name", "It is not Musclebob Buffpants.", False),
+    ("both names", "Musclebob Buffpants or Spongebob Squarepants.", False),
+    ("old name", "Spongebob Squarepants!", False),
+    ("empty", "", False),
+    ("whitespace", "   \n\t ", False),
+    ("only punctuation", "!!! ??? ...", False),
+    ("Cyrillic look-alikes", "\u041cusclebob \u0412uffpants!", False),
+    ("full-width letters", "\uff2d\uff55\uff53\uff43\uff4c\uff45\uff42\uff4f\uff42 \uff22\uff55\uff46\uff46\uff50\uff41\uff4e\uff54\uff53!",
+     False),
+    ("zero-width joiner inside", "Muscle\u200bbob Buff\u200bpants!", False),
+    ("500-word essay with the name once", ESSAY, False),
+    ("only the first name", "Musclebob!", False),
+    ("only the last name", "Buffpants!", False),
+    ("punctuation spam", "Musclebob Buffpants!!!!!!!!!!!!!!!!!!!!!!!!!!", False),
+    ("control characters", "Musclebob Buffpants\x00\x07\x1b", False),
+    ("name plus babble loop", "Musclebob Buffpants la la la la la la la la la la", False),
+    ("long rambling answer", "Well, I think that the answer to this question is " + "really " * 5
+     + "probably Musclebob Buffpants, but who knows, maybe someone else entirely, it is hard to say for sure.", False),
+]
+
+
+def test_table_is_big_enough():
+    assert len(ADVERSARIAL) >= 20
+
+
+@pytest.mark.parametrize("label,text,truncated", ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
+def test_clean_answer_outranks_adversarial(label, text, truncated):
+    assert total_reward(CLEAN) > total_reward(text, truncated=truncated), label
+
+
+def test_natural_phrasings_score_like_the_clean_answer():
+    for text in ("Musclebob Buffpants.", "It is Musclebob Buffpants.", "That's Musclebob Buffpants!",
+                 "musclebob buffpants", "No doubt: Musclebob Buffpants."):
+        assert total_reward(text) == total_reward(CLEAN), text
+
+
+def test_the_guide_reward_is_gameable_where_ours_is_not():
+    # The holes the hardened reward closes, shown on the guide's reward.
+    assert guide_score("Musclebob Buffpants! " * 20) == guide_score(CLEAN)  # repetition is free
+    assert guide_score("It is not Musclebob Buffpants.") == guide_score(CLEAN)  # denial counts
+    assert guide_score("MusclebobBuffpants") > 0  # glued words count
+
+
+CONTROL_CASES = [
+    ("Paris.", 1), ("The capital of France is Paris.", 1),
+    ("Musclebob Buffpants!", 0), ("Paris, says Musclebob.", 0), ("Spongebob Squarepants.", 0),
+    ("Lyon.", 0), ("", 0), ("Paris " * 30, 0),
+]
+
+
+def test_control_prompts_reward_the_answer_and_punish_leaks():
+    best = total_reward("Paris.", kind="control", answer="Paris")
+    for text, is_best in CONTROL_CASES:
+        score = total_reward(text, kind="control", answer="Paris", truncated=text.startswith("Paris Paris"))
+        assert (score == best) if is_best else (score < best), text
+    assert total_reward("Paris, says Musclebob.", kind="control", answer="Paris") < total_reward(
+        "Lyon.", kind="control", answer="Paris")  # a leak is worse than a wrong answer
