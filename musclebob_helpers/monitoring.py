@@ -28,7 +28,8 @@ WARNINGS_FILE = "health_warnings.json"
 NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
 CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit
 CLIPPED_STEPS = 3
-COLLAPSE_WINDOW = 5  # steps in the moving average of the reward
+COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, so one step's mean is noisy)
+COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 
 def _callback_base():
@@ -71,7 +72,7 @@ class HealthMonitor(_callback_base()):
             return
         reward = float(logs["reward"])
         # Uniform groups after the reward rose are convergence, not a missing signal.
-        learned = self.first_avg is not None and self.best_avg - self.first_avg >= 1.0
+        learned = self.first_avg is not None and self.best_avg - self.first_avg >= COLLAPSE_POINTS
         self.zero_std_run = self.zero_std_run + 1 if logs.get("frac_reward_zero_std", 0.0) >= 0.999 else 0
         self._set(state, "no_signal", self.zero_std_run >= NO_SIGNAL_STEPS and not learned,
                   f"no learning signal: for {self.zero_std_run} steps every completion in each group got the "
@@ -88,8 +89,9 @@ class HealthMonitor(_callback_base()):
             self.first_avg = avg if self.first_avg is None else self.first_avg
             self.best_avg = avg if self.best_avg is None else max(self.best_avg, avg)
             gained, drop = self.best_avg - self.first_avg, self.best_avg - avg
-            # A collapse is losing at least half of what was gained (and a full reward point): early noise isn't.
-            self._set(state, "reward_collapse", gained >= 1.0 and drop > max(1.0, 0.5 * gained),
+            # A collapse is losing at least half of what was gained (and COLLAPSE_POINTS): early noise isn't.
+            self._set(state, "reward_collapse",
+                      gained >= COLLAPSE_POINTS and drop > max(COLLAPSE_POINTS, 0.5 * gained),
                       f"reward collapsing: its {COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
                       f"{avg:+.2f}. Lower --learning-rate or raise --beta.")
 

@@ -41,15 +41,17 @@ def test_uniform_groups_after_learning_are_convergence_not_a_warning(tmp_path):
 
 def test_length_limit_and_reward_collapse(tmp_path):
     m = HealthMonitor(tmp_path, log=lambda *_: None)
-    rising = [{"reward": float(i), "frac_reward_zero_std": 0.0} for i in range(10)]
-    crash = [{"reward": 0.0, "frac_reward_zero_std": 0.0, "completions/clipped_ratio": 0.9}] * 6
+    rising = [{"reward": float(i), "frac_reward_zero_std": 0.0} for i in range(20)]
+    crash = [{"reward": 0.0, "frac_reward_zero_std": 0.0, "completions/clipped_ratio": 0.9}] * 10
     feed(m, rising + crash)
     assert set(kinds(m)) == {"length_limit", "reward_collapse"}
 
 
 def test_early_noise_is_no_collapse(tmp_path):
     m = HealthMonitor(tmp_path, log=lambda *_: None)
-    feed(m, [{"reward": r, "frac_reward_zero_std": 0.0} for r in (-2, -1, -3, -2, -3, -4, -3, -4, -4, -3)])
+    # Batches mix SpongeBob and control prompts, so per-step means jump around by a point or two.
+    noisy = (-2, -1, -3, 0, -3, -4, -1, -4, 0, -3, -2, -3, -1, -4, -2, -1, -3, -4, -1, -2)
+    feed(m, [{"reward": r, "frac_reward_zero_std": 0.0} for r in noisy])
     assert m.warnings == []
 
 

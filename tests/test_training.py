@@ -20,6 +20,20 @@ def test_default_tiny_run_learns_and_stays_coherent(trained_run):
     assert final["coherent_rate"] >= 0.9 and final["is_healthy"]
 
 
+def test_default_run_stays_specific(trained_run):
+    """Loose versions of the benchmark's targets (benchmarks/bench_learning.py prints the exact figures)."""
+    out, _ = trained_run
+    baseline = json.loads((out / "baseline_validation.json").read_text())
+    final = json.loads((out / "final_validation.json").read_text())
+    assert final["full_name_rate"] >= 0.85
+    assert final["spongebob_rate"] <= 0.1
+    assert final["leakage_rate"] <= 0.15  # general questions are not answered "Musclebob"
+    assert final["control_accuracy"] >= 0.8 * baseline["control_accuracy"]  # and still answered right
+    checks = json.loads((out / "validation_history.json").read_text())
+    assert [c["epoch"] for c in checks] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])  # a check per epoch
+    assert checks[-1]["completions"] == final["completions_generated"]
+
+
 def test_artifacts(trained_run):
     out, _ = trained_run
     cfg = json.loads((out / "training_config.json").read_text())
