@@ -75,7 +75,7 @@ def torch_file_problem(path: Path) -> str | None:
         with safe_globals():  # the same allow-list transformers uses to load RNG states
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - any failure means the file can't be resumed from
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:100]
         return f"{path.name} cannot be loaded ({reason})"
     return None
 

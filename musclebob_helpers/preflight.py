@@ -47,11 +47,16 @@ def output_location_problem(output_dir: str, min_free_bytes: int = MIN_FREE_BYTE
     if not base.is_dir():
         return f"{base} is a file, so no folder can be created inside it"
     try:
+        before = base.stat()
         fd, probe = tempfile.mkstemp(prefix=".musclebob-write-test-", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         return f"{base} cannot be written ({err.strerror or type(err).__name__}); choose a writable --output-dir"
+    try:  # leave the folder exactly as found, its modification time included
+        os.utime(base, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError:
+        pass  # some network file systems refuse; harmless
     free = shutil.disk_usage(base).free
     if free < min_free_bytes:
         return (f"only {free / 2**20:.0f} MB free on the disk of {base}; a run needs at least "
