@@ -18,6 +18,7 @@ from . import data, evaluation, faults
 from .checkpoints import architecture_mismatch, select_checkpoint, trainer_class
 from .config import ConfigError, TrainConfig, validate_config
 from .io import read_json, remove_stale_temp_files, write_json_atomic
+from .preflight import space_warning
 from .rewards import make_reward_functions
 
 HISTORY_FILE = "reward_history.json"
@@ -190,6 +191,9 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
 
     model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"],
                                              trust_remote_code=cfg.trust_remote_code)
+    warning = space_warning(sum(p.numel() for p in model.parameters()), cfg.epochs, out)
+    if warning:
+        log(warning)
     differs = architecture_mismatch(resume, model.config.to_dict()) if resume else {}
     if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())

@@ -256,6 +256,14 @@ def test_no_space_left_is_refused(tmp_path, monkeypatch):
         validate_config(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
 
 
+def test_checkpoints_that_will_not_fit_are_warned_about(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
+    warning = preflight.space_warning(494_000_000, 5, tmp_path)  # Qwen2.5-0.5B, 5 epochs
+    assert warning and "29.4 GB" in warning and "15.0 GB" in warning
+    assert preflight.space_warning(494_000_000, 2, tmp_path) is None
+
+
 def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
     drive = tmp_path / "content" / "drive"
     monkeypatch.setattr(preflight, "DRIVE_MOUNT", drive)
