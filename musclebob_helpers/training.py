@@ -184,9 +184,6 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     hardware = detect_hardware()
     resume = find_resume_checkpoint(cfg, log=log)
 
-    write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
-                                          "steps_per_epoch": steps_per_epoch(cfg),
-                                          "completions_per_step": cfg.batch_size * cfg.num_generations})
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}")
 
     model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"],
@@ -199,6 +196,10 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
         raise ConfigError("resume_from_checkpoint", cfg.resume_from_checkpoint,
                           f"{resume} holds another architecture ({what}); resume with the model it was trained from")
+    # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
+    write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
+                                          "steps_per_epoch": steps_per_epoch(cfg),
+                                          "completions_per_step": cfg.batch_size * cfg.num_generations})
     if hardware["device"] == "cuda":
         model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math
     val_rows = data.validation_rows()

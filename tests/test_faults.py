@@ -149,6 +149,14 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, refere
     assert_same_as_reference(out, reference, resumed)
 
 
+def test_a_lost_history_is_rebuilt_from_the_checkpoint(tmp_path, reference):
+    out = _interrupted_copy(reference, tmp_path / "run")
+    (out / "reward_history.json").unlink()  # deleted, or a Drive copy that never arrived
+    resumed = train(out, "--resume-from-checkpoint", "auto")
+    assert "Resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)  # all 4 steps back, from checkpoint-4's own log
+
+
 # ---------------------------------------------------------------------------------------------
 # What "intact" means, file by file.
 
@@ -459,3 +467,11 @@ def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, argv, setup,
     assert "Traceback" not in proc.stderr and proc.stdout == ""  # refused before printing the config
     after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
     assert after == before  # nothing in (or around) the output dir created, changed or removed
+
+
+def test_every_json_artifact_is_written_atomically():
+    """The project writes JSON only through ``io.write_json_atomic`` (temp file + rename): no other writer exists."""
+    sources = [*(ROOT / "musclebob_helpers").glob("*.py"), *ROOT.glob("*.py")]
+    writers = [p.name for p in sources if p.name != "io.py"
+               and any(s in p.read_text() for s in ("json.dump(", "save_to_json(", ".write_text(json"))]
+    assert writers == []
