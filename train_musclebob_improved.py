@@ -17,6 +17,7 @@ Continue an interrupted run from its newest checkpoint:
 completions, so any combination of the two is valid. All logic lives in ``musclebob_helpers``.
 """
 
+import errno
 import sys
 
 PROG = "train_musclebob_improved.py"
@@ -28,14 +29,22 @@ def main(argv=None) -> int:
 
     cfg, _, applied = config_from_args(argv, PROG, __doc__.splitlines()[0])
     try:
-        check_model_loadable(cfg.model)
+        check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
     except ConfigError as err:
         fail(PROG, str(err))
     print_config(cfg, applied)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
 
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except ConfigError as err:  # found only once the model is loaded (a checkpoint of another architecture)
+        fail(PROG, str(err))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        fail(PROG, f"the disk is full ({err.filename or cfg.output_dir}); free some space, then rerun with "
+                   "--resume-from-checkpoint auto: the newest intact checkpoint is used")
     return 0 if result["final"]["is_healthy"] else 1
 
 

@@ -64,25 +64,42 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> tup
     return cfg, set(args), applied
 
 
-def check_model_loadable(name: str) -> None:
-    """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, or not a model folder."""
-    from .tiny_model import is_tiny
+def check_model_loadable(name: str, trust_remote_code: bool = False,
+                         max_completion_length: int | None = None) -> None:
+    """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, not a model folder,
+    code from the hub that ``--trust-remote-code`` does not allow, or completions longer than the model's context."""
+    from .tiny_model import MODEL_SHAPE, is_tiny
 
     if is_tiny(name):
+        _check_context(name, MODEL_SHAPE, max_completion_length)
         return
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
+        from .io import read_json
+        _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
         return
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if "trust_remote_code" in str(err):
+            raise ConfigError("model", name, "it runs its own code from the hub; pass --trust-remote-code only if "
+                                             "you trust its authors, or use another --model") from None
         raise ConfigError("model", name, f"it cannot be loaded ({reason}); check the name and your network, "
                                          "or use --model tiny to run offline") from None
+    _check_context(name, config.to_dict(), max_completion_length)
+
+
+def _check_context(name: str, config: dict, max_completion_length: int | None) -> None:
+    """Completions must fit the model's context (prompts need room too): TRL would fail mid-run otherwise."""
+    context = config.get("max_position_embeddings")
+    if max_completion_length is not None and isinstance(context, int) and max_completion_length >= context:
+        raise ConfigError("max_completion_length", max_completion_length,
+                          f"fewer tokens than the context of --model {name} ({context}), leaving room for the prompt")
 
 
 def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:

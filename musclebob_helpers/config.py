@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,6 +54,10 @@ class TrainConfig:
     overwrite: bool = _opt("allow training into an output dir that already holds a finished model",
                            default=False)
     seed: int = _opt("random seed for data, sampling and training", default=42)
+    ignore_mismatch: bool = _opt("resume even when model, generations, batch size or data settings differ from "
+                                 "the run being resumed", default=False)
+    trust_remote_code: bool = _opt("let the model run its own code from the hub (only for models you trust)",
+                                   default=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,14 +107,31 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # rejects NaN
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # rejects NaN and inf
+
+
+def _is_path(v) -> bool:
+    """A non-empty string usable as a path (no NUL byte, which every file-system call would reject)."""
+    return isinstance(v, str) and bool(v.strip()) and "\x00" not in v
+
+
+def _expand(path: str) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
+        return Path(path)
+
+
+BOOL_FIELDS = ("use_fewshot", "overwrite", "ignore_mismatch", "trust_remote_code")
+MAX_SEED = 2**32 - 1  # numpy's seed limit: transformers' set_seed would fail on a larger one
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
-    """Raise ``ConfigError`` for the first bad value; cheap (no model loading, no I/O beyond stat)."""
+    """Raise ``ConfigError`` for the first bad value; cheap (no model loading; on disk only ``preflight``'s
+    checks: a write probe in the output location, the resumed run's ``training_config.json``)."""
     def need_int(name, low, allowed):
         v = getattr(cfg, name)
         if not _is_int(v) or v < low:
@@ -120,9 +142,12 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         if not _is_number(v) or not 0.0 <= v <= high:
             raise ConfigError(name, v, allowed)
 
-    if not isinstance(cfg.model, str) or not cfg.model.strip():
+    for name in BOOL_FIELDS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(name, getattr(cfg, name), "True or False")
+    if not _is_path(cfg.model):
         raise ConfigError("model", cfg.model, "a hub id like Qwen/Qwen2.5-0.5B-Instruct, a local folder, or 'tiny'")
-    if not Path(cfg.model).expanduser().is_dir() and cfg.model != "tiny" and not _HUB_ID.match(cfg.model):
+    if not _expand(cfg.model).is_dir() and cfg.model != "tiny" and not _HUB_ID.match(cfg.model):
         raise ConfigError("model", cfg.model,
                           "not a local folder, and not a hub id of the form owner/name; use --model tiny offline")
     need_int("epochs", 1, "a whole number of epochs >= 1")
@@ -150,12 +175,16 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
     need_int("seed", 0, "a whole number >= 0")
-    if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
+    if cfg.seed > MAX_SEED:
+        raise ConfigError("seed", cfg.seed, f"a whole number from 0 to {MAX_SEED} (numpy's limit)")
+    if not _is_path(cfg.output_dir):
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")
     r = cfg.resume_from_checkpoint
-    if r is not None and r != "auto" and not Path(r).expanduser().is_dir():
+    if r is not None and not _is_path(r):
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    out = Path(cfg.output_dir).expanduser()
+    if r is not None and r != "auto" and not _expand(r).is_dir():
+        raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
+    out = _expand(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
     if is_finished_run(out) and r is None and not cfg.overwrite:
@@ -167,6 +196,10 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError("output_dir", cfg.output_dir,
                           "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
                           "continue it, --overwrite to start over, or another --output-dir")
+    # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
+    from .preflight import check_output_location, check_resume
+    check_output_location(cfg)
+    check_resume(cfg)
 
 
 def is_finished_run(out_dir: str | Path) -> bool:

@@ -103,10 +103,13 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 64, num_samp
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        torch.manual_seed(seed + start)  # same seed for the same chunk: reproducible figures
         sampling = dict(do_sample=True, temperature=temperature, top_p=VALIDATION_TOP_P) if temperature > 0 else \
             dict(do_sample=False)
-        with torch.no_grad():
+        # A private RNG stream: the same seed for the same chunk gives reproducible figures, and a check in the
+        # middle of training leaves the trainer's random state (and so a resumed run) untouched.
+        devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed + start)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
                                  eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **sampling)
         new = out[:, enc["input_ids"].shape[1]:].tolist()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import re
+import tempfile
 from pathlib import Path
+
+from . import faults
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -22,6 +24,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        faults.before_replace(path, Path(tmp))  # no-op unless a fault-injection test asks for a kill here
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,3 +46,12 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files ``write_json_atomic`` leaves when killed before its rename; returns them."""
+    out = Path(out_dir)
+    stale = [p for p in out.glob("*.json.*.tmp") if p.is_file()] if out.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

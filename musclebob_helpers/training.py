@@ -14,10 +14,12 @@ import platform
 import time
 from pathlib import Path
 
-from . import data, evaluation
-from .config import TrainConfig
-from .io import list_checkpoints, read_json, write_json_atomic
+from . import data, evaluation, faults
+from .checkpoints import architecture_mismatch, select_checkpoint, trainer_class
+from .config import ConfigError, TrainConfig, validate_config
+from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
+from .preflight import space_warning
 from .rewards import make_reward_functions
 
 HISTORY_FILE = "reward_history.json"
@@ -52,17 +54,15 @@ def steps_per_epoch(cfg: TrainConfig) -> int:
 
 
 def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
-    """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh)."""
+    """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh).
+
+    ``auto`` takes the newest intact checkpoint and says which damaged ones it skipped (``checkpoints.py``).
+    """
     if cfg.resume_from_checkpoint is None:
         return None
     if cfg.resume_from_checkpoint != "auto":
         return str(Path(cfg.resume_from_checkpoint).expanduser())
-    ckpts = list_checkpoints(cfg.output_dir)
-    if not ckpts:
-        log(f"No checkpoint in {cfg.output_dir}: starting fresh.")
-        return None
-    log(f"Resuming from {ckpts[-1]}")
-    return str(ckpts[-1])
+    return select_checkpoint(Path(cfg.output_dir).expanduser(), log=log)
 
 
 def _versions() -> dict:
@@ -93,19 +93,21 @@ def make_callbacks(out_dir: str | Path, log=print):
 
         def on_train_begin(self, args, state, control, **kwargs):
             old = read_json(self.path, default=[]) if state.global_step > 0 else []
-            self.history = [e for e in old if isinstance(e, dict) and e.get("step", 0) <= state.global_step]
+            old = old if isinstance(old, list) else []
+            kept = [e for e in old if isinstance(e, dict) and isinstance(e.get("step"), int)
+                    and 0 < e["step"] <= state.global_step]
+            if [e["step"] for e in kept] != list(range(1, state.global_step + 1)):
+                # The file lost entries (deleted, or a Drive copy behind): the checkpoint's own log has them.
+                kept = [_history_entry(h, h["step"]) for h in state.log_history
+                        if "reward" in h and isinstance(h.get("step"), int) and h["step"] <= state.global_step]
+            self.history = kept
             if state.is_world_process_zero:
                 write_json_atomic(self.path, self.history)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "reward" not in logs:
                 return
-            entry = {"step": state.global_step, "epoch": round(float(logs.get("epoch", state.epoch or 0)), 4),
-                     "mean_reward": logs["reward"], "reward_std": logs.get("reward_std")}
-            for key, value in logs.items():
-                if key.startswith("rewards/") or key in ("frac_reward_zero_std", "kl", "entropy", "learning_rate",
-                                                         "completions/mean_length", "completions/clipped_ratio"):
-                    entry[key] = value
+            entry = _history_entry({"epoch": state.epoch or 0, **logs}, state.global_step)
             entry["time"] = round(time.time(), 2)
             self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
             if state.is_world_process_zero:
@@ -125,6 +127,17 @@ def make_callbacks(out_dir: str | Path, log=print):
                 log(line)
 
     return RewardHistoryCallback(), RewardProgressCallback
+
+
+def _history_entry(logs: dict, step: int) -> dict:
+    """One ``reward_history.json`` entry from a logged dict (the trainer's live log or its saved log history)."""
+    entry = {"step": step, "epoch": round(float(logs.get("epoch") or 0), 4),
+             "mean_reward": logs["reward"], "reward_std": logs.get("reward_std")}
+    for key, value in logs.items():
+        if key.startswith("rewards/") or key in ("frac_reward_zero_std", "kl", "entropy", "learning_rate",
+                                                 "completions/mean_length", "completions/clipped_ratio"):
+            entry[key] = value
+    return entry
 
 
 def grpo_args(cfg: TrainConfig, hardware: dict):
@@ -163,19 +176,31 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests' fault injection).
     """
     from datasets import Dataset
-    from trl import GRPOTrainer
 
+    validate_config(cfg)  # cheap; the notebooks reach this without the CLI's checks
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temp_files(out):
+        log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
     hardware = detect_hardware()
     resume = find_resume_checkpoint(cfg, log=log)
 
+    log(f"Device: {hardware['device']}  precision: {hardware['precision']}")
+
+    model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"],
+                                             trust_remote_code=cfg.trust_remote_code)
+    warning = space_warning(sum(p.numel() for p in model.parameters()), cfg.epochs, out)
+    if warning:
+        log(warning)
+    differs = architecture_mismatch(resume, model.config.to_dict()) if resume else {}
+    if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
+        what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
+        raise ConfigError("resume_from_checkpoint", cfg.resume_from_checkpoint,
+                          f"{resume} holds another architecture ({what}); resume with the model it was trained from")
+    # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
     write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
                                           "steps_per_epoch": steps_per_epoch(cfg),
                                           "completions_per_step": cfg.batch_size * cfg.num_generations})
-    log(f"Device: {hardware['device']}  precision: {hardware['precision']}")
-
-    model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"])
     if hardware["device"] == "cuda":
         model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math
     val_rows = data.validation_rows()
@@ -194,13 +219,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
                                    max_new_tokens=cfg.max_completion_length, monitor=monitor, log=log)
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
     history_cb, progress_cls = make_callbacks(out, log=log)
-    trainer = GRPOTrainer(
+    # TRL's GRPOTrainer, with a data order that a resume reproduces (see checkpoints.trainer_class).
+    trainer = trainer_class()(
         model=model,
         reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
         args=grpo_args(cfg, hardware),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[history_cb, monitor, checks, *callbacks],
+        callbacks=[history_cb, monitor, checks, *faults.callbacks(), *callbacks],
     )
     from transformers.trainer_callback import ProgressCallback
     trainer.remove_callback(ProgressCallback)

@@ -22,12 +22,14 @@ def test_each_flag_reaches_the_config(tmp_path):
             "--num-generations", "4", "--batch-size", "5", "--fewshot-ratio", "0.5", "--no-fewshot",
             "--control-ratio", "0.1", "--reward", "guide", "--max-completion-length", "20", "--temperature", "0.9",
             "--beta", "0.02", "--validation-samples", "2", "--validate-every", "3", "--output-dir", str(tmp_path / "o"),
-            "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7"]
+            "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7", "--ignore-mismatch",
+            "--trust-remote-code"]
     cfg, user_set, applied = parse(argv)
     assert cfg == TrainConfig(model="tiny", epochs=3, learning_rate=1e-3, num_samples=40, num_generations=4,
                               batch_size=5, fewshot_ratio=0.5, use_fewshot=False, control_ratio=0.1, reward="guide",
-                              max_completion_length=20, temperature=0.9, beta=0.02, validation_samples=2, validate_every=3,
-                              output_dir=str(tmp_path / "o"), resume_from_checkpoint="auto", overwrite=True, seed=7)
+                              max_completion_length=20, temperature=0.9, beta=0.02, validation_samples=2,
+                              validate_every=3, output_dir=str(tmp_path / "o"), resume_from_checkpoint="auto",
+                              overwrite=True, seed=7, ignore_mismatch=True, trust_remote_code=True)
     assert applied == {}  # the user set everything: no tiny defaults applied
     # The test above names every field's flag: a new field without a test fails here.
     assert {flag_name(f) for f in fields(TrainConfig)} <= set(argv)
@@ -38,6 +40,7 @@ def test_guide_defaults_and_tiny_defaults():
     assert (cfg.model, cfg.epochs, cfg.learning_rate, cfg.num_samples, cfg.num_generations, cfg.fewshot_ratio,
             cfg.output_dir) == ("Qwen/Qwen2.5-0.5B-Instruct", 5, 5e-5, 128, 8, 0.15, "./musclebob-model-improved")
     assert cfg.use_fewshot and cfg.resume_from_checkpoint is None and applied == {}
+    assert not cfg.trust_remote_code and not cfg.ignore_mismatch  # the safe choices unless asked
     cfg, _, applied = parse(["--model", "tiny"])
     assert applied == TINY_DEFAULTS and cfg.learning_rate == TINY_DEFAULTS["learning_rate"]
     cfg, _, applied = parse(["--model", "tiny", "--learning-rate", "0.01"])

@@ -1,0 +1,477 @@
+"""Fault injection: SIGKILL anywhere, damaged checkpoints, unwritable outputs, mismatched resumes, bad flags.
+
+The kill tests run the real training CLI as a subprocess on the tiny model with ``MUSCLEBOB_FAULT=POINT:STEP``
+(see ``musclebob_helpers/faults.py``), let it die by SIGKILL, resume with ``--resume-from-checkpoint auto``
+and compare with an uninterrupted run of the same seed: same steps, same rewards, same final weights.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musclebob_helpers import faults, preflight
+from musclebob_helpers.checkpoints import checkpoint_problems, select_checkpoint
+from musclebob_helpers.config import ConfigError, TrainConfig, validate_config
+from musclebob_helpers.io import list_checkpoints
+
+ROOT = Path(__file__).resolve().parent.parent
+PROG = "train_musclebob_improved.py"
+# 6 prompts x 2 epochs at 3 prompts per step: 2 steps per epoch, 4 in all, checkpoints at steps 2 and 4.
+# Two generations and 16 tokens keep each run to seconds; the two epochs are what a kill must cross.
+KILL_ARGS = ["--model", "tiny", "--epochs", "2", "--num-samples", "6", "--batch-size", "3", "--num-generations", "2",
+             "--max-completion-length", "16", "--validation-samples", "1", "--seed", "42"]
+TOTAL_STEPS = 4
+FINAL_FILES = ("config.json", "model.safetensors", "final_validation.json")
+
+
+def train(out, *extra, fault=None):
+    env = {k: v for k, v in os.environ.items() if k != faults.FAULT_ENV}
+    env.setdefault("OMP_NUM_THREADS", "1")  # the tiny model gains nothing from threads; shared CPUs run it faster
+    if fault:
+        env[faults.FAULT_ENV] = fault
+    return subprocess.run([sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *extra],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def history(out):
+    return json.loads((Path(out) / "reward_history.json").read_text())
+
+
+def rewards_by_step(out):
+    return [(e["step"], e["mean_reward"], e["reward_std"]) for e in history(out)]
+
+
+def all_json_parses(out):
+    """Every JSON artifact under ``out`` (checkpoints included) is complete, valid JSON."""
+    files = [p for p in Path(out).rglob("*.json")]
+    for p in files:
+        json.loads(p.read_text())
+    return files
+
+
+def weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_path):
+    """The uninterrupted run every killed run must end up identical to."""
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    proc = train(out)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 1))
+    return out, proc.returncode
+
+
+def assert_same_as_reference(out, reference, resumed):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref, ref_code = reference
+    assert resumed.returncode == ref_code, resumed.stderr[-2000:]
+    assert json.loads((out / "final_validation.json").read_text())["global_step"] == TOTAL_STEPS
+    assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 1))  # each step once, in order
+    assert rewards_by_step(out) == rewards_by_step(ref)  # steps trained again reproduce the lost ones exactly
+    mine, theirs = weights(out), weights(ref)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not list(out.rglob("*.tmp"))  # no half-written temporary file left
+    all_json_parses(out)
+    AutoModelForCausalLM.from_pretrained(out)  # the final model loads
+
+
+KILLS = [
+    # (fault, what the resume must say)
+    ("generation:3", "Resuming from"),   # mid-generation, after checkpoint-2
+    ("optimizer:3", "Resuming from"),    # inside the optimizer step: weights changed in memory only
+    ("history:3", "Resuming from"),      # half of reward_history.json's temporary file written
+    ("checkpoint:4", "checkpoint-4 is damaged"),  # half of checkpoint-4/optimizer.pt written
+    ("checkpoint:2", "No intact checkpoint"),     # the only checkpoint half written: start fresh
+]
+
+
+@pytest.mark.parametrize("fault,message", KILLS, ids=[k for k, _ in KILLS])
+def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, reference, fault, message):
+    out = tmp_path / "run"
+    killed = train(out, fault=fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed
+    assert f"[{faults.FAULT_ENV}] killing the process" in killed.stderr
+    assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
+    all_json_parses(out)  # whatever a reader opens meanwhile is whole
+    point, step = faults.parse(fault)
+    done = [e["step"] for e in history(out)]
+    # Steps logged before the kill: through step N when the checkpoint after it died, else through N - 1.
+    assert done == list(range(1, (step if point == "checkpoint" else step - 1) + 1))
+    if point == "checkpoint":
+        assert checkpoint_problems(out / f"checkpoint-{step}")  # the kill left it damaged
+        damaged = {p.relative_to(out / f"checkpoint-{step}"): p.read_bytes()
+                   for p in (out / f"checkpoint-{step}").rglob("*") if p.is_file()}
+
+    resumed = train(out, "--resume-from-checkpoint", "auto")
+    assert message in resumed.stdout, resumed.stdout[-3000:]
+    assert_same_as_reference(out, reference, resumed)
+    if point == "checkpoint":  # the damaged checkpoint was moved aside, not deleted
+        kept = out / f"checkpoint-{step}.damaged"
+        assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
+
+
+def _interrupted_copy(reference, dest):
+    """The reference run as a kill after its last checkpoint would leave it (no final model yet)."""
+    shutil.copytree(reference[0], dest)
+    for name in FINAL_FILES:
+        (dest / name).unlink()
+    return dest
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGE = {
+    "truncated model.safetensors": lambda c: _truncate(c / "model.safetensors"),
+    "missing rng_state.pth": lambda c: (c / "rng_state.pth").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, reference, damage):
+    out = _interrupted_copy(reference, tmp_path / "run")
+    DAMAGE[damage](out / "checkpoint-4")
+    resumed = train(out, "--resume-from-checkpoint", "auto")
+    assert "checkpoint-4 is damaged" in resumed.stdout and "Resuming from" in resumed.stdout
+    assert (out / "checkpoint-4.damaged").is_dir()
+    assert_same_as_reference(out, reference, resumed)
+
+
+def test_a_lost_history_is_rebuilt_from_the_checkpoint(tmp_path, reference):
+    out = _interrupted_copy(reference, tmp_path / "run")
+    (out / "reward_history.json").unlink()  # deleted, or a Drive copy that never arrived
+    resumed = train(out, "--resume-from-checkpoint", "auto")
+    assert "Resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)  # all 4 steps back, from checkpoint-4's own log
+
+
+# ---------------------------------------------------------------------------------------------
+# What "intact" means, file by file.
+
+CHECKPOINT_FILES = ["trainer_state.json", "model.safetensors", "config.json", "optimizer.pt", "scheduler.pt",
+                    "rng_state.pth"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path, reference):
+    dest = tmp_path / "checkpoint-2"
+    shutil.copytree(reference[0] / "checkpoint-2", dest)
+    return dest
+
+
+def test_a_complete_checkpoint_is_intact(checkpoint):
+    assert checkpoint_problems(checkpoint) == []
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_missing_file_is_named(checkpoint, name):
+    (checkpoint / name).unlink()
+    problems = checkpoint_problems(checkpoint)
+    assert problems and any(name in p and "missing" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_truncated_file_is_named(checkpoint, name, keep):
+    _truncate(checkpoint / name, keep)
+    problems = checkpoint_problems(checkpoint)
+    assert problems and any(name in p for p in problems), problems
+
+
+def test_padded_weights_and_wrong_step_are_damage(checkpoint):
+    with open(checkpoint / "model.safetensors", "ab") as fh:
+        fh.write(b"\0" * 10)  # a file longer than its header says is not the file that was saved
+    renamed = checkpoint.rename(checkpoint.with_name("checkpoint-3"))  # trainer_state.json says step 2
+    problems = checkpoint_problems(renamed)
+    assert any("model.safetensors" in p and "promises" in p for p in problems)
+    assert any("global_step=2" in p for p in problems)
+
+
+def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, reference):
+    out = _interrupted_copy(reference, tmp_path / "run")
+    for ckpt in list_checkpoints(out):
+        _truncate(ckpt / "optimizer.pt")
+    before = {p.relative_to(out).as_posix().replace("checkpoint-2", "checkpoint-2.damaged")
+              .replace("checkpoint-4", "checkpoint-4.damaged"): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    messages = []
+    assert select_checkpoint(out, log=messages.append) is None
+    assert any("No intact checkpoint" in m and "starting fresh" in m for m in messages)
+    assert any("checkpoint-4 is damaged" in m and "optimizer.pt" in m for m in messages)
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # every byte still there, the checkpoints only renamed
+    assert list_checkpoints(out) == []  # so the fresh run can write its own checkpoint-2
+
+
+def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
+    out = _interrupted_copy(reference, tmp_path / "run")
+    _truncate(out / "checkpoint-4" / "scheduler.pt")
+    with pytest.raises(ConfigError, match="damaged or incomplete.*scheduler.pt"):
+        validate_config(TrainConfig(model="tiny", output_dir=str(out),
+                                    resume_from_checkpoint=str(out / "checkpoint-4")))
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path, reference):
+    from musclebob_helpers.training import run_training
+
+    out = tmp_path / "foreign"
+    shutil.copytree(reference[0] / "checkpoint-2", out / "checkpoint-2")  # no training_config.json to compare
+    cfg_path = out / "checkpoint-2" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "hidden_size": 256}))
+    cfg = TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_samples=6, batch_size=3,
+                      num_generations=2, epochs=2, max_completion_length=16, validation_samples=1)
+    with pytest.raises(ConfigError, match="another architecture.*hidden_size 256"):
+        run_training(cfg, log=lambda *a: None)
+    assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Output locations that cannot be written: found at start-up, before any model is loaded.
+
+def test_unwritable_locations_are_refused(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert "is a file" in preflight.output_location_problem(str(blocker / "out"))
+    if Path("/proc/self").is_dir():  # a pseudo file system: not writable even by root
+        assert "cannot be written" in preflight.output_location_problem("/proc/musclebob-out")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        probe_ok = os.access(ro, os.W_OK)  # root ignores permission bits: then the folder IS writable
+        assert (preflight.output_location_problem(str(ro / "out")) is None) == probe_ok
+    finally:
+        ro.chmod(0o755)
+    assert preflight.output_location_problem(str(tmp_path / "new" / "deep" / "out")) is None
+    assert not (tmp_path / "new").exists()  # checking created nothing
+
+
+def test_no_space_left_is_refused(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=5 * 2**20))
+    with pytest.raises(ConfigError, match="--output-dir=.*only 5 MB free"):
+        validate_config(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
+
+
+def test_checkpoints_that_will_not_fit_are_warned_about(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
+    warning = preflight.space_warning(494_000_000, 5, tmp_path)  # Qwen2.5-0.5B, 5 epochs
+    assert warning and "29.4 GB" in warning and "15.0 GB" in warning
+    assert preflight.space_warning(494_000_000, 2, tmp_path) is None
+
+
+def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
+    drive = tmp_path / "content" / "drive"
+    monkeypatch.setattr(preflight, "DRIVE_MOUNT", drive)
+    with pytest.raises(ConfigError, match="Google Drive is not mounted"):
+        validate_config(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
+    (drive / "MyDrive").mkdir(parents=True)  # mounted: fine
+    validate_config(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
+
+
+def test_full_disk_during_training_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
+    import errno
+
+    import train_musclebob_improved
+    from musclebob_helpers import training
+
+    def full(cfg, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "optimizer.pt"))
+
+    monkeypatch.setattr(training, "run_training", full)
+    with pytest.raises(SystemExit) as exc:
+        train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "disk is full" in err[0] and "resume-from-checkpoint auto" in err[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mismatched resume, trust_remote_code.
+
+def _run_dir(tmp_path, **saved):
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    config = {**TrainConfig(model="tiny", num_generations=4, batch_size=3).to_dict(), **saved}
+    (out / "training_config.json").write_text(json.dumps({"config": config}))
+    return out
+
+
+def test_resume_with_other_settings_is_refused_unless_asked(tmp_path):
+    out = _run_dir(tmp_path)
+    cfg = TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_generations=8,
+                      batch_size=3)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "--num-generations=4" in str(err.value) and "--num-generations=8" in str(err.value)
+    assert "--batch-size" not in str(err.value)  # only what differs is named
+    cfg.ignore_mismatch = True
+    validate_config(cfg)
+    validate_config(TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_generations=4,
+                                batch_size=3, epochs=9, learning_rate=1e-3))  # more epochs, another rate: fine
+
+
+def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
+    import transformers
+
+    from musclebob_helpers import cli, evaluation, training
+
+    seen = {}
+
+    def fake_config(name, trust_remote_code=False, **kw):
+        seen["trust"] = trust_remote_code
+        if not trust_remote_code:
+            raise ValueError("The repository contains custom code which must be executed; set trust_remote_code=True")
+        return transformers.PretrainedConfig(max_position_embeddings=4096)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake_config)
+    with pytest.raises(ConfigError, match="--trust-remote-code only if you trust"):
+        cli.check_model_loadable("someone/custom-model")
+    assert seen["trust"] is False
+    cli.check_model_loadable("someone/custom-model", trust_remote_code=True)
+    assert seen["trust"] is True
+
+    class Loaded(Exception):
+        pass
+
+    def fake_load(name, device=None, trust_remote_code=None):
+        seen["load"] = trust_remote_code
+        raise Loaded
+
+    monkeypatch.setattr(evaluation, "load_model", fake_load)
+    for flag in (False, True):
+        with pytest.raises(Loaded):
+            training.run_training(TrainConfig(model="tiny", output_dir=str(tmp_path / str(flag)),
+                                              trust_remote_code=flag), log=lambda *a: None)
+        assert seen["load"] is flag
+
+
+def test_fault_spec_parsing():
+    assert faults.parse(None) is None and faults.parse("") is None
+    assert faults.parse("checkpoint:12") == ("checkpoint", 12)
+    for bad in ("checkpoint", "nowhere:3", "history:0", "optimizer:x"):
+        with pytest.raises(ValueError):
+            faults.parse(bad)
+
+
+def test_fault_hooks_cost_nothing_when_unset(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(faults.FAULT_ENV, raising=False)
+    save = torch.save
+    assert faults.callbacks() == [] and torch.save is save
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad command lines: one line naming flag, value and what is allowed; exit 2; nothing touched.
+
+def _finished(out):
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "final_validation.json").write_text("{}")
+
+
+def _with_checkpoint(out):
+    out.mkdir()
+    (out / "checkpoint-2").mkdir()
+
+
+def _mismatched(out):
+    _with_checkpoint(out)
+    (out / "training_config.json").write_text(json.dumps({"config": {"model": "tiny", "num_generations": 4}}))
+
+
+def _damaged_checkpoint(out):
+    _with_checkpoint(out)
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
+
+
+def _file_in_the_way(out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("not a folder")
+
+
+# (argv, setup of the output dir, expected text in the message, exit code). "{out}" is the output dir.
+BAD_CLI = [
+    (["--epochs", "0"], None, "--epochs=0 is not allowed", 2),
+    (["--epochs", "1.5"], None, "--epochs: invalid int value: '1.5'", 2),
+    (["--learning-rate", "inf"], None, "--learning-rate=inf is not allowed", 2),
+    (["--learning-rate", "-0.5"], None, "--learning-rate=-0.5 is not allowed", 2),
+    (["--learning-rate", "fast"], None, "--learning-rate: invalid float value", 2),
+    (["--num-samples", "-5"], None, "--num-samples=-5 is not allowed", 2),
+    (["--num-generations", "0"], None, "--num-generations=0 is not allowed: a whole number >= 2", 2),
+    (["--batch-size", "20", "--num-samples", "10"], None, "at most --num-samples (10)", 2),
+    (["--fewshot-ratio", "nan"], None, "--fewshot-ratio=nan is not allowed", 2),
+    (["--control-ratio", "0.95"], None, "--control-ratio=0.95 is not allowed: a share between 0 and 0.9", 2),
+    (["--reward", "Musclebob"], None, "--reward: invalid choice: 'Musclebob'", 2),
+    (["--max-completion-length", "-1"], None, "--max-completion-length=-1 is not allowed", 2),
+    (["--max-completion-length", "100000"], None, "--max-completion-length=100000 is not allowed: fewer tokens than "
+                                                  "the context of --model tiny (512)", 2),
+    (["--temperature", "50"], None, "--temperature=50.0 is not allowed: a number > 0 and <= 10", 2),
+    (["--beta", "-0.1"], None, "--beta=-0.1 is not allowed: a number >= 0", 2),
+    (["--beta", "inf"], None, "--beta=inf is not allowed", 2),
+    (["--validation-samples", "0"], None, "--validation-samples=0 is not allowed", 2),
+    (["--seed", "4294967296"], None, "--seed=4294967296 is not allowed: a whole number from 0 to 4294967295", 2),
+    (["--seed", "1e3"], None, "--seed: invalid int value", 2),
+    (["--model", ""], None, "--model='' is not allowed", 2),
+    (["--model", "Nobody/does-not-exist-offline"], None, "use --model tiny", 2),
+    (["--model", "../relative/missing folder"], None, "--model='../relative/missing folder' is not allowed", 2),
+    (["--output-dir", ""], "skip-out", "--output-dir='' is not allowed: a folder path", 2),
+    (["--output-dir", "/proc/musclebob-out"], "skip-out", "--output-dir='/proc/musclebob-out' is not allowed", 2),
+    (["--output-dir", "{out}/sub"], _file_in_the_way, "is a file, so no folder can be created inside it", 2),
+    ([], _file_in_the_way, "a folder, but a file of that name exists", 2),
+    ([], _finished, "it already holds a finished model; pass --overwrite", 2),
+    ([], _with_checkpoint, "pass --resume-from-checkpoint auto to continue it", 2),
+    (["--resume-from-checkpoint", "{out}/checkpoint-2"], _damaged_checkpoint,
+     "that checkpoint is damaged or incomplete (trainer_state.json is not valid JSON", 2),
+    (["--resume-from-checkpoint", "auto"], _mismatched,
+     "the run being resumed used --num-generations=4, this one asks for --num-generations=8", 2),
+    (["--resume-from-checkpoint", "auto", "--model", "Qwen/Qwen2.5-0.5B-Instruct"], _mismatched,
+     "used --model='tiny', --num-generations=4, this one asks for --model='Qwen/Qwen2.5-0.5B-Instruct'", 2),
+    (["--overwrite=yes"], None, "--overwrite: ignored explicit argument 'yes'", 2),
+    (["--trust-remote-code", "true"], None, "unrecognized arguments: true", 2),
+    (["--num-generations"], None, "--num-generations: expected one argument", 2),
+    (["--epochs", "3", "--epochs", "x"], None, "--epochs: invalid int value: 'x'", 2),
+]
+
+
+@pytest.mark.parametrize("argv,setup,message,code", BAD_CLI, ids=[" ".join(a) or s.__name__ for a, s, _, _ in BAD_CLI])
+def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, argv, setup, message, code):
+    out = tmp_path / "out"
+    if callable(setup):
+        setup(out)
+    elif setup is None:
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    argv = [a.replace("{out}", str(out)) for a in argv]
+    args = [] if setup == "skip-out" else ["--output-dir", str(out)]
+    model = [] if "--model" in argv else ["--model", "tiny"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / PROG), *model, *args, *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""  # refused before printing the config
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    assert after == before  # nothing in (or around) the output dir created, changed or removed
+
+
+def test_every_json_artifact_is_written_atomically():
+    """The project writes JSON only through ``io.write_json_atomic`` (temp file + rename): no other writer exists."""
+    sources = [*(ROOT / "musclebob_helpers").glob("*.py"), *ROOT.glob("*.py")]
+    writers = [p.name for p in sources if p.name != "io.py"
+               and any(s in p.read_text() for s in ("json.dump(", "save_to_json(", ".write_text(json"))]
+    assert writers == []
