@@ -18,6 +18,7 @@ from . import data, evaluation
 from .config import TrainConfig
 from .io import list_checkpoints, read_json, write_json_atomic
 from .rewards import make_reward_functions
+from . import scaling
 
 HISTORY_FILE = "reward_history.json"
 BASELINE_FILE = "baseline_validation.json"
@@ -126,6 +127,40 @@ def make_callbacks(out_dir: str | Path, log=print):
     return RewardHistoryCallback(), RewardProgressCallback
 
 
+def make_adapter_callback(base: str):
+    """Records ``base`` (the user's --model, e.g. 'tiny') as each adapter checkpoint's base model."""
+    from transformers import TrainerCallback
+
+    from .lora import is_adapter_dir, record_base_model
+
+    class AdapterBaseCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and is_adapter_dir(ckpt):
+                record_base_model(ckpt, base)
+
+    return AdapterBaseCallback()
+
+
+def memory_report(cfg: TrainConfig, hardware: dict, log=print):
+    """Print the GPU memory estimate and warn when the run will not fit the detected GPU (GPU runs only)."""
+    from . import memory
+
+    if hardware["device"] != "cuda":
+        return None
+    shape = memory.model_shape(cfg.model)
+    if shape is None:
+        log("GPU memory estimate: unavailable (the model's config could not be read).")
+        return None
+    est = memory.estimate_memory(shape, cfg, precision=hardware["precision"], num_processes=scaling.world_size(),
+                                 gpu_memory_gb=hardware["gpu_memory_gb"])
+    log(est.table())
+    warning = memory.fit_warning(est, hardware["gpu_memory_gb"], cfg)
+    if warning:
+        log(warning)
+    return est
+
+
 def grpo_args(cfg: TrainConfig, hardware: dict):
     """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step."""
     from trl import GRPOConfig
@@ -135,8 +170,9 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         output_dir=cfg.output_dir,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
-        # GRPOConfig counts completions: one step sees batch_size prompts x num_generations answers.
-        per_device_train_batch_size=cfg.batch_size * cfg.num_generations,
+        # GRPOConfig counts completions per process: one step sees batch_size prompts x num_generations
+        # answers in all, split evenly over the processes of an `accelerate launch` run.
+        per_device_train_batch_size=cfg.batch_size * cfg.num_generations // scaling.world_size(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -153,6 +189,8 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        **scaling.vllm_args(cfg),
     )
 
 
@@ -164,19 +202,32 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    # Under `accelerate launch` every process runs this function: all of them train and validate (no
+    # process waits on another outside the trainer's own collectives), only the main one writes and logs.
+    main = scaling.is_main_process()
+    if not main:
+        log = _quiet
+    hardware = detect_hardware()
+    scaling.check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    hardware = detect_hardware()
     resume = find_resume_checkpoint(cfg, log=log)
 
-    write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
-                                          "steps_per_epoch": steps_per_epoch(cfg),
-                                          "completions_per_step": cfg.batch_size * cfg.num_generations})
-    log(f"Device: {hardware['device']}  precision: {hardware['precision']}")
+    if main:
+        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
+                                              "num_processes": scaling.world_size(),
+                                              "steps_per_epoch": steps_per_epoch(cfg),
+                                              "completions_per_step": cfg.batch_size * cfg.num_generations})
+    log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {scaling.world_size()}")
+    memory_report(cfg, hardware, log=log)
 
-    model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"])
-    if hardware["device"] == "cuda":
-        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math
+    device = hardware["device"]
+    if device == "cuda":
+        device = f"cuda:{scaling.local_rank()}"  # each process on its own GPU
+    model, tokenizer = evaluation.load_model(cfg.model, device=device,
+                                             quantization_config=scaling.quantization_config(cfg, hardware))
+    if hardware["device"] == "cuda" and not cfg.lora:
+        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
 
     baseline = read_json(out / BASELINE_FILE) if resume else None
@@ -184,7 +235,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         log("Baseline validation (held-out prompts, before training) ...")
         baseline = evaluation.validate(model, tokenizer, val_rows, num_samples=cfg.validation_samples,
                                        max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
-        write_json_atomic(out / BASELINE_FILE, baseline)
+        if main:
+            write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
@@ -195,7 +247,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         args=grpo_args(cfg, hardware),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[history_cb, *callbacks],
+        callbacks=[history_cb, *([make_adapter_callback(cfg.model)] if cfg.lora else []), *callbacks],
+        peft_config=scaling.lora_config(cfg),
     )
     from transformers.trainer_callback import ProgressCallback
     trainer.remove_callback(ProgressCallback)
@@ -204,8 +257,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - start
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
+    if main:
+        tokenizer.save_pretrained(str(out))
+        if cfg.lora:
+            from .lora import MERGED_DIR, merge_adapter, record_base_model
+            record_base_model(out, cfg.model)
+            if cfg.merge_adapter:
+                merge_adapter(out, out / MERGED_DIR, log=log)
 
     model = trainer.model
     model.eval()
@@ -214,9 +273,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
                                 max_new_tokens=cfg.max_completion_length, baseline=baseline, model_name=str(out))
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
-    write_json_atomic(out / FINAL_FILE, final)
+    if main:
+        write_json_atomic(out / FINAL_FILE, final)
     log(final_summary(baseline, final))
     return {"baseline": baseline, "final": final, "output_dir": str(out), "global_step": trainer.state.global_step}
+
+
+def _quiet(*args, **kwargs):
+    """The log of a process other than the main one: silent, so each line is printed once."""
 
 
 def _rates_line(label: str, report: dict) -> str:
