@@ -42,7 +42,9 @@ def main(argv=None) -> int:
         check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
-    print_config(cfg, applied)
+    from musclebob_helpers.scaling import is_main_process
+    if is_main_process():  # under `accelerate launch`, print once
+        print_config(cfg, applied)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
 
