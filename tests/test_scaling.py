@@ -169,9 +169,10 @@ def test_batch_is_split_over_processes(monkeypatch):
     from musclebob_helpers.training import grpo_args
 
     hw = {"device": "cpu", "precision": "fp32"}
-    assert grpo_args(TrainConfig(batch_size=3, num_generations=4), hw).per_device_train_batch_size == 12
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert grpo_args(TrainConfig(batch_size=3, num_generations=4), hw).per_device_train_batch_size == 6
+    assert grpo_args(TrainConfig(batch_size=4, num_generations=4), hw).per_device_train_batch_size == 16
+    # (World size faked: setting WORLD_SIZE itself would make GRPOConfig start a process group.)
+    monkeypatch.setattr(scaling, "world_size", lambda: 2)
+    assert grpo_args(TrainConfig(batch_size=4, num_generations=4), hw).per_device_train_batch_size == 8
     with pytest.raises(ConfigError, match="divide evenly over 8 processes"):
         validate_config(TrainConfig(batch_size=3, num_generations=4), num_processes=8)
 
@@ -294,7 +295,7 @@ def test_preset_flag_and_user_flags_override_it(tmp_path):
     cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
     cfg = TrainConfig(preset="colab-l4", batch_size=2)
-    assert apply_preset(cfg, {"batch_size"}) == {"gradient_checkpointing": False} and cfg.batch_size == 2
+    assert apply_preset(cfg, {"preset", "batch_size"}) == {"gradient_checkpointing": False} and cfg.batch_size == 2
     with pytest.raises(ConfigError, match="--preset"):
         preset_values("h100-cluster")
 
