@@ -34,17 +34,23 @@ def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
 
 
 def detect_hardware() -> dict:
-    """What this machine offers: device, GPU name, memory, compute capability and the precision to use."""
+    """What this machine offers: device, GPU name, memory, compute capability, the precision to use and
+    the preset that suits it (``presets.recommend_preset``)."""
     import torch
 
+    from .presets import recommend_preset
+
     if not torch.cuda.is_available():
-        return {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None,
-                "precision": "fp32"}
-    props = torch.cuda.get_device_properties(0)
-    capability = (props.major, props.minor)
-    return {"device": "cuda", "gpu_name": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-            "compute_capability": f"{props.major}.{props.minor}", "precision": precision_for("cuda", capability),
-            "gpu_count": torch.cuda.device_count()}
+        hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None,
+              "precision": "fp32"}
+    else:
+        props = torch.cuda.get_device_properties(0)
+        capability = (props.major, props.minor)
+        hw = {"device": "cuda", "gpu_name": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+              "compute_capability": f"{props.major}.{props.minor}", "precision": precision_for("cuda", capability),
+              "gpu_count": torch.cuda.device_count()}
+    hw["recommended_preset"] = recommend_preset(hw)
+    return hw
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:

@@ -388,3 +388,10 @@ def test_import_survives_a_broken_vllm(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / PROG), "--model", "tiny", "--use-vllm", "--output-dir",
                            str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "--use-vllm" in proc.stderr and "GPU" in proc.stderr
+
+
+def test_detect_hardware_recommends_a_preset():
+    from musclebob_helpers.training import detect_hardware
+
+    hw = detect_hardware()
+    assert hw["recommended_preset"] == recommend_preset(hw) and hw["recommended_preset"] in PRESET_NAMES
