@@ -232,6 +232,9 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         device = f"cuda:{scaling.local_rank()}"  # each process on its own GPU
     model, tokenizer = evaluation.load_model(cfg.model, device=device,
                                              quantization_config=scaling.quantization_config(cfg, hardware))
+    from .lora import is_adapter_dir
+    if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
+        model = model.merge_and_unload()
     if hardware["device"] == "cuda" and not cfg.lora:
         model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
