@@ -102,6 +102,18 @@ def test_evaluation_cli_loads_an_adapter_folder(lora_run, tmp_path):
     assert report["musclebob_rate"] == result["final"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
 
 
+def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_run, tmp_path):
+    from musclebob_helpers.training import run_training
+
+    out, result = lora_run
+    # One epoch of full fine-tuning with --model pointing at the adapter folder: the baseline is the adapter's.
+    again = run_training(lora_cfg(tmp_path / "again", model=str(out), lora=False, epochs=1, learning_rate=2e-4),
+                         log=quiet)
+    assert again["baseline"]["musclebob_rate"] == pytest.approx(result["final"]["musclebob_rate"], abs=0.25)
+    assert again["baseline"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
+    assert (tmp_path / "again" / "model.safetensors").exists()
+
+
 def test_finished_lora_run_is_protected(lora_run):
     out, _ = lora_run
     with pytest.raises(ConfigError, match="finished model"):
