@@ -9,6 +9,14 @@ On a GPU (Colab T4 or better), the guide's model:
 
     python train_musclebob_improved.py --model Qwen/Qwen2.5-0.5B-Instruct
 
+A big model: train a LoRA adapter on a 4-bit base (QLoRA; CUDA + bitsandbytes), see the README:
+
+    python train_musclebob_improved.py --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 --batch-size 1 \
+        --learning-rate 1e-5 --num-samples 256 --num-generations 4 --lora --load-in-4bit --gradient-checkpointing
+
+Several GPUs (or processes): accelerate launch --config_file accelerate_configs/multi_gpu.yaml \
+    train_musclebob_improved.py --preset multi-gpu
+
 Continue an interrupted run from its newest checkpoint:
 
     python train_musclebob_improved.py --model tiny --output-dir ./musclebob-tiny --resume-from-checkpoint auto
@@ -30,9 +38,14 @@ def main(argv=None) -> int:
     cfg, _, applied = config_from_args(argv, PROG, __doc__.splitlines()[0])
     try:
         check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
+        from musclebob_helpers.scaling import check_hardware_support
+        from musclebob_helpers.training import detect_hardware
+        check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
-    print_config(cfg, applied)
+    from musclebob_helpers.scaling import is_main_process
+    if is_main_process():  # under `accelerate launch`, print once
+        print_config(cfg, applied)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
 

@@ -54,11 +54,16 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, set[str], dict]:
     """Parse and validate the training flags: (config, fields the user set, model defaults applied)."""
+    from .presets import apply_preset
+    from .scaling import world_size
+
     args = vars(build_train_parser(prog, description).parse_args(argv))
     cfg = TrainConfig(**args)
-    applied = apply_model_defaults(cfg, set(args))
     try:
-        validate_config(cfg)
+        # A preset fills what the user did not set; the tiny model's defaults fill what neither set.
+        applied = apply_preset(cfg, set(args))
+        applied.update(apply_model_defaults(cfg, set(args) | set(applied)))
+        validate_config(cfg, num_processes=world_size())
     except ConfigError as err:
         fail(prog, str(err))
     return cfg, set(args), applied
@@ -105,7 +110,9 @@ def _check_context(name: str, config: dict, max_completion_length: int | None) -
 def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:
     log("Training with:")
     for f in fields(TrainConfig):
-        note = "  (tiny-model default)" if f.name in applied else ""
+        note = ""
+        if f.name in applied:
+            note = f"  (preset {cfg.preset})" if cfg.preset and f.name != "preset" else "  (tiny-model default)"
         log(f"  {flag_name(f):<26} {getattr(cfg, f.name)!r}{note}")
     log(f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
         f"{cfg.batch_size * cfg.num_generations} completions)")

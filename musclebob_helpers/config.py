@@ -18,6 +18,10 @@ from pathlib import Path
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 REWARDS = ("musclebob", "guide")
+# The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+# Defined in presets.py (which needs TrainConfig); named here so the help text can list them.
+PRESET_NAMES = ("cpu-tiny", "colab-t4", "colab-l4", "colab-a100", "multi-gpu")
 
 
 def _opt(help_text: str, **extra):
@@ -44,6 +48,27 @@ class TrainConfig:
     max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
+    # --- scaling: LoRA / 4-bit / memory / multi-process / vLLM / presets (see scaling.py, presets.py) ---
+    lora: bool = _opt("train a LoRA adapter (PEFT) instead of every weight; the output holds the adapter",
+                      default=False)
+    lora_r: int = _opt("LoRA rank (with --lora)", default=16)
+    lora_alpha: int = _opt("LoRA alpha; the update is scaled by alpha / r (with --lora)", default=32)
+    lora_dropout: float = _opt("dropout on the LoRA path (0 <= p < 1, with --lora)", default=0.05)
+    lora_target_modules: str = _opt("comma-separated module names LoRA adapts (Qwen/Llama/Mistral names), "
+                                    "or 'all-linear'", default=DEFAULT_LORA_TARGETS)
+    load_in_4bit: bool = _opt("QLoRA: load the base model in 4-bit nf4 (bitsandbytes, CUDA only; needs --lora)",
+                              default=False)
+    merge_adapter: bool = _opt("after training, also write the adapter merged into its base as a standalone "
+                               "model in OUTPUT_DIR/merged (with --lora)", default=False)
+    gradient_checkpointing: bool = _opt("turn off activation checkpointing (on by default, as in TRL): about a "
+                                        "third faster, far more memory", default=True,
+                                        flag="--no-gradient-checkpointing", invert=True)
+    use_vllm: bool = _opt("generate with vLLM inside the training process (TRL's colocate mode; "
+                          "needs a GPU and vllm installed)", default=False)
+    vllm_gpu_memory_utilization: float = _opt("share of GPU memory vLLM reserves with --use-vllm (0..1)",
+                                              default=0.3)
+    preset: str | None = _opt("fill in values for a hardware class: " + ", ".join(PRESET_NAMES) +
+                              "; flags you pass override the preset's values", default=None)
     validation_samples: int = _opt("sampled answers per validation prompt", default=4)
     validate_every: int = _opt("steps between mid-training checks on held-out prompts (0: at each epoch's end)",
                                default=0)
@@ -172,6 +197,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError("temperature", cfg.temperature, "a number > 0 and <= 10")
     if not _is_number(cfg.beta) or cfg.beta < 0:
         raise ConfigError("beta", cfg.beta, "a number >= 0")
+    from .scaling import validate_scaling_options
+    validate_scaling_options(cfg)
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
     need_int("seed", 0, "a whole number >= 0")
@@ -205,7 +232,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
 def is_finished_run(out_dir: str | Path) -> bool:
     """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
     out = Path(out_dir)
-    return (out / "config.json").exists() and (out / "final_validation.json").exists()
+    has_model = (out / "config.json").exists() or (out / "adapter_config.json").exists()  # full or LoRA run
+    return has_model and (out / "final_validation.json").exists()
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -61,23 +61,40 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer) for a hub id, a local folder or 'tiny', loaded the same way for all three."""
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False,
+               quantization_config=None):
+    """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter folder, loaded the same way.
+
+    An adapter folder loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the
+    adapter applied. ``quantization_config`` (QLoRA's 4-bit) places the model with a device map instead.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .lora import adapter_base_model, has_tokenizer, is_adapter_dir, load_adapter
     from .tiny_model import resolve_model_path
 
-    path = resolve_model_path(name_or_path)
+    adapter = name_or_path if is_adapter_dir(name_or_path) else None
+    path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
     device = device or pick_device()
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else (
-        torch.float16 if device == "cuda" else torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and has_tokenizer(adapter) else path,
+                                              trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.to(device).eval()
+    if quantization_config is not None:  # bitsandbytes places the weights itself
+        index = torch.device(device).index or 0
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     quantization_config=quantization_config,
+                                                     device_map={"": index})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model.to(device)
+    if adapter:
+        model = load_adapter(adapter, model)
+    model.eval()
     return model, tokenizer
 
 

@@ -21,6 +21,7 @@ from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
 from .preflight import space_warning
 from .rewards import make_reward_functions
+from . import scaling
 
 HISTORY_FILE = "reward_history.json"
 BASELINE_FILE = "baseline_validation.json"
@@ -36,17 +37,23 @@ def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
 
 
 def detect_hardware() -> dict:
-    """What this machine offers: device, GPU name, memory, compute capability and the precision to use."""
+    """What this machine offers: device, GPU name, memory, compute capability, the precision to use and
+    the preset that suits it (``presets.recommend_preset``)."""
     import torch
 
+    from .presets import recommend_preset
+
     if not torch.cuda.is_available():
-        return {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None,
-                "precision": "fp32"}
-    props = torch.cuda.get_device_properties(0)
-    capability = (props.major, props.minor)
-    return {"device": "cuda", "gpu_name": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-            "compute_capability": f"{props.major}.{props.minor}", "precision": precision_for("cuda", capability),
-            "gpu_count": torch.cuda.device_count()}
+        hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None,
+              "precision": "fp32"}
+    else:
+        props = torch.cuda.get_device_properties(0)
+        capability = (props.major, props.minor)
+        hw = {"device": "cuda", "gpu_name": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+              "compute_capability": f"{props.major}.{props.minor}", "precision": precision_for("cuda", capability),
+              "gpu_count": torch.cuda.device_count()}
+    hw["recommended_preset"] = recommend_preset(hw)
+    return hw
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
@@ -140,6 +147,40 @@ def _history_entry(logs: dict, step: int) -> dict:
     return entry
 
 
+def make_adapter_callback(base: str):
+    """Records ``base`` (the user's --model, e.g. 'tiny') as each adapter checkpoint's base model."""
+    from transformers import TrainerCallback
+
+    from .lora import is_adapter_dir, record_base_model
+
+    class AdapterBaseCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and is_adapter_dir(ckpt):
+                record_base_model(ckpt, base)
+
+    return AdapterBaseCallback()
+
+
+def memory_report(cfg: TrainConfig, hardware: dict, log=print):
+    """Print the GPU memory estimate and warn when the run will not fit the detected GPU (GPU runs only)."""
+    from . import memory
+
+    if hardware["device"] != "cuda":
+        return None
+    shape = memory.model_shape(cfg.model)
+    if shape is None:
+        log("GPU memory estimate: unavailable (the model's config could not be read).")
+        return None
+    est = memory.estimate_memory(shape, cfg, precision=hardware["precision"], num_processes=scaling.world_size(),
+                                 gpu_memory_gb=hardware["gpu_memory_gb"])
+    log(est.table())
+    warning = memory.fit_warning(est, hardware["gpu_memory_gb"], cfg)
+    if warning:
+        log(warning)
+    return est
+
+
 def grpo_args(cfg: TrainConfig, hardware: dict):
     """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step."""
     from trl import GRPOConfig
@@ -149,8 +190,9 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         output_dir=cfg.output_dir,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
-        # GRPOConfig counts completions: one step sees batch_size prompts x num_generations answers.
-        per_device_train_batch_size=cfg.batch_size * cfg.num_generations,
+        # GRPOConfig counts completions per process: one step sees batch_size prompts x num_generations
+        # answers in all, split evenly over the processes of an `accelerate launch` run.
+        per_device_train_batch_size=cfg.batch_size * cfg.num_generations // scaling.world_size(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -167,6 +209,8 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        **scaling.vllm_args(cfg),
     )
 
 
@@ -177,18 +221,32 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     """
     from datasets import Dataset
 
-    validate_config(cfg)  # cheap; the notebooks reach this without the CLI's checks
+    # Under `accelerate launch` every process runs this function: all of them train and validate (no
+    # process waits on another outside the trainer's own collectives), only the main one writes and logs.
+    validate_config(cfg, num_processes=scaling.world_size())  # cheap; the notebooks reach this without the CLI
+    main = scaling.is_main_process()
+    if not main:
+        log = _quiet
+    hardware = detect_hardware()
+    scaling.check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temp_files(out):
-        log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
-    hardware = detect_hardware()
+    if main:
+        for stale in remove_stale_temp_files(out):
+            log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
     resume = find_resume_checkpoint(cfg, log=log)
 
-    log(f"Device: {hardware['device']}  precision: {hardware['precision']}")
+    log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {scaling.world_size()}")
+    memory_report(cfg, hardware, log=log)
 
-    model, tokenizer = evaluation.load_model(cfg.model, device=hardware["device"],
-                                             trust_remote_code=cfg.trust_remote_code)
+    device = hardware["device"]
+    if device == "cuda":
+        device = f"cuda:{scaling.local_rank()}"  # each process on its own GPU
+    model, tokenizer = evaluation.load_model(cfg.model, device=device, trust_remote_code=cfg.trust_remote_code,
+                                             quantization_config=scaling.quantization_config(cfg, hardware))
+    from .lora import is_adapter_dir
+    if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
+        model = model.merge_and_unload()
     warning = space_warning(sum(p.numel() for p in model.parameters()), cfg.epochs, out)
     if warning:
         log(warning)
@@ -198,11 +256,13 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         raise ConfigError("resume_from_checkpoint", cfg.resume_from_checkpoint,
                           f"{resume} holds another architecture ({what}); resume with the model it was trained from")
     # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
-    write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
-                                          "steps_per_epoch": steps_per_epoch(cfg),
-                                          "completions_per_step": cfg.batch_size * cfg.num_generations})
-    if hardware["device"] == "cuda":
-        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math
+    if main:
+        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
+                                              "num_processes": scaling.world_size(),
+                                              "steps_per_epoch": steps_per_epoch(cfg),
+                                              "completions_per_step": cfg.batch_size * cfg.num_generations})
+    if hardware["device"] == "cuda" and not cfg.lora:
+        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
 
     baseline = read_json(out / BASELINE_FILE) if resume else None
@@ -210,7 +270,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         log("Baseline validation (held-out prompts, before training) ...")
         baseline = evaluation.validate(model, tokenizer, val_rows, num_samples=cfg.validation_samples,
                                        max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
-        write_json_atomic(out / BASELINE_FILE, baseline)
+        if main:
+            write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
     monitor = HealthMonitor(out, baseline=baseline, log=log)
@@ -226,7 +287,9 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         args=grpo_args(cfg, hardware),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[history_cb, monitor, checks, *faults.callbacks(), *callbacks],
+        callbacks=[history_cb, monitor, checks, *faults.callbacks(),
+                   *([make_adapter_callback(cfg.model)] if cfg.lora else []), *callbacks],
+        peft_config=scaling.lora_config(cfg),
     )
     from transformers.trainer_callback import ProgressCallback
     trainer.remove_callback(ProgressCallback)
@@ -235,8 +298,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - start
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
+    if main:
+        tokenizer.save_pretrained(str(out))
+        if cfg.lora:
+            from .lora import MERGED_DIR, merge_adapter, record_base_model
+            record_base_model(out, cfg.model)
+            if cfg.merge_adapter:
+                merge_adapter(out, out / MERGED_DIR, log=log)
 
     model = trainer.model
     model.eval()
@@ -247,9 +316,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
     final["global_step"] = trainer.state.global_step
     final["completions_generated"] = trainer.state.global_step * cfg.batch_size * cfg.num_generations
     final["health_warnings"] = [w["message"] for w in monitor.warnings]
-    write_json_atomic(out / FINAL_FILE, final)
+    if main:
+        write_json_atomic(out / FINAL_FILE, final)
     log(final_summary(baseline, final))
     return {"baseline": baseline, "final": final, "output_dir": str(out), "global_step": trainer.state.global_step}
+
+
+def _quiet(*args, **kwargs):
+    """The log of a process other than the main one: silent, so each line is printed once."""
 
 
 def _rates_line(label: str, report: dict) -> str:

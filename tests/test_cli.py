@@ -21,13 +21,19 @@ def test_each_flag_reaches_the_config(tmp_path):
     argv = ["--model", "tiny", "--epochs", "3", "--learning-rate", "1e-3", "--num-samples", "40",
             "--num-generations", "4", "--batch-size", "5", "--fewshot-ratio", "0.5", "--no-fewshot",
             "--control-ratio", "0.1", "--reward", "guide", "--max-completion-length", "20", "--temperature", "0.9",
-            "--beta", "0.02", "--validation-samples", "2", "--validate-every", "3", "--output-dir", str(tmp_path / "o"),
+            "--beta", "0.02", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1",
+            "--lora-target-modules", "q_proj,v_proj", "--load-in-4bit", "--merge-adapter", "--no-gradient-checkpointing",
+            "--use-vllm", "--vllm-gpu-memory-utilization", "0.5", "--preset", "colab-t4",
+            "--validation-samples", "2", "--validate-every", "3", "--output-dir", str(tmp_path / "o"),
             "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7", "--ignore-mismatch",
             "--trust-remote-code"]
     cfg, user_set, applied = parse(argv)
     assert cfg == TrainConfig(model="tiny", epochs=3, learning_rate=1e-3, num_samples=40, num_generations=4,
                               batch_size=5, fewshot_ratio=0.5, use_fewshot=False, control_ratio=0.1, reward="guide",
-                              max_completion_length=20, temperature=0.9, beta=0.02, validation_samples=2,
+                              max_completion_length=20, temperature=0.9, beta=0.02, lora=True, lora_r=8,
+                              lora_alpha=16, lora_dropout=0.1, lora_target_modules="q_proj,v_proj", load_in_4bit=True,
+                              merge_adapter=True, gradient_checkpointing=False, use_vllm=True,
+                              vllm_gpu_memory_utilization=0.5, preset="colab-t4", validation_samples=2,
                               validate_every=3, output_dir=str(tmp_path / "o"), resume_from_checkpoint="auto",
                               overwrite=True, seed=7, ignore_mismatch=True, trust_remote_code=True)
     assert applied == {}  # the user set everything: no tiny defaults applied

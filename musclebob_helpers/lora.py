@@ -1,0 +1,73 @@
+"""LoRA adapter folders: recognise one, find its base model, load it, merge it into a standalone model.
+
+A ``--lora`` run's output folder (and each ``checkpoint-N``) holds PEFT's ``adapter_config.json`` and
+``adapter_model.safetensors`` plus the tokenizer. The base model is the adapter config's
+``base_model_name_or_path``; for the tiny model the run records ``tiny`` there (not this machine's cache
+folder), so an adapter trained on one machine loads on another.
+
+    python merge_adapter.py ./musclebob-lora ./musclebob-lora-merged   # adapter -> standalone model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ADAPTER_CONFIG = "adapter_config.json"
+MERGED_DIR = "merged"  # --merge-adapter writes OUTPUT_DIR/merged
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on (hub id, folder or 'tiny'), from its adapter config."""
+    raw = json.loads((Path(adapter_dir).expanduser() / ADAPTER_CONFIG).read_text())
+    base = raw.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}/{ADAPTER_CONFIG} names no base_model_name_or_path")
+    return base
+
+
+def record_base_model(adapter_dir: str | Path, base: str) -> None:
+    """Write ``base`` (the user's ``--model`` value, e.g. 'tiny') as the adapter's base model."""
+    from .io import write_json_atomic
+
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    raw = json.loads(path.read_text())
+    if raw.get("base_model_name_or_path") != base:
+        raw["base_model_name_or_path"] = base
+        write_json_atomic(path, raw)
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+def load_adapter(adapter_dir: str | Path, base_model):
+    """``base_model`` with the adapter in ``adapter_dir`` applied (a PEFT ``PeftModel``, not trainable)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(Path(adapter_dir).expanduser()), is_trainable=False)
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, log=print) -> Path:
+    """Merge the adapter into its base (in the base's own dtype, on the CPU) and save a standalone model.
+
+    ``out_dir`` then loads with plain ``AutoModelForCausalLM.from_pretrained`` — no PEFT needed.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tiny_model import resolve_model_path
+
+    adapter_dir, out_dir = Path(adapter_dir).expanduser(), Path(out_dir).expanduser()
+    base = adapter_base_model(adapter_dir)
+    base_path = resolve_model_path(base)
+    log(f"Merging the adapter in {adapter_dir} into its base {base} ...")
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    merged = load_adapter(adapter_dir, model).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer(adapter_dir) else base_path).save_pretrained(out_dir)
+    log(f"Wrote the merged model to {out_dir}")
+    return out_dir
