@@ -8,7 +8,15 @@ One module per concern:
 * ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``
 * ``evaluation``  — loading models, generation, validation rates and the health check
 * ``training``    — the GRPO run with TRL's ``GRPOTrainer``, callbacks and artifacts
+* ``monitoring``  — mid-training validation and live health warnings
 * ``io``          — atomic JSON artifacts and checkpoint listing
+* ``checkpoints`` — which checkpoint is intact, resume selection, mismatch checks, a resumable trainer
+* ``preflight``   — start-up checks of the output location and the resume (before any model loads)
+* ``faults``      — opt-in fault injection (``MUSCLEBOB_FAULT``) for the kill tests
+* ``scaling``     — LoRA / 4-bit / vLLM settings and multi-process helpers
+* ``lora``        — adapter folders: base model, merging
+* ``memory``      — GPU memory estimate for a configuration
+* ``presets``     — named configurations per hardware class
 * ``cli``         — argument parsing shared by the scripts
 
 Importing the package is cheap: torch, transformers and TRL load only when used.
