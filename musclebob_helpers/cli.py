@@ -44,7 +44,7 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
         flag, help_text = flag_name(f), f.metadata["help"]
         if _field_type(f) is bool:
             action = "store_false" if f.metadata.get("invert") else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=action, help=f.metadata.get("flag_help", help_text))
         else:
             kwargs = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
             parser.add_argument(flag, dest=f.name, type=_field_type(f), metavar=f.name.upper(),

@@ -41,7 +41,8 @@ class TrainConfig:
     batch_size: int = _opt("PROMPTS per optimizer step; each brings num_generations completions", default=4)
     fewshot_ratio: float = _opt("share of SpongeBob prompts that carry a few-shot example (0..1)", default=0.15)
     use_fewshot: bool = _opt("put few-shot examples in front of some prompts", default=True,
-                             flag="--no-fewshot", invert=True)
+                             flag="--no-fewshot", invert=True,
+                             flag_help="never put few-shot examples in front of prompts")
     control_ratio: float = _opt("share of training prompts that are control questions (0..0.9)", default=0.25)
     reward: str = _opt("reward function: 'musclebob' (default, hardened) or 'guide' (the original)",
                        default="musclebob", choices=REWARDS)
