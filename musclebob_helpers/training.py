@@ -9,7 +9,6 @@ final model + tokenizer at the output folder's root. The notebooks and
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from pathlib import Path
@@ -57,7 +56,8 @@ def detect_hardware() -> dict:
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
-    return math.ceil(cfg.num_samples / cfg.batch_size)
+    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
+    return cfg.num_samples // cfg.batch_size
 
 
 def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
