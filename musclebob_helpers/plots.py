@@ -284,7 +284,7 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
             status = HTML(progress_html(step, self.max_steps, self.history))
             plot = Image(data=figure_png(plot_rewards({Path(run_dir).name: self.history}, window=window,
                                                       title="Mean reward per step (live)")))
-            if self.handles is None:
+            if self.handles is None or None in self.handles:  # first draw (outside a kernel display returns None)
                 self.handles = (display(status, display_id=True), display(plot, display_id=True))
             else:
                 self.handles[0].update(status)
