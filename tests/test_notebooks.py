@@ -267,6 +267,9 @@ def test_compare_notebook(kernel, trained, tmp_path):
 @pytest.fixture
 def fake_colab(monkeypatch, tmp_path):
     """A stand-in ``google.colab``: ``drive.mount`` makes ``<mountpoint>/MyDrive``; ``output`` records the JS."""
+    import importlib.machinery
+
+    import transformers.trainer  # noqa: F401 - libraries that probe for Colab at import time see the real machine
     calls = {"mount": [], "js": [], "callbacks": {}}
 
     def mount(mountpoint):
@@ -279,6 +282,7 @@ def fake_colab(monkeypatch, tmp_path):
 
     google = types.ModuleType("google")
     fake = types.ModuleType("google.colab")
+    fake.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)  # find_spec() probes need one
     fake.drive = types.SimpleNamespace(mount=mount)
     fake.output = types.SimpleNamespace(eval_js=eval_js, register_callback=calls["callbacks"].__setitem__)
     google.colab = fake
