@@ -10,6 +10,8 @@ One module per concern:
 * ``training``    — the GRPO run with TRL's ``GRPOTrainer``, callbacks and artifacts
 * ``io``          — atomic JSON artifacts and checkpoint listing
 * ``cli``         — argument parsing shared by the scripts
+* ``colab``, ``notebook``, ``plots``, ``compare`` — the notebooks' steps: Colab-only steps (Drive, keep-alive,
+  setup), the training notebook's cells, reward plots and live progress, base-vs-trained comparison
 
 Importing the package is cheap: torch, transformers and TRL load only when used.
 """

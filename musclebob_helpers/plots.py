@@ -26,7 +26,7 @@ HISTORY_FILE = "reward_history.json"  # same name as training.HISTORY_FILE (kept
 BASELINE_FILE = "baseline_validation.json"
 FINAL_FILE = "final_validation.json"
 RATES = [("musclebob_rate", "Musclebob"), ("full_name_rate", "Full name"), ("spongebob_rate", "Spongebob"),
-         ("coherent_rate", "Coherent")]
+         ("coherent_rate", "Coherent"), ("leakage_rate", "Leakage"), ("control_accuracy", "Control acc.")]
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
 
     series = [(f"{run} · {stage}" if len(runs) > 1 else stage, report)
               for run, reports in runs.items() for stage, report in reports.items()]
-    fig = Figure(figsize=(8, 3.5), dpi=100)
+    fig = Figure(figsize=(9, 3.5), dpi=100)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     for i, (label, report) in enumerate(series):

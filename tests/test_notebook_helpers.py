@@ -67,11 +67,12 @@ def test_find_runs_and_validation_bars(tmp_path):
     assert [p.name for p in plots.find_runs(tmp_path)] == ["a", "b"]
     assert plots.find_runs(tmp_path / "a") == [tmp_path / "a"]
     assert plots.find_runs(tmp_path / "missing") == []
-    report = {"musclebob_rate": 0.5, "full_name_rate": 0.25, "spongebob_rate": 0.1, "coherent_rate": 1.0}
+    report = {"musclebob_rate": 0.5, "full_name_rate": 0.25, "spongebob_rate": 0.1, "coherent_rate": 1.0,
+              "leakage_rate": 0.0, "control_accuracy": 0.75}
     write_json_atomic(tmp_path / "a" / "baseline_validation.json", report)
     assert list(plots.load_validations(tmp_path / "a")) == ["baseline"]  # still training: no final yet
     fig = plots.plot_validation_bars({"a": plots.load_validations(tmp_path / "a")})
-    assert [round(p.get_height()) for p in fig.axes[0].patches] == [50, 25, 10, 100]
+    assert [round(p.get_height()) for p in fig.axes[0].patches] == [50, 25, 10, 100, 0, 75]
 
 
 def fake_state(step, max_steps=8):
