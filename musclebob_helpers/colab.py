@@ -1,7 +1,8 @@
 """The one small interface to Colab-only steps; everything else in the notebooks runs anywhere.
 
 * ``is_colab()``           — running in a Colab kernel (``google.colab`` importable)
-* ``setup_project(root)``  — on Colab: ``bash colab_setup.sh`` once; elsewhere it installs nothing
+* ``setup_project(root)``  — on Colab: ``bash colab_setup.sh`` once; elsewhere it installs nothing; and in any
+  notebook, a bad parameter (``ConfigError``) shows as one line instead of a traceback
 * ``mount_drive()``        — on Colab: mount Google Drive and return ``MyDrive``; elsewhere None
 * ``resolve_run_dir(...)`` — where a run's folder goes: ``MyDrive/<run name>`` on Colab, ``runs/<run name>`` here
 * ``runs_root(...)``       — the folder that holds the runs (``MyDrive`` on Colab, ``runs/`` here)
@@ -94,9 +95,31 @@ def stale_copies(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
 
 # --- setup ----------------------------------------------------------------------------------------------
 
+def one_line_errors() -> bool:
+    """In a notebook, show a bad parameter (``ConfigError``) as its one-line message, not a traceback.
+
+    The cell still fails, so "Run all" stops there. Returns False outside IPython (nothing to do)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+
+    shell.set_custom_exc((ConfigError,), show)
+    return True
+
+
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
-    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime). Elsewhere: nothing."""
+    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime). Elsewhere: nothing.
+
+    Either way, bad parameters from here on are reported in one line (``one_line_errors``)."""
     root = Path(root)
+    one_line_errors()
     if not is_colab():
         log(f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
             "if imports fail).")

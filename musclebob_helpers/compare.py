@@ -46,24 +46,28 @@ def resolve_trained(trained_model: str, run_name: str) -> str:
 
 
 def check_model(name: str, label: str) -> None:
-    """A one-line ``ConfigError`` when ``name`` is neither 'tiny', a model folder, nor a hub id."""
+    """A one-line ``ConfigError`` (named after the parameter ``label``) when ``name`` can't be a model."""
     from .cli import check_model_loadable
     from .config import ConfigError
 
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not path.exists():
+        raise ConfigError(label, name, "no such folder (has that run been trained? check the path or run_name)")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(label, name, "this folder holds no trained model yet (has the run finished?)")
     try:
         check_model_loadable(name)
     except ConfigError as err:
         raise ConfigError(label, name, err.allowed) from None
-    if Path(name).expanduser().is_dir() and not (Path(name).expanduser() / "config.json").exists():
-        raise ConfigError(label, name, "this folder holds no trained model yet (has the run finished?)")
 
 
 def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
-    """name -> (model, tokenizer); each checked first so a typo is one clear line."""
+    """label -> (model, tokenizer) for {"base": ..., "trained": ...}; each checked first, so a typo is one
+    clear line naming its parameter (``base_model``, ``trained_model``)."""
     from .evaluation import load_model
 
     for label, name in named.items():
-        check_model(name, label)
+        check_model(name, f"{label}_model")
     models = {}
     for label, name in named.items():
         log(f"Loading {label}: {name}")

@@ -262,7 +262,8 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
             "cell first), or start the run with the training cell.")
         return None
     if state == "finished":
-        log(f"Nothing to resume: the run in {run_dir} is finished ({describe(run_dir)}).")
+        step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
+        log(f"Nothing to resume: the run in {run_dir} is finished (step {step}); its model and results are there.")
         return None
     cfg = load_config(run_dir / CONFIG_FILE)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)

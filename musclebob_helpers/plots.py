@@ -132,13 +132,14 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
         xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(RATES))]
         values = [report.get(key, 0.0) * 100 for key, _ in RATES]
         bars = ax.bar(xs, values, width, label=label, color=f"C{i}")
-        ax.bar_label(bars, fmt="%.0f%%", fontsize=7)
+        if len(series) <= 2:  # with more bars the labels overlap; the axis is enough
+            ax.bar_label(bars, fmt="%.0f%%", fontsize=7)
     ax.set_xticks(range(len(RATES)), [label for _, label in RATES])
     ax.set_ylim(0, 112)
     ax.set_ylabel("% of answers")
     ax.set_title(title)
     if series:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()

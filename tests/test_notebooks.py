@@ -205,6 +205,15 @@ def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
     assert len(info.value.traceback) == 1  # one line, not a traceback wall
 
 
+def test_missing_trained_model_is_one_line(kernel, tiny_path, tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        execute(kernel, NOTEBOOKS[2], tmp_path / "bad.ipynb", base_model="tiny", trained_model=str(tmp_path / "nope"))
+    assert info.value.ename == "ConfigError" and info.value.evalue.startswith("trained_model=")
+    assert len(info.value.traceback) == 1
+
+
 def resume_only(tmp_path: Path) -> Path:
     """What a user does after a disconnect: a fresh kernel runs only parameters, setup, Drive and resume."""
     import nbformat
