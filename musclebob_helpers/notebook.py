@@ -155,6 +155,8 @@ def baseline_validation(cfg: TrainConfig, log=print) -> dict:
     else:
         log(f"Validating {cfg.model} on the held-out prompts ...")
         model, tok = evaluation.load_model(cfg.model)
+        if model.device.type == "cuda":
+            model.float()  # as run_training validates (fp32 weights), so before and after compare fairly
         report = evaluation.validate(model, tok, validation_rows(), num_samples=cfg.validation_samples,
                                      max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
         write_json_atomic(path, report)
