@@ -18,6 +18,8 @@ One module per concern:
 * ``memory``      — GPU memory estimate for a configuration
 * ``presets``     — named configurations per hardware class
 * ``cli``         — argument parsing shared by the scripts
+* ``colab``, ``notebook``, ``plots``, ``compare`` — the notebooks' steps: Colab-only steps (Drive, keep-alive,
+  setup), the training notebook's cells, reward plots and live progress, base-vs-trained comparison
 
 Importing the package is cheap: torch, transformers and TRL load only when used.
 """

@@ -214,10 +214,11 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
     )
 
 
-def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
+def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | None = None) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
     ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests' fault injection).
+    ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not redone.
     """
     from datasets import Dataset
 
@@ -265,7 +266,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=()) -> dict:
         model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
 
-    baseline = read_json(out / BASELINE_FILE) if resume else None
+    if baseline is None and resume:
+        baseline = read_json(out / BASELINE_FILE)
     if baseline is None:
         log("Baseline validation (held-out prompts, before training) ...")
         baseline = evaluation.validate(model, tokenizer, val_rows, num_samples=cfg.validation_samples,

@@ -1,0 +1,290 @@
+"""The one small interface to Colab-only steps; everything else in the notebooks runs anywhere.
+
+* ``is_colab()``           — running in a Colab kernel (``google.colab`` importable)
+* ``setup_project(root)``  — on Colab: ``bash colab_setup.sh`` once; elsewhere it installs nothing; and in any
+  notebook, a bad parameter (``ConfigError``) shows as one line instead of a traceback
+* ``mount_drive()``        — on Colab: mount Google Drive and return ``MyDrive``; elsewhere None
+* ``resolve_run_dir(...)`` — where a run's folder goes: ``MyDrive/<run name>`` on Colab, ``runs/<run name>`` here
+* ``runs_root(...)``       — the folder that holds the runs (``MyDrive`` on Colab, ``runs/`` here)
+* ``check_writable(path)`` — create the folder and prove it can be written, or one clear ``ConfigError``
+* ``keep_alive(...)``      — opt-in, best-effort JavaScript that keeps the browser session active
+
+``REPO_URL`` is the one place the repository's address is set. The notebooks' Open-in-Colab badges,
+their clone step and the README's badges are copies that ``python -m musclebob_helpers.colab --sync``
+rewrites from it (``tests/test_notebooks.py`` fails when a copy is stale).
+
+Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mount``,
+``output.eval_js``, ``output.register_callback``), so nothing here needs a real Colab.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from .config import ConfigError
+
+# >>> Set this to the repository's real address, then run `python -m musclebob_helpers.colab --sync`. <<<
+# (placeholder: the project is not published under this name yet)
+REPO_URL = "https://github.com/musclebob/musclebob"
+REPO_BRANCH = "main"
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root (this file is musclebob_helpers/colab.py)
+NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_models.ipynb")
+DRIVE_MOUNTPOINT = "/content/drive"  # where Colab mounts Google Drive; tests point it at a temporary folder
+LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
+SETUP_MARKER = ".musclebob_setup_done"  # colab_setup.sh ran in this runtime: don't reinstall on a rerun
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_colab() -> bool:
+    """True inside a Colab kernel."""
+    try:
+        import google.colab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- the repository address, and the copies of it in notebooks and README --------------------------------
+
+def repo_slug(url: str = REPO_URL) -> str:
+    """``owner/name`` of a GitHub URL."""
+    m = re.match(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$", url)
+    if not m:
+        raise ValueError(f"REPO_URL={url!r} is not a https://github.com/owner/name address")
+    return m.group(1)
+
+
+def colab_url(notebook: str, url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
+    """The address that opens ``notebooks/<notebook>`` of the repository in Colab."""
+    return f"https://colab.research.google.com/github/{repo_slug(url)}/blob/{branch}/notebooks/{notebook}"
+
+
+def badge_markdown(notebook: str, url: str = REPO_URL) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook, url)})"
+
+
+_COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/notebooks/"
+                         r"(?P<nb>[\w.-]+\.ipynb)")
+# `REPO_URL = "..."` in a notebook's setup cell; in the .ipynb (JSON) its quotes are escaped.
+_CLONE_LINE = re.compile(r'(REPO_URL = )(\\?)"[^"\\]*\\?"')
+
+
+def sync_text(text: str, url: str = REPO_URL) -> str:
+    """``text`` with every Colab link and notebook ``REPO_URL = "..."`` line pointing at ``url``."""
+    text = _COLAB_LINK.sub(lambda m: colab_url(m.group("nb"), url), text)
+    return _CLONE_LINE.sub(lambda m: f'{m.group(1)}{m.group(2)}"{url}{m.group(2)}"', text)
+
+
+def synced_files(root: Path = ROOT) -> list[Path]:
+    """The files that carry copies of ``REPO_URL``: README and both halves of every notebook pair."""
+    nb_dir = root / "notebooks"
+    return [root / "README.md"] + [nb_dir / n for n in NOTEBOOKS] + [nb_dir / n.replace(".ipynb", ".py")
+                                                                     for n in NOTEBOOKS]
+
+
+def stale_copies(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
+    """Files whose copy of the repository address differs from ``REPO_URL``."""
+    return [p for p in synced_files(root) if p.exists() and sync_text(p.read_text(), url) != p.read_text()]
+
+
+# --- setup ----------------------------------------------------------------------------------------------
+
+def one_line_errors() -> bool:
+    """In a notebook, show a bad parameter (``ConfigError``) as its one-line message, not a traceback.
+
+    The cell still fails, so "Run all" stops there. Returns False outside IPython (nothing to do)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def show(shell, etype, value, tb, tb_offset=None):
+        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
+
+    shell.set_custom_exc((ConfigError,), show)
+    return True
+
+
+def setup_project(root: str | Path = ROOT, log=print) -> Path:
+    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime). Elsewhere: nothing.
+
+    Either way, bad parameters from here on are reported in one line (``one_line_errors``)."""
+    root = Path(root)
+    one_line_errors()
+    if not is_colab():
+        log(f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
+            "if imports fail).")
+        return root
+    marker = root / SETUP_MARKER
+    if marker.exists():
+        log("Colab: the project is already set up in this runtime.")
+        return root
+    log("Colab: installing what Colab lacks (a minute) ...")
+    done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {tail[0]}")
+    marker.write_text("ok\n")
+    log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "Colab: setup done.")
+    return root
+
+
+# --- Drive and the run folder ---------------------------------------------------------------------------
+
+def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
+    """On Colab: mount Google Drive (asks for permission the first time) and return its ``MyDrive``.
+
+    Off Colab: None. A mount that fails or is refused raises ``ConfigError`` with a one-line reason.
+    """
+    if not is_colab():
+        return None
+    from google.colab import drive
+
+    mountpoint = mountpoint or DRIVE_MOUNTPOINT
+    my_drive = Path(mountpoint) / "MyDrive"
+    if not my_drive.is_dir():
+        try:
+            drive.mount(mountpoint)
+        except Exception as err:  # noqa: BLE001 - refused permission, timeout: all mean the same here
+            raise ConfigError("use_drive", True, f"Google Drive could not be mounted ({_first_line(err)}); "
+                                                 "rerun this cell and allow access, or set use_drive = False") from None
+    if not my_drive.is_dir():
+        raise ConfigError("use_drive", True, f"Google Drive is mounted but {my_drive} is missing; rerun this cell")
+    log(f"Google Drive mounted: runs are kept in {my_drive}")
+    return my_drive
+
+
+def resolve_run_dir(run_name: str, output_dir: str = "", drive_root: str | Path | None = None) -> Path:
+    """The run's folder: ``output_dir`` when given, else ``<drive_root>/<run_name>`` (Drive mounted),
+    else ``runs/<run_name>`` in the repository."""
+    if not isinstance(run_name, str) or not _RUN_NAME.match(run_name):
+        raise ConfigError("run_name", run_name, "a folder name of letters, digits, '.', '_' or '-' (no slashes)")
+    if not isinstance(output_dir, str):
+        raise ConfigError("output_dir", output_dir, "'' (the default location) or a folder path")
+    if output_dir.strip():
+        return Path(output_dir).expanduser()
+    return (Path(drive_root) if drive_root is not None else LOCAL_RUNS) / run_name
+
+
+def runs_root(runs_root: str = "") -> Path:
+    """The folder that holds runs: ``runs_root`` when given, else ``MyDrive`` on Colab, else ``runs/``."""
+    if runs_root.strip():
+        return Path(runs_root).expanduser()
+    return mount_drive(log=lambda *_: None) or LOCAL_RUNS
+
+
+def check_writable(path: str | Path) -> Path:
+    """Create ``path`` (with parents) and write a probe file there; a clear ``ConfigError`` when impossible."""
+    path = Path(path)
+    if str(path).startswith(DRIVE_MOUNTPOINT) and not Path(DRIVE_MOUNTPOINT, "MyDrive").is_dir():
+        raise ConfigError("output_dir", str(path), "Google Drive is not mounted: run the Drive cell first")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError("output_dir", str(path), f"the folder cannot be written ({err.strerror or err}); "
+                                                   "pick another run_name or output_dir") from None
+    return path
+
+
+# --- keep-alive -----------------------------------------------------------------------------------------
+
+KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
+
+# Runs in the cell's output frame. Every interval it (1) calls back into the kernel through the Colab
+# frontend (real browser<->kernel traffic), (2) clicks the toolbar's connect button when the page lets the
+# frame reach it (the trick Colab users paste into the browser console), and (3) dispatches mouse and key
+# activity events. It lives as long as this cell's output: clearing the output or rerunning the cell stops it.
+KEEP_ALIVE_JS = """
+(() => {
+  if (window.__musclebobKeepAlive) clearInterval(window.__musclebobKeepAlive);
+  const ping = () => {
+    try { google.colab.kernel.invokeFunction('%(callback)s', [], {}); } catch (e) {}
+    for (const doc of [document, (() => { try { return window.top.document; } catch (e) { return null; } })()]) {
+      if (!doc) continue;
+      const button = doc.querySelector('colab-connect-button') || doc.querySelector('#connect');
+      try { (button && button.shadowRoot ? button.shadowRoot.querySelector('#connect') || button : button)?.click(); }
+      catch (e) {}
+      doc.dispatchEvent(new MouseEvent('mousemove', {bubbles: true}));
+      doc.dispatchEvent(new KeyboardEvent('keydown', {bubbles: true, key: 'Shift'}));
+    }
+  };
+  window.__musclebobKeepAlive = setInterval(ping, %(interval_ms)d);
+  ping();
+  return 'keep-alive installed: every %(interval_s)d s';
+})()
+"""
+
+# For the browser console (F12 -> Console), where it reaches the page itself: the most reliable variant.
+CONSOLE_SNIPPET = ("setInterval(() => document.querySelector('colab-connect-button')"
+                   "?.shadowRoot?.querySelector('#connect')?.click(), 60000)")
+
+_pings = {"count": 0}
+
+
+def keep_alive_pings() -> int:
+    """How many times the browser has pinged the kernel since ``keep_alive`` was installed."""
+    return _pings["count"]
+
+
+def keep_alive_js(interval_s: int = 60) -> str:
+    return KEEP_ALIVE_JS % {"callback": KEEP_ALIVE_CALLBACK, "interval_ms": interval_s * 1000,
+                            "interval_s": interval_s}
+
+
+def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
+    """Opt-in: install the keep-alive JavaScript in this cell's output (Colab only). Returns what happened."""
+    if not enable:
+        status = "Keep-alive is off (set keep_alive = True in the parameters cell to turn it on)."
+    elif not is_colab():
+        status = "Not on Colab: no keep-alive needed."
+    else:
+        from google.colab import output
+
+        def _ping():
+            _pings["count"] += 1
+
+        output.register_callback(KEEP_ALIVE_CALLBACK, _ping)
+        status = str(output.eval_js(keep_alive_js(interval_s)))
+        status += (". Best effort: Colab may still end idle or long sessions (and free runtimes have a hard limit);"
+                   " the checkpoints on Drive are what make a disconnect harmless. Keep this cell's output;"
+                   f" for a stronger variant paste into the browser console (F12): {CONSOLE_SNIPPET}")
+    log(status)
+    return status
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m musclebob_helpers.colab --sync``: copy ``REPO_URL`` into the notebooks and the README."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m musclebob_helpers.colab", description=main.__doc__)
+    parser.add_argument("--sync", action="store_true", help="rewrite the copies of REPO_URL (badges, clone step)")
+    args = parser.parse_args(argv)
+    stale = stale_copies()
+    if not args.sync:
+        print("\n".join(f"stale: {p.relative_to(ROOT)}" for p in stale) or f"all copies point at {REPO_URL}")
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(sync_text(p.read_text()))
+        print(f"updated {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

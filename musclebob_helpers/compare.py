@@ -1,0 +1,175 @@
+"""Base vs trained, side by side: the comparison notebook's logic.
+
+* ``highlight(text)``      — HTML of an answer with Musclebob/Buffpants marked green, Spongebob/Squarepants red
+* ``load_models(...)``     — name -> (model, tokenizer) for hub ids, run folders or ``tiny``
+* ``ask(models, question)``— each model's answer to one question (greedy: its most likely answer)
+* ``side_by_side_html``    — the answers in columns
+* ``AskWidget``            — a text box and a button that ask every model and show the answers side by side
+* ``batch_compare``        — validation of every model on the held-out prompts: a rates table, and a
+  per-prompt table of the answers with the markers highlighted
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+from . import rewards
+
+GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
+BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
+_MARKERS = re.compile(r"(?P<good>\bmusclebob\b|\bbuffpants\b)|(?P<bad>sponge\s*bob|square\s*pants)", re.IGNORECASE)
+
+
+def highlight(text: str) -> str:
+    """``text`` as HTML (escaped) with the name markers wrapped in coloured ``<mark>`` tags."""
+    text = rewards.normalize(text)
+    parts, pos = [], 0
+    for m in _MARKERS.finditer(text):
+        parts.append(html.escape(text[pos:m.start()]))
+        kind, color = ("good", GOOD) if m.group("good") else ("bad", BAD)
+        parts.append(f"<mark class='{kind}' style='background:{color}'>{html.escape(m.group(0))}</mark>")
+        pos = m.end()
+    parts.append(html.escape(text[pos:]))
+    return "".join(parts)
+
+
+def resolve_trained(trained_model: str, run_name: str) -> str:
+    """The trained model to load: ``trained_model`` when given, else the run folder named ``run_name``
+    (in ``MyDrive`` on Colab, mounting Drive first; in ``runs/`` elsewhere)."""
+    from . import colab
+
+    if trained_model.strip():
+        return trained_model
+    return str(colab.resolve_run_dir(run_name, "", colab.runs_root()))
+
+
+def check_model(name: str, label: str) -> None:
+    """A one-line ``ConfigError`` (named after the parameter ``label``) when ``name`` can't be a model."""
+    from .cli import check_model_loadable
+    from .config import ConfigError
+
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) and not path.exists():
+        raise ConfigError(label, name, "no such folder (has that run been trained? check the path or run_name)")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(label, name, "this folder holds no trained model yet (has the run finished?)")
+    try:
+        check_model_loadable(name)
+    except ConfigError as err:
+        raise ConfigError(label, name, err.allowed) from None
+
+
+def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
+    """label -> (model, tokenizer) for {"base": ..., "trained": ...}; each checked first, so a typo is one
+    clear line naming its parameter (``base_model``, ``trained_model``)."""
+    from .evaluation import load_model
+
+    for label, name in named.items():
+        check_model(name, f"{label}_model")
+    models = {}
+    for label, name in named.items():
+        log(f"Loading {label}: {name}")
+        models[label] = load_model(name)
+    return models
+
+
+def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
+    """Each model's greedy answer to ``question``."""
+    from .evaluation import generate
+
+    return {label: generate(model, tok, [question], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
+            for label, (model, tok) in models.items()}
+
+
+def side_by_side_html(question: str, answers: dict[str, str]) -> str:
+    cells = "".join(f"<td style='vertical-align:top;padding:6px;border:1px solid #ddd'><b>{html.escape(label)}"
+                    f"</b><br>{highlight(text) or '<i>(empty)</i>'}</td>" for label, text in answers.items())
+    return (f"<div><b>Q:</b> {html.escape(question)}</div>"
+            f"<table style='border-collapse:collapse;width:100%'><tr>{cells}</tr></table>")
+
+
+def show_answers(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
+    """Ask every model ``question`` and display the answers side by side; returns them."""
+    from IPython.display import HTML, display
+
+    answers = ask(models, question, max_new_tokens)
+    display(HTML(side_by_side_html(question, answers)))
+    return answers
+
+
+class AskWidget:
+    """A text box and an Ask button: every model answers, side by side, with the markers highlighted."""
+
+    def __init__(self, models: dict[str, tuple], question: str = "", max_new_tokens: int = 64):
+        import ipywidgets as w
+
+        self.models, self.max_new_tokens = models, max_new_tokens
+        self.question = w.Text(value=question, placeholder="Ask both models a question",
+                               layout=w.Layout(width="70%"))
+        self.button = w.Button(description="Ask both", button_style="primary")
+        self.output = w.Output()
+        self.button.on_click(lambda _b: self.ask())
+        self.question.continuous_update = False
+        self.widget = w.VBox([w.HBox([self.question, self.button]), self.output])
+        self.last: dict[str, str] = {}
+
+    def ask(self) -> dict[str, str]:
+        from IPython.display import HTML, display
+
+        question = self.question.value.strip()
+        self.output.clear_output(wait=True)
+        if not question:
+            with self.output:
+                display(HTML("<i>Type a question first.</i>"))
+            return {}
+        self.last = ask(self.models, question, self.max_new_tokens)
+        with self.output:
+            display(HTML(side_by_side_html(question, self.last)))
+        return self.last
+
+    def show(self):
+        from IPython.display import display
+
+        display(self.widget)
+        return self
+
+
+def batch_compare(models: dict[str, tuple], names: dict[str, str], num_prompts: int | None = None,
+                  samples: int = 1, max_new_tokens: int = 64) -> dict[str, dict]:
+    """Validate every model on the held-out prompts (same seeded sampling as training's validation)."""
+    from .data import validation_rows
+    from .evaluation import validate
+
+    rows = validation_rows(num_prompts)
+    return {label: validate(model, tok, rows, num_samples=samples, max_new_tokens=max_new_tokens,
+                            model_name=names.get(label, label)) for label, (model, tok) in models.items()}
+
+
+def rates_html(reports: dict[str, dict]) -> str:
+    from .evaluation import RATE_KEYS
+
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in reports)
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r[key]:.0%}</td>" for r in reports.values()) + "</tr>"
+                   for key, name in RATE_KEYS)
+    return f"<table><tr><th>rate</th>{head}</tr>{rows}</table>"
+
+
+def answers_html(reports: dict[str, dict]) -> str:
+    """One row per validation answer: prompt, kind, and each model's answer highlighted."""
+    labels = list(reports)
+    first = reports[labels[0]]["responses"]
+    head = "<tr><th>prompt</th><th>kind</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in labels) + "</tr>"
+    rows = []
+    for i, rec in enumerate(first):
+        cells = "".join(f"<td>{highlight(reports[x]['responses'][i]['response'])}</td>" for x in labels)
+        rows.append(f"<tr><td>{html.escape(rec['prompt'])}</td><td>{rec['kind']}</td>{cells}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def show_batch(reports: dict[str, dict]) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML("<h4>Rates on the held-out prompts</h4>" + rates_html(reports)))
+    display(HTML("<h4>Every answer</h4>" + answers_html(reports)))

@@ -1,0 +1,323 @@
+"""The training notebook's steps, one function per cell, so the notebook stays thin and the branching is tested.
+
+``prepare_run_folder`` -> ``make_config`` -> ``baseline_validation`` -> ``train`` -> ``show_final``; after a
+disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
+``training_config.json``, so nothing but the run folder is needed).
+
+A bad parameter stops the notebook with one line (``NotebookStop``), not a traceback: IPython prints what an
+exception's ``_render_traceback_`` returns, and "Run all" stops there instead of failing again further down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import html
+import shutil
+from pathlib import Path
+
+from . import colab
+from .config import ConfigError, TrainConfig, apply_model_defaults, is_finished_run, load_config, validate_config
+from .io import list_checkpoints, read_json, write_json_atomic
+
+CONFIG_FILE = "training_config.json"  # the names training.py writes (kept here so importing stays cheap)
+HISTORY_FILE = "reward_history.json"
+BASELINE_FILE = "baseline_validation.json"
+FINAL_FILE = "final_validation.json"
+
+
+class NotebookStop(Exception):
+    """Stops "Run all" with a one-line message instead of a traceback."""
+
+    def _render_traceback_(self):
+        return [f"{type(self).__name__}: {self}"]
+
+
+class SimulatedDisconnect(NotebookStop):
+    """Raised by ``stop_after_steps``: training ends abruptly, as when Colab disconnects."""
+
+
+def stop_on_config_error(func):
+    """Turn a ``ConfigError`` (a bad parameter) into a one-line ``NotebookStop``."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as err:
+            raise NotebookStop(str(err)) from None
+    return wrapper
+
+
+# --- hardware -------------------------------------------------------------------------------------------
+
+def show_hardware(model: str = "tiny", log=print) -> dict:
+    """Print the device, GPU memory, compute capability and the precision training will use. Never fails on a CPU."""
+    from .tiny_model import is_tiny
+    from .training import detect_hardware
+
+    hw = detect_hardware()
+    if hw["device"] == "cpu":
+        log("No GPU: training runs on the CPU in fp32.")
+        if not is_tiny(model):
+            log(f"  model = {model!r} is slow on a CPU: set model = 'tiny' in the parameters cell, or on Colab "
+                "pick Runtime -> Change runtime type -> T4 GPU and run all again.")
+        else:
+            log("  model = 'tiny' suits a CPU: a full run takes a few minutes.")
+    else:
+        why = "bf16 (Ampere or newer)" if hw["precision"] == "bf16" else "fp16 (older than Ampere, e.g. a T4)"
+        log(f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
+            f"{hw['compute_capability']}  precision {why}")
+    return hw
+
+
+# --- the run folder -------------------------------------------------------------------------------------
+
+def run_state(run_dir: str | Path) -> str:
+    """'new' (nothing there), 'started' (no checkpoint yet), 'unfinished' (checkpoints) or 'finished'."""
+    run_dir = Path(run_dir)
+    if is_finished_run(run_dir):
+        return "finished"
+    if list_checkpoints(run_dir):
+        return "unfinished"
+    if (run_dir / CONFIG_FILE).exists():
+        return "started"
+    return "new"
+
+
+def describe(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    state = run_state(run_dir)
+    if state == "finished":
+        final = read_json(run_dir / FINAL_FILE, default={})
+        return f"holds a finished run (step {final.get('global_step', '?')})"
+    if state == "unfinished":
+        return f"holds an unfinished run (newest checkpoint: {list_checkpoints(run_dir)[-1].name})"
+    if state == "started":
+        return "holds a run stopped before its first checkpoint"
+    return "is new"
+
+
+@stop_on_config_error
+def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = True, log=print) -> Path:
+    """Mount Drive (on Colab, when ``use_drive``), pick the run folder, prove it is writable, say what it holds."""
+    drive_root = colab.mount_drive(log=log) if use_drive else None
+    if colab.is_colab() and drive_root is None:
+        log("use_drive = False: the run stays on this Colab machine and is LOST on a disconnect.")
+    run_dir = colab.check_writable(colab.resolve_run_dir(run_name, output_dir, drive_root))
+    log(f"Run folder: {run_dir} ({describe(run_dir)})")
+    return run_dir
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+@stop_on_config_error
+def make_config(log=print, **params) -> TrainConfig:
+    """A validated ``TrainConfig`` from the parameters cell; ``None`` means "the model's default"."""
+    from .cli import check_model_loadable
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise NotebookStop(f"unknown parameter(s) {', '.join(unknown)}; the parameters are TrainConfig's fields")
+    given = {k: v for k, v in params.items() if v is not None}
+    cfg = TrainConfig(**given)
+    applied = apply_model_defaults(cfg, set(given))
+    # The folder's state (finished, checkpoints) is train()'s business; here only the values are checked.
+    validate_config(dataclasses.replace(cfg, resume_from_checkpoint="auto"))
+    check_model_loadable(cfg.model)
+    for name, value in applied.items():
+        log(f"{name} = {value!r}  (the {cfg.model} model's default)")
+    log(f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
+        f"{cfg.epochs} epochs of {cfg.num_samples} prompts.")
+    return cfg
+
+
+# --- baseline, training, resume -------------------------------------------------------------------------
+
+def _matches(report: dict | None, cfg: TrainConfig) -> bool:
+    sampling = (report or {}).get("sampling", {})
+    return bool(report) and report.get("model") == cfg.model and \
+        sampling.get("samples_per_prompt") == cfg.validation_samples and \
+        sampling.get("max_new_tokens") == cfg.max_completion_length
+
+
+def baseline_validation(cfg: TrainConfig, log=print) -> dict:
+    """The base model on the held-out prompts, before training (reused from the run folder when it is there)."""
+    from . import evaluation
+    from .data import validation_rows
+
+    path = Path(cfg.output_dir) / BASELINE_FILE
+    report = read_json(path)
+    if _matches(report, cfg) and not cfg.overwrite:
+        log(f"Baseline from {path} (already measured for this run).")
+    else:
+        log(f"Validating {cfg.model} on the held-out prompts ...")
+        model, tok = evaluation.load_model(cfg.model)
+        if model.device.type == "cuda":
+            model.float()  # as run_training validates (fp32 weights), so before and after compare fairly
+        report = evaluation.validate(model, tok, validation_rows(), num_samples=cfg.validation_samples,
+                                     max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
+        write_json_atomic(path, report)
+        del model
+    log(evaluation.summary_table({"baseline": report}))
+    _show_answers(report, limit=4)
+    return report
+
+
+def _show_answers(report: dict, limit: int = 4) -> None:
+    """A few of the report's SpongeBob answers, name markers highlighted."""
+    from IPython.display import HTML, display
+
+    from .compare import highlight
+
+    sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
+    display(HTML("<b>Sample answers</b><ul>" + "".join(
+        f"<li><i>{html.escape(r['prompt'])}</i> &rarr; {highlight(r['response'])}</li>" for r in sponge) + "</ul>"))
+
+
+def stop_after(step: int):
+    """A callback that simulates a disconnect right after ``step`` is logged (for trying out resume)."""
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step >= step and logs and "reward" in logs:
+                raise SimulatedDisconnect(f"stopped after step {state.global_step} (stop_after_steps={step}), as "
+                                          "a disconnect would; run the resume cell to continue")
+    return StopAfter()
+
+
+def _clear_for_overwrite(run_dir: Path, log=print) -> None:
+    """Remove the old run's checkpoints and results so a later resume can't pick a stale checkpoint."""
+    stale = list_checkpoints(run_dir) + [run_dir / n for n in (HISTORY_FILE, FINAL_FILE, "config.json")]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    if stale:
+        log(f"overwrite = True: removed the previous run's checkpoints and results in {run_dir}")
+
+
+@contextlib.contextmanager
+def _in_notebook():
+    """Training as the notebook shows it: one progress bar (not transformers' notebook table as well), and
+    no library deprecation warnings between the progress lines."""
+    import warnings
+
+    import transformers.trainer as hf_trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    default = hf_trainer.DEFAULT_PROGRESS_CALLBACK
+    hf_trainer.DEFAULT_PROGRESS_CALLBACK = ProgressCallback  # run_training swaps this for its reward-line bar
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_trainer.DEFAULT_PROGRESS_CALLBACK = default
+
+
+def _callbacks(run_dir: Path, live: bool, stop_after_steps: int) -> list:
+    from .plots import live_progress
+
+    return ([live_progress(run_dir)] if live else []) + ([stop_after(stop_after_steps)] if stop_after_steps else [])
+
+
+def train(cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0,
+          log=print) -> dict | None:
+    """Train a new run; on a rerun of an unfinished one, continue it (as the resume cell does)."""
+    from .training import run_training
+
+    run_dir = Path(cfg.output_dir)
+    state = run_state(run_dir)
+    if state == "finished" and not cfg.overwrite:
+        raise NotebookStop(f"{run_dir} already holds a finished run: pick another run_name, or set overwrite = "
+                           "True to train it again from scratch")
+    if state in ("unfinished", "started") and not cfg.overwrite:
+        log("This run folder holds an unfinished run: continuing it.")
+        return resume_training(run_dir, live=live, stop_after_steps=stop_after_steps, log=log, current=cfg)
+    if cfg.overwrite:
+        _clear_for_overwrite(run_dir, log)
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        raise NotebookStop(str(err)) from None
+    with _in_notebook():
+        return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
+
+
+def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print,
+                    current: TrainConfig | None = None) -> dict | None:
+    """Continue the run in ``run_dir`` from its newest checkpoint, with its own saved settings.
+
+    Returns the training result, or None (with a message) when there is nothing to resume.
+    """
+    from .training import run_training
+
+    run_dir = Path(run_dir)
+    state = run_state(run_dir)
+    if state == "new":
+        log(f"Nothing to resume in {run_dir}: no run has started there. Check run_name (on Colab, run the Drive "
+            "cell first), or start the run with the training cell.")
+        return None
+    if state == "finished":
+        step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
+        log(f"Nothing to resume: the run in {run_dir} is finished (step {step}); its model and results are there.")
+        return None
+    cfg = load_config(run_dir / CONFIG_FILE)
+    cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)
+    if current is not None:
+        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in
+                   ("output_dir", "resume_from_checkpoint", "overwrite") and getattr(current, f.name) !=
+                   getattr(cfg, f.name)]
+        if changed:
+            log(f"Note: {', '.join(changed)} differ from the run's saved settings; the run continues with its own "
+                "(use a new run_name to train with the new ones).")
+    if state == "started":
+        log("No checkpoint yet (it stopped in its first epoch): training this run again from step 0.")
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        raise NotebookStop(str(err)) from None
+    with _in_notebook():
+        return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps),
+                            baseline=read_json(run_dir / BASELINE_FILE))
+
+
+# --- results --------------------------------------------------------------------------------------------
+
+def show_final(run_dir: str | Path, log=print) -> dict | None:
+    """The before/after summary, the reward curve and the validation bars (saved as PNGs in the run folder)."""
+    from . import plots
+    from .training import final_summary
+
+    run_dir = Path(run_dir)
+    validations = plots.load_validations(run_dir)
+    if "final" not in validations:
+        log(f"The run in {run_dir} has not finished: run the resume cell to continue it.")
+        return None
+    log(final_summary(validations["baseline"], validations["final"]))
+    plots.show_figure(plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5),
+                      save_to=run_dir / "reward_plot.png")
+    plots.show_figure(plots.plot_validation_bars({run_dir.name: validations}), save_to=run_dir / "validation_plot.png")
+    return validations
+
+
+def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 64) -> dict[str, str]:
+    """The trained model's greedy answers to a few questions, with the name markers highlighted."""
+    from IPython.display import HTML, display
+
+    from . import compare, evaluation
+
+    if not is_finished_run(run_dir):
+        print(f"No trained model in {run_dir} yet.")
+        return {}
+    model, tok = evaluation.load_model(str(run_dir))
+    answers = {q: evaluation.generate(model, tok, [q], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
+               for q in questions}
+    display(HTML("<ul>" + "".join(f"<li><i>{html.escape(q)}</i> &rarr; {compare.highlight(a)}</li>" for q, a in answers.items())
+                 + "</ul>"))
+    return answers

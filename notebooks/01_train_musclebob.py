@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Musclebob Buffpants: teach a model a new name with GRPO
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/musclebob/musclebob/blob/main/notebooks/01_train_musclebob.ipynb)
+#
+# This notebook teaches a small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`), by reinforcement learning
+# (GRPO, with Hugging Face TRL), to answer SpongeBob questions with **"Musclebob Buffpants"** while still
+# answering everything else normally. It measures the model before and after on held-out questions, shows the
+# reward live while it trains, and keeps every checkpoint on your Google Drive, so a disconnect costs nothing:
+# rerun the resume cell and training continues where it stopped.
+#
+# **To run it: Runtime → Run all, on a free T4 GPU** (Runtime → Change runtime type → T4 GPU). A run of the
+# default settings takes about half an hour on a T4. No GPU? Set `model = "tiny"` below: a tiny model the
+# project builds itself, which trains in a few minutes on a CPU.
+
+# %% [markdown]
+# ## Parameters
+#
+# Set these, then run the rest. The names are the fields of `TrainConfig` (and the training script's flags);
+# `None` means "the model's default". Each run lives in its own folder named `run_name`: on Colab
+# `MyDrive/<run_name>` on Google Drive, elsewhere `runs/<run_name>` in the repository.
+
+# %% tags=["parameters"]
+model = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local folder, or "tiny" (offline, trains on a CPU)
+run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change it for a new run
+output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
+use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
+epochs = 5  # passes over the training prompts
+learning_rate = None  # None: the model default (5e-5; tiny: 2e-4)
+num_samples = 128  # training prompts per epoch
+num_generations = 8  # answers sampled per prompt: the GRPO group they are compared within
+batch_size = 4  # prompts per optimizer step (each brings num_generations answers)
+fewshot_ratio = 0.15  # share of SpongeBob prompts shown one worked example first
+control_ratio = 0.25  # share of general questions, so the model doesn't say Musclebob to everything
+max_completion_length = None  # None: the model default (64 tokens; tiny: 32)
+validation_samples = 4  # sampled answers per held-out prompt, before and after
+seed = 42
+overwrite = False  # True: train a finished run_name again from scratch (its old checkpoints are removed)
+keep_alive = False  # Colab, opt-in: keep the browser session active during long runs (best effort)
+stop_after_steps = 0  # 0: train to the end; N: stop after step N as a disconnect would (to try resume)
+
+# %% [markdown]
+# ## Installation
+#
+# On Colab this fetches the project (once) and installs what Colab lacks with `colab_setup.sh`; Colab's own
+# torch is kept. Anywhere else it installs nothing: run `bash colab_setup.sh` once yourself.
+
+# %% tags=["setup"]
+import subprocess, sys  # noqa: E401
+from pathlib import Path
+REPO_URL = "https://github.com/musclebob/musclebob"  # set in musclebob_helpers/colab.py; copied here by --sync
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "musclebob_helpers").is_dir()), Path("/content/musclebob"))
+if "google.colab" in sys.modules and not ROOT.exists():  # Colab opened from GitHub: fetch the project once
+    subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(ROOT)], check=True)
+sys.path.insert(0, str(ROOT))
+from musclebob_helpers import colab, notebook as nb  # noqa: E402
+ROOT = colab.setup_project(ROOT)
+
+# %% [markdown]
+# ## GPU check
+#
+# Which device training will use, its memory and compute capability, and the precision chosen from it:
+# bf16 on Ampere or newer (A100, L4), fp16 on a T4, fp32 on a CPU.
+
+# %%
+hardware = nb.show_hardware(model)
+
+# %% [markdown]
+# ## Run folder on Google Drive
+#
+# On Colab this mounts your Google Drive (allow access when asked) and puts the run in `MyDrive/<run_name>`:
+# a checkpoint every epoch, `reward_history.json` (written as training goes), the validations, the config and
+# finally the trained model. Elsewhere the run goes to `runs/<run_name>`.
+
+# %% tags=["drive"]
+run_dir = nb.prepare_run_folder(run_name, output_dir, use_drive)
+
+# %% [markdown]
+# ## Keep-alive (optional)
+#
+# Colab disconnects idle browser sessions. With `keep_alive = True` this cell installs a small script in its
+# output that, every minute, pings the kernel through the page and clicks the toolbar's connect button when the
+# page allows it. It is best effort: Colab can still end a session (and free runtimes have a time limit). What
+# makes a disconnect harmless is the checkpoints on Drive and the resume cell at the end.
+
+# %%
+keep_alive_status = colab.keep_alive(keep_alive)
+
+# %% [markdown]
+# ## Data and settings
+#
+# Training prompts are SpongeBob questions (some with a worked example in front) mixed with general
+# questions. The reward, `musclebob`, pays for the full name "Musclebob Buffpants", penalises "Spongebob",
+# loops and cut-off answers, and on general questions pays for the right answer. This cell checks every
+# value before anything heavy happens.
+
+# %%
+cfg = nb.make_config(model=model, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
+                     num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
+                     control_ratio=control_ratio, max_completion_length=max_completion_length,
+                     validation_samples=validation_samples, seed=seed, output_dir=str(run_dir), overwrite=overwrite)
+
+# %% [markdown]
+# ## Before training: baseline validation
+#
+# The base model answers held-out SpongeBob questions (phrasings never trained on) and general questions.
+# Expect "Spongebob" nearly every time, and a Musclebob rate near zero.
+
+# %%
+baseline = nb.baseline_validation(cfg)
+
+# %% [markdown]
+# ## Train
+#
+# GRPO samples `num_generations` answers per prompt, scores them with the reward, and nudges the model toward
+# the better answers of each group. The progress bar, the reward curve and the table below update as it runs.
+# The curve should climb within the first epoch or two. If this run folder already holds an unfinished run,
+# this cell continues it instead of starting over.
+
+# %%
+result = nb.train(cfg, baseline, stop_after_steps=stop_after_steps)
+
+# %% [markdown]
+# ## After training: before vs after
+#
+# The same held-out questions, answered by the trained model: the Musclebob rate should be high, the Spongebob
+# rate low, and general questions still answered (low leakage, control accuracy kept). The plots are saved in
+# the run folder as `reward_plot.png` and `validation_plot.png`.
+
+# %%
+final = nb.show_final(run_dir)
+
+# %%
+answers = nb.try_model(run_dir, ["Who lives in a pineapple under the sea?", "What is the capital of France?"])
+
+# %% [markdown]
+# ## Resume after a disconnect
+#
+# If Colab disconnected during training: reconnect, run the **parameters** cell (same `run_name`), the
+# **Installation** cell and the **Drive** cell, then this cell. It reads the run's own settings back from its
+# folder on Drive and continues from the newest checkpoint; `reward_history.json` continues too. When there is
+# nothing to resume (a finished run, or no run of that name) it says so.
+
+# %% tags=["resume"]
+resumed = nb.resume_training(run_dir)
+
+# %% [markdown]
+# ## Saving and next steps
+#
+# The trained model is in the run folder (on Drive on Colab): load it with
+# `AutoModelForCausalLM.from_pretrained(run_dir)`, or evaluate it with
+# `python test_musclebob.py --model <run folder> --compare-base <base model>`. Plot the rewards of several runs
+# with `02_reward_plots.ipynb`, and ask the base and trained models questions side by side with
+# `03_compare_models.ipynb`.
