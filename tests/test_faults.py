@@ -345,7 +345,7 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
     class Loaded(Exception):
         pass
 
-    def fake_load(name, device=None, trust_remote_code=None):
+    def fake_load(name, device=None, trust_remote_code=None, **kwargs):
         seen["load"] = trust_remote_code
         raise Loaded
 
