@@ -15,7 +15,6 @@ import html
 import re
 from pathlib import Path
 
-from . import rewards
 
 GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
 BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
@@ -24,7 +23,6 @@ _MARKERS = re.compile(r"(?P<good>\bmusclebob\b|\bbuffpants\b)|(?P<bad>sponge\s*b
 
 def highlight(text: str) -> str:
     """``text`` as HTML (escaped) with the name markers wrapped in coloured ``<mark>`` tags."""
-    text = rewards.normalize(text)
     parts, pos = [], 0
     for m in _MARKERS.finditer(text):
         parts.append(html.escape(text[pos:m.start()]))
