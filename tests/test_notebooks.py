@@ -335,6 +335,9 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
         seen["cfg"], seen["checkpoint"] = cfg, training.find_resume_checkpoint(cfg, log=lambda *a: None)
         return {"global_step": 0}
 
+    from musclebob_helpers import checkpoints
+    # The folders above stand in for real checkpoints: count them as intact (tests/test_faults.py checks that part).
+    monkeypatch.setattr(checkpoints, "checkpoint_problems", lambda ckpt: [])
     monkeypatch.setattr(training, "run_training", fake_run_training)
     nb.resume_training(run_dir, live=False, log=lambda *a: None)
     assert seen["cfg"].output_dir == str(run_dir) and seen["cfg"].epochs == 3  # the run's own settings
