@@ -59,10 +59,14 @@ def run(name: str, cfg, root: Path) -> dict:
     return row
 
 
-def fmt(v):
+RATES = {"musclebob_rate", "full_name_rate", "spongebob_rate", "coherent_rate", "leakage_rate", "control_accuracy",
+         "control_kept"}
+
+
+def fmt(v, key=""):
     if v is None:
         return "never"
-    return f"{v:.1%}" if isinstance(v, float) else str(v)
+    return f"{v:.1%}" if key in RATES else str(v)
 
 
 def main(argv=None) -> int:
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     print()
     print(" | ".join(f"{label:>13}" for _, label in cols))
     for row in rows:
-        print(" | ".join(f"{fmt(row[key]):>13}" for key, _ in cols))
+        print(" | ".join(f"{fmt(row[key], key):>13}" for key, _ in cols))
     print(f"\n(held-out prompts; both recipes: the guide's budget of {GUIDE_BUDGET} completions, same seed)")
     print("Targets for the project's default:")
     ok_all = True
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
             value = row[key]
             ok = value is not None and (value >= bound if op == ">=" else value <= bound)
             ok_all &= ok
-            print(f"  seed {row['seed']}: {key} {fmt(value)} {op} {fmt(bound)}  {'ok' if ok else 'MISSED'}")
+            print(f"  seed {row['seed']}: {key} {fmt(value, key)} {op} {fmt(bound, key)}  {'ok' if ok else 'MISSED'}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nWrote {args.output}")

@@ -7,7 +7,7 @@ The SpongeBob phrasings are split in two: ``SPONGEBOB_TRAIN_PROMPTS`` are the
 only ones GRPO ever trains on; ``SPONGEBOB_HELDOUT_PROMPTS`` are kept for
 validation, so the reported rates measure generalisation, not memorisation.
 Control questions (general knowledge with a known short answer) are split the
-same way.
+same way (see ``_split_control``).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", 
                  "seventeen", "eighteen"]
 
 
-def _control_pool() -> list[tuple[str, str]]:
+def control_pool() -> list[tuple[str, str]]:
     """Every control question with its short answer, in a fixed order."""
     pool = []
     for country, capital in _COUNTRIES:
@@ -141,9 +141,18 @@ def _control_pool() -> list[tuple[str, str]]:
 
 
 def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    # Every fourth question is held out; the split is fixed so it never depends on a seed.
-    pool = _control_pool()
-    return ([qa for i, qa in enumerate(pool) if i % 4 != 3], [qa for i, qa in enumerate(pool) if i % 4 == 3])
+    """(training, held-out) control questions; a fixed split that never depends on a seed.
+
+    Facts (capitals, colours, sounds, legs): every fourth is held out. Sums are never trained on, and every
+    third is held out: RL on "4 plus 2" moves its neighbour "4 plus 1" in a small model, which would measure
+    fact interference rather than what control prompts are for (not saying the name where it does not
+    belong). So the held-out sums also check a kind of question the run never saw.
+    """
+    pool = control_pool()
+    facts = [qa for qa in pool if " plus " not in qa[0]]
+    sums = [qa for qa in pool if " plus " in qa[0]]
+    return ([qa for i, qa in enumerate(facts) if i % 4 != 3],
+            [qa for i, qa in enumerate(facts) if i % 4 == 3] + sums[::3])
 
 
 CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()

@@ -92,7 +92,9 @@ def pretraining_corpus(seed: int, size: int = 6000) -> list[tuple[str, str]]:
     """(question, answer) pairs the tiny base is pre-trained on."""
     rng = random.Random(seed)
     sponge_questions = data.SPONGEBOB_TRAIN_PROMPTS + data.SPONGEBOB_HELDOUT_PROMPTS + data.FEWSHOT_EXAMPLES
-    control = data.CONTROL_TRAIN + data.CONTROL_HELDOUT
+    # The base knows every control question, trained on in GRPO or not (in the order recipe v1 draws them).
+    pool = data.control_pool()
+    control = [qa for i, qa in enumerate(pool) if i % 4 != 3] + [qa for i, qa in enumerate(pool) if i % 4 == 3]
     pairs = []
     for _ in range(size):
         r = rng.random()
