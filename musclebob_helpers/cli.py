@@ -85,8 +85,14 @@ def check_model_loadable(name: str, trust_remote_code: bool = False,
         from .io import read_json
         _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
         return
+    import logging
+
     from transformers import AutoConfig
 
+    # The hub client logs every retry; the user gets one line below instead.
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
@@ -96,6 +102,8 @@ def check_model_loadable(name: str, trust_remote_code: bool = False,
                                              "you trust its authors, or use another --model") from None
         raise ConfigError("model", name, f"it cannot be loaded ({reason}); check the name and your network, "
                                          "or use --model tiny to run offline") from None
+    finally:
+        hub_log.setLevel(level)
     _check_context(name, config.to_dict(), max_completion_length)
 
 

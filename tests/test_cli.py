@@ -119,3 +119,14 @@ def test_help_is_instant_and_documents_batch_size():
                             "import train_musclebob_improved as t\ntry: t.main(['--help'])\nexcept SystemExit: pass\n"
                             "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert check.stdout.strip().endswith("False")  # heavy imports only after the flags are good
+
+
+def test_unreachable_hub_is_one_line_even_with_retries(tmp_path):
+    # Without HF_HUB_OFFLINE the hub client retries and logs each retry; the user still gets one line.
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: fails like an offline machine, never leaves it
+    proc = subprocess.run([sys.executable, str(ROOT / PROG), "--model", "Nobody/unreachable", "--output-dir",
+                           str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--model tiny" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
