@@ -10,7 +10,7 @@ import pytest
 
 from musclebob_helpers.config import PRESET_NAMES, ConfigError, TrainConfig, validate_config
 from musclebob_helpers.io import list_checkpoints
-from musclebob_helpers.memory import GIB, KNOWN_SHAPES, ModelShape, estimate_memory, fit_warning
+from musclebob_helpers.memory import KNOWN_SHAPES, ModelShape, estimate_memory, fit_warning
 from musclebob_helpers.presets import PRESETS, apply_preset, preset_config, preset_values, recommend_preset
 from musclebob_helpers import scaling
 
