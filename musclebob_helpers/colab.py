@@ -19,6 +19,7 @@ Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mo
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,8 @@ REPO_BRANCH = "main"
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root (this file is musclebob_helpers/colab.py)
 NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_models.ipynb")
-DRIVE_MOUNTPOINT = "/content/drive"  # where Colab mounts Google Drive; tests point it at a temporary folder
+# Where Colab mounts Google Drive; tests (and the Colab twin) point it at a temporary folder.
+DRIVE_MOUNTPOINT = os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive")
 LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
 SETUP_MARKER = ".musclebob_setup_done"  # colab_setup.sh ran in this runtime: don't reinstall on a rerun
 
