@@ -75,6 +75,9 @@ class TrainConfig:
                                default=0)
     output_dir: str = _opt("where checkpoints, artifacts and the final model go",
                            default="./musclebob-model-improved")
+    keep_checkpoints: int = _opt("checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
+                                 "older ones are deleted once a newer one is complete; 0 keeps every one",
+                                 default=2)
     resume_from_checkpoint: str | None = _opt("'auto' (newest checkpoint in --output-dir) or a checkpoint path",
                                               default=None)
     overwrite: bool = _opt("allow training into an output dir that already holds a finished model",
@@ -205,6 +208,7 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_int("seed", 0, "a whole number >= 0")
     if cfg.seed > MAX_SEED:
         raise ConfigError("seed", cfg.seed, f"a whole number from 0 to {MAX_SEED} (numpy's limit)")
+    need_int("keep_checkpoints", 0, "a whole number >= 0 (1: only the newest; 2: + one fallback; 0: keep all)")
     if not _is_path(cfg.output_dir):
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")
     r = cfg.resume_from_checkpoint
@@ -225,8 +229,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
                           "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
                           "continue it, --overwrite to start over, or another --output-dir")
     # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
-    from .preflight import check_output_location, check_resume
+    from .preflight import check_drive_space, check_output_location, check_resume
     check_output_location(cfg)
+    check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
     check_resume(cfg)
 
 
