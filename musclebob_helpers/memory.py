@@ -288,13 +288,15 @@ KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5
 DEFAULT_TOKENIZER_BYTES = 12_000_000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "tokenizer.model")
-# Measured on the tiny model (tests/test_drive_budget.py): scheduler.pt, rng_state.pth, training_args.bin,
-# config/generation config, the model card and trainer_state.json's fixed part come to ~30 KB; each logged
-# step adds ~1.3 KB to trainer_state.json; each tensor costs a zip entry in optimizer.pt (exp_avg, exp_avg_sq,
-# step) and a header line in the safetensors file.
-CHECKPOINT_SMALL_FILES_BYTES = 40_000
-STATE_BYTES_PER_STEP = 1_600
-BYTES_PER_TENSOR = 1_200
+# Measured on the tiny model (benchmarks/drive_budget.py, tests/test_drive_budget.py): rng_state.pth (14.5 KB),
+# training_args.bin, scheduler.pt, config/generation config or adapter config, the model card come to ~30 KB a
+# checkpoint (~12 KB with the final model); each logged GRPO step adds ~1.2 KB to trainer_state.json; each
+# tensor costs ~850 B in optimizer.pt (zip entries for exp_avg, exp_avg_sq, step) and ~130 B of safetensors header.
+CHECKPOINT_SMALL_FILES_BYTES = 30_000
+FINAL_SMALL_FILES_BYTES = 12_000
+STATE_BYTES_PER_STEP = 1_200
+OPTIMIZER_BYTES_PER_TENSOR = 850
+SAFETENSORS_BYTES_PER_TENSOR = 130
 # The run folder's own files: validation reports, reward_history.json, training_config.json, plots.
 RUN_ARTIFACTS_BYTES = 2_000_000
 
@@ -371,11 +373,11 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         trainable = shape.param_count()
         per_layer = 7 + (3 if shape.qkv_bias else 0) + 2
         tensors = per_layer * shape.num_layers + 2 + (0 if shape.tie_embeddings else 1)
-    weights = 4 * trainable + BYTES_PER_TENSOR * tensors // 4
-    optimizer = 8 * trainable + BYTES_PER_TENSOR * tensors
+    weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
+    optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
     steps = steps_per_epoch(cfg) * cfg.epochs
     checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
-    final = weights + tok + CHECKPOINT_SMALL_FILES_BYTES
+    final = weights + tok + FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
         from .tiny_model import is_tiny
         final += shape.param_count() * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
@@ -383,6 +385,9 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     keep = getattr(cfg, "keep_checkpoints", 0)
     kept = min(saved, keep) if keep > 0 else saved
     peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
-    written = saved * checkpoint + final + RUN_ARTIFACTS_BYTES
+    # trainer_state.json grows with the steps: checkpoint e holds e epochs' log lines.
+    state_per_epoch = STATE_BYTES_PER_STEP * steps_per_epoch(cfg)
+    written = saved * (checkpoint - state_per_epoch * saved) + state_per_epoch * saved * (saved + 1) // 2 + final \
+        + RUN_ARTIFACTS_BYTES
     return DriveNeed(checkpoint=int(checkpoint), final=int(final), checkpoints_saved=saved, checkpoints_kept=kept,
                      peak=int(peak), written=int(written), lora=bool(cfg.lora))

@@ -131,6 +131,11 @@ def make_config(log=print, **params) -> TrainConfig:
         log(f"{name} = {value!r}  (the {cfg.model} model's default)")
     log(f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts.")
+    from .memory import drive_need
+    from .preflight import offline_shape, on_drive
+    need = drive_need(cfg, offline_shape(cfg.model))  # validate_config refused it already if it does not fit
+    if need:
+        log(need.line(on_drive(cfg.output_dir)))
     return cfg
 
 
