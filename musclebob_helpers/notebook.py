@@ -133,7 +133,8 @@ def make_config(log=print, **params) -> TrainConfig:
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts.")
     from .memory import drive_need
     from .preflight import offline_shape, on_drive
-    need = drive_need(cfg, offline_shape(cfg.model))  # validate_config refused it already if it does not fit
+    shape = offline_shape(cfg.model)  # validate_config refused the run already if it does not fit
+    need = drive_need(cfg, shape) if shape else None
     if need:
         log(need.line(on_drive(cfg.output_dir)))
     return cfg

@@ -137,7 +137,8 @@ def check_drive_space(cfg, shape=None):
     """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
     from .memory import drive_need
 
-    need = drive_need(cfg, shape or offline_shape(cfg.model))
+    shape = shape or offline_shape(cfg.model)
+    need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
     problem = drive_space_problem(cfg, need=need) if need else None
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)

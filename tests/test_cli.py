@@ -24,7 +24,8 @@ def test_each_flag_reaches_the_config(tmp_path):
             "--beta", "0.02", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1",
             "--lora-target-modules", "q_proj,v_proj", "--load-in-4bit", "--merge-adapter", "--no-gradient-checkpointing",
             "--use-vllm", "--vllm-gpu-memory-utilization", "0.5", "--preset", "colab-t4",
-            "--validation-samples", "2", "--validate-every", "3", "--keep-checkpoints", "3", "--output-dir", str(tmp_path / "o"),
+            "--validation-samples", "2", "--validate-every", "3", "--keep-checkpoints", "3",
+            "--output-dir", str(tmp_path / "o"),
             "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7", "--ignore-mismatch",
             "--trust-remote-code"]
     cfg, user_set, applied = parse(argv)

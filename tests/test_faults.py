@@ -264,12 +264,13 @@ def test_no_space_left_is_refused(tmp_path, monkeypatch):
         validate_config(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
 
 
-def test_checkpoints_that_will_not_fit_are_warned_about(tmp_path, monkeypatch):
+def test_checkpoints_that_will_not_fit_are_refused(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
-    warning = preflight.space_warning(494_000_000, 5, tmp_path)  # Qwen2.5-0.5B, 5 epochs
-    assert warning and "29.4 GB" in warning and "15.0 GB" in warning
-    assert preflight.space_warning(494_000_000, 2, tmp_path) is None
+    cfg = TrainConfig(output_dir=str(tmp_path / "out"))  # Qwen2.5-0.5B fully fine-tuned, 5 epochs, 2 kept
+    with pytest.raises(ConfigError, match=r"--output-dir=.*needs about 17\.8 GB.*only 16\.1 GB are free"):
+        validate_config(cfg)
+    validate_config(TrainConfig(output_dir=str(tmp_path / "out"), epochs=2))  # 2 checkpoints + the final model fit
 
 
 def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
