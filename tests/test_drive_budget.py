@@ -235,3 +235,11 @@ def test_rotation_never_leaves_zero_intact_checkpoints(tiny_checkpoints, tmp_pat
         remove_leftover_deletions(out)
         assert not list(out.glob(DELETING_PREFIX + "*"))
         assert select_checkpoint(out, log=lambda *a: None) is not None
+
+
+def test_a_resume_on_drive_needs_only_the_epochs_to_come(fake_drive):
+    run = fake_drive / "run"
+    (run / "checkpoint-96").mkdir(parents=True)  # 3 of 5 epochs done (32 steps an epoch)
+    cfg = TrainConfig(output_dir=str(run), keep_checkpoints=1)
+    assert "31.7 GB" in preflight.drive_space_problem(cfg)
+    assert preflight.drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB

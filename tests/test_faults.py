@@ -120,6 +120,23 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
         assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
 
 
+ROTATION_KILLS = [("checkpoint:4", "checkpoint-4 is damaged"), ("optimizer:3", "Resuming from")]
+
+
+@pytest.mark.parametrize("fault,message", ROTATION_KILLS, ids=[k for k, _ in ROTATION_KILLS])
+def test_kill_then_resume_with_rotation_keeping_one_checkpoint(tmp_path, reference, fault, message):
+    """--keep-checkpoints 1 deletes checkpoint-2 once checkpoint-4 is complete: a kill before that leaves it."""
+    out = tmp_path / "run"
+    killed = train(out, "--keep-checkpoints", "1", fault=fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert any(not checkpoint_problems(c) for c in list_checkpoints(out))  # the last intact one is still there
+    resumed = train(out, "--keep-checkpoints", "1", "--resume-from-checkpoint", "auto")
+    assert message in resumed.stdout, resumed.stdout[-3000:]
+    assert "Removed checkpoint-2" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)
+    assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
+
+
 def _interrupted_copy(reference, dest):
     """The reference run as a kill after its last checkpoint would leave it (no final model yet)."""
     shutil.copytree(reference[0], dest)
