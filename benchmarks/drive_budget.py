@@ -212,10 +212,8 @@ def main(argv=None) -> int:
             for name, cfg, n in runs]
     print(table(rows))
     results = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
-    results[args.model] = {r["name"]: r for r in rows} | results.get(args.model, {}) if args.only else \
-        {r["name"]: r for r in rows}
-    if args.only:
-        results[args.model].update({r["name"]: r for r in rows})
+    kept = results.get(args.model, {}) if args.only else {}  # --only replaces its own row, keeps the other
+    results[args.model] = {**kept, **{r["name"]: r for r in rows}}
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(f"Wrote {args.output}")
     return 0

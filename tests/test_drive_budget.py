@@ -243,3 +243,22 @@ def test_a_resume_on_drive_needs_only_the_epochs_to_come(fake_drive):
     cfg = TrainConfig(output_dir=str(run), keep_checkpoints=1)
     assert "31.7 GB" in preflight.drive_space_problem(cfg)
     assert preflight.drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB
+
+
+@pytest.mark.slow
+def test_a_real_grpo_run_matches_its_printed_need(tmp_path):
+    """The tiny model through run_training (GRPOTrainer, LoRA, 3 epochs, keep 2): sizes as estimated."""
+    from musclebob_helpers.training import run_training
+
+    cfg = TrainConfig(model="tiny", lora=True, learning_rate=5e-3, epochs=3, num_samples=8, batch_size=4,
+                      num_generations=2, max_completion_length=16, validation_samples=1,
+                      output_dir=str(tmp_path / "run"))
+    lines = []
+    run_training(cfg, log=lines.append)
+    need = drive_need(cfg)
+    assert need.line() in lines and "Removed checkpoint-2 (keeping the newest 2" in " ".join(map(str, lines))
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["checkpoint-4", "checkpoint-6"]
+    assert need.checkpoint == pytest.approx(preflight.folder_bytes(ckpts[-1]), rel=0.03)
+    root = sum(p.stat().st_size for p in (tmp_path / "run").iterdir() if p.is_file())
+    assert root <= need.final + need.peak - need.checkpoint * 2  # the final model + the run's own files
