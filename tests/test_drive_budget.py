@@ -146,7 +146,7 @@ def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp
     cfg = TrainConfig(output_dir=str(tmp_path / "run"))  # full fine-tuning: 17.8 GB at its peak
     with pytest.raises(ConfigError, match=r"about 17\.8 GB there \(3 checkpoints.*--keep-checkpoints 1"):
         validate_config(cfg)
-    validate_config(replace(cfg, keep_checkpoints=1))  # 2 x 5.9 GB at once + the final model: 13.9 GB
+    validate_config(replace(cfg, keep_checkpoints=1))  # 2 x 5.9 GB at once while the newest is written: 11.9 GB
     old = tmp_path / "run" / "checkpoint-8"
     old.mkdir(parents=True)
     with open(old / "optimizer.pt", "wb") as fh:  # a sparse 4 GB file: the resumed run will rotate it away
