@@ -4,7 +4,8 @@
     python -m musclebob_helpers.memory --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
         --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
 
-(the same flags as the training script, plus ``--gpu-memory-gb`` to ask about a GPU you do not have).
+(the same flags as the training script, plus ``--gpu-memory-gb`` to ask about a GPU you do not have); it also
+prints the run's disk / Google Drive need (``drive_need``, at the end of this module).
 ``run_training`` prints this estimate and warns before a run that will not fit on the detected GPU.
 
 The model is counted from its shape (``ModelShape``), then, per training process, in bytes:
@@ -272,11 +273,11 @@ def main(argv=None) -> int:
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
     print(warning or (f"Fits in {gpu_gb:.1f} GiB." if gpu_gb else ""))
+    need = drive_need(cfg, shape)
+    if need:
+        print(need.line(on_drive=True))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # --- Drive (disk) need of a run's checkpoints -----------------------------------------------------------------
@@ -391,3 +392,7 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         + RUN_ARTIFACTS_BYTES
     return DriveNeed(checkpoint=int(checkpoint), final=int(final), checkpoints_saved=saved, checkpoints_kept=kept,
                      peak=int(peak), written=int(written), lora=bool(cfg.lora))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
