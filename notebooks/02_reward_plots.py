@@ -60,10 +60,9 @@ if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default
     url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
     git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})  # a wrong address fails, never asks
-    if git.returncode:
-        why = (git.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SetupStop(f"git clone {url} failed ({why}): set repo_url in the first cell to your copy's address, "
-                        "or copy the project folder to Google Drive as MyDrive/musclebob, then run again")
+    if git.returncode:  # one line: what failed and what to set
+        raise SetupStop(f"git clone {url} failed ({(git.stderr.strip() or '?').splitlines()[-1]}): set repo_url in "
+                        "the first cell to your GitHub copy, or copy the project folder to Drive as MyDrive/musclebob")
     ROOT = HOME
 sys.path.insert(0, str(ROOT))
 from musclebob_helpers import colab, plots  # noqa: E402
