@@ -405,7 +405,8 @@ def test_training_notebook_runs_all(trained):
         assert (run_dir / name).read_bytes().startswith(PNG_MAGIC)
     assert "Before vs after training" in text_of(outputs_of(executed, "nb.show_final("))
     assert "<mark" in text_of(outputs_of(executed, "nb.baseline_validation("))  # answers with markers
-    assert "Nothing to resume" in text_of(outputs_of(executed, "nb.resume_training("))  # a finished run
+    resume_text = text_of(outputs_of(executed, "nb.resume("))  # Run all ends with the resume cell: nothing to do
+    assert "run named in the parameters cell" in resume_text and "Nothing to resume" in resume_text
     assert "No GPU" in text_of(outputs_of(executed, "nb.show_hardware("))
 
 
@@ -460,6 +461,7 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(kernel, tiny_path, t
                                                             request, where):
     """Run all stops after step 6 (as a disconnect would); a fresh kernel runs only the resume cell; the run ends
     exactly as an uninterrupted one (same steps, same rewards: resume is exact)."""
+    import nbformat
     import papermill
 
     runs = request.getfixturevalue("standin_colab") if where == "colab-standin" else project_repo / "runs"
@@ -477,7 +479,9 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(kernel, tiny_path, t
         "checkpoint-4"]
 
     # The kernel is gone (papermill shut it down); a new one runs the resume cell and nothing else.
-    resumed = execute(kernel, only_cell("resume", tmp_path / "resume.ipynb"), tmp_path / "resumed.ipynb")
+    papermill.execute_notebook(str(only_cell("resume", tmp_path / "resume.ipynb")), str(tmp_path / "resumed.ipynb"),
+                               kernel_name=kernel, cwd=str(nb_dir), progress_bar=False)
+    resumed = nbformat.read(tmp_path / "resumed.ipynb", as_version=4)
     text = text_of(outputs_of(resumed, "nb.resume("))
     assert f"resuming the most recent unfinished run under {runs}: {run_dir.name}" in text
     assert "Resuming from" in text and "checkpoint-4" in text
