@@ -59,7 +59,7 @@ if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: th
 if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
     url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
     git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
-                         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})  # a wrong address fails, never asks
+                         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password
     if git.returncode:  # one line: what failed and what to set
         raise SetupStop(f"git clone {url} failed ({(git.stderr.strip() or '?').splitlines()[-1]}): set repo_url in "
                         "the first cell to your GitHub copy, or copy the project folder to Drive as MyDrive/musclebob")

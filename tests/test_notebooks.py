@@ -55,7 +55,7 @@ def test_pairs_are_in_sync(name):
 def test_drift_is_detected(tmp_path):
     py = (NB_DIR / NOTEBOOKS[0]).with_suffix(".py")
     drifted = tmp_path / py.name
-    drifted.write_text(py.read_text().replace("run_dir = nb.prepare_run_folder(", "run_dir = nb.prepare_run_folder( ", 1)
+    drifted.write_text(py.read_text().replace("run_dir = nb.prepare_run_folder(", "run_dir = nb.prepare_run_folder(  ", 1)
                        .replace("seed = 42", "seed = 43"))
     assert pair_drift(NB_DIR / NOTEBOOKS[0], drifted)
 
