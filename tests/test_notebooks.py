@@ -266,6 +266,7 @@ def drive_holding(monkeypatch, contents: Path, mounts: list):
     monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", mount)
 
 
+@pytest.mark.slow  # git processes build the project snapshot
 def test_bootstrap_takes_the_project_from_drive_on_colab(elsewhere, fake_colab, project_repo, monkeypatch):
     import shutil
 
