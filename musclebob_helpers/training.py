@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import data, evaluation, faults
+from .evaluation import precision_for
 from .checkpoints import (architecture_mismatch, make_rotation_callback, remove_leftover_deletions,
                           select_checkpoint, trainer_class)
 from .config import ConfigError, TrainConfig, validate_config
@@ -27,13 +28,6 @@ HISTORY_FILE = "reward_history.json"
 BASELINE_FILE = "baseline_validation.json"
 FINAL_FILE = "final_validation.json"
 CONFIG_FILE = "training_config.json"
-
-
-def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
-    """bf16 on Ampere or newer (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU."""
-    if device_name == "cpu" or capability is None:
-        return "fp32"
-    return "bf16" if capability[0] >= 8 else "fp16"
 
 
 def detect_hardware() -> dict:
