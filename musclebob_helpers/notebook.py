@@ -126,6 +126,13 @@ def make_config(log=print, **params) -> TrainConfig:
     if unknown:
         raise NotebookStop(f"unknown parameter(s) {', '.join(unknown)}; the parameters are TrainConfig's fields")
     given = {k: v for k, v in params.items() if v is not None}
+    if "lora" in params and params["lora"] is None:
+        from .tiny_model import is_tiny
+
+        # The notebook's own default: a hub model trains a LoRA adapter, whose checkpoints fit a free Google
+        # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
+        given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
+        log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
     cfg = TrainConfig(**given)
     applied = apply_model_defaults(cfg, set(given))
     # The folder's state (finished, checkpoints) is train()'s business; here only the values are checked.

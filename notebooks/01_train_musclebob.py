@@ -43,11 +43,12 @@
 
 # %% tags=["parameters"]
 model = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local folder, or "tiny" (offline, trains on a CPU)
+lora = None  # None: LoRA adapter for a hub model (~0.6 GB of Drive), all weights for tiny; False: all (~32 GB)
 run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change it for a new run
 output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
 use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
 epochs = 5  # passes over the training prompts
-learning_rate = None  # None: the model default (5e-5; tiny: 2e-4)
+learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 2e-4)
 num_samples = 128  # training prompts per epoch
 num_generations = 8  # answers sampled per prompt: the GRPO group they are compared within
 batch_size = 4  # prompts per optimizer step (each brings num_generations answers)
@@ -133,7 +134,7 @@ keep_alive_status = colab.keep_alive(keep_alive)
 # value before anything heavy happens.
 
 # %%
-cfg = nb.make_config(model=model, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
+cfg = nb.make_config(model=model, lora=lora, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
                      num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
                      validation_samples=validation_samples, seed=seed, output_dir=str(run_dir), overwrite=overwrite)
