@@ -53,7 +53,7 @@ def apply_preset(cfg: TrainConfig, user_set: set[str]) -> dict:
 
 def preset_config(name: str, **overrides) -> TrainConfig:
     """A preset as a ``TrainConfig`` with ``overrides`` on top (the notebook's way to use one)."""
-    return replace(TrainConfig(), **preset_values(name), **overrides)
+    return replace(TrainConfig(), **{**preset_values(name), **overrides})  # overrides win, as flags do
 
 
 def recommend_preset(hardware: dict) -> str:
