@@ -1,0 +1,214 @@
+"""The notebooks on a Colab twin: Colab's published package versions, a stand-in ``google.colab``, Drive in a
+temporary folder (``tools/colab_twin.py``).
+
+* Each notebook's install cell, run as on a fresh Colab runtime, adds only what Colab lacks and changes nothing
+  Colab ships (an explicit allow-list; the diff is printed and logged in ``test-artifacts/colab-twin.log``).
+* Run all of the three notebooks on the tiny model, with a disconnect after a few steps and then only the resume
+  cell in a fresh runtime (trl uninstalled again, a new kernel, nothing else run).
+
+The twin is built by ``python tools/colab_twin.py build --dir DIR`` (a few minutes; ``.ci/run`` does it);
+``$MUSCLEBOB_TWIN_DIR`` names DIR (default ``~/.cache/musclebob/colab-twin``). Without a twin these tests skip,
+unless ``MUSCLEBOB_REQUIRE_TWIN=1`` (CI), where a missing twin fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import colab_twin as twin  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.twin]
+
+TWIN_DIR = Path(os.environ.get("MUSCLEBOB_TWIN_DIR", Path.home() / ".cache" / "musclebob" / "colab-twin"))
+NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_models.ipynb")
+ARTIFACTS = ROOT / "test-artifacts"
+LOG = ARTIFACTS / "colab-twin.log"
+
+# What an install cell may do to a Colab runtime: add trl, the one package the project needs that Colab lacks
+# (requirements-colab.txt; trl 0.29.1's own requirements are all on Colab at versions it accepts). Nothing else is
+# added, nothing changes version, nothing is removed.
+MAY_ADD = {"trl"}
+# What must never change, named: Colab's GPU build of torch and its companions, the widget stack Colab's frontend
+# renders (ipywidgets 7), the kernel and notebook server, and the libraries whose code a running kernel has
+# already imported when the install cell runs.
+NEVER_CHANGE = ("torch", "torchvision", "numpy", "ipywidgets", "widgetsnbextension", "notebook", "ipykernel",
+                "jupyter_client", "matplotlib", "transformers", "tokenizers", "accelerate", "datasets",
+                "huggingface_hub", "peft")
+# A run small enough for two CPU cores: 2 epochs of 4 steps.
+SMALL = dict(model="tiny", epochs=2, num_samples=16, batch_size=4, num_generations=4, validation_samples=1)
+
+
+@pytest.fixture(scope="module")
+def twin_dir():
+    if not twin.is_built(TWIN_DIR):
+        reason = f"Colab twin not built at {TWIN_DIR}: python tools/colab_twin.py build --dir {TWIN_DIR}"
+        if os.environ.get("MUSCLEBOB_REQUIRE_TWIN") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return TWIN_DIR
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The project as Colab has it after the clone: the repository's files (no ignored ones) in a fresh folder."""
+    dest = tmp_path_factory.mktemp("content") / "musclebob"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode == 0:
+        for rel in filter(None, listed.stdout.split("\0")):
+            src = ROOT / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+    else:  # not a git checkout
+        shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".git", "runs", "test-artifacts", "__pycache__"))
+    return dest
+
+
+def log(text: str) -> None:
+    print(text)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with LOG.open("a") as f:
+        f.write(text + "\n")
+
+
+def runtime(tmp: Path, project: Path, twin_dir: Path) -> dict:
+    """A fresh Colab runtime: the kernel's environment, with its own temp folder (where the setup marker lives)."""
+    (tmp / "tmp").mkdir(parents=True, exist_ok=True)
+    env = twin.kernel_env(twin_dir, tmp / "drive", repo=project)
+    env["TMPDIR"] = str(tmp / "tmp")
+    env["MUSCLEBOB_HOME"] = str(project)
+    return env
+
+
+def tagged(name: str, project: Path, tags: set[str], dest: Path) -> Path:
+    """The notebook with only the cells tagged ``tags`` (in their order)."""
+    import nbformat
+
+    notebook = nbformat.read(project / "notebooks" / name, as_version=4)
+    notebook.cells = [c for c in notebook.cells if tags & set(c.metadata.get("tags", []))]
+    assert notebook.cells, f"{name} has no cell tagged {sorted(tags)}"
+    nbformat.write(notebook, dest)
+    return dest
+
+
+def execute(twin_dir, notebook: Path, out: Path, env: dict, project: Path, **parameters):
+    import nbformat
+
+    done = twin.run_notebook(twin_dir, notebook, out, parameters, env, cwd=project / "notebooks")
+    executed = nbformat.read(out, as_version=4) if out.exists() else None
+    return done, executed
+
+
+def cell_text(cell) -> str:
+    parts = []
+    for o in cell.get("outputs", []):
+        if o.output_type == "stream":
+            parts.append(o.text)
+        elif o.output_type in ("display_data", "execute_result"):
+            parts.append(o.data.get("text/plain", ""))
+        elif o.output_type == "error":
+            parts.append(f"{o.ename}: {o.evalue}")
+    return "".join(parts)
+
+
+def tagged_cell(executed, tag: str):
+    return next(c for c in executed.cells if tag in c.metadata.get("tags", []))
+
+
+def history_steps(run_dir: Path) -> list[int]:
+    return [e["step"] for e in json.loads((run_dir / "reward_history.json").read_text())]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_adds_only_what_colab_lacks(name, twin_dir, project, tmp_path):
+    twin.reset(twin_dir, log=lambda *a: None)  # a fresh Colab runtime: nothing installed by an earlier run
+    before = twin.installed(twin_dir)
+    env = runtime(tmp_path, project, twin_dir)
+    notebook = tagged(name, project, {"parameters", "setup"}, tmp_path / f"setup-{name}")
+    done, executed = execute(twin_dir, notebook, tmp_path / f"setup-out-{name}", env, project)
+    after = twin.installed(twin_dir)
+    d = twin.diff(before, after)
+    setup = tagged_cell(executed, "setup") if executed else {}
+    seconds = setup.get("metadata", {}).get("papermill", {}).get("duration") if setup else None
+    py = twin.json.loads((twin_dir / twin.MARKER).read_text())["python"]
+    log(f"\n== {name}: install cell on the Colab twin (Python {py}, {twin_dir}), "
+        f"{seconds if seconds is None else round(seconds, 1)} s\n"
+        f"allowed to add: {sorted(MAY_ADD)}; never to change: {', '.join(NEVER_CHANGE)}\n"
+        f"package diff before -> after:\n{twin.format_diff(d)}\n"
+        f"the cell's output:\n{cell_text(setup) if setup else done.stderr[-2000:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert d["changed"] == [] and d["removed"] == [], twin.format_diff(d)
+    assert {twin.norm(n) for n, _ in d["added"]} <= {twin.norm(n) for n in MAY_ADD}, twin.format_diff(d)
+    for pkg in NEVER_CHANGE:
+        key = twin.norm(pkg)
+        assert before.get(key) == after.get(key), pkg
+    # On a fresh runtime the cell installs the pinned trl and says so, with pip's verdict on it.
+    pins = (ROOT / "requirements-colab.txt").read_text()
+    assert [(n, v) for n, v in d["added"]] == [("trl", v) for v in [pins.split("trl==")[1].split()[0]]]
+    text = cell_text(setup)
+    assert "Colab: installed trl (new) -> " in text and "pip check: no conflict" in text, text
+    # A rerun of the cell in the same runtime installs nothing.
+
+
+def test_setup_cell_rerun_installs_nothing(twin_dir, project, tmp_path):
+    env = runtime(tmp_path, project, twin_dir)
+    notebook = tagged(NOTEBOOKS[0], project, {"parameters", "setup"}, tmp_path / "setup.ipynb")
+    execute(twin_dir, notebook, tmp_path / "first.ipynb", env, project)
+    before = twin.installed(twin_dir)
+    done, executed = execute(twin_dir, notebook, tmp_path / "again.ipynb", env, project)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert twin.installed(twin_dir) == before
+    assert "already set up" in cell_text(tagged_cell(executed, "setup"))
+
+
+def test_run_all_then_resume_cell_alone_on_the_twin(twin_dir, project, tmp_path, tiny_path):
+    """Run all of notebook 01 with a disconnect after step 6, then a new runtime (trl gone, a fresh kernel) runs
+    only the resume cell; then Run all of notebooks 02 and 03 on the finished run."""
+    twin.reset(twin_dir, log=lambda *a: None)
+    drive_root = tmp_path / "drive"  # both runtimes see the same Drive
+    first = runtime(tmp_path / "runtime-1", project, twin_dir)
+    first["MUSCLEBOB_DRIVE_MOUNTPOINT"] = str(drive_root)
+    run_dir = drive_root / "MyDrive" / "twin-run"
+    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[0], tmp_path / "01-cut.ipynb", first,
+                             project, run_name="twin-run", stop_after_steps=6, **SMALL)
+    log(f"\n== Run all of {NOTEBOOKS[0]} on the twin, stopped after step 6: exit {done.returncode}")
+    assert "SimulatedDisconnect" in done.stderr + done.stdout, done.stderr[-3000:]
+    assert history_steps(run_dir) == list(range(1, 7))
+    assert not (run_dir / "final_validation.json").exists()
+    before = json.loads((run_dir / "reward_history.json").read_text())
+
+    # After the disconnect: a new runtime, Colab's packages only, and only the resume cell.
+    undone = twin.reset(twin_dir, log=lambda *a: None)
+    assert [n for n, _ in undone["added"]] == ["trl"]
+    second = runtime(tmp_path / "runtime-2", project, twin_dir)
+    second["MUSCLEBOB_DRIVE_MOUNTPOINT"] = str(drive_root)
+    resume_nb = tagged(NOTEBOOKS[0], project, {"resume"}, tmp_path / "resume-only.ipynb")
+    done, executed = execute(twin_dir, resume_nb, tmp_path / "resumed.ipynb", second, project)
+    log(f"== the resume cell alone in a fresh runtime: exit {done.returncode}\n"
+        + (cell_text(executed.cells[0])[-1500:] if executed else done.stderr[-2000:]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads((run_dir / "reward_history.json").read_text())
+    assert [e["step"] for e in after] == list(range(1, 9))  # continued to the end, each step once
+    assert after[:4] == before[:4]  # up to the checkpoint (step 4) as it was: continued, not restarted
+    assert json.loads((run_dir / "final_validation.json").read_text())["global_step"] == 8
+
+    # The other two notebooks, Run all, in the same runtime (the run is on Drive).
+    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[1], tmp_path / "02.ipynb", second, project,
+                             window=3)
+    log(f"== Run all of {NOTEBOOKS[1]} on the twin: exit {done.returncode}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[2], tmp_path / "03.ipynb", second, project,
+                             base_model="tiny", run_name="twin-run", num_prompts=2, samples_per_prompt=1,
+                             max_new_tokens=24)
+    log(f"== Run all of {NOTEBOOKS[2]} on the twin: exit {done.returncode}")
+    assert done.returncode == 0, done.stderr[-3000:]
