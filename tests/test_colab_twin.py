@@ -29,6 +29,8 @@ import colab_twin as twin  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.twin]
 
 TWIN_DIR = Path(os.environ.get("MUSCLEBOB_TWIN_DIR", Path.home() / ".cache" / "musclebob" / "colab-twin"))
+# Colab's Python: a twin with no torch (a metadata-only stand-in) runs the install cell there too.
+TWIN313_DIR = Path(os.environ.get("MUSCLEBOB_TWIN313_DIR", Path.home() / ".cache" / "musclebob" / "colab-twin-py313"))
 NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_models.ipynb")
 ARTIFACTS = ROOT / "test-artifacts"
 LOG = ARTIFACTS / "colab-twin.log"
@@ -47,14 +49,26 @@ NEVER_CHANGE = ("torch", "torchvision", "numpy", "ipywidgets", "widgetsnbextensi
 SMALL = dict(model="tiny", epochs=2, num_samples=16, batch_size=4, num_generations=4, validation_samples=1)
 
 
-@pytest.fixture(scope="module")
-def twin_dir():
-    if not twin.is_built(TWIN_DIR):
-        reason = f"Colab twin not built at {TWIN_DIR}: python tools/colab_twin.py build --dir {TWIN_DIR}"
-        if os.environ.get("MUSCLEBOB_REQUIRE_TWIN") == "1":
+def built(path: Path, required: bool) -> Path:
+    if not twin.is_built(path):
+        reason = f"Colab twin not built at {path}: python tools/colab_twin.py build --dir {path}"
+        if required:
             pytest.fail(reason)
         pytest.skip(reason)
-    return TWIN_DIR
+    return path
+
+
+@pytest.fixture(scope="module")
+def twin_dir():
+    return built(TWIN_DIR, os.environ.get("MUSCLEBOB_REQUIRE_TWIN") == "1")
+
+
+@pytest.fixture(params=["twin", "twin-py313"])
+def any_twin(request):
+    """The main twin, and the Python 3.13 one (required where CI names it in $MUSCLEBOB_TWIN313_DIR)."""
+    if request.param == "twin":
+        return built(TWIN_DIR, os.environ.get("MUSCLEBOB_REQUIRE_TWIN") == "1")
+    return built(TWIN313_DIR, os.environ.get("MUSCLEBOB_REQUIRE_TWIN") == "1" and "MUSCLEBOB_TWIN313_DIR" in os.environ)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +144,8 @@ def history_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_install_cell_adds_only_what_colab_lacks(name, twin_dir, project, tmp_path):
+def test_install_cell_adds_only_what_colab_lacks(name, any_twin, project, tmp_path):
+    twin_dir = any_twin
     twin.reset(twin_dir, log=lambda *a: None)  # a fresh Colab runtime: nothing installed by an earlier run
     before = twin.installed(twin_dir)
     env = runtime(tmp_path, project, twin_dir)
@@ -140,7 +155,7 @@ def test_install_cell_adds_only_what_colab_lacks(name, twin_dir, project, tmp_pa
     d = twin.diff(before, after)
     setup = tagged_cell(executed, "setup") if executed else {}
     seconds = setup.get("metadata", {}).get("papermill", {}).get("duration") if setup else None
-    py = twin.json.loads((twin_dir / twin.MARKER).read_text())["python"]
+    py = json.loads((twin_dir / twin.MARKER).read_text())["python"]
     log(f"\n== {name}: install cell on the Colab twin (Python {py}, {twin_dir}), "
         f"{seconds if seconds is None else round(seconds, 1)} s\n"
         f"allowed to add: {sorted(MAY_ADD)}; never to change: {', '.join(NEVER_CHANGE)}\n"
@@ -157,7 +172,6 @@ def test_install_cell_adds_only_what_colab_lacks(name, twin_dir, project, tmp_pa
     assert [(n, v) for n, v in d["added"]] == [("trl", v) for v in [pins.split("trl==")[1].split()[0]]]
     text = cell_text(setup)
     assert "Colab: installed trl (new) -> " in text and "pip check: no conflict" in text, text
-    # A rerun of the cell in the same runtime installs nothing.
 
 
 def test_setup_cell_rerun_installs_nothing(twin_dir, project, tmp_path):
