@@ -43,16 +43,17 @@ for line in pins.read_text().splitlines():
         continue
     name = re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0]
     (kept if norm(name) in seen else todo).append(seen.get(norm(name), line))
-(work / "todo.txt").write_text("\n".join(todo) + "\n")
+(work / "todo.txt").write_text("".join(f"{line}\n" for line in todo))
 print(f"Colab: installing {', '.join(todo) or 'nothing'} (what Colab lacks); the {len(seen)} packages installed "
       "stay as they are" + (f"; keeping Colab's {', '.join(kept)}" if kept else "") + ".")
 PY
-  if [ ! -s "$WORK/todo.txt" ] || ! grep -q . "$WORK/todo.txt"; then
+  if [ ! -s "$WORK/todo.txt" ]; then
     echo "Colab: nothing to install."
     exit 0
   fi
+  mapfile -t TODO < "$WORK/todo.txt"
   if ! "$PY" -m pip install --disable-pip-version-check --progress-bar off -c "$WORK/constraints.txt" \
-       -r "$WORK/todo.txt" >"$LOG" 2>&1; then
+       "${TODO[@]}" >"$LOG" 2>&1; then
     echo "Colab: pip could not install it without changing what Colab ships (full log: $LOG):"
     grep -E "^(ERROR|    |The conflict|  [A-Za-z])" "$LOG" | grep -v "^  Downloading\|^  Using cached" | head -8
     exit 1
