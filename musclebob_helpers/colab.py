@@ -140,10 +140,11 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
     done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True, env=env)
     report = [line for line in (done.stdout or "").splitlines() if line.strip()]
     if done.returncode != 0:
-        for line in report[:-1]:
+        for line in report:
             log(line)
-        tail = report[-1:] or (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {tail[0]}")
+        why = [line for line in report if "could not" in line] or report[-1:] or \
+            (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {why[0]}")
     for line in report[-6:] or ["Colab: setup done."]:
         log(line)
     marker.write_text(key)
