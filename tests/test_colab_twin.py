@@ -2,7 +2,9 @@
 temporary folder (``tools/colab_twin.py``).
 
 * Each notebook's install cell, run as on a fresh Colab runtime, adds only what Colab lacks and changes nothing
-  Colab ships (an explicit allow-list; the diff is printed and logged in ``test-artifacts/colab-twin.log``).
+  Colab ships (an explicit allow-list; the diff is printed and logged in ``test-artifacts/colab-twin.log``), on the
+  main twin (Python 3.11, CPU torch 2.13 as the stand-in) and on a Python 3.13 twin without torch where built.
+* Pins that would change what Colab ships are refused by pip, and the refusal says why.
 * Run all of the three notebooks on the tiny model, with a disconnect after a few steps and then only the resume
   cell in a fresh runtime (trl uninstalled again, a new kernel, nothing else run).
 
