@@ -271,7 +271,7 @@ def kernel_env(target: Path, drive_mountpoint: Path, repo: Path = ROOT, base: di
 
 
 def run_notebook(target: Path, notebook: Path, out: Path, parameters: dict, env: dict, cwd: Path,
-                 timeout: int = 900) -> subprocess.CompletedProcess:
+                 timeout: int = 600) -> subprocess.CompletedProcess:
     """Run all of ``notebook`` with papermill (this Python's) on a kernel of the twin."""
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-k", KERNEL_NAME, "--cwd", str(cwd),
            "--execution-timeout", str(timeout), "--log-level", "WARNING"]
