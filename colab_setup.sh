@@ -45,7 +45,7 @@ for line in pins.read_text().splitlines():
     (kept if norm(name) in seen else todo).append(seen.get(norm(name), line))
 (work / "todo.txt").write_text("".join(f"{line}\n" for line in todo))
 print(f"Colab: installing {', '.join(todo) or 'nothing'} (what Colab lacks); the {len(seen)} packages installed "
-      "stay as they are" + (f"; keeping Colab's {', '.join(kept)}" if kept else "") + ".")
+      "stay as they are" + (f"; already installed: {', '.join(kept)}" if kept else "") + ".")
 PY
   if [ ! -s "$WORK/todo.txt" ]; then
     echo "Colab: nothing to install."
