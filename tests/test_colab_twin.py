@@ -226,6 +226,11 @@ def test_setup_cell_rerun_installs_nothing(twin_dir, project, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert twin.installed(twin_dir) == before
     assert "already set up" in cell_text(tagged_cell(executed, "setup"))
+    # A new kernel in a runtime that has the pins (the marker gone): the script itself installs nothing.
+    env["PYTHON"] = str(twin.venv_python(twin_dir))
+    done = subprocess.run(["bash", str(project / "colab_setup.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "already installed: trl==" in done.stdout and "nothing to install" in done.stdout
+    assert twin.installed(twin_dir) == before
 
 
 @pytest.mark.slow
