@@ -20,10 +20,12 @@ Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -38,7 +40,8 @@ NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_mo
 # Where Colab mounts Google Drive; tests (and the Colab twin) point it at a temporary folder.
 DRIVE_MOUNTPOINT = os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive")
 LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
-SETUP_MARKER = ".musclebob_setup_done"  # colab_setup.sh ran in this runtime: don't reinstall on a rerun
+# The marker once lived in the repository (still git-ignored); setup_project keeps it in the runtime's temp folder
+SETUP_MARKER = ".musclebob_setup_done"
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -151,7 +154,8 @@ def one_line_errors() -> bool:
 
 
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
-    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime). Elsewhere: nothing.
+    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime), and show its report: what it
+    installed (``name old -> new``) and any conflict ``pip check`` reports about it. Elsewhere: nothing.
 
     Either way, bad parameters from here on are reported in one line (``one_line_errors``)."""
     root = Path(root)
@@ -160,18 +164,34 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
         log(f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
             "if imports fail).")
         return root
-    marker = root / SETUP_MARKER
-    if marker.exists():
+    marker, key = _setup_marker(root)
+    if marker.is_file() and marker.read_text() == key:
         log("Colab: the project is already set up in this runtime.")
         return root
     log("Colab: installing what Colab lacks (a minute) ...")
-    done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True)
+    # The kernel's own interpreter: on Colab `python3` is the same one, in a twin or a venv it may not be.
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True, env=env)
+    report = [line for line in (done.stdout or "").splitlines() if line.strip()]
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {tail[0]}")
-    marker.write_text("ok\n")
-    log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "Colab: setup done.")
+        for line in report:
+            log(line)
+        why = [line for line in report if "could not" in line] or report[-1:] or \
+            (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {why[0]}")
+    for line in report[-6:] or ["Colab: setup done."]:
+        log(line)
+    marker.write_text(key)
     return root
+
+
+def _setup_marker(root: Path) -> tuple[Path, str]:
+    """Where a finished setup is recorded, and what it records. The marker lives in the runtime's temporary
+    folder, not in the project (a project copied to Drive outlives the runtime and its installs); it names the
+    pinned set, so a project updated with other pins installs again."""
+    pins = root / "requirements-colab.txt"
+    key = hashlib.sha256(f"{root.resolve()}\0{pins.read_text() if pins.is_file() else ''}".encode()).hexdigest()
+    return Path(tempfile.gettempdir()) / f"musclebob-setup-{key[:12]}", key
 
 
 # --- Drive and the run folder ---------------------------------------------------------------------------
