@@ -9,8 +9,10 @@ What it builds under ``--dir`` (Python 3.11: the only interpreter with a CPU tor
 * ``kernel-ipw7``, ``kernel-ipw8`` — Colab's kernel stack (ipykernel 6.17.1, ipython 7.34.0, jupyter_client
   7.4.9, traitlets 5.7.1, tornado 6.5.7, matplotlib 3.10.0, numpy 2.1.3) with ipywidgets 7.7.1 / 8.1.9 and
   papermill: small, no torch; they execute notebook 02 headless (tests/test_widget_stall.py).
-* ``classic`` — Colab's kind of frontend: classic notebook 6.5.7, ipywidgets 7.7.1, widgetsnbextension 3.6.10
-  (the ipywidgets 7 protocol), the same kernel stack, torch 2.13.0 CPU and the project's run-time packages.
+* ``classic`` — Colab's kind of frontend: classic notebook 6.5.7, ipywidgets 7.7.1, widgetsnbextension 3.6.6
+  (the ipywidgets 7 protocol; why not 3.6.10: CLASSIC_FRONTEND), the same kernel stack, torch 2.13.0 CPU and
+  the project's run-time packages.
+* ``classic-wnb3610`` — the same frontend with Colab's widgetsnbextension 3.6.10, no torch: shows its Output bug.
 * ``lab`` — JupyterLab 4 with ipywidgets 8.1.9 (jupyterlab_widgets 3), the same kernel stack and packages.
 * ``driver`` — playwright, which drives Debian's ``chromium`` (installed with apt when missing).
 
@@ -38,6 +40,13 @@ KERNEL_STACK = ["ipykernel==6.17.1", "ipython==7.34.0", "jupyter_client==7.4.9",
                 "nbclient==0.10.4"]
 IPW7 = ["ipywidgets==7.7.1", "widgetsnbextension==3.6.10"]
 IPW8 = ["ipywidgets==8.1.9"]
+# The classic notebook with the ipywidgets 7 protocol. widgetsnbextension 3.6.6, not Colab's 3.6.10: from 3.6.7
+# on, the wheels' nbextension bundle compiles @jupyter-widgets/base and /output to ES2015+ classes, but defines
+# its own OutputModel with Backbone's ``.extend``, which copies only enumerable statics (a class's are not)
+# and calls the parent as a function: every ``Output`` fails with "_deserialize_state is not a function",
+# while sliders, checkboxes and buttons (plain classes) render. 3.6.1 to 3.6.6 are compiled to ES5 and work.
+# Colab itself is unaffected: its frontend does not load widgetsnbextension's JavaScript.
+CLASSIC_FRONTEND = ["ipywidgets==7.7.1", "widgetsnbextension==3.6.6", "notebook==6.5.7", "nbclassic==1.3.3"]
 TORCH = "torch==2.13.0"  # the CPU wheel on local disk (an unpinned torch pulls the CUDA build)
 # The project's run-time packages (models, training, comparison); the widget/kernel pins above win.
 RUNTIME_NAMES = ("transformers", "trl", "datasets", "accelerate", "peft", "tokenizers", "safetensors")
@@ -45,12 +54,13 @@ RUNTIME_NAMES = ("transformers", "trl", "datasets", "accelerate", "peft", "token
 ENVS = {
     "kernel-ipw7": KERNEL_STACK + IPW7 + ["papermill"],
     "kernel-ipw8": KERNEL_STACK + IPW8 + ["papermill"],
-    "classic": KERNEL_STACK + IPW7 + ["notebook==6.5.7", "nbclassic==1.3.3",
-                                      TORCH, "runtime", "papermill"],
+    "classic": KERNEL_STACK + CLASSIC_FRONTEND + [TORCH, "runtime", "papermill"],
+    # Colab's exact pair, kept to show widgetsnbextension 3.6.10's broken Output (see CLASSIC_FRONTEND).
+    "classic-wnb3610": KERNEL_STACK + IPW7 + ["notebook==6.5.7", "nbclassic==1.3.3"],
     "lab": KERNEL_STACK + IPW8 + ["jupyterlab>=4.2,<5", TORCH, "runtime", "papermill"],
     "driver": ["playwright"],
 }
-GROUPS = {"kernels": ["kernel-ipw7", "kernel-ipw8"], "frontends": ["classic", "lab", "driver"]}
+GROUPS = {"kernels": ["kernel-ipw7", "kernel-ipw8"], "frontends": ["classic", "classic-wnb3610", "lab", "driver"]}
 
 
 def runtime_requirements() -> list[str]:
@@ -91,7 +101,7 @@ def build_env(base: Path, name: str) -> Path:
     constraints = env / "constraints.txt"
     constraints.write_text("\n".join(x for x in want if "==" in x) + "\n")
     run([py, "-m", "pip", "install", "--quiet", "-c", str(constraints), *want])
-    if name == "classic":
+    if name.startswith("classic"):
         # widgetsnbextension registers its nbextension in the venv (sys-prefix) on install; say so explicitly
         # so a half-registered setup shows here, not as a blank widget in the browser.
         run([str(env / "bin" / "jupyter"), "nbextension", "enable", "--py", "--sys-prefix", "widgetsnbextension"])
