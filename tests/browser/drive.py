@@ -22,6 +22,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUN_ALL_SECONDS = 600
+OUT = ".jupyter-widgets-output-area, .widget-output"  # an Output widget: ipywidgets 7 / 8 class names
+OUT_IMG = ".jupyter-widgets-output-area img, .widget-output img"
 WIDGET_ERROR = re.compile(r"widget|_deserialize_state|comm|jupyter-js|model", re.IGNORECASE)
 
 
@@ -51,6 +53,9 @@ class Frontend:
                                         "'.jp-Notebook-ExecutionIndicator').getAttribute('data-status') || '')",
                                         timeout=120_000)
             time.sleep(2)
+            no_news = self.page.get_by_role("button", name="No", exact=True)
+            if no_news.count():  # the "official Jupyter news?" toast would cover part of the screenshots
+                no_news.first.click()
 
     def run_all(self):
         if self.kind == "classic":
@@ -81,7 +86,7 @@ def slider_to(page, value: int):
 
 
 def image_src(page) -> str:
-    imgs = page.locator(".jupyter-widgets-output-area img")
+    imgs = page.locator(OUT_IMG)
     return imgs.first.get_attribute("src") if imgs.count() else ""
 
 
@@ -97,9 +102,9 @@ def wait_change(page, before: str, seconds: float = 60) -> str:
 
 def scenario_plots(fe: Frontend, shot) -> dict:
     page = fe.page
-    page.locator(".jupyter-widgets-output-area img").first.wait_for(timeout=60_000)
+    page.locator(OUT_IMG).first.wait_for(timeout=60_000)
     first = image_src(page)
-    page.locator(".jupyter-widgets-output-area img").first.scroll_into_view_if_needed()
+    page.locator(OUT_IMG).first.scroll_into_view_if_needed()
     shot("before")
     slider_to(page, 3)
     after_slider = wait_change(page, first)
@@ -123,29 +128,29 @@ def scenario_compare(fe: Frontend, shot) -> dict:
     box = page.locator(".widget-text input[type=text]").first
     box.wait_for(timeout=60_000)
     box.scroll_into_view_if_needed()
-    before = page.locator(".jupyter-widgets-output-area").first.inner_text()
+    before = page.locator(OUT).first.inner_text()
     shot("before")
     question = "Who is the strongest creature in Bikini Bottom?"
     box.fill(question)
     box.press("Enter")
     page.locator("button", has_text="Ask both").first.click()
-    answers = page.locator(".jupyter-widgets-output-area", has_text=question).first
+    answers = page.locator(OUT, has_text=question).first
     answers.wait_for(timeout=120_000)
-    page.locator(".jupyter-widgets-output-area table").first.wait_for(timeout=120_000)
+    page.locator(".jupyter-widgets-output-area table, .widget-output table").first.wait_for(timeout=120_000)
     time.sleep(1)
     shot("after-ask")
     text = answers.inner_text()
     return {"before": before, "answers": text[:600], "changed": {"answers": question in text and text != before},
-            "columns": page.locator(".jupyter-widgets-output-area table td").count()}
+            "columns": page.locator(".jupyter-widgets-output-area table td, .widget-output table td").count()}
 
 
 def scenario_plain(fe: Frontend, shot) -> dict:
     """Plain ipywidgets (no project code): a slider, a checkbox and an Output holding text and an HTML table."""
     page = fe.page
-    page.locator(".jupyter-widgets-output-area").first.wait_for(timeout=60_000)
+    page.locator(OUT).first.wait_for(timeout=60_000)
     time.sleep(1)
     shot("plain")
-    return {"output_text": page.locator(".jupyter-widgets-output-area").first.inner_text()[:200],
+    return {"output_text": page.locator(OUT).first.inner_text()[:200],
             "sliders": page.locator(".widget-slider").count(), "checkboxes": page.locator(".widget-checkbox").count()}
 
 
@@ -167,6 +172,9 @@ def main() -> None:
         fe = Frontend(args.frontend, page)
 
         def shot(label: str):
+            no_news = page.get_by_role("button", name="No", exact=True)
+            if args.frontend == "lab" and no_news.count():  # the "Jupyter news?" toast covers the plots
+                no_news.first.click()
             path = f"{args.shots}/{args.name}-{label}.png"
             page.screenshot(path=path, full_page=args.frontend == "classic")
             result["screenshots"].append(path)
