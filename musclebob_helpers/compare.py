@@ -81,8 +81,9 @@ def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> di
 
 
 def side_by_side_html(question: str, answers: dict[str, str]) -> str:
-    cells = "".join(f"<td style='vertical-align:top;padding:6px;border:1px solid #ddd'><b>{html.escape(label)}"
-                    f"</b><br>{highlight(text) or '<i>(empty)</i>'}</td>" for label, text in answers.items())
+    cell = "vertical-align:top;text-align:left;padding:6px;border:1px solid #ddd"  # the classic notebook right-aligns cells
+    cells = "".join(f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
+                    for label, text in answers.items())
     return (f"<div><b>Q:</b> {html.escape(question)}</div>"
             f"<table style='border-collapse:collapse;width:100%'><tr>{cells}</tr></table>")
 
