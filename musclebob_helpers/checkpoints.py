@@ -158,6 +158,65 @@ def select_checkpoint(out_dir: str | Path, log=print) -> str | None:
     return None
 
 
+DELETING_PREFIX = ".deleting-"
+
+
+def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
+    """Delete all but the ``keep`` newest ``checkpoint-N`` folders, only once the newest is intact; returns the
+    names deleted. ``keep`` <= 0 keeps every one.
+
+    Not transformers' ``save_total_limit``: its rotation globs ``checkpoint-*`` (so ``checkpoint-N.damaged``
+    folders count towards the limit, and sorting by number puts ``checkpoint-4.damaged`` after ``checkpoint-4``
+    as "the most recent"), and it never checks that what it keeps can be resumed from. Here damaged folders are
+    neither counted nor deleted, and nothing is deleted unless the newest checkpoint passes
+    ``checkpoint_problems``: a save cut short leaves every older checkpoint in place. A folder is first renamed
+    to ``.deleting-checkpoint-N`` (atomic) and then removed, so a kill mid-delete never leaves a half-deleted
+    ``checkpoint-N`` that looks like a resumable one; ``remove_leftover_deletions`` finishes the job next time.
+    """
+    import shutil
+
+    ckpts = list_checkpoints(out_dir)
+    if keep <= 0 or len(ckpts) <= keep:
+        return []
+    problems = checkpoint_problems(ckpts[-1])
+    if problems:
+        log(f"Keeping every checkpoint: the newest, {ckpts[-1].name}, is not intact ({'; '.join(problems[:2])}).")
+        return []
+    removed = []
+    for old in ckpts[:-keep]:
+        doomed = old.with_name(DELETING_PREFIX + old.name)
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(old.name)
+    return removed
+
+
+def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
+    """Finish deletions a kill interrupted (``.deleting-checkpoint-N`` folders); returns their names."""
+    import shutil
+
+    out = Path(out_dir)
+    leftovers = sorted(out.glob(DELETING_PREFIX + "checkpoint-*")) if out.is_dir() else []
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [f.name for f in leftovers]
+
+
+def make_rotation_callback(keep: int, log=print):
+    """A trainer callback that rotates checkpoints after each save (``on_save`` runs once ``_save_checkpoint``
+    has written every file, ``trainer_state.json`` last)."""
+    from transformers import TrainerCallback
+
+    class RotateCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and keep > 0:
+                removed = rotate_checkpoints(args.output_dir, keep, log=log)
+                if removed:
+                    log(f"Removed {', '.join(removed)} (keeping the newest {keep}: --keep-checkpoints).")
+
+    return RotateCheckpoints()
+
+
 def run_config_for(cfg) -> dict | None:
     """The settings the interrupted run saved (``training_config.json`` next to its checkpoints), if any."""
     r = cfg.resume_from_checkpoint

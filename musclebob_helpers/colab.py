@@ -9,9 +9,10 @@
 * ``check_writable(path)`` — create the folder and prove it can be written, or one clear ``ConfigError``
 * ``keep_alive(...)``      — opt-in, best-effort JavaScript that keeps the browser session active
 
-``REPO_URL`` is the one place the repository's address is set. The notebooks' Open-in-Colab badges,
-their clone step and the README's badges are copies that ``python -m musclebob_helpers.colab --sync``
-rewrites from it (``tests/test_notebooks.py`` fails when a copy is stale).
+The repository address: each notebook's first cell holds a ``repo_url`` parameter, the one place a user changes it
+(no code edits). Its default, the notebooks' Open-in-Colab badges and the README's badges are copies of
+``REPO_URL`` below, which ``python -m musclebob_helpers.colab --sync [URL]`` writes (from ``git remote get-url
+origin`` when no URL is given); ``tests/test_notebooks.py`` fails when a copy is stale. Don't edit it by hand.
 
 Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mount``,
 ``output.eval_js``, ``output.register_callback``), so nothing here needs a real Colab.
@@ -19,17 +20,18 @@ Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 from .config import ConfigError
 
-# >>> Set this to the repository's real address, then run `python -m musclebob_helpers.colab --sync`. <<<
-# (placeholder: the project is not published under this name yet)
+# Written by `python -m musclebob_helpers.colab --sync [URL]` (with the notebooks' copies); don't edit by hand.
 REPO_URL = "https://github.com/musclebob/musclebob"
 REPO_BRANCH = "main"
 
@@ -38,7 +40,8 @@ NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_mo
 # Where Colab mounts Google Drive; tests (and the Colab twin) point it at a temporary folder.
 DRIVE_MOUNTPOINT = os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive")
 LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
-SETUP_MARKER = ".musclebob_setup_done"  # colab_setup.sh ran in this runtime: don't reinstall on a rerun
+# The marker once lived in the repository (still git-ignored); setup_project keeps it in the runtime's temp folder
+SETUP_MARKER = ".musclebob_setup_done"
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -58,8 +61,33 @@ def repo_slug(url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub URL."""
     m = re.match(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$", url)
     if not m:
-        raise ValueError(f"REPO_URL={url!r} is not a https://github.com/owner/name address")
+        raise ValueError(f"{url!r} is not a https://github.com/owner/name address")
     return m.group(1)
+
+
+def github_url(remote: str) -> str:
+    """The ``https://github.com/owner/name`` form of a GitHub remote (https, ``git@github.com:o/n.git``, ssh://).
+
+    Anything else raises ``ValueError`` with one line: Colab opens notebooks from GitHub only."""
+    remote = remote.strip()
+    m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://git@|git@)github\.com[:/]([\w.-]+)/([\w.-]+?)(?:\.git)?/?$", remote)
+    if not m:
+        raise ValueError(f"{remote!r} is not a GitHub repository address (Colab opens notebooks from GitHub); "
+                         "give one: --sync https://github.com/<owner>/<name>")
+    return f"https://github.com/{m.group(1)}/{m.group(2)}"
+
+
+def origin_url(root: Path = ROOT) -> str:
+    """``git remote get-url origin`` of the repository; ``ValueError`` with one line when there is none."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True,
+                              text=True, check=False)
+    except OSError as err:
+        raise ValueError(f"git could not run ({err.strerror or err}); give the address: --sync URL") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ValueError("this repository has no 'origin' remote; push it to GitHub first, or give the address: "
+                         "--sync https://github.com/<owner>/<name>")
+    return done.stdout.strip()
 
 
 def colab_url(notebook: str, url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
@@ -73,26 +101,35 @@ def badge_markdown(notebook: str, url: str = REPO_URL) -> str:
 
 _COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/notebooks/"
                          r"(?P<nb>[\w.-]+\.ipynb)")
-# `REPO_URL = "..."` in a notebook's setup cell; in the .ipynb (JSON) its quotes are escaped.
-_CLONE_LINE = re.compile(r'(REPO_URL = )(\\?)"[^"\\]*\\?"')
+# The copies of the address in code: REPO_URL here, the repo_url parameter in a notebook's first cell and the
+# default in its bootstrap (`globals().get` of repo_url). In an .ipynb (JSON) their quotes are escaped.
+_URL_COPY = re.compile(r'((?:REPO_URL|repo_url) = |\\?"repo_url\\?", )(\\?)"[^"\\]*\\?"')
 
 
 def sync_text(text: str, url: str = REPO_URL) -> str:
-    """``text`` with every Colab link and notebook ``REPO_URL = "..."`` line pointing at ``url``."""
+    """``text`` with every Colab link and every copy of the address in code pointing at ``url``."""
     text = _COLAB_LINK.sub(lambda m: colab_url(m.group("nb"), url), text)
-    return _CLONE_LINE.sub(lambda m: f'{m.group(1)}{m.group(2)}"{url}{m.group(2)}"', text)
+    return _URL_COPY.sub(lambda m: f'{m.group(1)}{m.group(2)}"{url}{m.group(2)}"', text)
 
 
 def synced_files(root: Path = ROOT) -> list[Path]:
-    """The files that carry copies of ``REPO_URL``: README and both halves of every notebook pair."""
+    """The files that carry copies of ``REPO_URL``: this module, README and both halves of every notebook pair."""
     nb_dir = root / "notebooks"
-    return [root / "README.md"] + [nb_dir / n for n in NOTEBOOKS] + [nb_dir / n.replace(".ipynb", ".py")
-                                                                     for n in NOTEBOOKS]
+    return [root / "musclebob_helpers" / "colab.py", root / "README.md"] + \
+        [nb_dir / n for n in NOTEBOOKS] + [nb_dir / n.replace(".ipynb", ".py") for n in NOTEBOOKS]
 
 
 def stale_copies(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
-    """Files whose copy of the repository address differs from ``REPO_URL``."""
+    """Files whose copy of the repository address differs from ``url`` (default: ``REPO_URL``)."""
     return [p for p in synced_files(root) if p.exists() and sync_text(p.read_text(), url) != p.read_text()]
+
+
+def sync(url: str, root: Path = ROOT) -> list[Path]:
+    """Point every copy of the address (``REPO_URL`` included) at ``url``; returns the files rewritten."""
+    stale = stale_copies(root, url)
+    for p in stale:
+        p.write_text(sync_text(p.read_text(), url))
+    return stale
 
 
 # --- setup ----------------------------------------------------------------------------------------------
@@ -117,7 +154,8 @@ def one_line_errors() -> bool:
 
 
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
-    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime). Elsewhere: nothing.
+    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime), and show its report: what it
+    installed (``name old -> new``) and any conflict ``pip check`` reports about it. Elsewhere: nothing.
 
     Either way, bad parameters from here on are reported in one line (``one_line_errors``)."""
     root = Path(root)
@@ -126,18 +164,34 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
         log(f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
             "if imports fail).")
         return root
-    marker = root / SETUP_MARKER
-    if marker.exists():
+    marker, key = _setup_marker(root)
+    if marker.is_file() and marker.read_text() == key:
         log("Colab: the project is already set up in this runtime.")
         return root
     log("Colab: installing what Colab lacks (a minute) ...")
-    done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True)
+    # The kernel's own interpreter: on Colab `python3` is the same one, in a twin or a venv it may not be.
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True, env=env)
+    report = [line for line in (done.stdout or "").splitlines() if line.strip()]
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {tail[0]}")
-    marker.write_text("ok\n")
-    log(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "Colab: setup done.")
+        for line in report:
+            log(line)
+        why = [line for line in report if "could not" in line] or report[-1:] or \
+            (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {why[0]}")
+    for line in report[-6:] or ["Colab: setup done."]:
+        log(line)
+    marker.write_text(key)
     return root
+
+
+def _setup_marker(root: Path) -> tuple[Path, str]:
+    """Where a finished setup is recorded, and what it records. The marker lives in the runtime's temporary
+    folder, not in the project (a project copied to Drive outlives the runtime and its installs); it names the
+    pinned set, so a project updated with other pins installs again."""
+    pins = root / "requirements-colab.txt"
+    key = hashlib.sha256(f"{root.resolve()}\0{pins.read_text() if pins.is_file() else ''}".encode()).hexdigest()
+    return Path(tempfile.gettempdir()) / f"musclebob-setup-{key[:12]}", key
 
 
 # --- Drive and the run folder ---------------------------------------------------------------------------
@@ -271,20 +325,26 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(err).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m musclebob_helpers.colab --sync``: copy ``REPO_URL`` into the notebooks and the README."""
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    """``python -m musclebob_helpers.colab --sync [URL]``: point the notebooks' ``repo_url``, the badges and
+    ``REPO_URL`` at URL (default: ``git remote get-url origin``). Without ``--sync``: list stale copies."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m musclebob_helpers.colab", description=main.__doc__)
-    parser.add_argument("--sync", action="store_true", help="rewrite the copies of REPO_URL (badges, clone step)")
+    parser.add_argument("--sync", nargs="?", const="", metavar="URL",
+                        help="rewrite every copy of the address (default URL: the 'origin' remote)")
     args = parser.parse_args(argv)
-    stale = stale_copies()
-    if not args.sync:
-        print("\n".join(f"stale: {p.relative_to(ROOT)}" for p in stale) or f"all copies point at {REPO_URL}")
+    if args.sync is None:
+        stale = stale_copies(root)
+        print("\n".join(f"stale: {p.relative_to(root)}" for p in stale) or f"all copies point at {REPO_URL}")
         return 1 if stale else 0
-    for p in stale:
-        p.write_text(sync_text(p.read_text()))
-        print(f"updated {p.relative_to(ROOT)}")
+    try:
+        url = github_url(args.sync or origin_url(root))
+    except ValueError as err:
+        print(f"--sync: {err}", file=sys.stderr)
+        return 2
+    changed = sync(url, root)
+    print("\n".join(f"updated {p.relative_to(root)}" for p in changed) or f"all copies already point at {url}")
     return 0
 
 

@@ -75,6 +75,9 @@ class TrainConfig:
                                default=0)
     output_dir: str = _opt("where checkpoints, artifacts and the final model go",
                            default="./musclebob-model-improved")
+    keep_checkpoints: int = _opt("checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
+                                 "older ones are deleted once a newer one is complete; 0 keeps every one",
+                                 default=2)
     resume_from_checkpoint: str | None = _opt("'auto' (newest checkpoint in --output-dir) or a checkpoint path",
                                               default=None)
     overwrite: bool = _opt("allow training into an output dir that already holds a finished model",
@@ -96,6 +99,10 @@ class TrainConfig:
 # Values that suit the tiny offline model; applied by ``apply_model_defaults`` only to
 # fields the user did not set. (A 2-layer model wants a far larger step than a 0.5B one.)
 TINY_DEFAULTS = dict(learning_rate=2e-4, max_completion_length=32)
+# A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
+# after Schulman et al. 2025): 5e-4 for the 0.5B model; the tiny model learns with 5e-3 (benchmarks/bench_lora.py).
+LORA_LEARNING_RATE = 5e-4
+TINY_LORA_LEARNING_RATE = 5e-3
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -107,15 +114,18 @@ def field_flags() -> dict[str, str]:
 
 
 def apply_model_defaults(cfg: TrainConfig, user_set: set[str]) -> dict[str, object]:
-    """Fill in the tiny model's defaults for fields not set by the user; returns what changed."""
+    """Fill in the tiny model's defaults, and LoRA's learning rate, for fields not set by the user; returns what
+    changed."""
     from .tiny_model import is_tiny
 
     changed = {}
-    if is_tiny(cfg.model):
-        for name, value in TINY_DEFAULTS.items():
-            if name not in user_set:
-                setattr(cfg, name, value)
-                changed[name] = value
+    defaults = dict(TINY_DEFAULTS) if is_tiny(cfg.model) else {}
+    if cfg.lora:
+        defaults["learning_rate"] = TINY_LORA_LEARNING_RATE if is_tiny(cfg.model) else LORA_LEARNING_RATE
+    for name, value in defaults.items():
+        if name not in user_set:
+            setattr(cfg, name, value)
+            changed[name] = value
     return changed
 
 
@@ -205,6 +215,7 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_int("seed", 0, "a whole number >= 0")
     if cfg.seed > MAX_SEED:
         raise ConfigError("seed", cfg.seed, f"a whole number from 0 to {MAX_SEED} (numpy's limit)")
+    need_int("keep_checkpoints", 0, "a whole number >= 0 (1: only the newest; 2: + one fallback; 0: keep all)")
     if not _is_path(cfg.output_dir):
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")
     r = cfg.resume_from_checkpoint
@@ -225,8 +236,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
                           "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
                           "continue it, --overwrite to start over, or another --output-dir")
     # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
-    from .preflight import check_output_location, check_resume
+    from .preflight import check_drive_space, check_output_location, check_resume
     check_output_location(cfg)
+    check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
     check_resume(cfg)
 
 

@@ -61,6 +61,13 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
+    """bf16 on Ampere or newer (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU."""
+    if not device_name.startswith("cuda") or capability is None:
+        return "fp32"
+    return "bf16" if capability[0] >= 8 else "fp16"
+
+
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False,
                quantization_config=None):
     """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter folder, loaded the same way.
@@ -78,7 +85,10 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
     path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
     device = device or pick_device()
     cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    # Not torch.cuda.is_bf16_supported(): it answers True on a T4 too (bf16 emulated, many times slower), and the
+    # trainer there uses fp16; weights and autocast must agree.
+    precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and has_tokenizer(adapter) else path,
                                               trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left

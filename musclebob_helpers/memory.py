@@ -4,7 +4,8 @@
     python -m musclebob_helpers.memory --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
         --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
 
-(the same flags as the training script, plus ``--gpu-memory-gb`` to ask about a GPU you do not have).
+(the same flags as the training script, plus ``--gpu-memory-gb`` to ask about a GPU you do not have); it also
+prints the run's disk / Google Drive need (``drive_need``, at the end of this module).
 ``run_training`` prints this estimate and warns before a run that will not fit on the detected GPU.
 
 The model is counted from its shape (``ModelShape``), then, per training process, in bytes:
@@ -30,8 +31,10 @@ It is an estimate (within ~20% of measured peaks for dense decoder models), mean
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
@@ -94,9 +97,11 @@ class ModelShape:
 
 
 # Shapes of the models the guide names, so the estimate works offline (values from their config.json).
-QWEN25_05B_CONFIG = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+_QWEN_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings")
+QWEN25_05B_CONFIG = {k: v for k, v in json.loads((MODEL_CONFIGS / "Qwen2.5-0.5B-Instruct.json").read_text()).items()
+                     if k in _QWEN_KEYS}
 KNOWN_SHAPES = {
     "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                              num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
@@ -268,7 +273,125 @@ def main(argv=None) -> int:
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
     print(warning or (f"Fits in {gpu_gb:.1f} GiB." if gpu_gb else ""))
+    need = drive_need(cfg, shape)
+    if need:
+        print(need.line(on_drive=True))
     return 0
+
+
+
+# --- Drive (disk) need of a run's checkpoints -----------------------------------------------------------------
+
+GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free); disk sizes below are printed in GB too
+# Tokenizer files a checkpoint and the final model carry. Qwen2.5's tokenizer.json is 7.0 MB on the hub, and
+# vocab.json + merges.txt add 4.4 MB when written: counted in full (not measured here: no hub).
+KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
+DEFAULT_TOKENIZER_BYTES = 12_000_000
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+# Measured on the tiny model (benchmarks/drive_budget.py, tests/test_drive_budget.py): rng_state.pth (14.5 KB),
+# training_args.bin (7.6 KB from GRPOConfig), scheduler.pt, config or adapter config, the model card: ~34 KB a
+# checkpoint (~12 KB with the final model); each logged GRPO step adds ~1.2 KB to trainer_state.json; each
+# tensor costs ~850 B in optimizer.pt (zip entries for exp_avg, exp_avg_sq, step) and ~130 B of safetensors header.
+CHECKPOINT_SMALL_FILES_BYTES = 34_000
+FINAL_SMALL_FILES_BYTES = 12_000
+STATE_BYTES_PER_STEP = 1_200
+OPTIMIZER_BYTES_PER_TENSOR = 850
+SAFETENSORS_BYTES_PER_TENSOR = 130
+# The run folder's own files: validation reports, reward_history.json, training_config.json, plots.
+RUN_ARTIFACTS_BYTES = 2_000_000
+
+
+def tokenizer_bytes(model: str) -> int:
+    """Bytes of the tokenizer files saved with each checkpoint: measured in a local folder, else known or a guess."""
+    from .tiny_model import is_tiny, tiny_model_dir
+
+    folder = tiny_model_dir() if is_tiny(model) else Path(model).expanduser()
+    if folder.is_dir():
+        found = sum(p.stat().st_size for p in (folder / n for n in TOKENIZER_FILES) if p.is_file())
+        if found:
+            return found
+    if is_tiny(model):
+        return 40_000
+    return KNOWN_TOKENIZER_BYTES.get(model, DEFAULT_TOKENIZER_BYTES)
+
+
+@dataclass(frozen=True)
+class DriveNeed:
+    """Bytes on the output folder's disk: one checkpoint, the final model, the run's peak and all it writes.
+
+    ``peak`` is what an ordinary disk must hold (rotation frees old checkpoints). Google Drive is different:
+    a file deleted through Colab's Drive mount goes to Drive's trash, which counts against the quota until it
+    is emptied (or for 30 days), so there the run needs ``written``: every checkpoint it ever saves.
+    """
+
+    checkpoint: int          # one checkpoint-N folder (the largest, the last one)
+    final: int               # what the output folder's root gets at the end (model or adapter, + merged model)
+    checkpoints_saved: int   # one per epoch
+    checkpoints_kept: int    # after rotation (keep_checkpoints; every one when 0)
+    peak: int                # the most the run folder ever holds
+    written: int             # everything the run writes, deleted checkpoints included (Drive's trash)
+    lora: bool
+
+    def need(self, on_drive: bool) -> int:
+        return self.written if on_drive else self.peak
+
+    def line(self, on_drive: bool = False) -> str:
+        what = "LoRA adapter + its AdamW state" if self.lora else "fp32 model + AdamW state"
+        at_peak = min(self.checkpoints_saved, self.checkpoints_kept + 1)
+        text = (f"Disk need of this run: {self.peak / GB:.2f} GB at its peak ({at_peak} checkpoint(s) of "
+                f"{self.checkpoint / GB:.3f} GB, {what}; {self.checkpoints_kept} of {self.checkpoints_saved} kept; "
+                f"final model {self.final / GB:.3f} GB)")
+        if on_drive:
+            text += (f"; {self.written / GB:.2f} GB of Google Drive quota, since deleted checkpoints stay in "
+                     "Drive's trash")
+        return text + "."
+
+
+def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = None) -> DriveNeed | None:
+    """The output folder's peak disk use for ``cfg``: checkpoints (as ``Trainer._save_checkpoint`` writes them)
+    plus the final model, with ``keep_checkpoints`` rotation (``checkpoints.rotate_checkpoints``).
+
+    A checkpoint holds the trainable weights in fp32 (full fine-tuning keeps fp32 master weights; PEFT keeps
+    the adapter in fp32 over a 16-bit base) — 4 B each — AdamW's two fp32 moments (8 B per trainable
+    parameter), the tokenizer and small files. Rotation deletes old checkpoints only after a new one is
+    complete, so while it is written ``keep + 1`` exist (``peak``); on Google Drive deleted checkpoints stay
+    in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.
+    """
+    from .scaling import target_modules
+    from .training import steps_per_epoch
+
+    shape = shape or model_shape(cfg.model)
+    if shape is None:
+        return None
+    tok = tokenizer_bytes(cfg.model) if tokenizer is None else tokenizer
+    if cfg.lora:
+        targets = target_modules(cfg)
+        trainable = shape.lora_params(cfg.lora_r, targets)
+        names = shape.projections() if targets == "all-linear" else [t for t in targets if t in shape.projections()]
+        tensors = 2 * len(names) * shape.num_layers
+    else:
+        trainable = shape.param_count()
+        per_layer = 7 + (3 if shape.qkv_bias else 0) + 2
+        tensors = per_layer * shape.num_layers + 2 + (0 if shape.tie_embeddings else 1)
+    weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
+    optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
+    steps = steps_per_epoch(cfg) * cfg.epochs
+    checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
+    final = weights + tok + FINAL_SMALL_FILES_BYTES
+    if cfg.lora and getattr(cfg, "merge_adapter", False):
+        from .tiny_model import is_tiny
+        final += shape.param_count() * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
+    saved = cfg.epochs
+    keep = getattr(cfg, "keep_checkpoints", 0)
+    kept = min(saved, keep) if keep > 0 else saved
+    peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
+    # trainer_state.json grows with the steps: checkpoint e holds e epochs' log lines.
+    state_per_epoch = STATE_BYTES_PER_STEP * steps_per_epoch(cfg)
+    written = saved * (checkpoint - state_per_epoch * saved) + state_per_epoch * saved * (saved + 1) // 2 + final \
+        + RUN_ARTIFACTS_BYTES
+    return DriveNeed(checkpoint=int(checkpoint), final=int(final), checkpoints_saved=saved, checkpoints_kept=kept,
+                     peak=int(peak), written=int(written), lora=bool(cfg.lora))
 
 
 if __name__ == "__main__":

@@ -53,22 +53,26 @@ def stop_on_config_error(func):
 # --- hardware -------------------------------------------------------------------------------------------
 
 def show_hardware(model: str = "tiny", log=print) -> dict:
-    """Print the device, GPU memory, compute capability and the precision training will use. Never fails on a CPU."""
+    """Print the device, GPU memory, compute capability and the precision training will use.
+
+    Without a GPU it says in one line what it does: the tiny model goes on, any other model stops "Run all"
+    (``NotebookStop``) with what to change, rather than start a CPU run of many hours that a Colab runtime would
+    not live to finish (and that is nearly always a runtime opened without a GPU by mistake)."""
     from .tiny_model import is_tiny
     from .training import detect_hardware
 
     hw = detect_hardware()
-    if hw["device"] == "cpu":
-        log("No GPU: training runs on the CPU in fp32.")
-        if not is_tiny(model):
-            log(f"  model = {model!r} is slow on a CPU: set model = 'tiny' in the parameters cell, or on Colab "
-                "pick Runtime -> Change runtime type -> T4 GPU and run all again.")
-        else:
-            log("  model = 'tiny' suits a CPU: a full run takes a few minutes.")
-    else:
+    if hw["device"] != "cpu":
         why = "bf16 (Ampere or newer)" if hw["precision"] == "bf16" else "fp16 (older than Ampere, e.g. a T4)"
         log(f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
             f"{hw['compute_capability']}  precision {why}")
+    elif is_tiny(model):
+        log("No GPU: going on with model = 'tiny' on the CPU in fp32 (a full run takes a few minutes).")
+    else:
+        fix = ("Runtime -> Change runtime type -> T4 GPU, then Run all again" if colab.is_colab() else
+               "run it on a machine with a GPU")
+        raise NotebookStop(f"No GPU: stopping rather than train {model} on the CPU for hours; {fix}, or set "
+                           "model = 'tiny' in the first cell.")
     return hw
 
 
@@ -122,6 +126,13 @@ def make_config(log=print, **params) -> TrainConfig:
     if unknown:
         raise NotebookStop(f"unknown parameter(s) {', '.join(unknown)}; the parameters are TrainConfig's fields")
     given = {k: v for k, v in params.items() if v is not None}
+    if "lora" in params and params["lora"] is None:
+        from .tiny_model import is_tiny
+
+        # The notebook's own default: a hub model trains a LoRA adapter, whose checkpoints fit a free Google
+        # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
+        given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
+        log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
     cfg = TrainConfig(**given)
     applied = apply_model_defaults(cfg, set(given))
     # The folder's state (finished, checkpoints) is train()'s business; here only the values are checked.
@@ -131,6 +142,12 @@ def make_config(log=print, **params) -> TrainConfig:
         log(f"{name} = {value!r}  (the {cfg.model} model's default)")
     log(f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts.")
+    from .memory import drive_need
+    from .preflight import offline_shape, on_drive
+    shape = offline_shape(cfg.model)  # validate_config refused the run already if it does not fit
+    need = drive_need(cfg, shape) if shape else None
+    if need:
+        log(need.line(on_drive(cfg.output_dir)))
     return cfg
 
 
@@ -285,6 +302,51 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     with _in_notebook():
         return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps),
                             baseline=read_json(run_dir / BASELINE_FILE))
+
+
+def _last_activity(run_dir: Path) -> float:
+    marks = [run_dir / HISTORY_FILE, run_dir / CONFIG_FILE, *list_checkpoints(run_dir)]
+    return max((m.stat().st_mtime for m in marks if m.exists()), default=0.0)
+
+
+def unfinished_runs(root: str | Path) -> list[Path]:
+    """The run folders directly under ``root`` that can be resumed, the most recently active first."""
+    root = Path(root)
+    runs = [p for p in (root.iterdir() if root.is_dir() else ()) if p.is_dir() and not p.name.startswith(".")
+            and run_state(p) in ("unfinished", "started")]
+    return sorted(runs, key=_last_activity, reverse=True)
+
+
+@stop_on_config_error
+def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
+    """The run the resume cell continues: ``run_name`` (or ``output_dir``) from the parameters cell when it ran,
+    else the most recently active unfinished run under the runs root (``MyDrive`` on Colab, ``runs/`` elsewhere).
+    Mounts Drive on Colab (when ``use_drive``). Says which run it picked, and why; None when there is none."""
+    drive_root = colab.mount_drive(log=log) if use_drive else None
+    if (output_dir or "").strip() or run_name:
+        run_dir = colab.resolve_run_dir(run_name or "run", output_dir or "", drive_root)
+        log(f"Resuming the run named in the parameters cell: {run_dir}")
+        return run_dir
+    root = drive_root or colab.LOCAL_RUNS
+    runs = unfinished_runs(root)
+    if not runs:
+        log(f"Nothing to resume: no unfinished run under {root}. If the run is elsewhere, set run_name (and "
+            "output_dir) in the first cell, run it, then this cell.")
+        return None
+    others = f"; {len(runs) - 1} other unfinished run(s) there: set run_name in the first cell to pick one" \
+        if len(runs) > 1 else ""
+    log(f"No run_name set (the parameters cell has not run): resuming the most recent unfinished run under "
+        f"{root}: {runs[0].name}{others}")
+    return runs[0]
+
+
+def resume(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, live: bool = True,
+           log=print) -> dict | None:
+    """The resume cell: find the run (``find_run``) and continue it from its newest checkpoint (``resume_training``).
+
+    Needs nothing from the other cells: in a fresh kernel the parameters are simply not defined."""
+    run_dir = find_run(run_name, output_dir, use_drive, log=log)
+    return None if run_dir is None else resume_training(run_dir, live=live, log=log)
 
 
 # --- results --------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 * ``output_location_problem``: can the output folder be written? A file in the way, a read-only or
   pseudo file system, Google Drive not mounted (a path under ``/content/drive`` would otherwise be
-  created on the runtime's local disk and vanish with it), too little free space. Permission bits are
+  created on the runtime's local disk and vanish with it), too little free space for even a small run.
+* ``check_drive_space``: can that disk hold the run at its peak (``memory.drive_need``: the checkpoints kept,
+  the one being written, the final model)? Refused in one line with what to change. Permission bits are
   not trusted (root ignores them): a probe file is really created, in the nearest folder that exists,
   and removed again, so nothing is left behind and no folder is created.
 * ``check_resume``: an explicit checkpoint must be intact, and a resume must use the settings of the run
@@ -20,8 +22,9 @@ from pathlib import Path
 
 from .config import ConfigError, field_flags
 
-DRIVE_MOUNT = Path("/content/drive")  # where Colab mounts Google Drive
+DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
 MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
+DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
 
 
 def nearest_existing(path: Path) -> Path:
@@ -64,19 +67,87 @@ def output_location_problem(output_dir: str, min_free_bytes: int = MIN_FREE_BYTE
     return None
 
 
-def space_warning(num_params: int, epochs: int, output_dir: str | Path) -> str | None:
-    """A warning when the checkpoints of this run will likely not fit on the output disk (None when they will).
+def offline_shape(model: str):
+    """The model's shape without the network: known hub ids, the tiny model once built, a local folder."""
+    from .memory import KNOWN_SHAPES, ModelShape
+    from .tiny_model import is_tiny, tiny_model_dir
 
-    Each epoch's checkpoint holds fp32 weights (4 bytes a parameter) and AdamW's two moments (8 bytes); the
-    final model adds the weights once more. Drive's free 15 GB fills at epoch 3 with a 0.5B model.
-    """
-    need = num_params * (12 * epochs + 4)
-    free = shutil.disk_usage(nearest_existing(Path(output_dir).expanduser().absolute())).free
-    if need <= free:
+    if model in KNOWN_SHAPES:
+        return KNOWN_SHAPES[model]
+    folder = tiny_model_dir() if is_tiny(model) else Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        return None  # a hub id not known offline: checked once the model is loaded (run_training)
+    try:
+        from transformers import AutoConfig
+        return ModelShape.from_hf_config(AutoConfig.from_pretrained(str(folder)))
+    except Exception:  # noqa: BLE001 - an adapter folder, an odd config: checked after loading instead
         return None
-    return (f"WARNING: {epochs} checkpoints of this model need about {need / 2**30:.1f} GB, but only "
-            f"{free / 2**30:.1f} GB are free under {output_dir}; the run may stop with a full disk. Free space, "
-            "use fewer --epochs, or another --output-dir.")
+
+
+def on_drive(output_dir: str | Path) -> bool:
+    """Is ``output_dir`` on the Google Drive mount (where deleted files stay in the trash, counted)?"""
+    path = Path(output_dir).expanduser().absolute()
+    drive = DRIVE_MOUNT.absolute()
+    return path == drive or drive in path.parents
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def drive_space_problem(cfg, shape=None, need=None) -> str | None:
+    """Why the output folder's disk cannot hold this run (``memory.drive_need``); None when it can.
+
+    Free space is ``shutil.disk_usage`` of the nearest existing folder (on Colab's Drive mount it reports the
+    Drive quota left). On an ordinary disk the run needs its peak, and checkpoints already in the folder count
+    as space it will reuse (rotation frees them); on Drive, deleting only moves files to the trash, so the run
+    needs everything it will write.
+    """
+    from .io import list_checkpoints
+    from .memory import GB, drive_need
+
+    need = need or drive_need(cfg, shape)
+    if need is None:
+        return None
+    out = Path(cfg.output_dir).expanduser().absolute()
+    drive = on_drive(out)
+    free = shutil.disk_usage(nearest_existing(out)).free
+    if not drive:
+        free += sum(folder_bytes(c) for c in list_checkpoints(out))
+    wanted = need.need(drive)
+    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
+        from .training import steps_per_epoch
+        ckpts = list_checkpoints(out)
+        done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0
+        wanted -= min(done, need.checkpoints_saved) * need.checkpoint
+    if wanted * DRIVE_MARGIN <= free:
+        return None
+    tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
+    if not cfg.lora:
+        tips.append("train a LoRA adapter (--lora / lora = True: ~0.1 GB a checkpoint for a 0.5B model)")
+    if drive:
+        tips.append("fewer --epochs (one checkpoint each)")
+    elif cfg.keep_checkpoints != 1:
+        tips.append("keep fewer checkpoints (--keep-checkpoints 1)")
+    tips.append("or another --output-dir")
+    how = (f"{need.checkpoints_saved} checkpoints of {need.checkpoint / GB:.2f} GB + the final model, deleted "
+           "ones staying in Drive's trash" if drive else
+           f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
+           "at once + the final model")
+    return (f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
+            + ", ".join(tips))
+
+
+def check_drive_space(cfg, shape=None):
+    """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
+    from .memory import drive_need
+
+    shape = shape or offline_shape(cfg.model)
+    need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
+    problem = drive_space_problem(cfg, need=need) if need else None
+    if problem:
+        raise ConfigError("output_dir", cfg.output_dir, problem)
+    return need
 
 
 def check_output_location(cfg) -> None:

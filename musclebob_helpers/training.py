@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 from . import data, evaluation, faults
-from .checkpoints import architecture_mismatch, select_checkpoint, trainer_class
+from .evaluation import precision_for
+from .checkpoints import (architecture_mismatch, make_rotation_callback, remove_leftover_deletions,
+                          select_checkpoint, trainer_class)
 from .config import ConfigError, TrainConfig, validate_config
 from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
-from .preflight import space_warning
+from .preflight import check_drive_space, on_drive
 from .rewards import make_reward_functions
 from . import scaling
 
@@ -26,13 +28,6 @@ HISTORY_FILE = "reward_history.json"
 BASELINE_FILE = "baseline_validation.json"
 FINAL_FILE = "final_validation.json"
 CONFIG_FILE = "training_config.json"
-
-
-def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
-    """bf16 on Ampere or newer (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU."""
-    if device_name == "cpu" or capability is None:
-        return "fp32"
-    return "bf16" if capability[0] >= 8 else "fp16"
 
 
 def detect_hardware() -> dict:
@@ -201,6 +196,8 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         data_seed=cfg.seed,
         logging_steps=1,
         save_strategy="epoch",
+        # No save_total_limit: checkpoints.rotate_checkpoints keeps --keep-checkpoints of them, and only once
+        # the newest is intact (transformers' own rotation counts checkpoint-N.damaged folders as checkpoints).
         report_to="none",
         bf16=precision == "bf16",  # GRPOConfig defaults to bf16, which fails on a CPU: always set it
         fp16=precision == "fp16",
@@ -235,6 +232,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     if main:
         for stale in remove_stale_temp_files(out):
             log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
+        for name in remove_leftover_deletions(out):
+            log(f"Removed {name}: an old checkpoint whose deletion an interruption cut short.")
     resume = find_resume_checkpoint(cfg, log=log)
 
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {scaling.world_size()}")
@@ -248,9 +247,10 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     from .lora import is_adapter_dir
     if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
         model = model.merge_and_unload()
-    warning = space_warning(sum(p.numel() for p in model.parameters()), cfg.epochs, out)
-    if warning:
-        log(warning)
+    from .memory import ModelShape
+    need = check_drive_space(cfg, ModelShape.from_hf_config(model.config))  # ConfigError when it cannot fit
+    if need:
+        log(need.line(on_drive(out)))
     differs = architecture_mismatch(resume, model.config.to_dict()) if resume else {}
     if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
@@ -290,7 +290,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[history_cb, monitor, checks, *faults.callbacks(),
-                   *([make_adapter_callback(cfg.model)] if cfg.lora else []), *callbacks],
+                   *([make_adapter_callback(cfg.model)] if cfg.lora else []),
+                   make_rotation_callback(cfg.keep_checkpoints, log=log), *callbacks],
         peft_config=scaling.lora_config(cfg),
     )
     from transformers.trainer_callback import ProgressCallback

@@ -1,7 +1,12 @@
 # ---
 # jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -33,15 +38,17 @@
 #
 # Set these, then run the rest. The names are the fields of `TrainConfig` (and the training script's flags);
 # `None` means "the model's default". Each run lives in its own folder named `run_name`: on Colab
-# `MyDrive/<run_name>` on Google Drive, elsewhere `runs/<run_name>` in the repository.
+# `MyDrive/<run_name>` on Google Drive, elsewhere `runs/<run_name>` in the repository. `repo_url` is where Colab
+# fetches the project from: your own copy on GitHub (see the README), unless it finds it on Drive.
 
 # %% tags=["parameters"]
 model = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local folder, or "tiny" (offline, trains on a CPU)
+lora = None  # None: LoRA adapter for a hub model (~0.6 GB of Drive), all weights for tiny; False: all (~32 GB)
 run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change it for a new run
 output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
 use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
 epochs = 5  # passes over the training prompts
-learning_rate = None  # None: the model default (5e-5; tiny: 2e-4)
+learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 2e-4)
 num_samples = 128  # training prompts per epoch
 num_generations = 8  # answers sampled per prompt: the GRPO group they are compared within
 batch_size = 4  # prompts per optimizer step (each brings num_generations answers)
@@ -53,20 +60,37 @@ seed = 42
 overwrite = False  # True: train a finished run_name again from scratch (its old checkpoints are removed)
 keep_alive = False  # Colab, opt-in: keep the browser session active during long runs (best effort)
 stop_after_steps = 0  # 0: train to the end; N: stop after step N as a disconnect would (to try resume)
+repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
 
 # %% [markdown]
 # ## Installation
 #
-# On Colab this fetches the project (once) and installs what Colab lacks with `colab_setup.sh`; Colab's own
-# torch is kept. Anywhere else it installs nothing: run `bash colab_setup.sh` once yourself.
+# On Colab this fetches the project (once): from Google Drive when the project folder is there as
+# `MyDrive/musclebob` (it mounts Drive, which the run folder needs anyway), else from GitHub (`repo_url` in the
+# first cell). Then it installs what Colab lacks; Colab's own packages are kept. If fetching fails it says what
+# to set, in one line. Anywhere else it installs nothing: run `bash colab_setup.sh` once yourself.
 
 # %% tags=["setup"]
-import subprocess, sys  # noqa: E401
+import os, shutil, subprocess, sys  # noqa: E401 - the bootstrap: the same lines in every notebook (a test checks)
 from pathlib import Path
-REPO_URL = "https://github.com/musclebob/musclebob"  # set in musclebob_helpers/colab.py; copied here by --sync
-ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "musclebob_helpers").is_dir()), Path("/content/musclebob"))
-if "google.colab" in sys.modules and not ROOT.exists():  # Colab opened from GitHub: fetch the project once
-    subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(ROOT)], check=True)
+class SetupStop(Exception): _render_traceback_ = lambda self: [f"SetupStop: {self}"]  # noqa: E701,E731 - one line
+HOME = Path(os.environ.get("MUSCLEBOB_HOME", "/content/musclebob"))  # where a fetched copy goes
+DRIVE = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents, HOME) if (p / "musclebob_helpers").is_dir()), None)
+if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: the project folder in MyDrive/musclebob
+    try:  # Colab only (elsewhere the import fails); the run folder is on Drive too, so this is its one permission
+        from google.colab import drive; (DRIVE / "MyDrive").is_dir() or drive.mount(str(DRIVE))  # noqa: E702
+        if (DRIVE / "MyDrive/musclebob/musclebob_helpers").is_dir():  # copied to local disk: fast, no marker on Drive
+            ROOT = shutil.copytree(DRIVE / "MyDrive/musclebob", HOME, ignore=shutil.ignore_patterns(".*", "runs"))
+    except Exception: pass  # noqa: E701,BLE001,S110 - not Colab, or Drive refused: way in 2
+if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
+    url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
+    git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
+                         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password
+    if git.returncode:  # one line: what failed and what to set
+        raise SetupStop(f"git clone {url} failed ({(git.stderr.strip() or '?').splitlines()[-1]}): set repo_url in "
+                        "the first cell to your GitHub copy, or copy the project folder to Drive as MyDrive/musclebob")
+    ROOT = HOME
 sys.path.insert(0, str(ROOT))
 from musclebob_helpers import colab, notebook as nb  # noqa: E402
 ROOT = colab.setup_project(ROOT)
@@ -110,7 +134,7 @@ keep_alive_status = colab.keep_alive(keep_alive)
 # value before anything heavy happens.
 
 # %%
-cfg = nb.make_config(model=model, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
+cfg = nb.make_config(model=model, lora=lora, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
                      num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
                      validation_samples=validation_samples, seed=seed, output_dir=str(run_dir), overwrite=overwrite)
@@ -151,13 +175,37 @@ answers = nb.try_model(run_dir, ["Who lives in a pineapple under the sea?", "Wha
 # %% [markdown]
 # ## Resume after a disconnect
 #
-# If Colab disconnected during training: reconnect, run the **parameters** cell (same `run_name`), the
-# **Installation** cell and the **Drive** cell, then this cell. It reads the run's own settings back from its
-# folder on Drive and continues from the newest checkpoint; `reward_history.json` continues too. When there is
-# nothing to resume (a finished run, or no run of that name) it says so.
+# If Colab disconnected during training: reconnect and run **only this cell**. It fetches and installs the
+# project if the runtime is new, mounts Drive, and picks the run: `run_name` from the first cell if that cell
+# ran, else the most recent unfinished run on Drive (it says which). It reads the run's own settings back from
+# its folder and continues from the newest checkpoint; `reward_history.json` continues too. When there is
+# nothing to resume (a finished run, or no unfinished run) it says so.
 
 # %% tags=["resume"]
-resumed = nb.resume_training(run_dir)
+import os, shutil, subprocess, sys  # noqa: E401 - the bootstrap: the same lines in every notebook (a test checks)
+from pathlib import Path
+class SetupStop(Exception): _render_traceback_ = lambda self: [f"SetupStop: {self}"]  # noqa: E701,E731 - one line
+HOME = Path(os.environ.get("MUSCLEBOB_HOME", "/content/musclebob"))  # where a fetched copy goes
+DRIVE = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents, HOME) if (p / "musclebob_helpers").is_dir()), None)
+if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: the project folder in MyDrive/musclebob
+    try:  # Colab only (elsewhere the import fails); the run folder is on Drive too, so this is its one permission
+        from google.colab import drive; (DRIVE / "MyDrive").is_dir() or drive.mount(str(DRIVE))  # noqa: E702
+        if (DRIVE / "MyDrive/musclebob/musclebob_helpers").is_dir():  # copied to local disk: fast, no marker on Drive
+            ROOT = shutil.copytree(DRIVE / "MyDrive/musclebob", HOME, ignore=shutil.ignore_patterns(".*", "runs"))
+    except Exception: pass  # noqa: E701,BLE001,S110 - not Colab, or Drive refused: way in 2
+if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
+    url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
+    git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
+                         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password
+    if git.returncode:  # one line: what failed and what to set
+        raise SetupStop(f"git clone {url} failed ({(git.stderr.strip() or '?').splitlines()[-1]}): set repo_url in "
+                        "the first cell to your GitHub copy, or copy the project folder to Drive as MyDrive/musclebob")
+    ROOT = HOME
+sys.path.insert(0, str(ROOT))
+from musclebob_helpers import colab, notebook as nb  # noqa: E402
+ROOT = colab.setup_project(ROOT)
+resumed = nb.resume(globals().get("run_name"), globals().get("output_dir", ""), globals().get("use_drive", True))
 
 # %% [markdown]
 # ## Saving and next steps

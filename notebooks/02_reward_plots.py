@@ -35,19 +35,35 @@ window = 5  # moving-average window in steps (1: raw)
 show_epochs = True  # dotted lines where an epoch ends
 show_std = True  # shaded band: mean reward ± the reward's std within a step
 follow_seconds = 0  # > 0: redraw the newest run every 10 s for this long (a run still training)
+repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
 
 # %% [markdown]
 # ## Installation
 #
-# On Colab: fetch the project and install what Colab lacks (once). Elsewhere: nothing.
+# On Colab: fetch the project once (from `MyDrive/musclebob` on Google Drive if it is there, else from
+# `repo_url`) and install what Colab lacks. Elsewhere: nothing.
 
 # %% tags=["setup"]
-import subprocess, sys  # noqa: E401
+import os, shutil, subprocess, sys  # noqa: E401 - the bootstrap: the same lines in every notebook (a test checks)
 from pathlib import Path
-REPO_URL = "https://github.com/musclebob/musclebob"  # set in musclebob_helpers/colab.py; copied here by --sync
-ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "musclebob_helpers").is_dir()), Path("/content/musclebob"))
-if "google.colab" in sys.modules and not ROOT.exists():  # Colab opened from GitHub: fetch the project once
-    subprocess.run(["git", "clone", "--quiet", "--depth", "1", REPO_URL, str(ROOT)], check=True)
+class SetupStop(Exception): _render_traceback_ = lambda self: [f"SetupStop: {self}"]  # noqa: E701,E731 - one line
+HOME = Path(os.environ.get("MUSCLEBOB_HOME", "/content/musclebob"))  # where a fetched copy goes
+DRIVE = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents, HOME) if (p / "musclebob_helpers").is_dir()), None)
+if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: the project folder in MyDrive/musclebob
+    try:  # Colab only (elsewhere the import fails); the run folder is on Drive too, so this is its one permission
+        from google.colab import drive; (DRIVE / "MyDrive").is_dir() or drive.mount(str(DRIVE))  # noqa: E702
+        if (DRIVE / "MyDrive/musclebob/musclebob_helpers").is_dir():  # copied to local disk: fast, no marker on Drive
+            ROOT = shutil.copytree(DRIVE / "MyDrive/musclebob", HOME, ignore=shutil.ignore_patterns(".*", "runs"))
+    except Exception: pass  # noqa: E701,BLE001,S110 - not Colab, or Drive refused: way in 2
+if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
+    url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
+    git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
+                         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password
+    if git.returncode:  # one line: what failed and what to set
+        raise SetupStop(f"git clone {url} failed ({(git.stderr.strip() or '?').splitlines()[-1]}): set repo_url in "
+                        "the first cell to your GitHub copy, or copy the project folder to Drive as MyDrive/musclebob")
+    ROOT = HOME
 sys.path.insert(0, str(ROOT))
 from musclebob_helpers import colab, plots  # noqa: E402
 ROOT = colab.setup_project(ROOT)

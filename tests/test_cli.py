@@ -24,7 +24,8 @@ def test_each_flag_reaches_the_config(tmp_path):
             "--beta", "0.02", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1",
             "--lora-target-modules", "q_proj,v_proj", "--load-in-4bit", "--merge-adapter", "--no-gradient-checkpointing",
             "--use-vllm", "--vllm-gpu-memory-utilization", "0.5", "--preset", "colab-t4",
-            "--validation-samples", "2", "--validate-every", "3", "--output-dir", str(tmp_path / "o"),
+            "--validation-samples", "2", "--validate-every", "3", "--keep-checkpoints", "3",
+            "--output-dir", str(tmp_path / "o"),
             "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7", "--ignore-mismatch",
             "--trust-remote-code"]
     cfg, user_set, applied = parse(argv)
@@ -34,7 +35,8 @@ def test_each_flag_reaches_the_config(tmp_path):
                               lora_alpha=16, lora_dropout=0.1, lora_target_modules="q_proj,v_proj", load_in_4bit=True,
                               merge_adapter=True, gradient_checkpointing=False, use_vllm=True,
                               vllm_gpu_memory_utilization=0.5, preset="colab-t4", validation_samples=2,
-                              validate_every=3, output_dir=str(tmp_path / "o"), resume_from_checkpoint="auto",
+                              validate_every=3, keep_checkpoints=3, output_dir=str(tmp_path / "o"),
+                              resume_from_checkpoint="auto",
                               overwrite=True, seed=7, ignore_mismatch=True, trust_remote_code=True)
     assert applied == {}  # the user set everything: no tiny defaults applied
     # The test above names every field's flag: a new field without a test fails here.

@@ -120,6 +120,23 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
         assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
 
 
+ROTATION_KILLS = [("checkpoint:4", "checkpoint-4 is damaged"), ("optimizer:3", "Resuming from")]
+
+
+@pytest.mark.parametrize("fault,message", ROTATION_KILLS, ids=[k for k, _ in ROTATION_KILLS])
+def test_kill_then_resume_with_rotation_keeping_one_checkpoint(tmp_path, reference, fault, message):
+    """--keep-checkpoints 1 deletes checkpoint-2 once checkpoint-4 is complete: a kill before that leaves it."""
+    out = tmp_path / "run"
+    killed = train(out, "--keep-checkpoints", "1", fault=fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert any(not checkpoint_problems(c) for c in list_checkpoints(out))  # the last intact one is still there
+    resumed = train(out, "--keep-checkpoints", "1", "--resume-from-checkpoint", "auto")
+    assert message in resumed.stdout, resumed.stdout[-3000:]
+    assert "Removed checkpoint-2" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)
+    assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
+
+
 def _interrupted_copy(reference, dest):
     """The reference run as a kill after its last checkpoint would leave it (no final model yet)."""
     shutil.copytree(reference[0], dest)
@@ -264,12 +281,13 @@ def test_no_space_left_is_refused(tmp_path, monkeypatch):
         validate_config(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
 
 
-def test_checkpoints_that_will_not_fit_are_warned_about(tmp_path, monkeypatch):
+def test_checkpoints_that_will_not_fit_are_refused(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
-    warning = preflight.space_warning(494_000_000, 5, tmp_path)  # Qwen2.5-0.5B, 5 epochs
-    assert warning and "29.4 GB" in warning and "15.0 GB" in warning
-    assert preflight.space_warning(494_000_000, 2, tmp_path) is None
+    cfg = TrainConfig(output_dir=str(tmp_path / "out"))  # Qwen2.5-0.5B fully fine-tuned, 5 epochs, 2 kept
+    with pytest.raises(ConfigError, match=r"--output-dir=.*needs about 17\.8 GB.*only 16\.1 GB are free"):
+        validate_config(cfg)
+    validate_config(TrainConfig(output_dir=str(tmp_path / "out"), epochs=2))  # 2 checkpoints + the final model fit
 
 
 def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):

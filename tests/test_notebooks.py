@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = colab.NOTEBOOKS
 # Parameters of the training notebook that are not TrainConfig fields (they choose where and how it runs).
-NOTEBOOK_ONLY = {"run_name", "use_drive", "keep_alive", "stop_after_steps"}
+NOTEBOOK_ONLY = {"run_name", "use_drive", "keep_alive", "stop_after_steps", "repo_url"}
 # Shrunk so a run takes seconds: 16 prompts at 4 per step = 4 steps per epoch, 8 in all (a checkpoint at 4);
 # one validation answer per prompt is enough to see the artifacts, not to judge learning (test_training does).
 SMALL = dict(model="tiny", epochs=2, num_samples=16, batch_size=4, num_generations=4, validation_samples=1)
@@ -102,19 +102,233 @@ def test_training_parameters_are_config_fields():
             "output_dir", "run_name"} <= names
 
 
-def test_badges_and_clone_step_follow_repo_url(tmp_path):
+def test_badges_and_repo_url_follow_the_synced_address(tmp_path):
     assert colab.stale_copies() == [], "run: python -m musclebob_helpers.colab --sync"
     for name in NOTEBOOKS:
         text = (NB_DIR / name).with_suffix(".py").read_text()
-        assert colab.badge_markdown(name) in text and f'REPO_URL = "{colab.REPO_URL}"' in text
+        assert colab.badge_markdown(name) in text
+        assert f'repo_url = "{colab.REPO_URL}"' in text and f'globals().get("repo_url", "{colab.REPO_URL}")' in text
         assert colab.badge_markdown(name) in (ROOT / "README.md").read_text()
-    # Setting another address makes every copy stale, and --sync's rewrite makes them current again.
+    # Another address makes every copy stale (REPO_URL's own line too), and --sync's rewrite makes them current.
     fork = "https://github.com/someone/musclebob-fork"
-    assert len(colab.stale_copies(url=fork)) == 1 + 2 * len(NOTEBOOKS)
+    assert len(colab.stale_copies(url=fork)) == 2 + 2 * len(NOTEBOOKS)
     for path in colab.synced_files():
         synced = colab.sync_text(path.read_text(), fork)
         assert colab.sync_text(synced, fork) == synced and "someone/musclebob-fork" in synced
+        assert "musclebob/musclebob" not in synced.replace("MyDrive/musclebob/musclebob_helpers", "")
     assert colab.colab_url(NOTEBOOKS[0], fork).endswith("someone/musclebob-fork/blob/main/notebooks/" + NOTEBOOKS[0])
+
+
+@pytest.mark.parametrize("remote", ["git@github.com:someone/fork.git", "https://github.com/someone/fork.git",
+                                    "https://github.com/someone/fork", "https://token@github.com/someone/fork/",
+                                    "ssh://git@github.com/someone/fork.git"])
+def test_github_remotes_become_https_addresses(remote):
+    assert colab.github_url(remote) == "https://github.com/someone/fork"
+
+
+@pytest.mark.parametrize("remote", ["https://gitlab.com/someone/fork.git", "git@bitbucket.org:someone/fork.git",
+                                    "/srv/git/fork", "https://github.com/someone"])
+def test_other_remotes_are_refused_in_one_line(remote):
+    with pytest.raises(ValueError, match="not a GitHub repository address") as info:
+        colab.github_url(remote)
+    assert "\n" not in str(info.value)
+
+
+def copy_synced_files(dest: Path) -> Path:
+    for path in colab.synced_files():
+        (dest / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        (dest / path.relative_to(ROOT)).write_text(path.read_text())
+    return dest
+
+
+@pytest.mark.slow
+def test_sync_reads_the_origin_remote(tmp_path, capsys):
+    root = copy_synced_files(tmp_path / "fork")
+    git = ["git", "-C", str(root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    # No origin yet: one line, exit 2, nothing touched.
+    assert colab.main(["--sync"], root=root) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no 'origin' remote" in err and "\n" not in err
+    assert colab.stale_copies(root) == []
+    subprocess.run([*git, "remote", "add", "origin", "git@github.com:someone/fork.git"], check=True)
+    assert colab.main(["--sync"], root=root) == 0
+    assert "updated musclebob_helpers/colab.py" in capsys.readouterr().out
+    assert colab.stale_copies(root, "https://github.com/someone/fork") == []
+    assert 'REPO_URL = "https://github.com/someone/fork"' in (root / "musclebob_helpers/colab.py").read_text()
+    assert "colab.research.google.com/github/someone/fork/blob/main/notebooks/" in (root / "README.md").read_text()
+    # An address given on the command line wins; a non-GitHub one is refused in one line and changes nothing.
+    assert colab.main(["--sync", "https://github.com/other/copy.git"], root=root) == 0
+    assert colab.stale_copies(root, "https://github.com/other/copy") == []
+    capsys.readouterr()
+    assert colab.main(["--sync", "https://gitlab.com/x/y"], root=root) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert colab.stale_copies(root, "https://github.com/other/copy") == []
+
+
+# --- the bootstrap (the setup cell's first lines, repeated in every notebook and the resume cell) -------
+
+BOOTSTRAP_END = "sys.path.insert(0, str(ROOT))"
+
+
+def bootstraps() -> dict[str, str]:
+    """Every copy of the bootstrap: the lines of each setup cell (and the resume cell) up to ``BOOTSTRAP_END``."""
+    import nbformat
+
+    found = {}
+    for name in NOTEBOOKS:
+        for cell in nbformat.read(NB_DIR / name, as_version=4).cells:
+            tags = set(cell.metadata.get("tags", [])) & {"setup", "resume"}
+            if cell.cell_type == "code" and tags:
+                assert BOOTSTRAP_END in cell.source, f"{name} {tags}: no bootstrap"
+                found[f"{name}:{tags.pop()}"] = cell.source[:cell.source.index(BOOTSTRAP_END) + len(BOOTSTRAP_END)]
+    return found
+
+
+def test_bootstrap_is_the_same_everywhere():
+    copies = bootstraps()
+    assert sorted(copies) == sorted([f"{n}:setup" for n in NOTEBOOKS] + [f"{NOTEBOOKS[0]}:resume"])
+    assert len(set(copies.values())) == 1, "the bootstrap differs between notebooks: copy one to the others"
+    [code] = set(copies.values())
+    assert len(code.splitlines()) <= 21 and f'"{colab.REPO_URL}"' in code
+    ast.parse(code)
+
+
+def run_bootstrap(namespace: dict | None = None) -> dict:
+    """Execute the bootstrap as a cell would (its globals are the notebook's); ``sys.path`` is put back after."""
+    namespace, path = dict(namespace or {}), list(sys.path)
+    try:
+        exec(next(iter(bootstraps().values())), namespace)  # noqa: S102 - the notebooks' own code
+        namespace["path0"] = sys.path[0]
+    finally:
+        sys.path[:] = path
+    return namespace
+
+
+@pytest.fixture(scope="session")
+def project_repo(tmp_path_factory):
+    """A git repository holding this working tree as it is now (committed or not): what a clone would fetch."""
+    src = tmp_path_factory.mktemp("project") / "musclebob"
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes((ROOT / rel).read_bytes())
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "snapshot"], check=True)
+    return src
+
+
+@pytest.fixture
+def elsewhere(monkeypatch, tmp_path):
+    """A working directory outside any copy of the project, and MUSCLEBOB_HOME / the Drive mountpoint in tmp."""
+    cwd = tmp_path / "content"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MUSCLEBOB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MUSCLEBOB_DRIVE_MOUNTPOINT", str(tmp_path / "drive"))
+    return tmp_path
+
+
+def test_bootstrap_finds_the_project_above_the_working_directory(monkeypatch):
+    monkeypatch.chdir(NB_DIR)
+    assert run_bootstrap()["ROOT"] == ROOT
+
+
+@pytest.mark.slow
+def test_bootstrap_clones_repo_url(elsewhere, project_repo):
+    ns = run_bootstrap({"repo_url": f"file://{project_repo}"})
+    assert ns["ROOT"] == elsewhere / "home" and (ns["ROOT"] / "musclebob_helpers" / "colab.py").is_file()
+    assert ns["path0"] == str(elsewhere / "home")
+    assert run_bootstrap()["ROOT"] == elsewhere / "home"  # a rerun (or the resume cell) finds it: no second fetch
+
+
+@pytest.mark.slow
+def test_bootstrap_fetch_failure_is_one_line(elsewhere):
+    with pytest.raises(Exception) as info:
+        run_bootstrap({"repo_url": f"file://{elsewhere}/no-such-repo"})
+    assert type(info.value).__name__ == "SetupStop"
+    [line] = info.value._render_traceback_()
+    assert "\n" not in line and "git clone file://" in line and "no-such-repo" in line
+    assert "set repo_url in the first cell" in line and "MyDrive/musclebob" in line
+
+
+def drive_holding(monkeypatch, contents: Path, mounts: list):
+    """Make the stand-in ``drive.mount`` reveal ``contents`` as ``MyDrive`` (as a real Drive appears on mount)."""
+    def mount(mountpoint):
+        mounts.append(mountpoint)
+        Path(mountpoint).mkdir(parents=True, exist_ok=True)
+        contents.rename(Path(mountpoint) / "MyDrive")
+
+    monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", mount)
+
+
+@pytest.mark.slow  # git processes build the project snapshot
+def test_bootstrap_takes_the_project_from_drive_on_colab(elsewhere, fake_colab, project_repo, monkeypatch):
+    import shutil
+
+    shutil.copytree(project_repo, elsewhere / "my-drive" / "musclebob")
+    (elsewhere / "my-drive" / "musclebob" / colab.SETUP_MARKER).write_text("ok\n")  # a marker must not travel
+    mounts = []
+    drive_holding(monkeypatch, elsewhere / "my-drive", mounts)
+    ns = run_bootstrap({"repo_url": "https://github.com/nobody/nothing"})  # never cloned: Drive comes first
+    home = elsewhere / "home"
+    assert ns["ROOT"] == home and (home / "musclebob_helpers" / "colab.py").is_file()
+    assert mounts == [str(elsewhere / "drive")]
+    assert not (home / ".git").exists() and not (home / colab.SETUP_MARKER).exists()
+    assert run_bootstrap()["ROOT"] == home and mounts == [str(elsewhere / "drive")]  # a rerun: found, not fetched
+
+
+@pytest.mark.slow
+def test_bootstrap_without_drive_clones(elsewhere, fake_colab, project_repo, monkeypatch):
+    # use_drive = False: Drive is not even asked for.
+    ns = run_bootstrap({"repo_url": f"file://{project_repo}", "use_drive": False})
+    assert ns["ROOT"] == elsewhere / "home" and fake_colab["mount"] == []
+
+
+@pytest.mark.slow
+def test_bootstrap_with_drive_refused_clones(elsewhere, fake_colab, project_repo, monkeypatch):
+    def refuse(mountpoint):
+        raise RuntimeError("credential propagation was unsuccessful")
+
+    monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", refuse)
+    assert run_bootstrap({"repo_url": f"file://{project_repo}"})["ROOT"] == elsewhere / "home"
+
+
+# --- Colab metadata and the no-GPU decision -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [NOTEBOOKS[0], NOTEBOOKS[2]])
+def test_gpu_notebooks_ask_colab_for_a_t4(name):
+    import jupytext
+
+    meta = json.loads((NB_DIR / name).read_text())["metadata"]
+    assert meta["accelerator"] == "GPU" and meta["colab"]["gpuType"] == "T4"
+    header = jupytext.read(NB_DIR / name.replace(".ipynb", ".py")).metadata  # kept by the pair, so a sync keeps it
+    assert header["accelerator"] == "GPU" and header["colab"]["gpuType"] == "T4"
+
+
+def test_no_gpu_goes_on_with_tiny_and_stops_for_qwen(monkeypatch):
+    from musclebob_helpers import training
+
+    monkeypatch.setattr(training, "detect_hardware", lambda: {"device": "cpu", "precision": "fp32"})
+    said = []
+    assert nb.show_hardware("tiny", log=said.append)["device"] == "cpu"
+    assert len(said) == 1 and said[0].startswith("No GPU: going on with model = 'tiny'")
+    with pytest.raises(nb.NotebookStop) as info:
+        nb.show_hardware("Qwen/Qwen2.5-0.5B-Instruct", log=said.append)
+    [line] = info.value._render_traceback_()
+    assert "No GPU" in line and "model = 'tiny'" in line and "\n" not in line and len(said) == 1
+
+
+def test_no_gpu_on_colab_names_the_runtime_menu(fake_colab, monkeypatch):
+    from musclebob_helpers import training
+
+    monkeypatch.setattr(training, "detect_hardware", lambda: {"device": "cpu", "precision": "fp32"})
+    with pytest.raises(nb.NotebookStop, match="Runtime -> Change runtime type -> T4 GPU"):
+        nb.show_hardware("Qwen/Qwen2.5-0.5B-Instruct")
 
 
 # --- executing them ------------------------------------------------------------------------------------
@@ -192,7 +406,8 @@ def test_training_notebook_runs_all(trained):
         assert (run_dir / name).read_bytes().startswith(PNG_MAGIC)
     assert "Before vs after training" in text_of(outputs_of(executed, "nb.show_final("))
     assert "<mark" in text_of(outputs_of(executed, "nb.baseline_validation("))  # answers with markers
-    assert "Nothing to resume" in text_of(outputs_of(executed, "nb.resume_training("))  # a finished run
+    resume_text = text_of(outputs_of(executed, "nb.resume("))  # Run all ends with the resume cell: nothing to do
+    assert "run named in the parameters cell" in resume_text and "Nothing to resume" in resume_text
     assert "No GPU" in text_of(outputs_of(executed, "nb.show_hardware("))
 
 
@@ -214,40 +429,95 @@ def test_missing_trained_model_is_one_line(kernel, tiny_path, tmp_path):
     assert len(info.value.traceback) == 1
 
 
-def resume_only(tmp_path: Path) -> Path:
-    """What a user does after a disconnect: a fresh kernel runs only parameters, setup, Drive and resume."""
+def only_cell(tag: str, dest: Path) -> Path:
+    """The training notebook cut down to its one cell tagged ``tag``: what a user runs after a disconnect."""
     import nbformat
 
     notebook = nbformat.read(NB_DIR / NOTEBOOKS[0], as_version=4)
-    keep = {"parameters", "setup", "drive", "resume"}
-    notebook.cells = [c for c in notebook.cells if keep & set(c.metadata.get("tags", []))]
-    assert len(notebook.cells) == len(keep)
-    path = tmp_path / "resume_only.ipynb"
-    nbformat.write(notebook, path)
-    return path
+    notebook.cells = [c for c in notebook.cells if tag in c.metadata.get("tags", [])]
+    assert len(notebook.cells) == 1
+    nbformat.write(notebook, dest)
+    return dest
 
 
-def test_resume_cell_continues_a_disconnected_run(kernel, tiny_path, tmp_path):
+def rewards_by_step(run_dir: Path) -> list[tuple]:
+    history = json.loads((run_dir / "reward_history.json").read_text())
+    return [(e["step"], e["mean_reward"], e["reward_std"]) for e in history]
+
+
+@pytest.fixture
+def standin_colab(monkeypatch, tmp_path):
+    """Kernels started from here import the stand-in ``google.colab``; Drive is a folder in tmp."""
+    import os
+
+    standin = str(ROOT / "tests" / "colab_standin")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [standin, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MUSCLEBOB_DRIVE_MOUNTPOINT", str(tmp_path / "drive"))
+    return tmp_path / "drive" / "MyDrive"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["here", "colab-standin"])
+def test_the_resume_cell_alone_continues_a_disconnected_run(kernel, tiny_path, trained, project_repo, tmp_path,
+                                                            request, where):
+    """Run all stops after step 6 (as a disconnect would); a fresh kernel runs only the resume cell; the run ends
+    exactly as an uninterrupted one (same steps, same rewards: resume is exact)."""
+    import nbformat
     import papermill
 
-    run_dir = tmp_path / "cut-run"
-    params = dict(run_name="cut-run", output_dir=str(run_dir), **SMALL)
-    # Run all, with a disconnect simulated after step 6: the first epoch's checkpoint (step 4) is saved.
+    runs = request.getfixturevalue("standin_colab") if where == "colab-standin" else project_repo / "runs"
+    if where == "colab-standin":  # the install itself is the Colab twin's test (tests/test_colab_twin.py)
+        (project_repo / colab.SETUP_MARKER).write_text("ok\n")
+        request.addfinalizer(lambda: (project_repo / colab.SETUP_MARKER).unlink(missing_ok=True))
+    nb_dir = project_repo / "notebooks"
+    run_dir = runs / f"cut-{where}"
     with pytest.raises(papermill.PapermillExecutionError) as info:
-        execute(kernel, NOTEBOOKS[0], tmp_path / "cut.ipynb", stop_after_steps=6, **params)
+        papermill.execute_notebook(str(nb_dir / NOTEBOOKS[0]), str(tmp_path / "cut.ipynb"), kernel_name=kernel,
+                                   cwd=str(nb_dir), progress_bar=False,
+                                   parameters=dict(run_name=run_dir.name, stop_after_steps=6, **SMALL))
     assert info.value.ename == "SimulatedDisconnect"
-    assert history_steps(run_dir) == list(range(1, 7))
-    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-4"]
-    before = json.loads((run_dir / "reward_history.json").read_text())
+    assert history_steps(run_dir) == list(range(1, 7)) and [p.name for p in run_dir.glob("checkpoint-*")] == [
+        "checkpoint-4"]
 
-    resumed = execute(kernel, resume_only(tmp_path), tmp_path / "resumed.ipynb", **params)
-    text = text_of(outputs_of(resumed, "nb.resume_training("))
+    # The kernel is gone (papermill shut it down); a new one runs the resume cell and nothing else.
+    papermill.execute_notebook(str(only_cell("resume", tmp_path / "resume.ipynb")), str(tmp_path / "resumed.ipynb"),
+                               kernel_name=kernel, cwd=str(nb_dir), progress_bar=False)
+    resumed = nbformat.read(tmp_path / "resumed.ipynb", as_version=4)
+    text = text_of(outputs_of(resumed, "nb.resume("))
+    assert f"resuming the most recent unfinished run under {runs}: {run_dir.name}" in text
     assert "Resuming from" in text and "checkpoint-4" in text
-    after = json.loads((run_dir / "reward_history.json").read_text())
-    assert [e["step"] for e in after] == list(range(1, 9))  # each step once: 5-6 retrained and replaced
-    assert after[:4] == before[:4]  # steps up to the checkpoint kept as they were: continued, not restarted
+    if where == "colab-standin":
+        assert "Google Drive mounted" in text
+    assert rewards_by_step(run_dir) == rewards_by_step(trained[1])  # as if the disconnect never happened
     assert json.loads((run_dir / "final_validation.json").read_text())["global_step"] == 8
-    assert pngs(outputs_of(resumed, "nb.resume_training("))  # the live plot, continuing the curve
+    assert pngs(outputs_of(resumed, "nb.resume("))  # the live plot, continuing the curve
+
+
+@pytest.mark.slow
+def test_setup_cell_clones_in_a_kernel_and_a_bad_address_is_one_line(kernel, project_repo, tmp_path, monkeypatch):
+    """Run all from a kernel outside any copy of the project: the setup cell clones repo_url into MUSCLEBOB_HOME;
+    with an address that does not exist it stops with one line (no CalledProcessError traceback)."""
+    import nbformat
+    import papermill
+
+    notebook = nbformat.read(NB_DIR / NOTEBOOKS[1], as_version=4)
+    notebook.cells = [c for c in notebook.cells if {"parameters", "setup"} & set(c.metadata.get("tags", []))]
+    nbformat.write(notebook, tmp_path / "setup.ipynb")
+    (tmp_path / "content").mkdir()
+    monkeypatch.setenv("MUSCLEBOB_HOME", str(tmp_path / "home"))
+
+    def run(url, out):
+        papermill.execute_notebook(str(tmp_path / "setup.ipynb"), str(tmp_path / out), kernel_name=kernel,
+                                   cwd=str(tmp_path / "content"), progress_bar=False, parameters={"repo_url": url})
+        return nbformat.read(tmp_path / out, as_version=4)
+
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        run("file:///nonexistent/musclebob", "bad.ipynb")
+    assert info.value.ename == "SetupStop" and len(info.value.traceback) == 1
+    assert "git clone file:///nonexistent/musclebob failed" in info.value.evalue and "repo_url" in info.value.evalue
+    cloned = run(f"file://{project_repo}", "ok.ipynb")
+    assert (tmp_path / "home" / "musclebob_helpers").is_dir()
+    assert "Not on Colab" in text_of(outputs_of(cloned, "setup_project("))
 
 
 def test_plot_notebook(kernel, trained, tmp_path):
@@ -342,6 +612,51 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
     nb.resume_training(run_dir, live=False, log=lambda *a: None)
     assert seen["cfg"].output_dir == str(run_dir) and seen["cfg"].epochs == 3  # the run's own settings
     assert seen["checkpoint"] == str(run_dir / "checkpoint-12")
+
+
+def make_run(run_dir: Path, state: str, age: float) -> Path:
+    """A run folder in ``state`` ('unfinished', 'started' or 'finished'), last active ``age`` seconds ago."""
+    import os
+    import time
+
+    from musclebob_helpers.io import write_json_atomic
+
+    run_dir.mkdir(parents=True)
+    write_json_atomic(run_dir / "training_config.json", {"config": TrainConfig(model="tiny").to_dict()})
+    if state == "unfinished":
+        (run_dir / "checkpoint-4").mkdir()
+    if state == "finished":
+        for name in ("config.json", "model.safetensors", "final_validation.json"):
+            (run_dir / name).write_text("{}")
+    for p in [run_dir, *run_dir.iterdir()]:
+        os.utime(p, (time.time() - age, time.time() - age))
+    return run_dir
+
+
+def test_resume_cell_picks_the_most_recent_unfinished_run_on_drive(fake_colab, tmp_path, monkeypatch):
+    contents = tmp_path / "my-drive"
+    make_run(contents / "old-run", "unfinished", age=3600)
+    make_run(contents / "new-run", "started", age=60)
+    make_run(contents / "done-run", "finished", age=1)
+    (contents / "musclebob" / "musclebob_helpers").mkdir(parents=True)  # the project copy: not a run
+    mounts, my_drive = [], Path(colab.DRIVE_MOUNTPOINT) / "MyDrive"
+    drive_holding(monkeypatch, contents, mounts)
+    said = []
+    assert nb.find_run(None, log=said.append) == my_drive / "new-run"
+    assert mounts == [colab.DRIVE_MOUNTPOINT]  # a fresh runtime: the resume cell mounts Drive itself
+    assert f"resuming the most recent unfinished run under {my_drive}: new-run; 1 other" in said[-1]
+    assert nb.find_run("old-run", log=said.append) == my_drive / "old-run"  # the parameters cell ran: its run_name
+    assert "run named in the parameters cell" in said[-1]
+    assert nb.find_run(None, "/elsewhere/run", log=said.append) == Path("/elsewhere/run")
+
+
+def test_resume_cell_with_nothing_to_resume_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(colab, "LOCAL_RUNS", tmp_path / "runs")
+    make_run(tmp_path / "runs" / "done-run", "finished", age=1)
+    said = []
+    assert nb.resume(None, log=said.append) is None
+    assert said == [f"Nothing to resume: no unfinished run under {tmp_path / 'runs'}. If the run is elsewhere, set "
+                    "run_name (and output_dir) in the first cell, run it, then this cell."]
 
 
 def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):
