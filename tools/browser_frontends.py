@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,7 @@ IPW8 = ["ipywidgets==8.1.9"]
 # Colab itself is unaffected: its frontend does not load widgetsnbextension's JavaScript.
 CLASSIC_FRONTEND = ["ipywidgets==7.7.1", "widgetsnbextension==3.6.6", "notebook==6.5.7", "nbclassic==1.3.3"]
 TORCH = "torch==2.13.0"  # the CPU wheel on local disk (an unpinned torch pulls the CUDA build)
-# The project's run-time packages (models, training, comparison); the widget/kernel pins above win.
+# The project's run-time packages (models, training, comparison) from pyproject.toml; the pins above win.
 RUNTIME_NAMES = ("transformers", "trl", "datasets", "accelerate", "peft", "tokenizers", "safetensors")
 
 ENVS = {
@@ -64,14 +65,11 @@ GROUPS = {"kernels": ["kernel-ipw7", "kernel-ipw8"], "frontends": ["classic", "c
 
 
 def runtime_requirements() -> list[str]:
-    """The run-time lines of requirements.txt (names in RUNTIME_NAMES), as the project pins them."""
-    lines = []
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        spec = line.split("#", 1)[0].strip()
-        name = spec.split(">")[0].split("<")[0].split("=")[0].split("!")[0].split("[")[0].strip().lower()
-        if name in RUNTIME_NAMES:
-            lines.append(spec)
-    return lines
+    """pyproject.toml's run-time dependencies, but torch and the widget/plot packages pinned above."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() in RUNTIME_NAMES]
 
 
 def recipe(name: str) -> list[str]:
