@@ -15,7 +15,6 @@ import html
 import re
 from pathlib import Path
 
-
 GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
 BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
 _MARKERS = re.compile(r"(?P<good>\bmusclebob\b|\bbuffpants\b)|(?P<bad>sponge\s*bob|square\s*pants)", re.IGNORECASE)
@@ -82,8 +81,9 @@ def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> di
 
 
 def side_by_side_html(question: str, answers: dict[str, str]) -> str:
-    cells = "".join(f"<td style='vertical-align:top;padding:6px;border:1px solid #ddd'><b>{html.escape(label)}"
-                    f"</b><br>{highlight(text) or '<i>(empty)</i>'}</td>" for label, text in answers.items())
+    cell = "vertical-align:top;text-align:left;padding:6px;border:1px solid #ddd"  # the classic notebook right-aligns cells
+    cells = "".join(f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
+                    for label, text in answers.items())
     return (f"<div><b>Q:</b> {html.escape(question)}</div>"
             f"<table style='border-collapse:collapse;width:100%'><tr>{cells}</tr></table>")
 
@@ -114,17 +114,16 @@ class AskWidget:
         self.last: dict[str, str] = {}
 
     def ask(self) -> dict[str, str]:
-        from IPython.display import HTML, display
+        from .plots import set_output  # one state update, not capture: see set_output
 
         question = self.question.value.strip()
-        self.output.clear_output(wait=True)
         if not question:
-            with self.output:
-                display(HTML("<i>Type a question first.</i>"))
+            set_output(self.output, {"text/html": "<i>Type a question first.</i>", "text/plain": "(no question)"})
             return {}
+        set_output(self.output, {"text/html": f"<i>Asking: {html.escape(question)} …</i>", "text/plain": "…"})
         self.last = ask(self.models, question, self.max_new_tokens)
-        with self.output:
-            display(HTML(side_by_side_html(question, self.last)))
+        set_output(self.output, {"text/html": side_by_side_html(question, self.last),
+                                 "text/plain": "\n".join(f"{k}: {v}" for k, v in self.last.items())})
         return self.last
 
     def show(self):

@@ -14,6 +14,7 @@ same in Colab, Jupyter and a papermill run, and can be saved next to the run.
 
 from __future__ import annotations
 
+import base64
 import html
 import io as _io
 import math
@@ -174,6 +175,19 @@ def history_table_html(history: list[dict], last: int = 5) -> str:
 
 # --- the plot notebook's widgets ------------------------------------------------------------------------
 
+def set_output(output, data: dict[str, str]) -> None:
+    """Replace what an ``ipywidgets.Output`` shows with one display (mime type -> text, images in base64).
+
+    Sets the widget's synced ``outputs`` in one state update instead of ``clear_output(wait=True)`` and
+    ``with output: display(...)``. Capturing makes a headless runner that stands in for the frontend (nbclient,
+    so papermill) send the captured output back on the kernel's shell channel while it waits on that socket for
+    the cell's reply; with jupyter_client 7.4.9 (Colab's) that wait can miss the reply and sleep until the
+    execution timeout (the cell "never finishes"). One state update sends nothing back, flickers less, and
+    ``outputs`` is synced the same way by ipywidgets 7.7 and 8.x and by the classic, Lab and Colab frontends.
+    """
+    output.outputs = ({"output_type": "display_data", "data": dict(data), "metadata": {}},)
+
+
 class RewardExplorer:
     """ipywidgets: pick runs, smoothing window, epoch boundaries and std band; every redraw rereads the files."""
 
@@ -204,12 +218,8 @@ class RewardExplorer:
                             show_std=self.show_std.value)
 
     def redraw(self):
-        from IPython.display import Image, display
-
-        png = figure_png(self.figure())
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(Image(data=png))
+        set_output(self.output, {"image/png": base64.b64encode(figure_png(self.figure())).decode("ascii"),
+                                 "text/plain": "<reward plot>"})
         self.redraws += 1
 
     def show(self):
