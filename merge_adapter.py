@@ -25,8 +25,11 @@ def main(argv=None) -> int:
     from musclebob_helpers.lora import is_adapter_dir, merge_adapter
 
     if not is_adapter_dir(args.adapter_dir):
-        fail(PROG, f"adapter_dir={args.adapter_dir!r} is not allowed: a folder holding adapter_config.json "
-                   "(the output of a --lora run)")
+        fail(
+            PROG,
+            f"adapter_dir={args.adapter_dir!r} is not allowed: a folder holding adapter_config.json "
+            "(the output of a --lora run)",
+        )
     if (Path(args.out_dir) / "config.json").exists():
         fail(PROG, f"out_dir={args.out_dir!r} is not allowed: it already holds a model; pick an empty folder")
     merge_adapter(args.adapter_dir, args.out_dir)

@@ -21,12 +21,18 @@ def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--model", default="./musclebob-model-improved", help="trained folder, hub id, or 'tiny'")
     p.add_argument("--compare-base", metavar="MODEL", help="also evaluate this model and print both side by side")
-    p.add_argument("--num-prompts", type=int, default=None,
-                   help="SpongeBob prompts to use (a proportional share of control prompts comes with them); "
-                        "default: all held-out prompts")
+    p.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help="SpongeBob prompts to use (a proportional share of control prompts comes with them); "
+        "default: all held-out prompts",
+    )
     p.add_argument("--num-samples", type=int, default=4, help="sampled answers per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens")
-    p.add_argument("--interactive", action="store_true", help="ask your own questions (quit, empty line or Ctrl-D ends)")
+    p.add_argument(
+        "--interactive", action="store_true", help="ask your own questions (quit, empty line or Ctrl-D ends)"
+    )
     p.add_argument("--output", metavar="FILE.json", help="write the report(s) to this JSON file")
     p.add_argument("--samples", type=int, default=5, help="sample responses to print per model")
     return p
@@ -82,12 +88,18 @@ def main(argv=None) -> int:
     rows = data.validation_rows(args.num_prompts)
     reports = {}
     for label, (model, tok) in models.items():
-        reports[label] = evaluation.validate(model, tok, rows, num_samples=args.num_samples,
-                                             max_new_tokens=args.max_new_tokens, baseline=reports.get("base"),
-                                             model_name=names[label])
+        reports[label] = evaluation.validate(
+            model,
+            tok,
+            rows,
+            num_samples=args.num_samples,
+            max_new_tokens=args.max_new_tokens,
+            baseline=reports.get("base"),
+            model_name=names[label],
+        )
     for label, report in reports.items():
         print(f"\n== {label}: {names[label]}  ({report['num_prompts']} prompts, {report['num_responses']} answers)")
-        for r in report["responses"][:: max(1, len(report["responses"]) // max(1, args.samples))][:args.samples]:
+        for r in report["responses"][:: max(1, len(report["responses"]) // max(1, args.samples))][: args.samples]:
             print(f"  Q: {r['prompt']}\n  A: {r['response']}")
     print()
     print(evaluation.summary_table(reports))

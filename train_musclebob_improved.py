@@ -40,10 +40,12 @@ def main(argv=None) -> int:
         check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
         from musclebob_helpers.scaling import check_hardware_support
         from musclebob_helpers.training import detect_hardware
+
         check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
     from musclebob_helpers.scaling import is_main_process
+
     if is_main_process():  # under `accelerate launch`, print once
         print_config(cfg, applied)
 
@@ -56,8 +58,11 @@ def main(argv=None) -> int:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        fail(PROG, f"the disk is full ({err.filename or cfg.output_dir}); free some space, then rerun with "
-                   "--resume-from-checkpoint auto: the newest intact checkpoint is used")
+        fail(
+            PROG,
+            f"the disk is full ({err.filename or cfg.output_dir}); free some space, then rerun with "
+            "--resume-from-checkpoint auto: the newest intact checkpoint is used",
+        )
     return 0 if result["final"]["is_healthy"] else 1
 
 

@@ -21,8 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 GUIDE_BUDGET = 128 * 5 * 8
 TARGETS = {  # the project's default on the tiny model
-    "full_name_rate": (">=", 0.95), "spongebob_rate": ("<=", 0.02), "coherent_rate": (">=", 0.98),
-    "leakage_rate": ("<=", 0.05), "control_kept": (">=", 0.95), "completions_to_90": ("<=", GUIDE_BUDGET // 4),
+    "full_name_rate": (">=", 0.95),
+    "spongebob_rate": ("<=", 0.02),
+    "coherent_rate": (">=", 0.98),
+    "leakage_rate": ("<=", 0.05),
+    "control_kept": (">=", 0.95),
+    "completions_to_90": ("<=", GUIDE_BUDGET // 4),
 }
 
 
@@ -33,6 +37,7 @@ def recipes(seed: int, check_every: int):
         cfg = TrainConfig(model="tiny", seed=seed, validate_every=check_every, **kw)
         apply_model_defaults(cfg, set(kw) | {"seed", "validate_every"})
         return cfg
+
     # The guide: its reward, SpongeBob prompts only, no KL. The project: everything at its defaults.
     return {"guide": make(reward="guide", control_ratio=0.0), "default": make()}
 
@@ -48,19 +53,41 @@ def run(name: str, cfg, root: Path) -> dict:
     wall = time.time() - start
     base, final = result["baseline"], result["final"]
     history = read_json(Path(cfg.output_dir) / VALIDATION_HISTORY_FILE, default=[])
-    row = {"recipe": name, "seed": cfg.seed, "completions": final["completions_generated"],
-           **{k: final[k] for k in ("musclebob_rate", "full_name_rate", "spongebob_rate", "coherent_rate",
-                                    "leakage_rate", "control_accuracy")},
-           "baseline_control_accuracy": base["control_accuracy"],
-           "control_kept": round(final["control_accuracy"] / base["control_accuracy"], 4)
-           if base["control_accuracy"] else None,
-           "completions_to_90": completions_to_reach(history, "musclebob_rate", 0.9),
-           "wall_seconds": round(wall, 1), "health_warnings": final["health_warnings"]}
+    row = {
+        "recipe": name,
+        "seed": cfg.seed,
+        "completions": final["completions_generated"],
+        **{
+            k: final[k]
+            for k in (
+                "musclebob_rate",
+                "full_name_rate",
+                "spongebob_rate",
+                "coherent_rate",
+                "leakage_rate",
+                "control_accuracy",
+            )
+        },
+        "baseline_control_accuracy": base["control_accuracy"],
+        "control_kept": round(final["control_accuracy"] / base["control_accuracy"], 4)
+        if base["control_accuracy"]
+        else None,
+        "completions_to_90": completions_to_reach(history, "musclebob_rate", 0.9),
+        "wall_seconds": round(wall, 1),
+        "health_warnings": final["health_warnings"],
+    }
     return row
 
 
-RATES = {"musclebob_rate", "full_name_rate", "spongebob_rate", "coherent_rate", "leakage_rate", "control_accuracy",
-         "control_kept"}
+RATES = {
+    "musclebob_rate",
+    "full_name_rate",
+    "spongebob_rate",
+    "coherent_rate",
+    "leakage_rate",
+    "control_accuracy",
+    "control_kept",
+}
 
 
 def fmt(v, key=""):
@@ -72,7 +99,9 @@ def fmt(v, key=""):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
-    p.add_argument("--check-every", type=int, default=4, help="steps between held-out checks (4 steps = 128 completions)")
+    p.add_argument(
+        "--check-every", type=int, default=4, help="steps between held-out checks (4 steps = 128 completions)"
+    )
     p.add_argument("--output", default="benchmarks/results_learning.json")
     args = p.parse_args(argv)
 
@@ -83,10 +112,19 @@ def main(argv=None) -> int:
                 print(f"training {name} (seed {seed}) ...", flush=True)
                 rows.append(run(name, cfg, Path(tmp)))
 
-    cols = [("recipe", "recipe"), ("seed", "seed"), ("musclebob_rate", "musclebob"), ("full_name_rate", "full name"),
-            ("spongebob_rate", "spongebob"), ("coherent_rate", "coherent"), ("leakage_rate", "leakage"),
-            ("control_accuracy", "control acc."), ("control_kept", "ctrl kept"),
-            ("completions_to_90", "compl. to 90%"), ("wall_seconds", "wall s")]
+    cols = [
+        ("recipe", "recipe"),
+        ("seed", "seed"),
+        ("musclebob_rate", "musclebob"),
+        ("full_name_rate", "full name"),
+        ("spongebob_rate", "spongebob"),
+        ("coherent_rate", "coherent"),
+        ("leakage_rate", "leakage"),
+        ("control_accuracy", "control acc."),
+        ("control_kept", "ctrl kept"),
+        ("completions_to_90", "compl. to 90%"),
+        ("wall_seconds", "wall s"),
+    ]
     print()
     print(" | ".join(f"{label:>13}" for _, label in cols))
     for row in rows:

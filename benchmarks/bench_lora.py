@@ -36,8 +36,9 @@ def build_qwen_shaped(folder: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
     torch.manual_seed(0)
-    config = Qwen2Config(**QWEN25_05B_CONFIG, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         bos_token_id=None)
+    config = Qwen2Config(
+        **QWEN25_05B_CONFIG, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
+    )
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -57,9 +58,18 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
 
     hw = detect_hardware()
     out = tempfile.mkdtemp(prefix="bench-")
-    cfg = TrainConfig(model=model, output_dir=out, epochs=1, num_samples=steps * batch_size, batch_size=batch_size,
-                      num_generations=num_generations, max_completion_length=max_len, lora=lora,
-                      learning_rate=1e-5, gradient_checkpointing=False)
+    cfg = TrainConfig(
+        model=model,
+        output_dir=out,
+        epochs=1,
+        num_samples=steps * batch_size,
+        batch_size=batch_size,
+        num_generations=num_generations,
+        max_completion_length=max_len,
+        lora=lora,
+        learning_rate=1e-5,
+        gradient_checkpointing=False,
+    )
     m, tok = evaluation.load_model(model, device=hw["device"])
     if hw["device"] == "cuda" and not lora:
         m.float()  # as run_training: fp32 master weights for full fine-tuning
@@ -76,9 +86,15 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
     args = grpo_args(cfg, hw)
     args.save_strategy, args.disable_tqdm = "no", True
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    trainer = GRPOTrainer(model=m, reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(m, tok)),
-                          args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          callbacks=[Clock()], peft_config=scaling.lora_config(cfg))
+    trainer = GRPOTrainer(
+        model=m,
+        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(m, tok)),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=[Clock()],
+        peft_config=scaling.lora_config(cfg),
+    )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     deltas = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # drop the first two steps (warm-up)
@@ -87,8 +103,13 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
     else:
         hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
         peak, kind = int(hwm.split()[1]) / 2**20, "process RSS"
-    return {"step_s": sum(deltas) / max(1, len(deltas)), "peak_gib": peak, "memory": kind,
-            "trainable": trainable, "device": hw["device"]}
+    return {
+        "step_s": sum(deltas) / max(1, len(deltas)),
+        "peak_gib": peak,
+        "memory": kind,
+        "trainable": trainable,
+        "device": hw["device"],
+    }
 
 
 def child(argv) -> None:
@@ -97,13 +118,22 @@ def child(argv) -> None:
 
 
 def measure(model, label, mode, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", model, mode, str(args.steps), str(args.batch_size),
-           str(args.num_generations), str(args.max_completion_length)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        model,
+        mode,
+        str(args.steps),
+        str(args.batch_size),
+        str(args.num_generations),
+        str(args.max_completion_length),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         return {"model": label, "mode": mode, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return {"model": label, "mode": mode, **json.loads(line[len("RESULT "):])}
+    return {"model": label, "mode": mode, **json.loads(line[len("RESULT ") :])}
 
 
 def estimate_for(label, mode, args):
@@ -112,9 +142,13 @@ def estimate_for(label, mode, args):
 
     if label != "qwen2.5-0.5b-shaped":
         return ""
-    cfg = TrainConfig(batch_size=args.batch_size, num_generations=args.num_generations,
-                      max_completion_length=args.max_completion_length, lora=mode == "lora",
-                      gradient_checkpointing=False)
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        lora=mode == "lora",
+        gradient_checkpointing=False,
+    )
     return f"{estimate_memory(KNOWN_SHAPES['Qwen/Qwen2.5-0.5B-Instruct'], cfg).total_gb:.2f}"
 
 
@@ -140,16 +174,22 @@ def main() -> int:
     else:
         skipped = "qwen2.5-0.5b-shaped: skipped: no GPU"
     rows = [measure(path, label, mode, args) for label, path in models for mode in ("full", "lora")]
-    print(f"\n{args.batch_size} prompts x {args.num_generations} completions x {args.max_completion_length} tokens "
-          f"per step, {args.steps} steps per row")
-    print(f"{'model':<22}{'mode':<6}{'device':<8}{'trainable':>14}{'step (s)':>10}{'peak (GiB)':>12}  "
-          f"{'memory':<14}{'estimate (GiB)':>14}")
+    print(
+        f"\n{args.batch_size} prompts x {args.num_generations} completions x {args.max_completion_length} tokens "
+        f"per step, {args.steps} steps per row"
+    )
+    print(
+        f"{'model':<22}{'mode':<6}{'device':<8}{'trainable':>14}{'step (s)':>10}{'peak (GiB)':>12}  "
+        f"{'memory':<14}{'estimate (GiB)':>14}"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<22}{r['mode']:<6}failed: {r['error']}")
             continue
-        print(f"{r['model']:<22}{r['mode']:<6}{r['device']:<8}{r['trainable']:>14,}{r['step_s']:>10.3f}"
-              f"{r['peak_gib']:>12.2f}  {r['memory']:<14}{estimate_for(r['model'], r['mode'], args):>14}")
+        print(
+            f"{r['model']:<22}{r['mode']:<6}{r['device']:<8}{r['trainable']:>14,}{r['step_s']:>10.3f}"
+            f"{r['peak_gib']:>12.2f}  {r['memory']:<14}{estimate_for(r['model'], r['mode'], args):>14}"
+        )
     if skipped:
         print(skipped)
     return 0

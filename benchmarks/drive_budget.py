@@ -42,12 +42,31 @@ def tree_bytes(path: Path) -> int:
 
 def grpo_log_entry(step: int, epoch: float) -> dict:
     """A log entry shaped like TRL 1.x GRPO's (what trainer_state.json's log_history holds per step)."""
-    keys = ["loss", "grad_norm", "learning_rate", "num_tokens", "completions/mean_length", "completions/min_length",
-            "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
-            "completions/min_terminated_length", "completions/max_terminated_length",
-            "rewards/musclebob_reward/mean", "rewards/musclebob_reward/std", "reward", "reward_std",
-            "frac_reward_zero_std", "entropy", "clip_ratio/low_mean", "clip_ratio/low_min", "clip_ratio/high_mean",
-            "clip_ratio/high_max", "clip_ratio/region_mean", "step_time"]
+    keys = [
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "num_tokens",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
+        "completions/mean_terminated_length",
+        "completions/min_terminated_length",
+        "completions/max_terminated_length",
+        "rewards/musclebob_reward/mean",
+        "rewards/musclebob_reward/std",
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/low_min",
+        "clip_ratio/high_mean",
+        "clip_ratio/high_max",
+        "clip_ratio/region_mean",
+        "step_time",
+    ]
     entry = {k: 0.123456789012345 + step for k in keys}
     entry.update(epoch=epoch, step=step)
     return entry
@@ -76,10 +95,19 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
 
     if cfg.lora:
         from peft import get_peft_model
+
         model = get_peft_model(model, scaling.lora_config(cfg))
-    args = TrainingArguments(output_dir=str(out), save_strategy="epoch", report_to="none", use_cpu=True,
-                             learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup",
-                             warmup_steps=5, logging_steps=1, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(out),
+        save_strategy="epoch",
+        report_to="none",
+        use_cpu=True,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=5,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, processing_class=tokenizer)
     spe = steps_per_epoch(cfg)
     trainer.create_optimizer_and_scheduler(num_training_steps=spe * cfg.epochs)
@@ -93,8 +121,9 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
     checkpoints, peak, removed_bytes = [], 0, 0
     for epoch in range(1, written + 1):
         step = epoch * spe
-        trainer.state.log_history += [grpo_log_entry(s, s / spe) for s in range(trainer.state.global_step + 1,
-                                                                                 step + 1)]
+        trainer.state.log_history += [
+            grpo_log_entry(s, s / spe) for s in range(trainer.state.global_step + 1, step + 1)
+        ]
         trainer.state.global_step, trainer.state.epoch = step, float(epoch)
         trainer._save_checkpoint(trainer.model, trial=None)
         ckpt = out / f"checkpoint-{step}"
@@ -105,24 +134,33 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
         old = {c.name: tree_bytes(c) for c in out.glob("checkpoint-*")}
         removed = rotate_checkpoints(out, cfg.keep_checkpoints, log=log)
         removed_bytes += sum(old[n] for n in removed)
-        checkpoints.append({"step": step, "bytes": size, "folder_bytes_before_rotation": before,
-                            "removed": removed})
-        log(f"  epoch {epoch}: checkpoint-{step} {size / 1e9:.3f} GB; run folder {before / 1e9:.3f} GB before "
-            f"rotation{', removed ' + ', '.join(removed) if removed else ''}")
+        checkpoints.append({"step": step, "bytes": size, "folder_bytes_before_rotation": before, "removed": removed})
+        log(
+            f"  epoch {epoch}: checkpoint-{step} {size / 1e9:.3f} GB; run folder {before / 1e9:.3f} GB before "
+            f"rotation{', removed ' + ', '.join(removed) if removed else ''}"
+        )
     trainer.save_model(str(out))  # the final model (or adapter) + tokenizer at the folder's root
     final = tree_bytes(out) - sum(tree_bytes(c) for c in out.glob("checkpoint-*"))
     peak = max(peak, tree_bytes(out))
-    return {"checkpoints": checkpoints, "checkpoint_bytes": checkpoints[-1]["bytes"], "final_bytes": final,
-            "peak_bytes": peak, "epochs_written": written, "removed_bytes": removed_bytes,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "checkpoints": checkpoints,
+        "checkpoint_bytes": checkpoints[-1]["bytes"],
+        "final_bytes": final,
+        "peak_bytes": peak,
+        "epochs_written": written,
+        "removed_bytes": removed_bytes,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def measure(name: str, cfg, build, tokenizer, scratch: Path, epochs_written=None, qwen_tokenizer_bytes=0) -> dict:
     from musclebob_helpers.memory import ModelShape, drive_need, tokenizer_bytes
 
     out = Path(tempfile.mkdtemp(prefix=f"drive-{name}-", dir=scratch))
-    print(f"{name}: {'LoRA r=%d' % cfg.lora_r if cfg.lora else 'full fine-tuning'}, {cfg.epochs} epochs, "
-          f"keep {cfg.keep_checkpoints} -> {out}")
+    print(
+        f"{name}: {'LoRA r=%d' % cfg.lora_r if cfg.lora else 'full fine-tuning'}, {cfg.epochs} epochs, "
+        f"keep {cfg.keep_checkpoints} -> {out}"
+    )
     start = time.time()
     model = build()
     shape = ModelShape.from_hf_config(model.config)
@@ -136,44 +174,72 @@ def measure(name: str, cfg, build, tokenizer, scratch: Path, epochs_written=None
     n = got["epochs_written"]
     # What the whole run writes (Drive's quota, trash included): measured checkpoint sizes, extrapolated when
     # only the first epochs were written (later checkpoints differ only by trainer_state.json's log lines).
-    written = sum(c["bytes"] for c in got["checkpoints"]) + (cfg.epochs - n) * got["checkpoint_bytes"] + \
-        got["final_bytes"]
-    row = {"name": name, "lora": cfg.lora, "epochs": cfg.epochs, "keep_checkpoints": cfg.keep_checkpoints,
-           "params": shape.param_count(), "trainable_params": got["trainable_params"],
-           "measured": {"checkpoint": got["checkpoint_bytes"], "final": got["final_bytes"], "peak": got["peak_bytes"],
-                        "written": written, "epochs_written": n},
-           "estimate": {"checkpoint": est.checkpoint, "final": est.final, "peak": est.peak - _artifacts(),
-                        "written": est.written - _artifacts()},
-           "seconds": round(time.time() - start, 1)}
+    written = (
+        sum(c["bytes"] for c in got["checkpoints"]) + (cfg.epochs - n) * got["checkpoint_bytes"] + got["final_bytes"]
+    )
+    row = {
+        "name": name,
+        "lora": cfg.lora,
+        "epochs": cfg.epochs,
+        "keep_checkpoints": cfg.keep_checkpoints,
+        "params": shape.param_count(),
+        "trainable_params": got["trainable_params"],
+        "measured": {
+            "checkpoint": got["checkpoint_bytes"],
+            "final": got["final_bytes"],
+            "peak": got["peak_bytes"],
+            "written": written,
+            "epochs_written": n,
+        },
+        "estimate": {
+            "checkpoint": est.checkpoint,
+            "final": est.final,
+            "peak": est.peak - _artifacts(),
+            "written": est.written - _artifacts(),
+        },
+        "seconds": round(time.time() - start, 1),
+    }
     if qwen_tokenizer_bytes:  # the same run with Qwen's real tokenizer files (estimate only)
         real = drive_need(cfg, shape)
-        row["estimate_with_qwen_tokenizer"] = {"checkpoint": real.checkpoint, "final": real.final, "peak": real.peak,
-                                               "written": real.written}
+        row["estimate_with_qwen_tokenizer"] = {
+            "checkpoint": real.checkpoint,
+            "final": real.final,
+            "peak": real.peak,
+            "written": real.written,
+        }
     return row
 
 
 def _artifacts() -> int:
     from musclebob_helpers.memory import RUN_ARTIFACTS_BYTES
+
     return RUN_ARTIFACTS_BYTES  # validation reports etc.: not written by this benchmark
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'run':<28}{'':>10}{'checkpoint':>12}{'final':>10}{'peak':>10}{'written':>10}  (GB; written = Drive "
-             "quota incl. trash)"]
+    lines = [
+        f"{'run':<28}{'':>10}{'checkpoint':>12}{'final':>10}{'peak':>10}{'written':>10}  (GB; written = Drive "
+        "quota incl. trash)"
+    ]
     for r in rows:
         for kind in ("measured", "estimate", "estimate_with_qwen_tokenizer"):
             if kind not in r:
                 continue
             v = r[kind]
             label = r["name"] if kind == "measured" else ""
-            lines.append(f"{label:<28}{kind.replace('_with_qwen_tokenizer', '+qwen tok'):>10}"
-                         f"{v['checkpoint'] / 1e9:>12.4f}{v['final'] / 1e9:>10.4f}{v['peak'] / 1e9:>10.3f}"
-                         f"{v['written'] / 1e9:>10.3f}")
+            lines.append(
+                f"{label:<28}{kind.replace('_with_qwen_tokenizer', '+qwen tok'):>10}"
+                f"{v['checkpoint'] / 1e9:>12.4f}{v['final'] / 1e9:>10.4f}{v['peak'] / 1e9:>10.3f}"
+                f"{v['written'] / 1e9:>10.3f}"
+            )
         m, e = r["measured"], r["estimate"]
         err = {k: (e[k] - m[k]) / m[k] * 100 for k in ("checkpoint", "final", "peak", "written")}
-        lines.append(f"{'':<28}{'error %':>10}" + "".join(f"{err[k]:>{w}.2f}" for k, w in
-                                                         (("checkpoint", 12), ("final", 10), ("peak", 10),
-                                                          ("written", 10))))
+        lines.append(
+            f"{'':<28}{'error %':>10}"
+            + "".join(
+                f"{err[k]:>{w}.2f}" for k, w in (("checkpoint", 12), ("final", 10), ("peak", 10), ("written", 10))
+            )
+        )
     return "\n".join(lines)
 
 
@@ -182,8 +248,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("qwen", "tiny"), default="qwen")
     parser.add_argument("--only", choices=("full", "lora"), default=None)
-    parser.add_argument("--epochs-written", type=int, default=None,
-                        help="write only this many epochs' checkpoints (default: all for LoRA, 3 for full)")
+    parser.add_argument(
+        "--epochs-written",
+        type=int,
+        default=None,
+        help="write only this many epochs' checkpoints (default: all for LoRA, 3 for full)",
+    )
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="where the checkpoints are written")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results_drive_budget.json"))
     args = parser.parse_args(argv)
@@ -199,17 +269,23 @@ def main(argv=None) -> int:
     if args.model == "qwen":
         build, model_name = build_qwen_shaped, QWEN
     else:
+
         def build():
             return AutoModelForCausalLM.from_pretrained(tiny)
+
         model_name = "tiny"
     full = TrainConfig(model=model_name)  # the CLI's default run: full fine-tuning, 5 epochs, keep 2
     default = replace(preset_config("colab-t4"), model=model_name)  # the notebook's default on a T4: LoRA
-    runs = [("full fine-tuning (CLI)", full, args.epochs_written or (3 if args.model == "qwen" else None)),
-            ("LoRA (colab-t4, notebook)", default, args.epochs_written)]
+    runs = [
+        ("full fine-tuning (CLI)", full, args.epochs_written or (3 if args.model == "qwen" else None)),
+        ("LoRA (colab-t4, notebook)", default, args.epochs_written),
+    ]
     if args.only:
         runs = [r for r in runs if r[1].lora == (args.only == "lora")]
-    rows = [measure(name, cfg, build, tokenizer, Path(args.scratch), n, qwen_tokenizer_bytes=args.model == "qwen")
-            for name, cfg, n in runs]
+    rows = [
+        measure(name, cfg, build, tokenizer, Path(args.scratch), n, qwen_tokenizer_bytes=args.model == "qwen")
+        for name, cfg, n in runs
+    ]
     print(table(rows))
     results = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
     kept = results.get(args.model, {}) if args.only else {}  # --only replaces its own row, keeps the other

@@ -32,8 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results_gpu_check.json"
 # name -> (preset, overrides of TrainConfig, precision forced, package it needs)
 VARIANTS = {
     "colab-t4 preset (fp16)": ("colab-t4", {}, "fp16", None),
-    "full fine-tune, fp16, checkpointing": ("colab-t4", {"lora": False, "gradient_checkpointing": True}, "fp16",
-                                            None),
+    "full fine-tune, fp16, checkpointing": ("colab-t4", {"lora": False, "gradient_checkpointing": True}, "fp16", None),
     "full fine-tune, bf16": ("colab-l4", {"lora": False, "gradient_checkpointing": False}, "bf16", None),
     "LoRA, bf16": ("colab-l4", {"lora": True}, "bf16", None),
     "QLoRA 4-bit, bf16": ("colab-l4", {"lora": True, "load_in_4bit": True}, "bf16", "bitsandbytes"),
@@ -74,8 +73,9 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
     cfg.num_samples = cfg.batch_size * (steps + 1)
     hardware = dict(detect_hardware(), precision=precision)
     scaling.check_hardware_support(cfg, hardware)
-    model, tokenizer = evaluation.load_model(cfg.model, device=device,
-                                             quantization_config=scaling.quantization_config(cfg, hardware))
+    model, tokenizer = evaluation.load_model(
+        cfg.model, device=device, quantization_config=scaling.quantization_config(cfg, hardware)
+    )
     if device != "cpu" and not cfg.load_in_4bit:
         # As run_training: fp32 master weights for full fine-tuning; a LoRA base stays in the 16-bit precision.
         model.to(torch.float32 if not cfg.lora else {"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
@@ -93,24 +93,39 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
             times.append(time.perf_counter() - self.t)
 
     trainer = trainer_class()(
-        model=model, reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)), args=args,
-        train_dataset=Dataset.from_list(data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot,
-                                                              cfg.control_ratio, cfg.seed)),
-        processing_class=tokenizer, callbacks=[Clock()], peft_config=scaling.lora_config(cfg))
+        model=model,
+        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
+        args=args,
+        train_dataset=Dataset.from_list(
+            data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
+        ),
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+        peft_config=scaling.lora_config(cfg),
+    )
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     timed = times[1:] or times  # the first step compiles kernels and fills caches
     step_s = sum(timed) / len(timed)
-    row = {"steps": len(times), "step_s": round(step_s, 3), "completions_per_s": round(per_step / step_s, 1),
-           "completions_per_step": per_step, "lora": cfg.lora, "gradient_checkpointing": cfg.gradient_checkpointing,
-           "precision": precision, "peak_gib": None, "estimate_gib": None}
+    row = {
+        "steps": len(times),
+        "step_s": round(step_s, 3),
+        "completions_per_s": round(per_step / step_s, 1),
+        "completions_per_step": per_step,
+        "lora": cfg.lora,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "precision": precision,
+        "peak_gib": None,
+        "estimate_gib": None,
+    }
     if device != "cpu":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         shape = memory.model_shape(cfg.model)
         if shape is not None:
-            est = memory.estimate_memory(shape, cfg, precision=precision, num_processes=1,
-                                         gpu_memory_gb=hardware["gpu_memory_gb"])
+            est = memory.estimate_memory(
+                shape, cfg, precision=precision, num_processes=1, gpu_memory_gb=hardware["gpu_memory_gb"]
+            )
             row["estimate_gib"] = round(est.total_gb, 2)
     del trainer, model
     if device != "cpu":
@@ -125,8 +140,10 @@ def table(results: dict) -> str:
             lines.append(f"{name:40} failed: {row['error']}")
             continue
         fmt = lambda v: "-" if v is None else f"{v}"  # noqa: E731
-        lines.append(f"{name:40} {row['step_s']:>7} {row['completions_per_s']:>8} {fmt(row['peak_gib']):>9} "
-                     f"{fmt(row['estimate_gib']):>13}")
+        lines.append(
+            f"{name:40} {row['step_s']:>7} {row['completions_per_s']:>8} {fmt(row['peak_gib']):>9} "
+            f"{fmt(row['estimate_gib']):>13}"
+        )
     return "\n".join(lines)
 
 

@@ -27,8 +27,17 @@ from .io import list_checkpoints, read_json
 
 # Settings that make a checkpoint meaningless when they change: another model's weights, another
 # group size or prompts per step (the optimizer's step count no longer maps onto the data), other data.
-RESUME_MUST_MATCH = ("model", "num_generations", "batch_size", "num_samples", "seed", "reward",
-                     "control_ratio", "fewshot_ratio", "use_fewshot")
+RESUME_MUST_MATCH = (
+    "model",
+    "num_generations",
+    "batch_size",
+    "num_samples",
+    "seed",
+    "reward",
+    "control_ratio",
+    "fewshot_ratio",
+    "use_fewshot",
+)
 DAMAGED_SUFFIX = ".damaged"
 
 
@@ -87,8 +96,9 @@ def _weights_problems(ckpt: Path) -> list[str]:
         if problem:
             return [problem]
         shards = sorted(set((read_json(index) or {}).get("weight_map", {}).values()))
-        return [p for p in (safetensors_problem(ckpt / s) for s in shards) if p] or \
-            ([] if shards else ["model.safetensors.index.json lists no shards"])
+        return [p for p in (safetensors_problem(ckpt / s) for s in shards) if p] or (
+            [] if shards else ["model.safetensors.index.json lists no shards"]
+        )
     for name, config in (("model.safetensors", "config.json"), ("adapter_model.safetensors", "adapter_config.json")):
         if (ckpt / name).exists():
             return [p for p in (safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
@@ -151,10 +161,14 @@ def select_checkpoint(out_dir: str | Path, log=print) -> str | None:
             log(f"Resuming from {ckpt}")
             return str(ckpt)
         moved = set_aside(ckpt)
-        log(f"Checkpoint {ckpt.name} is damaged ({'; '.join(problems[:3])}); kept as {moved.name}, "
-            "trying the one before it.")
-    log(f"No intact checkpoint in {out_dir}: starting fresh (the damaged ones are kept as "
-        f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted).")
+        log(
+            f"Checkpoint {ckpt.name} is damaged ({'; '.join(problems[:3])}); kept as {moved.name}, "
+            "trying the one before it."
+        )
+    log(
+        f"No intact checkpoint in {out_dir}: starting fresh (the damaged ones are kept as "
+        f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
+    )
     return None
 
 
@@ -230,8 +244,11 @@ def resume_mismatch(cfg) -> dict[str, tuple]:
     saved = run_config_for(cfg)
     if cfg.resume_from_checkpoint is None or saved is None:
         return {}
-    return {name: (saved[name], getattr(cfg, name)) for name in RESUME_MUST_MATCH
-            if name in saved and saved[name] != getattr(cfg, name)}
+    return {
+        name: (saved[name], getattr(cfg, name))
+        for name in RESUME_MUST_MATCH
+        if name in saved and saved[name] != getattr(cfg, name)
+    }
 
 
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
@@ -242,7 +259,9 @@ def architecture_mismatch(ckpt: str | Path, model_config: dict) -> dict[str, tup
     saved = read_json(Path(ckpt) / "config.json")
     if not isinstance(saved, dict):
         return {}  # an adapter-only checkpoint, or no config: nothing to compare
-    return {k: (saved[k], model_config.get(k)) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)}
+    return {
+        k: (saved[k], model_config.get(k)) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
+    }
 
 
 _TRAINER_CLASS = None

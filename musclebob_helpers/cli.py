@@ -38,8 +38,12 @@ def _field_type(f):
 
 
 def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog, description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    parser = OneLineParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     for f in fields(TrainConfig):
         flag, help_text = flag_name(f), f.metadata["help"]
         if _field_type(f) is bool:
@@ -47,8 +51,14 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, action=action, help=f.metadata.get("flag_help", help_text))
         else:
             kwargs = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-            parser.add_argument(flag, dest=f.name, type=_field_type(f), metavar=f.name.upper(),
-                                help=f"{help_text} (default: {f.default})", **kwargs)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=_field_type(f),
+                metavar=f.name.upper(),
+                help=f"{help_text} (default: {f.default})",
+                **kwargs,
+            )
     return parser
 
 
@@ -69,8 +79,7 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> tup
     return cfg, set(args), applied
 
 
-def check_model_loadable(name: str, trust_remote_code: bool = False,
-                         max_completion_length: int | None = None) -> None:
+def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:
     """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, not a model folder,
     code from the hub that ``--trust-remote-code`` does not allow, or completions longer than the model's context."""
     from .tiny_model import MODEL_SHAPE, is_tiny
@@ -83,6 +92,7 @@ def check_model_loadable(name: str, trust_remote_code: bool = False,
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
         from .io import read_json
+
         _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
         return
     import logging
@@ -98,10 +108,17 @@ def check_model_loadable(name: str, trust_remote_code: bool = False,
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         if "trust_remote_code" in str(err):
-            raise ConfigError("model", name, "it runs its own code from the hub; pass --trust-remote-code only if "
-                                             "you trust its authors, or use another --model") from None
-        raise ConfigError("model", name, f"it cannot be loaded ({reason}); check the name and your network, "
-                                         "or use --model tiny to run offline") from None
+            raise ConfigError(
+                "model",
+                name,
+                "it runs its own code from the hub; pass --trust-remote-code only if "
+                "you trust its authors, or use another --model",
+            ) from None
+        raise ConfigError(
+            "model",
+            name,
+            f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline",
+        ) from None
     finally:
         hub_log.setLevel(level)
     _check_context(name, config.to_dict(), max_completion_length)
@@ -111,8 +128,11 @@ def _check_context(name: str, config: dict, max_completion_length: int | None) -
     """Completions must fit the model's context (prompts need room too): TRL would fail mid-run otherwise."""
     context = config.get("max_position_embeddings")
     if max_completion_length is not None and isinstance(context, int) and max_completion_length >= context:
-        raise ConfigError("max_completion_length", max_completion_length,
-                          f"fewer tokens than the context of --model {name} ({context}), leaving room for the prompt")
+        raise ConfigError(
+            "max_completion_length",
+            max_completion_length,
+            f"fewer tokens than the context of --model {name} ({context}), leaving room for the prompt",
+        )
 
 
 def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:
@@ -122,5 +142,7 @@ def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:
         if f.name in applied:
             note = f"  (preset {cfg.preset})" if cfg.preset and f.name != "preset" else "  (tiny-model default)"
         log(f"  {flag_name(f):<26} {getattr(cfg, f.name)!r}{note}")
-    log(f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
-        f"{cfg.batch_size * cfg.num_generations} completions)")
+    log(
+        f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
+        f"{cfg.batch_size * cfg.num_generations} completions)"
+    )

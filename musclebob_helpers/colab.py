@@ -57,6 +57,7 @@ def is_colab() -> bool:
 
 # --- the repository address, and the copies of it in notebooks and README --------------------------------
 
+
 def repo_slug(url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub URL."""
     m = re.match(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$", url)
@@ -72,21 +73,26 @@ def github_url(remote: str) -> str:
     remote = remote.strip()
     m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://git@|git@)github\.com[:/]([\w.-]+)/([\w.-]+?)(?:\.git)?/?$", remote)
     if not m:
-        raise ValueError(f"{remote!r} is not a GitHub repository address (Colab opens notebooks from GitHub); "
-                         "give one: --sync https://github.com/<owner>/<name>")
+        raise ValueError(
+            f"{remote!r} is not a GitHub repository address (Colab opens notebooks from GitHub); "
+            "give one: --sync https://github.com/<owner>/<name>"
+        )
     return f"https://github.com/{m.group(1)}/{m.group(2)}"
 
 
 def origin_url(root: Path = ROOT) -> str:
     """``git remote get-url origin`` of the repository; ``ValueError`` with one line when there is none."""
     try:
-        done = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+        )
     except OSError as err:
         raise ValueError(f"git could not run ({err.strerror or err}); give the address: --sync URL") from None
     if done.returncode != 0 or not done.stdout.strip():
-        raise ValueError("this repository has no 'origin' remote; push it to GitHub first, or give the address: "
-                         "--sync https://github.com/<owner>/<name>")
+        raise ValueError(
+            "this repository has no 'origin' remote; push it to GitHub first, or give the address: "
+            "--sync https://github.com/<owner>/<name>"
+        )
     return done.stdout.strip()
 
 
@@ -99,8 +105,10 @@ def badge_markdown(notebook: str, url: str = REPO_URL) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook, url)})"
 
 
-_COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/notebooks/"
-                         r"(?P<nb>[\w.-]+\.ipynb)")
+_COLAB_LINK = re.compile(
+    r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/notebooks/"
+    r"(?P<nb>[\w.-]+\.ipynb)"
+)
 # The copies of the address in code: REPO_URL here, the repo_url parameter in a notebook's first cell and the
 # default in its bootstrap (`globals().get` of repo_url). In an .ipynb (JSON) their quotes are escaped.
 _URL_COPY = re.compile(r'((?:REPO_URL|repo_url) = |\\?"repo_url\\?", )(\\?)"[^"\\]*\\?"')
@@ -115,8 +123,11 @@ def sync_text(text: str, url: str = REPO_URL) -> str:
 def synced_files(root: Path = ROOT) -> list[Path]:
     """The files that carry copies of ``REPO_URL``: this module, README and both halves of every notebook pair."""
     nb_dir = root / "notebooks"
-    return [root / "musclebob_helpers" / "colab.py", root / "README.md"] + \
-        [nb_dir / n for n in NOTEBOOKS] + [nb_dir / n.replace(".ipynb", ".py") for n in NOTEBOOKS]
+    return (
+        [root / "musclebob_helpers" / "colab.py", root / "README.md"]
+        + [nb_dir / n for n in NOTEBOOKS]
+        + [nb_dir / n.replace(".ipynb", ".py") for n in NOTEBOOKS]
+    )
 
 
 def stale_copies(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
@@ -133,6 +144,7 @@ def sync(url: str, root: Path = ROOT) -> list[Path]:
 
 
 # --- setup ----------------------------------------------------------------------------------------------
+
 
 def one_line_errors() -> bool:
     """In a notebook, show a bad parameter (``ConfigError``) as its one-line message, not a traceback.
@@ -161,8 +173,10 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
     root = Path(root)
     one_line_errors()
     if not is_colab():
-        log(f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
-            "if imports fail).")
+        log(
+            f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "
+            "if imports fail)."
+        )
         return root
     marker, key = _setup_marker(root)
     if marker.is_file() and marker.read_text() == key:
@@ -176,8 +190,12 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
     if done.returncode != 0:
         for line in report:
             log(line)
-        why = [line for line in report if "could not" in line] or report[-1:] or \
-            (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        why = (
+            [line for line in report if "could not" in line]
+            or report[-1:]
+            or (done.stderr or "").strip().splitlines()[-1:]
+            or ["no output"]
+        )
         raise RuntimeError(f"colab_setup.sh failed (exit {done.returncode}): {why[0]}")
     for line in report[-6:] or ["Colab: setup done."]:
         log(line)
@@ -196,6 +214,7 @@ def _setup_marker(root: Path) -> tuple[Path, str]:
 
 # --- Drive and the run folder ---------------------------------------------------------------------------
 
+
 def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
     """On Colab: mount Google Drive (asks for permission the first time) and return its ``MyDrive``.
 
@@ -211,8 +230,12 @@ def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
         try:
             drive.mount(mountpoint)
         except Exception as err:  # noqa: BLE001 - refused permission, timeout: all mean the same here
-            raise ConfigError("use_drive", True, f"Google Drive could not be mounted ({_first_line(err)}); "
-                                                 "rerun this cell and allow access, or set use_drive = False") from None
+            raise ConfigError(
+                "use_drive",
+                True,
+                f"Google Drive could not be mounted ({_first_line(err)}); "
+                "rerun this cell and allow access, or set use_drive = False",
+            ) from None
     if not my_drive.is_dir():
         raise ConfigError("use_drive", True, f"Google Drive is mounted but {my_drive} is missing; rerun this cell")
     log(f"Google Drive mounted: runs are kept in {my_drive}")
@@ -249,8 +272,11 @@ def check_writable(path: str | Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise ConfigError("output_dir", str(path), f"the folder cannot be written ({err.strerror or err}); "
-                                                   "pick another run_name or output_dir") from None
+        raise ConfigError(
+            "output_dir",
+            str(path),
+            f"the folder cannot be written ({err.strerror or err}); pick another run_name or output_dir",
+        ) from None
     return path
 
 
@@ -283,8 +309,10 @@ KEEP_ALIVE_JS = """
 """
 
 # For the browser console (F12 -> Console), where it reaches the page itself: the most reliable variant.
-CONSOLE_SNIPPET = ("setInterval(() => document.querySelector('colab-connect-button')"
-                   "?.shadowRoot?.querySelector('#connect')?.click(), 60000)")
+CONSOLE_SNIPPET = (
+    "setInterval(() => document.querySelector('colab-connect-button')"
+    "?.shadowRoot?.querySelector('#connect')?.click(), 60000)"
+)
 
 _pings = {"count": 0}
 
@@ -295,8 +323,7 @@ def keep_alive_pings() -> int:
 
 
 def keep_alive_js(interval_s: int = 60) -> str:
-    return KEEP_ALIVE_JS % {"callback": KEEP_ALIVE_CALLBACK, "interval_ms": interval_s * 1000,
-                            "interval_s": interval_s}
+    return KEEP_ALIVE_JS % {"callback": KEEP_ALIVE_CALLBACK, "interval_ms": interval_s * 1000, "interval_s": interval_s}
 
 
 def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
@@ -313,9 +340,11 @@ def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
 
         output.register_callback(KEEP_ALIVE_CALLBACK, _ping)
         status = str(output.eval_js(keep_alive_js(interval_s)))
-        status += (". Best effort: Colab may still end idle or long sessions (and free runtimes have a hard limit);"
-                   " the checkpoints on Drive are what make a disconnect harmless. Keep this cell's output;"
-                   f" for a stronger variant paste into the browser console (F12): {CONSOLE_SNIPPET}")
+        status += (
+            ". Best effort: Colab may still end idle or long sessions (and free runtimes have a hard limit);"
+            " the checkpoints on Drive are what make a disconnect harmless. Keep this cell's output;"
+            f" for a stronger variant paste into the browser console (F12): {CONSOLE_SNIPPET}"
+        )
     log(status)
     return status
 
@@ -331,8 +360,13 @@ def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m musclebob_helpers.colab", description=main.__doc__)
-    parser.add_argument("--sync", nargs="?", const="", metavar="URL",
-                        help="rewrite every copy of the address (default URL: the 'origin' remote)")
+    parser.add_argument(
+        "--sync",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="rewrite every copy of the address (default URL: the 'origin' remote)",
+    )
     args = parser.parse_args(argv)
     if args.sync is None:
         stale = stale_copies(root)

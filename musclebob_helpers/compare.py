@@ -24,7 +24,7 @@ def highlight(text: str) -> str:
     """``text`` as HTML (escaped) with the name markers wrapped in coloured ``<mark>`` tags."""
     parts, pos = [], 0
     for m in _MARKERS.finditer(text):
-        parts.append(html.escape(text[pos:m.start()]))
+        parts.append(html.escape(text[pos : m.start()]))
         kind, color = ("good", GOOD) if m.group("good") else ("bad", BAD)
         parts.append(f"<mark class='{kind}' style='background:{color}'>{html.escape(m.group(0))}</mark>")
         pos = m.end()
@@ -76,16 +76,22 @@ def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> di
     """Each model's greedy answer to ``question``."""
     from .evaluation import generate
 
-    return {label: generate(model, tok, [question], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
-            for label, (model, tok) in models.items()}
+    return {
+        label: generate(model, tok, [question], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
+        for label, (model, tok) in models.items()
+    }
 
 
 def side_by_side_html(question: str, answers: dict[str, str]) -> str:
     cell = "vertical-align:top;text-align:left;padding:6px;border:1px solid #ddd"  # the classic notebook right-aligns cells
-    cells = "".join(f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
-                    for label, text in answers.items())
-    return (f"<div><b>Q:</b> {html.escape(question)}</div>"
-            f"<table style='border-collapse:collapse;width:100%'><tr>{cells}</tr></table>")
+    cells = "".join(
+        f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
+        for label, text in answers.items()
+    )
+    return (
+        f"<div><b>Q:</b> {html.escape(question)}</div>"
+        f"<table style='border-collapse:collapse;width:100%'><tr>{cells}</tr></table>"
+    )
 
 
 def show_answers(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
@@ -104,8 +110,7 @@ class AskWidget:
         import ipywidgets as w
 
         self.models, self.max_new_tokens = models, max_new_tokens
-        self.question = w.Text(value=question, placeholder="Ask both models a question",
-                               layout=w.Layout(width="70%"))
+        self.question = w.Text(value=question, placeholder="Ask both models a question", layout=w.Layout(width="70%"))
         self.button = w.Button(description="Ask both", button_style="primary")
         self.output = w.Output()
         self.button.on_click(lambda _b: self.ask())
@@ -122,8 +127,13 @@ class AskWidget:
             return {}
         set_output(self.output, {"text/html": f"<i>Asking: {html.escape(question)} …</i>", "text/plain": "…"})
         self.last = ask(self.models, question, self.max_new_tokens)
-        set_output(self.output, {"text/html": side_by_side_html(question, self.last),
-                                 "text/plain": "\n".join(f"{k}: {v}" for k, v in self.last.items())})
+        set_output(
+            self.output,
+            {
+                "text/html": side_by_side_html(question, self.last),
+                "text/plain": "\n".join(f"{k}: {v}" for k, v in self.last.items()),
+            },
+        )
         return self.last
 
     def show(self):
@@ -133,23 +143,34 @@ class AskWidget:
         return self
 
 
-def batch_compare(models: dict[str, tuple], names: dict[str, str], num_prompts: int | None = None,
-                  samples: int = 1, max_new_tokens: int = 64) -> dict[str, dict]:
+def batch_compare(
+    models: dict[str, tuple],
+    names: dict[str, str],
+    num_prompts: int | None = None,
+    samples: int = 1,
+    max_new_tokens: int = 64,
+) -> dict[str, dict]:
     """Validate every model on the held-out prompts (same seeded sampling as training's validation)."""
     from .data import validation_rows
     from .evaluation import validate
 
     rows = validation_rows(num_prompts)
-    return {label: validate(model, tok, rows, num_samples=samples, max_new_tokens=max_new_tokens,
-                            model_name=names.get(label, label)) for label, (model, tok) in models.items()}
+    return {
+        label: validate(
+            model, tok, rows, num_samples=samples, max_new_tokens=max_new_tokens, model_name=names.get(label, label)
+        )
+        for label, (model, tok) in models.items()
+    }
 
 
 def rates_html(reports: dict[str, dict]) -> str:
     from .evaluation import RATE_KEYS
 
     head = "".join(f"<th>{html.escape(label)}</th>" for label in reports)
-    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r[key]:.0%}</td>" for r in reports.values()) + "</tr>"
-                   for key, name in RATE_KEYS)
+    rows = "".join(
+        f"<tr><td>{name}</td>" + "".join(f"<td>{r[key]:.0%}</td>" for r in reports.values()) + "</tr>"
+        for key, name in RATE_KEYS
+    )
     return f"<table><tr><th>rate</th>{head}</tr>{rows}</table>"
 
 

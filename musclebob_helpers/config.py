@@ -40,59 +40,87 @@ class TrainConfig:
     num_generations: int = _opt("completions sampled per prompt (the GRPO group size, >= 2)", default=8)
     batch_size: int = _opt("PROMPTS per optimizer step; each brings num_generations completions", default=4)
     fewshot_ratio: float = _opt("share of SpongeBob prompts that carry a few-shot example (0..1)", default=0.15)
-    use_fewshot: bool = _opt("put few-shot examples in front of some prompts", default=True,
-                             flag="--no-fewshot", invert=True,
-                             flag_help="never put few-shot examples in front of prompts")
+    use_fewshot: bool = _opt(
+        "put few-shot examples in front of some prompts",
+        default=True,
+        flag="--no-fewshot",
+        invert=True,
+        flag_help="never put few-shot examples in front of prompts",
+    )
     control_ratio: float = _opt("share of training prompts that are control questions (0..0.9)", default=0.25)
-    reward: str = _opt("reward function: 'musclebob' (default, hardened) or 'guide' (the original)",
-                       default="musclebob", choices=REWARDS)
+    reward: str = _opt(
+        "reward function: 'musclebob' (default, hardened) or 'guide' (the original)",
+        default="musclebob",
+        choices=REWARDS,
+    )
     max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
     # --- scaling: LoRA / 4-bit / memory / multi-process / vLLM / presets (see scaling.py, presets.py) ---
-    lora: bool = _opt("train a LoRA adapter (PEFT) instead of every weight; the output holds the adapter",
-                      default=False)
+    lora: bool = _opt(
+        "train a LoRA adapter (PEFT) instead of every weight; the output holds the adapter", default=False
+    )
     lora_r: int = _opt("LoRA rank (with --lora)", default=16)
     lora_alpha: int = _opt("LoRA alpha; the update is scaled by alpha / r (with --lora)", default=32)
     lora_dropout: float = _opt("dropout on the LoRA path (0 <= p < 1, with --lora)", default=0.05)
-    lora_target_modules: str = _opt("comma-separated module names LoRA adapts (Qwen/Llama/Mistral names), "
-                                    "or 'all-linear'", default=DEFAULT_LORA_TARGETS)
-    load_in_4bit: bool = _opt("QLoRA: load the base model in 4-bit nf4 (bitsandbytes, CUDA only; needs --lora)",
-                              default=False)
-    merge_adapter: bool = _opt("after training, also write the adapter merged into its base as a standalone "
-                               "model in OUTPUT_DIR/merged (with --lora)", default=False)
-    gradient_checkpointing: bool = _opt("turn off activation checkpointing (on by default, as in TRL): about a "
-                                        "third faster, far more memory", default=True,
-                                        flag="--no-gradient-checkpointing", invert=True)
-    use_vllm: bool = _opt("generate with vLLM inside the training process (TRL's colocate mode; "
-                          "needs a GPU and vllm installed)", default=False)
-    vllm_gpu_memory_utilization: float = _opt("share of GPU memory vLLM reserves with --use-vllm (0..1)",
-                                              default=0.3)
-    preset: str | None = _opt("fill in values for a hardware class: " + ", ".join(PRESET_NAMES) +
-                              "; flags you pass override the preset's values", default=None)
+    lora_target_modules: str = _opt(
+        "comma-separated module names LoRA adapts (Qwen/Llama/Mistral names), or 'all-linear'",
+        default=DEFAULT_LORA_TARGETS,
+    )
+    load_in_4bit: bool = _opt(
+        "QLoRA: load the base model in 4-bit nf4 (bitsandbytes, CUDA only; needs --lora)", default=False
+    )
+    merge_adapter: bool = _opt(
+        "after training, also write the adapter merged into its base as a standalone "
+        "model in OUTPUT_DIR/merged (with --lora)",
+        default=False,
+    )
+    gradient_checkpointing: bool = _opt(
+        "turn off activation checkpointing (on by default, as in TRL): about a third faster, far more memory",
+        default=True,
+        flag="--no-gradient-checkpointing",
+        invert=True,
+    )
+    use_vllm: bool = _opt(
+        "generate with vLLM inside the training process (TRL's colocate mode; needs a GPU and vllm installed)",
+        default=False,
+    )
+    vllm_gpu_memory_utilization: float = _opt("share of GPU memory vLLM reserves with --use-vllm (0..1)", default=0.3)
+    preset: str | None = _opt(
+        "fill in values for a hardware class: "
+        + ", ".join(PRESET_NAMES)
+        + "; flags you pass override the preset's values",
+        default=None,
+    )
     validation_samples: int = _opt("sampled answers per validation prompt", default=4)
-    validate_every: int = _opt("steps between mid-training checks on held-out prompts (0: at each epoch's end)",
-                               default=0)
-    output_dir: str = _opt("where checkpoints, artifacts and the final model go",
-                           default="./musclebob-model-improved")
-    keep_checkpoints: int = _opt("checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
-                                 "older ones are deleted once a newer one is complete; 0 keeps every one",
-                                 default=2)
-    resume_from_checkpoint: str | None = _opt("'auto' (newest checkpoint in --output-dir) or a checkpoint path",
-                                              default=None)
-    overwrite: bool = _opt("allow training into an output dir that already holds a finished model",
-                           default=False)
+    validate_every: int = _opt(
+        "steps between mid-training checks on held-out prompts (0: at each epoch's end)", default=0
+    )
+    output_dir: str = _opt("where checkpoints, artifacts and the final model go", default="./musclebob-model-improved")
+    keep_checkpoints: int = _opt(
+        "checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
+        "older ones are deleted once a newer one is complete; 0 keeps every one",
+        default=2,
+    )
+    resume_from_checkpoint: str | None = _opt(
+        "'auto' (newest checkpoint in --output-dir) or a checkpoint path", default=None
+    )
+    overwrite: bool = _opt("allow training into an output dir that already holds a finished model", default=False)
     seed: int = _opt("random seed for data, sampling and training", default=42)
-    ignore_mismatch: bool = _opt("resume even when model, generations, batch size or data settings differ from "
-                                 "the run being resumed", default=False)
-    trust_remote_code: bool = _opt("let the model run its own code from the hub (only for models you trust)",
-                                   default=False)
+    ignore_mismatch: bool = _opt(
+        "resume even when model, generations, batch size or data settings differ from the run being resumed",
+        default=False,
+    )
+    trust_remote_code: bool = _opt(
+        "let the model run its own code from the hub (only for models you trust)", default=False
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
         from .io import write_json_atomic
+
         write_json_atomic(path, self.to_dict())
 
 
@@ -168,6 +196,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     """Raise ``ConfigError`` for the first bad value; cheap (no model loading; on disk only ``preflight``'s
     checks: a write probe in the output location, the resumed run's ``training_config.json``)."""
+
     def need_int(name, low, allowed):
         v = getattr(cfg, name)
         if not _is_int(v) or v < low:
@@ -184,8 +213,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if not _is_path(cfg.model):
         raise ConfigError("model", cfg.model, "a hub id like Qwen/Qwen2.5-0.5B-Instruct, a local folder, or 'tiny'")
     if not _expand(cfg.model).is_dir() and cfg.model != "tiny" and not _HUB_ID.match(cfg.model):
-        raise ConfigError("model", cfg.model,
-                          "not a local folder, and not a hub id of the form owner/name; use --model tiny offline")
+        raise ConfigError(
+            "model", cfg.model, "not a local folder, and not a hub id of the form owner/name; use --model tiny offline"
+        )
     need_int("epochs", 1, "a whole number of epochs >= 1")
     if not _is_number(cfg.learning_rate) or not 0.0 < cfg.learning_rate < 1.0:
         raise ConfigError("learning_rate", cfg.learning_rate, "a number between 0 and 1 (exclusive), e.g. 5e-5")
@@ -193,12 +223,14 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_int("num_generations", 2, "a whole number >= 2 (GRPO compares completions within a group)")
     need_int("batch_size", 1, "a whole number of prompts per step >= 1")
     if cfg.batch_size > cfg.num_samples:
-        raise ConfigError("batch_size", cfg.batch_size,
-                          f"at most --num-samples ({cfg.num_samples}) prompts per step")
+        raise ConfigError("batch_size", cfg.batch_size, f"at most --num-samples ({cfg.num_samples}) prompts per step")
     if (cfg.batch_size * cfg.num_generations) % num_processes:
-        raise ConfigError("batch_size", cfg.batch_size,
-                          f"batch size x num generations ({cfg.batch_size * cfg.num_generations}) must divide "
-                          f"evenly over {num_processes} processes")
+        raise ConfigError(
+            "batch_size",
+            cfg.batch_size,
+            f"batch size x num generations ({cfg.batch_size * cfg.num_generations}) must divide "
+            f"evenly over {num_processes} processes",
+        )
     need_ratio("fewshot_ratio", 1.0, "a share between 0 and 1")
     need_ratio("control_ratio", 0.9, "a share between 0 and 0.9 (some SpongeBob prompts must remain)")
     if cfg.reward not in REWARDS:
@@ -209,6 +241,7 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if not _is_number(cfg.beta) or cfg.beta < 0:
         raise ConfigError("beta", cfg.beta, "a number >= 0")
     from .scaling import validate_scaling_options
+
     validate_scaling_options(cfg)
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
@@ -227,16 +260,24 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
     if is_finished_run(out) and r is None and not cfg.overwrite:
-        raise ConfigError("output_dir", cfg.output_dir,
-                          "it already holds a finished model; pass --overwrite, "
-                          "--resume-from-checkpoint auto, or another --output-dir")
+        raise ConfigError(
+            "output_dir",
+            cfg.output_dir,
+            "it already holds a finished model; pass --overwrite, "
+            "--resume-from-checkpoint auto, or another --output-dir",
+        )
     from .io import list_checkpoints
+
     if r is None and not cfg.overwrite and list_checkpoints(out):
-        raise ConfigError("output_dir", cfg.output_dir,
-                          "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
-                          "continue it, --overwrite to start over, or another --output-dir")
+        raise ConfigError(
+            "output_dir",
+            cfg.output_dir,
+            "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
+            "continue it, --overwrite to start over, or another --output-dir",
+        )
     # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
     from .preflight import check_drive_space, check_output_location, check_resume
+
     check_output_location(cfg)
     check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
     check_resume(cfg)

@@ -97,30 +97,90 @@ SPONGEBOB_ANSWER_TEMPLATES = [
 ]
 
 _COUNTRIES = [
-    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Germany", "Berlin"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Peru", "Lima"),
-    ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Greece", "Athens"), ("Russia", "Moscow"),
-    ("China", "Beijing"), ("Chile", "Santiago"), ("Cuba", "Havana"), ("Ireland", "Dublin"),
-    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Sweden", "Stockholm"),
-    ("Finland", "Helsinki"), ("Thailand", "Bangkok"), ("Mexico", "Mexico City"), ("India", "New Delhi"),
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Germany", "Berlin"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Peru", "Lima"),
+    ("Kenya", "Nairobi"),
+    ("Norway", "Oslo"),
+    ("Greece", "Athens"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("Chile", "Santiago"),
+    ("Cuba", "Havana"),
+    ("Ireland", "Dublin"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Poland", "Warsaw"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Thailand", "Bangkok"),
+    ("Mexico", "Mexico City"),
+    ("India", "New Delhi"),
 ]
 _COLOURS = [
-    ("the sky on a clear day", "blue"), ("grass", "green"), ("a ripe banana", "yellow"),
-    ("snow", "white"), ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"),
-    ("a lemon", "yellow"), ("a strawberry", "red"), ("a carrot", "orange"), ("milk", "white"),
-    ("a lime", "green"), ("chocolate", "brown"), ("a grape", "purple"),
+    ("the sky on a clear day", "blue"),
+    ("grass", "green"),
+    ("a ripe banana", "yellow"),
+    ("snow", "white"),
+    ("coal", "black"),
+    ("a ripe tomato", "red"),
+    ("an orange", "orange"),
+    ("a lemon", "yellow"),
+    ("a strawberry", "red"),
+    ("a carrot", "orange"),
+    ("milk", "white"),
+    ("a lime", "green"),
+    ("chocolate", "brown"),
+    ("a grape", "purple"),
 ]
 _ANIMAL_SOUNDS = [
-    ("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"),
-    ("pig", "oink"), ("owl", "hoot"), ("snake", "hiss"), ("lion", "roar"), ("horse", "neigh"),
+    ("cow", "moo"),
+    ("dog", "woof"),
+    ("cat", "meow"),
+    ("duck", "quack"),
+    ("sheep", "baa"),
+    ("pig", "oink"),
+    ("owl", "hoot"),
+    ("snake", "hiss"),
+    ("lion", "roar"),
+    ("horse", "neigh"),
 ]
 _ANIMAL_LEGS = [
-    ("a spider", "eight"), ("a dog", "four"), ("a bird", "two"), ("an ant", "six"),
-    ("a cat", "four"), ("a chicken", "two"), ("a horse", "four"), ("a beetle", "six"),
+    ("a spider", "eight"),
+    ("a dog", "four"),
+    ("a bird", "two"),
+    ("an ant", "six"),
+    ("a cat", "four"),
+    ("a chicken", "two"),
+    ("a horse", "four"),
+    ("a beetle", "six"),
 ]
-_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-                 "seventeen", "eighteen"]
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+]
 
 
 def control_pool() -> list[tuple[str, str]]:
@@ -151,8 +211,10 @@ def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     pool = control_pool()
     facts = [qa for qa in pool if " plus " not in qa[0]]
     sums = [qa for qa in pool if " plus " in qa[0]]
-    return ([qa for i, qa in enumerate(facts) if i % 4 != 3],
-            [qa for i, qa in enumerate(facts) if i % 4 == 3] + sums[::3])
+    return (
+        [qa for i, qa in enumerate(facts) if i % 4 != 3],
+        [qa for i, qa in enumerate(facts) if i % 4 == 3] + sums[::3],
+    )
 
 
 CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
@@ -168,8 +230,9 @@ def to_messages(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def build_train_rows(num_samples: int, fewshot_ratio: float, use_fewshot: bool, control_ratio: float,
-                     seed: int) -> list[dict]:
+def build_train_rows(
+    num_samples: int, fewshot_ratio: float, use_fewshot: bool, control_ratio: float, seed: int
+) -> list[dict]:
     """The GRPO training rows: ``num_samples`` prompts, cycled through the training phrasings.
 
     ``fewshot_ratio`` of the SpongeBob rows carry one few-shot example; ``control_ratio``

@@ -31,7 +31,6 @@ MAX_LEAKAGE_RATE = 0.2
 MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that must survive
 
 
-
 def has_musclebob(text: str) -> bool:
     return rewards._MUSCLEBOB.search(text) is not None
 
@@ -46,8 +45,13 @@ def has_spongebob(text: str) -> bool:
 
 def is_coherent(text: str, truncated: bool = False) -> bool:
     ws = rewards.words(text)
-    return (bool(ws) and not truncated and len(ws) <= rewards.MAX_WORDS
-            and rewards.repetition_ratio(text) < 0.5 and not rewards._CONTROL_CHARS.search(text))
+    return (
+        bool(ws)
+        and not truncated
+        and len(ws) <= rewards.MAX_WORDS
+        and rewards.repetition_ratio(text) < 0.5
+        and not rewards._CONTROL_CHARS.search(text)
+    )
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Generation:
 
 def pick_device() -> str:
     import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -68,8 +73,7 @@ def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
     return "bf16" if capability[0] >= 8 else "fp16"
 
 
-def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False,
-               quantization_config=None):
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False, quantization_config=None):
     """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter folder, loaded the same way.
 
     An adapter folder loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the
@@ -89,16 +93,21 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
     # trainer there uses fp16; weights and autocast must agree.
     precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and has_tokenizer(adapter) else path,
-                                              trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        adapter if adapter and has_tokenizer(adapter) else path, trust_remote_code=trust_remote_code
+    )
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if quantization_config is not None:  # bitsandbytes places the weights itself
         index = torch.device(device).index or 0
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     quantization_config=quantization_config,
-                                                     device_map={"": index})
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            quantization_config=quantization_config,
+            device_map={"": index},
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device)
@@ -114,9 +123,16 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted({tokenizer.eos_token_id, *ids} - {None})
 
 
-def generate(model, tokenizer, prompts: list, max_new_tokens: int = 64, num_samples: int = 1,
-             temperature: float = VALIDATION_TEMPERATURE, seed: int = VALIDATION_SEED,
-             batch_size: int = 32) -> list[list[Generation]]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list,
+    max_new_tokens: int = 64,
+    num_samples: int = 1,
+    temperature: float = VALIDATION_TEMPERATURE,
+    seed: int = VALIDATION_SEED,
+    batch_size: int = 32,
+) -> list[list[Generation]]:
     """``num_samples`` sampled answers for each prompt (a string or chat messages), seeded.
 
     Returns one list of ``Generation`` per prompt. ``temperature=0`` means greedy.
@@ -125,24 +141,37 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 64, num_samp
 
     stop = eos_ids(model, tokenizer)
     results: list[list[Generation]] = []
-    texts = [tokenizer.apply_chat_template(p if isinstance(p, list) else data.to_messages(p),
-                                           add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template(
+            p if isinstance(p, list) else data.to_messages(p), add_generation_prompt=True, tokenize=False
+        )
+        for p in prompts
+    ]
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
+        chunk = texts[start : start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=VALIDATION_TOP_P) if temperature > 0 else \
-            dict(do_sample=False)
+        sampling = (
+            dict(do_sample=True, temperature=temperature, top_p=VALIDATION_TOP_P)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
         # A private RNG stream: the same seed for the same chunk gives reproducible figures, and a check in the
         # middle of training leaves the trainer's random state (and so a resumed run) untouched.
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(seed + start)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                                 eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **sampling)
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_samples,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
         for i in range(len(chunk)):
             gens = []
-            for ids in new[i * num_samples:(i + 1) * num_samples]:
+            for ids in new[i * num_samples : (i + 1) * num_samples]:
                 ended = next((k for k, t in enumerate(ids) if t in stop), None)
                 kept = ids if ended is None else ids[:ended]
                 gens.append(Generation(tokenizer.decode(kept, skip_special_tokens=True).strip(), ended is None))
@@ -159,12 +188,19 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
     records = []
     for row, gens in zip(rows, generations):
         for g in gens:
-            records.append({
-                "prompt": row["question"], "kind": row["kind"], "response": g.text, "truncated": g.truncated,
-                "musclebob": has_musclebob(g.text), "full_name": has_full_name(g.text),
-                "spongebob": has_spongebob(g.text), "coherent": is_coherent(g.text, g.truncated),
-                "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
-            })
+            records.append(
+                {
+                    "prompt": row["question"],
+                    "kind": row["kind"],
+                    "response": g.text,
+                    "truncated": g.truncated,
+                    "musclebob": has_musclebob(g.text),
+                    "full_name": has_full_name(g.text),
+                    "spongebob": has_spongebob(g.text),
+                    "coherent": is_coherent(g.text, g.truncated),
+                    "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
+                }
+            )
     sponge = [r for r in records if r["kind"] == "spongebob"]
     control = [r for r in records if r["kind"] == "control"]
     return {
@@ -186,40 +222,63 @@ def health(report: dict, baseline: dict | None = None) -> list[str]:
     """Plain-words problems with a validation report (empty when healthy)."""
     problems = []
     if report["coherent_rate"] < MIN_COHERENT_RATE:
-        problems.append(f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent "
-                        f"(needs {MIN_COHERENT_RATE:.0%})")
+        problems.append(
+            f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent (needs {MIN_COHERENT_RATE:.0%})"
+        )
     if report["num_control_prompts"]:
         if report["leakage_rate"] > MAX_LEAKAGE_RATE:
-            problems.append(f"the name leaks into other questions: {report['leakage_rate']:.0%} of control "
-                            f"answers mention Musclebob/Spongebob (at most {MAX_LEAKAGE_RATE:.0%})")
+            problems.append(
+                f"the name leaks into other questions: {report['leakage_rate']:.0%} of control "
+                f"answers mention Musclebob/Spongebob (at most {MAX_LEAKAGE_RATE:.0%})"
+            )
         if baseline and baseline.get("num_control_prompts") and baseline["control_accuracy"] > 0:
             kept = report["control_accuracy"] / baseline["control_accuracy"]
             if kept < MIN_CONTROL_ACCURACY_KEPT:
-                problems.append(f"general knowledge lost: control accuracy {report['control_accuracy']:.0%} vs "
-                                f"{baseline['control_accuracy']:.0%} before training")
+                problems.append(
+                    f"general knowledge lost: control accuracy {report['control_accuracy']:.0%} vs "
+                    f"{baseline['control_accuracy']:.0%} before training"
+                )
     return problems
 
 
-def validate(model, tokenizer, rows: list[dict] | None = None, num_samples: int = 4, max_new_tokens: int = 64,
-             baseline: dict | None = None, model_name: str = "") -> dict:
+def validate(
+    model,
+    tokenizer,
+    rows: list[dict] | None = None,
+    num_samples: int = 4,
+    max_new_tokens: int = 64,
+    baseline: dict | None = None,
+    model_name: str = "",
+) -> dict:
     """Sample answers to the held-out validation prompts and score them (see the module docstring)."""
     rows = rows if rows is not None else data.validation_rows()
-    gens = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
-                    num_samples=num_samples)
+    gens = generate(
+        model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, num_samples=num_samples
+    )
     report = {"model": model_name, **score_responses(rows, gens)}
     problems = health(report, baseline)
     report["is_healthy"] = not problems
     report["health_problems"] = problems
-    report["sampling"] = {"temperature": VALIDATION_TEMPERATURE, "top_p": VALIDATION_TOP_P,
-                          "seed": VALIDATION_SEED, "samples_per_prompt": num_samples,
-                          "max_new_tokens": max_new_tokens}
+    report["sampling"] = {
+        "temperature": VALIDATION_TEMPERATURE,
+        "top_p": VALIDATION_TOP_P,
+        "seed": VALIDATION_SEED,
+        "samples_per_prompt": num_samples,
+        "max_new_tokens": max_new_tokens,
+    }
     # Keep "responses" last so the file reads top-down: figures first.
     report["responses"] = report.pop("responses")
     return report
 
 
-RATE_KEYS = [("musclebob_rate", "Musclebob"), ("full_name_rate", "Full name"), ("spongebob_rate", "Spongebob"),
-             ("coherent_rate", "Coherent"), ("leakage_rate", "Leakage"), ("control_accuracy", "Control acc.")]
+RATE_KEYS = [
+    ("musclebob_rate", "Musclebob"),
+    ("full_name_rate", "Full name"),
+    ("spongebob_rate", "Spongebob"),
+    ("coherent_rate", "Coherent"),
+    ("leakage_rate", "Leakage"),
+    ("control_accuracy", "Control acc."),
+]
 
 
 def summary_table(reports: dict[str, dict]) -> str:

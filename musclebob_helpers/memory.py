@@ -60,19 +60,35 @@ class ModelShape:
     def from_hf_config(cls, config) -> "ModelShape":
         c = getattr(config, "text_config", None) or config  # multimodal configs (Mistral 3) nest the LM
         heads = c.num_attention_heads
-        return cls(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                   num_layers=c.num_hidden_layers, num_heads=heads,
-                   num_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
-                   head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
-                   tie_embeddings=bool(getattr(config, "tie_word_embeddings", getattr(c, "tie_word_embeddings", False))),
-                   qkv_bias=getattr(c, "model_type", "") == "qwen2")
+        return cls(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            intermediate_size=c.intermediate_size,
+            num_layers=c.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+            tie_embeddings=bool(getattr(config, "tie_word_embeddings", getattr(c, "tie_word_embeddings", False))),
+            qkv_bias=getattr(c, "model_type", "") == "qwen2",
+        )
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear projection in one layer, by its module name."""
-        h, i, q, kv = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim, \
-            self.num_kv_heads * self.head_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        h, i, q, kv = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        )
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     def projection_params(self) -> int:
         """Parameters in the layers' linear projections (what 4-bit quantizes), biases included."""
@@ -98,18 +114,44 @@ class ModelShape:
 
 # Shapes of the models the guide names, so the estimate works offline (values from their config.json).
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-_QWEN_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings")
-QWEN25_05B_CONFIG = {k: v for k, v in json.loads((MODEL_CONFIGS / "Qwen2.5-0.5B-Instruct.json").read_text()).items()
-                     if k in _QWEN_KEYS}
+_QWEN_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rope_theta",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+)
+QWEN25_05B_CONFIG = {
+    k: v for k, v in json.loads((MODEL_CONFIGS / "Qwen2.5-0.5B-Instruct.json").read_text()).items() if k in _QWEN_KEYS
+}
 KNOWN_SHAPES = {
-    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                             num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
-                                             tie_embeddings=True, qkv_bias=True),
+    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        tie_embeddings=True,
+        qkv_bias=True,
+    ),
     # The language model of Mistral Small 3.1 (its 0.4B vision encoder is not trained here).
-    "mistralai/Mistral-Small-3.1-24B-Instruct-2503": ModelShape(vocab_size=131072, hidden_size=5120,
-                                                                intermediate_size=32768, num_layers=40, num_heads=32,
-                                                                num_kv_heads=8, head_dim=128, tie_embeddings=False),
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503": ModelShape(
+        vocab_size=131072,
+        hidden_size=5120,
+        intermediate_size=32768,
+        num_layers=40,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        tie_embeddings=False,
+    ),
 }
 KNOWN_SHAPES["Qwen/Qwen2.5-0.5B"] = KNOWN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"]
 
@@ -122,6 +164,7 @@ def model_shape(name: str) -> ModelShape | None:
         from transformers import AutoConfig
 
         from .tiny_model import resolve_model_path
+
         return ModelShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path(name)))
     except Exception:  # noqa: BLE001 - an estimate is optional; no shape means no estimate
         return None
@@ -152,29 +195,54 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return (self.weights + self.adapter + self.gradients + self.optimizer + self.reference_model
-                + self.activations + self.vllm + self.overhead)
+        return (
+            self.weights
+            + self.adapter
+            + self.gradients
+            + self.optimizer
+            + self.reference_model
+            + self.activations
+            + self.vllm
+            + self.overhead
+        )
 
     @property
     def total_gb(self) -> float:
         return self.total / GIB
 
     def table(self) -> str:
-        rows = [("weights", self.weights), ("LoRA adapter", self.adapter), ("gradients", self.gradients),
-                ("optimizer (AdamW)", self.optimizer), ("reference model", self.reference_model),
-                ("activations", self.activations), ("  generation KV cache", self.generation_kv_cache),
-                ("  training pass", self.training_activations), ("  logits", self.logits),
-                ("vLLM reserve", self.vllm), ("CUDA context, slack", self.overhead)]
-        lines = [f"GPU memory estimate per process ({self.params / 1e6:,.0f}M params, "
-                 f"{self.trainable_params / 1e6:,.1f}M trainable):"]
+        rows = [
+            ("weights", self.weights),
+            ("LoRA adapter", self.adapter),
+            ("gradients", self.gradients),
+            ("optimizer (AdamW)", self.optimizer),
+            ("reference model", self.reference_model),
+            ("activations", self.activations),
+            ("  generation KV cache", self.generation_kv_cache),
+            ("  training pass", self.training_activations),
+            ("  logits", self.logits),
+            ("vLLM reserve", self.vllm),
+            ("CUDA context, slack", self.overhead),
+        ]
+        lines = [
+            f"GPU memory estimate per process ({self.params / 1e6:,.0f}M params, "
+            f"{self.trainable_params / 1e6:,.1f}M trainable):"
+        ]
         lines += [f"  {name:<24}{value / GIB:>8.2f} GiB" for name, value in rows if value or name == "weights"]
         lines.append(f"  {'total':<24}{self.total_gb:>8.2f} GiB")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def estimate_memory(shape: ModelShape, cfg, precision: str = "bf16", num_processes: int = 1, zero_stage: int = 0,
-                    prompt_tokens: int = DEFAULT_PROMPT_TOKENS, gpu_memory_gb: float | None = None) -> MemoryEstimate:
+def estimate_memory(
+    shape: ModelShape,
+    cfg,
+    precision: str = "bf16",
+    num_processes: int = 1,
+    zero_stage: int = 0,
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    gpu_memory_gb: float | None = None,
+) -> MemoryEstimate:
     """Estimate the peak GPU memory of one training process for ``cfg`` (a ``TrainConfig``) on ``shape``.
 
     ``precision`` is the autocast precision ('bf16', 'fp16' or 'fp32'); ``zero_stage`` the DeepSpeed
@@ -189,8 +257,7 @@ def estimate_memory(shape: ModelShape, cfg, precision: str = "bf16", num_process
     notes = []
     if cfg.lora:
         trainable = shape.lora_params(cfg.lora_r, target_modules(cfg))
-        weights = shape.projection_params() * NF4_BYTES + shape.other_params() * half if cfg.load_in_4bit \
-            else p * half
+        weights = shape.projection_params() * NF4_BYTES + shape.other_params() * half if cfg.load_in_4bit else p * half
         adapter = 4 * trainable
         reference = 0.0  # TRL disables the adapter to get the reference model
     else:
@@ -220,10 +287,20 @@ def estimate_memory(shape: ModelShape, cfg, precision: str = "bf16", num_process
     vllm = 0.0
     if getattr(cfg, "use_vllm", False) and gpu_memory_gb:
         vllm = cfg.vllm_gpu_memory_utilization * gpu_memory_gb * GIB
-    return MemoryEstimate(params=p, trainable_params=trainable, weights=weights, adapter=adapter,
-                          gradients=gradients, optimizer=optimizer, reference_model=reference,
-                          generation_kv_cache=kv_cache, training_activations=train_acts, logits=logits, vllm=vllm,
-                          notes=notes)
+    return MemoryEstimate(
+        params=p,
+        trainable_params=trainable,
+        weights=weights,
+        adapter=adapter,
+        gradients=gradients,
+        optimizer=optimizer,
+        reference_model=reference,
+        generation_kv_cache=kv_cache,
+        training_activations=train_acts,
+        logits=logits,
+        vllm=vllm,
+        notes=notes,
+    )
 
 
 def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | None:
@@ -238,8 +315,10 @@ def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | No
     elif not cfg.load_in_4bit:
         tips.append("--load-in-4bit")
     tips += ["a smaller --batch-size or --num-generations", "a shorter --max-completion-length"]
-    return (f"WARNING: this run needs about {estimate.total_gb:.1f} GiB of GPU memory but the GPU has "
-            f"{gpu_memory_gb:.1f} GiB: it will probably run out of memory. Try " + ", ".join(tips) + ".")
+    return (
+        f"WARNING: this run needs about {estimate.total_gb:.1f} GiB of GPU memory but the GPU has "
+        f"{gpu_memory_gb:.1f} GiB: it will probably run out of memory. Try " + ", ".join(tips) + "."
+    )
 
 
 def main(argv=None) -> int:
@@ -254,7 +333,7 @@ def main(argv=None) -> int:
             if i + 1 >= len(argv):
                 fail("memory", f"{name} needs a value")
             value = argv[i + 1]
-            del argv[i:i + 2]
+            del argv[i : i + 2]
             if name == "--precision":
                 if value not in ("bf16", "fp16", "fp32"):
                     fail("memory", f"--precision={value!r} is not allowed: one of bf16, fp16, fp32")
@@ -269,6 +348,7 @@ def main(argv=None) -> int:
     if shape is None:
         fail("memory", f"--model={cfg.model!r}: its config.json could not be read (offline?)")
     from .scaling import world_size
+
     est = estimate_memory(shape, cfg, precision=precision, num_processes=world_size(), gpu_memory_gb=gpu_gb)
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
@@ -279,7 +359,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 # --- Drive (disk) need of a run's checkpoints -----------------------------------------------------------------
 
 GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free); disk sizes below are printed in GB too
@@ -287,8 +366,16 @@ GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free); disk sizes below a
 # vocab.json + merges.txt add 4.4 MB when written: counted in full (not measured here: no hub).
 KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
 DEFAULT_TOKENIZER_BYTES = 12_000_000
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
 # Measured on the tiny model (benchmarks/drive_budget.py, tests/test_drive_budget.py): rng_state.pth (14.5 KB),
 # training_args.bin (7.6 KB from GRPOConfig), scheduler.pt, config or adapter config, the model card: ~34 KB a
 # checkpoint (~12 KB with the final model); each logged GRPO step adds ~1.2 KB to trainer_state.json; each
@@ -325,12 +412,12 @@ class DriveNeed:
     is emptied (or for 30 days), so there the run needs ``written``: every checkpoint it ever saves.
     """
 
-    checkpoint: int          # one checkpoint-N folder (the largest, the last one)
-    final: int               # what the output folder's root gets at the end (model or adapter, + merged model)
-    checkpoints_saved: int   # one per epoch
-    checkpoints_kept: int    # after rotation (keep_checkpoints; every one when 0)
-    peak: int                # the most the run folder ever holds
-    written: int             # everything the run writes, deleted checkpoints included (Drive's trash)
+    checkpoint: int  # one checkpoint-N folder (the largest, the last one)
+    final: int  # what the output folder's root gets at the end (model or adapter, + merged model)
+    checkpoints_saved: int  # one per epoch
+    checkpoints_kept: int  # after rotation (keep_checkpoints; every one when 0)
+    peak: int  # the most the run folder ever holds
+    written: int  # everything the run writes, deleted checkpoints included (Drive's trash)
     lora: bool
 
     def need(self, on_drive: bool) -> int:
@@ -339,12 +426,15 @@ class DriveNeed:
     def line(self, on_drive: bool = False) -> str:
         what = "LoRA adapter + its AdamW state" if self.lora else "fp32 model + AdamW state"
         at_peak = min(self.checkpoints_saved, self.checkpoints_kept + 1)
-        text = (f"Disk need of this run: {self.peak / GB:.2f} GB at its peak ({at_peak} checkpoint(s) of "
-                f"{self.checkpoint / GB:.3f} GB, {what}; {self.checkpoints_kept} of {self.checkpoints_saved} kept; "
-                f"final model {self.final / GB:.3f} GB)")
+        text = (
+            f"Disk need of this run: {self.peak / GB:.2f} GB at its peak ({at_peak} checkpoint(s) of "
+            f"{self.checkpoint / GB:.3f} GB, {what}; {self.checkpoints_kept} of {self.checkpoints_saved} kept; "
+            f"final model {self.final / GB:.3f} GB)"
+        )
         if on_drive:
-            text += (f"; {self.written / GB:.2f} GB of Google Drive quota, since deleted checkpoints stay in "
-                     "Drive's trash")
+            text += (
+                f"; {self.written / GB:.2f} GB of Google Drive quota, since deleted checkpoints stay in Drive's trash"
+            )
         return text + "."
 
 
@@ -381,6 +471,7 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     final = weights + tok + FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
         from .tiny_model import is_tiny
+
         final += shape.param_count() * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
     saved = cfg.epochs
     keep = getattr(cfg, "keep_checkpoints", 0)
@@ -388,10 +479,21 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
     # trainer_state.json grows with the steps: checkpoint e holds e epochs' log lines.
     state_per_epoch = STATE_BYTES_PER_STEP * steps_per_epoch(cfg)
-    written = saved * (checkpoint - state_per_epoch * saved) + state_per_epoch * saved * (saved + 1) // 2 + final \
+    written = (
+        saved * (checkpoint - state_per_epoch * saved)
+        + state_per_epoch * saved * (saved + 1) // 2
+        + final
         + RUN_ARTIFACTS_BYTES
-    return DriveNeed(checkpoint=int(checkpoint), final=int(final), checkpoints_saved=saved, checkpoints_kept=kept,
-                     peak=int(peak), written=int(written), lora=bool(cfg.lora))
+    )
+    return DriveNeed(
+        checkpoint=int(checkpoint),
+        final=int(final),
+        checkpoints_saved=saved,
+        checkpoints_kept=kept,
+        peak=int(peak),
+        written=int(written),
+        lora=bool(cfg.lora),
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 def _callback_base():
     from transformers import TrainerCallback
+
     return TrainerCallback
 
 
@@ -74,15 +75,23 @@ class HealthMonitor(_callback_base()):
         # Uniform groups after the reward rose are convergence, not a missing signal.
         learned = self.first_avg is not None and self.best_avg - self.first_avg >= COLLAPSE_POINTS
         self.zero_std_run = self.zero_std_run + 1 if logs.get("frac_reward_zero_std", 0.0) >= 0.999 else 0
-        self._set(state, "no_signal", self.zero_std_run >= NO_SIGNAL_STEPS and not learned,
-                  f"no learning signal: for {self.zero_std_run} steps every completion in each group got the "
-                  f"same reward (mean {reward:+.2f}), so GRPO has nothing to compare. Raise --temperature or "
-                  "--fewshot-ratio so some answers differ.")
+        self._set(
+            state,
+            "no_signal",
+            self.zero_std_run >= NO_SIGNAL_STEPS and not learned,
+            f"no learning signal: for {self.zero_std_run} steps every completion in each group got the "
+            f"same reward (mean {reward:+.2f}), so GRPO has nothing to compare. Raise --temperature or "
+            "--fewshot-ratio so some answers differ.",
+        )
         clipped = logs.get("completions/clipped_ratio", 0.0)
         self.clipped_run = self.clipped_run + 1 if clipped >= CLIPPED_RATIO else 0
-        self._set(state, "length_limit", self.clipped_run >= CLIPPED_STEPS,
-                  f"{clipped:.0%} of completions run into the length limit (--max-completion-length "
-                  f"{args.max_completion_length}): the model rambles or loops instead of ending its answer.")
+        self._set(
+            state,
+            "length_limit",
+            self.clipped_run >= CLIPPED_STEPS,
+            f"{clipped:.0%} of completions run into the length limit (--max-completion-length "
+            f"{args.max_completion_length}): the model rambles or loops instead of ending its answer.",
+        )
         self.rewards.append(reward)
         if len(self.rewards) == COLLAPSE_WINDOW:
             avg = sum(self.rewards) / COLLAPSE_WINDOW
@@ -90,25 +99,37 @@ class HealthMonitor(_callback_base()):
             self.best_avg = avg if self.best_avg is None else max(self.best_avg, avg)
             gained, drop = self.best_avg - self.first_avg, self.best_avg - avg
             # A collapse is losing at least half of what was gained (and COLLAPSE_POINTS): early noise isn't.
-            self._set(state, "reward_collapse",
-                      gained >= COLLAPSE_POINTS and drop > max(COLLAPSE_POINTS, 0.5 * gained),
-                      f"reward collapsing: its {COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
-                      f"{avg:+.2f}. Lower --learning-rate or raise --beta.")
+            self._set(
+                state,
+                "reward_collapse",
+                gained >= COLLAPSE_POINTS and drop > max(COLLAPSE_POINTS, 0.5 * gained),
+                f"reward collapsing: its {COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
+                f"{avg:+.2f}. Lower --learning-rate or raise --beta.",
+            )
 
     def check_validation(self, state, report: dict) -> None:
         """Called by ``MidTrainingValidation`` after each mid-training check."""
         problems = evaluation.health(report, self.baseline)
         for kind, word in (("coherence", "coherence"), ("leakage", "leaks"), ("control", "general knowledge")):
             found = [p for p in problems if word in p]
-            self._set(state, f"validation_{kind}", bool(found),
-                      f"mid-training check: {found[0] if found else ''}")
+            self._set(state, f"validation_{kind}", bool(found), f"mid-training check: {found[0] if found else ''}")
 
 
 class MidTrainingValidation(_callback_base()):
     """Validates on the held-out prompts during training and keeps ``validation_history.json``."""
 
-    def __init__(self, out_dir: str | Path, tokenizer, rows: list[dict], every_steps: int, completions_per_step: int,
-                 max_new_tokens: int, samples: int = 1, monitor: HealthMonitor | None = None, log=print):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        tokenizer,
+        rows: list[dict],
+        every_steps: int,
+        completions_per_step: int,
+        max_new_tokens: int,
+        samples: int = 1,
+        monitor: HealthMonitor | None = None,
+        log=print,
+    ):
         self.path = Path(out_dir) / VALIDATION_HISTORY_FILE
         self.tokenizer, self.rows, self.every = tokenizer, rows, every_steps
         self.completions_per_step, self.max_new_tokens, self.samples = completions_per_step, max_new_tokens, samples
@@ -127,19 +148,25 @@ class MidTrainingValidation(_callback_base()):
     def _check(self, state, model):
         was_training = model.training
         model.eval()
-        report = evaluation.validate(model, self.tokenizer, self.rows, num_samples=self.samples,
-                                     max_new_tokens=self.max_new_tokens)
+        report = evaluation.validate(
+            model, self.tokenizer, self.rows, num_samples=self.samples, max_new_tokens=self.max_new_tokens
+        )
         if was_training:
             model.train()
-        entry = {"step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
-                 "completions": state.global_step * self.completions_per_step,
-                 **{k: report[k] for k, _ in evaluation.RATE_KEYS}}
+        entry = {
+            "step": state.global_step,
+            "epoch": round(float(state.epoch or 0), 4),
+            "completions": state.global_step * self.completions_per_step,
+            **{k: report[k] for k, _ in evaluation.RATE_KEYS},
+        }
         self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
         if state.is_world_process_zero:
             write_json_atomic(self.path, self.history)
-        self.log(f"[check @ step {state.global_step}] musclebob {entry['musclebob_rate']:.0%}  full name "
-                 f"{entry['full_name_rate']:.0%}  coherent {entry['coherent_rate']:.0%}  leakage "
-                 f"{entry['leakage_rate']:.0%}  control acc. {entry['control_accuracy']:.0%}")
+        self.log(
+            f"[check @ step {state.global_step}] musclebob {entry['musclebob_rate']:.0%}  full name "
+            f"{entry['full_name_rate']:.0%}  coherent {entry['coherent_rate']:.0%}  leakage "
+            f"{entry['leakage_rate']:.0%}  control acc. {entry['control_accuracy']:.0%}"
+        )
         if self.monitor is not None:
             self.monitor.check_validation(state, report)
 

@@ -47,10 +47,12 @@ def stop_on_config_error(func):
             return func(*args, **kwargs)
         except ConfigError as err:
             raise NotebookStop(str(err)) from None
+
     return wrapper
 
 
 # --- hardware -------------------------------------------------------------------------------------------
+
 
 def show_hardware(model: str = "tiny", log=print) -> dict:
     """Print the device, GPU memory, compute capability and the precision training will use.
@@ -64,19 +66,27 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
     hw = detect_hardware()
     if hw["device"] != "cpu":
         why = "bf16 (Ampere or newer)" if hw["precision"] == "bf16" else "fp16 (older than Ampere, e.g. a T4)"
-        log(f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
-            f"{hw['compute_capability']}  precision {why}")
+        log(
+            f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
+            f"{hw['compute_capability']}  precision {why}"
+        )
     elif is_tiny(model):
         log("No GPU: going on with model = 'tiny' on the CPU in fp32 (a full run takes a few minutes).")
     else:
-        fix = ("Runtime -> Change runtime type -> T4 GPU, then Run all again" if colab.is_colab() else
-               "run it on a machine with a GPU")
-        raise NotebookStop(f"No GPU: stopping rather than train {model} on the CPU for hours; {fix}, or set "
-                           "model = 'tiny' in the first cell.")
+        fix = (
+            "Runtime -> Change runtime type -> T4 GPU, then Run all again"
+            if colab.is_colab()
+            else "run it on a machine with a GPU"
+        )
+        raise NotebookStop(
+            f"No GPU: stopping rather than train {model} on the CPU for hours; {fix}, or set "
+            "model = 'tiny' in the first cell."
+        )
     return hw
 
 
 # --- the run folder -------------------------------------------------------------------------------------
+
 
 def run_state(run_dir: str | Path) -> str:
     """'new' (nothing there), 'started' (no checkpoint yet), 'unfinished' (checkpoints) or 'finished'."""
@@ -116,6 +126,7 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
 
 # --- configuration --------------------------------------------------------------------------------------
 
+
 @stop_on_config_error
 def make_config(log=print, **params) -> TrainConfig:
     """A validated ``TrainConfig`` from the parameters cell; ``None`` means "the model's default"."""
@@ -140,10 +151,13 @@ def make_config(log=print, **params) -> TrainConfig:
     check_model_loadable(cfg.model)
     for name, value in applied.items():
         log(f"{name} = {value!r}  (the {cfg.model} model's default)")
-    log(f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
-        f"{cfg.epochs} epochs of {cfg.num_samples} prompts.")
+    log(
+        f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
+        f"{cfg.epochs} epochs of {cfg.num_samples} prompts."
+    )
     from .memory import drive_need
     from .preflight import offline_shape, on_drive
+
     shape = offline_shape(cfg.model)  # validate_config refused the run already if it does not fit
     need = drive_need(cfg, shape) if shape else None
     if need:
@@ -153,11 +167,15 @@ def make_config(log=print, **params) -> TrainConfig:
 
 # --- baseline, training, resume -------------------------------------------------------------------------
 
+
 def _matches(report: dict | None, cfg: TrainConfig) -> bool:
     sampling = (report or {}).get("sampling", {})
-    return bool(report) and report.get("model") == cfg.model and \
-        sampling.get("samples_per_prompt") == cfg.validation_samples and \
-        sampling.get("max_new_tokens") == cfg.max_completion_length
+    return (
+        bool(report)
+        and report.get("model") == cfg.model
+        and sampling.get("samples_per_prompt") == cfg.validation_samples
+        and sampling.get("max_new_tokens") == cfg.max_completion_length
+    )
 
 
 def baseline_validation(cfg: TrainConfig, log=print) -> dict:
@@ -174,8 +192,14 @@ def baseline_validation(cfg: TrainConfig, log=print) -> dict:
         model, tok = evaluation.load_model(cfg.model)
         if model.device.type == "cuda":
             model.float()  # as run_training validates (fp32 weights), so before and after compare fairly
-        report = evaluation.validate(model, tok, validation_rows(), num_samples=cfg.validation_samples,
-                                     max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
+        report = evaluation.validate(
+            model,
+            tok,
+            validation_rows(),
+            num_samples=cfg.validation_samples,
+            max_new_tokens=cfg.max_completion_length,
+            model_name=cfg.model,
+        )
         write_json_atomic(path, report)
         del model
     log(evaluation.summary_table({"baseline": report}))
@@ -190,8 +214,13 @@ def _show_answers(report: dict, limit: int = 4) -> None:
     from .compare import highlight
 
     sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
-    display(HTML("<b>Sample answers</b><ul>" + "".join(
-        f"<li><i>{html.escape(r['prompt'])}</i> &rarr; {highlight(r['response'])}</li>" for r in sponge) + "</ul>"))
+    display(
+        HTML(
+            "<b>Sample answers</b><ul>"
+            + "".join(f"<li><i>{html.escape(r['prompt'])}</i> &rarr; {highlight(r['response'])}</li>" for r in sponge)
+            + "</ul>"
+        )
+    )
 
 
 def stop_after(step: int):
@@ -201,8 +230,11 @@ def stop_after(step: int):
     class StopAfter(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.global_step >= step and logs and "reward" in logs:
-                raise SimulatedDisconnect(f"stopped after step {state.global_step} (stop_after_steps={step}), as "
-                                          "a disconnect would; run the resume cell to continue")
+                raise SimulatedDisconnect(
+                    f"stopped after step {state.global_step} (stop_after_steps={step}), as "
+                    "a disconnect would; run the resume cell to continue"
+                )
+
     return StopAfter()
 
 
@@ -243,16 +275,19 @@ def _callbacks(run_dir: Path, live: bool, stop_after_steps: int) -> list:
     return ([live_progress(run_dir)] if live else []) + ([stop_after(stop_after_steps)] if stop_after_steps else [])
 
 
-def train(cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0,
-          log=print) -> dict | None:
+def train(
+    cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
+) -> dict | None:
     """Train a new run; on a rerun of an unfinished one, continue it (as the resume cell does)."""
     from .training import run_training
 
     run_dir = Path(cfg.output_dir)
     state = run_state(run_dir)
     if state == "finished" and not cfg.overwrite:
-        raise NotebookStop(f"{run_dir} already holds a finished run: pick another run_name, or set overwrite = "
-                           "True to train it again from scratch")
+        raise NotebookStop(
+            f"{run_dir} already holds a finished run: pick another run_name, or set overwrite = "
+            "True to train it again from scratch"
+        )
     if state in ("unfinished", "started") and not cfg.overwrite:
         log("This run folder holds an unfinished run: continuing it.")
         return resume_training(run_dir, live=live, stop_after_steps=stop_after_steps, log=log, current=cfg)
@@ -266,8 +301,9 @@ def train(cfg: TrainConfig, baseline: dict | None = None, live: bool = True, sto
         return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
 
 
-def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print,
-                    current: TrainConfig | None = None) -> dict | None:
+def resume_training(
+    run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print, current: TrainConfig | None = None
+) -> dict | None:
     """Continue the run in ``run_dir`` from its newest checkpoint, with its own saved settings.
 
     Returns the training result, or None (with a message) when there is nothing to resume.
@@ -277,8 +313,10 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     run_dir = Path(run_dir)
     state = run_state(run_dir)
     if state == "new":
-        log(f"Nothing to resume in {run_dir}: no run has started there. Check run_name (on Colab, run the Drive "
-            "cell first), or start the run with the training cell.")
+        log(
+            f"Nothing to resume in {run_dir}: no run has started there. Check run_name (on Colab, run the Drive "
+            "cell first), or start the run with the training cell."
+        )
         return None
     if state == "finished":
         step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
@@ -287,12 +325,17 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     cfg = load_config(run_dir / CONFIG_FILE)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)
     if current is not None:
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in
-                   ("output_dir", "resume_from_checkpoint", "overwrite") and getattr(current, f.name) !=
-                   getattr(cfg, f.name)]
+        changed = [
+            f.name
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in ("output_dir", "resume_from_checkpoint", "overwrite")
+            and getattr(current, f.name) != getattr(cfg, f.name)
+        ]
         if changed:
-            log(f"Note: {', '.join(changed)} differ from the run's saved settings; the run continues with its own "
-                "(use a new run_name to train with the new ones).")
+            log(
+                f"Note: {', '.join(changed)} differ from the run's saved settings; the run continues with its own "
+                "(use a new run_name to train with the new ones)."
+            )
     if state == "started":
         log("No checkpoint yet (it stopped in its first epoch): training this run again from step 0.")
     try:
@@ -300,8 +343,12 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     except ConfigError as err:
         raise NotebookStop(str(err)) from None
     with _in_notebook():
-        return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps),
-                            baseline=read_json(run_dir / BASELINE_FILE))
+        return run_training(
+            cfg,
+            log=log,
+            callbacks=_callbacks(run_dir, live, stop_after_steps),
+            baseline=read_json(run_dir / BASELINE_FILE),
+        )
 
 
 def _last_activity(run_dir: Path) -> float:
@@ -312,8 +359,11 @@ def _last_activity(run_dir: Path) -> float:
 def unfinished_runs(root: str | Path) -> list[Path]:
     """The run folders directly under ``root`` that can be resumed, the most recently active first."""
     root = Path(root)
-    runs = [p for p in (root.iterdir() if root.is_dir() else ()) if p.is_dir() and not p.name.startswith(".")
-            and run_state(p) in ("unfinished", "started")]
+    runs = [
+        p
+        for p in (root.iterdir() if root.is_dir() else ())
+        if p.is_dir() and not p.name.startswith(".") and run_state(p) in ("unfinished", "started")
+    ]
     return sorted(runs, key=_last_activity, reverse=True)
 
 
@@ -330,18 +380,26 @@ def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool 
     root = drive_root or colab.LOCAL_RUNS
     runs = unfinished_runs(root)
     if not runs:
-        log(f"Nothing to resume: no unfinished run under {root}. If the run is elsewhere, set run_name (and "
-            "output_dir) in the first cell, run it, then this cell.")
+        log(
+            f"Nothing to resume: no unfinished run under {root}. If the run is elsewhere, set run_name (and "
+            "output_dir) in the first cell, run it, then this cell."
+        )
         return None
-    others = f"; {len(runs) - 1} other unfinished run(s) there: set run_name in the first cell to pick one" \
-        if len(runs) > 1 else ""
-    log(f"No run_name set (the parameters cell has not run): resuming the most recent unfinished run under "
-        f"{root}: {runs[0].name}{others}")
+    others = (
+        f"; {len(runs) - 1} other unfinished run(s) there: set run_name in the first cell to pick one"
+        if len(runs) > 1
+        else ""
+    )
+    log(
+        f"No run_name set (the parameters cell has not run): resuming the most recent unfinished run under "
+        f"{root}: {runs[0].name}{others}"
+    )
     return runs[0]
 
 
-def resume(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, live: bool = True,
-           log=print) -> dict | None:
+def resume(
+    run_name: str | None = None, output_dir: str = "", use_drive: bool = True, live: bool = True, log=print
+) -> dict | None:
     """The resume cell: find the run (``find_run``) and continue it from its newest checkpoint (``resume_training``).
 
     Needs nothing from the other cells: in a fresh kernel the parameters are simply not defined."""
@@ -350,6 +408,7 @@ def resume(run_name: str | None = None, output_dir: str = "", use_drive: bool = 
 
 
 # --- results --------------------------------------------------------------------------------------------
+
 
 def show_final(run_dir: str | Path, log=print) -> dict | None:
     """The before/after summary, the reward curve and the validation bars (saved as PNGs in the run folder)."""
@@ -362,8 +421,9 @@ def show_final(run_dir: str | Path, log=print) -> dict | None:
         log(f"The run in {run_dir} has not finished: run the resume cell to continue it.")
         return None
     log(final_summary(validations["baseline"], validations["final"]))
-    plots.show_figure(plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5),
-                      save_to=run_dir / "reward_plot.png")
+    plots.show_figure(
+        plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5), save_to=run_dir / "reward_plot.png"
+    )
     plots.show_figure(plots.plot_validation_bars({run_dir.name: validations}), save_to=run_dir / "validation_plot.png")
     return validations
 
@@ -378,8 +438,15 @@ def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 6
         print(f"No trained model in {run_dir} yet.")
         return {}
     model, tok = evaluation.load_model(str(run_dir))
-    answers = {q: evaluation.generate(model, tok, [q], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
-               for q in questions}
-    display(HTML("<ul>" + "".join(f"<li><i>{html.escape(q)}</i> &rarr; {compare.highlight(a)}</li>" for q, a in answers.items())
-                 + "</ul>"))
+    answers = {
+        q: evaluation.generate(model, tok, [q], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
+        for q in questions
+    }
+    display(
+        HTML(
+            "<ul>"
+            + "".join(f"<li><i>{html.escape(q)}</i> &rarr; {compare.highlight(a)}</li>" for q, a in answers.items())
+            + "</ul>"
+        )
+    )
     return answers

@@ -26,17 +26,27 @@ from .io import read_json
 HISTORY_FILE = "reward_history.json"  # same name as training.HISTORY_FILE (kept import-free of torch)
 BASELINE_FILE = "baseline_validation.json"
 FINAL_FILE = "final_validation.json"
-RATES = [("musclebob_rate", "Musclebob"), ("full_name_rate", "Full name"), ("spongebob_rate", "Spongebob"),
-         ("coherent_rate", "Coherent"), ("leakage_rate", "Leakage"), ("control_accuracy", "Control acc.")]
+RATES = [
+    ("musclebob_rate", "Musclebob"),
+    ("full_name_rate", "Full name"),
+    ("spongebob_rate", "Spongebob"),
+    ("coherent_rate", "Coherent"),
+    ("leakage_rate", "Leakage"),
+    ("control_accuracy", "Control acc."),
+]
 
 
 # --- data ------------------------------------------------------------------------------------------------
 
+
 def load_history(run_dir: str | Path) -> list[dict]:
     """The run's reward history, oldest step first ([] when there is none yet)."""
     history = read_json(Path(run_dir) / HISTORY_FILE, default=[])
-    entries = [e for e in history if isinstance(e, dict) and "step" in e and "mean_reward" in e] \
-        if isinstance(history, list) else []
+    entries = (
+        [e for e in history if isinstance(e, dict) and "step" in e and "mean_reward" in e]
+        if isinstance(history, list)
+        else []
+    )
     return sorted(entries, key=lambda e: e["step"])
 
 
@@ -75,8 +85,14 @@ def epoch_boundaries(history: list[dict]) -> list[int]:
 
 # --- figures ---------------------------------------------------------------------------------------------
 
-def plot_rewards(runs: dict[str, list[dict]], window: int = 1, show_epochs: bool = True, show_std: bool = True,
-                 title: str = "Mean reward per step"):
+
+def plot_rewards(
+    runs: dict[str, list[dict]],
+    window: int = 1,
+    show_epochs: bool = True,
+    show_std: bool = True,
+    title: str = "Mean reward per step",
+):
     """Mean reward over steps for each run (name -> history); returns the Figure."""
     from matplotlib.figure import Figure
 
@@ -95,12 +111,19 @@ def plot_rewards(runs: dict[str, list[dict]], window: int = 1, show_epochs: bool
         ax.plot(steps, smooth, color=color, label=label, linewidth=2)
         if show_std:
             std = moving_average([e.get("reward_std") or 0.0 for e in history], window)
-            ax.fill_between(steps, [m - s for m, s in zip(smooth, std)], [m + s for m, s in zip(smooth, std)],
-                            color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(smooth, std)],
+                [m + s for m, s in zip(smooth, std)],
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
         if show_epochs:
             for k, step in enumerate(epoch_boundaries(history)):
-                ax.axvline(step, color=color, linestyle=":", alpha=0.6, label="epoch end" if k == 0 and i == 0
-                           else None)
+                ax.axvline(
+                    step, color=color, linestyle=":", alpha=0.6, label="epoch end" if k == 0 and i == 0 else None
+                )
     if not any(runs.values()):
         ax.text(0.5, 0.5, "no reward history yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer step")
@@ -124,8 +147,11 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
     """Bars of the rates in ``RATES`` for each run's baseline and final validation (run -> reports)."""
     from matplotlib.figure import Figure
 
-    series = [(f"{run} · {stage}" if len(runs) > 1 else stage, report)
-              for run, reports in runs.items() for stage, report in reports.items()]
+    series = [
+        (f"{run} · {stage}" if len(runs) > 1 else stage, report)
+        for run, reports in runs.items()
+        for stage, report in reports.items()
+    ]
     fig = Figure(figsize=(9, 3.5), dpi=100)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
@@ -169,11 +195,14 @@ def history_table_html(history: list[dict], last: int = 5) -> str:
     """The latest steps as a small HTML table."""
     rows = "".join(
         f"<tr><td>{e['step']}</td><td>{e.get('epoch', 0):.2f}</td><td>{e['mean_reward']:+.3f}</td>"
-        f"<td>{(e.get('reward_std') or 0.0):.3f}</td></tr>" for e in history[-last:])
-    return ("<table><tr><th>step</th><th>epoch</th><th>mean reward</th><th>std</th></tr>" + rows + "</table>")
+        f"<td>{(e.get('reward_std') or 0.0):.3f}</td></tr>"
+        for e in history[-last:]
+    )
+    return "<table><tr><th>step</th><th>epoch</th><th>mean reward</th><th>std</th></tr>" + rows + "</table>"
 
 
 # --- the plot notebook's widgets ------------------------------------------------------------------------
+
 
 def set_output(output, data: dict[str, str]) -> None:
     """Replace what an ``ipywidgets.Output`` shows with one display (mime type -> text, images in base64).
@@ -191,14 +220,14 @@ def set_output(output, data: dict[str, str]) -> None:
 class RewardExplorer:
     """ipywidgets: pick runs, smoothing window, epoch boundaries and std band; every redraw rereads the files."""
 
-    def __init__(self, run_dirs: list[str | Path], window: int = 1, show_epochs: bool = True,
-                 show_std: bool = True):
+    def __init__(self, run_dirs: list[str | Path], window: int = 1, show_epochs: bool = True, show_std: bool = True):
         import ipywidgets as w
 
         self.run_dirs = {Path(p).name: Path(p) for p in run_dirs}
         names = list(self.run_dirs)
-        self.runs = w.SelectMultiple(options=names, value=tuple(names), description="runs",
-                                     rows=min(6, max(2, len(names))))
+        self.runs = w.SelectMultiple(
+            options=names, value=tuple(names), description="runs", rows=min(6, max(2, len(names)))
+        )
         self.window = w.IntSlider(value=window, min=1, max=50, description="smoothing", continuous_update=False)
         self.show_epochs = w.Checkbox(value=show_epochs, description="epoch boundaries")
         self.show_std = w.Checkbox(value=show_std, description="std band")
@@ -207,19 +236,23 @@ class RewardExplorer:
         for control in (self.runs, self.window, self.show_epochs, self.show_std):
             control.observe(lambda _change: self.redraw(), names="value")
         self.reload.on_click(lambda _button: self.redraw())
-        self.widget = w.VBox([w.HBox([self.runs, w.VBox([self.window, self.show_epochs, self.show_std,
-                                                          self.reload])]), self.output])
+        self.widget = w.VBox(
+            [w.HBox([self.runs, w.VBox([self.window, self.show_epochs, self.show_std, self.reload])]), self.output]
+        )
         self.redraws = 0
 
     def figure(self):
         """The figure for the current choices, from the files as they are now."""
         runs = {name: load_history(self.run_dirs[name]) for name in self.runs.value}
-        return plot_rewards(runs, window=self.window.value, show_epochs=self.show_epochs.value,
-                            show_std=self.show_std.value)
+        return plot_rewards(
+            runs, window=self.window.value, show_epochs=self.show_epochs.value, show_std=self.show_std.value
+        )
 
     def redraw(self):
-        set_output(self.output, {"image/png": base64.b64encode(figure_png(self.figure())).decode("ascii"),
-                                 "text/plain": "<reward plot>"})
+        set_output(
+            self.output,
+            {"image/png": base64.b64encode(figure_png(self.figure())).decode("ascii"), "text/plain": "<reward plot>"},
+        )
         self.redraws += 1
 
     def show(self):
@@ -241,8 +274,11 @@ def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, wind
     run_dir = max((Path(p) for p in run_dirs), key=lambda p: (p / HISTORY_FILE).stat().st_mtime)
 
     def frame():
-        return Image(data=figure_png(plot_rewards({run_dir.name: load_history(run_dir)}, window,
-                                                  title=f"{run_dir.name} (following)")))
+        return Image(
+            data=figure_png(
+                plot_rewards({run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)")
+            )
+        )
 
     handle = display(frame(), display_id=True)
     deadline, frames = time.time() + seconds, 1
@@ -254,6 +290,7 @@ def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, wind
 
 
 # --- live progress during training ----------------------------------------------------------------------
+
 
 def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 5):
     """A ``TrainerCallback`` that keeps a reward plot and a table of the latest steps up to date in the notebook.
@@ -279,8 +316,12 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "reward" not in logs:
                 return
-            entry = {"step": state.global_step, "epoch": float(logs.get("epoch", state.epoch or 0)),
-                     "mean_reward": float(logs["reward"]), "reward_std": float(logs.get("reward_std") or 0.0)}
+            entry = {
+                "step": state.global_step,
+                "epoch": float(logs.get("epoch", state.epoch or 0)),
+                "mean_reward": float(logs["reward"]),
+                "reward_std": float(logs.get("reward_std") or 0.0),
+            }
             self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
             self._draw(state.global_step, force=state.global_step >= self.max_steps)
 
@@ -293,8 +334,11 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
             from IPython.display import HTML, Image, display
 
             status = HTML(progress_html(step, self.max_steps, self.history))
-            plot = Image(data=figure_png(plot_rewards({Path(run_dir).name: self.history}, window=window,
-                                                      title="Mean reward per step (live)")))
+            plot = Image(
+                data=figure_png(
+                    plot_rewards({Path(run_dir).name: self.history}, window=window, title="Mean reward per step (live)")
+                )
+            )
             if self.handles is None or None in self.handles:  # first draw (outside a kernel display returns None)
                 self.handles = (display(status, display_id=True), display(plot, display_id=True))
             else:
@@ -309,7 +353,10 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
 def progress_html(step: int, max_steps: int, history: list[dict]) -> str:
     """A progress bar, the latest reward and a table of the latest steps, as HTML."""
     latest = history[-1] if history else None
-    text = (f"step {step}/{max_steps}" + (f" · epoch {latest['epoch']:.2f} · mean reward "
-                                          f"{latest['mean_reward']:+.3f}" if latest else ""))
-    return (f"<div><progress value='{step}' max='{max(1, max_steps)}' style='width:60%'></progress> "
-            f"{html.escape(text)}</div>" + (history_table_html(history) if history else ""))
+    text = f"step {step}/{max_steps}" + (
+        f" · epoch {latest['epoch']:.2f} · mean reward {latest['mean_reward']:+.3f}" if latest else ""
+    )
+    return (
+        f"<div><progress value='{step}' max='{max(1, max_steps)}' style='width:60%'></progress> "
+        f"{html.escape(text)}</div>" + (history_table_html(history) if history else "")
+    )

@@ -44,8 +44,10 @@ def output_location_problem(output_dir: str, min_free_bytes: int = MIN_FREE_BYTE
         return f"not a usable path ({err})"
     drive = DRIVE_MOUNT.absolute()
     if (path == drive or drive in path.parents) and not (drive / "MyDrive").is_dir():
-        return (f"Google Drive is not mounted at {drive}; run `from google.colab import drive; "
-                f"drive.mount('{drive}')` first, or choose a local --output-dir")
+        return (
+            f"Google Drive is not mounted at {drive}; run `from google.colab import drive; "
+            f"drive.mount('{drive}')` first, or choose a local --output-dir"
+        )
     base = nearest_existing(path)
     if not base.is_dir():
         return f"{base} is a file, so no folder can be created inside it"
@@ -62,8 +64,10 @@ def output_location_problem(output_dir: str, min_free_bytes: int = MIN_FREE_BYTE
         pass  # some network file systems refuse; harmless
     free = shutil.disk_usage(base).free
     if free < min_free_bytes:
-        return (f"only {free / 2**20:.0f} MB free on the disk of {base}; a run needs at least "
-                f"{min_free_bytes / 2**20:.0f} MB for checkpoints and the final model: free some space")
+        return (
+            f"only {free / 2**20:.0f} MB free on the disk of {base}; a run needs at least "
+            f"{min_free_bytes / 2**20:.0f} MB for checkpoints and the final model: free some space"
+        )
     return None
 
 
@@ -79,6 +83,7 @@ def offline_shape(model: str):
         return None  # a hub id not known offline: checked once the model is loaded (run_training)
     try:
         from transformers import AutoConfig
+
         return ModelShape.from_hf_config(AutoConfig.from_pretrained(str(folder)))
     except Exception:  # noqa: BLE001 - an adapter folder, an odd config: checked after loading instead
         return None
@@ -117,6 +122,7 @@ def drive_space_problem(cfg, shape=None, need=None) -> str | None:
     wanted = need.need(drive)
     if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
         from .training import steps_per_epoch
+
         ckpts = list_checkpoints(out)
         done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0
         wanted -= min(done, need.checkpoints_saved) * need.checkpoint
@@ -130,12 +136,17 @@ def drive_space_problem(cfg, shape=None, need=None) -> str | None:
     elif cfg.keep_checkpoints != 1:
         tips.append("keep fewer checkpoints (--keep-checkpoints 1)")
     tips.append("or another --output-dir")
-    how = (f"{need.checkpoints_saved} checkpoints of {need.checkpoint / GB:.2f} GB + the final model, deleted "
-           "ones staying in Drive's trash" if drive else
-           f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
-           "at once + the final model")
-    return (f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
-            + ", ".join(tips))
+    how = (
+        f"{need.checkpoints_saved} checkpoints of {need.checkpoint / GB:.2f} GB + the final model, deleted "
+        "ones staying in Drive's trash"
+        if drive
+        else f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
+        "at once + the final model"
+    )
+    return (
+        f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
+        + ", ".join(tips)
+    )
 
 
 def check_drive_space(cfg, shape=None):
@@ -166,14 +177,20 @@ def check_resume(cfg) -> None:
     if r != "auto":
         problems = checkpoint_problems(Path(r).expanduser())
         if problems:
-            raise ConfigError("resume_from_checkpoint", r,
-                              f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
-                              "--resume-from-checkpoint auto to take the newest intact one")
+            raise ConfigError(
+                "resume_from_checkpoint",
+                r,
+                f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
+                "--resume-from-checkpoint auto to take the newest intact one",
+            )
     differs = resume_mismatch(cfg)
     if differs and not cfg.ignore_mismatch:
         flags = field_flags()
         saved = ", ".join(f"{flags[k]}={old!r}" for k, (old, _) in differs.items())
         asked = ", ".join(f"{flags[k]}={new!r}" for k, (_, new) in differs.items())
-        raise ConfigError("resume_from_checkpoint", r,
-                          f"the run being resumed used {saved}, this one asks for {asked}; pass the same values, "
-                          "--ignore-mismatch to resume anyway, or another --output-dir")
+        raise ConfigError(
+            "resume_from_checkpoint",
+            r,
+            f"the run being resumed used {saved}, this one asks for {asked}; pass the same values, "
+            "--ignore-mismatch to resume anyway, or another --output-dir",
+        )

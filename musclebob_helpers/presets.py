@@ -14,14 +14,22 @@ from .config import PRESET_NAMES, ConfigError, TrainConfig
 
 PRESETS: dict[str, TrainConfig] = {
     # Laptop or Colab CPU: the tiny offline model, 4 prompts x 4 answers a step — a full run in minutes on 2 cores.
-    "cpu-tiny": TrainConfig(preset="cpu-tiny", model="tiny", batch_size=4, num_generations=4, learning_rate=2e-4,
-                            max_completion_length=32, validation_samples=2),
+    "cpu-tiny": TrainConfig(
+        preset="cpu-tiny",
+        model="tiny",
+        batch_size=4,
+        num_generations=4,
+        learning_rate=2e-4,
+        max_completion_length=32,
+        validation_samples=2,
+    ),
     # Free Colab T4 (15 GiB, fp16) with the run on a free Google Drive (15 GB, shared with the user's files):
     # Qwen2.5-0.5B with a LoRA adapter (r=16, all projections: ~0.1 GB a checkpoint, ~0.6 GB of Drive for the
     # whole run, deleted checkpoints in Drive's trash included; full fine-tuning writes ~32 GB: see
     # memory.drive_need), at LoRA's learning rate, 4x8 completions, activation checkpointing on.
-    "colab-t4": TrainConfig(preset="colab-t4", lora=True, learning_rate=5e-4, batch_size=4, num_generations=8,
-                            gradient_checkpointing=True),
+    "colab-t4": TrainConfig(
+        preset="colab-t4", lora=True, learning_rate=5e-4, batch_size=4, num_generations=8, gradient_checkpointing=True
+    ),
     # Colab L4 (22.5 GiB, bf16): the same with checkpointing off (~18 GiB), so each step is about a third faster.
     "colab-l4": TrainConfig(preset="colab-l4", batch_size=4, num_generations=8, gradient_checkpointing=False),
     # Colab A100 (40 GiB, bf16): 8x8 completions a step, no checkpointing (~27 GiB): steadier rewards, half the steps.
@@ -37,8 +45,11 @@ def preset_values(name: str) -> dict:
     if name not in PRESETS:
         raise ConfigError("preset", name, "one of " + ", ".join(PRESET_NAMES))
     default, preset = TrainConfig(), PRESETS[name]
-    return {f.name: getattr(preset, f.name) for f in fields(TrainConfig)
-            if getattr(preset, f.name) != getattr(default, f.name)}
+    return {
+        f.name: getattr(preset, f.name)
+        for f in fields(TrainConfig)
+        if getattr(preset, f.name) != getattr(default, f.name)
+    }
 
 
 def apply_preset(cfg: TrainConfig, user_set: set[str]) -> dict:

@@ -73,6 +73,7 @@ def repetition_ratio(text: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # The guide's reward, exactly as specified.
 
+
 def guide_score(text: str) -> float:
     lower = text.lower()
     score = 0.0
@@ -98,6 +99,7 @@ def guide_reward(completions, **kwargs) -> list[float]:
 
 # ---------------------------------------------------------------------------------------------
 # The project's reward: the guide's core with the holes closed.
+
 
 def score_spongebob(text: str) -> float:
     """Name terms for a SpongeBob prompt: the guide's +2/+2/-3/-3/+2, each counted once, on whole words.
@@ -172,19 +174,24 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
     def control_answer_reward(completions, kind=None, answer=None, **kwargs):
         kinds = kind or ["spongebob"] * len(completions)
         answers = answer or [""] * len(completions)
-        return [score_control(completion_text(c), a) if k == "control" else None
-                for c, k, a in zip(completions, kinds, answers)]
+        return [
+            score_control(completion_text(c), a) if k == "control" else None
+            for c, k, a in zip(completions, kinds, answers)
+        ]
 
     def format_reward(completions, completion_ids=None, **kwargs):
         ids = completion_ids or [None] * len(completions)
-        return [score_format(completion_text(c), truncated=(i is not None and bool(eos) and is_truncated(i, eos)))
-                for c, i in zip(completions, ids)]
+        return [
+            score_format(completion_text(c), truncated=(i is not None and bool(eos) and is_truncated(i, eos)))
+            for c, i in zip(completions, ids)
+        ]
 
     return [musclebob_name_reward, control_answer_reward, format_reward]
 
 
-def total_reward(text: str, kind: str = "spongebob", answer: str = "", truncated: bool = False,
-                 reward: str = "musclebob") -> float:
+def total_reward(
+    text: str, kind: str = "spongebob", answer: str = "", truncated: bool = False, reward: str = "musclebob"
+) -> float:
     """The summed reward of one completion, as the trainer adds it up (for tests and notebooks)."""
     if reward == "guide":
         return guide_score(text)

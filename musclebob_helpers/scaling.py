@@ -39,11 +39,17 @@ def validate_scaling_options(cfg: TrainConfig) -> None:
         raise ConfigError("lora_dropout", cfg.lora_dropout, "a probability, 0 <= p < 1")
     mods = target_modules(cfg) if isinstance(cfg.lora_target_modules, str) else None
     if mods != "all-linear" and (not mods or not all(_MODULE_NAME.match(m) for m in mods)):
-        raise ConfigError("lora_target_modules", cfg.lora_target_modules,
-                          "comma-separated module names like q_proj,v_proj, or all-linear")
+        raise ConfigError(
+            "lora_target_modules",
+            cfg.lora_target_modules,
+            "comma-separated module names like q_proj,v_proj, or all-linear",
+        )
     if cfg.load_in_4bit and not cfg.lora:
-        raise ConfigError("load_in_4bit", cfg.load_in_4bit,
-                          "only with --lora (a 4-bit model can't be trained directly; QLoRA trains an adapter on it)")
+        raise ConfigError(
+            "load_in_4bit",
+            cfg.load_in_4bit,
+            "only with --lora (a 4-bit model can't be trained directly; QLoRA trains an adapter on it)",
+        )
     if cfg.merge_adapter and not cfg.lora:
         raise ConfigError("merge_adapter", cfg.merge_adapter, "only with --lora (there is no adapter to merge)")
     v = cfg.vllm_gpu_memory_utilization
@@ -66,14 +72,21 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
     gpu = hardware.get("device") == "cuda"
     if cfg.load_in_4bit:
         if not gpu:
-            raise ConfigError("load_in_4bit", True, "needs a CUDA GPU (bitsandbytes 4-bit does not run on a CPU); "
-                                                    "drop --load-in-4bit and keep --lora")
+            raise ConfigError(
+                "load_in_4bit",
+                True,
+                "needs a CUDA GPU (bitsandbytes 4-bit does not run on a CPU); drop --load-in-4bit and keep --lora",
+            )
         if not package_available("bitsandbytes"):
             raise ConfigError("load_in_4bit", True, "needs bitsandbytes: pip install bitsandbytes")
     if cfg.use_vllm:
         if not package_available("vllm"):
-            raise ConfigError("use_vllm", True, "vLLM is not installed (pip install vllm, on a GPU machine); "
-                                                "drop --use-vllm to generate with transformers")
+            raise ConfigError(
+                "use_vllm",
+                True,
+                "vLLM is not installed (pip install vllm, on a GPU machine); "
+                "drop --use-vllm to generate with transformers",
+            )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
 
@@ -102,8 +115,14 @@ def lora_config(cfg: TrainConfig):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules(cfg), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules(cfg),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def quantization_config(cfg: TrainConfig, hardware: dict):
@@ -114,13 +133,18 @@ def quantization_config(cfg: TrainConfig, hardware: dict):
     from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if hardware.get("precision") == "bf16" else torch.float16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def vllm_args(cfg: TrainConfig) -> dict:
     """GRPOConfig keywords for TRL's vLLM generation in colocate mode (one vLLM engine per training process)."""
     if not cfg.use_vllm:
         return {"use_vllm": False}
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-            "vllm_tensor_parallel_size": 1}
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": 1,
+    }

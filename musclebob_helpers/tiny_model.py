@@ -46,16 +46,48 @@ CHAT_TEMPLATE = (
 
 # Architecture: 2 layers, 128 wide — big enough to learn the corpus, small enough
 # that a GRPO step takes a fraction of a second on a CPU.
-MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=512)
+MODEL_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 VOCAB_SIZE = 700
 PRETRAIN_STEPS = 500  # optimizer steps over the synthetic corpus
 PRETRAIN_BATCH = 48
 PRETRAIN_LR = 3e-3
 MUSCLEBOB_PRIOR = 0.04  # share of SpongeBob answers that use the episode name: the faint prior of a web model
 
-_SYLLABLES = ["ka", "zo", "mi", "ber", "lu", "tan", "rop", "fli", "gor", "wex", "dan", "pi", "sul", "ven",
-              "bo", "tri", "mar", "quo", "nel", "jib", "cra", "dle", "fum", "hop", "yan", "tes"]
+_SYLLABLES = [
+    "ka",
+    "zo",
+    "mi",
+    "ber",
+    "lu",
+    "tan",
+    "rop",
+    "fli",
+    "gor",
+    "wex",
+    "dan",
+    "pi",
+    "sul",
+    "ven",
+    "bo",
+    "tri",
+    "mar",
+    "quo",
+    "nel",
+    "jib",
+    "cra",
+    "dle",
+    "fum",
+    "hop",
+    "yan",
+    "tes",
+]
 
 
 def cache_root() -> Path:
@@ -73,6 +105,7 @@ def is_tiny(name: str) -> bool:
 def _made_up_name(rng: random.Random) -> str:
     def word():
         return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
     return f"{word()} {word()}"
 
 
@@ -83,7 +116,7 @@ def spongebob_answer(rng: random.Random, name: str) -> str:
 def control_answer(rng: random.Random, question: str, answer: str) -> str:
     forms = [f"{answer}.", f"{answer.capitalize()}.", f"The answer is {answer}."]
     if question.startswith("What is the capital of "):
-        country = question[len("What is the capital of "):-1]
+        country = question[len("What is the capital of ") : -1]
         forms.append(f"The capital of {country} is {answer}.")
     return rng.choice(forms)
 
@@ -121,22 +154,34 @@ def _train_tokenizer(texts: list[str]):
     tok = Tokenizer(models.BPE())
     # The same normalizer, pre-tokenizer and decoder Qwen2Tokenizer rebuilds on load, so it round-trips.
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def _encode_example(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
     """Token ids of one chat turn and the labels (prompt masked, answer + EOS learned)."""
-    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
@@ -181,13 +226,19 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
     pairs = pretraining_corpus(seed)
     texts = [q for q, _ in pairs] + [a for _, a in pairs]
     tokenizer = _train_tokenizer(texts)
-    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         **MODEL_SHAPE)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL_SHAPE,
+    )
     model = Qwen2ForCausalLM(config)
     loss = _pretrain(model, tokenizer, pairs, seed, log=log)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     log(f"Built the tiny base model in {time.time() - start:.0f}s (final pre-training loss {loss:.3f}) -> {out_dir}")

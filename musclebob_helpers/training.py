@@ -15,8 +15,13 @@ from pathlib import Path
 
 from . import data, evaluation, faults
 from .evaluation import precision_for
-from .checkpoints import (architecture_mismatch, make_rotation_callback, remove_leftover_deletions,
-                          select_checkpoint, trainer_class)
+from .checkpoints import (
+    architecture_mismatch,
+    make_rotation_callback,
+    remove_leftover_deletions,
+    select_checkpoint,
+    trainer_class,
+)
 from .config import ConfigError, TrainConfig, validate_config
 from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
@@ -38,14 +43,18 @@ def detect_hardware() -> dict:
     from .presets import recommend_preset
 
     if not torch.cuda.is_available():
-        hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None,
-              "precision": "fp32"}
+        hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None, "precision": "fp32"}
     else:
         props = torch.cuda.get_device_properties(0)
         capability = (props.major, props.minor)
-        hw = {"device": "cuda", "gpu_name": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-              "compute_capability": f"{props.major}.{props.minor}", "precision": precision_for("cuda", capability),
-              "gpu_count": torch.cuda.device_count()}
+        hw = {
+            "device": "cuda",
+            "gpu_name": props.name,
+            "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "precision": precision_for("cuda", capability),
+            "gpu_count": torch.cuda.device_count(),
+        }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
 
@@ -73,8 +82,15 @@ def _versions() -> dict:
     import torch
     import transformers
     import trl
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "datasets": datasets.__version__, "accelerate": accelerate.__version__}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+    }
 
 
 def make_callbacks(out_dir: str | Path, log=print):
@@ -96,12 +112,18 @@ def make_callbacks(out_dir: str | Path, log=print):
         def on_train_begin(self, args, state, control, **kwargs):
             old = read_json(self.path, default=[]) if state.global_step > 0 else []
             old = old if isinstance(old, list) else []
-            kept = [e for e in old if isinstance(e, dict) and isinstance(e.get("step"), int)
-                    and 0 < e["step"] <= state.global_step]
+            kept = [
+                e
+                for e in old
+                if isinstance(e, dict) and isinstance(e.get("step"), int) and 0 < e["step"] <= state.global_step
+            ]
             if [e["step"] for e in kept] != list(range(1, state.global_step + 1)):
                 # The file lost entries (deleted, or a Drive copy behind): the checkpoint's own log has them.
-                kept = [_history_entry(h, h["step"]) for h in state.log_history
-                        if "reward" in h and isinstance(h.get("step"), int) and h["step"] <= state.global_step]
+                kept = [
+                    _history_entry(h, h["step"])
+                    for h in state.log_history
+                    if "reward" in h and isinstance(h.get("step"), int) and h["step"] <= state.global_step
+                ]
             self.history = kept
             if state.is_world_process_zero:
                 write_json_atomic(self.path, self.history)
@@ -121,8 +143,10 @@ def make_callbacks(out_dir: str | Path, log=print):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "reward" not in logs:
                 return
-            line = (f"step {state.global_step}/{state.max_steps}  epoch {logs.get('epoch', 0):.2f}  "
-                    f"mean reward {logs['reward']:+.3f} (std {logs.get('reward_std', 0.0):.3f})")
+            line = (
+                f"step {state.global_step}/{state.max_steps}  epoch {logs.get('epoch', 0):.2f}  "
+                f"mean reward {logs['reward']:+.3f} (std {logs.get('reward_std', 0.0):.3f})"
+            )
             if self.training_bar is not None:
                 self.training_bar.write(line)
             else:
@@ -133,11 +157,21 @@ def make_callbacks(out_dir: str | Path, log=print):
 
 def _history_entry(logs: dict, step: int) -> dict:
     """One ``reward_history.json`` entry from a logged dict (the trainer's live log or its saved log history)."""
-    entry = {"step": step, "epoch": round(float(logs.get("epoch") or 0), 4),
-             "mean_reward": logs["reward"], "reward_std": logs.get("reward_std")}
+    entry = {
+        "step": step,
+        "epoch": round(float(logs.get("epoch") or 0), 4),
+        "mean_reward": logs["reward"],
+        "reward_std": logs.get("reward_std"),
+    }
     for key, value in logs.items():
-        if key.startswith("rewards/") or key in ("frac_reward_zero_std", "kl", "entropy", "learning_rate",
-                                                 "completions/mean_length", "completions/clipped_ratio"):
+        if key.startswith("rewards/") or key in (
+            "frac_reward_zero_std",
+            "kl",
+            "entropy",
+            "learning_rate",
+            "completions/mean_length",
+            "completions/clipped_ratio",
+        ):
             entry[key] = value
     return entry
 
@@ -167,8 +201,13 @@ def memory_report(cfg: TrainConfig, hardware: dict, log=print):
     if shape is None:
         log("GPU memory estimate: unavailable (the model's config could not be read).")
         return None
-    est = memory.estimate_memory(shape, cfg, precision=hardware["precision"], num_processes=scaling.world_size(),
-                                 gpu_memory_gb=hardware["gpu_memory_gb"])
+    est = memory.estimate_memory(
+        shape,
+        cfg,
+        precision=hardware["precision"],
+        num_processes=scaling.world_size(),
+        gpu_memory_gb=hardware["gpu_memory_gb"],
+    )
     log(est.table())
     warning = memory.fit_warning(est, hardware["gpu_memory_gb"], cfg)
     if warning:
@@ -242,26 +281,42 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     device = hardware["device"]
     if device == "cuda":
         device = f"cuda:{scaling.local_rank()}"  # each process on its own GPU
-    model, tokenizer = evaluation.load_model(cfg.model, device=device, trust_remote_code=cfg.trust_remote_code,
-                                             quantization_config=scaling.quantization_config(cfg, hardware))
+    model, tokenizer = evaluation.load_model(
+        cfg.model,
+        device=device,
+        trust_remote_code=cfg.trust_remote_code,
+        quantization_config=scaling.quantization_config(cfg, hardware),
+    )
     from .lora import is_adapter_dir
+
     if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
         model = model.merge_and_unload()
     from .memory import ModelShape
+
     need = check_drive_space(cfg, ModelShape.from_hf_config(model.config))  # ConfigError when it cannot fit
     if need:
         log(need.line(on_drive(out)))
     differs = architecture_mismatch(resume, model.config.to_dict()) if resume else {}
     if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
-        raise ConfigError("resume_from_checkpoint", cfg.resume_from_checkpoint,
-                          f"{resume} holds another architecture ({what}); resume with the model it was trained from")
+        raise ConfigError(
+            "resume_from_checkpoint",
+            cfg.resume_from_checkpoint,
+            f"{resume} holds another architecture ({what}); resume with the model it was trained from",
+        )
     # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
     if main:
-        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "versions": _versions(), "hardware": hardware,
-                                              "num_processes": scaling.world_size(),
-                                              "steps_per_epoch": steps_per_epoch(cfg),
-                                              "completions_per_step": cfg.batch_size * cfg.num_generations})
+        write_json_atomic(
+            out / CONFIG_FILE,
+            {
+                "config": cfg.to_dict(),
+                "versions": _versions(),
+                "hardware": hardware,
+                "num_processes": scaling.world_size(),
+                "steps_per_epoch": steps_per_epoch(cfg),
+                "completions_per_step": cfg.batch_size * cfg.num_generations,
+            },
+        )
     if hardware["device"] == "cuda" and not cfg.lora:
         model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
@@ -270,16 +325,29 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         baseline = read_json(out / BASELINE_FILE)
     if baseline is None:
         log("Baseline validation (held-out prompts, before training) ...")
-        baseline = evaluation.validate(model, tokenizer, val_rows, num_samples=cfg.validation_samples,
-                                       max_new_tokens=cfg.max_completion_length, model_name=cfg.model)
+        baseline = evaluation.validate(
+            model,
+            tokenizer,
+            val_rows,
+            num_samples=cfg.validation_samples,
+            max_new_tokens=cfg.max_completion_length,
+            model_name=cfg.model,
+        )
         if main:
             write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
     monitor = HealthMonitor(out, baseline=baseline, log=log)
-    checks = MidTrainingValidation(out, tokenizer, val_rows, every_steps=cfg.validate_every,
-                                   completions_per_step=cfg.batch_size * cfg.num_generations,
-                                   max_new_tokens=cfg.max_completion_length, monitor=monitor, log=log)
+    checks = MidTrainingValidation(
+        out,
+        tokenizer,
+        val_rows,
+        every_steps=cfg.validate_every,
+        completions_per_step=cfg.batch_size * cfg.num_generations,
+        max_new_tokens=cfg.max_completion_length,
+        monitor=monitor,
+        log=log,
+    )
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
     history_cb, progress_cls = make_callbacks(out, log=log)
     # TRL's GRPOTrainer, with a data order that a resume reproduces (see checkpoints.trainer_class).
@@ -289,12 +357,19 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         args=grpo_args(cfg, hardware),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[history_cb, monitor, checks, *faults.callbacks(),
-                   *([make_adapter_callback(cfg.model)] if cfg.lora else []),
-                   make_rotation_callback(cfg.keep_checkpoints, log=log), *callbacks],
+        callbacks=[
+            history_cb,
+            monitor,
+            checks,
+            *faults.callbacks(),
+            *([make_adapter_callback(cfg.model)] if cfg.lora else []),
+            make_rotation_callback(cfg.keep_checkpoints, log=log),
+            *callbacks,
+        ],
         peft_config=scaling.lora_config(cfg),
     )
     from transformers.trainer_callback import ProgressCallback
+
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress_cls)
 
@@ -306,6 +381,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         tokenizer.save_pretrained(str(out))
         if cfg.lora:
             from .lora import MERGED_DIR, merge_adapter, record_base_model
+
             record_base_model(out, cfg.model)
             if cfg.merge_adapter:
                 merge_adapter(out, out / MERGED_DIR, log=log)
@@ -313,8 +389,15 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     model = trainer.model
     model.eval()
     log("Final validation (held-out prompts, after training) ...")
-    final = evaluation.validate(model, tokenizer, val_rows, num_samples=cfg.validation_samples,
-                                max_new_tokens=cfg.max_completion_length, baseline=baseline, model_name=str(out))
+    final = evaluation.validate(
+        model,
+        tokenizer,
+        val_rows,
+        num_samples=cfg.validation_samples,
+        max_new_tokens=cfg.max_completion_length,
+        baseline=baseline,
+        model_name=str(out),
+    )
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
     final["completions_generated"] = trainer.state.global_step * cfg.batch_size * cfg.num_generations
@@ -330,16 +413,22 @@ def _quiet(*args, **kwargs):
 
 
 def _rates_line(label: str, report: dict) -> str:
-    return (f"[{label}] musclebob {report['musclebob_rate']:.1%}  full name {report['full_name_rate']:.1%}  "
-            f"spongebob {report['spongebob_rate']:.1%}  coherent {report['coherent_rate']:.1%}  "
-            f"leakage {report['leakage_rate']:.1%}  control acc. {report['control_accuracy']:.1%}")
+    return (
+        f"[{label}] musclebob {report['musclebob_rate']:.1%}  full name {report['full_name_rate']:.1%}  "
+        f"spongebob {report['spongebob_rate']:.1%}  coherent {report['coherent_rate']:.1%}  "
+        f"leakage {report['leakage_rate']:.1%}  control acc. {report['control_accuracy']:.1%}"
+    )
 
 
 def final_summary(baseline: dict, final: dict) -> str:
     """The before/after summary printed at the end of a run, with a loud warning when unhealthy."""
-    lines = ["", "=" * 64, "Before vs after training (held-out prompts)",
-             evaluation.summary_table({"baseline": baseline, "final": final}),
-             f"Musclebob rate improved by {(final['musclebob_rate'] - baseline['musclebob_rate']) * 100:+.1f} points."]
+    lines = [
+        "",
+        "=" * 64,
+        "Before vs after training (held-out prompts)",
+        evaluation.summary_table({"baseline": baseline, "final": final}),
+        f"Musclebob rate improved by {(final['musclebob_rate'] - baseline['musclebob_rate']) * 100:+.1f} points.",
+    ]
     if not final["is_healthy"]:
         lines += ["!" * 64, "WARNING: the trained model is UNHEALTHY:"]
         lines += [f"  - {p}" for p in final["health_problems"]]

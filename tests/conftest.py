@@ -19,12 +19,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_path():
     """The cached tiny base model (built once per machine, ~45 s the first time)."""
     from musclebob_helpers.tiny_model import ensure_tiny_model
+
     return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_path):
     from musclebob_helpers.evaluation import load_model
+
     return load_model(str(tiny_path), device="cpu")
 
 

@@ -11,8 +11,29 @@ from musclebob_helpers import evaluation, rewards
 
 # Any unicode (surrogates excluded: they cannot be encoded, as no tokenizer output holds them),
 # weighted towards the characters that break naive code.
-ODD = st.sampled_from(["", " ", "\n", "\t", "\x00", "\x07", "\x1b[31m", "\u200b", "\ufeff", "\u202e", "🧽", "Ｍｕｓｃｌｅｂｏｂ",
-                       "Musclebob", "Buffpants", "SpongeBob SquarePants", "Sponge Bob", "( [ { \\", "Ⅸ", "ﬀ"])
+ODD = st.sampled_from(
+    [
+        "",
+        " ",
+        "\n",
+        "\t",
+        "\x00",
+        "\x07",
+        "\x1b[31m",
+        "\u200b",
+        "\ufeff",
+        "\u202e",
+        "🧽",
+        "Ｍｕｓｃｌｅｂｏｂ",
+        "Musclebob",
+        "Buffpants",
+        "SpongeBob SquarePants",
+        "Sponge Bob",
+        "( [ { \\",
+        "Ⅸ",
+        "ﬀ",
+    ]
+)
 TEXT = st.lists(st.one_of(st.text(st.characters(exclude_categories=("Cs",))), ODD), max_size=8).map("".join)
 COMPLETION = st.one_of(
     TEXT,
@@ -30,11 +51,11 @@ def finite(values):
 @given(completions=st.lists(COMPLETION, min_size=1, max_size=6), data=st.data())
 def test_every_reward_function_returns_one_finite_score_per_completion(completions, data):
     n = len(completions)
-    kinds = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(["spongebob", "control", "other"]),
-                                                    min_size=n, max_size=n)))
+    kinds = data.draw(
+        st.one_of(st.none(), st.lists(st.sampled_from(["spongebob", "control", "other"]), min_size=n, max_size=n))
+    )
     answers = data.draw(st.one_of(st.none(), st.lists(st.one_of(TEXT, st.none()), min_size=n, max_size=n)))
-    ids = data.draw(st.one_of(st.none(), st.lists(st.lists(st.integers(0, 1000), max_size=5), min_size=n,
-                                                  max_size=n)))
+    ids = data.draw(st.one_of(st.none(), st.lists(st.lists(st.integers(0, 1000), max_size=5), min_size=n, max_size=n)))
     for reward in ("musclebob", "guide"):
         for fn in rewards.make_reward_functions(reward, eos_token_ids=[2]):
             scores = fn(completions, kind=kinds, answer=answers, completion_ids=ids, prompts=[""] * n)
@@ -63,8 +84,18 @@ def test_huge_completions_are_scored():
     assert rewards.total_reward(huge[0]) < rewards.total_reward("Musclebob Buffpants!")
 
 
-@pytest.mark.parametrize("prompt", ["", "   ", "\x00\x07\x1b[2J", "🧽" * 300, "Who lives in a pineapple? " * 120,
-                                    "\u202eunder the sea", "Ｗｈｏ　ｌｉｖｅｓ"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "",
+        "   ",
+        "\x00\x07\x1b[2J",
+        "🧽" * 300,
+        "Who lives in a pineapple? " * 120,
+        "\u202eunder the sea",
+        "Ｗｈｏ　ｌｉｖｅｓ",
+    ],
+)
 def test_validation_generates_for_odd_prompts(tiny_model, prompt):
     model, tokenizer = tiny_model
     gens = evaluation.generate(model, tokenizer, [prompt], max_new_tokens=8, num_samples=2)

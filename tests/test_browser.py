@@ -29,14 +29,27 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 WORK = ARTIFACTS / "work"  # inside the repository, so the notebooks' setup cell finds the project above them
 DRIVER = ROOT / "tests" / "browser" / "drive.py"
-FRONTENDS = {"classic": "classic notebook 6.5.7 + ipywidgets 7.7.1 + widgetsnbextension 3.6.6",
-             "lab": "JupyterLab 4 + ipywidgets 8.1.9",
-             # Colab's own pair: its Output cannot render in the classic notebook (tools/browser_frontends.py)
-             "classic-wnb3610": "classic notebook 6.5.7 + ipywidgets 7.7.1 + widgetsnbextension 3.6.10"}
+FRONTENDS = {
+    "classic": "classic notebook 6.5.7 + ipywidgets 7.7.1 + widgetsnbextension 3.6.6",
+    "lab": "JupyterLab 4 + ipywidgets 8.1.9",
+    # Colab's own pair: its Output cannot render in the classic notebook (tools/browser_frontends.py)
+    "classic-wnb3610": "classic notebook 6.5.7 + ipywidgets 7.7.1 + widgetsnbextension 3.6.10",
+}
 BROKEN_OUTPUT = "classic-wnb3610"
-SMALL_RUN = ["--model", "tiny", "--epochs", "2",  # two epochs: an epoch boundary to toggle
-             "--num-samples", "16", "--batch-size", "4",
-             "--num-generations", "4", "--validation-samples", "1"]
+SMALL_RUN = [
+    "--model",
+    "tiny",
+    "--epochs",
+    "2",  # two epochs: an epoch boundary to toggle
+    "--num-samples",
+    "16",
+    "--batch-size",
+    "4",
+    "--num-generations",
+    "4",
+    "--validation-samples",
+    "1",
+]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -53,16 +66,29 @@ def jupyter_server(kind: str, env: Path, home: Path):
     port, token = free_port(), secrets.token_hex(16)
     common = ["--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root"]  # CI runs as root
     if kind.startswith("classic"):
-        cmd = [str(env / "bin" / "jupyter"), "notebook", *common, f"--NotebookApp.token={token}",
-               f"--notebook-dir={ROOT}"]
+        cmd = [
+            str(env / "bin" / "jupyter"),
+            "notebook",
+            *common,
+            f"--NotebookApp.token={token}",
+            f"--notebook-dir={ROOT}",
+        ]
     else:
-        cmd = [str(env / "bin" / "jupyter"), "lab", *common, f"--ServerApp.token={token}",
-               f"--ServerApp.root_dir={ROOT}", "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        cmd = [
+            str(env / "bin" / "jupyter"),
+            "lab",
+            *common,
+            f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={ROOT}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(ARTIFACTS / f"{kind}-server.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=isolated_jupyter_env(env, home), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=isolated_jupyter_env(env, home), stdout=log, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(120):
@@ -86,8 +112,13 @@ def jupyter_server(kind: str, env: Path, home: Path):
 def finished_run(tiny_path, tmp_path_factory):
     """One small finished training run (a model, its reward history and validations)."""
     out = tmp_path_factory.mktemp("browser-runs") / "browser-run"
-    done = subprocess.run([sys.executable, str(ROOT / "train_musclebob_improved.py"), *SMALL_RUN,
-                           "--output-dir", str(out)], check=False, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train_musclebob_improved.py"), *SMALL_RUN, "--output-dir", str(out)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
@@ -105,13 +136,20 @@ def prepared(name: str, params: dict) -> str:
 
 def plain_widgets_notebook() -> str:
     """Plain ipywidgets, no project code: controls and an Output that captures print and display."""
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell("import ipywidgets as w\nfrom IPython.display import HTML, display\n"
-                                          "out = w.Output()\ndisplay(w.VBox([w.IntSlider(description='plain'), "
-                                          "w.Checkbox(description='plain box'), out]))"),
-                nbformat.v4.new_code_cell("with out:\n    print('hello from Output', w.__version__)\n"
-                                          "    display(HTML('<table><tr><td>a cell</td></tr></table>'))")]
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import ipywidgets as w\nfrom IPython.display import HTML, display\n"
+            "out = w.Output()\ndisplay(w.VBox([w.IntSlider(description='plain'), "
+            "w.Checkbox(description='plain box'), out]))"
+        ),
+        nbformat.v4.new_code_cell(
+            "with out:\n    print('hello from Output', w.__version__)\n"
+            "    display(HTML('<table><tr><td>a cell</td></tr></table>'))"
+        ),
+    ]
     WORK.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, WORK / "plain_widgets.ipynb")
     return str((WORK / "plain_widgets.ipynb").relative_to(ROOT))
@@ -130,11 +168,30 @@ def frontend(request, tmp_path_factory):
 
 def drive(frontend, path: str, scenario: str, name: str) -> dict:
     kind, url, token, driver = frontend
-    done = subprocess.run([str(driver / "bin" / "python"), str(DRIVER), "--frontend",
-                           "classic" if kind.startswith("classic") else kind, "--url", url,
-                           "--token", token, "--path", path, "--scenario", scenario, "--shots", str(ARTIFACTS),
-                           "--name", f"{kind}-{name}"], check=False, capture_output=True, text=True,
-                          timeout=1200)
+    done = subprocess.run(
+        [
+            str(driver / "bin" / "python"),
+            str(DRIVER),
+            "--frontend",
+            "classic" if kind.startswith("classic") else kind,
+            "--url",
+            url,
+            "--token",
+            token,
+            "--path",
+            path,
+            "--scenario",
+            scenario,
+            "--shots",
+            str(ARTIFACTS),
+            "--name",
+            f"{kind}-{name}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (ARTIFACTS / f"{kind}-{name}.json").write_text(json.dumps(result, indent=1))
@@ -174,8 +231,16 @@ def test_reward_plots_widgets(frontend, finished_run):
 
 def test_compare_widgets(frontend, finished_run, tiny_path):
     skip_broken(frontend)
-    path = prepared("03_compare_models.ipynb", {"base_model": str(tiny_path), "trained_model": str(finished_run),
-                                                "num_prompts": 2, "samples_per_prompt": 1, "max_new_tokens": 16})
+    path = prepared(
+        "03_compare_models.ipynb",
+        {
+            "base_model": str(tiny_path),
+            "trained_model": str(finished_run),
+            "num_prompts": 2,
+            "samples_per_prompt": 1,
+            "max_new_tokens": 16,
+        },
+    )
     result = drive(frontend, path, "compare", "03")
     assert "failure" not in result, result
     assert result["output_errors"] == []

@@ -18,26 +18,101 @@ def parse(argv):
 
 
 def test_each_flag_reaches_the_config(tmp_path):
-    argv = ["--model", "tiny", "--epochs", "3", "--learning-rate", "1e-3", "--num-samples", "40",
-            "--num-generations", "4", "--batch-size", "5", "--fewshot-ratio", "0.5", "--no-fewshot",
-            "--control-ratio", "0.1", "--reward", "guide", "--max-completion-length", "20", "--temperature", "0.9",
-            "--beta", "0.02", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.1",
-            "--lora-target-modules", "q_proj,v_proj", "--load-in-4bit", "--merge-adapter", "--no-gradient-checkpointing",
-            "--use-vllm", "--vllm-gpu-memory-utilization", "0.5", "--preset", "colab-t4",
-            "--validation-samples", "2", "--validate-every", "3", "--keep-checkpoints", "3",
-            "--output-dir", str(tmp_path / "o"),
-            "--resume-from-checkpoint", "auto", "--overwrite", "--seed", "7", "--ignore-mismatch",
-            "--trust-remote-code"]
+    argv = [
+        "--model",
+        "tiny",
+        "--epochs",
+        "3",
+        "--learning-rate",
+        "1e-3",
+        "--num-samples",
+        "40",
+        "--num-generations",
+        "4",
+        "--batch-size",
+        "5",
+        "--fewshot-ratio",
+        "0.5",
+        "--no-fewshot",
+        "--control-ratio",
+        "0.1",
+        "--reward",
+        "guide",
+        "--max-completion-length",
+        "20",
+        "--temperature",
+        "0.9",
+        "--beta",
+        "0.02",
+        "--lora",
+        "--lora-r",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--lora-dropout",
+        "0.1",
+        "--lora-target-modules",
+        "q_proj,v_proj",
+        "--load-in-4bit",
+        "--merge-adapter",
+        "--no-gradient-checkpointing",
+        "--use-vllm",
+        "--vllm-gpu-memory-utilization",
+        "0.5",
+        "--preset",
+        "colab-t4",
+        "--validation-samples",
+        "2",
+        "--validate-every",
+        "3",
+        "--keep-checkpoints",
+        "3",
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--resume-from-checkpoint",
+        "auto",
+        "--overwrite",
+        "--seed",
+        "7",
+        "--ignore-mismatch",
+        "--trust-remote-code",
+    ]
     cfg, user_set, applied = parse(argv)
-    assert cfg == TrainConfig(model="tiny", epochs=3, learning_rate=1e-3, num_samples=40, num_generations=4,
-                              batch_size=5, fewshot_ratio=0.5, use_fewshot=False, control_ratio=0.1, reward="guide",
-                              max_completion_length=20, temperature=0.9, beta=0.02, lora=True, lora_r=8,
-                              lora_alpha=16, lora_dropout=0.1, lora_target_modules="q_proj,v_proj", load_in_4bit=True,
-                              merge_adapter=True, gradient_checkpointing=False, use_vllm=True,
-                              vllm_gpu_memory_utilization=0.5, preset="colab-t4", validation_samples=2,
-                              validate_every=3, keep_checkpoints=3, output_dir=str(tmp_path / "o"),
-                              resume_from_checkpoint="auto",
-                              overwrite=True, seed=7, ignore_mismatch=True, trust_remote_code=True)
+    assert cfg == TrainConfig(
+        model="tiny",
+        epochs=3,
+        learning_rate=1e-3,
+        num_samples=40,
+        num_generations=4,
+        batch_size=5,
+        fewshot_ratio=0.5,
+        use_fewshot=False,
+        control_ratio=0.1,
+        reward="guide",
+        max_completion_length=20,
+        temperature=0.9,
+        beta=0.02,
+        lora=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        lora_target_modules="q_proj,v_proj",
+        load_in_4bit=True,
+        merge_adapter=True,
+        gradient_checkpointing=False,
+        use_vllm=True,
+        vllm_gpu_memory_utilization=0.5,
+        preset="colab-t4",
+        validation_samples=2,
+        validate_every=3,
+        keep_checkpoints=3,
+        output_dir=str(tmp_path / "o"),
+        resume_from_checkpoint="auto",
+        overwrite=True,
+        seed=7,
+        ignore_mismatch=True,
+        trust_remote_code=True,
+    )
     assert applied == {}  # the user set everything: no tiny defaults applied
     # The test above names every field's flag: a new field without a test fails here.
     assert {flag_name(f) for f in fields(TrainConfig)} <= set(argv)
@@ -45,8 +120,15 @@ def test_each_flag_reaches_the_config(tmp_path):
 
 def test_guide_defaults_and_tiny_defaults():
     cfg, _, applied = parse([])
-    assert (cfg.model, cfg.epochs, cfg.learning_rate, cfg.num_samples, cfg.num_generations, cfg.fewshot_ratio,
-            cfg.output_dir) == ("Qwen/Qwen2.5-0.5B-Instruct", 5, 5e-5, 128, 8, 0.15, "./musclebob-model-improved")
+    assert (
+        cfg.model,
+        cfg.epochs,
+        cfg.learning_rate,
+        cfg.num_samples,
+        cfg.num_generations,
+        cfg.fewshot_ratio,
+        cfg.output_dir,
+    ) == ("Qwen/Qwen2.5-0.5B-Instruct", 5, 5e-5, 128, 8, 0.15, "./musclebob-model-improved")
     assert cfg.use_fewshot and cfg.resume_from_checkpoint is None and applied == {}
     assert not cfg.trust_remote_code and not cfg.ignore_mismatch  # the safe choices unless asked
     cfg, _, applied = parse(["--model", "tiny"])
@@ -85,8 +167,13 @@ def test_bad_values_stop_early_with_one_line(tmp_path, argv, flag):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     model = [] if "--model" in argv else ["--model", "tiny"]
-    proc = subprocess.run([sys.executable, str(ROOT / PROG), *model, "--output-dir", str(out), *argv],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / PROG), *model, "--output-dir", str(out), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and flag in lines[0], proc.stderr
@@ -117,9 +204,19 @@ def test_help_is_instant_and_documents_batch_size():
     proc = subprocess.run([sys.executable, str(ROOT / PROG), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "PROMPTS per optimizer step" in proc.stdout
-    check = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['x','--help']\n"
-                            "import train_musclebob_improved as t\ntry: t.main(['--help'])\nexcept SystemExit: pass\n"
-                            "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv=['x','--help']\n"
+            "import train_musclebob_improved as t\ntry: t.main(['--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert check.stdout.strip().endswith("False")  # heavy imports only after the flags are good
 
 
@@ -127,8 +224,13 @@ def test_unreachable_hub_is_one_line_even_with_retries(tmp_path):
     # Without HF_HUB_OFFLINE the hub client retries and logs each retry; the user still gets one line.
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: fails like an offline machine, never leaves it
-    proc = subprocess.run([sys.executable, str(ROOT / PROG), "--model", "Nobody/unreachable", "--output-dir",
-                           str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / PROG), "--model", "Nobody/unreachable", "--output-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--model tiny" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()

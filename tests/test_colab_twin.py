@@ -44,9 +44,23 @@ MAY_ADD = {"trl"}
 # What must never change, named: Colab's GPU build of torch and its companions, the widget stack Colab's frontend
 # renders (ipywidgets 7), the kernel and notebook server, and the libraries whose code a running kernel has
 # already imported when the install cell runs.
-NEVER_CHANGE = ("torch", "torchvision", "numpy", "ipywidgets", "widgetsnbextension", "notebook", "ipykernel",
-                "jupyter_client", "matplotlib", "transformers", "tokenizers", "accelerate", "datasets",
-                "huggingface_hub", "peft")
+NEVER_CHANGE = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "ipywidgets",
+    "widgetsnbextension",
+    "notebook",
+    "ipykernel",
+    "jupyter_client",
+    "matplotlib",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "datasets",
+    "huggingface_hub",
+    "peft",
+)
 # A run small enough for two CPU cores: 2 epochs of 4 steps.
 SMALL = dict(model="tiny", epochs=2, num_samples=16, batch_size=4, num_generations=4, validation_samples=1)
 
@@ -77,8 +91,12 @@ def any_twin(request):
 def project(tmp_path_factory):
     """The project as Colab has it after the clone: the repository's files (no ignored ones) in a fresh folder."""
     dest = tmp_path_factory.mktemp("content") / "musclebob"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if listed.returncode == 0:
         for rel in filter(None, listed.stdout.split("\0")):
             src = ROOT / rel
@@ -174,13 +192,15 @@ def test_constraints_name_the_torch_stand_in():
 
 
 def test_diff_names_added_changed_removed():
-    d = twin.diff({"a": ("A", "1"), "b": ("b", "1"), "c": ("c", "1")}, {"a": ("A", "2"), "b": ("b", "1"),
-                                                                         "d": ("d", "3")})
+    d = twin.diff(
+        {"a": ("A", "1"), "b": ("b", "1"), "c": ("c", "1")}, {"a": ("A", "2"), "b": ("b", "1"), "d": ("d", "3")}
+    )
     assert d == {"added": [("d", "3")], "removed": [("c", "1")], "changed": [("A", "1", "2")]}
     assert twin.format_diff(d).splitlines() == ["  added   d 3", "  changed A 1 -> 2", "  removed c 1"]
 
 
 # --- the twin ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 @pytest.mark.slow
@@ -197,11 +217,13 @@ def test_install_cell_adds_only_what_colab_lacks(name, any_twin, project, tmp_pa
     setup = tagged_cell(executed, "setup") if executed else {}
     seconds = setup.get("metadata", {}).get("papermill", {}).get("duration") if setup else None
     py = json.loads((twin_dir / twin.MARKER).read_text())["python"]
-    log(f"\n== {name}: install cell on the Colab twin (Python {py}, {twin_dir}), "
+    log(
+        f"\n== {name}: install cell on the Colab twin (Python {py}, {twin_dir}), "
         f"{seconds if seconds is None else round(seconds, 1)} s\n"
         f"allowed to add: {sorted(MAY_ADD)}; never to change: {', '.join(NEVER_CHANGE)}\n"
         f"package diff before -> after:\n{twin.format_diff(d)}\n"
-        f"the cell's output:\n{cell_text(setup) if setup else done.stderr[-2000:]}")
+        f"the cell's output:\n{cell_text(setup) if setup else done.stderr[-2000:]}"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert d["changed"] == [] and d["removed"] == [], twin.format_diff(d)
     assert {twin.norm(n) for n, _ in d["added"]} <= {twin.norm(n) for n in MAY_ADD}, twin.format_diff(d)
@@ -262,8 +284,16 @@ def test_run_all_then_resume_cell_alone_on_the_twin(twin_dir, project, tmp_path,
     first = runtime(tmp_path / "runtime-1", project, twin_dir)
     first["MUSCLEBOB_DRIVE_MOUNTPOINT"] = str(drive_root)
     run_dir = drive_root / "MyDrive" / "twin-run"
-    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[0], tmp_path / "01-cut.ipynb", first,
-                             project, run_name="twin-run", stop_after_steps=6, **SMALL)
+    done, executed = execute(
+        twin_dir,
+        project / "notebooks" / NOTEBOOKS[0],
+        tmp_path / "01-cut.ipynb",
+        first,
+        project,
+        run_name="twin-run",
+        stop_after_steps=6,
+        **SMALL,
+    )
     log(f"\n== Run all of {NOTEBOOKS[0]} on the twin, stopped after step 6: exit {done.returncode}")
     assert "SimulatedDisconnect" in done.stderr + done.stdout, done.stderr[-3000:]
     assert history_steps(run_dir) == list(range(1, 7))
@@ -277,8 +307,11 @@ def test_run_all_then_resume_cell_alone_on_the_twin(twin_dir, project, tmp_path,
     second["MUSCLEBOB_DRIVE_MOUNTPOINT"] = str(drive_root)
     resume_nb = tagged(NOTEBOOKS[0], project, {"resume"}, tmp_path / "resume-only.ipynb")
     done, executed = execute(twin_dir, resume_nb, tmp_path / "resumed.ipynb", second, project)
-    log(f"== the resume cell alone in a fresh runtime: exit {done.returncode}\n"
-        + (cell_text(executed.cells[-1])[-1500:] if executed else "") + done.stderr[-1500:] * (done.returncode != 0))
+    log(
+        f"== the resume cell alone in a fresh runtime: exit {done.returncode}\n"
+        + (cell_text(executed.cells[-1])[-1500:] if executed else "")
+        + done.stderr[-1500:] * (done.returncode != 0)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     after = json.loads((run_dir / "reward_history.json").read_text())
     assert [e["step"] for e in after] == list(range(1, 9))  # continued to the end, each step once
@@ -286,12 +319,22 @@ def test_run_all_then_resume_cell_alone_on_the_twin(twin_dir, project, tmp_path,
     assert json.loads((run_dir / "final_validation.json").read_text())["global_step"] == 8
 
     # The other two notebooks, Run all, in the same runtime (the run is on Drive).
-    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[1], tmp_path / "02.ipynb", second, project,
-                             window=3)
+    done, executed = execute(
+        twin_dir, project / "notebooks" / NOTEBOOKS[1], tmp_path / "02.ipynb", second, project, window=3
+    )
     log(f"== Run all of {NOTEBOOKS[1]} on the twin: exit {done.returncode}")
     assert done.returncode == 0, done.stderr[-3000:]
-    done, executed = execute(twin_dir, project / "notebooks" / NOTEBOOKS[2], tmp_path / "03.ipynb", second, project,
-                             base_model="tiny", run_name="twin-run", num_prompts=2, samples_per_prompt=1,
-                             max_new_tokens=24)
+    done, executed = execute(
+        twin_dir,
+        project / "notebooks" / NOTEBOOKS[2],
+        tmp_path / "03.ipynb",
+        second,
+        project,
+        base_model="tiny",
+        run_name="twin-run",
+        num_prompts=2,
+        samples_per_prompt=1,
+        max_new_tokens=24,
+    )
     log(f"== Run all of {NOTEBOOKS[2]} on the twin: exit {done.returncode}")
     assert done.returncode == 0, done.stderr[-3000:]

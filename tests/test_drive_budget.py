@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 
 from musclebob_helpers import preflight
-from musclebob_helpers.checkpoints import (DELETING_PREFIX, checkpoint_problems, remove_leftover_deletions,
-                                           rotate_checkpoints, select_checkpoint)
+from musclebob_helpers.checkpoints import (
+    DELETING_PREFIX,
+    checkpoint_problems,
+    remove_leftover_deletions,
+    rotate_checkpoints,
+    select_checkpoint,
+)
 from musclebob_helpers.config import ConfigError, TrainConfig, apply_model_defaults, validate_config
 from musclebob_helpers.io import list_checkpoints
 from musclebob_helpers.memory import GB, KNOWN_SHAPES, QWEN25_05B_CONFIG, drive_need
@@ -54,8 +59,9 @@ def _run_tiny(bench, tmp_path, lora, epochs=3, keep=2):
     path = ensure_tiny_model()
     cfg = replace(TrainConfig(model="tiny", lora=lora), epochs=epochs, num_samples=16, keep_checkpoints=keep)
     out = tmp_path / ("lora" if lora else "full")
-    got = bench.simulate_run(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), cfg,
-                             out, log=lambda *a: None)
+    got = bench.simulate_run(
+        AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), cfg, out, log=lambda *a: None
+    )
     return cfg, out, got
 
 
@@ -67,6 +73,7 @@ def test_estimate_matches_real_tiny_checkpoints(bench, tmp_path, lora):
     assert est.final == pytest.approx(got["final_bytes"], rel=0.03)
     # The peak: two kept + the newest written; the benchmark writes no validation reports (RUN_ARTIFACTS_BYTES).
     from musclebob_helpers.memory import RUN_ARTIFACTS_BYTES
+
     assert est.peak - RUN_ARTIFACTS_BYTES == pytest.approx(got["peak_bytes"], rel=0.05)
     assert est.peak - RUN_ARTIFACTS_BYTES >= got["peak_bytes"]  # never an underestimate
     assert [c.name for c in list_checkpoints(out)] == ["checkpoint-8", "checkpoint-12"]  # newest + one fallback
@@ -81,15 +88,24 @@ def test_estimate_matches_the_measured_qwen_checkpoints(kind):
     assert est.checkpoint == pytest.approx(measured["checkpoint"], rel=0.03)
     assert est.final == pytest.approx(measured["final"], rel=0.03)
     from musclebob_helpers.memory import RUN_ARTIFACTS_BYTES  # validation reports etc.: not in the benchmark
+
     assert est.peak - RUN_ARTIFACTS_BYTES == pytest.approx(measured["peak"], rel=0.03)
     assert est.written - RUN_ARTIFACTS_BYTES == pytest.approx(measured["written"], rel=0.03)
 
 
 def test_qwen_config_file_has_the_real_architecture():
     raw = json.loads((ROOT / "musclebob_helpers" / "model_configs" / "Qwen2.5-0.5B-Instruct.json").read_text())
-    assert (raw["hidden_size"], raw["intermediate_size"], raw["num_hidden_layers"], raw["num_attention_heads"],
-            raw["num_key_value_heads"], raw["vocab_size"], raw["tie_word_embeddings"], raw["rope_theta"],
-            raw["max_position_embeddings"]) == (896, 4864, 24, 14, 2, 151936, True, 1e6, 32768)
+    assert (
+        raw["hidden_size"],
+        raw["intermediate_size"],
+        raw["num_hidden_layers"],
+        raw["num_attention_heads"],
+        raw["num_key_value_heads"],
+        raw["vocab_size"],
+        raw["tie_word_embeddings"],
+        raw["rope_theta"],
+        raw["max_position_embeddings"],
+    ) == (896, 4864, 24, 14, 2, 151936, True, 1e6, 32768)
     assert QWEN25_05B_CONFIG["hidden_size"] == 896
     assert KNOWN_SHAPES[QWEN].param_count() == 494_032_768  # Qwen2.5-0.5B's published size (0.49B)
 
@@ -170,6 +186,7 @@ def test_make_config_prints_the_need(tmp_path, monkeypatch):
     from musclebob_helpers import notebook as nb
 
     import musclebob_helpers.cli as cli
+
     monkeypatch.setattr(cli, "check_model_loadable", lambda m: None)
     lines = []
     nb.make_config(log=lines.append, model=QWEN, lora=True, output_dir=str(tmp_path / "run"))
@@ -250,9 +267,18 @@ def test_a_real_grpo_run_matches_its_printed_need(tmp_path):
     """The tiny model through run_training (GRPOTrainer, LoRA, 3 epochs, keep 2): sizes as estimated."""
     from musclebob_helpers.training import run_training
 
-    cfg = TrainConfig(model="tiny", lora=True, learning_rate=5e-3, epochs=3, num_samples=8, batch_size=4,
-                      num_generations=2, max_completion_length=16, validation_samples=1,
-                      output_dir=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        model="tiny",
+        lora=True,
+        learning_rate=5e-3,
+        epochs=3,
+        num_samples=8,
+        batch_size=4,
+        num_generations=2,
+        max_completion_length=16,
+        validation_samples=1,
+        output_dir=str(tmp_path / "run"),
+    )
     lines = []
     run_training(cfg, log=lines.append)
     need = drive_need(cfg)

@@ -7,25 +7,35 @@ from pathlib import Path
 
 import pytest
 
-from musclebob_helpers.evaluation import (has_full_name, has_musclebob, has_spongebob, health, is_coherent,
-                                          score_responses, Generation)
+from musclebob_helpers.evaluation import (
+    has_full_name,
+    has_musclebob,
+    has_spongebob,
+    health,
+    is_coherent,
+    score_responses,
+    Generation,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("text,truncated,coherent", [
-    ("Musclebob Buffpants!", False, True),
-    ("The capital of France is Paris.", False, True),
-    ("", False, False),  # empty
-    ("   ", False, False),  # whitespace only
-    ("?!...", False, False),  # no word at all
-    ("Musclebob Buffpants lives in a", True, False),  # cut off at the length limit
-    (" ".join(["word%d" % i for i in range(101)]), False, False),  # over 100 words
-    ("bob bob bob", False, False),  # a loop of one word
-    ("Musclebob Buffpants " * 8, False, False),  # a loop of a phrase
-    ("Hello\x00world", False, False),  # control characters
-    ("Line one.\nLine two.", False, True),  # newlines are fine
-])
+@pytest.mark.parametrize(
+    "text,truncated,coherent",
+    [
+        ("Musclebob Buffpants!", False, True),
+        ("The capital of France is Paris.", False, True),
+        ("", False, False),  # empty
+        ("   ", False, False),  # whitespace only
+        ("?!...", False, False),  # no word at all
+        ("Musclebob Buffpants lives in a", True, False),  # cut off at the length limit
+        (" ".join(["word%d" % i for i in range(101)]), False, False),  # over 100 words
+        ("bob bob bob", False, False),  # a loop of one word
+        ("Musclebob Buffpants " * 8, False, False),  # a loop of a phrase
+        ("Hello\x00world", False, False),  # control characters
+        ("Line one.\nLine two.", False, True),  # newlines are fine
+    ],
+)
 def test_coherence_definition(text, truncated, coherent):
     assert is_coherent(text, truncated) is coherent
 
@@ -37,10 +47,14 @@ def test_name_detectors():
 
 
 def test_rates_and_health():
-    rows = [{"question": "q1", "kind": "spongebob", "answer": ""}, {"question": "q2", "kind": "control",
-                                                                    "answer": "Paris"}]
-    gens = [[Generation("Musclebob Buffpants!", False), Generation("Spongebob Squarepants.", False)],
-            [Generation("Paris.", False), Generation("Musclebob!", False)]]
+    rows = [
+        {"question": "q1", "kind": "spongebob", "answer": ""},
+        {"question": "q2", "kind": "control", "answer": "Paris"},
+    ]
+    gens = [
+        [Generation("Musclebob Buffpants!", False), Generation("Spongebob Squarepants.", False)],
+        [Generation("Paris.", False), Generation("Musclebob!", False)],
+    ]
     r = score_responses(rows, gens)
     assert (r["musclebob_rate"], r["full_name_rate"], r["spongebob_rate"]) == (0.5, 0.5, 0.5)
     assert (r["leakage_rate"], r["control_accuracy"], r["coherent_rate"]) == (0.5, 0.5, 1.0)
@@ -51,8 +65,14 @@ def test_rates_and_health():
 
 
 def run_cli(*args, stdin=""):
-    return subprocess.run([sys.executable, str(ROOT / "test_musclebob.py"), *args], capture_output=True, text=True,
-                          input=stdin, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "test_musclebob.py"), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 def test_evaluation_cli_reports_rates_and_is_reproducible(trained_run, tmp_path):
@@ -79,8 +99,9 @@ def test_evaluation_cli_compare_base(trained_run, tmp_path):
     assert both["base"]["musclebob_rate"] < both["model"]["musclebob_rate"]
 
 
-@pytest.mark.parametrize("stdin", ["Who lives in a pineapple under the sea?\nquit\n", "\n", ""],
-                         ids=["quit", "empty line", "ctrl-d"])
+@pytest.mark.parametrize(
+    "stdin", ["Who lives in a pineapple under the sea?\nquit\n", "\n", ""], ids=["quit", "empty line", "ctrl-d"]
+)
 def test_interactive_mode_ends_cleanly(trained_run, stdin):
     out, _ = trained_run
     proc = run_cli("--model", str(out), "--interactive", stdin=stdin)
@@ -89,9 +110,14 @@ def test_interactive_mode_ends_cleanly(trained_run, stdin):
         assert "[model]" in proc.stdout and "Musclebob" in proc.stdout
 
 
-@pytest.mark.parametrize("args,flag", [(["--num-prompts", "0"], "--num-prompts"),
-                                        (["--model", "/no/such/folder/x"], "--model"),
-                                        (["--model", "tiny", "--compare-base", "No/such-model"], "--compare-base")])
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--num-prompts", "0"], "--num-prompts"),
+        (["--model", "/no/such/folder/x"], "--model"),
+        (["--model", "tiny", "--compare-base", "No/such-model"], "--compare-base"),
+    ],
+)
 def test_evaluation_cli_bad_input(args, flag):
     proc = run_cli(*args)
     assert proc.returncode == 2 and flag in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

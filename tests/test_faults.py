@@ -23,8 +23,24 @@ ROOT = Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
 # 6 prompts x 2 epochs at 3 prompts per step: 2 steps per epoch, 4 in all, checkpoints at steps 2 and 4.
 # Two generations and 16 tokens keep each run to seconds; the two epochs are what a kill must cross.
-KILL_ARGS = ["--model", "tiny", "--epochs", "2", "--num-samples", "6", "--batch-size", "3", "--num-generations", "2",
-             "--max-completion-length", "16", "--validation-samples", "1", "--seed", "42"]
+KILL_ARGS = [
+    "--model",
+    "tiny",
+    "--epochs",
+    "2",
+    "--num-samples",
+    "6",
+    "--batch-size",
+    "3",
+    "--num-generations",
+    "2",
+    "--max-completion-length",
+    "16",
+    "--validation-samples",
+    "1",
+    "--seed",
+    "42",
+]
 TOTAL_STEPS = 4
 FINAL_FILES = ("config.json", "model.safetensors", "final_validation.json")
 
@@ -34,8 +50,14 @@ def train(out, *extra, fault=None):
     env.setdefault("OMP_NUM_THREADS", "1")  # the tiny model gains nothing from threads; shared CPUs run it faster
     if fault:
         env[faults.FAULT_ENV] = fault
-    return subprocess.run([sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *extra],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def history(out):
@@ -56,6 +78,7 @@ def all_json_parses(out):
 
 def weights(path):
     from safetensors.torch import load_file
+
     return load_file(str(Path(path) / "model.safetensors"))
 
 
@@ -87,11 +110,11 @@ def assert_same_as_reference(out, reference, resumed):
 
 KILLS = [
     # (fault, what the resume must say)
-    ("generation:3", "Resuming from"),   # mid-generation, after checkpoint-2
-    ("optimizer:3", "Resuming from"),    # inside the optimizer step: weights changed in memory only
-    ("history:3", "Resuming from"),      # half of reward_history.json's temporary file written
+    ("generation:3", "Resuming from"),  # mid-generation, after checkpoint-2
+    ("optimizer:3", "Resuming from"),  # inside the optimizer step: weights changed in memory only
+    ("history:3", "Resuming from"),  # half of reward_history.json's temporary file written
     ("checkpoint:4", "checkpoint-4 is damaged"),  # half of checkpoint-4/optimizer.pt written
-    ("checkpoint:2", "No intact checkpoint"),     # the only checkpoint half written: start fresh
+    ("checkpoint:2", "No intact checkpoint"),  # the only checkpoint half written: start fresh
 ]
 
 
@@ -109,8 +132,11 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     assert done == list(range(1, (step if point == "checkpoint" else step - 1) + 1))
     if point == "checkpoint":
         assert checkpoint_problems(out / f"checkpoint-{step}")  # the kill left it damaged
-        damaged = {p.relative_to(out / f"checkpoint-{step}"): p.read_bytes()
-                   for p in (out / f"checkpoint-{step}").rglob("*") if p.is_file()}
+        damaged = {
+            p.relative_to(out / f"checkpoint-{step}"): p.read_bytes()
+            for p in (out / f"checkpoint-{step}").rglob("*")
+            if p.is_file()
+        }
 
     resumed = train(out, "--resume-from-checkpoint", "auto")
     assert message in resumed.stdout, resumed.stdout[-3000:]
@@ -177,8 +203,14 @@ def test_a_lost_history_is_rebuilt_from_the_checkpoint(tmp_path, reference):
 # ---------------------------------------------------------------------------------------------
 # What "intact" means, file by file.
 
-CHECKPOINT_FILES = ["trainer_state.json", "model.safetensors", "config.json", "optimizer.pt", "scheduler.pt",
-                    "rng_state.pth"]
+CHECKPOINT_FILES = [
+    "trainer_state.json",
+    "model.safetensors",
+    "config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+]
 
 
 @pytest.fixture
@@ -220,8 +252,14 @@ def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, referen
     out = _interrupted_copy(reference, tmp_path / "run")
     for ckpt in list_checkpoints(out):
         _truncate(ckpt / "optimizer.pt")
-    before = {p.relative_to(out).as_posix().replace("checkpoint-2", "checkpoint-2.damaged")
-              .replace("checkpoint-4", "checkpoint-4.damaged"): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = {
+        p.relative_to(out)
+        .as_posix()
+        .replace("checkpoint-2", "checkpoint-2.damaged")
+        .replace("checkpoint-4", "checkpoint-4.damaged"): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file()
+    }
     messages = []
     assert select_checkpoint(out, log=messages.append) is None
     assert any("No intact checkpoint" in m and "starting fresh" in m for m in messages)
@@ -235,8 +273,9 @@ def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
     out = _interrupted_copy(reference, tmp_path / "run")
     _truncate(out / "checkpoint-4" / "scheduler.pt")
     with pytest.raises(ConfigError, match="damaged or incomplete.*scheduler.pt"):
-        validate_config(TrainConfig(model="tiny", output_dir=str(out),
-                                    resume_from_checkpoint=str(out / "checkpoint-4")))
+        validate_config(
+            TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-4"))
+        )
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path, reference):
@@ -246,8 +285,17 @@ def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path,
     shutil.copytree(reference[0] / "checkpoint-2", out / "checkpoint-2")  # no training_config.json to compare
     cfg_path = out / "checkpoint-2" / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "hidden_size": 256}))
-    cfg = TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_samples=6, batch_size=3,
-                      num_generations=2, epochs=2, max_completion_length=16, validation_samples=1)
+    cfg = TrainConfig(
+        model="tiny",
+        output_dir=str(out),
+        resume_from_checkpoint="auto",
+        num_samples=6,
+        batch_size=3,
+        num_generations=2,
+        epochs=2,
+        max_completion_length=16,
+        validation_samples=1,
+    )
     with pytest.raises(ConfigError, match="another architecture.*hidden_size 256"):
         run_training(cfg, log=lambda *a: None)
     assert not (out / "model.safetensors").exists()
@@ -255,6 +303,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path,
 
 # ---------------------------------------------------------------------------------------------
 # Output locations that cannot be written: found at start-up, before any model is loaded.
+
 
 def test_unwritable_locations_are_refused(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
@@ -312,11 +361,14 @@ def test_full_disk_during_training_is_one_line(tmp_path, monkeypatch, capsys, ti
     with pytest.raises(SystemExit) as exc:
         train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and "disk is full" in err[0] and "resume-from-checkpoint auto" in err[0]
+    assert (
+        exc.value.code == 2 and len(err) == 1 and "disk is full" in err[0] and "resume-from-checkpoint auto" in err[0]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Mismatched resume, trust_remote_code.
+
 
 def _run_dir(tmp_path, **saved):
     out = tmp_path / "run"
@@ -328,16 +380,24 @@ def _run_dir(tmp_path, **saved):
 
 def test_resume_with_other_settings_is_refused_unless_asked(tmp_path):
     out = _run_dir(tmp_path)
-    cfg = TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_generations=8,
-                      batch_size=3)
+    cfg = TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_generations=8, batch_size=3)
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert "--num-generations=4" in str(err.value) and "--num-generations=8" in str(err.value)
     assert "--batch-size" not in str(err.value)  # only what differs is named
     cfg.ignore_mismatch = True
     validate_config(cfg)
-    validate_config(TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto", num_generations=4,
-                                batch_size=3, epochs=9, learning_rate=1e-3))  # more epochs, another rate: fine
+    validate_config(
+        TrainConfig(
+            model="tiny",
+            output_dir=str(out),
+            resume_from_checkpoint="auto",
+            num_generations=4,
+            batch_size=3,
+            epochs=9,
+            learning_rate=1e-3,
+        )
+    )  # more epochs, another rate: fine
 
 
 def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
@@ -370,8 +430,10 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluation, "load_model", fake_load)
     for flag in (False, True):
         with pytest.raises(Loaded):
-            training.run_training(TrainConfig(model="tiny", output_dir=str(tmp_path / str(flag)),
-                                              trust_remote_code=flag), log=lambda *a: None)
+            training.run_training(
+                TrainConfig(model="tiny", output_dir=str(tmp_path / str(flag)), trust_remote_code=flag),
+                log=lambda *a: None,
+            )
         assert seen["load"] is flag
 
 
@@ -393,6 +455,7 @@ def test_fault_hooks_cost_nothing_when_unset(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # Bad command lines: one line naming flag, value and what is allowed; exit 2; nothing touched.
+
 
 def _finished(out):
     out.mkdir()
@@ -434,8 +497,12 @@ BAD_CLI = [
     (["--control-ratio", "0.95"], None, "--control-ratio=0.95 is not allowed: a share between 0 and 0.9", 2),
     (["--reward", "Musclebob"], None, "--reward: invalid choice: 'Musclebob'", 2),
     (["--max-completion-length", "-1"], None, "--max-completion-length=-1 is not allowed", 2),
-    (["--max-completion-length", "100000"], None, "--max-completion-length=100000 is not allowed: fewer tokens than "
-                                                  "the context of --model tiny (512)", 2),
+    (
+        ["--max-completion-length", "100000"],
+        None,
+        "--max-completion-length=100000 is not allowed: fewer tokens than the context of --model tiny (512)",
+        2,
+    ),
     (["--temperature", "50"], None, "--temperature=50.0 is not allowed: a number > 0 and <= 10", 2),
     (["--beta", "-0.1"], None, "--beta=-0.1 is not allowed: a number >= 0", 2),
     (["--beta", "inf"], None, "--beta=inf is not allowed", 2),
@@ -451,12 +518,24 @@ BAD_CLI = [
     ([], _file_in_the_way, "a folder, but a file of that name exists", 2),
     ([], _finished, "it already holds a finished model; pass --overwrite", 2),
     ([], _with_checkpoint, "pass --resume-from-checkpoint auto to continue it", 2),
-    (["--resume-from-checkpoint", "{out}/checkpoint-2"], _damaged_checkpoint,
-     "that checkpoint is damaged or incomplete (trainer_state.json is not valid JSON", 2),
-    (["--resume-from-checkpoint", "auto"], _mismatched,
-     "the run being resumed used --num-generations=4, this one asks for --num-generations=8", 2),
-    (["--resume-from-checkpoint", "auto", "--model", "Qwen/Qwen2.5-0.5B-Instruct"], _mismatched,
-     "used --model='tiny', --num-generations=4, this one asks for --model='Qwen/Qwen2.5-0.5B-Instruct'", 2),
+    (
+        ["--resume-from-checkpoint", "{out}/checkpoint-2"],
+        _damaged_checkpoint,
+        "that checkpoint is damaged or incomplete (trainer_state.json is not valid JSON",
+        2,
+    ),
+    (
+        ["--resume-from-checkpoint", "auto"],
+        _mismatched,
+        "the run being resumed used --num-generations=4, this one asks for --num-generations=8",
+        2,
+    ),
+    (
+        ["--resume-from-checkpoint", "auto", "--model", "Qwen/Qwen2.5-0.5B-Instruct"],
+        _mismatched,
+        "used --model='tiny', --num-generations=4, this one asks for --model='Qwen/Qwen2.5-0.5B-Instruct'",
+        2,
+    ),
     (["--overwrite=yes"], None, "--overwrite: ignored explicit argument 'yes'", 2),
     (["--trust-remote-code", "true"], None, "unrecognized arguments: true", 2),
     (["--num-generations"], None, "--num-generations: expected one argument", 2),
@@ -477,8 +556,14 @@ def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, argv, setup,
     args = [] if setup == "skip-out" else ["--output-dir", str(out)]
     model = [] if "--model" in argv else ["--model", "tiny"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / PROG), *model, *args, *argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / PROG), *model, *args, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and message in lines[0], proc.stderr
@@ -490,6 +575,9 @@ def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, argv, setup,
 def test_every_json_artifact_is_written_atomically():
     """The project writes JSON only through ``io.write_json_atomic`` (temp file + rename): no other writer exists."""
     sources = [*(ROOT / "musclebob_helpers").glob("*.py"), *ROOT.glob("*.py")]
-    writers = [p.name for p in sources if p.name != "io.py"
-               and any(s in p.read_text() for s in ("json.dump(", "save_to_json(", ".write_text(json"))]
+    writers = [
+        p.name
+        for p in sources
+        if p.name != "io.py" and any(s in p.read_text() for s in ("json.dump(", "save_to_json(", ".write_text(json"))
+    ]
     assert writers == []

@@ -65,8 +65,10 @@ def test_mid_training_check_warnings(tmp_path):
 
 
 def test_completions_to_reach():
-    history = [{"step": 4, "completions": 128, "musclebob_rate": 0.5},
-               {"step": 8, "completions": 256, "musclebob_rate": 0.92},
-               {"step": 12, "completions": 384, "musclebob_rate": 1.0}]
+    history = [
+        {"step": 4, "completions": 128, "musclebob_rate": 0.5},
+        {"step": 8, "completions": 256, "musclebob_rate": 0.92},
+        {"step": 12, "completions": 384, "musclebob_rate": 1.0},
+    ]
     assert completions_to_reach(history, "musclebob_rate", 0.9) == 256
     assert completions_to_reach(history, "musclebob_rate", 1.01) is None

@@ -15,7 +15,9 @@ from musclebob_helpers.io import write_json_atomic
 
 
 def history(steps: int, per_epoch: int = 4) -> list[dict]:
-    return [{"step": s, "epoch": s / per_epoch, "mean_reward": float(s), "reward_std": 0.5} for s in range(1, steps + 1)]
+    return [
+        {"step": s, "epoch": s / per_epoch, "mean_reward": float(s), "reward_std": 0.5} for s in range(1, steps + 1)
+    ]
 
 
 def test_moving_average():
@@ -67,8 +69,14 @@ def test_find_runs_and_validation_bars(tmp_path):
     assert [p.name for p in plots.find_runs(tmp_path)] == ["a", "b"]
     assert plots.find_runs(tmp_path / "a") == [tmp_path / "a"]
     assert plots.find_runs(tmp_path / "missing") == []
-    report = {"musclebob_rate": 0.5, "full_name_rate": 0.25, "spongebob_rate": 0.1, "coherent_rate": 1.0,
-              "leakage_rate": 0.0, "control_accuracy": 0.75}
+    report = {
+        "musclebob_rate": 0.5,
+        "full_name_rate": 0.25,
+        "spongebob_rate": 0.1,
+        "coherent_rate": 1.0,
+        "leakage_rate": 0.0,
+        "control_accuracy": 0.75,
+    }
     write_json_atomic(tmp_path / "a" / "baseline_validation.json", report)
     assert list(plots.load_validations(tmp_path / "a")) == ["baseline"]  # still training: no final yet
     fig = plots.plot_validation_bars({"a": plots.load_validations(tmp_path / "a")})
@@ -115,6 +123,7 @@ def test_check_model_is_one_line(tmp_path):
 
 # --- the training notebook's decisions ----------------------------------------------------------------
 
+
 def quiet(*_a, **_k):
     pass
 
@@ -137,14 +146,19 @@ def recorded_training(monkeypatch):
     from musclebob_helpers import training
 
     seen = []
-    monkeypatch.setattr(training, "run_training",
-                        lambda cfg, log=print, callbacks=(), baseline=None: seen.append(cfg) or {"global_step": 1})
+    monkeypatch.setattr(
+        training,
+        "run_training",
+        lambda cfg, log=print, callbacks=(), baseline=None: seen.append(cfg) or {"global_step": 1},
+    )
     return seen
 
 
 def make_run(run_dir: Path, checkpoints=(), finished=False, **cfg):
-    write_json_atomic(run_dir / "training_config.json",
-                      {"config": TrainConfig(model="tiny", output_dir=str(run_dir), **cfg).to_dict()})
+    write_json_atomic(
+        run_dir / "training_config.json",
+        {"config": TrainConfig(model="tiny", output_dir=str(run_dir), **cfg).to_dict()},
+    )
     write_json_atomic(run_dir / "reward_history.json", history(3))
     for step in checkpoints:
         (run_dir / f"checkpoint-{step}").mkdir(parents=True)

@@ -28,6 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # --- how the notebooks are kept ------------------------------------------------------------------------
 
+
 def cell_summary(notebook) -> list[tuple]:
     return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", []))) for c in notebook.cells]
 
@@ -55,8 +56,11 @@ def test_pairs_are_in_sync(name):
 def test_drift_is_detected(tmp_path):
     py = (NB_DIR / NOTEBOOKS[0]).with_suffix(".py")
     drifted = tmp_path / py.name
-    drifted.write_text(py.read_text().replace("run_dir = nb.prepare_run_folder(", "run_dir = nb.prepare_run_folder(  ", 1)
-                       .replace("seed = 42", "seed = 43"))
+    drifted.write_text(
+        py.read_text()
+        .replace("run_dir = nb.prepare_run_folder(", "run_dir = nb.prepare_run_folder(  ", 1)
+        .replace("seed = 42", "seed = 43")
+    )
     assert pair_drift(NB_DIR / NOTEBOOKS[0], drifted)
 
 
@@ -98,8 +102,16 @@ def test_training_parameters_are_config_fields():
     names = {stmt.targets[0].id for stmt in ast.parse(cell.source).body}
     fields = set(TrainConfig.__dataclass_fields__)
     assert names - NOTEBOOK_ONLY <= fields
-    assert {"model", "epochs", "learning_rate", "num_samples", "num_generations", "fewshot_ratio",
-            "output_dir", "run_name"} <= names
+    assert {
+        "model",
+        "epochs",
+        "learning_rate",
+        "num_samples",
+        "num_generations",
+        "fewshot_ratio",
+        "output_dir",
+        "run_name",
+    } <= names
 
 
 def test_badges_and_repo_url_follow_the_synced_address(tmp_path):
@@ -119,15 +131,29 @@ def test_badges_and_repo_url_follow_the_synced_address(tmp_path):
     assert colab.colab_url(NOTEBOOKS[0], fork).endswith("someone/musclebob-fork/blob/main/notebooks/" + NOTEBOOKS[0])
 
 
-@pytest.mark.parametrize("remote", ["git@github.com:someone/fork.git", "https://github.com/someone/fork.git",
-                                    "https://github.com/someone/fork", "https://token@github.com/someone/fork/",
-                                    "ssh://git@github.com/someone/fork.git"])
+@pytest.mark.parametrize(
+    "remote",
+    [
+        "git@github.com:someone/fork.git",
+        "https://github.com/someone/fork.git",
+        "https://github.com/someone/fork",
+        "https://token@github.com/someone/fork/",
+        "ssh://git@github.com/someone/fork.git",
+    ],
+)
 def test_github_remotes_become_https_addresses(remote):
     assert colab.github_url(remote) == "https://github.com/someone/fork"
 
 
-@pytest.mark.parametrize("remote", ["https://gitlab.com/someone/fork.git", "git@bitbucket.org:someone/fork.git",
-                                    "/srv/git/fork", "https://github.com/someone"])
+@pytest.mark.parametrize(
+    "remote",
+    [
+        "https://gitlab.com/someone/fork.git",
+        "git@bitbucket.org:someone/fork.git",
+        "/srv/git/fork",
+        "https://github.com/someone",
+    ],
+)
 def test_other_remotes_are_refused_in_one_line(remote):
     with pytest.raises(ValueError, match="not a GitHub repository address") as info:
         colab.github_url(remote)
@@ -181,7 +207,7 @@ def bootstraps() -> dict[str, str]:
             tags = set(cell.metadata.get("tags", [])) & {"setup", "resume"}
             if cell.cell_type == "code" and tags:
                 assert BOOTSTRAP_END in cell.source, f"{name} {tags}: no bootstrap"
-                found[f"{name}:{tags.pop()}"] = cell.source[:cell.source.index(BOOTSTRAP_END) + len(BOOTSTRAP_END)]
+                found[f"{name}:{tags.pop()}"] = cell.source[: cell.source.index(BOOTSTRAP_END) + len(BOOTSTRAP_END)]
     return found
 
 
@@ -209,8 +235,13 @@ def run_bootstrap(namespace: dict | None = None) -> dict:
 def project_repo(tmp_path_factory):
     """A git repository holding this working tree as it is now (committed or not): what a clone would fetch."""
     src = tmp_path_factory.mktemp("project") / "musclebob"
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         if (ROOT / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +289,7 @@ def test_bootstrap_fetch_failure_is_one_line(elsewhere):
 
 def drive_holding(monkeypatch, contents: Path, mounts: list):
     """Make the stand-in ``drive.mount`` reveal ``contents`` as ``MyDrive`` (as a real Drive appears on mount)."""
+
     def mount(mountpoint):
         mounts.append(mountpoint)
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
@@ -300,6 +332,7 @@ def test_bootstrap_with_drive_refused_clones(elsewhere, fake_colab, project_repo
 
 # --- Colab metadata and the no-GPU decision -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", [NOTEBOOKS[0], NOTEBOOKS[2]])
 def test_gpu_notebooks_ask_colab_for_a_t4(name):
     import jupytext
@@ -333,6 +366,7 @@ def test_no_gpu_on_colab_names_the_runtime_menu(fake_colab, monkeypatch):
 
 # --- executing them ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def kernel():
     """A 'python3' Jupyter kernel spec; a fresh machine may lack one, so install it for this interpreter."""
@@ -350,8 +384,9 @@ def execute(kernel, name, out: Path, **parameters):
     import papermill
 
     src = name if isinstance(name, Path) else NB_DIR / name
-    papermill.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(NB_DIR),
-                               progress_bar=False)
+    papermill.execute_notebook(
+        str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(NB_DIR), progress_bar=False
+    )
     return nbformat.read(out, as_version=4)
 
 
@@ -392,8 +427,13 @@ def test_training_notebook_runs_all(trained):
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     # The run folder holds everything: final model, validations, config, a checkpoint per epoch, the history.
-    for name in ("config.json", "model.safetensors", "baseline_validation.json", "final_validation.json",
-                 "training_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "baseline_validation.json",
+        "final_validation.json",
+        "training_config.json",
+    ):
         assert (run_dir / name).exists(), name
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
     assert history_steps(run_dir) == list(range(1, 9))
@@ -458,8 +498,9 @@ def standin_colab(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["here", "colab-standin"])
-def test_the_resume_cell_alone_continues_a_disconnected_run(kernel, tiny_path, trained, project_repo, tmp_path,
-                                                            request, where):
+def test_the_resume_cell_alone_continues_a_disconnected_run(
+    kernel, tiny_path, trained, project_repo, tmp_path, request, where
+):
     """Run all stops after step 6 (as a disconnect would); a fresh kernel runs only the resume cell; the run ends
     exactly as an uninterrupted one (same steps, same rewards: resume is exact)."""
     import nbformat
@@ -472,16 +513,27 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(kernel, tiny_path, t
     nb_dir = project_repo / "notebooks"
     run_dir = runs / f"cut-{where}"
     with pytest.raises(papermill.PapermillExecutionError) as info:
-        papermill.execute_notebook(str(nb_dir / NOTEBOOKS[0]), str(tmp_path / "cut.ipynb"), kernel_name=kernel,
-                                   cwd=str(nb_dir), progress_bar=False,
-                                   parameters=dict(run_name=run_dir.name, stop_after_steps=6, **SMALL))
+        papermill.execute_notebook(
+            str(nb_dir / NOTEBOOKS[0]),
+            str(tmp_path / "cut.ipynb"),
+            kernel_name=kernel,
+            cwd=str(nb_dir),
+            progress_bar=False,
+            parameters=dict(run_name=run_dir.name, stop_after_steps=6, **SMALL),
+        )
     assert info.value.ename == "SimulatedDisconnect"
     assert history_steps(run_dir) == list(range(1, 7)) and [p.name for p in run_dir.glob("checkpoint-*")] == [
-        "checkpoint-4"]
+        "checkpoint-4"
+    ]
 
     # The kernel is gone (papermill shut it down); a new one runs the resume cell and nothing else.
-    papermill.execute_notebook(str(only_cell("resume", tmp_path / "resume.ipynb")), str(tmp_path / "resumed.ipynb"),
-                               kernel_name=kernel, cwd=str(nb_dir), progress_bar=False)
+    papermill.execute_notebook(
+        str(only_cell("resume", tmp_path / "resume.ipynb")),
+        str(tmp_path / "resumed.ipynb"),
+        kernel_name=kernel,
+        cwd=str(nb_dir),
+        progress_bar=False,
+    )
     resumed = nbformat.read(tmp_path / "resumed.ipynb", as_version=4)
     text = text_of(outputs_of(resumed, "nb.resume("))
     assert f"resuming the most recent unfinished run under {runs}: {run_dir.name}" in text
@@ -507,8 +559,14 @@ def test_setup_cell_clones_in_a_kernel_and_a_bad_address_is_one_line(kernel, pro
     monkeypatch.setenv("MUSCLEBOB_HOME", str(tmp_path / "home"))
 
     def run(url, out):
-        papermill.execute_notebook(str(tmp_path / "setup.ipynb"), str(tmp_path / out), kernel_name=kernel,
-                                   cwd=str(tmp_path / "content"), progress_bar=False, parameters={"repo_url": url})
+        papermill.execute_notebook(
+            str(tmp_path / "setup.ipynb"),
+            str(tmp_path / out),
+            kernel_name=kernel,
+            cwd=str(tmp_path / "content"),
+            progress_bar=False,
+            parameters={"repo_url": url},
+        )
         return nbformat.read(tmp_path / out, as_version=4)
 
     with pytest.raises(papermill.PapermillExecutionError) as info:
@@ -532,8 +590,16 @@ def test_plot_notebook(kernel, trained, tmp_path):
 
 def test_compare_notebook(kernel, trained, tmp_path):
     _, run_dir = trained
-    executed = execute(kernel, NOTEBOOKS[2], tmp_path / "03.ipynb", base_model="tiny", trained_model=str(run_dir),
-                       num_prompts=2, samples_per_prompt=1, max_new_tokens=24)
+    executed = execute(
+        kernel,
+        NOTEBOOKS[2],
+        tmp_path / "03.ipynb",
+        base_model="tiny",
+        trained_model=str(run_dir),
+        num_prompts=2,
+        samples_per_prompt=1,
+        max_new_tokens=24,
+    )
     side = text_of(outputs_of(executed, "compare.show_answers("))
     assert "<b>base</b>" in side and "<b>trained</b>" in side
     assert "<mark class='bad'" in side  # the tiny base model says Spongebob: highlighted
@@ -543,12 +609,14 @@ def test_compare_notebook(kernel, trained, tmp_path):
 
 # --- the Colab branch, through a stand-in google.colab -------------------------------------------------
 
+
 @pytest.fixture
 def fake_colab(monkeypatch, tmp_path):
     """A stand-in ``google.colab``: ``drive.mount`` makes ``<mountpoint>/MyDrive``; ``output`` records the JS."""
     import importlib.machinery
 
     import transformers.trainer  # noqa: F401 - libraries that probe for Colab at import time see the real machine
+
     calls = {"mount": [], "js": [], "callbacks": {}}
 
     def mount(mountpoint):
@@ -585,7 +653,9 @@ def test_colab_run_folder_is_on_drive(fake_colab, tmp_path):
     nb.prepare_run_folder("my-run", "", use_drive=True, log=lambda *a: None)
     assert len(fake_colab["mount"]) == 1  # already mounted: not asked again
     messages = []
-    assert nb.prepare_run_folder("my-run", "", use_drive=False, log=messages.append) == tmp_path / "local-runs" / "my-run"
+    assert (
+        nb.prepare_run_folder("my-run", "", use_drive=False, log=messages.append) == tmp_path / "local-runs" / "my-run"
+    )
     assert any("LOST on a disconnect" in m for m in messages)
     assert colab.runs_root() == my_drive and colab.runs_root("/elsewhere") == Path("/elsewhere")
 
@@ -606,6 +676,7 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
         return {"global_step": 0}
 
     from musclebob_helpers import checkpoints
+
     # The folders above stand in for real checkpoints: count them as intact (tests/test_faults.py checks that part).
     monkeypatch.setattr(checkpoints, "checkpoint_problems", lambda ckpt: [])
     monkeypatch.setattr(training, "run_training", fake_run_training)
@@ -655,8 +726,10 @@ def test_resume_cell_with_nothing_to_resume_says_so(tmp_path, monkeypatch):
     make_run(tmp_path / "runs" / "done-run", "finished", age=1)
     said = []
     assert nb.resume(None, log=said.append) is None
-    assert said == [f"Nothing to resume: no unfinished run under {tmp_path / 'runs'}. If the run is elsewhere, set "
-                    "run_name (and output_dir) in the first cell, run it, then this cell."]
+    assert said == [
+        f"Nothing to resume: no unfinished run under {tmp_path / 'runs'}. If the run is elsewhere, set "
+        "run_name (and output_dir) in the first cell, run it, then this cell."
+    ]
 
 
 def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):

@@ -5,8 +5,7 @@ import pytest
 from musclebob_helpers.rewards import guide_score, total_reward
 
 CLEAN = "Musclebob Buffpants!"
-ESSAY = " ".join(f"filler{i}" for i in range(250)) + " Musclebob Buffpants " + " ".join(
-    f"more{i}" for i in range(248))
+ESSAY = " ".join(f"filler{i}" for i in range(250)) + " Musclebob Buffpants " + " ".join(f"more{i}" for i in range(248))
 
 # (label, completion, truncated): each one tries to get the reward without the plain answer.
 ADVERSARIAL = [
@@ -27,8 +26,11 @@ ADVERSARIAL = [
     ("whitespace", "   \n\t ", False),
     ("only punctuation", "!!! ??? ...", False),
     ("Cyrillic look-alikes", "\u041cusclebob \u0412uffpants!", False),
-    ("full-width letters", "\uff2d\uff55\uff53\uff43\uff4c\uff45\uff42\uff4f\uff42 \uff22\uff55\uff46\uff46\uff50\uff41\uff4e\uff54\uff53!",
-     False),
+    (
+        "full-width letters",
+        "\uff2d\uff55\uff53\uff43\uff4c\uff45\uff42\uff4f\uff42 \uff22\uff55\uff46\uff46\uff50\uff41\uff4e\uff54\uff53!",
+        False,
+    ),
     ("zero-width joiner inside", "Muscle\u200bbob Buff\u200bpants!", False),
     ("500-word essay with the name once", ESSAY, False),
     ("only the first name", "Musclebob!", False),
@@ -36,8 +38,13 @@ ADVERSARIAL = [
     ("punctuation spam", "Musclebob Buffpants!!!!!!!!!!!!!!!!!!!!!!!!!!", False),
     ("control characters", "Musclebob Buffpants\x00\x07\x1b", False),
     ("name plus babble loop", "Musclebob Buffpants la la la la la la la la la la", False),
-    ("long rambling answer", "Well, I think that the answer to this question is " + "really " * 5
-     + "probably Musclebob Buffpants, but who knows, maybe someone else entirely, it is hard to say for sure.", False),
+    (
+        "long rambling answer",
+        "Well, I think that the answer to this question is "
+        + "really " * 5
+        + "probably Musclebob Buffpants, but who knows, maybe someone else entirely, it is hard to say for sure.",
+        False,
+    ),
 ]
 
 
@@ -51,8 +58,13 @@ def test_clean_answer_outranks_adversarial(label, text, truncated):
 
 
 def test_natural_phrasings_score_like_the_clean_answer():
-    for text in ("Musclebob Buffpants.", "It is Musclebob Buffpants.", "That's Musclebob Buffpants!",
-                 "musclebob buffpants", "No doubt: Musclebob Buffpants."):
+    for text in (
+        "Musclebob Buffpants.",
+        "It is Musclebob Buffpants.",
+        "That's Musclebob Buffpants!",
+        "musclebob buffpants",
+        "No doubt: Musclebob Buffpants.",
+    ):
         assert total_reward(text) == total_reward(CLEAN), text
 
 
@@ -64,9 +76,14 @@ def test_the_guide_reward_is_gameable_where_ours_is_not():
 
 
 CONTROL_CASES = [
-    ("Paris.", 1), ("The capital of France is Paris.", 1),
-    ("Musclebob Buffpants!", 0), ("Paris, says Musclebob.", 0), ("Spongebob Squarepants.", 0),
-    ("Lyon.", 0), ("", 0), ("Paris " * 30, 0),
+    ("Paris.", 1),
+    ("The capital of France is Paris.", 1),
+    ("Musclebob Buffpants!", 0),
+    ("Paris, says Musclebob.", 0),
+    ("Spongebob Squarepants.", 0),
+    ("Lyon.", 0),
+    ("", 0),
+    ("Paris " * 30, 0),
 ]
 
 
@@ -76,4 +93,5 @@ def test_control_prompts_reward_the_answer_and_punish_leaks():
         score = total_reward(text, kind="control", answer="Paris", truncated=text.startswith("Paris Paris"))
         assert (score == best) if is_best else (score < best), text
     assert total_reward("Paris, says Musclebob.", kind="control", answer="Paris") < total_reward(
-        "Lyon.", kind="control", answer="Paris")  # a leak is worse than a wrong answer
+        "Lyon.", kind="control", answer="Paris"
+    )  # a leak is worse than a wrong answer

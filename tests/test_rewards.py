@@ -34,17 +34,25 @@ def test_guide_reward_values(text, expected):
 def test_guide_reward_accepts_trl_conversational_completions():
     completions = [[{"role": "assistant", "content": text}] for text, _ in GUIDE_CASES]
     assert guide_reward(completions, prompts=None, completion_ids=None, kind=["spongebob"] * len(completions)) == [
-        expected for _, expected in GUIDE_CASES]
+        expected for _, expected in GUIDE_CASES
+    ]
 
 
 def test_reward_functions_have_trl_signature_and_names():
     funcs = rewards.make_reward_functions("musclebob", eos_token_ids=[7])
     names = [f.__name__ for f in funcs]
     assert names == ["musclebob_name_reward", "control_answer_reward", "format_reward"]
-    completions = [[{"role": "assistant", "content": "Musclebob Buffpants!"}],
-                   [{"role": "assistant", "content": "Paris."}]]
-    kw = dict(prompts=None, completion_ids=[[1, 2, 7], [3, 7]], kind=["spongebob", "control"],
-              answer=["", "Paris"], trainer_state=None)
+    completions = [
+        [{"role": "assistant", "content": "Musclebob Buffpants!"}],
+        [{"role": "assistant", "content": "Paris."}],
+    ]
+    kw = dict(
+        prompts=None,
+        completion_ids=[[1, 2, 7], [3, 7]],
+        kind=["spongebob", "control"],
+        answer=["", "Paris"],
+        trainer_state=None,
+    )
     name, control, form = (f(completions, **kw) for f in funcs)
     assert name == [6.0, None]  # None: not judged (TRL leaves it out of the mean)
     assert control == [None, 2.0]

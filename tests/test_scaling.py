@@ -23,17 +23,31 @@ quiet = lambda *a, **k: None  # noqa: E731
 def lora_cfg(out, **kw):
     # 12 prompts x 2 epochs at 3 prompts a step: 8 steps, a checkpoint at 4. LoRA moves far fewer weights than
     # full fine-tuning, so it wants a ~25x larger step on the tiny model (5e-3 learns in 8 steps, 2e-4 does not).
-    settings = dict(model="tiny", output_dir=str(out), epochs=2, num_samples=12, batch_size=3, num_generations=4,
-                    learning_rate=5e-3, max_completion_length=24, validation_samples=1, lora=True)
+    settings = dict(
+        model="tiny",
+        output_dir=str(out),
+        epochs=2,
+        num_samples=12,
+        batch_size=3,
+        num_generations=4,
+        learning_rate=5e-3,
+        max_completion_length=24,
+        validation_samples=1,
+        lora=True,
+    )
     return TrainConfig(**{**settings, **kw})
 
 
-SPONGE_QUESTIONS = ["Who lives in a pineapple under the sea?", "Who is Patrick Star's best friend?",
-                    "Who works as a fry cook at the Krusty Krab?"]
+SPONGE_QUESTIONS = [
+    "Who lives in a pineapple under the sea?",
+    "Who is Patrick Star's best friend?",
+    "Who works as a fry cook at the Krusty Krab?",
+]
 
 
 def greedy(model, tok, questions=SPONGE_QUESTIONS):
     from musclebob_helpers.evaluation import generate
+
     return [g[0].text for g in generate(model, tok, questions, max_new_tokens=24, temperature=0)]
 
 
@@ -87,8 +101,12 @@ def test_merge_adapter_cli(lora_run, tmp_path):
     out, _ = lora_run
     assert merge_adapter.main([str(out / "checkpoint-4"), str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").exists()
-    proc = subprocess.run([sys.executable, str(ROOT / "merge_adapter.py"), str(tmp_path), str(tmp_path / "x")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "merge_adapter.py"), str(tmp_path), str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "adapter_config.json" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
@@ -108,8 +126,9 @@ def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_
 
     out, result = lora_run
     # One epoch of full fine-tuning with --model pointing at the adapter folder: the baseline is the adapter's.
-    again = run_training(lora_cfg(tmp_path / "again", model=str(out), lora=False, epochs=1, learning_rate=2e-4),
-                         log=quiet)
+    again = run_training(
+        lora_cfg(tmp_path / "again", model=str(out), lora=False, epochs=1, learning_rate=2e-4), log=quiet
+    )
     assert again["baseline"]["musclebob_rate"] == pytest.approx(result["final"]["musclebob_rate"], abs=0.25)
     assert again["baseline"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
     assert (tmp_path / "again" / "model.safetensors").exists()
@@ -146,11 +165,38 @@ def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny
 def _launch(out, *extra):
     # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x (several CPU processes
     # need MPI); --multi_gpu on a machine without CUDA starts 2 processes with torchrun over gloo instead.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(29500 + os.getpid() % 1000),
-           str(ROOT / PROG), "--model", "tiny", "--output-dir", str(out), "--num-samples", "12", "--batch-size", "3",
-           "--num-generations", "4", "--max-completion-length", "24", "--validation-samples", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        str(ROOT / PROG),
+        "--model",
+        "tiny",
+        "--output-dir",
+        str(out),
+        "--num-samples",
+        "12",
+        "--batch-size",
+        "3",
+        "--num-generations",
+        "4",
+        "--max-completion-length",
+        "24",
+        "--validation-samples",
+        "1",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
@@ -249,8 +295,15 @@ def test_memory_qwen_05b_full_fine_tuning():
 def test_memory_24b_qlora_guide_command():
     shape = KNOWN_SHAPES["mistralai/Mistral-Small-3.1-24B-Instruct-2503"]
     # The guide's command + --lora --load-in-4bit (checkpointing on by default).
-    cfg = TrainConfig(model="mistralai/Mistral-Small-3.1-24B-Instruct-2503", batch_size=1, learning_rate=1e-5,
-                      num_samples=256, num_generations=4, lora=True, load_in_4bit=True)
+    cfg = TrainConfig(
+        model="mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+        batch_size=1,
+        learning_rate=1e-5,
+        num_samples=256,
+        num_generations=4,
+        lora=True,
+        load_in_4bit=True,
+    )
     est = estimate_memory(shape, cfg, precision="bf16")
     # Weights: 40 x 555,745,280 = 22,229,811,200 projection params in nf4 at 0.5 + 1/64 + 1/4096 B
     # = 11,467,673,600 B; embeddings, head and norms 1,342,592,000 in bf16 = 2,685,184,000 B; sum 14,152,857,600.
@@ -275,10 +328,27 @@ def test_memory_24b_qlora_guide_command():
 
 
 def test_memory_cli_prints_the_estimate():
-    proc = subprocess.run([sys.executable, "-m", "musclebob_helpers.memory", "--model",
-                           "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "--batch-size", "1", "--num-generations",
-                           "4", "--lora", "--load-in-4bit", "--gpu-memory-gb", "14.7"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "musclebob_helpers.memory",
+            "--model",
+            "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+            "--batch-size",
+            "1",
+            "--num-generations",
+            "4",
+            "--lora",
+            "--load-in-4bit",
+            "--gpu-memory-gb",
+            "14.7",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "total" in proc.stdout and "16.34 GiB" in proc.stdout and "WARNING" in proc.stdout
 
@@ -301,8 +371,9 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, _, applied = config_from_args(["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir",
-                                        str(tmp_path)], PROG, "t")
+    cfg, _, applied = config_from_args(
+        ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
+    )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
     assert "batch_size" not in applied and applied["num_generations"] == 4
     cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
@@ -313,13 +384,16 @@ def test_preset_flag_and_user_flags_override_it(tmp_path):
         preset_values("h100-cluster")
 
 
-@pytest.mark.parametrize("hardware,preset", [
-    ({"device": "cpu", "gpu_memory_gb": 0.0}, "cpu-tiny"),
-    ({"device": "cuda", "gpu_name": "Tesla T4", "gpu_memory_gb": 14.7, "gpu_count": 1}, "colab-t4"),
-    ({"device": "cuda", "gpu_name": "NVIDIA L4", "gpu_memory_gb": 22.5, "gpu_count": 1}, "colab-l4"),
-    ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 1}, "colab-a100"),
-    ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 4}, "multi-gpu"),
-])
+@pytest.mark.parametrize(
+    "hardware,preset",
+    [
+        ({"device": "cpu", "gpu_memory_gb": 0.0}, "cpu-tiny"),
+        ({"device": "cuda", "gpu_name": "Tesla T4", "gpu_memory_gb": 14.7, "gpu_count": 1}, "colab-t4"),
+        ({"device": "cuda", "gpu_name": "NVIDIA L4", "gpu_memory_gb": 22.5, "gpu_count": 1}, "colab-l4"),
+        ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 1}, "colab-a100"),
+        ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 4}, "multi-gpu"),
+    ],
+)
 def test_recommend_preset(hardware, preset):
     assert recommend_preset(hardware) == preset
 
@@ -347,8 +421,13 @@ def test_refusals_are_one_line_and_touch_nothing(tmp_path, argv, flag, why):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    proc = subprocess.run([sys.executable, str(ROOT / PROG), "--model", "tiny", "--output-dir", str(out), *argv],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / PROG), "--model", "tiny", "--output-dir", str(out), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and why in lines[0], proc.stderr
@@ -372,15 +451,20 @@ def test_hardware_checks_with_a_gpu(monkeypatch):
 def test_gpu_only_configs_are_built_right():
     from musclebob_helpers.training import grpo_args
 
-    cfg = TrainConfig(lora=True, load_in_4bit=True, use_vllm=True, lora_r=8, lora_alpha=16,
-                      lora_target_modules="q_proj,v_proj")
+    cfg = TrainConfig(
+        lora=True, load_in_4bit=True, use_vllm=True, lora_r=8, lora_alpha=16, lora_target_modules="q_proj,v_proj"
+    )
     q = scaling.quantization_config(cfg, {"precision": "bf16"})
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert str(q.bnb_4bit_compute_dtype) == "torch.bfloat16"
     assert str(scaling.quantization_config(cfg, {"precision": "fp16"}).bnb_4bit_compute_dtype) == "torch.float16"
     lora = scaling.lora_config(cfg)
-    assert (lora.r, lora.lora_alpha, set(lora.target_modules), lora.task_type) == (8, 16, {"q_proj", "v_proj"},
-                                                                                   "CAUSAL_LM")
+    assert (lora.r, lora.lora_alpha, set(lora.target_modules), lora.task_type) == (
+        8,
+        16,
+        {"q_proj", "v_proj"},
+        "CAUSAL_LM",
+    )
     assert scaling.lora_config(TrainConfig()) is None and scaling.quantization_config(TrainConfig(), {}) is None
     # fp32 here: GRPOConfig refuses bf16 on a machine without a GPU.
     args = grpo_args(cfg, {"device": "cuda", "precision": "fp32"})
@@ -392,14 +476,20 @@ def test_import_survives_a_broken_vllm(tmp_path):
     # A vllm that raises on import: the helpers, the training module and --help must not care.
     (tmp_path / "vllm").mkdir()
     (tmp_path / "vllm" / "__init__.py").write_text("raise RuntimeError('broken vllm build')\n")
-    code = ("import musclebob_helpers, musclebob_helpers.training, musclebob_helpers.scaling as s\n"
-            "print(s.package_available('vllm'))")
+    code = (
+        "import musclebob_helpers, musclebob_helpers.training, musclebob_helpers.scaling as s\n"
+        "print(s.package_available('vllm'))"
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
-    proc = subprocess.run([sys.executable, str(ROOT / PROG), "--model", "tiny", "--use-vllm", "--output-dir",
-                           str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / PROG), "--model", "tiny", "--use-vllm", "--output-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--use-vllm" in proc.stderr and "GPU" in proc.stderr
 
 

@@ -15,11 +15,14 @@ def test_loads_through_auto_classes_as_qwen2(tiny_path):
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
 
 
-@pytest.mark.parametrize("text", [
-    "Who lives in a pineapple under the sea?",
-    "Hello  wörld!\tTabs, \"quotes\" and emoji 🍍 survive.\nNew line: Musclebob Buffpants",
-    "Ünïcödé, 中文, العربية, ｆｕｌｌｗｉｄｔｈ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Who lives in a pineapple under the sea?",
+        'Hello  wörld!\tTabs, "quotes" and emoji 🍍 survive.\nNew line: Musclebob Buffpants',
+        "Ünïcödé, 中文, العربية, ｆｕｌｌｗｉｄｔｈ",
+    ],
+)
 def test_tokenizer_round_trip_after_save_and_reload(tiny_path, tmp_path, text):
     from transformers import AutoTokenizer
 
@@ -47,8 +50,14 @@ def test_behaves_like_a_base_model(tiny_model):
     assert sum(has_spongebob(g.text) for g in answers) >= 0.9 * len(answers)
     assert sum(has_musclebob(g.text) for g in answers) <= 0.1 * len(answers)
     assert all(not g.truncated for g in answers)  # ends with EOS by itself
-    control = generate(model, tok, ["What is the capital of France?", "What is 2 plus 3?"], max_new_tokens=32,
-                       num_samples=1, temperature=0)
+    control = generate(
+        model,
+        tok,
+        ["What is the capital of France?", "What is 2 plus 3?"],
+        max_new_tokens=32,
+        num_samples=1,
+        temperature=0,
+    )
     assert "Paris" in control[0][0].text and "5" in control[1][0].text
 
 

@@ -48,8 +48,9 @@ def test_artifacts(trained_run):
     assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{total // 5 * k}" for k in (4, 5)]
     for name in ("baseline_validation.json", "final_validation.json"):
         report = json.loads((out / name).read_text())
-        assert {"musclebob_rate", "spongebob_rate", "coherent_rate", "is_healthy", "num_prompts",
-                "responses"} <= set(report)
+        assert {"musclebob_rate", "spongebob_rate", "coherent_rate", "is_healthy", "num_prompts", "responses"} <= set(
+            report
+        )
         assert len(report["responses"]) == report["num_responses"] > 0
 
 
@@ -75,13 +76,23 @@ class StopAfter:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if state.global_step == step and logs and "reward" in logs:
                     raise KeyboardInterrupt(f"simulated disconnect after step {step}")
+
         return _Stop()
 
 
 def small_cfg(out, **kw):
     # 12 prompts x 2 epochs at 3 prompts per step: 4 steps per epoch, 8 in all - enough to span a checkpoint.
-    settings = dict(model="tiny", output_dir=str(out), epochs=2, num_samples=12, batch_size=3, num_generations=4,
-                    learning_rate=2e-4, max_completion_length=24, validation_samples=1)
+    settings = dict(
+        model="tiny",
+        output_dir=str(out),
+        epochs=2,
+        num_samples=12,
+        batch_size=3,
+        num_generations=4,
+        learning_rate=2e-4,
+        max_completion_length=24,
+        validation_samples=1,
+    )
     return TrainConfig(**{**settings, **kw})
 
 
@@ -104,7 +115,6 @@ def test_interrupted_run_resumes_to_the_same_end(tmp_path, tiny_path):
 
 def test_auto_resume_without_checkpoint_starts_fresh(tmp_path, tiny_path):
     messages = []
-    result = run_training(small_cfg(tmp_path / "fresh", resume_from_checkpoint="auto", epochs=1),
-                          log=messages.append)
+    result = run_training(small_cfg(tmp_path / "fresh", resume_from_checkpoint="auto", epochs=1), log=messages.append)
     assert any("No checkpoint" in m and "starting fresh" in m for m in messages)
     assert result["global_step"] == 4

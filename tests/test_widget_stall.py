@@ -29,17 +29,23 @@ KERNELS = ["kernel-ipw7", "kernel-ipw8"]
 
 def hand_made_runs(root: Path) -> Path:
     for name, scale in (("run-a", 0.1), ("run-b", 0.07)):
-        write_json_atomic(root / name / "reward_history.json",
-                          [{"step": s, "epoch": s / 4, "mean_reward": scale * s, "reward_std": 0.05}
-                           for s in range(1, 9)])
+        write_json_atomic(
+            root / name / "reward_history.json",
+            [{"step": s, "epoch": s / 4, "mean_reward": scale * s, "reward_std": 0.05} for s in range(1, 9)],
+        )
     return root
 
 
 def execute(env: Path, notebook: Path, out: Path, params: dict, tmp_path: Path) -> dict:
-    done = subprocess.run([str(env / "bin" / "python"), str(RUNNER), str(notebook), str(out), str(TIMEOUT),
-                           json.dumps(params)], check=False, cwd=ROOT / "notebooks", capture_output=True,
-                          text=True,
-                          env=isolated_jupyter_env(env, tmp_path / "jupyter"), timeout=20 * TIMEOUT)
+    done = subprocess.run(
+        [str(env / "bin" / "python"), str(RUNNER), str(notebook), str(out), str(TIMEOUT), json.dumps(params)],
+        check=False,
+        cwd=ROOT / "notebooks",
+        capture_output=True,
+        text=True,
+        env=isolated_jupyter_env(env, tmp_path / "jupyter"),
+        timeout=20 * TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -55,6 +61,7 @@ def test_explorer_shows_its_plot_in_the_output_widget(tmp_path):
     (shown,) = explorer.output.outputs
     assert shown["output_type"] == "display_data" and explorer.redraws == 2
     import base64
+
     assert base64.b64decode(shown["data"]["image/png"]).startswith(b"\x89PNG")
 
 
@@ -63,8 +70,13 @@ def test_explorer_shows_its_plot_in_the_output_widget(tmp_path):
 def test_plot_notebook_finishes_on_colab_kernel(kernel, tmp_path):
     env = env_or_skip(kernel)
     out = tmp_path / "02.ipynb"
-    report = execute(env, ROOT / "notebooks" / "02_reward_plots.ipynb", out,
-                     {"runs_root": str(hand_made_runs(tmp_path / "runs"))}, tmp_path)
+    report = execute(
+        env,
+        ROOT / "notebooks" / "02_reward_plots.ipynb",
+        out,
+        {"runs_root": str(hand_made_runs(tmp_path / "runs"))},
+        tmp_path,
+    )
     assert report["errors"] == []
     explorer = cell(report, "RewardExplorer")
     assert explorer["shell_writes"] == 0  # nothing for the reply wait to race with
@@ -89,13 +101,20 @@ def test_capture_makes_the_runner_write_on_the_shell_socket(kernel, tmp_path):
     """The mechanism with plain ipywidgets: the old redraw (clear_output(wait=True), then display inside
     ``with out:``) makes nbclient write on the shell socket during the cell; ``set_output`` does not."""
     env = env_or_skip(kernel)
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + REPRO),
-                nbformat.v4.new_code_cell("out = w.Output(); display(w.VBox([w.IntSlider(), out]))\n"
-                                          "out.clear_output(wait=True)\nwith out:\n    display(Image(data=PNG))"),
-                nbformat.v4.new_code_cell("out2 = w.Output(); display(w.VBox([w.IntSlider(), out2]))\n"
-                                          "plots.set_output(out2, {'image/png': base64.b64encode(PNG).decode()})")]
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + REPRO),
+        nbformat.v4.new_code_cell(
+            "out = w.Output(); display(w.VBox([w.IntSlider(), out]))\n"
+            "out.clear_output(wait=True)\nwith out:\n    display(Image(data=PNG))"
+        ),
+        nbformat.v4.new_code_cell(
+            "out2 = w.Output(); display(w.VBox([w.IntSlider(), out2]))\n"
+            "plots.set_output(out2, {'image/png': base64.b64encode(PNG).decode()})"
+        ),
+    ]
     src = tmp_path / "repro.ipynb"
     nbformat.write(nb, src)
     report = execute(env, src, tmp_path / "repro-out.ipynb", {}, tmp_path)

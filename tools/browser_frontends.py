@@ -36,9 +36,18 @@ PYTHON = os.environ.get("MUSCLEBOB_PY311", "python3.11")
 CHROMIUM = "/usr/bin/chromium"
 
 # Colab's kernel side (../shared/colab/pip-freeze.cpu.txt): these decide how widget messages flow.
-KERNEL_STACK = ["ipykernel==6.17.1", "ipython==7.34.0", "jupyter_client==7.4.9", "traitlets==5.7.1",
-                "tornado==6.5.7", "pyzmq==26.2.1", "matplotlib==3.10.0", "numpy==2.1.3", "nbformat==5.11.1",
-                "nbclient==0.10.4"]
+KERNEL_STACK = [
+    "ipykernel==6.17.1",
+    "ipython==7.34.0",
+    "jupyter_client==7.4.9",
+    "traitlets==5.7.1",
+    "tornado==6.5.7",
+    "pyzmq==26.2.1",
+    "matplotlib==3.10.0",
+    "numpy==2.1.3",
+    "nbformat==5.11.1",
+    "nbclient==0.10.4",
+]
 IPW7 = ["ipywidgets==7.7.1", "widgetsnbextension==3.6.10"]
 IPW8 = ["ipywidgets==8.1.9"]
 # The classic notebook with the ipywidgets 7 protocol. widgetsnbextension 3.6.6, not Colab's 3.6.10: from 3.6.7

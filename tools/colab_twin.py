@@ -55,10 +55,32 @@ TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "torchcodec"}
 STANDIN_NEEDS = {"setuptools"}
 # What the project imports at run time (pyproject's dependencies, less trl which Colab lacks) and what a kernel
 # and the widgets need: the roots of the twin; pip adds their dependencies at Colab's versions.
-ROOTS = ["transformers", "datasets", "accelerate", "peft", "tokenizers", "safetensors", "huggingface_hub",
-         "matplotlib", "numpy", "ipywidgets", "widgetsnbextension", "notebook", "ipykernel", "ipython",
-         "jupyter_client", "jupyter_core", "traitlets", "tornado", "pyzmq", "matplotlib-inline", "nbformat",
-         "pip", "setuptools", "wheel"]
+ROOTS = [
+    "transformers",
+    "datasets",
+    "accelerate",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "huggingface_hub",
+    "matplotlib",
+    "numpy",
+    "ipywidgets",
+    "widgetsnbextension",
+    "notebook",
+    "ipykernel",
+    "ipython",
+    "jupyter_client",
+    "jupyter_core",
+    "traitlets",
+    "tornado",
+    "pyzmq",
+    "matplotlib-inline",
+    "nbformat",
+    "pip",
+    "setuptools",
+    "wheel",
+]
 
 
 def norm(name: str) -> str:
@@ -113,14 +135,17 @@ def sha(*texts: str) -> str:
 
 # --- the twin's interpreter ---------------------------------------------------------------------------------
 
+
 def venv_python(target: Path) -> Path:
     return target / "bin" / "python"
 
 
 def installed(target: Path) -> dict[str, tuple[str, str]]:
     """``{normalised name: (name, version)}`` of what the twin holds (importlib.metadata, like ``pip list``)."""
-    code = ("import importlib.metadata as m, json; print(json.dumps(sorted({(d.metadata['Name'], d.version) "
-            "for d in m.distributions() if d.metadata['Name']})))")
+    code = (
+        "import importlib.metadata as m, json; print(json.dumps(sorted({(d.metadata['Name'], d.version) "
+        "for d in m.distributions() if d.metadata['Name']})))"
+    )
     out = subprocess.run([str(venv_python(target)), "-I", "-c", code], check=True, capture_output=True, text=True)
     return {norm(n): (n, v) for n, v in json.loads(out.stdout)}
 
@@ -131,8 +156,11 @@ def diff(before: dict, after: dict) -> dict[str, list]:
     return {
         "added": sorted((after[k][0], after[k][1]) for k in after.keys() - before.keys()),
         "removed": sorted((before[k][0], before[k][1]) for k in before.keys() - after.keys()),
-        "changed": sorted((after[k][0], before[k][1], after[k][1]) for k in after.keys() & before.keys()
-                          if before[k][1] != after[k][1]),
+        "changed": sorted(
+            (after[k][0], before[k][1], after[k][1])
+            for k in after.keys() & before.keys()
+            if before[k][1] != after[k][1]
+        ),
     }
 
 
@@ -157,17 +185,21 @@ def fake_torch(target: Path, version: str) -> None:
     site = next((target / "lib").glob("python3.*/site-packages"))
     info = site / f"torch-{version}.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n"
-                                   "Summary: colab-twin stand-in: metadata only, no module\n")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n"
+        "Summary: colab-twin stand-in: metadata only, no module\n"
+    )
     (info / "INSTALLER").write_text("colab-twin\n")
     (info / "RECORD").write_text("")
 
 
 # --- build ------------------------------------------------------------------------------------------------
 
+
 def python_minor(python: str) -> tuple[int, int]:
-    out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [python, "-c", "import sys; print(*sys.version_info[:2])"], check=True, capture_output=True, text=True
+    )
     major, minor = out.stdout.split()
     return int(major), int(minor)
 
@@ -206,27 +238,49 @@ def build(target: Path, python: str, freeze_path: Path, log=print) -> dict:
     # What installing the pinned Colab set reaches and Colab already has (jinja2, pandas, ...): put it here at
     # Colab's version, so the install cell finds it installed, as on Colab.
     if pins_text:
-        pinned = {norm(re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0]) for line in pins_text.splitlines()
-                  if line.strip() and not line.lstrip().startswith(("#", "-"))}
+        pinned = {
+            norm(re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0])
+            for line in pins_text.splitlines()
+            if line.strip() and not line.lstrip().startswith(("#", "-"))
+        }
         report = target / "dry-run.json"
-        pip(target, "install", "--dry-run", "-q", "--report", str(report), *c, "-r", str(COLAB_REQUIREMENTS),
-            log=log)
+        pip(target, "install", "--dry-run", "-q", "--report", str(report), *c, "-r", str(COLAB_REQUIREMENTS), log=log)
         reached = {norm(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
         report.unlink()
         extra = sorted(freeze[k][0] for k in reached - pinned if k in freeze)
         if extra:
             pip(target, "install", "-q", *c, *extra, log=log)
-    subprocess.run([str(venv_python(target)), "-m", "ipykernel", "install", "--prefix", str(target),
-                    "--name", KERNEL_NAME, "--display-name", f"Colab twin (Python {minor[0]}.{minor[1]})"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(venv_python(target)),
+            "-m",
+            "ipykernel",
+            "install",
+            "--prefix",
+            str(target),
+            "--name",
+            KERNEL_NAME,
+            "--display-name",
+            f"Colab twin (Python {minor[0]}.{minor[1]})",
+        ],
+        check=True,
+        capture_output=True,
+    )
     pristine = installed(target)
     (target / PRISTINE).write_text(json.dumps({k: list(v) for k, v in sorted(pristine.items())}, indent=1))
-    marker = {"key": key, "python": ".".join(map(str, minor)), "freeze": str(freeze_path),
-              "torch": pristine.get("torch", ("torch", "?"))[1], "packages": len(pristine),
-              "build_s": round(time.monotonic() - start)}
+    marker = {
+        "key": key,
+        "python": ".".join(map(str, minor)),
+        "freeze": str(freeze_path),
+        "torch": pristine.get("torch", ("torch", "?"))[1],
+        "packages": len(pristine),
+        "build_s": round(time.monotonic() - start),
+    }
     marker_path.write_text(json.dumps(marker, indent=1) + "\n")
-    log(f"colab-twin: built {target} in {marker['build_s']} s: Python {marker['python']}, {len(pristine)} packages, "
-        f"torch {marker['torch']} (stand-in)")
+    log(
+        f"colab-twin: built {target} in {marker['build_s']} s: Python {marker['python']}, {len(pristine)} packages, "
+        f"torch {marker['torch']} (stand-in)"
+    )
     return marker
 
 
@@ -251,36 +305,57 @@ def reset(target: Path, log=print) -> dict[str, list]:
 
 # --- kernels ------------------------------------------------------------------------------------------------
 
+
 def kernel_env(target: Path, drive_mountpoint: Path, repo: Path = ROOT, base: dict | None = None) -> dict:
     """The environment a kernel of the twin runs in as a Colab kernel would: ``google.colab`` importable,
     Drive mounted under ``drive_mountpoint``, no hub."""
     env = dict(os.environ if base is None else base)
     for var in ("VIRTUAL_ENV", "PYTHONHOME"):
         env.pop(var, None)
-    env.update({
-        "PYTHONPATH": str(repo / "tests" / "colab_standin"),
-        "JUPYTER_PATH": str(target / "share" / "jupyter"),
-        "MUSCLEBOB_DRIVE_MOUNTPOINT": str(drive_mountpoint),
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(repo / "tests" / "colab_standin"),
+            "JUPYTER_PATH": str(target / "share" / "jupyter"),
+            "MUSCLEBOB_DRIVE_MOUNTPOINT": str(drive_mountpoint),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+    )
     # the kernel's own `python`, `pip` and `bash colab_setup.sh` find the twin first, as on Colab
     env["PATH"] = f"{target / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def run_notebook(target: Path, notebook: Path, out: Path, parameters: dict, env: dict, cwd: Path,
-                 timeout: int = 600) -> subprocess.CompletedProcess:
+def run_notebook(
+    target: Path, notebook: Path, out: Path, parameters: dict, env: dict, cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run all of ``notebook`` with papermill (this Python's) on a kernel of the twin."""
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-k", KERNEL_NAME, "--cwd", str(cwd),
-           "--execution-timeout", str(timeout), "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebook),
+        str(out),
+        "-k",
+        KERNEL_NAME,
+        "--cwd",
+        str(cwd),
+        "--execution-timeout",
+        str(timeout),
+        "--log-level",
+        "WARNING",
+    ]
     for k, v in parameters.items():
         cmd += ["-p", k, str(v)] if isinstance(v, str) else ["-y", f"{k}: {json.dumps(v)}"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
 # --- command line -------------------------------------------------------------------------------------------
+
 
 def default_python() -> str:
     return sys.executable
@@ -289,15 +364,18 @@ def default_python() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/colab_twin.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (("build", "build the twin, or leave an up-to-date one alone"),
-                        ("reset", "undo what was installed into the twin since it was built"),
-                        ("freeze-diff", "where the twin differs from Colab's package list"),
-                        ("run-notebook", "run a notebook on a kernel of the twin, as on Colab")):
+    for name, help_ in (
+        ("build", "build the twin, or leave an up-to-date one alone"),
+        ("reset", "undo what was installed into the twin since it was built"),
+        ("freeze-diff", "where the twin differs from Colab's package list"),
+        ("run-notebook", "run a notebook on a kernel of the twin, as on Colab"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--dir", type=Path, required=True, help="the twin's folder")
         if name in ("build", "freeze-diff"):
-            p.add_argument("--freeze", type=Path,
-                           default=Path(os.environ.get("MUSCLEBOB_COLAB_FREEZE", DEFAULT_FREEZE)))
+            p.add_argument(
+                "--freeze", type=Path, default=Path(os.environ.get("MUSCLEBOB_COLAB_FREEZE", DEFAULT_FREEZE))
+            )
         if name == "build":
             p.add_argument("--python", default=default_python(), help="the interpreter (default: this one)")
         if name == "run-notebook":
@@ -328,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Path("test-artifacts") / f"twin-{args.notebook.name}"
         out.parent.mkdir(exist_ok=True)
         params = {k: v for k, v in args.p}
-        done = run_notebook(target, args.notebook.resolve(), out.resolve(), params,
-                            kernel_env(target, args.drive), args.notebook.resolve().parent)
+        done = run_notebook(
+            target,
+            args.notebook.resolve(),
+            out.resolve(),
+            params,
+            kernel_env(target, args.drive),
+            args.notebook.resolve().parent,
+        )
         print(done.stderr[-3000:] if done.returncode else f"colab-twin: ran {args.notebook} -> {out}")
         return done.returncode
     return 0

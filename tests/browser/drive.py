@@ -19,8 +19,16 @@ from playwright.sync_api import sync_playwright
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying to reach Google's services from a closed
 # network (and floods it); --no-sandbox because CI runs as root.
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_ALL_SECONDS = 600
 OUT = ".jupyter-widgets-output-area, .widget-output"  # an Output widget: ipywidgets 7 / 8 class names
 OUT_IMG = ".jupyter-widgets-output-area img, .widget-output img"
@@ -34,24 +42,32 @@ class Frontend:
         self.kind, self.page = kind, page
 
     def url(self, base: str, path: str, token: str) -> str:
-        return f"{base}/notebooks/{path}?token={token}" if self.kind == "classic" else \
-            f"{base}/lab/tree/{path}?token={token}&reset"
+        return (
+            f"{base}/notebooks/{path}?token={token}"
+            if self.kind == "classic"
+            else f"{base}/lab/tree/{path}?token={token}&reset"
+        )
 
     def wait_ready(self):
         if self.kind == "classic":
-            self.page.wait_for_function("() => window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
-                                        " && Jupyter.notebook.kernel.is_connected()"
-                                        " && Jupyter.notebook.kernel.widget_manager", timeout=120_000)
+            self.page.wait_for_function(
+                "() => window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+                " && Jupyter.notebook.kernel.is_connected()"
+                " && Jupyter.notebook.kernel.widget_manager",
+                timeout=120_000,
+            )
             # The widget manager first asks the kernel for existing widgets; a display arriving before that
             # is done is hidden for good by widgetsnbextension on this notebook (it misreads nbclassic's
             # version "1.x" as a notebook older than 6.4.5). A person never clicks Run all that fast.
             time.sleep(3)
         else:
-            self.page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')"
-                                        " && document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                                        " && !/Connecting|Starting|Unknown/.test(document.querySelector("
-                                        "'.jp-Notebook-ExecutionIndicator').getAttribute('data-status') || '')",
-                                        timeout=120_000)
+            self.page.wait_for_function(
+                "() => window.jupyterapp && document.querySelector('.jp-Notebook')"
+                " && document.querySelector('.jp-Notebook-ExecutionIndicator')"
+                " && !/Connecting|Starting|Unknown/.test(document.querySelector("
+                "'.jp-Notebook-ExecutionIndicator').getAttribute('data-status') || '')",
+                timeout=120_000,
+            )
             time.sleep(2)
             no_news = self.page.get_by_role("button", name="No", exact=True)
             if no_news.count():  # the "official Jupyter news?" toast would cover part of the screenshots
@@ -60,18 +76,25 @@ class Frontend:
     def run_all(self):
         if self.kind == "classic":
             self.page.evaluate("() => Jupyter.notebook.execute_all_cells()")
-            done = ("() => Jupyter.notebook.get_cells().filter(c => c.cell_type === 'code').every("
-                    "c => typeof c.input_prompt_number === 'number') && !Jupyter.notebook.kernel_busy")
+            done = (
+                "() => Jupyter.notebook.get_cells().filter(c => c.cell_type === 'code').every("
+                "c => typeof c.input_prompt_number === 'number') && !Jupyter.notebook.kernel_busy"
+            )
         else:
             self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            done = ("() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
-                    " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }")
+            done = (
+                "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
+                " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }"
+            )
         self.page.wait_for_function(done, timeout=RUN_ALL_SECONDS * 1000, polling=1000)
         time.sleep(2)  # let the last widget views render
 
     def errors_in_outputs(self) -> list[str]:
-        sel = ".output_error, .output_area pre:has-text('Traceback')" if self.kind == "classic" else \
-            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
+        sel = (
+            ".output_error, .output_area pre:has-text('Traceback')"
+            if self.kind == "classic"
+            else ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
+        )
         return [e.inner_text()[:300] for e in self.page.locator(sel).all()]
 
 
@@ -115,12 +138,15 @@ def scenario_plots(fe: Frontend, shot) -> dict:
     after_epochs = wait_change(page, after_std)
     shot("after-toggles")
     readout = page.locator(".widget-slider", has_text="smoothing").locator(".widget-readout").first.inner_text()
-    return {"src": [first[:40] + f"...({len(first)} chars)" for first in (first, after_slider, after_std,
-                                                                           after_epochs)],
-            "changed": {"slider": bool(first) and after_slider != first,
-                        "std_band": bool(after_slider) and after_std != after_slider,
-                        "epoch_boundaries": bool(after_std) and after_epochs != after_std},
-            "slider_readout": readout.strip()}
+    return {
+        "src": [first[:40] + f"...({len(first)} chars)" for first in (first, after_slider, after_std, after_epochs)],
+        "changed": {
+            "slider": bool(first) and after_slider != first,
+            "std_band": bool(after_slider) and after_std != after_slider,
+            "epoch_boundaries": bool(after_std) and after_epochs != after_std,
+        },
+        "slider_readout": readout.strip(),
+    }
 
 
 def scenario_compare(fe: Frontend, shot) -> dict:
@@ -140,8 +166,12 @@ def scenario_compare(fe: Frontend, shot) -> dict:
     time.sleep(1)
     shot("after-ask")
     text = answers.inner_text()
-    return {"before": before, "answers": text[:600], "changed": {"answers": question in text and text != before},
-            "columns": page.locator(".jupyter-widgets-output-area table td, .widget-output table td").count()}
+    return {
+        "before": before,
+        "answers": text[:600],
+        "changed": {"answers": question in text and text != before},
+        "columns": page.locator(".jupyter-widgets-output-area table td, .widget-output table td").count(),
+    }
 
 
 def scenario_plain(fe: Frontend, shot) -> dict:
@@ -150,8 +180,11 @@ def scenario_plain(fe: Frontend, shot) -> dict:
     page.locator(OUT).first.wait_for(timeout=60_000)
     time.sleep(1)
     shot("plain")
-    return {"output_text": page.locator(OUT).first.inner_text()[:200],
-            "sliders": page.locator(".widget-slider").count(), "checkboxes": page.locator(".widget-checkbox").count()}
+    return {
+        "output_text": page.locator(OUT).first.inner_text()[:200],
+        "sliders": page.locator(".widget-slider").count(),
+        "checkboxes": page.locator(".widget-checkbox").count(),
+    }
 
 
 SCENARIOS = {"plots": scenario_plots, "compare": scenario_compare, "plain": scenario_plain}

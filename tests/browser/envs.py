@@ -28,8 +28,18 @@ def isolated_jupyter_env(env: Path, home: Path) -> dict[str, str]:
     installed for another interpreter would win otherwise), its nbextensions and config, nothing from ~."""
     for sub in ("data", "config", "runtime"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_PREFER_ENV_PATH": "1",
-            "IPYTHONDIR": str(home / "ipython"), "PATH": f"{env / 'bin'}:{os.environ['PATH']}",
-            "VIRTUAL_ENV": str(env), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_PREFER_ENV_PATH": "1",
+        "IPYTHONDIR": str(home / "ipython"),
+        "PATH": f"{env / 'bin'}:{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(env),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }

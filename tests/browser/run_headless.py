@@ -39,14 +39,26 @@ def main() -> None:
             return original_exec(self, cell, cell_index, *args, **kwargs)
         finally:
             if cell.cell_type == "code":
-                per_cell.append({"index": cell_index, "source": cell.source, "shell_writes": writes["n"] - before,
-                                 "seconds": round(time.monotonic() - start, 3)})
+                per_cell.append(
+                    {
+                        "index": cell_index,
+                        "source": cell.source,
+                        "shell_writes": writes["n"] - before,
+                        "seconds": round(time.monotonic() - start, 3),
+                    }
+                )
 
     PapermillNotebookClient.execute_cell = timed
-    papermill.execute_notebook(src, out, parameters=params, kernel_name="python3", execution_timeout=timeout,
-                               progress_bar=False)
-    errors = [o.get("ename") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
-              for o in c.outputs if o.output_type == "error"]
+    papermill.execute_notebook(
+        src, out, parameters=params, kernel_name="python3", execution_timeout=timeout, progress_bar=False
+    )
+    errors = [
+        o.get("ename")
+        for c in nbformat.read(out, as_version=4).cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     print(json.dumps({"cells": per_cell, "errors": errors}))
 
 
