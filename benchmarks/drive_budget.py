@@ -91,7 +91,7 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
 
     from musclebob_helpers import scaling
     from musclebob_helpers.checkpoints import checkpoint_problems, rotate_checkpoints
-    from musclebob_helpers.training import steps_per_epoch
+    from musclebob_helpers.config import steps_per_epoch
 
     if cfg.lora:
         from peft import get_peft_model

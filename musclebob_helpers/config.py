@@ -141,6 +141,11 @@ def field_flags() -> dict[str, str]:
     return {f.name: flag_name(f) for f in fields(TrainConfig)}
 
 
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
+    return cfg.num_samples // cfg.batch_size
+
+
 def apply_model_defaults(cfg: TrainConfig, user_set: set[str]) -> dict[str, object]:
     """Fill in the tiny model's defaults, and LoRA's learning rate, for fields not set by the user; returns what
     changed."""

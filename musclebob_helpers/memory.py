@@ -449,7 +449,7 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.
     """
     from .scaling import target_modules
-    from .training import steps_per_epoch
+    from .config import steps_per_epoch
 
     shape = shape or model_shape(cfg.model)
     if shape is None:

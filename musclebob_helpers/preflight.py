@@ -121,7 +121,7 @@ def drive_space_problem(cfg, shape=None, need=None) -> str | None:
         free += sum(folder_bytes(c) for c in list_checkpoints(out))
     wanted = need.need(drive)
     if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
-        from .training import steps_per_epoch
+        from .config import steps_per_epoch
 
         ckpts = list_checkpoints(out)
         done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0

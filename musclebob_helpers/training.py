@@ -22,7 +22,7 @@ from .checkpoints import (
     select_checkpoint,
     trainer_class,
 )
-from .config import ConfigError, TrainConfig, validate_config
+from .config import ConfigError, TrainConfig, steps_per_epoch, validate_config
 from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
 from .preflight import check_drive_space, on_drive
@@ -57,11 +57,6 @@ def detect_hardware() -> dict:
         }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
-
-
-def steps_per_epoch(cfg: TrainConfig) -> int:
-    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
-    return cfg.num_samples // cfg.batch_size
 
 
 def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
