@@ -141,6 +141,13 @@ def field_flags() -> dict[str, str]:
     return {f.name: flag_name(f) for f in fields(TrainConfig)}
 
 
+def target_modules(cfg: "TrainConfig") -> list[str] | str:
+    """``--lora-target-modules`` as PEFT wants it: a list of names, or the string 'all-linear'."""
+    if cfg.lora_target_modules.strip() == "all-linear":
+        return "all-linear"
+    return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+
+
 def steps_per_epoch(cfg: TrainConfig) -> int:
     """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
     return cfg.num_samples // cfg.batch_size

@@ -248,7 +248,7 @@ def estimate_memory(
     ``precision`` is the autocast precision ('bf16', 'fp16' or 'fp32'); ``zero_stage`` the DeepSpeed
     ZeRO stage (0: plain DDP or one GPU); ``gpu_memory_gb`` sizes the vLLM reserve.
     """
-    from .scaling import target_modules
+    from .config import target_modules
 
     act_bytes = 4 if precision == "fp32" else 2  # activations in the autocast dtype
     half = 4 if precision == "fp32" else 2  # a frozen base model in the run's dtype
@@ -448,7 +448,7 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     complete, so while it is written ``keep + 1`` exist (``peak``); on Google Drive deleted checkpoints stay
     in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.
     """
-    from .scaling import target_modules
+    from .config import target_modules
     from .config import steps_per_epoch
 
     shape = shape or model_shape(cfg.model)

@@ -17,16 +17,9 @@ import importlib.util
 import os
 import re
 
-from .config import PRESET_NAMES, ConfigError, TrainConfig
+from .config import PRESET_NAMES, ConfigError, TrainConfig, target_modules
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
-
-
-def target_modules(cfg: TrainConfig) -> list[str] | str:
-    """``--lora-target-modules`` as PEFT wants it: a list of names, or the string 'all-linear'."""
-    if cfg.lora_target_modules.strip() == "all-linear":
-        return "all-linear"
-    return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
 
 
 def validate_scaling_options(cfg: TrainConfig) -> None:
