@@ -35,19 +35,18 @@ def main(argv=None) -> int:
     from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config
     from musclebob_helpers.config import ConfigError
 
-    cfg, _, applied = config_from_args(argv, PROG, __doc__.splitlines()[0])
+    cfg, sources = config_from_args(argv, PROG, __doc__.splitlines()[0])
     try:
         check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
-        from musclebob_helpers.scaling import check_hardware_support
-        from musclebob_helpers.training import detect_hardware
+        from musclebob_helpers.training import check_hardware_support, detect_hardware
 
         check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
-    from musclebob_helpers.scaling import is_main_process
+    from accelerate import PartialState
 
-    if is_main_process():  # under `accelerate launch`, print once
-        print_config(cfg, applied)
+    if PartialState().is_main_process:  # under `accelerate launch`, print once
+        print_config(cfg, sources)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
 

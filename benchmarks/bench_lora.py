@@ -51,7 +51,8 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from musclebob_helpers import data, evaluation, scaling
+    from musclebob_helpers import data, evaluation
+    from musclebob_helpers.lora import lora_config
     from musclebob_helpers.config import TrainConfig
     from musclebob_helpers.rewards import make_reward_functions
     from musclebob_helpers.training import detect_hardware, grpo_args
@@ -93,7 +94,7 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         callbacks=[Clock()],
-        peft_config=scaling.lora_config(cfg),
+        peft_config=lora_config(cfg),
     )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()

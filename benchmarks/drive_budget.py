@@ -89,14 +89,14 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from musclebob_helpers import scaling
+    from musclebob_helpers import lora
     from musclebob_helpers.checkpoints import checkpoint_problems, rotate_checkpoints
     from musclebob_helpers.config import steps_per_epoch
 
     if cfg.lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, scaling.lora_config(cfg))
+        model = get_peft_model(model, lora.lora_config(cfg))
     args = TrainingArguments(
         output_dir=str(out),
         save_strategy="epoch",
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from musclebob_helpers.config import TrainConfig
-    from musclebob_helpers.presets import preset_config
+    from musclebob_helpers.config import preset_config
     from musclebob_helpers.tiny_model import ensure_tiny_model
 
     tiny = ensure_tiny_model()

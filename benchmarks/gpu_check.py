@@ -61,9 +61,9 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from musclebob_helpers import data, evaluation, memory, scaling
+    from musclebob_helpers import data, evaluation, lora, memory, training
     from musclebob_helpers.checkpoints import trainer_class
-    from musclebob_helpers.presets import preset_config
+    from musclebob_helpers.config import preset_config
     from musclebob_helpers.rewards import make_reward_functions
     from musclebob_helpers.training import detect_hardware, grpo_args
 
@@ -72,9 +72,9 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
     per_step = cfg.batch_size * cfg.num_generations
     cfg.num_samples = cfg.batch_size * (steps + 1)
     hardware = dict(detect_hardware(), precision=precision)
-    scaling.check_hardware_support(cfg, hardware)
+    training.check_hardware_support(cfg, hardware)
     model, tokenizer = evaluation.load_model(
-        cfg.model, device=device, quantization_config=scaling.quantization_config(cfg, hardware)
+        cfg.model, device=device, quantization_config=lora.quantization_config(cfg, hardware)
     )
     if device != "cpu" and not cfg.load_in_4bit:
         # As run_training: fp32 master weights for full fine-tuning; a LoRA base stays in the 16-bit precision.
@@ -101,7 +101,7 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
         ),
         processing_class=tokenizer,
         callbacks=[Clock()],
-        peft_config=scaling.lora_config(cfg),
+        peft_config=lora.lora_config(cfg),
     )
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()

@@ -14,7 +14,17 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, apply_model_defaults, flag_name, validate_config
+from .config import (
+    HUB_ID,
+    MODEL_ALLOWED,
+    ConfigError,
+    TrainConfig,
+    as_typed,
+    flag_name,
+    is_tiny,
+    resolve,
+    validate_config,
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,65 +39,53 @@ def fail(prog: str, message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def _field_type(f):
-    hints = typing.get_type_hints(TrainConfig)
-    t = hints[f.name]
-    if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        t = next(a for a in typing.get_args(t) if a is not type(None))
-    return t
-
-
 def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
+    """One flag per ``TrainConfig`` field; a boolean gets both forms (``--fewshot`` / ``--no-fewshot``).
+
+    Not transformers' ``HfArgumentParser``: it spells flags with underscores (``--use_fewshot``) and prints the
+    whole usage on an error, where the scripts keep the original flags and one line. Defaults are left out of the
+    parsed namespace (SUPPRESS) so ``resolve`` knows which values the user typed."""
+    parser = OneLineParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        flag, help_text = flag_name(f), f.metadata["help"]
-        if _field_type(f) is bool:
-            action = "store_false" if f.metadata.get("invert") else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, help=f.metadata.get("flag_help", help_text))
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        help_text = f"{f.metadata['help']} (default: {as_typed(f.name, f.default).split(' ', 1)[-1]})"
+        if kind is bool:
+            help_text = f"{f.metadata['help']} (default: {as_typed(f.name, f.default)})"
+            parser.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            kwargs = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type=_field_type(f),
-                metavar=f.name.upper(),
-                help=f"{help_text} (default: {f.default})",
-                **kwargs,
-            )
+            choices = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+            parser.add_argument(flag_name(f), dest=f.name, type=kind, metavar=f.name.upper(), help=help_text, **choices)
     return parser
 
 
-def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, set[str], dict]:
-    """Parse and validate the training flags: (config, fields the user set, model defaults applied)."""
-    from .presets import apply_preset
-    from .scaling import world_size
+def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, dict[str, str]]:
+    """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``)."""
+    given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
+    from accelerate import PartialState  # imports torch: only once the flags parse
 
-    args = vars(build_train_parser(prog, description).parse_args(argv))
-    cfg = TrainConfig(**args)
     try:
-        # A preset fills what the user did not set; the tiny model's defaults fill what neither set.
-        applied = apply_preset(cfg, set(args))
-        applied.update(apply_model_defaults(cfg, set(args) | set(applied)))
-        validate_config(cfg, num_processes=world_size())
+        cfg, sources = resolve(given)
+        validate_config(cfg, num_processes=PartialState().num_processes)
     except ConfigError as err:
         fail(prog, str(err))
-    return cfg, set(args), applied
+    return cfg, sources
 
 
 def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:
     """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, not a model folder,
     code from the hub that ``--trust-remote-code`` does not allow, or completions longer than the model's context."""
-    from .tiny_model import MODEL_SHAPE, is_tiny
+    from .tiny_model import MODEL_SHAPE
 
     if is_tiny(name):
         _check_context(name, MODEL_SHAPE, max_completion_length)
         return
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
+        path = Path(name)
+    if not path.is_dir() and not HUB_ID.match(name):
+        raise ConfigError("model", name, MODEL_ALLOWED)
     if path.is_dir():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
@@ -135,13 +133,11 @@ def _check_context(name: str, config: dict, max_completion_length: int | None) -
         )
 
 
-def print_config(cfg: TrainConfig, applied: dict, log=print) -> None:
+def print_config(cfg: TrainConfig, sources: dict[str, str], log=print) -> None:
+    """Each option as the user would type it, and where its value came from (you, a preset, a model default)."""
     log("Training with:")
     for f in fields(TrainConfig):
-        note = ""
-        if f.name in applied:
-            note = f"  (preset {cfg.preset})" if cfg.preset and f.name != "preset" else "  (tiny-model default)"
-        log(f"  {flag_name(f):<26} {getattr(cfg, f.name)!r}{note}")
+        log(f"  {as_typed(f.name, getattr(cfg, f.name)):<46}  ({sources.get(f.name, 'default')})")
     log(
         f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
         f"{cfg.batch_size * cfg.num_generations} completions)"

@@ -1,27 +1,30 @@
-"""The one place a training option is defined: ``TrainConfig``.
+"""The one place a training option is defined: ``TrainConfig``, its presets and its validation.
 
 CLI flags (``--learning-rate``) and notebook parameters (``learning_rate``) are
 derived from the field names here; ``cli.py`` builds the argument parser from
-the fields' metadata, so nothing is defined twice. ``validate_config`` checks
-every value before anything heavy happens and raises ``ConfigError`` with a
-one-line message naming the flag, the value and what is allowed.
+the fields' metadata, so nothing is defined twice. ``resolve`` fills in a preset
+and the model's defaults and says where each value came from; ``validate_config``
+checks every value (pure: no disk, no environment) and raises ``ConfigError`` with
+a one-line message naming the flag, the value and what is allowed. The run
+folder's own checks (writable, free space, resume) are ``run_dir.check``'s.
+
+This module imports nothing from the package: everything else builds on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 REWARDS = ("musclebob", "guide")
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-# Defined in presets.py (which needs TrainConfig); named here so the help text can list them.
-PRESET_NAMES = ("cpu-tiny", "colab-t4", "colab-l4", "colab-a100", "multi-gpu")
+TINY_NAME = "tiny"  # --model tiny: the project's own offline model (tiny_model.py builds it)
+PRESET_NAMES = ("cpu-tiny", "colab-t4", "colab-l4", "colab-a100", "multi-gpu")  # PRESETS below, named for --help
 
 
 def _opt(help_text: str, **extra):
@@ -40,13 +43,7 @@ class TrainConfig:
     num_generations: int = _opt("completions sampled per prompt (the GRPO group size, >= 2)", default=8)
     batch_size: int = _opt("PROMPTS per optimizer step; each brings num_generations completions", default=4)
     fewshot_ratio: float = _opt("share of SpongeBob prompts that carry a few-shot example (0..1)", default=0.15)
-    use_fewshot: bool = _opt(
-        "put few-shot examples in front of some prompts",
-        default=True,
-        flag="--no-fewshot",
-        invert=True,
-        flag_help="never put few-shot examples in front of prompts",
-    )
+    use_fewshot: bool = _opt("put few-shot examples in front of some prompts", default=True, flag="--fewshot")
     control_ratio: float = _opt("share of training prompts that are control questions (0..0.9)", default=0.25)
     reward: str = _opt(
         "reward function: 'musclebob' (default, hardened) or 'guide' (the original)",
@@ -56,7 +53,7 @@ class TrainConfig:
     max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
-    # --- scaling: LoRA / 4-bit / memory / multi-process / vLLM / presets (see scaling.py, presets.py) ---
+    # --- scaling: LoRA / 4-bit (lora.py), activation checkpointing, vLLM, presets (below) ---
     lora: bool = _opt(
         "train a LoRA adapter (PEFT) instead of every weight; the output holds the adapter", default=False
     )
@@ -76,10 +73,8 @@ class TrainConfig:
         default=False,
     )
     gradient_checkpointing: bool = _opt(
-        "turn off activation checkpointing (on by default, as in TRL): about a third faster, far more memory",
+        "activation checkpointing (on by default, as in TRL); off is about a third faster and takes far more memory",
         default=True,
-        flag="--no-gradient-checkpointing",
-        invert=True,
     )
     use_vllm: bool = _opt(
         "generate with vLLM inside the training process (TRL's colocate mode; needs a GPU and vllm installed)",
@@ -118,22 +113,100 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        from .io import write_json_atomic
 
-        write_json_atomic(path, self.to_dict())
+# --- presets and model defaults: values filled in for the fields the user did not set -------------------------
 
-
-# Values that suit the tiny offline model; applied by ``apply_model_defaults`` only to
-# fields the user did not set. (A 2-layer model wants a far larger step than a 0.5B one.)
+# Values that suit the tiny offline model. (A 2-layer model wants a far larger step than a 0.5B one.)
 TINY_DEFAULTS = dict(learning_rate=2e-4, max_completion_length=32)
 # A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
 # after Schulman et al. 2025): 5e-4 for the 0.5B model; the tiny model learns with 5e-3 (benchmarks/bench_lora.py).
 LORA_LEARNING_RATE = 5e-4
 TINY_LORA_LEARNING_RATE = 5e-3
 
+# A preset is what it changes from TrainConfig's defaults, for a hardware class (``--preset NAME``; in a notebook
+# ``preset_config(NAME, **overrides)``). Memory figures are from memory.py's estimate.
+PRESETS: dict[str, dict] = {
+    # Laptop or Colab CPU: the tiny offline model, 4 prompts x 4 answers a step — a full run in minutes on 2 cores.
+    "cpu-tiny": dict(model=TINY_NAME, **TINY_DEFAULTS, num_generations=4, validation_samples=2),
+    # Free Colab T4 (15 GiB, fp16) with the run on a free Google Drive (15 GB, shared with the user's files):
+    # Qwen2.5-0.5B with a LoRA adapter (~0.1 GB a checkpoint, ~0.6 GB of Drive for the whole run, deleted
+    # checkpoints in Drive's trash included; full fine-tuning writes ~32 GB: see memory.drive_need), at LoRA's
+    # learning rate; the default 4 x 8 completions a step with activation checkpointing on (~4.9 GiB).
+    "colab-t4": dict(lora=True, learning_rate=LORA_LEARNING_RATE),
+    # Colab L4 (22.5 GiB, bf16): full fine-tuning with checkpointing off (~18 GiB), each step about a third faster.
+    "colab-l4": dict(gradient_checkpointing=False),
+    # Colab A100 (40 GiB, bf16): 8 x 8 completions a step, no checkpointing (~27 GiB): steadier rewards, half the steps.
+    "colab-a100": dict(batch_size=8, gradient_checkpointing=False),
+}
+# Several GPUs (accelerate launch, DDP): the A100's 64-completion step, split evenly over 2, 4 or 8 GPUs, so a run
+# learns as it does on one A100 (the same values under the name a multi-GPU user looks for, not a copy).
+PRESETS["multi-gpu"] = PRESETS["colab-a100"]
+assert tuple(PRESETS) == PRESET_NAMES
+
+
+def preset_values(name: str) -> dict:
+    """The fields a preset sets (ConfigError for an unknown name)."""
+    if name not in PRESETS:
+        raise ConfigError("preset", name, "one of " + ", ".join(PRESET_NAMES))
+    return dict(PRESETS[name])
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """A preset as a ``TrainConfig`` with ``overrides`` on top (the notebook's way to use one)."""
+    return TrainConfig(**{**preset_values(name), "preset": name, **overrides})  # overrides win, as flags do
+
+
+def recommend_preset(hardware: dict) -> str:
+    """The preset for ``training.detect_hardware()``'s answer: CPU, several GPUs, or one GPU by its memory."""
+    if hardware.get("device") != "cuda":
+        return "cpu-tiny"
+    if hardware.get("gpu_count", 1) > 1:
+        return "multi-gpu"
+    memory = hardware.get("gpu_memory_gb") or 0.0
+    if memory >= 35:
+        return "colab-a100"
+    if memory >= 20:
+        return "colab-l4"
+    return "colab-t4"
+
+
+def is_tiny(name: str) -> bool:
+    return name == TINY_NAME
+
+
+def model_defaults(cfg: TrainConfig) -> dict[str, tuple[object, str]]:
+    """``{field: (value, why)}``: the tiny model's values, and LoRA's learning rate, for this model and method."""
+    found = {k: (v, "tiny-model default") for k, v in TINY_DEFAULTS.items()} if is_tiny(cfg.model) else {}
+    if cfg.lora:
+        rate = TINY_LORA_LEARNING_RATE if is_tiny(cfg.model) else LORA_LEARNING_RATE
+        found["learning_rate"] = (rate, "tiny-model LoRA default" if is_tiny(cfg.model) else "LoRA default")
+    return found
+
+
+def resolve(given: dict) -> tuple[TrainConfig, dict[str, str]]:
+    """The ``TrainConfig`` for the options a user gave, and where each value came from.
+
+    A preset fills what the user did not set; the model's defaults fill what neither set. Sources read "you",
+    "preset NAME", "tiny-model default", "LoRA default", "tiny-model LoRA default" or "default". ConfigError for an unknown preset.
+    """
+    cfg = TrainConfig(**given)
+    sources = {f.name: ("you" if f.name in given else "default") for f in fields(TrainConfig)}
+    for name, value in (preset_values(cfg.preset) if cfg.preset is not None else {}).items():
+        if name not in given:
+            setattr(cfg, name, value)
+            sources[name] = f"preset {cfg.preset}"
+    for name, (value, why) in model_defaults(cfg).items():
+        if sources[name] == "default":
+            setattr(cfg, name, value)
+            sources[name] = why
+    return cfg, sources
+
+
+# --- flags and validation ------------------------------------------------------------------------------------
+
 
 def flag_name(f: dataclasses.Field) -> str:
+    """The flag of a field as typed: ``--num-generations``; a boolean's positive form (``--fewshot``)."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
@@ -141,7 +214,18 @@ def field_flags() -> dict[str, str]:
     return {f.name: flag_name(f) for f in fields(TrainConfig)}
 
 
-def target_modules(cfg: "TrainConfig") -> list[str] | str:
+def as_typed(name: str, value) -> str:
+    """A setting as the user would type it: ``--epochs 5``, ``--no-fewshot``, ``--output-dir './my runs'``."""
+    flag = field_flags().get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if value is None:
+        return f"{flag} (not set)"
+    text = str(value)
+    return f"{flag} {shlex.quote(text) if text else repr(text)}"
+
+
+def target_modules(cfg: TrainConfig) -> list[str] | str:
     """``--lora-target-modules`` as PEFT wants it: a list of names, or the string 'all-linear'."""
     if cfg.lora_target_modules.strip() == "all-linear":
         return "all-linear"
@@ -151,22 +235,6 @@ def target_modules(cfg: "TrainConfig") -> list[str] | str:
 def steps_per_epoch(cfg: TrainConfig) -> int:
     """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
     return cfg.num_samples // cfg.batch_size
-
-
-def apply_model_defaults(cfg: TrainConfig, user_set: set[str]) -> dict[str, object]:
-    """Fill in the tiny model's defaults, and LoRA's learning rate, for fields not set by the user; returns what
-    changed."""
-    from .tiny_model import is_tiny
-
-    changed = {}
-    defaults = dict(TINY_DEFAULTS) if is_tiny(cfg.model) else {}
-    if cfg.lora:
-        defaults["learning_rate"] = TINY_LORA_LEARNING_RATE if is_tiny(cfg.model) else LORA_LEARNING_RATE
-    for name, value in defaults.items():
-        if name not in user_set:
-            setattr(cfg, name, value)
-            changed[name] = value
-    return changed
 
 
 class ConfigError(ValueError):
@@ -191,23 +259,20 @@ def _is_path(v) -> bool:
     return isinstance(v, str) and bool(v.strip()) and "\x00" not in v
 
 
-def _expand(path: str) -> Path:
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
-        return Path(path)
-
-
-BOOL_FIELDS = ("use_fewshot", "overwrite", "ignore_mismatch", "trust_remote_code")
 MAX_SEED = 2**32 - 1  # numpy's seed limit: transformers' set_seed would fail on a larger one
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+MODEL_ALLOWED = "not a local folder, and not a hub id of the form owner/name; use --model tiny offline"
+_MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+def looks_like_path(name: str) -> bool:
+    """A folder path rather than a hub id (which has at most one slash and no spaces): checked on disk later."""
+    return "/" in name or "\\" in name or name.startswith((".", "~"))
 
 
 def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
-    """Raise ``ConfigError`` for the first bad value; cheap (no model loading; on disk only ``preflight``'s
-    checks: a write probe in the output location, the resumed run's ``training_config.json``)."""
+    """Raise ``ConfigError`` for the first bad value. Pure: values only, nothing on disk (``run_dir.check`` looks
+    at the output folder, ``cli.check_model_loadable`` at the model)."""
 
     def need_int(name, low, allowed):
         v = getattr(cfg, name)
@@ -219,15 +284,13 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         if not _is_number(v) or not 0.0 <= v <= high:
             raise ConfigError(name, v, allowed)
 
-    for name in BOOL_FIELDS:
-        if not isinstance(getattr(cfg, name), bool):
-            raise ConfigError(name, getattr(cfg, name), "True or False")
+    for f in fields(TrainConfig):
+        if f.type in ("bool", bool) and not isinstance(getattr(cfg, f.name), bool):
+            raise ConfigError(f.name, getattr(cfg, f.name), "True or False")
     if not _is_path(cfg.model):
         raise ConfigError("model", cfg.model, "a hub id like Qwen/Qwen2.5-0.5B-Instruct, a local folder, or 'tiny'")
-    if not _expand(cfg.model).is_dir() and cfg.model != "tiny" and not _HUB_ID.match(cfg.model):
-        raise ConfigError(
-            "model", cfg.model, "not a local folder, and not a hub id of the form owner/name; use --model tiny offline"
-        )
+    if not HUB_ID.match(cfg.model) and not looks_like_path(cfg.model):
+        raise ConfigError("model", cfg.model, MODEL_ALLOWED)
     need_int("epochs", 1, "a whole number of epochs >= 1")
     if not _is_number(cfg.learning_rate) or not 0.0 < cfg.learning_rate < 1.0:
         raise ConfigError("learning_rate", cfg.learning_rate, "a number between 0 and 1 (exclusive), e.g. 5e-5")
@@ -252,9 +315,31 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError("temperature", cfg.temperature, "a number > 0 and <= 10")
     if not _is_number(cfg.beta) or cfg.beta < 0:
         raise ConfigError("beta", cfg.beta, "a number >= 0")
-    from .scaling import validate_scaling_options
-
-    validate_scaling_options(cfg)
+    need_int("lora_r", 1, "a whole number >= 1 (8-64 is usual)")
+    if not _is_number(cfg.lora_alpha) or not cfg.lora_alpha > 0:
+        raise ConfigError("lora_alpha", cfg.lora_alpha, "a number > 0 (often 2 x --lora-r)")
+    if not _is_number(cfg.lora_dropout) or not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError("lora_dropout", cfg.lora_dropout, "a probability, 0 <= p < 1")
+    mods = target_modules(cfg) if isinstance(cfg.lora_target_modules, str) else None
+    if mods != "all-linear" and (not mods or not all(_MODULE_NAME.match(m) for m in mods)):
+        raise ConfigError(
+            "lora_target_modules",
+            cfg.lora_target_modules,
+            "comma-separated module names like q_proj,v_proj, or all-linear",
+        )
+    if cfg.load_in_4bit and not cfg.lora:
+        raise ConfigError(
+            "load_in_4bit",
+            cfg.load_in_4bit,
+            "only with --lora (a 4-bit model can't be trained directly; QLoRA trains an adapter on it)",
+        )
+    if cfg.merge_adapter and not cfg.lora:
+        raise ConfigError("merge_adapter", cfg.merge_adapter, "only with --lora (there is no adapter to merge)")
+    v = cfg.vllm_gpu_memory_utilization
+    if not _is_number(v) or not 0.0 < v < 1.0:
+        raise ConfigError("vllm_gpu_memory_utilization", v, "a share of GPU memory between 0 and 1, e.g. 0.3")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ConfigError("preset", cfg.preset, "one of " + ", ".join(PRESET_NAMES))
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
     need_int("seed", 0, "a whole number >= 0")
@@ -266,45 +351,26 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     r = cfg.resume_from_checkpoint
     if r is not None and not _is_path(r):
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    if r is not None and r != "auto" and not _expand(r).is_dir():
-        raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    out = _expand(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
-    if is_finished_run(out) and r is None and not cfg.overwrite:
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it already holds a finished model; pass --overwrite, "
-            "--resume-from-checkpoint auto, or another --output-dir",
-        )
-    from .io import list_checkpoints
-
-    if r is None and not cfg.overwrite and list_checkpoints(out):
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
-            "continue it, --overwrite to start over, or another --output-dir",
-        )
-    # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
-    from .preflight import check_drive_space, check_output_location, check_resume
-
-    check_output_location(cfg)
-    check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
-    check_resume(cfg)
 
 
-def is_finished_run(out_dir: str | Path) -> bool:
-    """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
-    out = Path(out_dir)
-    has_model = (out / "config.json").exists() or (out / "adapter_config.json").exists()  # full or LoRA run
-    return has_model and (out / "final_validation.json").exists()
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """A ``TrainConfig`` from a ``training_config.json`` (unknown keys, like versions, are ignored)."""
-    raw = json.loads(Path(path).read_text())
+def config_from_dict(raw: dict) -> TrainConfig:
+    """A ``TrainConfig`` from a saved ``training_config.json``'s content (unknown keys, like versions, ignored)."""
     raw = raw.get("config", raw)
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in raw.items() if k in names})
+
+
+# TEMPORARY until run_dir.py lands (the rundir branch moves these there).
+def is_finished_run(out_dir) -> bool:
+    from pathlib import Path
+
+    out = Path(out_dir)
+    has_model = (out / "config.json").exists() or (out / "adapter_config.json").exists()
+    return has_model and (out / "final_validation.json").exists()
+
+
+def load_config(path) -> TrainConfig:
+    import json
+    from pathlib import Path
+
+    return config_from_dict(json.loads(Path(path).read_text()))

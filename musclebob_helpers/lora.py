@@ -1,4 +1,8 @@
-"""LoRA adapter folders: recognise one, find its base model, load it, merge it into a standalone model.
+"""LoRA: PEFT's ``LoraConfig`` and QLoRA's 4-bit loading for a run, and adapter folders (recognise one, find its
+base model, load it, merge it into a standalone model).
+
+Nothing here is hand-written machinery: LoRA is PEFT's ``LoraConfig`` handed to ``GRPOTrainer`` as ``peft_config``,
+4-bit loading is transformers' ``BitsAndBytesConfig``.
 
 A ``--lora`` run's output folder (and each ``checkpoint-N``) holds PEFT's ``adapter_config.json`` and
 ``adapter_model.safetensors`` plus the tokenizer. The base model is the adapter config's
@@ -13,8 +17,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import TrainConfig, target_modules
+
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = "merged"  # --merge-adapter writes OUTPUT_DIR/merged
+
+
+def lora_config(cfg: TrainConfig):
+    """PEFT's ``LoraConfig`` for ``GRPOTrainer(peft_config=...)``; None without --lora."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules(cfg),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def quantization_config(cfg: TrainConfig, hardware: dict):
+    """transformers' ``BitsAndBytesConfig`` for QLoRA (nf4, double quantization); None without --load-in-4bit."""
+    if not cfg.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if hardware.get("precision") == "bf16" else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def is_adapter_dir(path: str | Path) -> bool:

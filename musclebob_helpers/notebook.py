@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from . import colab
-from .config import ConfigError, TrainConfig, apply_model_defaults, is_finished_run, load_config, validate_config
+from .config import ConfigError, TrainConfig, is_finished_run, is_tiny, load_config, resolve, validate_config
 from .io import list_checkpoints, read_json, write_json_atomic
 
 CONFIG_FILE = "training_config.json"  # the names training.py writes (kept here so importing stays cheap)
@@ -60,7 +60,6 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
     Without a GPU it says in one line what it does: the tiny model goes on, any other model stops "Run all"
     (``NotebookStop``) with what to change, rather than start a CPU run of many hours that a Colab runtime would
     not live to finish (and that is nearly always a runtime opened without a GPU by mistake)."""
-    from .tiny_model import is_tiny
     from .training import detect_hardware
 
     hw = detect_hardware()
@@ -138,19 +137,17 @@ def make_config(log=print, **params) -> TrainConfig:
         raise NotebookStop(f"unknown parameter(s) {', '.join(unknown)}; the parameters are TrainConfig's fields")
     given = {k: v for k, v in params.items() if v is not None}
     if "lora" in params and params["lora"] is None:
-        from .tiny_model import is_tiny
-
         # The notebook's own default: a hub model trains a LoRA adapter, whose checkpoints fit a free Google
         # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
-    cfg = TrainConfig(**given)
-    applied = apply_model_defaults(cfg, set(given))
+    cfg, sources = resolve(given)
     # The folder's state (finished, checkpoints) is train()'s business; here only the values are checked.
-    validate_config(dataclasses.replace(cfg, resume_from_checkpoint="auto"))
+    validate_config(cfg)
     check_model_loadable(cfg.model)
-    for name, value in applied.items():
-        log(f"{name} = {value!r}  (the {cfg.model} model's default)")
+    for name, why in sources.items():
+        if why not in ("you", "default"):
+            log(f"{name} = {getattr(cfg, name)!r}  ({why})")
     log(
         f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts."

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from . import data
+from .config import TINY_NAME, is_tiny  # noqa: F401 - is_tiny is asked for here by name
 
-TINY_NAME = "tiny"
 # Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
 TINY_RECIPE_VERSION = 1
 CACHE_ENV = "MUSCLEBOB_CACHE"
@@ -96,10 +96,6 @@ def cache_root() -> Path:
 
 def tiny_model_dir(seed: int = 0) -> Path:
     return cache_root() / f"tiny-v{TINY_RECIPE_VERSION}-seed{seed}"
-
-
-def is_tiny(name: str) -> bool:
-    return name == TINY_NAME
 
 
 def _made_up_name(rng: random.Random) -> str:

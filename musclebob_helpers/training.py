@@ -9,6 +9,7 @@ final model + tokenizer at the output folder's root. The notebooks and
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import time
 from pathlib import Path
@@ -22,12 +23,12 @@ from .checkpoints import (
     select_checkpoint,
     trainer_class,
 )
-from .config import ConfigError, TrainConfig, steps_per_epoch, validate_config
+from .config import ConfigError, TrainConfig, recommend_preset, steps_per_epoch, validate_config
+from .lora import lora_config, quantization_config
 from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
 from .preflight import check_drive_space, on_drive
 from .rewards import make_reward_functions
-from . import scaling
 
 HISTORY_FILE = "reward_history.json"
 BASELINE_FILE = "baseline_validation.json"
@@ -37,10 +38,8 @@ CONFIG_FILE = "training_config.json"
 
 def detect_hardware() -> dict:
     """What this machine offers: device, GPU name, memory, compute capability, the precision to use and
-    the preset that suits it (``presets.recommend_preset``)."""
+    the preset that suits it (``config.recommend_preset``)."""
     import torch
-
-    from .presets import recommend_preset
 
     if not torch.cuda.is_available():
         hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None, "precision": "fp32"}
@@ -57,6 +56,38 @@ def detect_hardware() -> dict:
         }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
+
+
+def package_available(name: str) -> bool:
+    """Whether ``name`` is installed, without importing it (a broken install must not break us here)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
+    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package."""
+    gpu = hardware.get("device") == "cuda"
+    if cfg.load_in_4bit:
+        if not gpu:
+            raise ConfigError(
+                "load_in_4bit",
+                True,
+                "needs a CUDA GPU (bitsandbytes 4-bit does not run on a CPU); drop --load-in-4bit and keep --lora",
+            )
+        if not package_available("bitsandbytes"):
+            raise ConfigError("load_in_4bit", True, "needs bitsandbytes: pip install bitsandbytes")
+    if cfg.use_vllm:
+        if not package_available("vllm"):
+            raise ConfigError(
+                "use_vllm",
+                True,
+                "vLLM is not installed (pip install vllm, on a GPU machine); "
+                "drop --use-vllm to generate with transformers",
+            )
+        if not gpu:
+            raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
 
 
 def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
@@ -186,7 +217,7 @@ def make_adapter_callback(base: str):
     return AdapterBaseCallback()
 
 
-def memory_report(cfg: TrainConfig, hardware: dict, log=print):
+def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
     """Print the GPU memory estimate and warn when the run will not fit the detected GPU (GPU runs only)."""
     from . import memory
 
@@ -200,7 +231,7 @@ def memory_report(cfg: TrainConfig, hardware: dict, log=print):
         shape,
         cfg,
         precision=hardware["precision"],
-        num_processes=scaling.world_size(),
+        num_processes=num_processes,
         gpu_memory_gb=hardware["gpu_memory_gb"],
     )
     log(est.table())
@@ -210,8 +241,8 @@ def memory_report(cfg: TrainConfig, hardware: dict, log=print):
     return est
 
 
-def grpo_args(cfg: TrainConfig, hardware: dict):
-    """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step."""
+def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
+    """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step, split over processes."""
     from trl import GRPOConfig
 
     precision = hardware["precision"]
@@ -221,7 +252,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         learning_rate=cfg.learning_rate,
         # GRPOConfig counts completions per process: one step sees batch_size prompts x num_generations
         # answers in all, split evenly over the processes of an `accelerate launch` run.
-        per_device_train_batch_size=cfg.batch_size * cfg.num_generations // scaling.world_size(),
+        per_device_train_batch_size=cfg.batch_size * cfg.num_generations // num_processes,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -241,7 +272,13 @@ def grpo_args(cfg: TrainConfig, hardware: dict):
         disable_tqdm=False,
         dataloader_num_workers=0,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        **scaling.vllm_args(cfg),
+        use_vllm=cfg.use_vllm,
+        # TRL's colocate mode: one vLLM engine inside each training process, no separate server to start.
+        **(
+            dict(vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+            if cfg.use_vllm
+            else {}
+        ),
     )
 
 
@@ -255,12 +292,15 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
 
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
-    validate_config(cfg, num_processes=scaling.world_size())  # cheap; the notebooks reach this without the CLI
-    main = scaling.is_main_process()
+    from accelerate import PartialState
+
+    procs = PartialState()  # the processes of an `accelerate launch` run (a plain python run is one)
+    validate_config(cfg, num_processes=procs.num_processes)  # cheap; the notebooks reach this without the CLI
+    main = procs.is_main_process
     if not main:
         log = _quiet
     hardware = detect_hardware()
-    scaling.check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
+    check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -270,17 +310,17 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
             log(f"Removed {name}: an old checkpoint whose deletion an interruption cut short.")
     resume = find_resume_checkpoint(cfg, log=log)
 
-    log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {scaling.world_size()}")
-    memory_report(cfg, hardware, log=log)
+    log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {procs.num_processes}")
+    memory_report(cfg, hardware, procs.num_processes, log=log)
 
     device = hardware["device"]
     if device == "cuda":
-        device = f"cuda:{scaling.local_rank()}"  # each process on its own GPU
+        device = f"cuda:{procs.local_process_index}"  # each process on its own GPU
     model, tokenizer = evaluation.load_model(
         cfg.model,
         device=device,
         trust_remote_code=cfg.trust_remote_code,
-        quantization_config=scaling.quantization_config(cfg, hardware),
+        quantization_config=quantization_config(cfg, hardware),
     )
     from .lora import is_adapter_dir
 
@@ -307,7 +347,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
                 "config": cfg.to_dict(),
                 "versions": _versions(),
                 "hardware": hardware,
-                "num_processes": scaling.world_size(),
+                "num_processes": procs.num_processes,
                 "steps_per_epoch": steps_per_epoch(cfg),
                 "completions_per_step": cfg.batch_size * cfg.num_generations,
             },
@@ -349,7 +389,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     trainer = trainer_class()(
         model=model,
         reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
-        args=grpo_args(cfg, hardware),
+        args=grpo_args(cfg, hardware, procs.num_processes),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[
@@ -361,7 +401,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
             make_rotation_callback(cfg.keep_checkpoints, log=log),
             *callbacks,
         ],
-        peft_config=scaling.lora_config(cfg),
+        peft_config=lora_config(cfg),
     )
     from transformers.trainer_callback import ProgressCallback
 

@@ -9,11 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from musclebob_helpers.config import PRESET_NAMES, ConfigError, TrainConfig, validate_config
+from musclebob_helpers import lora, training
+from musclebob_helpers.config import (
+    PRESET_NAMES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    preset_config,
+    preset_values,
+    recommend_preset,
+    resolve,
+    validate_config,
+)
 from musclebob_helpers.io import list_checkpoints
 from musclebob_helpers.memory import KNOWN_SHAPES, ModelShape, estimate_memory, fit_warning
-from musclebob_helpers.presets import PRESETS, apply_preset, preset_config, preset_values, recommend_preset
-from musclebob_helpers import scaling
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -229,9 +238,8 @@ def test_batch_is_split_over_processes(monkeypatch):
 
     hw = {"device": "cpu", "precision": "fp32"}
     assert grpo_args(TrainConfig(batch_size=4, num_generations=4), hw).per_device_train_batch_size == 16
-    # (World size faked: setting WORLD_SIZE itself would make GRPOConfig start a process group.)
-    monkeypatch.setattr(scaling, "world_size", lambda: 2)
-    assert grpo_args(TrainConfig(batch_size=4, num_generations=4), hw).per_device_train_batch_size == 8
+    # (Processes given, not faked through WORLD_SIZE: that would make GRPOConfig start a process group.)
+    assert grpo_args(TrainConfig(batch_size=4, num_generations=4), hw, num_processes=2).per_device_train_batch_size == 8
     with pytest.raises(ConfigError, match="divide evenly over 8 processes"):
         validate_config(TrainConfig(batch_size=3, num_generations=4), num_processes=8)
 
@@ -371,15 +379,16 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, _, applied = config_from_args(
+    cfg, sources = config_from_args(
         ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
     )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
-    assert "batch_size" not in applied and applied["num_generations"] == 4
-    cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
+    assert sources["batch_size"] == "you" and sources["num_generations"] == "preset cpu-tiny"
+    cfg, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
-    cfg = TrainConfig(preset="colab-l4", batch_size=2)
-    assert apply_preset(cfg, {"preset", "batch_size"}) == {"gradient_checkpointing": False} and cfg.batch_size == 2
+    cfg, sources = resolve({"preset": "colab-l4", "batch_size": 2})
+    assert {k for k, v in sources.items() if v.startswith("preset")} == {"gradient_checkpointing"}
+    assert cfg.batch_size == 2 and not cfg.gradient_checkpointing
     with pytest.raises(ConfigError, match="--preset"):
         preset_values("h100-cluster")
 
@@ -401,51 +410,18 @@ def test_recommend_preset(hardware, preset):
 # ---------------------------------------------------------------- refusals and GPU-only configs
 
 
-REFUSED = [
-    (["--lora", "--load-in-4bit"], "--load-in-4bit", "CUDA GPU"),  # this machine has no GPU
-    (["--load-in-4bit"], "--load-in-4bit", "only with --lora"),
-    (["--merge-adapter"], "--merge-adapter", "only with --lora"),
-    (["--use-vllm"], "--use-vllm", "vLLM is not installed"),
-    (["--lora", "--lora-r", "0"], "--lora-r", ">= 1"),
-    (["--lora", "--lora-dropout", "1"], "--lora-dropout", "probability"),
-    (["--lora", "--lora-target-modules", ",,"], "--lora-target-modules", "module names"),
-    (["--vllm-gpu-memory-utilization", "1.5"], "--vllm-gpu-memory-utilization", "between 0 and 1"),
-    (["--preset", "h100-cluster"], "--preset", "cpu-tiny"),
-]
-
-
-@pytest.mark.parametrize("argv,flag,why", REFUSED, ids=[" ".join(a) for a, _, _ in REFUSED])
-def test_refusals_are_one_line_and_touch_nothing(tmp_path, argv, flag, why):
-    if "--use-vllm" in argv and scaling.package_available("vllm"):
-        pytest.skip("vllm is installed here")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / PROG), "--model", "tiny", "--output-dir", str(out), *argv],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and flag in lines[0] and why in lines[0], proc.stderr
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-
-
 def test_hardware_checks_with_a_gpu(monkeypatch):
     gpu = {"device": "cuda", "precision": "bf16", "gpu_memory_gb": 40.0}
     cfg = TrainConfig(lora=True, load_in_4bit=True, use_vllm=True)
-    monkeypatch.setattr(scaling, "package_available", lambda name: False)
+    monkeypatch.setattr(training, "package_available", lambda name: False)
     with pytest.raises(ConfigError, match="bitsandbytes"):
-        scaling.check_hardware_support(cfg, gpu)
+        training.check_hardware_support(cfg, gpu)
     with pytest.raises(ConfigError, match="vLLM is not installed"):
-        scaling.check_hardware_support(TrainConfig(use_vllm=True), gpu)
-    monkeypatch.setattr(scaling, "package_available", lambda name: True)
-    scaling.check_hardware_support(cfg, gpu)  # a GPU with both packages: allowed
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+    monkeypatch.setattr(training, "package_available", lambda name: True)
+    training.check_hardware_support(cfg, gpu)  # a GPU with both packages: allowed
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        scaling.check_hardware_support(TrainConfig(use_vllm=True), {"device": "cpu"})
+        training.check_hardware_support(TrainConfig(use_vllm=True), {"device": "cpu"})
 
 
 def test_gpu_only_configs_are_built_right():
@@ -454,18 +430,18 @@ def test_gpu_only_configs_are_built_right():
     cfg = TrainConfig(
         lora=True, load_in_4bit=True, use_vllm=True, lora_r=8, lora_alpha=16, lora_target_modules="q_proj,v_proj"
     )
-    q = scaling.quantization_config(cfg, {"precision": "bf16"})
+    q = lora.quantization_config(cfg, {"precision": "bf16"})
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert str(q.bnb_4bit_compute_dtype) == "torch.bfloat16"
-    assert str(scaling.quantization_config(cfg, {"precision": "fp16"}).bnb_4bit_compute_dtype) == "torch.float16"
-    lora = scaling.lora_config(cfg)
-    assert (lora.r, lora.lora_alpha, set(lora.target_modules), lora.task_type) == (
+    assert str(lora.quantization_config(cfg, {"precision": "fp16"}).bnb_4bit_compute_dtype) == "torch.float16"
+    peft = lora.lora_config(cfg)
+    assert (peft.r, peft.lora_alpha, set(peft.target_modules), peft.task_type) == (
         8,
         16,
         {"q_proj", "v_proj"},
         "CAUSAL_LM",
     )
-    assert scaling.lora_config(TrainConfig()) is None and scaling.quantization_config(TrainConfig(), {}) is None
+    assert lora.lora_config(TrainConfig()) is None and lora.quantization_config(TrainConfig(), {}) is None
     # fp32 here: GRPOConfig refuses bf16 on a machine without a GPU.
     args = grpo_args(cfg, {"device": "cuda", "precision": "fp32"})
     assert args.use_vllm and args.vllm_mode == "colocate" and args.vllm_gpu_memory_utilization == 0.3
@@ -476,10 +452,7 @@ def test_import_survives_a_broken_vllm(tmp_path):
     # A vllm that raises on import: the helpers, the training module and --help must not care.
     (tmp_path / "vllm").mkdir()
     (tmp_path / "vllm" / "__init__.py").write_text("raise RuntimeError('broken vllm build')\n")
-    code = (
-        "import musclebob_helpers, musclebob_helpers.training, musclebob_helpers.scaling as s\n"
-        "print(s.package_available('vllm'))"
-    )
+    code = "import musclebob_helpers, musclebob_helpers.training as t\nprint(t.package_available('vllm'))"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
