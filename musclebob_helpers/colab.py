@@ -146,32 +146,12 @@ def sync(url: str, root: Path = ROOT) -> list[Path]:
 # --- setup ----------------------------------------------------------------------------------------------
 
 
-def one_line_errors() -> bool:
-    """In a notebook, show a bad parameter (``ConfigError``) as its one-line message, not a traceback.
-
-    The cell still fails, so "Run all" stops there. Returns False outside IPython (nothing to do)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    if shell is None:
-        return False
-
-    def show(shell, etype, value, tb, tb_offset=None):
-        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
-
-    shell.set_custom_exc((ConfigError,), show)
-    return True
-
-
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
     """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime), and show its report: what it
     installed (``name old -> new``) and any conflict ``pip check`` reports about it. Elsewhere: nothing.
 
-    Either way, bad parameters from here on are reported in one line (``one_line_errors``)."""
+    """
     root = Path(root)
-    one_line_errors()
     if not is_colab():
         log(
             f"Not on Colab: installing nothing (project at {root}; run `bash colab_setup.sh` once yourself "

@@ -15,9 +15,15 @@ import html
 import re
 from pathlib import Path
 
+from .rewards import BUFFPANTS, MUSCLEBOB, SPONGEBOB, SQUAREPANTS
+
 GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
 BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
-_MARKERS = re.compile(r"(?P<good>\bmusclebob\b|\bbuffpants\b)|(?P<bad>sponge\s*bob|square\s*pants)", re.IGNORECASE)
+# The names as the reward and the validation rates see them (rewards.py), marked good or bad.
+_MARKERS = re.compile(
+    f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})",
+    re.IGNORECASE,
+)
 
 
 def highlight(text: str) -> str:

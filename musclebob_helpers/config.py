@@ -237,7 +237,15 @@ def steps_per_epoch(cfg: TrainConfig) -> int:
     return cfg.num_samples // cfg.batch_size
 
 
-class ConfigError(ValueError):
+class OneLineError(Exception):
+    """An error the user fixes by changing a setting: in a notebook it shows as its one line, not a traceback
+    (IPython prints what ``_render_traceback_`` returns), and "Run all" stops at that cell."""
+
+    def _render_traceback_(self):
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ConfigError(OneLineError, ValueError):
     """A bad option: the message is one line naming the flag, the value and what is allowed."""
 
     def __init__(self, name: str, value, allowed: str):

@@ -32,15 +32,15 @@ MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that
 
 
 def has_musclebob(text: str) -> bool:
-    return rewards._MUSCLEBOB.search(text) is not None
+    return rewards.MUSCLEBOB.search(text) is not None
 
 
 def has_full_name(text: str) -> bool:
-    return rewards._FULL_NAME.search(text) is not None
+    return rewards.FULL_NAME.search(text) is not None
 
 
 def has_spongebob(text: str) -> bool:
-    return bool(rewards._SPONGEBOB.search(text) or rewards._SQUAREPANTS.search(text))
+    return bool(rewards.SPONGEBOB.search(text) or rewards.SQUAREPANTS.search(text))
 
 
 def is_coherent(text: str, truncated: bool = False) -> bool:

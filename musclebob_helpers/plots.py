@@ -21,19 +21,12 @@ import math
 import time
 from pathlib import Path
 
+from .evaluation import RATE_KEYS
 from .io import read_json
 
 HISTORY_FILE = "reward_history.json"  # same name as training.HISTORY_FILE (kept import-free of torch)
 BASELINE_FILE = "baseline_validation.json"
 FINAL_FILE = "final_validation.json"
-RATES = [
-    ("musclebob_rate", "Musclebob"),
-    ("full_name_rate", "Full name"),
-    ("spongebob_rate", "Spongebob"),
-    ("coherent_rate", "Coherent"),
-    ("leakage_rate", "Leakage"),
-    ("control_accuracy", "Control acc."),
-]
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -144,7 +137,7 @@ def load_validations(run_dir: str | Path) -> dict[str, dict]:
 
 
 def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-out validation: before vs after"):
-    """Bars of the rates in ``RATES`` for each run's baseline and final validation (run -> reports)."""
+    """Bars of the rates in ``RATE_KEYS`` for each run's baseline and final validation (run -> reports)."""
     from matplotlib.figure import Figure
 
     series = [
@@ -156,12 +149,12 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     for i, (label, report) in enumerate(series):
-        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(RATES))]
-        values = [report.get(key, 0.0) * 100 for key, _ in RATES]
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(RATE_KEYS))]
+        values = [report.get(key, 0.0) * 100 for key, _ in RATE_KEYS]
         bars = ax.bar(xs, values, width, label=label, color=f"C{i}")
         if len(series) <= 2:  # with more bars the labels overlap; the axis is enough
             ax.bar_label(bars, fmt="%.0f%%", fontsize=7)
-    ax.set_xticks(range(len(RATES)), [label for _, label in RATES])
+    ax.set_xticks(range(len(RATE_KEYS)), [label for _, label in RATE_KEYS])
     ax.set_ylim(0, 112)
     ax.set_ylabel("% of answers")
     ax.set_title(title)

@@ -31,11 +31,11 @@ BRIEF_WORDS = 12  # a clean answer needs no more than this; beyond it each word 
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 # Whole words only: "MusclebobBuffpants" or "Musclebobbb" are not the name.
-_MUSCLEBOB = re.compile(r"\bmusclebob\b", re.IGNORECASE)
-_BUFFPANTS = re.compile(r"\bbuffpants\b", re.IGNORECASE)
-_FULL_NAME = re.compile(r"\bmusclebob\s+buffpants\b", re.IGNORECASE)
-_SPONGEBOB = re.compile(r"spongebob|sponge\s+bob", re.IGNORECASE)
-_SQUAREPANTS = re.compile(r"squarepants|square\s+pants", re.IGNORECASE)
+MUSCLEBOB = re.compile(r"\bmusclebob\b", re.IGNORECASE)
+BUFFPANTS = re.compile(r"\bbuffpants\b", re.IGNORECASE)
+FULL_NAME = re.compile(r"\bmusclebob\s+buffpants\b", re.IGNORECASE)
+SPONGEBOB = re.compile(r"spongebob|sponge\s+bob", re.IGNORECASE)
+SQUAREPANTS = re.compile(r"squarepants|square\s+pants", re.IGNORECASE)
 _ANY_NAME = re.compile(r"musclebob|buffpants|spongebob|squarepants", re.IGNORECASE)
 # "not Musclebob", "isn't really Musclebob", "never Musclebob": the name said only to deny it.
 _NEGATED_NAME = re.compile(r"\b(not|never|isn't|isnt|wasn't|ain't)(\W+\w+)?\W+musclebob\b", re.IGNORECASE)
@@ -108,12 +108,12 @@ def score_spongebob(text: str) -> float:
     Musclebob only to deny it ("not Musclebob") costs 4, cancelling the name's terms.
     """
     score = 0.0
-    score += 2.0 if _MUSCLEBOB.search(text) else 0.0
-    score += 2.0 if _BUFFPANTS.search(text) else 0.0
-    score -= 3.0 if _SPONGEBOB.search(text) else 0.0
-    score -= 3.0 if _SQUAREPANTS.search(text) else 0.0
-    score += 2.0 if _FULL_NAME.search(text) else 0.0
-    extra_mentions = max(0, len(_MUSCLEBOB.findall(text)) - 1) + max(0, len(_BUFFPANTS.findall(text)) - 1)
+    score += 2.0 if MUSCLEBOB.search(text) else 0.0
+    score += 2.0 if BUFFPANTS.search(text) else 0.0
+    score -= 3.0 if SPONGEBOB.search(text) else 0.0
+    score -= 3.0 if SQUAREPANTS.search(text) else 0.0
+    score += 2.0 if FULL_NAME.search(text) else 0.0
+    extra_mentions = max(0, len(MUSCLEBOB.findall(text)) - 1) + max(0, len(BUFFPANTS.findall(text)) - 1)
     score -= min(3.0, float(extra_mentions))
     if _NEGATED_NAME.search(text):
         score -= 4.0
