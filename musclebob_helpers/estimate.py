@@ -17,6 +17,12 @@ from .cli import OneLineParser, config_from_args, fail
 from .memory import PRECISIONS, drive_need, estimate_memory, fit_warning, model_shape
 
 PROG = "python -m musclebob_helpers.estimate"
+# --help is the training parser's: its description names the two flags it does not know.
+DESCRIPTION = (
+    "GPU memory and disk need of a training configuration, without loading the model. Takes the training "
+    "script's flags, plus --gpu-memory-gb N (a GPU's memory in GiB, to ask about a GPU you do not have) and "
+    "--precision bf16|fp16|fp32 (the autocast precision; default bf16)."
+)
 
 
 def _gib(value: str) -> float:
@@ -40,7 +46,7 @@ def _own_flags() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print the estimate for training flags (and ``--gpu-memory-gb``, ``--precision``)."""
     own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg, _, _ = config_from_args(rest, PROG, "GPU memory and disk estimate of a training configuration")
+    cfg, _, _ = config_from_args(rest, PROG, DESCRIPTION)
     shape = model_shape(cfg.model)
     if shape is None:
         fail(PROG, f"--model={cfg.model!r}: its config.json could not be read (offline?)")

@@ -70,9 +70,10 @@ def model_config(name: str, offline: bool = False):
         raw = known_config(name)
         if raw is not None:
             return AutoConfig.for_model(raw.pop("model_type"), **raw)
-        if is_tiny(name) and offline:
-            return AutoConfig.from_pretrained(str(tiny_model_dir()), local_files_only=True)
-        return AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=offline)
+        if is_tiny(name) and not offline:
+            resolve_model_path(name)  # built once, then cached
+        folder = tiny_model_dir() if is_tiny(name) else Path(name).expanduser()
+        return AutoConfig.from_pretrained(str(folder) if folder.is_dir() else name, local_files_only=offline)
     except Exception:  # noqa: BLE001 - an estimate is optional; no config means no estimate
         return None
 
