@@ -9,7 +9,7 @@ prompts and rewards, ``--batch-size`` prompts x ``--num-generations`` completion
 Step time is the mean over the steps after the first two (warm-up). Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU and the process's peak RSS (VmHWM) on a CPU, so a CPU
 row includes Python, torch and the libraries. The Qwen2.5-0.5B-shaped model is built from its config
-values (``memory.QWEN25_05B_CONFIG``) with random weights and the tiny tokenizer: no download; its
+values (``memory.known_config``) with random weights and the tiny tokenizer: no download; its
 answers are noise but the step costs what the real model's does. The memory estimate is printed alongside.
 """
 
@@ -31,13 +31,15 @@ def build_qwen_shaped(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from musclebob_helpers.memory import QWEN25_05B_CONFIG
+    from musclebob_helpers.memory import known_config
     from musclebob_helpers.tiny_model import ensure_tiny_model
 
     tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
     torch.manual_seed(0)
+    raw = known_config("Qwen/Qwen2.5-0.5B-Instruct")
+    raw.pop("torch_dtype", None)  # built in fp32; each row's run picks its own precision
     config = Qwen2Config(
-        **QWEN25_05B_CONFIG, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None
+        **{**raw, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": None}
     )
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -139,7 +141,7 @@ def measure(model, label, mode, args) -> dict:
 
 def estimate_for(label, mode, args):
     from musclebob_helpers.config import TrainConfig
-    from musclebob_helpers.memory import KNOWN_SHAPES, estimate_memory
+    from musclebob_helpers.memory import estimate_memory, model_shape
 
     if label != "qwen2.5-0.5b-shaped":
         return ""
@@ -150,7 +152,7 @@ def estimate_for(label, mode, args):
         lora=mode == "lora",
         gradient_checkpointing=False,
     )
-    return f"{estimate_memory(KNOWN_SHAPES['Qwen/Qwen2.5-0.5B-Instruct'], cfg).total_gb:.2f}"
+    return f"{estimate_memory(model_shape('Qwen/Qwen2.5-0.5B-Instruct'), cfg).total_gb:.2f}"
 
 
 def main() -> int:

@@ -32,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QWEN_CONFIG = ROOT / "musclebob_helpers" / "model_configs" / "Qwen2.5-0.5B-Instruct.json"
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
@@ -73,11 +72,13 @@ def grpo_log_entry(step: int, epoch: float) -> dict:
 
 
 def build_qwen_shaped(dtype=None):
-    """A Qwen2.5-0.5B-shaped causal LM with random weights (fp32 unless ``dtype``), from the config JSON."""
+    """A Qwen2.5-0.5B-shaped causal LM with random weights (fp32 unless ``dtype``), from its stored config."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    raw = {k: v for k, v in json.loads(QWEN_CONFIG.read_text()).items() if not k.startswith("_")}
+    from musclebob_helpers.memory import known_config
+
+    raw = known_config(QWEN)
     raw.pop("torch_dtype", None)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(**raw))
@@ -182,7 +183,7 @@ def measure(name: str, cfg, build, tokenizer, scratch: Path, epochs_written=None
         "lora": cfg.lora,
         "epochs": cfg.epochs,
         "keep_checkpoints": cfg.keep_checkpoints,
-        "params": shape.param_count(),
+        "params": shape.params,
         "trainable_params": got["trainable_params"],
         "measured": {
             "checkpoint": got["checkpoint_bytes"],

@@ -15,7 +15,8 @@ One module per concern:
 * ``faults``      — opt-in fault injection (``MUSCLEBOB_FAULT``) for the kill tests
 * ``scaling``     — LoRA / 4-bit / vLLM settings and multi-process helpers
 * ``lora``        — adapter folders: base model, merging
-* ``memory``      — GPU memory estimate for a configuration
+* ``memory``      — GPU memory and disk need of a configuration, the model measured on the meta device
+* ``estimate``    — ``python -m musclebob_helpers.estimate``: that need on the command line
 * ``presets``     — named configurations per hardware class
 * ``cli``         — argument parsing shared by the scripts
 * ``colab``, ``notebook``, ``plots``, ``compare`` — the notebooks' steps: Colab-only steps (Drive, keep-alive,

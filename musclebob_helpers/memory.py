@@ -1,18 +1,17 @@
-"""How much GPU memory a training configuration needs, estimated from the model's shape.
+"""How much GPU memory and disk a training configuration needs, from the model's measured shape.
 
-    python -m musclebob_helpers.memory --model Qwen/Qwen2.5-0.5B-Instruct
-    python -m musclebob_helpers.memory --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
-        --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
+The command line is ``python -m musclebob_helpers.estimate`` (estimate.py).
 
-(the same flags as the training script, plus ``--gpu-memory-gb`` to ask about a GPU you do not have); it also
-prints the run's disk / Google Drive need (``drive_need``, at the end of this module).
-``run_training`` prints this estimate and warns before a run that will not fit on the detected GPU.
+``run_training`` prints the GPU estimate and warns before a run that will not fit on the detected GPU; the
+run folder's start-up check refuses a run whose checkpoints will not fit its disk (``drive_need``, at the end).
 
-The model is counted from its shape (``ModelShape``), then, per training process, in bytes:
+The model is measured, not counted: ``ModelShape.from_hf_config`` builds it from its config on the meta
+device (``accelerate.init_empty_weights``: no weights allocated, nothing downloaded) and reads its parameters,
+its linear projections and its tensors. Then, per training process, in bytes:
 
 * weights — full fine-tuning: fp32 master weights (4 B/param; bf16/fp16 autocast does the math);
-  LoRA: the frozen base in 16-bit (2 B/param); 4-bit: the projections in nf4 with double-quantized
-  scales (0.5 + 1/64 + 4/16384 B/param), embeddings, head and norms stay 16-bit;
+  LoRA: the frozen base in 16-bit (2 B/param); 4-bit: the linear projections' weights in nf4 with
+  double-quantized scales (0.5 + 1/64 + 4/16384 B/param), embeddings, head, norms and biases stay 16-bit;
 * LoRA adapter — r x (in + out) per adapted projection, in fp32 (4 B/param);
 * gradients — fp32, 4 B per trainable parameter; optimizer — AdamW's two fp32 moments, 8 B per trainable param;
 * reference model — only when beta > 0 and not LoRA (LoRA disables its adapter instead): a copy of the weights;
@@ -32,19 +31,67 @@ It is an estimate (within ~20% of measured peaks for dense decoder models), mean
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .config import steps_per_epoch, target_modules
+from .tiny_model import is_tiny, resolve_model_path, tiny_model_dir
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
 CUDA_OVERHEAD_BYTES = 1 * GIB
 DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+# The models the guide names, so that the estimate and the disk check work offline: their config.json.
+MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+KNOWN_CONFIGS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": "Qwen2.5-0.5B-Instruct.json",
+    "Qwen/Qwen2.5-0.5B": "Qwen2.5-0.5B-Instruct.json",  # the base model: the same architecture
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503": "Mistral-Small-3.1-24B-Instruct-2503.json",
+}
+
+
+def known_config(name: str) -> dict | None:
+    """The stored config.json of a model the guide names, as a dict (our ``_source`` note left out); else None."""
+    if name not in KNOWN_CONFIGS:
+        return None
+    raw = json.loads((MODEL_CONFIGS / KNOWN_CONFIGS[name]).read_text())
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def model_config(name: str, offline: bool = False):
+    """transformers' config of ``--model``: a known hub id from ``model_configs/``, the tiny model's folder, a
+    local folder's config.json, else the hub (``offline``: its local cache only, and the tiny model only once
+    built). None when it cannot be read (unknown offline, an adapter folder, no network)."""
+    try:
+        from transformers import AutoConfig
+
+        raw = known_config(name)
+        if raw is not None:
+            return AutoConfig.for_model(raw.pop("model_type"), **raw)
+        if is_tiny(name) and not offline:
+            resolve_model_path(name)  # built once, then cached
+        folder = tiny_model_dir() if is_tiny(name) else Path(name).expanduser()
+        return AutoConfig.from_pretrained(str(folder) if folder.is_dir() else name, local_files_only=offline)
+    except Exception:  # noqa: BLE001 - an estimate is optional; no config means no estimate
+        return None
+
+
+def model_shape(name: str, offline: bool = False) -> ModelShape | None:
+    """The measured shape of ``--model`` (see ``model_config`` for where its config comes from); None if unknown."""
+    config = model_config(name, offline=offline)
+    if config is None:
+        return None
+    try:
+        return ModelShape.from_hf_config(config)
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot build here: no estimate
+        return None
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the estimate needs to know about a decoder-only transformer (Qwen2/Llama/Mistral style)."""
+    """A decoder-only causal LM as the estimate needs it: sizes from its config, parameters measured."""
 
     vocab_size: int
     hidden_size: int
@@ -53,121 +100,66 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    tie_embeddings: bool
-    qkv_bias: bool = False
+    params: int  # every parameter once (a head tied to the embeddings is the embeddings)
+    quantized_params: int  # the weights 4-bit loading stores in nf4 (biases stay 16-bit)
+    tensors: int  # parameter tensors: safetensors entries, and AdamW's state entries when all are trained
+    linears: tuple[tuple[str, int, int], ...]  # (name, in, out) of each linear LoRA may adapt
 
     @classmethod
-    def from_hf_config(cls, config) -> "ModelShape":
-        c = getattr(config, "text_config", None) or config  # multimodal configs (Mistral 3) nest the LM
-        heads = c.num_attention_heads
-        return cls(
-            vocab_size=c.vocab_size,
-            hidden_size=c.hidden_size,
-            intermediate_size=c.intermediate_size,
-            num_layers=c.num_hidden_layers,
-            num_heads=heads,
-            num_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
-            head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
-            tie_embeddings=bool(getattr(config, "tie_word_embeddings", getattr(c, "tie_word_embeddings", False))),
-            qkv_bias=getattr(c, "model_type", "") == "qwen2",
-        )
+    def from_hf_config(cls, config, trust_remote_code: bool = False) -> ModelShape:
+        """Build the model on the meta device and measure it; once per config (a build takes about a second)."""
+        text = config.get_text_config()  # multimodal configs (Mistral 3) nest the LM: only it is trained here
+        key = (text.to_json_string(), trust_remote_code)
+        if key not in _MEASURED:
+            _MEASURED[key] = _measure(text, trust_remote_code)
+        return _MEASURED[key]
 
-    def projections(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear projection in one layer, by its module name."""
-        h, i, q, kv = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-        )
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
-
-    def projection_params(self) -> int:
-        """Parameters in the layers' linear projections (what 4-bit quantizes), biases included."""
-        per_layer = sum(a * b for a, b in self.projections().values())
-        if self.qkv_bias:
-            per_layer += self.num_heads * self.head_dim + 2 * self.num_kv_heads * self.head_dim
-        return per_layer * self.num_layers
-
-    def other_params(self) -> int:
-        """Embeddings, the LM head (unless tied) and the RMSNorm weights (2 per layer + the final one)."""
-        embed = self.vocab_size * self.hidden_size
-        return embed * (1 if self.tie_embeddings else 2) + (2 * self.num_layers + 1) * self.hidden_size
-
-    def param_count(self) -> int:
-        return self.projection_params() + self.other_params()
+    def adapted(self, targets) -> list[tuple[str, int, int]]:
+        """The linears PEFT adapts for ``targets``: 'all-linear', or names matched as PEFT does (whole name or
+        its last dotted parts)."""
+        if targets == "all-linear":
+            return list(self.linears)
+        return [lin for lin in self.linears if any(lin[0] == t or lin[0].endswith("." + t) for t in targets)]
 
     def lora_params(self, r: int, targets) -> int:
-        """Parameters of a rank-r LoRA adapter on the named projections ('all-linear': all seven)."""
-        proj = self.projections()
-        names = proj if targets == "all-linear" else [t for t in targets if t in proj]
-        return r * sum(proj[n][0] + proj[n][1] for n in names) * self.num_layers
+        """Parameters of a rank-r LoRA adapter: A (r x in) and B (out x r) per adapted linear."""
+        return r * sum(n_in + n_out for _, n_in, n_out in self.adapted(targets))
+
+    def lora_tensors(self, targets) -> int:
+        return 2 * len(self.adapted(targets))
 
 
-# Shapes of the models the guide names, so the estimate works offline (values from their config.json).
-MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-_QWEN_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "rope_theta",
-    "rms_norm_eps",
-    "tie_word_embeddings",
-)
-QWEN25_05B_CONFIG = {
-    k: v for k, v in json.loads((MODEL_CONFIGS / "Qwen2.5-0.5B-Instruct.json").read_text()).items() if k in _QWEN_KEYS
-}
-KNOWN_SHAPES = {
-    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_layers=24,
-        num_heads=14,
-        num_kv_heads=2,
-        head_dim=64,
-        tie_embeddings=True,
-        qkv_bias=True,
-    ),
-    # The language model of Mistral Small 3.1 (its 0.4B vision encoder is not trained here).
-    "mistralai/Mistral-Small-3.1-24B-Instruct-2503": ModelShape(
-        vocab_size=131072,
-        hidden_size=5120,
-        intermediate_size=32768,
-        num_layers=40,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        tie_embeddings=False,
-    ),
-}
-KNOWN_SHAPES["Qwen/Qwen2.5-0.5B"] = KNOWN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"]
+_MEASURED: dict[tuple[str, bool], ModelShape] = {}
 
 
-def model_shape(name: str) -> ModelShape | None:
-    """The shape of ``--model``: known names offline, else its config.json (local, cached or hub); None if unknown."""
-    if name in KNOWN_SHAPES:
-        return KNOWN_SHAPES[name]
-    try:
-        from transformers import AutoConfig
+def _measure(text_config, trust_remote_code: bool) -> ModelShape:
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
 
-        from .tiny_model import resolve_model_path
-
-        return ModelShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path(name)))
-    except Exception:  # noqa: BLE001 - an estimate is optional; no shape means no estimate
-        return None
+    c = text_config
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(c, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # init_empty_weights re-registers every parameter, which unties a tied head
+    # Both transformers' bitsandbytes loading (get_keys_to_not_convert) and PEFT's 'all-linear' leave out the
+    # output embeddings (the LM head); every other linear is quantized and may be adapted.
+    head = model.get_output_embeddings()
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    unique = list(model.parameters())  # parameters() yields a tied tensor once, as save_pretrained writes it
+    heads = c.num_attention_heads
+    return ModelShape(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+        params=sum(p.numel() for p in unique),
+        quantized_params=sum(m.weight.numel() for _, m in linears),
+        tensors=len(unique),
+        linears=tuple((n, m.in_features, m.out_features) for n, m in linears),
+    )
 
 
 @dataclass
@@ -248,16 +240,15 @@ def estimate_memory(
     ``precision`` is the autocast precision ('bf16', 'fp16' or 'fp32'); ``zero_stage`` the DeepSpeed
     ZeRO stage (0: plain DDP or one GPU); ``gpu_memory_gb`` sizes the vLLM reserve.
     """
-    from .config import target_modules
-
     act_bytes = 4 if precision == "fp32" else 2  # activations in the autocast dtype
     half = 4 if precision == "fp32" else 2  # a frozen base model in the run's dtype
     n = max(1, num_processes)
-    p = shape.param_count()
+    p = shape.params
     notes = []
     if cfg.lora:
         trainable = shape.lora_params(cfg.lora_r, target_modules(cfg))
-        weights = shape.projection_params() * NF4_BYTES + shape.other_params() * half if cfg.load_in_4bit else p * half
+        quantized = shape.quantized_params if cfg.load_in_4bit else 0
+        weights = quantized * NF4_BYTES + (p - quantized) * half
         adapter = 4 * trainable
         reference = 0.0  # TRL disables the adapter to get the reference model
     else:
@@ -321,44 +312,6 @@ def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | No
     )
 
 
-def main(argv=None) -> int:
-    """Print the estimate for training flags (and ``--gpu-memory-gb``) without loading the model."""
-    from .cli import config_from_args, fail
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    gpu_gb, precision = None, "bf16"
-    for name in ("--gpu-memory-gb", "--precision"):
-        if name in argv:
-            i = argv.index(name)
-            if i + 1 >= len(argv):
-                fail("memory", f"{name} needs a value")
-            value = argv[i + 1]
-            del argv[i : i + 2]
-            if name == "--precision":
-                if value not in ("bf16", "fp16", "fp32"):
-                    fail("memory", f"--precision={value!r} is not allowed: one of bf16, fp16, fp32")
-                precision = value
-            else:
-                try:
-                    gpu_gb = float(value)
-                except ValueError:
-                    fail("memory", f"--gpu-memory-gb={value!r} is not allowed: a number of GiB, e.g. 15")
-    cfg, _, _ = config_from_args(argv, "python -m musclebob_helpers.memory", "GPU memory estimate")
-    shape = model_shape(cfg.model)
-    if shape is None:
-        fail("memory", f"--model={cfg.model!r}: its config.json could not be read (offline?)")
-    from .scaling import world_size
-
-    est = estimate_memory(shape, cfg, precision=precision, num_processes=world_size(), gpu_memory_gb=gpu_gb)
-    print(est.table())
-    warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
-    print(warning or (f"Fits in {gpu_gb:.1f} GiB." if gpu_gb else ""))
-    need = drive_need(cfg, shape)
-    if need:
-        print(need.line(on_drive=True))
-    return 0
-
-
 # --- Drive (disk) need of a run's checkpoints -----------------------------------------------------------------
 
 GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free); disk sizes below are printed in GB too
@@ -391,8 +344,6 @@ RUN_ARTIFACTS_BYTES = 2_000_000
 
 def tokenizer_bytes(model: str) -> int:
     """Bytes of the tokenizer files saved with each checkpoint: measured in a local folder, else known or a guess."""
-    from .tiny_model import is_tiny, tiny_model_dir
-
     folder = tiny_model_dir() if is_tiny(model) else Path(model).expanduser()
     if folder.is_dir():
         found = sum(p.stat().st_size for p in (folder / n for n in TOKENIZER_FILES) if p.is_file())
@@ -440,7 +391,7 @@ class DriveNeed:
 
 def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = None) -> DriveNeed | None:
     """The output folder's peak disk use for ``cfg``: checkpoints (as ``Trainer._save_checkpoint`` writes them)
-    plus the final model, with ``keep_checkpoints`` rotation (``checkpoints.rotate_checkpoints``).
+    plus the final model, with ``keep_checkpoints`` rotation (``rotate_checkpoints``).
 
     A checkpoint holds the trainable weights in fp32 (full fine-tuning keeps fp32 master weights; PEFT keeps
     the adapter in fp32 over a 16-bit base) — 4 B each — AdamW's two fp32 moments (8 B per trainable
@@ -448,31 +399,22 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     complete, so while it is written ``keep + 1`` exist (``peak``); on Google Drive deleted checkpoints stay
     in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.
     """
-    from .config import target_modules
-    from .config import steps_per_epoch
-
     shape = shape or model_shape(cfg.model)
     if shape is None:
         return None
     tok = tokenizer_bytes(cfg.model) if tokenizer is None else tokenizer
     if cfg.lora:
-        targets = target_modules(cfg)
-        trainable = shape.lora_params(cfg.lora_r, targets)
-        names = shape.projections() if targets == "all-linear" else [t for t in targets if t in shape.projections()]
-        tensors = 2 * len(names) * shape.num_layers
+        trainable = shape.lora_params(cfg.lora_r, target_modules(cfg))
+        tensors = shape.lora_tensors(target_modules(cfg))
     else:
-        trainable = shape.param_count()
-        per_layer = 7 + (3 if shape.qkv_bias else 0) + 2
-        tensors = per_layer * shape.num_layers + 2 + (0 if shape.tie_embeddings else 1)
+        trainable, tensors = shape.params, shape.tensors
     weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
     optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
     steps = steps_per_epoch(cfg) * cfg.epochs
     checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
     final = weights + tok + FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
-        from .tiny_model import is_tiny
-
-        final += shape.param_count() * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
+        final += shape.params * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
     saved = cfg.epochs
     keep = getattr(cfg, "keep_checkpoints", 0)
     kept = min(saved, keep) if keep > 0 else saved
@@ -494,7 +436,3 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         written=int(written),
         lora=bool(cfg.lora),
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,20 +73,9 @@ def output_location_problem(output_dir: str, min_free_bytes: int = MIN_FREE_BYTE
 
 def offline_shape(model: str):
     """The model's shape without the network: known hub ids, the tiny model once built, a local folder."""
-    from .memory import KNOWN_SHAPES, ModelShape
-    from .tiny_model import is_tiny, tiny_model_dir
+    from .memory import model_shape
 
-    if model in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model]
-    folder = tiny_model_dir() if is_tiny(model) else Path(model).expanduser()
-    if not (folder / "config.json").is_file():
-        return None  # a hub id not known offline: checked once the model is loaded (run_training)
-    try:
-        from transformers import AutoConfig
-
-        return ModelShape.from_hf_config(AutoConfig.from_pretrained(str(folder)))
-    except Exception:  # noqa: BLE001 - an adapter folder, an odd config: checked after loading instead
-        return None
+    return model_shape(model, offline=True)
 
 
 def on_drive(output_dir: str | Path) -> bool:

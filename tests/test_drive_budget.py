@@ -23,7 +23,7 @@ from musclebob_helpers.checkpoints import (
 )
 from musclebob_helpers.config import ConfigError, TrainConfig, apply_model_defaults, validate_config
 from musclebob_helpers.io import list_checkpoints
-from musclebob_helpers.memory import GB, KNOWN_SHAPES, QWEN25_05B_CONFIG, drive_need
+from musclebob_helpers.memory import GB, drive_need, model_config, model_shape
 from musclebob_helpers.presets import preset_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +106,8 @@ def test_qwen_config_file_has_the_real_architecture():
         raw["rope_theta"],
         raw["max_position_embeddings"],
     ) == (896, 4864, 24, 14, 2, 151936, True, 1e6, 32768)
-    assert QWEN25_05B_CONFIG["hidden_size"] == 896
-    assert KNOWN_SHAPES[QWEN].param_count() == 494_032_768  # Qwen2.5-0.5B's published size (0.49B)
+    assert model_config(QWEN).hidden_size == 896
+    assert model_shape(QWEN).params == 494_032_768  # Qwen2.5-0.5B's published size (0.49B)
 
 
 def test_the_notebook_default_fits_the_budget_and_full_fine_tuning_does_not():

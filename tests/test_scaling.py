@@ -1,5 +1,5 @@
-"""Scaling beyond one small model: LoRA adapters, resume with an adapter, two processes, the memory
-estimate, presets, and the refusals of what this machine cannot do (4-bit and vLLM without a GPU)."""
+"""Scaling beyond one small model: LoRA adapters, resume with an adapter, two processes, presets, and the
+refusals of what this machine cannot do (4-bit and vLLM without a GPU). The memory estimate: test_memory.py."""
 
 import json
 import os
@@ -22,7 +22,6 @@ from musclebob_helpers.config import (
     validate_config,
 )
 from musclebob_helpers.io import list_checkpoints
-from musclebob_helpers.memory import KNOWN_SHAPES, ModelShape, estimate_memory, fit_warning
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -252,113 +251,6 @@ def test_accelerate_configs_parse():
     assert configs["multi_gpu"]["distributed_type"] == "MULTI_GPU"
     assert configs["deepspeed_zero2"]["deepspeed_config"]["zero_stage"] == 2
     assert configs["deepspeed_zero3"]["deepspeed_config"]["zero_stage"] == 3
-
-
-# ---------------------------------------------------------------- memory estimate
-
-
-def test_shapes_count_the_known_parameter_totals():
-    # Qwen2.5-0.5B: embeddings 151936 x 896 = 136,134,656 (tied head). One layer: q 896x896 + 896 bias = 803,712;
-    # k, v 896x128 + 128 = 114,816 each; o 896x896 = 802,816; gate, up, down 896x4864 each = 13,074,432;
-    # 2 norms 1,792 -> 14,912,384; x 24 = 357,897,216; + final norm 896 -> 494,032,768 ("0.49B").
-    assert KNOWN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"].param_count() == 494_032_768
-    # Mistral-Small-3.1-24B (language model): embeddings and untied head 2 x 131072 x 5120 = 1,342,177,280.
-    # One layer: q 5120x4096 = 20,971,520; k, v 5120x1024 = 5,242,880 each; o 20,971,520; gate, up, down
-    # 5120x32768 = 167,772,160 each -> 555,745,280 + 2 norms 10,240; x 40 = 22,230,220,800; + final norm 5,120
-    # -> 23,572,403,200 ("24B").
-    assert KNOWN_SHAPES["mistralai/Mistral-Small-3.1-24B-Instruct-2503"].param_count() == 23_572_403_200
-
-
-def test_shape_from_the_tiny_models_config_matches_its_real_parameter_count(tiny_model):
-    model, _ = tiny_model
-    shape = ModelShape.from_hf_config(model.config)
-    assert shape.param_count() == sum(p.numel() for p in model.parameters())
-
-
-def test_memory_qwen_05b_full_fine_tuning():
-    shape = KNOWN_SHAPES["Qwen/Qwen2.5-0.5B-Instruct"]
-    p = 494_032_768
-    cfg = TrainConfig(gradient_checkpointing=False)  # batch 4 x 8 generations, 64 completion tokens
-    est = estimate_memory(shape, cfg, precision="bf16")
-    # fp32 weights 4 B + fp32 gradients 4 B + AdamW 8 B per param = 16 x 494,032,768 = 7,904,524,288 B.
-    assert (est.weights, est.gradients, est.optimizer) == (4 * p, 4 * p, 8 * p)
-    assert est.reference_model == 0 and est.adapter == 0  # beta = 0: no reference model
-    # Tokens: 32 completions x (128 prompt + 64) = 6,144. Per token and layer (6x896 + 2x128 + 4x4864) x 2 B
-    # = 50,176 B; x 24 layers x 6,144 = 7,398,752,256 B. Logits: 32 x 64 x 151,936 x 8 B = 2,489,319,424 B.
-    assert est.training_activations == 7_398_752_256 and est.logits == 2_489_319_424
-    # KV cache: 2 x 24 layers x 128 (2 kv heads x 64) x 6,144 x 2 B = 75,497,472 B: smaller than training's.
-    assert est.generation_kv_cache == 75_497_472
-    # Total: 7,904,524,288 + 9,888,071,680 + 1 GiB = 18,866,337,792 B = 17.57 GiB: no T4, fits an L4.
-    assert est.total == 18_866_337_792
-    assert fit_warning(est, 14.7, cfg) and fit_warning(est, 22.5, cfg) is None
-    # Checkpointing keeps one h per token and layer (6,144 x 24 x 896 x 2 = 264,241,152) + one layer recomputed
-    # (6,144 x 50,176 = 308,281,344): total 7,904,524,288 + 572,522,496 + 2,489,319,424 + 1 GiB
-    # = 12,040,108,032 B = 11.21 GiB, which fits a T4.
-    est_gc = estimate_memory(shape, TrainConfig(), precision="fp16")
-    assert est_gc.total == 12_040_108_032 and fit_warning(est_gc, 14.7, TrainConfig()) is None
-    # beta > 0 adds TRL's reference copy in the policy's dtype (fp32): 4 x 494,032,768.
-    assert estimate_memory(shape, TrainConfig(beta=0.04)).reference_model == 4 * p
-
-
-def test_memory_24b_qlora_guide_command():
-    shape = KNOWN_SHAPES["mistralai/Mistral-Small-3.1-24B-Instruct-2503"]
-    # The guide's command + --lora --load-in-4bit (checkpointing on by default).
-    cfg = TrainConfig(
-        model="mistralai/Mistral-Small-3.1-24B-Instruct-2503",
-        batch_size=1,
-        learning_rate=1e-5,
-        num_samples=256,
-        num_generations=4,
-        lora=True,
-        load_in_4bit=True,
-    )
-    est = estimate_memory(shape, cfg, precision="bf16")
-    # Weights: 40 x 555,745,280 = 22,229,811,200 projection params in nf4 at 0.5 + 1/64 + 1/4096 B
-    # = 11,467,673,600 B; embeddings, head and norms 1,342,592,000 in bf16 = 2,685,184,000 B; sum 14,152,857,600.
-    assert est.weights == pytest.approx(14_152_857_600)
-    # LoRA r=16 on 7 projections: 16 x (9,216 + 6,144 + 6,144 + 9,216 + 3 x 37,888) x 40 = 92,405,760 params,
-    # fp32 weight + gradient + AdamW = 16 B each = 1,478,492,160 B.
-    assert est.trainable_params == 92_405_760
-    assert est.adapter + est.gradients + est.optimizer == 1_478_492_160
-    # 4 completions x 192 tokens = 768; checkpointed: 768 x 40 x 5120 x 2 = 314,572,800 + one layer
-    # 768 x (6x5120 + 2x1024 + 4x32768) x 2 = 251,658,240; logits 4 x 64 x 131,072 x 8 = 268,435,456.
-    assert est.activations == 314_572_800 + 251_658_240 + 268_435_456
-    # Total 14,152,857,600 + 1,478,492,160 + 834,666,496 + 1 GiB = 17,539,758,080 B = 16.3 GiB:
-    # too big for a T4 (15 GiB), fits an L4 (22.5) or an A100.
-    assert est.total == pytest.approx(17_539_758_080)
-    assert fit_warning(est, 14.7, cfg) and fit_warning(est, 22.5, cfg) is None
-    # Full fine-tuning of the same model: 16 B x 23.6B params = 352 GiB, no single GPU.
-    full = estimate_memory(shape, TrainConfig(batch_size=1, num_generations=4))
-    assert full.total_gb > 350 and "--lora" in fit_warning(full, 80, TrainConfig())
-    # ZeRO-3 over 8 GPUs splits weights, gradients and optimizer states 8 ways.
-    z3 = estimate_memory(shape, TrainConfig(batch_size=8, num_generations=4), num_processes=8, zero_stage=3)
-    assert z3.weights == full.weights / 8 and z3.optimizer == full.optimizer / 8
-
-
-def test_memory_cli_prints_the_estimate():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "musclebob_helpers.memory",
-            "--model",
-            "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
-            "--batch-size",
-            "1",
-            "--num-generations",
-            "4",
-            "--lora",
-            "--load-in-4bit",
-            "--gpu-memory-gb",
-            "14.7",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "total" in proc.stdout and "16.34 GiB" in proc.stdout and "WARNING" in proc.stdout
 
 
 # ---------------------------------------------------------------- presets

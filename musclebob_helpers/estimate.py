@@ -1,0 +1,69 @@
+"""The GPU memory and disk need of a training configuration, without loading the model.
+
+    python -m musclebob_helpers.estimate --model Qwen/Qwen2.5-0.5B-Instruct
+    python -m musclebob_helpers.estimate --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
+        --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
+
+The training script's flags, plus ``--gpu-memory-gb N`` (ask about a GPU you do not have) and
+``--precision bf16|fp16|fp32`` (the autocast precision; default bf16). The rules are in memory.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import OneLineParser, config_from_args, fail
+from .memory import PRECISIONS, drive_need, estimate_memory, fit_warning, model_shape
+
+PROG = "python -m musclebob_helpers.estimate"
+# --help is the training parser's: its description names the two flags it does not know.
+DESCRIPTION = (
+    "GPU memory and disk need of a training configuration, without loading the model. Takes the training "
+    "script's flags, plus --gpu-memory-gb N (a GPU's memory in GiB, to ask about a GPU you do not have) and "
+    "--precision bf16|fp16|fp32 (the autocast precision; default bf16)."
+)
+
+
+def _gib(value: str) -> float:
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = 0.0
+    if not gib > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed: a number of GiB, e.g. 15")
+    return gib
+
+
+def _own_flags() -> argparse.ArgumentParser:
+    # The training flags are the training script's parser's business: this one takes only its own two.
+    parser = OneLineParser(prog=PROG, add_help=False, allow_abbrev=False)
+    parser.add_argument("--gpu-memory-gb", type=_gib, default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the estimate for training flags (and ``--gpu-memory-gb``, ``--precision``)."""
+    own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg, _ = config_from_args(rest, PROG, DESCRIPTION)
+    shape = model_shape(cfg.model)
+    if shape is None:
+        fail(PROG, f"--model={cfg.model!r}: its config.json could not be read (offline?)")
+    from accelerate import PartialState
+
+    gpu_gb = own.gpu_memory_gb
+    est = estimate_memory(
+        shape, cfg, precision=own.precision, num_processes=PartialState().num_processes, gpu_memory_gb=gpu_gb
+    )
+    print(est.table())
+    warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
+    print(warning or (f"Fits in {gpu_gb:.1f} GiB." if gpu_gb else ""))
+    need = drive_need(cfg, shape)
+    if need:
+        print(need.line(on_drive=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
