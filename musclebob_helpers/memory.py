@@ -34,8 +34,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import steps_per_epoch, target_modules
-from .tiny_model import is_tiny, resolve_model_path, tiny_model_dir
+from .config import is_tiny, steps_per_epoch, target_modules
+from .tiny_model import resolve_model_path, tiny_model_dir
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
