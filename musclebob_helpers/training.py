@@ -1,7 +1,7 @@
 """The GRPO run: TRL's ``GRPOTrainer`` with the project's data, rewards, callbacks and artifacts.
 
-``run_training(cfg)`` does the whole job: baseline validation, training with a
-progress bar and a one-line reward every step, a checkpoint every epoch,
+``run_training(cfg)`` does the whole job: baseline validation, training with one
+progress display (a bar with the reward in a terminal, else a line per step), a checkpoint every epoch,
 ``reward_history.json`` written as training goes, final validation, and the
 final model + tokenizer at the output folder's root. The notebooks and
 ``train_musclebob_improved.py`` both call it.
