@@ -10,7 +10,6 @@ exception's ``_render_traceback_`` returns, and "Run all" stops there instead of
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import shutil
@@ -247,25 +246,6 @@ def _clear_for_overwrite(run_dir: Path, log=print) -> None:
         log(f"overwrite = True: removed the previous run's checkpoints and results in {run_dir}")
 
 
-@contextlib.contextmanager
-def _in_notebook():
-    """Training as the notebook shows it: one progress bar (not transformers' notebook table as well), and
-    no library deprecation warnings between the progress lines."""
-    import warnings
-
-    import transformers.trainer as hf_trainer
-    from transformers.trainer_callback import ProgressCallback
-
-    default = hf_trainer.DEFAULT_PROGRESS_CALLBACK
-    hf_trainer.DEFAULT_PROGRESS_CALLBACK = ProgressCallback  # run_training swaps this for its reward-line bar
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        hf_trainer.DEFAULT_PROGRESS_CALLBACK = default
-
-
 def _callbacks(run_dir: Path, live: bool, stop_after_steps: int) -> list:
     from .plots import live_progress
 
@@ -294,8 +274,7 @@ def train(
         validate_config(cfg)
     except ConfigError as err:
         raise NotebookStop(str(err)) from None
-    with _in_notebook():
-        return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
+    return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
 
 
 def resume_training(
@@ -339,13 +318,9 @@ def resume_training(
         validate_config(cfg)
     except ConfigError as err:
         raise NotebookStop(str(err)) from None
-    with _in_notebook():
-        return run_training(
-            cfg,
-            log=log,
-            callbacks=_callbacks(run_dir, live, stop_after_steps),
-            baseline=read_json(run_dir / BASELINE_FILE),
-        )
+    return run_training(
+        cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=read_json(run_dir / BASELINE_FILE)
+    )
 
 
 def _last_activity(run_dir: Path) -> float:

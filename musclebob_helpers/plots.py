@@ -294,6 +294,8 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
     from transformers import TrainerCallback
 
     class LiveRewardProgress(TrainerCallback):
+        shows_progress = True  # the run's one progress display: run_training adds no bar or step lines of its own
+
         def __init__(self):
             self.history: list[dict] = []
             self.max_steps = 0

@@ -237,7 +237,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    log(f"Built the tiny base model in {time.time() - start:.0f}s (final pre-training loss {loss:.3f}) -> {out_dir}")
+    # No folder named: ensure_tiny_model builds in a temporary one, and has already said where the model goes.
+    log(f"Built the tiny base model in {time.time() - start:.0f}s (final pre-training loss {loss:.3f}).")
     return out_dir
 
 

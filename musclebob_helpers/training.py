@@ -1,7 +1,7 @@
 """The GRPO run: TRL's ``GRPOTrainer`` with the project's data, rewards, callbacks and artifacts.
 
-``run_training(cfg)`` does the whole job: baseline validation, training with a
-progress bar and a one-line reward every step, a checkpoint every epoch,
+``run_training(cfg)`` does the whole job: baseline validation, training with one
+progress display (a bar with the reward in a terminal, else a line per step), a checkpoint every epoch,
 ``reward_history.json`` written as training goes, final validation, and the
 final model + tokenizer at the output folder's root. The notebooks and
 ``train_musclebob_improved.py`` both call it.
@@ -9,8 +9,11 @@ final model + tokenizer at the output folder's root. The notebooks and
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -120,9 +123,8 @@ def _versions() -> dict:
 
 
 def make_callbacks(out_dir: str | Path, log=print):
-    """The trainer callbacks: reward history on disk and a concise one-line log per step."""
+    """The trainer callbacks: reward history on disk, and the step progress (see ``show_progress``)."""
     from transformers import TrainerCallback
-    from transformers.trainer_callback import ProgressCallback
 
     class RewardHistoryCallback(TrainerCallback):
         """Writes ``reward_history.json`` after every logged step: one entry per optimizer step, in order.
@@ -163,22 +165,100 @@ def make_callbacks(out_dir: str | Path, log=print):
             if state.is_world_process_zero:
                 write_json_atomic(self.path, self.history)
 
-    class RewardProgressCallback(ProgressCallback):
-        """TRL's progress bar, printing one readable line per step instead of the raw log dict."""
+    class StepProgress(TrainerCallback):
+        """The one progress display of a run: in a terminal a tqdm bar with the latest reward in its postfix;
+        elsewhere (a log file, CI, a pipe, a notebook) one plain line per step, which a bar would fill with
+        carriage-return junk."""
+
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and _stdout_is_terminal():
+                from tqdm.auto import tqdm
+
+                # On stdout, where the decision was made; initial: a resumed run's bar starts at its checkpoint.
+                self.bar = tqdm(
+                    total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True, file=sys.stdout
+                )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "reward" not in logs:
                 return
-            line = (
-                f"step {state.global_step}/{state.max_steps}  epoch {logs.get('epoch', 0):.2f}  "
-                f"mean reward {logs['reward']:+.3f} (std {logs.get('reward_std', 0.0):.3f})"
-            )
-            if self.training_bar is not None:
-                self.training_bar.write(line)
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"reward {logs['reward']:+.3f} (std {logs.get('reward_std', 0.0):.3f})")
             else:
-                log(line)
+                log(
+                    f"step {state.global_step}/{state.max_steps}  epoch {logs.get('epoch', 0):.2f}  "
+                    f"mean reward {logs['reward']:+.3f} (std {logs.get('reward_std', 0.0):.3f})"
+                )
 
-    return RewardHistoryCallback(), RewardProgressCallback
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return RewardHistoryCallback(), StepProgress()
+
+
+def _stdout_is_terminal() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def above_progress_bar(log):
+    """``log``, clearing the progress bar from the terminal before each line and redrawing it after, so what is
+    printed while training (mid-training checks, health warnings, checkpoint rotation) does not break the bar."""
+    from tqdm import tqdm
+
+    def write(*args, **kwargs):
+        with tqdm.external_write_mode():
+            log(*args, **kwargs)
+
+    return write
+
+
+def show_progress(trainer, progress) -> None:
+    """One progress display: the one transformers added (a tqdm bar, or its notebook table) leaves, and
+    ``progress`` takes its place, unless a callback of the caller shows progress itself (``plots.live_progress``
+    says so with ``shows_progress``)."""
+    import transformers.trainer as hf_trainer
+
+    trainer.remove_callback(hf_trainer.DEFAULT_PROGRESS_CALLBACK)  # added when disable_tqdm is False, as we set it
+    if not any(getattr(cb, "shows_progress", False) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(progress)
+
+
+@contextlib.contextmanager
+def library_output_hidden():
+    """While training: transformers' own bars (the weights written at each checkpoint) would be a second progress
+    display, so they are off; and the FutureWarnings that TRL's own calls of transformers' renamed
+    ``*gradient_checkpointing*`` methods raise at every generation are hidden (nothing we pass causes or cures
+    them; transformers' ``activation_checkpointing`` rename). Any other warning still shows."""
+    import warnings
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # the hub's bars too: both are put back as they were
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`(is_gradient_checkpointing|gradient_checkpointing_enable|gradient_checkpointing_disable)` is",
+                category=FutureWarning,
+                module=r"transformers\.modeling_utils",
+            )
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        (enable_progress_bars if hub_bars else disable_progress_bars)()
 
 
 def _history_entry(logs: dict, step: int) -> dict:
@@ -271,7 +351,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
         use_vllm=cfg.use_vllm,
         # TRL's colocate mode: one vLLM engine inside each training process, no separate server to start.
         **(
@@ -280,6 +360,14 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
             else {}
         ),
     )
+
+
+def checkpointing_arg(config_class, enabled: bool) -> dict:
+    """Activation checkpointing on or off, under the name the installed transformers wants: newer releases
+    renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name raises a FutureWarning, and
+    TRL's default of ``True`` for it counts as using it), Colab's release knows only the old name."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
 def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | None = None) -> dict:
@@ -372,6 +460,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
             write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
+    log = above_progress_bar(log)  # from here on, lines may be printed while the progress bar is up
     monitor = HealthMonitor(out, baseline=baseline, log=log)
     checks = MidTrainingValidation(
         out,
@@ -384,7 +473,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         log=log,
     )
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    history_cb, progress_cls = make_callbacks(out, log=log)
+    history_cb, progress = make_callbacks(out, log=log)
     # TRL's GRPOTrainer, with a data order that a resume reproduces (see checkpoints.trainer_class).
     trainer = trainer_class()(
         model=model,
@@ -403,15 +492,13 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
         ],
         peft_config=lora_config(cfg),
     )
-    from transformers.trainer_callback import ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(progress_cls)
+    show_progress(trainer, progress)
 
     start = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.time() - start
-    trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
+    with library_output_hidden():
+        trainer.train(resume_from_checkpoint=resume)
+        train_seconds = time.time() - start
+        trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
     if main:
         tokenizer.save_pretrained(str(out))
         if cfg.lora:

@@ -440,6 +440,9 @@ def test_training_notebook_runs_all(trained):
     # Live progress: the train cell ends with the progress line at the last step and a reward plot.
     train_out = outputs_of(executed, "nb.train(")
     assert "step 8/8" in text_of(train_out) and pngs(train_out)
+    # ...and it is the one progress display: no per-step lines, no transformers table, no warning of ours.
+    assert "step 1/8  epoch" not in text_of(train_out) and "Training Loss" not in text_of(train_out)
+    assert "FutureWarning" not in text_of(train_out)
     # The results cell shows both plots and saves them in the run folder.
     assert len(pngs(outputs_of(executed, "nb.show_final("))) == 2
     for name in ("reward_plot.png", "validation_plot.png"):

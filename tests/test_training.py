@@ -1,6 +1,8 @@
 """End to end on the tiny model: the default run really learns, writes its artifacts, and resumes exactly."""
 
 import json
+import re
+import tempfile
 
 import pytest
 
@@ -52,6 +54,18 @@ def test_artifacts(trained_run):
             report
         )
         assert len(report["responses"]) == report["num_responses"] > 0
+
+
+def test_default_run_console_is_quiet(trained_run):
+    """No warning caused by our arguments, no temporary path, one progress line per step (not a terminal)."""
+    out, _ = trained_run
+    console = (out.parent / "console.txt").read_text()
+    assert "FutureWarning" not in console
+    assert tempfile.gettempdir() not in console.replace(str(out), "<the run folder>")  # the one path the user gave
+    steps = re.findall(r"^step (\d+)/(\d+)  epoch [\d.]+  mean reward [-+][\d.]+ \(std [\d.]+\)$", console, re.M)
+    total = 5 * steps_per_epoch(TrainConfig())
+    assert steps == [(str(step), str(total)) for step in range(1, total + 1)]
+    assert "Writing model shards" not in console  # transformers' bar at each checkpoint: a second display
 
 
 def test_final_model_loads_with_from_pretrained(trained_run):
