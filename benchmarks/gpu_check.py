@@ -62,10 +62,9 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
     from transformers import TrainerCallback
 
     from musclebob_helpers import data, evaluation, memory, scaling
-    from musclebob_helpers.checkpoints import trainer_class
     from musclebob_helpers.presets import preset_config
     from musclebob_helpers.rewards import make_reward_functions
-    from musclebob_helpers.training import detect_hardware, grpo_args
+    from musclebob_helpers.training import detect_hardware, grpo_args, trainer_class
 
     out = tempfile.mkdtemp(prefix="gpu-check-")
     cfg = preset_config(preset, model=model_path, output_dir=out, epochs=1, **overrides)

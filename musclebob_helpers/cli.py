@@ -14,7 +14,9 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from . import run_dir
 from .config import ConfigError, TrainConfig, apply_model_defaults, flag_name, validate_config
+from .run_dir import RunCheck
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -62,21 +64,27 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, set[str], dict]:
-    """Parse and validate the training flags: (config, fields the user set, model defaults applied)."""
+def config_from_args(
+    argv: list[str] | None, prog: str, description: str, check_folder: bool = True
+) -> tuple[TrainConfig, set[str], dict, RunCheck | None]:
+    """Parse and validate the training flags: (config, fields the user set, model defaults applied, the run
+    folder's start-up check). ``check_folder=False`` (the estimate CLI) checks the values only."""
     from .presets import apply_preset
     from .scaling import world_size
 
     args = vars(build_train_parser(prog, description).parse_args(argv))
     cfg = TrainConfig(**args)
+    checked = None
     try:
         # A preset fills what the user did not set; the tiny model's defaults fill what neither set.
         applied = apply_preset(cfg, set(args))
         applied.update(apply_model_defaults(cfg, set(args) | set(applied)))
         validate_config(cfg, num_processes=world_size())
+        if check_folder:
+            checked = run_dir.check(cfg)  # once per start: run_training(checked=...) does not repeat it
     except ConfigError as err:
         fail(prog, str(err))
-    return cfg, set(args), applied
+    return cfg, set(args), applied, checked
 
 
 def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:

@@ -10,7 +10,6 @@ one-line message naming the flag, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -266,45 +265,3 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     r = cfg.resume_from_checkpoint
     if r is not None and not _is_path(r):
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    if r is not None and r != "auto" and not _expand(r).is_dir():
-        raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    out = _expand(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
-    if is_finished_run(out) and r is None and not cfg.overwrite:
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it already holds a finished model; pass --overwrite, "
-            "--resume-from-checkpoint auto, or another --output-dir",
-        )
-    from .io import list_checkpoints
-
-    if r is None and not cfg.overwrite and list_checkpoints(out):
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
-            "continue it, --overwrite to start over, or another --output-dir",
-        )
-    # Disk checks last (they probe the file system): writable output location, a resume that makes sense.
-    from .preflight import check_drive_space, check_output_location, check_resume
-
-    check_output_location(cfg)
-    check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
-    check_resume(cfg)
-
-
-def is_finished_run(out_dir: str | Path) -> bool:
-    """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
-    out = Path(out_dir)
-    has_model = (out / "config.json").exists() or (out / "adapter_config.json").exists()  # full or LoRA run
-    return has_model and (out / "final_validation.json").exists()
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """A ``TrainConfig`` from a ``training_config.json`` (unknown keys, like versions, are ignored)."""
-    raw = json.loads(Path(path).read_text())
-    raw = raw.get("config", raw)
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in raw.items() if k in names})

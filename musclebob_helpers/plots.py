@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 from .io import read_json
+from .run_dir import BASELINE_FILE, FINAL_FILE, HISTORY_FILE
 
-HISTORY_FILE = "reward_history.json"  # same name as training.HISTORY_FILE (kept import-free of torch)
-BASELINE_FILE = "baseline_validation.json"
-FINAL_FILE = "final_validation.json"
 RATES = [
     ("musclebob_rate", "Musclebob"),
     ("full_name_rate", "Full name"),
