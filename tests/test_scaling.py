@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from musclebob_helpers.config import PRESET_NAMES, ConfigError, TrainConfig, validate_config
-from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.run_dir import check, list_checkpoints
 from musclebob_helpers.memory import KNOWN_SHAPES, ModelShape, estimate_memory, fit_warning
 from musclebob_helpers.presets import PRESETS, apply_preset, preset_config, preset_values, recommend_preset
 from musclebob_helpers import scaling
@@ -137,7 +137,7 @@ def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_
 def test_finished_lora_run_is_protected(lora_run):
     out, _ = lora_run
     with pytest.raises(ConfigError, match="finished model"):
-        validate_config(lora_cfg(out))
+        check(lora_cfg(out))
 
 
 def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny_path):
@@ -371,12 +371,12 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, _, applied = config_from_args(
+    cfg, _, applied, _ = config_from_args(
         ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
     )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
     assert "batch_size" not in applied and applied["num_generations"] == 4
-    cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
+    cfg, _, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
     cfg = TrainConfig(preset="colab-l4", batch_size=2)
     assert apply_preset(cfg, {"preset", "batch_size"}) == {"gradient_checkpointing": False} and cfg.batch_size == 2

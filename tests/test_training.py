@@ -5,7 +5,7 @@ import json
 import pytest
 
 from musclebob_helpers.config import TrainConfig
-from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.run_dir import list_checkpoints
 from musclebob_helpers.training import run_training, steps_per_epoch
 
 
