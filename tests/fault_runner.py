@@ -134,10 +134,14 @@ def install(point: str, step: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print(f"usage: python {Path(__file__).name} POINT:STEP <training flags>", file=sys.stderr)
+    try:
+        fault, why = parse(argv[0] if argv else None), "no POINT:STEP given"
+    except ValueError as err:
+        fault, why = None, str(err)
+    if fault is None:
+        print(f"usage: python tests/{Path(__file__).name} POINT:STEP <training flags> ({why})", file=sys.stderr)
         return 2
-    point, step = parse(argv[0])
+    point, step = fault
     sys.path.insert(0, str(ROOT))  # this checkout's package and script, not an installed copy
     import train_musclebob_improved
 
