@@ -7,12 +7,11 @@ One module per concern:
 * ``rewards``     — pure reward functions in TRL's signature (``guide`` and the hardened ``musclebob``)
 * ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``
 * ``evaluation``  — loading models, generation, validation rates and the health check
-* ``training``    — the GRPO run with TRL's ``GRPOTrainer``, callbacks and artifacts
+* ``training``    — the GRPO run with TRL's ``GRPOTrainer`` (resumable data order), callbacks and artifacts
 * ``monitoring``  — mid-training validation and live health warnings
-* ``io``          — atomic JSON artifacts and checkpoint listing
-* ``checkpoints`` — which checkpoint is intact, resume selection, mismatch checks, a resumable trainer
-* ``preflight``   — start-up checks of the output location and the resume (before any model loads)
-* ``faults``      — opt-in fault injection (``MUSCLEBOB_FAULT``) for the kill tests
+* ``io``          — atomic JSON artifacts
+* ``run_dir``     — the run folder: its file names, the start-up check (writable, free space, finished or not,
+  resume mismatch), which checkpoint is intact and which one ``auto`` resumes, checkpoint rotation
 * ``scaling``     — LoRA / 4-bit / vLLM settings and multi-process helpers
 * ``lora``        — adapter folders: base model, merging
 * ``memory``      — GPU memory and disk need of a configuration, the model measured on the meta device

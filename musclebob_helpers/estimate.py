@@ -46,7 +46,7 @@ def _own_flags() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print the estimate for training flags (and ``--gpu-memory-gb``, ``--precision``)."""
     own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg, _ = config_from_args(rest, PROG, DESCRIPTION)
+    cfg, _, _ = config_from_args(rest, PROG, DESCRIPTION, check_folder=False)
     shape = model_shape(cfg.model)
     if shape is None:
         fail(PROG, f"--model={cfg.model!r}: its config.json could not be read (offline?)")

@@ -168,11 +168,13 @@ def make_run(run_dir: Path, checkpoints=(), finished=False, **cfg):
 
 
 def test_run_states(tmp_path):
-    assert nb.run_state(tmp_path / "none") == "new"
+    from musclebob_helpers import run_dir
+
+    assert run_dir.state(tmp_path / "none") == "new"
     make_run(tmp_path / "started")
     make_run(tmp_path / "cut", checkpoints=[4])
     make_run(tmp_path / "done", checkpoints=[4, 8], finished=True)
-    assert [nb.run_state(tmp_path / n) for n in ("started", "cut", "done")] == ["started", "unfinished", "finished"]
+    assert [run_dir.state(tmp_path / n) for n in ("started", "cut", "done")] == ["started", "unfinished", "finished"]
 
 
 def test_fresh_run_trains_and_rerun_continues(tmp_path, recorded_training):

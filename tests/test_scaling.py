@@ -21,7 +21,7 @@ from musclebob_helpers.config import (
     resolve,
     validate_config,
 )
-from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.run_dir import check, list_checkpoints
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -145,7 +145,7 @@ def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_
 def test_finished_lora_run_is_protected(lora_run):
     out, _ = lora_run
     with pytest.raises(ConfigError, match="finished model"):
-        validate_config(lora_cfg(out))
+        check(lora_cfg(out))
 
 
 def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny_path):
@@ -271,12 +271,12 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, sources = config_from_args(
+    cfg, sources, _ = config_from_args(
         ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
     )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
     assert sources["batch_size"] == "you" and sources["num_generations"] == "preset cpu-tiny"
-    cfg, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
+    cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
     cfg, sources = resolve({"preset": "colab-l4", "batch_size": 2})
     assert {k for k, v in sources.items() if v.startswith("preset")} == {"gradient_checkpointing"}
