@@ -4,8 +4,9 @@
 disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
 ``training_config.json``, so nothing but the run folder is needed).
 
-A bad parameter stops the notebook with one line (``NotebookStop``), not a traceback: IPython prints what an
-exception's ``_render_traceback_`` returns, and "Run all" stops there instead of failing again further down.
+A bad parameter (``ConfigError``) or a notebook-only stop (``NotebookStop``) shows as one line, not a traceback:
+both are ``config.OneLineError``s, whose ``_render_traceback_`` IPython prints, and "Run all" stops there instead
+of failing again further down.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from . import colab
-from .config import ConfigError, TrainConfig, is_tiny, resolve, validate_config
+from .config import OneLineError, TrainConfig, is_tiny, resolve, validate_config
 from .io import read_json, write_json_atomic
 from .run_dir import (
     BASELINE_FILE,
@@ -34,29 +35,12 @@ from .run_dir import (
 from .run_dir import state as run_state
 
 
-class NotebookStop(Exception):
-    """Stops "Run all" with a one-line message instead of a traceback."""
-
-    def _render_traceback_(self):
-        return [f"{type(self).__name__}: {self}"]
+class NotebookStop(OneLineError):
+    """Stops "Run all" with a one-line message instead of a traceback (no GPU, a finished run, an unknown name)."""
 
 
 class SimulatedDisconnect(NotebookStop):
     """Raised by ``stop_after_steps``: training ends abruptly, as when Colab disconnects."""
-
-
-def stop_on_config_error(func):
-    """Turn a ``ConfigError`` (a bad parameter) into a one-line ``NotebookStop``."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as err:
-            raise NotebookStop(str(err)) from None
-
-    return wrapper
 
 
 # --- hardware -------------------------------------------------------------------------------------------
@@ -95,7 +79,6 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
 # --- the run folder -------------------------------------------------------------------------------------
 
 
-@stop_on_config_error
 def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = True, log=print) -> Path:
     """Mount Drive (on Colab, when ``use_drive``), pick the run folder, prove it is writable, say what it holds."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
@@ -109,7 +92,6 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
 # --- configuration --------------------------------------------------------------------------------------
 
 
-@stop_on_config_error
 def make_config(log=print, **params) -> TrainConfig:
     """A validated ``TrainConfig`` from the parameters cell; ``None`` means "the model's default"."""
     from .cli import check_model_loadable
@@ -230,19 +212,10 @@ def _clear_for_overwrite(run_dir: Path, log=print) -> None:
         log(f"overwrite = True: removed the previous run's checkpoints and results in {run_dir}")
 
 
-def _callbacks(run_dir: Path, live: bool, stop_after_steps: int) -> list:
-    from .plots import live_progress
-
-    return ([live_progress(run_dir)] if live else []) + ([stop_after(stop_after_steps)] if stop_after_steps else [])
-
-
-@stop_on_config_error
 def train(
     cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
 ) -> dict | None:
-    """Train a new run; on a rerun of an unfinished one, continue it (as the resume cell does)."""
-    from .training import run_training
-
+    """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell)."""
     run_dir = Path(cfg.output_dir)
     state = run_state(run_dir)
     if state == "finished" and not cfg.overwrite:
@@ -252,22 +225,17 @@ def train(
         )
     if state in ("unfinished", "started") and not cfg.overwrite:
         log("This run folder holds an unfinished run: continuing it.")
-        return resume_training(run_dir, live=live, stop_after_steps=stop_after_steps, log=log, current=cfg)
+        return _continue(run_dir, state, live, stop_after_steps, log, current=cfg)
     if cfg.overwrite:
         _clear_for_overwrite(run_dir, log)
-    return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
+    return _run(cfg, baseline, live, stop_after_steps, log)
 
 
-@stop_on_config_error
-def resume_training(
-    run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print, current: TrainConfig | None = None
-) -> dict | None:
+def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
     """Continue the run in ``run_dir`` from its newest checkpoint, with its own saved settings.
 
     Returns the training result, or None (with a message) when there is nothing to resume.
     """
-    from .training import run_training
-
     run_dir = Path(run_dir)
     state = run_state(run_dir)
     if state == "new":
@@ -280,6 +248,11 @@ def resume_training(
         step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
         log(f"Nothing to resume: the run in {run_dir} is finished (step {step}); its model and results are there.")
         return None
+    return _continue(run_dir, state, live, stop_after_steps, log)
+
+
+def _continue(run_dir: Path, state: str, live: bool, stop_after_steps: int, log, current: TrainConfig | None = None):
+    """An unfinished run, trained on with the settings it saved (``current``: the parameters cell's, which lose)."""
     cfg = saved_config(run_dir)
     if cfg is None:
         raise NotebookStop(f"{run_dir / CONFIG_FILE} is missing or unreadable: the run's settings are lost")
@@ -298,12 +271,20 @@ def resume_training(
             )
     if state == "started":
         log("No checkpoint yet (it stopped in its first epoch): training this run again from step 0.")
-    return run_training(
-        cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=read_json(run_dir / BASELINE_FILE)
-    )
+    return _run(cfg, read_json(run_dir / BASELINE_FILE), live, stop_after_steps, log)
 
 
-@stop_on_config_error
+def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
+    """``run_training`` with the notebook's callbacks: the live panel, and the simulated disconnect when asked.
+    The run folder is checked there, once (``run_dir.check``)."""
+    from .plots import live_progress
+    from .training import run_training
+
+    callbacks = [live_progress(cfg.output_dir)] if live else []
+    callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
+    return run_training(cfg, log=log, callbacks=callbacks, baseline=baseline)
+
+
 def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
     """The run the resume cell continues: ``run_name`` (or ``output_dir``) from the parameters cell when it ran,
     else the most recently active unfinished run under the runs root (``MyDrive`` on Colab, ``runs/`` elsewhere).
