@@ -43,9 +43,9 @@ def main(argv=None) -> int:
         check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
-    from accelerate import PartialState
+    from musclebob_helpers.training import process_state
 
-    if PartialState().is_main_process:  # under `accelerate launch`, print once
+    if process_state().is_main_process:  # under `accelerate launch`, print once
         print_config(cfg, sources)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good

@@ -67,12 +67,12 @@ def config_from_args(
     """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``, the run
     folder's start-up check). ``check_folder=False`` (the estimate CLI) checks the values only."""
     given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
-    from accelerate import PartialState  # imports torch: only once the flags parse
+    from .training import process_state  # imports torch: only once the flags parse
 
     checked = None
     try:
         cfg, sources = resolve(given)
-        validate_config(cfg, num_processes=PartialState().num_processes)
+        validate_config(cfg, num_processes=process_state().num_processes)
         if check_folder:
             checked = run_dir.check(cfg)  # once per start: run_training(checked=...) does not repeat it
     except ConfigError as err:

@@ -49,6 +49,16 @@ def detect_hardware() -> dict:
     return hw
 
 
+def process_state():
+    """accelerate's ``PartialState``: the processes of an ``accelerate launch`` run (a plain python run is one).
+    Asked with ``cpu=True`` on a machine without CUDA, as the trainer asks it: otherwise it counts one process
+    where launch started several over gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def package_available(name: str) -> bool:
     """Whether ``name`` is installed, without importing it (a broken install must not break us here)."""
     try:
@@ -401,9 +411,7 @@ def run_training(
 
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
-    from accelerate import PartialState
-
-    procs = PartialState()  # the processes of an `accelerate launch` run (a plain python run is one)
+    procs = process_state()
     if checked is None:  # the notebooks and tests come here without the CLI
         validate_config(cfg, num_processes=procs.num_processes)
         checked = run_dir.check(cfg)

@@ -193,7 +193,7 @@ def test_make_config_prints_the_need_and_train_refuses_a_run_that_does_not_fit(t
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(1 * GB)))
     cfg = nb.make_config(log=lines.append, model=QWEN, output_dir=str(tmp_path / "run"))  # the values are fine
-    with pytest.raises(nb.NotebookStop, match="needs about 17.8 GB"):  # the folder is checked once, at the start
+    with pytest.raises(ConfigError, match="needs about 17.8 GB"):  # the folder is checked once, at the start
         nb.train(cfg, live=False, log=lines.append)
     assert not (tmp_path / "run").exists()
 

@@ -460,7 +460,7 @@ def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
 
     with pytest.raises(papermill.PapermillExecutionError) as info:
         execute(kernel, NOTEBOOKS[0], tmp_path / "bad.ipynb", model="tiny", epochs=0, output_dir=str(tmp_path / "r"))
-    assert info.value.ename == "NotebookStop" and "--epochs=0" in info.value.evalue
+    assert info.value.ename == "ConfigError" and "--epochs=0" in info.value.evalue
     assert len(info.value.traceback) == 1  # one line, not a traceback wall
 
 
@@ -742,7 +742,7 @@ def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):
         raise RuntimeError("credential propagation was unsuccessful\nmore detail")
 
     monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", refuse)
-    with pytest.raises(nb.NotebookStop) as info:
+    with pytest.raises(ConfigError) as info:
         nb.prepare_run_folder("my-run", "", use_drive=True)
     assert "could not be mounted (credential propagation was unsuccessful)" in str(info.value)
     assert "\n" not in str(info.value) and len(info.value._render_traceback_()) == 1
@@ -750,10 +750,10 @@ def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):
 
 def test_unwritable_run_folder_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(nb.NotebookStop, match="cannot be written") as info:
+    with pytest.raises(ConfigError, match="cannot be written") as info:
         nb.prepare_run_folder("run", str(tmp_path / "a-file" / "run"), log=lambda *a: None)
     assert "\n" not in str(info.value)
-    with pytest.raises(nb.NotebookStop, match="--run_name|run_name"):
+    with pytest.raises(ConfigError, match="--run_name|run_name"):
         nb.prepare_run_folder("../escape", "", log=lambda *a: None)
 
 
