@@ -187,7 +187,8 @@ def resolve(given: dict) -> tuple[TrainConfig, dict[str, str]]:
     """The ``TrainConfig`` for the options a user gave, and where each value came from.
 
     A preset fills what the user did not set; the model's defaults fill what neither set. Sources read "you",
-    "preset NAME", "tiny-model default", "LoRA default", "tiny-model LoRA default" or "default". ConfigError for an unknown preset.
+    "preset NAME", "tiny-model default", "LoRA default", "tiny-model LoRA default" or "default". ConfigError for
+    an unknown preset.
     """
     cfg = TrainConfig(**given)
     sources = {f.name: ("you" if f.name in given else "default") for f in fields(TrainConfig)}
