@@ -422,6 +422,7 @@ def trained(kernel, tiny_path, tmp_path_factory):
     return executed, run_dir
 
 
+@pytest.mark.slow
 def test_training_notebook_runs_all(trained):
     executed, run_dir = trained
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -454,6 +455,7 @@ def test_training_notebook_runs_all(trained):
     assert "No GPU" in text_of(outputs_of(executed, "nb.show_hardware("))
 
 
+@pytest.mark.slow  # a kernel: the one line as a notebook shows it
 def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
     import papermill
 
@@ -463,6 +465,7 @@ def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
     assert len(info.value.traceback) == 1  # one line, not a traceback wall
 
 
+@pytest.mark.slow  # a kernel
 def test_missing_trained_model_is_one_line(kernel, tiny_path, tmp_path):
     import papermill
 
@@ -581,6 +584,7 @@ def test_setup_cell_clones_in_a_kernel_and_a_bad_address_is_one_line(kernel, pro
     assert "Not on Colab" in text_of(outputs_of(cloned, "setup_project("))
 
 
+@pytest.mark.slow
 def test_plot_notebook(kernel, trained, tmp_path):
     _, run_dir = trained
     executed = execute(kernel, NOTEBOOKS[1], tmp_path / "02.ipynb", runs_root=str(run_dir.parent), window=3)
@@ -591,6 +595,7 @@ def test_plot_notebook(kernel, trained, tmp_path):
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in widget)
 
 
+@pytest.mark.slow
 def test_compare_notebook(kernel, trained, tmp_path):
     _, run_dir = trained
     executed = execute(

@@ -76,6 +76,7 @@ def test_cache_is_reused_and_location_overridable(tiny_path, monkeypatch, tmp_pa
     assert tiny_model.tiny_model_dir().parent == tmp_path
 
 
+@pytest.mark.slow  # rebuilds the tiny model
 def test_build_is_deterministic_given_the_seed(tiny_path, tmp_path):
     from safetensors.torch import load_file
 
