@@ -187,4 +187,3 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
         ]
 
     return [musclebob_name_reward, control_answer_reward, format_reward]
-
