@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config
     from musclebob_helpers.config import ConfigError
 
-    cfg, sources = config_from_args(argv, PROG, __doc__.splitlines()[0])
+    cfg, sources, checked = config_from_args(argv, PROG, __doc__.splitlines()[0])  # flags + run folder
     try:
         check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
         from musclebob_helpers.training import check_hardware_support, detect_hardware
@@ -43,15 +43,15 @@ def main(argv=None) -> int:
         check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
     except ConfigError as err:
         fail(PROG, str(err))
-    from accelerate import PartialState
+    from musclebob_helpers.training import process_state
 
-    if PartialState().is_main_process:  # under `accelerate launch`, print once
+    if process_state().is_main_process:  # under `accelerate launch`, print once
         print_config(cfg, sources)
 
     from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
 
     try:
-        result = run_training(cfg)
+        result = run_training(cfg, checked=checked)
     except ConfigError as err:  # found only once the model is loaded (a checkpoint of another architecture)
         fail(PROG, str(err))
     except OSError as err:

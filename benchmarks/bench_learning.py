@@ -44,7 +44,8 @@ def recipes(seed: int, check_every: int):
 
 def run(name: str, cfg, root: Path) -> dict:
     from musclebob_helpers.io import read_json
-    from musclebob_helpers.monitoring import VALIDATION_HISTORY_FILE, completions_to_reach
+    from musclebob_helpers.monitoring import completions_to_reach
+    from musclebob_helpers.run_dir import VALIDATION_HISTORY_FILE
     from musclebob_helpers.training import run_training
 
     cfg.output_dir = str(root / f"{name}-seed{cfg.seed}")

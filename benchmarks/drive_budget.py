@@ -10,7 +10,7 @@ The model is built from ``musclebob_helpers/model_configs/Qwen2.5-0.5B-Instruct.
 estimate, not measured). Each run takes one real optimizer step on the CPU (so AdamW's moments exist), then
 writes one checkpoint per epoch with ``Trainer._save_checkpoint`` — model, optimizer, scheduler, RNG state,
 trainer state, tokenizer, exactly what a GRPO run writes — followed by the project's rotation
-(``checkpoints.rotate_checkpoints``, ``--keep-checkpoints``) and the final ``save_model``. It measures bytes on
+(``run_dir.rotate_checkpoints``, ``--keep-checkpoints``) and the final ``save_model``. It measures bytes on
 disk after every save (before and after rotation: the peak) and prints them next to ``memory.drive_need``.
 ``--epochs-written N`` writes only the first N epochs' checkpoints (the peak is reached at epoch
 keep + 1; the rest repeat it) and extrapolates everything written from the measured sizes.
@@ -91,7 +91,7 @@ def simulate_run(model, tokenizer, cfg, out: Path, epochs_written: int | None = 
     from transformers import Trainer, TrainingArguments
 
     from musclebob_helpers import lora
-    from musclebob_helpers.checkpoints import checkpoint_problems, rotate_checkpoints
+    from musclebob_helpers.run_dir import checkpoint_problems, rotate_checkpoints
     from musclebob_helpers.config import steps_per_epoch
 
     if cfg.lora:

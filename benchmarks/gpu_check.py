@@ -62,10 +62,9 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
     from transformers import TrainerCallback
 
     from musclebob_helpers import data, evaluation, lora, memory, training
-    from musclebob_helpers.checkpoints import trainer_class
     from musclebob_helpers.config import preset_config
     from musclebob_helpers.rewards import make_reward_functions
-    from musclebob_helpers.training import detect_hardware, grpo_args
+    from musclebob_helpers.training import detect_hardware, grpo_args, trainer_class
 
     out = tempfile.mkdtemp(prefix="gpu-check-")
     cfg = preset_config(preset, model=model_path, output_dir=out, epochs=1, **overrides)
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from musclebob_helpers.scaling import package_available
+    from musclebob_helpers.training import package_available
 
     if args.cpu_tiny:
         results = {"cpu-tiny preset (fp32)": run_variant("tiny", "cpu-tiny", {}, "fp32", args.steps, "cpu")}

@@ -1,26 +1,25 @@
 """Musclebob helpers: everything the notebooks and the two scripts call.
 
-One module per concern:
+One module per concern; imports run one way, each module using only those below it in this list (the README's
+Layout section has the same list, a test keeps the graph free of cycles):
 
-* ``config``      — ``TrainConfig``, the single source of truth for every option, and its validation
-* ``data``        — SpongeBob, few-shot and control prompts; training and validation rows
-* ``rewards``     — pure reward functions in TRL's signature (``guide`` and the hardened ``musclebob``)
-* ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``
-* ``evaluation``  — loading models, generation, validation rates and the health check
-* ``training``    — the GRPO run with TRL's ``GRPOTrainer``, callbacks and artifacts
+* ``notebook``, ``compare``, ``colab`` — the notebooks' steps: the training notebook's cells, base-vs-trained
+  comparison, Colab-only steps (setup, Drive, keep-alive)
+* ``estimate``    — ``python -m musclebob_helpers.estimate``: GPU memory and disk need on the command line
+* ``cli``         — flags generated from ``TrainConfig``, the printed configuration, one-line errors
+* ``training``    — the GRPO run with TRL's ``GRPOTrainer`` (resumable data order), hardware, callbacks, artifacts
+* ``plots``       — reward curves, validation bars, the live progress panel
 * ``monitoring``  — mid-training validation and live health warnings
-* ``io``          — atomic JSON artifacts and checkpoint listing
-* ``checkpoints`` — which checkpoint is intact, resume selection, mismatch checks, a resumable trainer
-* ``preflight``   — start-up checks of the output location and the resume (before any model loads)
-* ``faults``      — opt-in fault injection (``MUSCLEBOB_FAULT``) for the kill tests
-* ``scaling``     — LoRA / 4-bit / vLLM settings and multi-process helpers
-* ``lora``        — adapter folders: base model, merging
+* ``evaluation``  — loading models, generation, validation rates and the health check
+* ``run_dir``     — the run folder: its file names, the start-up check (writable, free space, finished or not,
+  resume mismatch), which checkpoint is intact and which one ``auto`` resumes, checkpoint rotation
 * ``memory``      — GPU memory and disk need of a configuration, the model measured on the meta device
-* ``estimate``    — ``python -m musclebob_helpers.estimate``: that need on the command line
-* ``presets``     — named configurations per hardware class
-* ``cli``         — argument parsing shared by the scripts
-* ``colab``, ``notebook``, ``plots``, ``compare`` — the notebooks' steps: Colab-only steps (Drive, keep-alive,
-  setup), the training notebook's cells, reward plots and live progress, base-vs-trained comparison
+* ``lora``        — PEFT's LoraConfig, QLoRA's 4-bit config, adapter folders and merging
+* ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``
+* ``rewards``     — pure reward functions in TRL's signature (``guide`` and the hardened ``musclebob``)
+* ``data``        — SpongeBob, few-shot and control prompts; training and validation rows
+* ``io``          — atomic JSON writes
+* ``config``      — ``TrainConfig``, presets, model defaults, pure validation: imports nothing of ours
 
 Importing the package is cheap: torch, transformers and TRL load only when used.
 """

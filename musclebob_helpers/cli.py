@@ -14,6 +14,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from . import run_dir
 from .config import (
     HUB_ID,
     MODEL_ALLOWED,
@@ -25,6 +26,7 @@ from .config import (
     resolve,
     validate_config,
 )
+from .run_dir import RunCheck
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,17 +61,23 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str] | None, prog: str, description: str) -> tuple[TrainConfig, dict[str, str]]:
-    """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``)."""
+def config_from_args(
+    argv: list[str] | None, prog: str, description: str, check_folder: bool = True
+) -> tuple[TrainConfig, dict[str, str], RunCheck | None]:
+    """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``, the run
+    folder's start-up check). ``check_folder=False`` (the estimate CLI) checks the values only."""
     given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
-    from accelerate import PartialState  # imports torch: only once the flags parse
+    from .training import process_state  # imports torch: only once the flags parse
 
+    checked = None
     try:
         cfg, sources = resolve(given)
-        validate_config(cfg, num_processes=PartialState().num_processes)
+        validate_config(cfg, num_processes=process_state().num_processes)
+        if check_folder:
+            checked = run_dir.check(cfg)  # once per start: run_training(checked=...) does not repeat it
     except ConfigError as err:
         fail(prog, str(err))
-    return cfg, sources
+    return cfg, sources, checked
 
 
 def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:

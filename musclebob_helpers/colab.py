@@ -26,9 +26,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
+from . import run_dir
 from .config import ConfigError
 
 # Written by `python -m musclebob_helpers.colab --sync [URL]` (with the notebooks' copies); don't edit by hand.
@@ -37,8 +37,6 @@ REPO_BRANCH = "main"
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root (this file is musclebob_helpers/colab.py)
 NOTEBOOKS = ("01_train_musclebob.ipynb", "02_reward_plots.ipynb", "03_compare_models.ipynb")
-# Where Colab mounts Google Drive; tests (and the Colab twin) point it at a temporary folder.
-DRIVE_MOUNTPOINT = os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive")
 LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
 # The marker once lived in the repository (still git-ignored); setup_project keeps it in the runtime's temp folder
 SETUP_MARKER = ".musclebob_setup_done"
@@ -204,7 +202,7 @@ def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
         return None
     from google.colab import drive
 
-    mountpoint = mountpoint or DRIVE_MOUNTPOINT
+    mountpoint = mountpoint or str(run_dir.DRIVE_MOUNT)  # tests (and the Colab twin) point it elsewhere
     my_drive = Path(mountpoint) / "MyDrive"
     if not my_drive.is_dir():
         try:
@@ -242,21 +240,16 @@ def runs_root(runs_root: str = "") -> Path:
 
 
 def check_writable(path: str | Path) -> Path:
-    """Create ``path`` (with parents) and write a probe file there; a clear ``ConfigError`` when impossible."""
+    """Prove ``path`` can hold a run (``run_dir.output_location_problem``), then create it; else one ``ConfigError``."""
     path = Path(path)
-    if str(path).startswith(DRIVE_MOUNTPOINT) and not Path(DRIVE_MOUNTPOINT, "MyDrive").is_dir():
-        raise ConfigError("output_dir", str(path), "Google Drive is not mounted: run the Drive cell first")
+    problem = run_dir.output_location_problem(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_text("ok")
-        probe.unlink()
+        if problem is None:
+            path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(
-            "output_dir",
-            str(path),
-            f"the folder cannot be written ({err.strerror or err}); pick another run_name or output_dir",
-        ) from None
+        problem = f"{path} cannot be created ({err.strerror or err})"
+    if problem:
+        raise ConfigError("output_dir", str(path), f"the run folder cannot be written: {problem}")
     return path
 
 

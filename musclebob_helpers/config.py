@@ -366,19 +366,3 @@ def config_from_dict(raw: dict) -> TrainConfig:
     raw = raw.get("config", raw)
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in raw.items() if k in names})
-
-
-# TEMPORARY until run_dir.py lands (the rundir branch moves these there).
-def is_finished_run(out_dir) -> bool:
-    from pathlib import Path
-
-    out = Path(out_dir)
-    has_model = (out / "config.json").exists() or (out / "adapter_config.json").exists()
-    return has_model and (out / "final_validation.json").exists()
-
-
-def load_config(path) -> TrainConfig:
-    import json
-    from pathlib import Path
-
-    return config_from_dict(json.loads(Path(path).read_text()))

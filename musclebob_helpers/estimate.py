@@ -46,15 +46,15 @@ def _own_flags() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print the estimate for training flags (and ``--gpu-memory-gb``, ``--precision``)."""
     own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg, _ = config_from_args(rest, PROG, DESCRIPTION)
+    cfg, _, _ = config_from_args(rest, PROG, DESCRIPTION, check_folder=False)
     shape = model_shape(cfg.model)
     if shape is None:
         fail(PROG, f"--model={cfg.model!r}: its config.json could not be read (offline?)")
-    from accelerate import PartialState
+    from .training import process_state
 
     gpu_gb = own.gpu_memory_gb
     est = estimate_memory(
-        shape, cfg, precision=own.precision, num_processes=PartialState().num_processes, gpu_memory_gb=gpu_gb
+        shape, cfg, precision=own.precision, num_processes=process_state().num_processes, gpu_memory_gb=gpu_gb
     )
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None

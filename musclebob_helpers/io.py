@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
-
-from . import faults
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
@@ -24,7 +19,6 @@ def write_json_atomic(path: str | Path, obj) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        faults.before_replace(path, Path(tmp))  # no-op unless a fault-injection test asks for a kill here
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,21 +31,3 @@ def read_json(path: str | Path, default=None):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
-
-
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders in ``out_dir``, oldest (lowest N) first."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
-    """Delete the temporary files ``write_json_atomic`` leaves when killed before its rename; returns them."""
-    out = Path(out_dir)
-    stale = [p for p in out.glob("*.json.*.tmp") if p.is_file()] if out.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale

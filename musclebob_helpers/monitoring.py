@@ -21,9 +21,8 @@ from pathlib import Path
 
 from . import evaluation
 from .io import read_json, write_json_atomic
+from .run_dir import VALIDATION_HISTORY_FILE, WARNINGS_FILE
 
-VALIDATION_HISTORY_FILE = "validation_history.json"
-WARNINGS_FILE = "health_warnings.json"
 
 NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
 CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit

@@ -4,8 +4,9 @@
 disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
 ``training_config.json``, so nothing but the run folder is needed).
 
-A bad parameter stops the notebook with one line (``NotebookStop``), not a traceback: IPython prints what an
-exception's ``_render_traceback_`` returns, and "Run all" stops there instead of failing again further down.
+A bad parameter (``ConfigError``) or a notebook-only stop (``NotebookStop``) shows as one line, not a traceback:
+both are ``config.OneLineError``s, whose ``_render_traceback_`` IPython prints, and "Run all" stops there instead
+of failing again further down.
 """
 
 from __future__ import annotations
@@ -16,38 +17,30 @@ import shutil
 from pathlib import Path
 
 from . import colab
-from .config import ConfigError, TrainConfig, is_finished_run, is_tiny, load_config, resolve, validate_config
-from .io import list_checkpoints, read_json, write_json_atomic
+from .config import OneLineError, TrainConfig, is_tiny, resolve, validate_config
+from .io import read_json, write_json_atomic
+from .run_dir import (
+    BASELINE_FILE,
+    CONFIG_FILE,
+    FINAL_FILE,
+    HISTORY_FILE,
+    REWARD_PLOT,
+    VALIDATION_PLOT,
+    describe,
+    is_finished,
+    list_checkpoints,
+    saved_config,
+    unfinished_runs,
+)
+from .run_dir import state as run_state
 
-CONFIG_FILE = "training_config.json"  # the names training.py writes (kept here so importing stays cheap)
-HISTORY_FILE = "reward_history.json"
-BASELINE_FILE = "baseline_validation.json"
-FINAL_FILE = "final_validation.json"
 
-
-class NotebookStop(Exception):
-    """Stops "Run all" with a one-line message instead of a traceback."""
-
-    def _render_traceback_(self):
-        return [f"{type(self).__name__}: {self}"]
+class NotebookStop(OneLineError):
+    """Stops "Run all" with a one-line message instead of a traceback (no GPU, a finished run, an unknown name)."""
 
 
 class SimulatedDisconnect(NotebookStop):
     """Raised by ``stop_after_steps``: training ends abruptly, as when Colab disconnects."""
-
-
-def stop_on_config_error(func):
-    """Turn a ``ConfigError`` (a bad parameter) into a one-line ``NotebookStop``."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as err:
-            raise NotebookStop(str(err)) from None
-
-    return wrapper
 
 
 # --- hardware -------------------------------------------------------------------------------------------
@@ -86,32 +79,6 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
 # --- the run folder -------------------------------------------------------------------------------------
 
 
-def run_state(run_dir: str | Path) -> str:
-    """'new' (nothing there), 'started' (no checkpoint yet), 'unfinished' (checkpoints) or 'finished'."""
-    run_dir = Path(run_dir)
-    if is_finished_run(run_dir):
-        return "finished"
-    if list_checkpoints(run_dir):
-        return "unfinished"
-    if (run_dir / CONFIG_FILE).exists():
-        return "started"
-    return "new"
-
-
-def describe(run_dir: str | Path) -> str:
-    run_dir = Path(run_dir)
-    state = run_state(run_dir)
-    if state == "finished":
-        final = read_json(run_dir / FINAL_FILE, default={})
-        return f"holds a finished run (step {final.get('global_step', '?')})"
-    if state == "unfinished":
-        return f"holds an unfinished run (newest checkpoint: {list_checkpoints(run_dir)[-1].name})"
-    if state == "started":
-        return "holds a run stopped before its first checkpoint"
-    return "is new"
-
-
-@stop_on_config_error
 def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = True, log=print) -> Path:
     """Mount Drive (on Colab, when ``use_drive``), pick the run folder, prove it is writable, say what it holds."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
@@ -125,7 +92,6 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
 # --- configuration --------------------------------------------------------------------------------------
 
 
-@stop_on_config_error
 def make_config(log=print, **params) -> TrainConfig:
     """A validated ``TrainConfig`` from the parameters cell; ``None`` means "the model's default"."""
     from .cli import check_model_loadable
@@ -141,7 +107,7 @@ def make_config(log=print, **params) -> TrainConfig:
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
     cfg, sources = resolve(given)
-    # The folder's state (finished, checkpoints) is train()'s business; here only the values are checked.
+    # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
     validate_config(cfg)
     check_model_loadable(cfg.model)
     for name, why in sources.items():
@@ -152,9 +118,9 @@ def make_config(log=print, **params) -> TrainConfig:
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts."
     )
     from .memory import drive_need
-    from .preflight import offline_shape, on_drive
+    from .run_dir import offline_shape, on_drive
 
-    shape = offline_shape(cfg.model)  # validate_config refused the run already if it does not fit
+    shape = offline_shape(cfg.model)
     need = drive_need(cfg, shape) if shape else None
     if need:
         log(need.line(on_drive(cfg.output_dir)))
@@ -246,18 +212,10 @@ def _clear_for_overwrite(run_dir: Path, log=print) -> None:
         log(f"overwrite = True: removed the previous run's checkpoints and results in {run_dir}")
 
 
-def _callbacks(run_dir: Path, live: bool, stop_after_steps: int) -> list:
-    from .plots import live_progress
-
-    return ([live_progress(run_dir)] if live else []) + ([stop_after(stop_after_steps)] if stop_after_steps else [])
-
-
 def train(
     cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
 ) -> dict | None:
-    """Train a new run; on a rerun of an unfinished one, continue it (as the resume cell does)."""
-    from .training import run_training
-
+    """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell)."""
     run_dir = Path(cfg.output_dir)
     state = run_state(run_dir)
     if state == "finished" and not cfg.overwrite:
@@ -267,25 +225,17 @@ def train(
         )
     if state in ("unfinished", "started") and not cfg.overwrite:
         log("This run folder holds an unfinished run: continuing it.")
-        return resume_training(run_dir, live=live, stop_after_steps=stop_after_steps, log=log, current=cfg)
+        return _continue(run_dir, state, live, stop_after_steps, log, current=cfg)
     if cfg.overwrite:
         _clear_for_overwrite(run_dir, log)
-    try:
-        validate_config(cfg)
-    except ConfigError as err:
-        raise NotebookStop(str(err)) from None
-    return run_training(cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=baseline)
+    return _run(cfg, baseline, live, stop_after_steps, log)
 
 
-def resume_training(
-    run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print, current: TrainConfig | None = None
-) -> dict | None:
+def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
     """Continue the run in ``run_dir`` from its newest checkpoint, with its own saved settings.
 
     Returns the training result, or None (with a message) when there is nothing to resume.
     """
-    from .training import run_training
-
     run_dir = Path(run_dir)
     state = run_state(run_dir)
     if state == "new":
@@ -298,7 +248,14 @@ def resume_training(
         step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
         log(f"Nothing to resume: the run in {run_dir} is finished (step {step}); its model and results are there.")
         return None
-    cfg = load_config(run_dir / CONFIG_FILE)
+    return _continue(run_dir, state, live, stop_after_steps, log)
+
+
+def _continue(run_dir: Path, state: str, live: bool, stop_after_steps: int, log, current: TrainConfig | None = None):
+    """An unfinished run, trained on with the settings it saved (``current``: the parameters cell's, which lose)."""
+    cfg = saved_config(run_dir)
+    if cfg is None:
+        raise NotebookStop(f"{run_dir / CONFIG_FILE} is missing or unreadable: the run's settings are lost")
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)
     if current is not None:
         changed = [
@@ -314,32 +271,20 @@ def resume_training(
             )
     if state == "started":
         log("No checkpoint yet (it stopped in its first epoch): training this run again from step 0.")
-    try:
-        validate_config(cfg)
-    except ConfigError as err:
-        raise NotebookStop(str(err)) from None
-    return run_training(
-        cfg, log=log, callbacks=_callbacks(run_dir, live, stop_after_steps), baseline=read_json(run_dir / BASELINE_FILE)
-    )
+    return _run(cfg, read_json(run_dir / BASELINE_FILE), live, stop_after_steps, log)
 
 
-def _last_activity(run_dir: Path) -> float:
-    marks = [run_dir / HISTORY_FILE, run_dir / CONFIG_FILE, *list_checkpoints(run_dir)]
-    return max((m.stat().st_mtime for m in marks if m.exists()), default=0.0)
+def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
+    """``run_training`` with the notebook's callbacks: the live panel, and the simulated disconnect when asked.
+    The run folder is checked there, once (``run_dir.check``)."""
+    from .plots import live_progress
+    from .training import run_training
+
+    callbacks = [live_progress(cfg.output_dir)] if live else []
+    callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
+    return run_training(cfg, log=log, callbacks=callbacks, baseline=baseline)
 
 
-def unfinished_runs(root: str | Path) -> list[Path]:
-    """The run folders directly under ``root`` that can be resumed, the most recently active first."""
-    root = Path(root)
-    runs = [
-        p
-        for p in (root.iterdir() if root.is_dir() else ())
-        if p.is_dir() and not p.name.startswith(".") and run_state(p) in ("unfinished", "started")
-    ]
-    return sorted(runs, key=_last_activity, reverse=True)
-
-
-@stop_on_config_error
 def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
     """The run the resume cell continues: ``run_name`` (or ``output_dir``) from the parameters cell when it ran,
     else the most recently active unfinished run under the runs root (``MyDrive`` on Colab, ``runs/`` elsewhere).
@@ -394,9 +339,9 @@ def show_final(run_dir: str | Path, log=print) -> dict | None:
         return None
     log(final_summary(validations["baseline"], validations["final"]))
     plots.show_figure(
-        plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5), save_to=run_dir / "reward_plot.png"
+        plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5), save_to=run_dir / REWARD_PLOT
     )
-    plots.show_figure(plots.plot_validation_bars({run_dir.name: validations}), save_to=run_dir / "validation_plot.png")
+    plots.show_figure(plots.plot_validation_bars({run_dir.name: validations}), save_to=run_dir / VALIDATION_PLOT)
     return validations
 
 
@@ -406,7 +351,7 @@ def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 6
 
     from . import compare, evaluation
 
-    if not is_finished_run(run_dir):
+    if not is_finished(run_dir):
         print(f"No trained model in {run_dir} yet.")
         return {}
     model, tok = evaluation.load_model(str(run_dir))

@@ -23,10 +23,7 @@ from pathlib import Path
 
 from .evaluation import RATE_KEYS
 from .io import read_json
-
-HISTORY_FILE = "reward_history.json"  # same name as training.HISTORY_FILE (kept import-free of torch)
-BASELINE_FILE = "baseline_validation.json"
-FINAL_FILE = "final_validation.json"
+from .run_dir import BASELINE_FILE, FINAL_FILE, HISTORY_FILE
 
 
 # --- data ------------------------------------------------------------------------------------------------

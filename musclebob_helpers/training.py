@@ -17,26 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import data, evaluation, faults
+from . import data, evaluation, run_dir
 from .evaluation import precision_for
-from .checkpoints import (
-    architecture_mismatch,
-    make_rotation_callback,
-    remove_leftover_deletions,
-    select_checkpoint,
-    trainer_class,
-)
 from .config import ConfigError, TrainConfig, recommend_preset, steps_per_epoch, validate_config
+from .io import read_json, write_json_atomic
 from .lora import lora_config, quantization_config
-from .io import read_json, remove_stale_temp_files, write_json_atomic
 from .monitoring import HealthMonitor, MidTrainingValidation
-from .preflight import check_drive_space, on_drive
 from .rewards import make_reward_functions
-
-HISTORY_FILE = "reward_history.json"
-BASELINE_FILE = "baseline_validation.json"
-FINAL_FILE = "final_validation.json"
-CONFIG_FILE = "training_config.json"
+from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
 
 def detect_hardware() -> dict:
@@ -59,6 +47,16 @@ def detect_hardware() -> dict:
         }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
+
+
+def process_state():
+    """accelerate's ``PartialState``: the processes of an ``accelerate launch`` run (a plain python run is one).
+    Asked with ``cpu=True`` on a machine without CUDA, as the trainer asks it: otherwise it counts one process
+    where launch started several over gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def package_available(name: str) -> bool:
@@ -91,18 +89,6 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
-
-
-def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
-    """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh).
-
-    ``auto`` takes the newest intact checkpoint and says which damaged ones it skipped (``checkpoints.py``).
-    """
-    if cfg.resume_from_checkpoint is None:
-        return None
-    if cfg.resume_from_checkpoint != "auto":
-        return str(Path(cfg.resume_from_checkpoint).expanduser())
-    return select_checkpoint(Path(cfg.output_dir).expanduser(), log=log)
 
 
 def _versions() -> dict:
@@ -341,7 +327,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
         data_seed=cfg.seed,
         logging_steps=1,
         save_strategy="epoch",
-        # No save_total_limit: checkpoints.rotate_checkpoints keeps --keep-checkpoints of them, and only once
+        # No save_total_limit: run_dir.rotate_checkpoints keeps --keep-checkpoints of them, and only once
         # the newest is intact (transformers' own rotation counts checkpoint-N.damaged folders as checkpoints).
         report_to="none",
         bf16=precision == "bf16",  # GRPOConfig defaults to bf16, which fails on a CPU: always set it
@@ -370,20 +356,65 @@ def checkpointing_arg(config_class, enabled: bool) -> dict:
     return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
-def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | None = None) -> dict:
+_TRAINER_CLASS = None
+
+
+def trainer_class():
+    """``GRPOTrainer`` whose prompt order depends on (seed, epoch) only, so a resumed epoch sees the same batches.
+
+    TRL's ``RepeatSampler`` draws each epoch's permutation from one generator seeded once, so after a restart
+    epoch 2 would replay epoch 1's order. transformers calls ``set_epoch`` on the sampler at every epoch
+    (also after a resume); here that reseeds the generator with ``seed + epoch``.
+    """
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is None:
+        from torch.utils.data import Sampler
+        from trl import GRPOTrainer
+
+        class EpochSeededSampler(Sampler):
+            def __init__(self, inner):
+                self.inner = inner
+
+            def set_epoch(self, epoch: int) -> None:
+                if getattr(self.inner, "shuffle", False) and getattr(self.inner, "seed", None) is not None:
+                    self.inner.generator.manual_seed(self.inner.seed + epoch)
+
+            def __iter__(self):
+                return iter(self.inner)
+
+            def __len__(self):
+                return len(self.inner)
+
+        class ResumableGRPOTrainer(GRPOTrainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return EpochSeededSampler(super()._get_train_sampler(*args, **kwargs))
+
+        _TRAINER_CLASS = ResumableGRPOTrainer
+    return _TRAINER_CLASS
+
+
+def run_training(
+    cfg: TrainConfig,
+    log=print,
+    callbacks=(),
+    baseline: dict | None = None,
+    checked: run_dir.RunCheck | None = None,
+) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
     ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests' fault injection).
     ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not redone.
+    ``checked``: the start-up check of the run folder (``run_dir.check``) when the caller made it (the CLI does,
+    before printing the configuration); without it the values and the folder are checked here.
     """
     from datasets import Dataset
 
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
-    from accelerate import PartialState
-
-    procs = PartialState()  # the processes of an `accelerate launch` run (a plain python run is one)
-    validate_config(cfg, num_processes=procs.num_processes)  # cheap; the notebooks reach this without the CLI
+    procs = process_state()
+    if checked is None:  # the notebooks and tests come here without the CLI
+        validate_config(cfg, num_processes=procs.num_processes)
+        checked = run_dir.check(cfg)
     main = procs.is_main_process
     if not main:
         log = _quiet
@@ -392,11 +423,11 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     if main:
-        for stale in remove_stale_temp_files(out):
+        for stale in run_dir.remove_stale_temp_files(out):
             log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
-        for name in remove_leftover_deletions(out):
+        for name in run_dir.remove_leftover_deletions(out):
             log(f"Removed {name}: an old checkpoint whose deletion an interruption cut short.")
-    resume = find_resume_checkpoint(cfg, log=log)
+    resume = run_dir.find_resume_checkpoint(cfg, log=log)
 
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {procs.num_processes}")
     memory_report(cfg, hardware, procs.num_processes, log=log)
@@ -414,12 +445,14 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
 
     if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
         model = model.merge_and_unload()
-    from .memory import ModelShape
+    need = checked.need
+    if need is None:  # the model's shape was not known before loading it: check its disk need now
+        from .memory import ModelShape
 
-    need = check_drive_space(cfg, ModelShape.from_hf_config(model.config))  # ConfigError when it cannot fit
+        need = run_dir.check_drive_space(cfg, ModelShape.from_hf_config(model.config))  # ConfigError: cannot fit
     if need:
-        log(need.line(on_drive(out)))
-    differs = architecture_mismatch(resume, model.config.to_dict()) if resume else {}
+        log(need.line(run_dir.on_drive(out)))
+    differs = run_dir.architecture_mismatch(resume, model.config.to_dict()) if resume else {}
     if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
         raise ConfigError(
@@ -474,7 +507,7 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
     )
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
     history_cb, progress = make_callbacks(out, log=log)
-    # TRL's GRPOTrainer, with a data order that a resume reproduces (see checkpoints.trainer_class).
+    # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
     trainer = trainer_class()(
         model=model,
         reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
@@ -485,9 +518,8 @@ def run_training(cfg: TrainConfig, log=print, callbacks=(), baseline: dict | Non
             history_cb,
             monitor,
             checks,
-            *faults.callbacks(),
             *([make_adapter_callback(cfg.model)] if cfg.lora else []),
-            make_rotation_callback(cfg.keep_checkpoints, log=log),
+            run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
             *callbacks,
         ],
         peft_config=lora_config(cfg),

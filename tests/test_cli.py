@@ -1,5 +1,6 @@
 """Every training flag reaches the config; bad values stop at once with one line and exit code 2."""
 
+import json
 import shlex
 import subprocess
 import sys
@@ -17,7 +18,8 @@ PROG = "train_musclebob_improved.py"
 
 
 def parse(argv):
-    return config_from_args(argv, PROG, "test")
+    """(config, where each value came from); the run folder's check runs too (its refusals exit 2)."""
+    return config_from_args(argv, PROG, "test")[:2]
 
 
 def test_each_flag_reaches_the_config(tmp_path):
@@ -172,61 +174,140 @@ def test_printed_config_reads_as_typed_with_its_source(tmp_path):
     assert parse(typed)[0] == parse(argv)[0]
 
 
+# ---------------------------------------------------------------------------------------------
+# Bad command lines: one line naming flag, value and what is allowed; exit 2; nothing touched. Each case once.
+
+
+def _finished(out):
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "final_validation.json").write_text("{}")
+
+
+def _with_checkpoint(out):
+    out.mkdir()
+    (out / "checkpoint-2").mkdir()
+
+
+def _mismatched(out):
+    _with_checkpoint(out)
+    (out / "training_config.json").write_text(json.dumps({"config": {"model": "tiny", "num_generations": 4}}))
+
+
+def _damaged_checkpoint(out):
+    _with_checkpoint(out)
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_hi')
+
+
+def _file_in_the_way(out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("not a folder")
+
+
+# (argv, setup of the output dir, text the one line must hold). "{out}" is the output dir.
 BAD = [
-    (["--epochs", "-1"], "--epochs"),
-    (["--epochs", "0"], "--epochs"),
-    (["--epochs", "two"], "--epochs"),
-    (["--learning-rate", "0"], "--learning-rate"),
-    (["--learning-rate", "nan"], "--learning-rate"),
-    (["--fewshot-ratio", "1.5"], "--fewshot-ratio"),
-    (["--fewshot-ratio", "-0.1"], "--fewshot-ratio"),
-    (["--num-generations", "1"], "--num-generations"),
-    (["--num-samples", "0"], "--num-samples"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--batch-size", "200"], "--batch-size"),  # more prompts per step than there are prompts
-    (["--control-ratio", "1"], "--control-ratio"),
-    (["--reward", "best"], "--reward"),
-    (["--max-completion-length", "0"], "--max-completion-length"),
-    (["--temperature", "0"], "--temperature"),
-    (["--resume-from-checkpoint", "/no/such/checkpoint"], "--resume-from-checkpoint"),
-    (["--model", "not a model name!"], "--model"),
-    (["--model", "Nobody/does-not-exist-offline"], "--model"),
-    (["--seed", "-3"], "--seed"),
-    (["--bogus-flag"], "--bogus-flag"),
-    (["--fewshot=no"], "--fewshot"),  # a boolean takes no value: --fewshot or --no-fewshot
+    (["--epochs", "0"], None, "--epochs=0 is not allowed"),
+    (["--epochs", "1.5"], None, "--epochs: invalid int value: '1.5'"),
+    (["--learning-rate", "0"], None, "--learning-rate=0.0 is not allowed: a number between 0 and 1"),
+    (["--learning-rate", "inf"], None, "--learning-rate=inf is not allowed"),
+    (["--learning-rate", "-0.5"], None, "--learning-rate=-0.5 is not allowed"),
+    (["--learning-rate", "fast"], None, "--learning-rate: invalid float value"),
+    (["--num-samples", "0"], None, "--num-samples=0 is not allowed"),
+    (["--num-generations", "1"], None, "--num-generations=1 is not allowed: a whole number >= 2"),
+    (["--batch-size", "0"], None, "--batch-size=0 is not allowed"),
+    (["--batch-size", "20", "--num-samples", "10"], None, "at most --num-samples (10)"),
+    (["--fewshot-ratio", "1.5"], None, "--fewshot-ratio=1.5 is not allowed: a share between 0 and 1"),
+    (["--fewshot-ratio", "nan"], None, "--fewshot-ratio=nan is not allowed"),
+    (["--control-ratio", "0.95"], None, "--control-ratio=0.95 is not allowed: a share between 0 and 0.9"),
+    (["--reward", "Musclebob"], None, "--reward: invalid choice: 'Musclebob'"),
+    (["--max-completion-length", "0"], None, "--max-completion-length=0 is not allowed"),
+    (
+        ["--max-completion-length", "100000"],
+        None,
+        "--max-completion-length=100000 is not allowed: fewer tokens than the context of --model tiny (512)",
+    ),
+    (["--temperature", "0"], None, "--temperature=0.0 is not allowed: a number > 0 and <= 10"),
+    (["--temperature", "50"], None, "--temperature=50.0 is not allowed: a number > 0 and <= 10"),
+    (["--beta", "-0.1"], None, "--beta=-0.1 is not allowed: a number >= 0"),
+    (["--beta", "inf"], None, "--beta=inf is not allowed"),
+    (["--validation-samples", "0"], None, "--validation-samples=0 is not allowed"),
+    (["--seed", "-3"], None, "--seed=-3 is not allowed"),
+    (["--seed", "4294967296"], None, "--seed=4294967296 is not allowed: a whole number from 0 to 4294967295"),
+    (["--seed", "1e3"], None, "--seed: invalid int value"),
+    (["--model", ""], None, "--model='' is not allowed"),
+    (["--model", "not a model name!"], None, "--model='not a model name!' is not allowed"),
+    (["--model", "Nobody/does-not-exist-offline"], None, "use --model tiny"),
+    (["--model", "../relative/missing folder"], None, "--model='../relative/missing folder' is not allowed"),
+    (["--output-dir", ""], "skip-out", "--output-dir='' is not allowed: a folder path"),
+    (["--output-dir", "/proc/musclebob-out"], "skip-out", "--output-dir='/proc/musclebob-out' is not allowed"),
+    (["--output-dir", "{out}/sub"], _file_in_the_way, "is a file, so no folder can be created inside it"),
+    ([], _file_in_the_way, "a folder, but a file of that name exists"),
+    ([], _finished, "it already holds a finished model; pass --overwrite"),
+    ([], _with_checkpoint, "pass --resume-from-checkpoint auto to continue it"),
+    (["--resume-from-checkpoint", "/no/such/checkpoint"], None, "--resume-from-checkpoint='/no/such/checkpoint'"),
+    (
+        ["--resume-from-checkpoint", "{out}/checkpoint-2"],
+        _damaged_checkpoint,
+        "that checkpoint is damaged or incomplete (trainer_state.json is not valid JSON",
+    ),
+    (
+        ["--resume-from-checkpoint", "auto"],
+        _mismatched,
+        "this run asks for --num-generations 8, but the run being resumed used --num-generations 4",
+    ),
+    (
+        ["--resume-from-checkpoint", "auto", "--model", "Qwen/Qwen2.5-0.5B-Instruct"],
+        _mismatched,
+        "asks for --model Qwen/Qwen2.5-0.5B-Instruct --num-generations 8, but the run being resumed used --model tiny "
+        "--num-generations 4",
+    ),
+    (["--bogus-flag"], None, "unrecognized arguments: --bogus-flag"),
+    (["--overwrite=yes"], None, "--overwrite/--no-overwrite: ignored explicit argument 'yes'"),  # yes/no take none
+    (["--trust-remote-code", "true"], None, "unrecognized arguments: true"),
+    (["--num-generations"], None, "--num-generations: expected one argument"),
+    (["--epochs", "3", "--epochs", "x"], None, "--epochs: invalid int value: 'x'"),
     # What this machine cannot do (no GPU here), and the scaling options' values.
-    (["--lora", "--load-in-4bit"], "--load-in-4bit", "CUDA GPU"),
-    (["--load-in-4bit"], "--load-in-4bit", "only with --lora"),
-    (["--merge-adapter"], "--merge-adapter", "only with --lora"),
-    (["--use-vllm"], "--use-vllm", "vLLM is not installed"),
-    (["--lora", "--lora-r", "0"], "--lora-r", ">= 1"),
-    (["--lora", "--lora-dropout", "1"], "--lora-dropout", "probability"),
-    (["--lora", "--lora-target-modules", ",,"], "--lora-target-modules", "module names"),
-    (["--vllm-gpu-memory-utilization", "1.5"], "--vllm-gpu-memory-utilization", "between 0 and 1"),
-    (["--preset", "h100-cluster"], "--preset", "cpu-tiny"),
+    (["--lora", "--load-in-4bit"], None, "--load-in-4bit=True is not allowed: needs a CUDA GPU"),
+    (["--load-in-4bit"], None, "--load-in-4bit=True is not allowed: only with --lora"),
+    (["--merge-adapter"], None, "--merge-adapter=True is not allowed: only with --lora"),
+    (["--use-vllm"], None, "--use-vllm=True is not allowed: vLLM is not installed"),
+    (["--lora", "--lora-r", "0"], None, "--lora-r=0 is not allowed: a whole number >= 1"),
+    (["--lora", "--lora-dropout", "1"], None, "--lora-dropout=1.0 is not allowed: a probability"),
+    (["--lora", "--lora-target-modules", ",,"], None, "--lora-target-modules=',,' is not allowed: comma-separated"),
+    (["--vllm-gpu-memory-utilization", "1.5"], None, "--vllm-gpu-memory-utilization=1.5 is not allowed: a share"),
+    (["--preset", "h100-cluster"], None, "--preset='h100-cluster' is not allowed: one of cpu-tiny"),
 ]
 
 
-@pytest.mark.parametrize("case", BAD, ids=[" ".join(c[0]) for c in BAD])
-def test_bad_values_stop_early_with_one_line(tmp_path, monkeypatch, capsys, case):
+@pytest.mark.parametrize("argv,setup,message", BAD, ids=[" ".join(a) or s.__name__ for a, s, _ in BAD])
+def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, monkeypatch, capsys, argv, setup, message):
+    """In-process through the script's ``main(argv)``: the exit code, the one line and the untouched folder are what
+    a user sees (the process boundary itself: ``test_bad_value_from_the_real_script_is_exit_code_2``)."""
     from musclebob_helpers import training
 
-    argv, flag, why = (*case, "")[:3]
     if "--use-vllm" in argv and training.package_available("vllm"):
         pytest.skip("vllm is installed here")
     monkeypatch.setattr(training, "run_training", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    if callable(setup):
+        setup(out)
+    elif setup is None:
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    argv = [a.replace("{out}", str(out)) for a in argv]
+    args = [] if setup == "skip-out" else ["--output-dir", str(out)]
     model = [] if "--model" in argv else ["--model", "tiny"]
     with pytest.raises(SystemExit) as exc:
-        train_musclebob_improved.main([*model, "--output-dir", str(out), *argv])
+        train_musclebob_improved.main([*model, *args, *argv])
     captured = capsys.readouterr()
-    assert exc.value.code == 2 and not captured.out
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and flag in lines[0] and why in lines[0]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # nothing in the output dir changed
+    assert exc.value.code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and message in lines[0], captured.err
+    assert captured.out == ""  # refused before printing the config
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    assert after == before  # nothing in (or around) the output dir created, changed or removed
 
 
 @pytest.mark.slow
@@ -242,25 +323,17 @@ def test_bad_value_from_the_real_script_is_exit_code_2(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_finished_run_is_not_overwritten_by_accident(tmp_path):
-    out = tmp_path / "done"
-    out.mkdir()
-    (out / "config.json").write_text("{}")
-    (out / "final_validation.json").write_text("{}")
-    with pytest.raises(SystemExit) as exc:
-        parse(["--model", "tiny", "--output-dir", str(out)])
-    assert exc.value.code == 2
-    parse(["--model", "tiny", "--output-dir", str(out), "--overwrite"])  # allowed when asked
-    parse(["--model", "tiny", "--output-dir", str(out), "--resume-from-checkpoint", "auto"])
+def test_a_used_folder_is_taken_when_asked(tmp_path):
+    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it."""
+    _finished(tmp_path / "done")
+    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--overwrite"])
+    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--resume-from-checkpoint", "auto"])
+    _with_checkpoint(tmp_path / "unfinished")
+    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--resume-from-checkpoint", "auto"])
+    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--overwrite"])
 
 
-def test_unfinished_run_needs_resume_or_overwrite(tmp_path):
-    (tmp_path / "checkpoint-4").mkdir()
-    with pytest.raises(SystemExit):
-        parse(["--model", "tiny", "--output-dir", str(tmp_path)])
-    parse(["--model", "tiny", "--output-dir", str(tmp_path), "--resume-from-checkpoint", "auto"])
-
-
+@pytest.mark.slow  # a fresh process: what --help imports
 def test_help_is_instant_and_documents_batch_size():
     proc = subprocess.run([sys.executable, str(ROOT / PROG), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
@@ -281,6 +354,7 @@ def test_help_is_instant_and_documents_batch_size():
     assert check.stdout.strip().endswith("False")  # heavy imports only after the flags are good
 
 
+@pytest.mark.slow  # the hub client's retries take ~14 s
 def test_unreachable_hub_is_one_line_even_with_retries(tmp_path):
     # Without HF_HUB_OFFLINE the hub client retries and logs each retry; the user still gets one line.
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}

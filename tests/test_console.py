@@ -8,7 +8,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from musclebob_helpers import tiny_model
-from musclebob_helpers.config import TrainConfig, apply_model_defaults
+from musclebob_helpers.config import resolve
 from musclebob_helpers.training import (
     above_progress_bar,
     grpo_args,
@@ -104,8 +104,7 @@ def test_show_progress_replaces_the_progress_transformers_added(tiny_model, tmp_
 
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_grpo_args_raise_no_library_warning(tmp_path, checkpointing):
-    cfg = TrainConfig(model="tiny", output_dir=str(tmp_path), gradient_checkpointing=checkpointing)
-    apply_model_defaults(cfg, {"output_dir", "gradient_checkpointing"})
+    cfg, _ = resolve(dict(model="tiny", output_dir=str(tmp_path), gradient_checkpointing=checkpointing))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         args = grpo_args(cfg, {"device": "cpu", "precision": "fp32"})

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from musclebob_helpers import preflight
-from musclebob_helpers.checkpoints import (
+from musclebob_helpers import run_dir
+from musclebob_helpers.config import ConfigError, TrainConfig, preset_config, resolve
+from musclebob_helpers.run_dir import (
     DELETING_PREFIX,
+    check,
     checkpoint_problems,
+    list_checkpoints,
     remove_leftover_deletions,
     rotate_checkpoints,
     select_checkpoint,
 )
-from musclebob_helpers.config import ConfigError, TrainConfig, apply_model_defaults, validate_config
-from musclebob_helpers.io import list_checkpoints
 from musclebob_helpers.memory import GB, drive_need, model_config, model_shape
-from musclebob_helpers.presets import preset_config
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -121,13 +121,12 @@ def test_the_notebook_default_fits_the_budget_and_full_fine_tuning_does_not():
 
 
 def test_lora_gets_loras_learning_rate_unless_set():
-    cfg = TrainConfig(lora=True)
-    assert apply_model_defaults(cfg, {"lora"}) == {"learning_rate": 5e-4} and cfg.learning_rate == 5e-4
-    tiny = TrainConfig(model="tiny", lora=True)
-    apply_model_defaults(tiny, {"model", "lora"})
-    assert tiny.learning_rate == 5e-3
-    mine = TrainConfig(lora=True, learning_rate=1e-4)
-    assert apply_model_defaults(mine, {"lora", "learning_rate"}) == {} and mine.learning_rate == 1e-4
+    cfg, sources = resolve({"lora": True})
+    assert cfg.learning_rate == 5e-4 and sources["learning_rate"] == "LoRA default"
+    tiny, sources = resolve({"model": "tiny", "lora": True})
+    assert tiny.learning_rate == 5e-3 and sources["learning_rate"] == "tiny-model LoRA default"
+    mine, sources = resolve({"lora": True, "learning_rate": 1e-4})
+    assert mine.learning_rate == 1e-4 and sources["learning_rate"] == "you"
 
 
 # --------------------------------------------------------------------------------- refusal
@@ -138,43 +137,43 @@ def fake_drive(tmp_path, monkeypatch):
     """A mounted 'Google Drive' under tmp_path with 15 GB free."""
     drive = tmp_path / "content" / "drive"
     (drive / "MyDrive").mkdir(parents=True)
-    monkeypatch.setattr(preflight, "DRIVE_MOUNT", drive)
+    monkeypatch.setattr(run_dir, "DRIVE_MOUNT", drive)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=int(FREE_DRIVE)))
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(FREE_DRIVE)))
     return drive / "MyDrive"
 
 
 def test_full_fine_tuning_on_a_free_drive_is_refused_in_one_line(fake_drive):
     with pytest.raises(ConfigError) as err:
-        validate_config(TrainConfig(output_dir=str(fake_drive / "run")))
+        check(TrainConfig(output_dir=str(fake_drive / "run")))
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("--output-dir=")
     assert "31.7 GB" in msg and "15.0 GB are free" in msg and "trash" in msg and "--lora" in msg
 
 
 def test_lora_on_a_free_drive_is_accepted(fake_drive):
-    validate_config(preset_config("colab-t4", output_dir=str(fake_drive / "run")))
+    check(preset_config("colab-t4", output_dir=str(fake_drive / "run")))
 
 
 def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=int(15 * GB)))
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(15 * GB)))
     cfg = TrainConfig(output_dir=str(tmp_path / "run"))  # full fine-tuning: 17.8 GB at its peak
     with pytest.raises(ConfigError, match=r"about 17\.8 GB there \(3 checkpoints.*--keep-checkpoints 1"):
-        validate_config(cfg)
-    validate_config(replace(cfg, keep_checkpoints=1))  # 2 x 5.9 GB at once while the newest is written: 11.9 GB
+        check(cfg)
+    check(replace(cfg, keep_checkpoints=1))  # 2 x 5.9 GB at once while the newest is written: 11.9 GB
     old = tmp_path / "run" / "checkpoint-8"
     old.mkdir(parents=True)
     with open(old / "optimizer.pt", "wb") as fh:  # a sparse 4 GB file: the resumed run will rotate it away
         fh.truncate(int(4 * GB))
-    assert preflight.drive_space_problem(cfg) is None
+    assert run_dir.drive_space_problem(cfg) is None
 
 
 def test_the_cli_prints_the_need_and_refuses_with_exit_2(tmp_path, monkeypatch, capsys):
     import train_musclebob_improved
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=int(2 * GB)))
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(2 * GB)))
     with pytest.raises(SystemExit) as exit_info:
         train_musclebob_improved.main(["--output-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2
@@ -182,7 +181,7 @@ def test_the_cli_prints_the_need_and_refuses_with_exit_2(tmp_path, monkeypatch, 
     assert len(err) == 1 and "needs about 17.8 GB" in err[0] and "--lora" in err[0]
 
 
-def test_make_config_prints_the_need(tmp_path, monkeypatch):
+def test_make_config_prints_the_need_and_train_refuses_a_run_that_does_not_fit(tmp_path, monkeypatch):
     from musclebob_helpers import notebook as nb
 
     import musclebob_helpers.cli as cli
@@ -192,9 +191,11 @@ def test_make_config_prints_the_need(tmp_path, monkeypatch):
     nb.make_config(log=lines.append, model=QWEN, lora=True, output_dir=str(tmp_path / "run"))
     assert any(line.startswith("Disk need of this run: 0.") for line in lines), lines
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: usage._replace(free=int(1 * GB)))
-    with pytest.raises(nb.NotebookStop, match="needs about 17.8 GB"):
-        nb.make_config(log=lines.append, model=QWEN, output_dir=str(tmp_path / "run"))
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(1 * GB)))
+    cfg = nb.make_config(log=lines.append, model=QWEN, output_dir=str(tmp_path / "run"))  # the values are fine
+    with pytest.raises(ConfigError, match="needs about 17.8 GB"):  # the folder is checked once, at the start
+        nb.train(cfg, live=False, log=lines.append)
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------------- rotation
@@ -258,8 +259,8 @@ def test_a_resume_on_drive_needs_only_the_epochs_to_come(fake_drive):
     run = fake_drive / "run"
     (run / "checkpoint-96").mkdir(parents=True)  # 3 of 5 epochs done (32 steps an epoch)
     cfg = TrainConfig(output_dir=str(run), keep_checkpoints=1)
-    assert "31.7 GB" in preflight.drive_space_problem(cfg)
-    assert preflight.drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB
+    assert "31.7 GB" in run_dir.drive_space_problem(cfg)
+    assert run_dir.drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB
 
 
 @pytest.mark.slow
@@ -285,6 +286,6 @@ def test_a_real_grpo_run_matches_its_printed_need(tmp_path):
     assert need.line() in lines and "Removed checkpoint-2 (keeping the newest 2" in " ".join(map(str, lines))
     ckpts = list_checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["checkpoint-4", "checkpoint-6"]
-    assert need.checkpoint == pytest.approx(preflight.folder_bytes(ckpts[-1]), rel=0.03)
+    assert need.checkpoint == pytest.approx(run_dir.folder_bytes(ckpts[-1]), rel=0.03)
     root = sum(p.stat().st_size for p in (tmp_path / "run").iterdir() if p.is_file())
     assert root <= need.final + need.peak - need.checkpoint * 2  # the final model + the run's own files

@@ -3,7 +3,8 @@
 import json
 from types import SimpleNamespace
 
-from musclebob_helpers.monitoring import WARNINGS_FILE, HealthMonitor, completions_to_reach
+from musclebob_helpers.monitoring import HealthMonitor, completions_to_reach
+from musclebob_helpers.run_dir import WARNINGS_FILE
 
 
 def state(step):

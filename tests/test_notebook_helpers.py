@@ -10,7 +10,7 @@ import pytest
 
 from musclebob_helpers import compare, plots
 from musclebob_helpers import notebook as nb
-from musclebob_helpers.config import TrainConfig
+from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.io import write_json_atomic
 
 
@@ -133,12 +133,12 @@ def test_make_config_applies_model_defaults_and_refuses_bad_values(tmp_path):
     cfg = nb.make_config(model="tiny", learning_rate=None, epochs=2, output_dir=str(tmp_path), log=quiet)
     assert cfg.learning_rate == 2e-4 and cfg.epochs == 2
     assert nb.make_config(model="tiny", learning_rate=1e-3, output_dir=str(tmp_path), log=quiet).learning_rate == 1e-3
-    with pytest.raises(nb.NotebookStop, match=r"--fewshot-ratio=1.5 is not allowed") as info:
+    with pytest.raises(ConfigError, match=r"--fewshot-ratio=1.5 is not allowed") as info:
         nb.make_config(model="tiny", fewshot_ratio=1.5, output_dir=str(tmp_path), log=quiet)
-    assert info.value._render_traceback_() == [f"NotebookStop: {info.value}"]
+    assert info.value._render_traceback_() == [f"ConfigError: {info.value}"]  # one line in IPython, no traceback
     with pytest.raises(nb.NotebookStop, match="unknown parameter"):
         nb.make_config(model="tiny", epoch=2, log=quiet)
-    with pytest.raises(nb.NotebookStop, match="--model"):
+    with pytest.raises(ConfigError, match="--model"):
         nb.make_config(model="no such/model folder!", log=quiet)
 
 
@@ -169,11 +169,13 @@ def make_run(run_dir: Path, checkpoints=(), finished=False, **cfg):
 
 
 def test_run_states(tmp_path):
-    assert nb.run_state(tmp_path / "none") == "new"
+    from musclebob_helpers import run_dir
+
+    assert run_dir.state(tmp_path / "none") == "new"
     make_run(tmp_path / "started")
     make_run(tmp_path / "cut", checkpoints=[4])
     make_run(tmp_path / "done", checkpoints=[4, 8], finished=True)
-    assert [nb.run_state(tmp_path / n) for n in ("started", "cut", "done")] == ["started", "unfinished", "finished"]
+    assert [run_dir.state(tmp_path / n) for n in ("started", "cut", "done")] == ["started", "unfinished", "finished"]
 
 
 def test_fresh_run_trains_and_rerun_continues(tmp_path, recorded_training):

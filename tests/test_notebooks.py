@@ -13,6 +13,7 @@ import pytest
 
 from musclebob_helpers import colab
 from musclebob_helpers import notebook as nb
+from musclebob_helpers import run_dir as run_folder  # `run_dir` is what these tests call a run's folder
 from musclebob_helpers.config import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -461,7 +462,7 @@ def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
 
     with pytest.raises(papermill.PapermillExecutionError) as info:
         execute(kernel, NOTEBOOKS[0], tmp_path / "bad.ipynb", model="tiny", epochs=0, output_dir=str(tmp_path / "r"))
-    assert info.value.ename == "NotebookStop" and "--epochs=0" in info.value.evalue
+    assert info.value.ename == "ConfigError" and "--epochs=0" in info.value.evalue
     assert len(info.value.traceback) == 1  # one line, not a traceback wall
 
 
@@ -650,7 +651,7 @@ def fake_colab(monkeypatch, tmp_path):
     google.colab = fake
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setitem(sys.modules, "google.colab", fake)
-    monkeypatch.setattr(colab, "DRIVE_MOUNTPOINT", str(tmp_path / "content" / "drive"))
+    monkeypatch.setattr(run_folder, "DRIVE_MOUNT", tmp_path / "content" / "drive")
     monkeypatch.setattr(colab, "LOCAL_RUNS", tmp_path / "local-runs")
     return calls
 
@@ -664,7 +665,7 @@ def test_colab_run_folder_is_on_drive(fake_colab, tmp_path):
     my_drive = tmp_path / "content" / "drive" / "MyDrive"
     run_dir = nb.prepare_run_folder("my-run", "", use_drive=True, log=lambda *a: None)
     assert run_dir == my_drive / "my-run" and run_dir.is_dir()
-    assert fake_colab["mount"] == [colab.DRIVE_MOUNTPOINT]
+    assert fake_colab["mount"] == [str(run_folder.DRIVE_MOUNT)]
     nb.prepare_run_folder("my-run", "", use_drive=True, log=lambda *a: None)
     assert len(fake_colab["mount"]) == 1  # already mounted: not asked again
     messages = []
@@ -687,13 +688,11 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
     seen = {}
 
     def fake_run_training(cfg, log=print, callbacks=(), baseline=None):
-        seen["cfg"], seen["checkpoint"] = cfg, training.find_resume_checkpoint(cfg, log=lambda *a: None)
+        seen["cfg"], seen["checkpoint"] = cfg, run_folder.find_resume_checkpoint(cfg, log=lambda *a: None)
         return {"global_step": 0}
 
-    from musclebob_helpers import checkpoints
-
     # The folders above stand in for real checkpoints: count them as intact (tests/test_faults.py checks that part).
-    monkeypatch.setattr(checkpoints, "checkpoint_problems", lambda ckpt: [])
+    monkeypatch.setattr(run_folder, "checkpoint_problems", lambda ckpt: [])
     monkeypatch.setattr(training, "run_training", fake_run_training)
     nb.resume_training(run_dir, live=False, log=lambda *a: None)
     assert seen["cfg"].output_dir == str(run_dir) and seen["cfg"].epochs == 3  # the run's own settings
@@ -725,11 +724,11 @@ def test_resume_cell_picks_the_most_recent_unfinished_run_on_drive(fake_colab, t
     make_run(contents / "new-run", "started", age=60)
     make_run(contents / "done-run", "finished", age=1)
     (contents / "musclebob" / "musclebob_helpers").mkdir(parents=True)  # the project copy: not a run
-    mounts, my_drive = [], Path(colab.DRIVE_MOUNTPOINT) / "MyDrive"
+    mounts, my_drive = [], run_folder.DRIVE_MOUNT / "MyDrive"
     drive_holding(monkeypatch, contents, mounts)
     said = []
     assert nb.find_run(None, log=said.append) == my_drive / "new-run"
-    assert mounts == [colab.DRIVE_MOUNTPOINT]  # a fresh runtime: the resume cell mounts Drive itself
+    assert mounts == [str(run_folder.DRIVE_MOUNT)]  # a fresh runtime: the resume cell mounts Drive itself
     assert f"resuming the most recent unfinished run under {my_drive}: new-run; 1 other" in said[-1]
     assert nb.find_run("old-run", log=said.append) == my_drive / "old-run"  # the parameters cell ran: its run_name
     assert "run named in the parameters cell" in said[-1]
@@ -749,13 +748,13 @@ def test_resume_cell_with_nothing_to_resume_says_so(tmp_path, monkeypatch):
 
 def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="Google Drive is not mounted"):
-        colab.check_writable(Path(colab.DRIVE_MOUNTPOINT) / "MyDrive" / "run")
+        colab.check_writable(run_folder.DRIVE_MOUNT / "MyDrive" / "run")
 
     def refuse(mountpoint):
         raise RuntimeError("credential propagation was unsuccessful\nmore detail")
 
     monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", refuse)
-    with pytest.raises(nb.NotebookStop) as info:
+    with pytest.raises(ConfigError) as info:
         nb.prepare_run_folder("my-run", "", use_drive=True)
     assert "could not be mounted (credential propagation was unsuccessful)" in str(info.value)
     assert "\n" not in str(info.value) and len(info.value._render_traceback_()) == 1
@@ -763,10 +762,10 @@ def test_colab_drive_problems_are_one_line(fake_colab, monkeypatch, tmp_path):
 
 def test_unwritable_run_folder_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(nb.NotebookStop, match="cannot be written") as info:
+    with pytest.raises(ConfigError, match="cannot be written") as info:
         nb.prepare_run_folder("run", str(tmp_path / "a-file" / "run"), log=lambda *a: None)
     assert "\n" not in str(info.value)
-    with pytest.raises(nb.NotebookStop, match="--run_name|run_name"):
+    with pytest.raises(ConfigError, match="--run_name|run_name"):
         nb.prepare_run_folder("../escape", "", log=lambda *a: None)
 
 

@@ -21,7 +21,7 @@ from musclebob_helpers.config import (
     resolve,
     validate_config,
 )
-from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.run_dir import check, list_checkpoints
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -70,6 +70,7 @@ def lora_run(tmp_path_factory, tiny_path):
 # ---------------------------------------------------------------- LoRA
 
 
+@pytest.mark.slow  # trains (the module's LoRA run)
 def test_lora_run_saves_an_adapter_that_changes_answers(lora_run, tiny_model):
     from peft import PeftModel
 
@@ -89,6 +90,7 @@ def test_lora_run_saves_an_adapter_that_changes_answers(lora_run, tiny_model):
     assert greedy(model, tok) != greedy(*tiny_model)  # the adapter changes the answers
 
 
+@pytest.mark.slow  # trains (the module's LoRA run)
 def test_merged_model_is_standalone_and_answers_like_the_adapter(lora_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,6 +105,7 @@ def test_merged_model_is_standalone_and_answers_like_the_adapter(lora_run):
     assert greedy(plain, tok) == greedy(*load_model(str(out), device="cpu"))
 
 
+@pytest.mark.slow  # trains, and starts the script
 def test_merge_adapter_cli(lora_run, tmp_path):
     import merge_adapter
 
@@ -118,6 +121,7 @@ def test_merge_adapter_cli(lora_run, tmp_path):
     assert proc.returncode == 2 and "adapter_config.json" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # trains, and starts the script
 def test_evaluation_cli_loads_an_adapter_folder(lora_run, tmp_path):
     import test_musclebob
 
@@ -129,6 +133,7 @@ def test_evaluation_cli_loads_an_adapter_folder(lora_run, tmp_path):
     assert report["musclebob_rate"] == result["final"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
 
 
+@pytest.mark.slow  # trains twice
 def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_run, tmp_path):
     from musclebob_helpers.training import run_training
 
@@ -142,12 +147,14 @@ def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_
     assert (tmp_path / "again" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # trains (the module's LoRA run)
 def test_finished_lora_run_is_protected(lora_run):
     out, _ = lora_run
     with pytest.raises(ConfigError, match="finished model"):
-        validate_config(lora_cfg(out))
+        check(lora_cfg(out))
 
 
+@pytest.mark.slow  # trains, stops and resumes
 def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny_path):
     from test_training import StopAfter
 
@@ -209,6 +216,7 @@ def _launch(out, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # accelerate launch: two processes, twice
 def test_two_processes_write_artifacts_once_and_resume(tmp_path, tiny_path):
     out = tmp_path / "ddp"
     first = _launch(out, "--epochs", "1")
@@ -271,12 +279,12 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, sources = config_from_args(
+    cfg, sources, _ = config_from_args(
         ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
     )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
     assert sources["batch_size"] == "you" and sources["num_generations"] == "preset cpu-tiny"
-    cfg, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
+    cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
     cfg, sources = resolve({"preset": "colab-l4", "batch_size": 2})
     assert {k for k, v in sources.items() if v.startswith("preset")} == {"gradient_checkpointing"}
@@ -340,6 +348,7 @@ def test_gpu_only_configs_are_built_right():
     assert not grpo_args(TrainConfig(), {"device": "cpu", "precision": "fp32"}).use_vllm
 
 
+@pytest.mark.slow  # fresh processes: what importing does
 def test_import_survives_a_broken_vllm(tmp_path):
     # A vllm that raises on import: the helpers, the training module and --help must not care.
     (tmp_path / "vllm").mkdir()
@@ -365,6 +374,7 @@ def test_detect_hardware_recommends_a_preset():
     assert hw["recommended_preset"] == recommend_preset(hw) and hw["recommended_preset"] in PRESET_NAMES
 
 
+@pytest.mark.slow  # trains
 def test_gpu_check_cpu_path_trains_and_reports(tiny_path, tmp_path, capsys):
     """benchmarks/gpu_check.py: without CUDA it says so in one line; --cpu-tiny runs its loop and prints a row."""
     import importlib.util

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from musclebob_helpers.config import TrainConfig
-from musclebob_helpers.io import list_checkpoints
+from musclebob_helpers.run_dir import list_checkpoints
 from musclebob_helpers.training import run_training, steps_per_epoch
 
 pytestmark = pytest.mark.slow  # every test here trains the tiny model (the default run alone takes minutes)

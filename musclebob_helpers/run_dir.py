@@ -1,0 +1,593 @@
+"""The run folder: what is in it, whether a run may start there, and which checkpoint a resume trusts.
+
+One module owns it, so the CLI, the trainer callbacks and the notebooks ask the same questions and get the same
+answers:
+
+* the names of the files a run writes (``CONFIG_FILE``, ``HISTORY_FILE``, ...), defined once;
+* ``state(out)``: 'new', 'started' (settings written, no checkpoint yet), 'unfinished' (checkpoints) or 'finished'
+  (a trained model and its final validation), and what ``describe`` / ``unfinished_runs`` tell the notebook;
+* ``check(cfg)``: THE start-up check of the folder, once per start, before any model loads. It raises
+  ``ConfigError`` (one line: flag, value, what is allowed) for a file in the way, a finished run without
+  ``--overwrite``, an unfinished one without ``--resume-from-checkpoint``, a folder that cannot be written (a
+  probe file is really created and removed: permission bits are not trusted, root ignores them; Google Drive
+  not mounted, where a path under ``/content/drive`` would land on the runtime's own disk and vanish with it),
+  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, and a
+  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``);
+* checkpoints a resume can trust (``checkpoint_problems``). A kill in the middle of a save, or Google Drive
+  syncing lazily, leaves a ``checkpoint-N`` folder with a file missing or cut short. transformers writes
+  ``trainer_state.json`` last but not atomically, and loads whatever it finds, so "intact" is checked here:
+  ``trainer_state.json`` parses and its ``global_step`` is the N of ``checkpoint-N``; the weights are there
+  (full model, shards or a LoRA adapter), every safetensors header is readable and the file is exactly as long
+  as its header says; ``config.json`` / ``adapter_config.json`` parse; ``optimizer.pt``, ``scheduler.pt`` and
+  the RNG state open with ``torch.load`` (memory-mapped, so a multi-GB optimizer costs no RAM: a cut-short zip
+  has no central directory and fails at once). ``select_checkpoint`` walks from the newest checkpoint back to
+  the newest intact one; damaged ones are renamed ``checkpoint-N.damaged`` (moved aside, never deleted);
+* checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact.
+
+Importing it is cheap (torch, transformers and the model's shape load only when a check needs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ConfigError, TrainConfig, as_typed, config_from_dict
+from .io import read_json
+
+if TYPE_CHECKING:
+    from .memory import DriveNeed
+
+# --- the files of a run folder ---------------------------------------------------------------------------
+
+CONFIG_FILE = "training_config.json"  # the run's settings, versions and hardware (what a resume continues)
+HISTORY_FILE = "reward_history.json"  # one entry per optimizer step
+BASELINE_FILE = "baseline_validation.json"  # the base model on the held-out prompts
+FINAL_FILE = "final_validation.json"  # the trained model on the same prompts: written last, so "finished"
+VALIDATION_HISTORY_FILE = "validation_history.json"  # mid-training checks (--validate-every)
+WARNINGS_FILE = "health_warnings.json"  # live health warnings
+REWARD_PLOT = "reward_plot.png"  # saved by the notebook's results cell
+VALIDATION_PLOT = "validation_plot.png"
+MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
+DAMAGED_SUFFIX = ".damaged"
+DELETING_PREFIX = ".deleting-"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
+MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
+DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
+
+# Settings that make a checkpoint meaningless when they change: another model's weights, another
+# group size or prompts per step (the optimizer's step count no longer maps onto the data), other data.
+RESUME_MUST_MATCH = (
+    "model",
+    "num_generations",
+    "batch_size",
+    "num_samples",
+    "seed",
+    "reward",
+    "control_ratio",
+    "fewshot_ratio",
+    "use_fewshot",
+)
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _expand(path: str | Path) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
+        return Path(path)
+
+
+# --- what the folder holds -------------------------------------------------------------------------------
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders in ``out_dir``, oldest (lowest N) first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def is_finished(out_dir: str | Path) -> bool:
+    """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
+    out = Path(out_dir)
+    return any((out / name).exists() for name in MODEL_CONFIG_FILES) and (out / FINAL_FILE).exists()
+
+
+def state(out_dir: str | Path) -> str:
+    """'new' (nothing there), 'started' (no checkpoint yet), 'unfinished' (checkpoints) or 'finished'."""
+    out = Path(out_dir)
+    if is_finished(out):
+        return "finished"
+    if list_checkpoints(out):
+        return "unfinished"
+    if (out / CONFIG_FILE).exists():
+        return "started"
+    return "new"
+
+
+def describe(out_dir: str | Path) -> str:
+    out = Path(out_dir)
+    found = state(out)
+    if found == "finished":
+        final = read_json(out / FINAL_FILE, default={})
+        return f"holds a finished run (step {final.get('global_step', '?')})"
+    if found == "unfinished":
+        return f"holds an unfinished run (newest checkpoint: {list_checkpoints(out)[-1].name})"
+    if found == "started":
+        return "holds a run stopped before its first checkpoint"
+    return "is new"
+
+
+def _last_activity(out: Path) -> float:
+    marks = [out / HISTORY_FILE, out / CONFIG_FILE, *list_checkpoints(out)]
+    return max((m.stat().st_mtime for m in marks if m.exists()), default=0.0)
+
+
+def unfinished_runs(root: str | Path) -> list[Path]:
+    """The run folders directly under ``root`` that can be resumed, the most recently active first."""
+    root = Path(root)
+    runs = [
+        p
+        for p in (root.iterdir() if root.is_dir() else ())
+        if p.is_dir() and not p.name.startswith(".") and state(p) in ("unfinished", "started")
+    ]
+    return sorted(runs, key=_last_activity, reverse=True)
+
+
+def _saved_settings(out_dir: str | Path) -> dict | None:
+    """The ``config`` part of the folder's ``training_config.json`` as saved (None: missing or unreadable)."""
+    saved = read_json(Path(out_dir) / CONFIG_FILE)
+    settings = saved.get("config", saved) if isinstance(saved, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def saved_config(out_dir: str | Path) -> TrainConfig | None:
+    """The settings the run in ``out_dir`` was started with (keys this version does not know are ignored)."""
+    settings = _saved_settings(out_dir)
+    return None if settings is None else config_from_dict(settings)
+
+
+def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files ``io.write_json_atomic`` leaves when killed before its rename; returns them."""
+    out = Path(out_dir)
+    stale = [p for p in out.glob("*.json.*.tmp") if p.is_file()] if out.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# --- checkpoints a resume can trust ----------------------------------------------------------------------
+
+
+def _json_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{path.name} is not valid JSON ({type(err).__name__})"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """None when ``path`` is a complete safetensors file: readable header and exactly the promised length."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            header_len = int.from_bytes(head, "little")
+            if header_len > size - 8:
+                return f"{path.name} is truncated ({size} bytes, header alone needs {header_len + 8})"
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return f"{path.name} has an unreadable header ({type(err).__name__})"
+    if size != 8 + header_len + end:
+        return f"{path.name} is {size} bytes but its header promises {8 + header_len + end} (truncated or padded)"
+    return None
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """None when ``torch.load`` opens ``path`` (weights only, memory-mapped: cheap even for a large optimizer)."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        with safe_globals():  # the same allow-list transformers uses to load RNG states
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file can't be resumed from
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:100]
+        return f"{path.name} cannot be loaded ({reason})"
+    return None
+
+
+def _weights_problems(ckpt: Path) -> list[str]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        problem = _json_problem(index)
+        if problem:
+            return [problem]
+        shards = sorted(set((read_json(index) or {}).get("weight_map", {}).values()))
+        return [p for p in (safetensors_problem(ckpt / s) for s in shards) if p] or (
+            [] if shards else ["model.safetensors.index.json lists no shards"]
+        )
+    for name, config in (("model.safetensors", "config.json"), ("adapter_model.safetensors", "adapter_config.json")):
+        if (ckpt / name).exists():
+            return [p for p in (safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
+    for name in ("pytorch_model.bin", "adapter_model.bin"):
+        if (ckpt / name).exists():
+            return [p for p in (torch_file_problem(ckpt / name),) if p]
+    return ["the model weights (model.safetensors or adapter_model.safetensors) are missing"]
+
+
+def checkpoint_problems(ckpt: str | Path) -> list[str]:
+    """Why ``ckpt`` can't be resumed from, in plain words; an empty list means it is intact."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return [f"{ckpt} is not a folder"]
+    problems = []
+    state_problem = _json_problem(ckpt / "trainer_state.json")
+    if state_problem:
+        problems.append(state_problem + " (the save did not finish)")
+    else:
+        step = (read_json(ckpt / "trainer_state.json") or {}).get("global_step")
+        name_step = ckpt.name.removeprefix("checkpoint-")
+        if not isinstance(step, int) or (name_step.isdigit() and int(name_step) != step):
+            problems.append(f"trainer_state.json says global_step={step!r}, not {name_step}")
+    problems += _weights_problems(ckpt)
+    rng = sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
+    for path in [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]:
+        problem = torch_file_problem(path)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def is_intact(ckpt: str | Path) -> bool:
+    return not checkpoint_problems(ckpt)
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint to ``checkpoint-N.damaged`` (``.damaged-2``, ... if taken); nothing is deleted."""
+    target = ckpt.with_name(ckpt.name + DAMAGED_SUFFIX)
+    n = 2
+    while target.exists():
+        target = ckpt.with_name(f"{ckpt.name}{DAMAGED_SUFFIX}-{n}")
+        n += 1
+    ckpt.rename(target)
+    return target
+
+
+def select_checkpoint(out_dir: str | Path, log=print) -> str | None:
+    """The newest intact checkpoint in ``out_dir`` (None: start fresh); says what it skipped and why.
+
+    Damaged checkpoints newer than the one chosen are moved aside (``set_aside``), never deleted.
+    """
+    ckpts = list_checkpoints(out_dir)
+    if not ckpts:
+        log(f"No checkpoint in {out_dir}: starting fresh.")
+        return None
+    for ckpt in reversed(ckpts):
+        problems = checkpoint_problems(ckpt)
+        if not problems:
+            log(f"Resuming from {ckpt}")
+            return str(ckpt)
+        moved = set_aside(ckpt)
+        log(
+            f"Checkpoint {ckpt.name} is damaged ({'; '.join(problems[:3])}); kept as {moved.name}, "
+            "trying the one before it."
+        )
+    log(
+        f"No intact checkpoint in {out_dir}: starting fresh (the damaged ones are kept as "
+        f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
+    )
+    return None
+
+
+def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
+    """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh).
+
+    ``auto`` takes the newest intact checkpoint and says which damaged ones it skipped (``select_checkpoint``).
+    """
+    if cfg.resume_from_checkpoint is None:
+        return None
+    if cfg.resume_from_checkpoint != "auto":
+        return str(Path(cfg.resume_from_checkpoint).expanduser())
+    return select_checkpoint(Path(cfg.output_dir).expanduser(), log=log)
+
+
+def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
+    """Delete all but the ``keep`` newest ``checkpoint-N`` folders, only once the newest is intact; returns the
+    names deleted. ``keep`` <= 0 keeps every one.
+
+    Not transformers' ``save_total_limit``: its rotation globs ``checkpoint-*`` (so ``checkpoint-N.damaged``
+    folders count towards the limit, and sorting by number puts ``checkpoint-4.damaged`` after ``checkpoint-4``
+    as "the most recent"), and it never checks that what it keeps can be resumed from. Here damaged folders are
+    neither counted nor deleted, and nothing is deleted unless the newest checkpoint passes
+    ``checkpoint_problems``: a save cut short leaves every older checkpoint in place. A folder is first renamed
+    to ``.deleting-checkpoint-N`` (atomic) and then removed, so a kill mid-delete never leaves a half-deleted
+    ``checkpoint-N`` that looks like a resumable one; ``remove_leftover_deletions`` finishes the job next time.
+    """
+    ckpts = list_checkpoints(out_dir)
+    if keep <= 0 or len(ckpts) <= keep:
+        return []
+    problems = checkpoint_problems(ckpts[-1])
+    if problems:
+        log(f"Keeping every checkpoint: the newest, {ckpts[-1].name}, is not intact ({'; '.join(problems[:2])}).")
+        return []
+    removed = []
+    for old in ckpts[:-keep]:
+        doomed = old.with_name(DELETING_PREFIX + old.name)
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(old.name)
+    return removed
+
+
+def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
+    """Finish deletions a kill interrupted (``.deleting-checkpoint-N`` folders); returns their names."""
+    out = Path(out_dir)
+    leftovers = sorted(out.glob(DELETING_PREFIX + "checkpoint-*")) if out.is_dir() else []
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [f.name for f in leftovers]
+
+
+def make_rotation_callback(keep: int, log=print):
+    """A trainer callback that rotates checkpoints after each save (``on_save`` runs once ``_save_checkpoint``
+    has written every file, ``trainer_state.json`` last)."""
+    from transformers import TrainerCallback
+
+    class RotateCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and keep > 0:
+                removed = rotate_checkpoints(args.output_dir, keep, log=log)
+                if removed:
+                    log(f"Removed {', '.join(removed)} (keeping the newest {keep}: --keep-checkpoints).")
+
+    return RotateCheckpoints()
+
+
+# --- does a resume make sense ----------------------------------------------------------------------------
+
+
+def resume_mismatch(cfg: TrainConfig) -> dict[str, tuple]:
+    """``{field: (saved value, requested value)}`` for the settings in ``RESUME_MUST_MATCH`` that differ from the
+    ``training_config.json`` the interrupted run left next to its checkpoints."""
+    r = cfg.resume_from_checkpoint
+    if r is None:
+        return {}
+    saved = _saved_settings(_expand(cfg.output_dir) if r == "auto" else _expand(r).parent)
+    if saved is None:
+        return {}
+    return {
+        name: (saved[name], getattr(cfg, name))
+        for name in RESUME_MUST_MATCH
+        if name in saved and saved[name] != getattr(cfg, name)
+    }
+
+
+def architecture_mismatch(ckpt: str | Path, model_config: dict) -> dict[str, tuple]:
+    """``{key: (checkpoint's, model's)}`` where a checkpoint's ``config.json`` describes another architecture."""
+    saved = read_json(Path(ckpt) / "config.json")
+    if not isinstance(saved, dict):
+        return {}  # an adapter-only checkpoint, or no config: nothing to compare
+    return {
+        k: (saved[k], model_config.get(k)) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
+    }
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """Refuse a damaged explicit checkpoint, and a resume whose settings differ from the interrupted run's."""
+    r = cfg.resume_from_checkpoint
+    if r is None:
+        return
+    if r != "auto":
+        problems = checkpoint_problems(_expand(r))
+        if problems:
+            raise ConfigError(
+                "resume_from_checkpoint",
+                r,
+                f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
+                "--resume-from-checkpoint auto to take the newest intact one",
+            )
+    differs = resume_mismatch(cfg)
+    if differs and not cfg.ignore_mismatch:
+        asked = " ".join(as_typed(k, new) for k, (_, new) in differs.items())
+        used = " ".join(as_typed(k, old) for k, (old, _) in differs.items())
+        raise ConfigError(
+            "resume_from_checkpoint",
+            r,
+            f"this run asks for {asked}, but the run being resumed used {used}; pass the same values, "
+            "--ignore-mismatch to resume anyway, or another --output-dir",
+        )
+
+
+# --- can the folder's disk take the run ------------------------------------------------------------------
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def on_drive(output_dir: str | Path) -> bool:
+    """Is ``output_dir`` on the Google Drive mount (where deleted files stay in the trash, counted)?"""
+    path = Path(output_dir).expanduser().absolute()
+    drive = DRIVE_MOUNT.absolute()
+    return path == drive or drive in path.parents
+
+
+def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
+    """Why a run cannot write to ``output_dir`` (None when it can): the write probe. Creates nothing that stays."""
+    try:
+        path = Path(output_dir).expanduser().absolute()
+        path.exists()  # raises ValueError on an embedded NUL byte
+    except (ValueError, OSError, RuntimeError) as err:
+        return f"not a usable path ({err})"
+    drive = DRIVE_MOUNT.absolute()
+    if on_drive(path) and not (drive / "MyDrive").is_dir():
+        return (
+            f"Google Drive is not mounted at {drive}; run `from google.colab import drive; "
+            f"drive.mount('{drive}')` first, or choose a local --output-dir"
+        )
+    base = nearest_existing(path)
+    if not base.is_dir():
+        return f"{base} is a file, so no folder can be created inside it"
+    try:
+        before = base.stat()
+        fd, probe = tempfile.mkstemp(prefix=".musclebob-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"{base} cannot be written ({err.strerror or type(err).__name__}); choose a writable --output-dir"
+    try:  # leave the folder exactly as found, its modification time included
+        os.utime(base, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError:
+        pass  # some network file systems refuse; harmless
+    free = shutil.disk_usage(base).free
+    if free < min_free_bytes:
+        return (
+            f"only {free / 2**20:.0f} MB free on the disk of {base}; a run needs at least "
+            f"{min_free_bytes / 2**20:.0f} MB for checkpoints and the final model: free some space"
+        )
+    return None
+
+
+def offline_shape(model: str):
+    """The model's shape without the network (stored configs, the tiny model, a local folder, the hub cache);
+    None for a hub id not known offline: checked once the model is loaded (run_training)."""
+    from .memory import model_shape
+
+    return model_shape(model, offline=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
+    """Why the output folder's disk cannot hold this run (``memory.drive_need``); None when it can.
+
+    Free space is ``shutil.disk_usage`` of the nearest existing folder (on Colab's Drive mount it reports the
+    Drive quota left). On an ordinary disk the run needs its peak, and checkpoints already in the folder count
+    as space it will reuse (rotation frees them); on Drive, deleting only moves files to the trash, so the run
+    needs everything it will write.
+    """
+    from .config import steps_per_epoch
+    from .memory import GB, drive_need
+
+    need = need or drive_need(cfg, shape)
+    if need is None:
+        return None
+    out = Path(cfg.output_dir).expanduser().absolute()
+    drive = on_drive(out)
+    free = shutil.disk_usage(nearest_existing(out)).free
+    if not drive:
+        free += sum(folder_bytes(c) for c in list_checkpoints(out))
+    wanted = need.need(drive)
+    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
+        ckpts = list_checkpoints(out)
+        done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0
+        wanted -= min(done, need.checkpoints_saved) * need.checkpoint
+    if wanted * DRIVE_MARGIN <= free:
+        return None
+    tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
+    if not cfg.lora:
+        tips.append("train a LoRA adapter (--lora / lora = True: ~0.1 GB a checkpoint for a 0.5B model)")
+    if drive:
+        tips.append("fewer --epochs (one checkpoint each)")
+    elif cfg.keep_checkpoints != 1:
+        tips.append("keep fewer checkpoints (--keep-checkpoints 1)")
+    tips.append("or another --output-dir")
+    how = (
+        f"{need.checkpoints_saved} checkpoints of {need.checkpoint / GB:.2f} GB + the final model, deleted "
+        "ones staying in Drive's trash"
+        if drive
+        else f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
+        "at once + the final model"
+    )
+    return (
+        f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
+        + ", ".join(tips)
+    )
+
+
+def check_drive_space(cfg: TrainConfig, shape=None) -> DriveNeed | None:
+    """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
+    from .memory import drive_need
+
+    shape = shape or offline_shape(cfg.model)
+    need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
+    problem = drive_space_problem(cfg, need=need) if need else None
+    if problem:
+        raise ConfigError("output_dir", cfg.output_dir, problem)
+    return need
+
+
+# --- the start-up check ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """What ``check`` found, for the rest of the start (so nothing is checked twice)."""
+
+    state: str  # the folder before this run: 'new', 'started', 'unfinished' or 'finished'
+    need: DriveNeed | None  # the run's disk need; None when the model's shape is not known before loading it
+
+
+def check(cfg: TrainConfig) -> RunCheck:
+    """THE start-up check of the run folder (after ``config.validate_config``, before any model loads).
+
+    Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
+    file where the folder should be, a finished run (``--overwrite``), an unfinished one
+    (``--resume-from-checkpoint auto``), a folder that cannot be written or has too little free space, a disk
+    too small for the run, a damaged explicit checkpoint, a resume with other settings. Disk probes come last.
+    """
+    r = cfg.resume_from_checkpoint
+    if r is not None and r != "auto" and not _expand(r).is_dir():
+        raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
+    out = _expand(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
+    found = state(out)
+    if found == "finished" and r is None and not cfg.overwrite:
+        raise ConfigError(
+            "output_dir",
+            cfg.output_dir,
+            "it already holds a finished model; pass --overwrite, "
+            "--resume-from-checkpoint auto, or another --output-dir",
+        )
+    if found == "unfinished" and r is None and not cfg.overwrite:
+        raise ConfigError(
+            "output_dir",
+            cfg.output_dir,
+            "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
+            "continue it, --overwrite to start over, or another --output-dir",
+        )
+    problem = output_location_problem(cfg.output_dir)
+    if problem:
+        raise ConfigError("output_dir", cfg.output_dir, problem)
+    need = check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
+    check_resume(cfg)
+    return RunCheck(state=found, need=need)

@@ -1,0 +1,153 @@
+"""Test-only: run the training CLI and SIGKILL it at a chosen point, as a Colab disconnect would.
+
+    python tests/fault_runner.py POINT:STEP <training flags>
+
+kills the process (no cleanup, no ``finally``) at:
+
+* ``generation:N`` - in the middle of generating step N's completions (a few tokens in)
+* ``optimizer:N``  - inside step N's optimizer step (weights updated in memory, nothing logged or saved)
+* ``checkpoint:N`` - in the middle of writing ``checkpoint-N/optimizer.pt`` (half its bytes on disk;
+  the model weights are already written, ``trainer_state.json`` is not)
+* ``history:N``    - in the middle of writing ``reward_history.json`` with step N's entry
+  (half of the temporary file written, not yet renamed into place)
+
+The product carries no hook for this: the faults are installed from outside, by wrapping ``os.replace``
+(the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer) and
+``training.run_training`` (to add a trainer callback), and then ``train_musclebob_improved.main`` runs as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = "[MUSCLEBOB_FAULT]"  # the tests look for it on stderr: the process died here, not elsewhere
+POINTS = ("generation", "optimizer", "checkpoint", "history")
+
+
+def parse(spec: str | None) -> tuple[str, int] | None:
+    """``"optimizer:6"`` -> ``("optimizer", 6)``; None or "" -> None; anything else raises ValueError."""
+    if not spec:
+        return None
+    point, _, step = spec.partition(":")
+    if point not in POINTS or not step.isdigit() or int(step) < 1:
+        raise ValueError(f"{spec!r}: expected POINT:STEP with POINT one of {', '.join(POINTS)}")
+    return point, int(step)
+
+
+def kill(where: str) -> None:
+    """Die at once, like a disconnected Colab runtime: SIGKILL, no cleanup."""
+    print(f"{MARKER} killing the process {where}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _half_written_history(step: int) -> None:
+    """``os.replace`` of ``reward_history.json``'s temporary file holding step ``step``: cut it in half and die."""
+    import json
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        src_path, dst_path = Path(src), Path(dst)
+        if dst_path.name == "reward_history.json" and src_path.name.endswith(".tmp"):
+            entries = json.loads(src_path.read_text())
+            if entries and entries[-1].get("step") == step:
+                data = src_path.read_bytes()
+                src_path.write_bytes(data[: len(data) // 2])  # half a file, as a kill mid-write leaves it
+                kill(f"while writing {dst_path.name} for step {step}")
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+def _half_written_optimizer(step: int) -> None:
+    """``torch.save`` of ``checkpoint-<step>/optimizer.pt``: write half the file and die."""
+    import io
+
+    import torch
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        target = Path(f) if isinstance(f, (str, os.PathLike)) else None
+        if target is not None and target.name == "optimizer.pt" and target.parent.name == f"checkpoint-{step}":
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            with open(target, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+            kill(f"while writing {target.parent.name}/{target.name}")
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+
+def fault_callback(point: str, step: int):
+    """A trainer callback that dies during step ``step``'s generation or optimizer step."""
+    from transformers import TrainerCallback
+
+    class FaultCallback(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            # global_step counts finished steps: step N begins when N - 1 are done.
+            if point == "generation" and state.global_step == step - 1 and model is not None:
+                import torch
+
+                calls = []
+
+                def hook(module, inputs):
+                    if not torch.is_grad_enabled():  # generation runs without gradients
+                        calls.append(1)
+                        if len(calls) == 3:  # a few tokens into the completions
+                            kill(f"while generating the completions of step {step}")
+
+                model.register_forward_pre_hook(hook)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if point == "optimizer" and state.global_step == step - 1:
+                kill(f"inside the optimizer step of step {step}")
+
+    return FaultCallback()
+
+
+def _with_callback(point: str, step: int) -> None:
+    from musclebob_helpers import training
+
+    real_run_training = training.run_training
+
+    def run_training(cfg, log=print, callbacks=(), **kwargs):
+        return real_run_training(cfg, log=log, callbacks=[fault_callback(point, step), *callbacks], **kwargs)
+
+    training.run_training = run_training
+
+
+def install(point: str, step: int) -> None:
+    if point == "history":
+        _half_written_history(step)
+    elif point == "checkpoint":
+        _half_written_optimizer(step)
+    else:
+        _with_callback(point, step)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        fault, why = parse(argv[0] if argv else None), "no POINT:STEP given"
+    except ValueError as err:
+        fault, why = None, str(err)
+    if fault is None:
+        print(f"usage: python tests/{Path(__file__).name} POINT:STEP <training flags> ({why})", file=sys.stderr)
+        return 2
+    point, step = fault
+    sys.path.insert(0, str(ROOT))  # this checkout's package and script, not an installed copy
+    import train_musclebob_improved
+
+    install(point, step)
+    return train_musclebob_improved.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,71 @@
+"""The run folder is checked by ``run_dir.check``, once per start; ``config.validate_config`` checks values only."""
+
+import json
+
+import pytest
+
+from musclebob_helpers import run_dir
+from musclebob_helpers.config import ConfigError, TrainConfig, validate_config
+
+
+def test_validate_config_leaves_the_folder_to_run_dir(tmp_path):
+    """Folders only ``run_dir.check`` refuses: a file in the way, a missing checkpoint, a finished run."""
+    (tmp_path / "a-file").write_text("x")
+    finished = tmp_path / "done"
+    finished.mkdir()
+    for name in ("config.json", "final_validation.json"):
+        (finished / name).write_text("{}")
+    cases = [
+        (TrainConfig(model="tiny", output_dir=str(tmp_path / "a-file" / "out")), "is a file"),
+        (TrainConfig(model="tiny", output_dir=str(tmp_path / "a-file")), "a file of that name exists"),
+        (
+            TrainConfig(model="tiny", output_dir=str(tmp_path), resume_from_checkpoint=str(tmp_path / "nowhere")),
+            "the path of an existing checkpoint folder",
+        ),
+        (TrainConfig(model="tiny", output_dir=str(finished)), "already holds a finished model"),
+    ]
+    before = sorted(tmp_path.rglob("*"))
+    for cfg, refusal in cases:
+        validate_config(cfg)  # values only: no disk
+        with pytest.raises(ConfigError, match=refusal):
+            run_dir.check(cfg)
+    assert sorted(tmp_path.rglob("*")) == before  # neither created anything
+
+
+def test_check_reports_the_folder_state_and_the_disk_need(tmp_path):
+    got = run_dir.check(TrainConfig(model="Qwen/Qwen2.5-0.5B-Instruct", lora=True, output_dir=str(tmp_path / "new")))
+    assert got.state == "new" and got.need is not None and got.need.checkpoint > 0
+    out = tmp_path / "cut"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / run_dir.CONFIG_FILE).write_text(json.dumps({"config": TrainConfig(model="tiny").to_dict()}))
+    got = run_dir.check(TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint="auto"))
+    assert got.state == "unfinished"
+    assert run_dir.saved_config(out) == TrainConfig(model="tiny") and run_dir.saved_config(tmp_path) is None
+
+
+class Loaded(Exception):
+    """Raised where the model would load: everything before it ran for real."""
+
+
+def test_the_cli_checks_the_folder_once_per_start(tmp_path, monkeypatch):
+    import train_musclebob_improved
+    from musclebob_helpers import evaluation
+
+    calls = []
+    real_check = run_dir.check
+    monkeypatch.setattr(run_dir, "check", lambda cfg: calls.append(cfg) or real_check(cfg))
+
+    def load_model(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(evaluation, "load_model", load_model)
+    with pytest.raises(Loaded):  # the real run_training, up to loading the model
+        train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
+    assert len(calls) == 1
+
+    calls.clear()  # without the CLI (the notebooks, tests), run_training checks by itself, once
+    from musclebob_helpers.training import run_training
+
+    with pytest.raises(Loaded):
+        run_training(TrainConfig(model="tiny", output_dir=str(tmp_path / "nb")), log=lambda *a: None)
+    assert len(calls) == 1
