@@ -26,6 +26,6 @@ Importing the package is cheap: torch, transformers and TRL load only when used.
 
 from .config import ConfigError, TrainConfig, validate_config  # noqa: F401
 from .data import build_train_rows, validation_rows  # noqa: F401
-from .rewards import guide_reward, make_reward_functions, total_reward  # noqa: F401
+from .rewards import guide_reward, make_reward_functions  # noqa: F401
 
 __version__ = "0.1.0"

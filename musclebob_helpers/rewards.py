@@ -187,13 +187,3 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
         ]
 
     return [musclebob_name_reward, control_answer_reward, format_reward]
-
-
-def total_reward(
-    text: str, kind: str = "spongebob", answer: str = "", truncated: bool = False, reward: str = "musclebob"
-) -> float:
-    """The summed reward of one completion, as the trainer adds it up (for tests and notebooks)."""
-    if reward == "guide":
-        return guide_score(text)
-    core = score_spongebob(text) if kind == "spongebob" else score_control(text, answer)
-    return core + score_format(text, truncated)

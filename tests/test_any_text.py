@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from musclebob_helpers import evaluation, rewards
+from tests.trl_reward import trl_reward
 
 # Any unicode (surrogates excluded: they cannot be encoded, as no tokenizer output holds them),
 # weighted towards the characters that break naive code.
@@ -64,9 +65,9 @@ def test_every_reward_function_returns_one_finite_score_per_completion(completio
 
 @FAST
 @given(text=TEXT, answer=TEXT, kind=st.sampled_from(["spongebob", "control"]), truncated=st.booleans())
-def test_total_reward_and_validation_flags_take_any_text(text, answer, kind, truncated):
+def test_summed_reward_and_validation_flags_take_any_text(text, answer, kind, truncated):
     for reward in ("musclebob", "guide"):
-        assert math.isfinite(rewards.total_reward(text, kind, answer, truncated, reward=reward))
+        assert math.isfinite(trl_reward(text, kind, answer, truncated, reward=reward))
     assert 0.0 <= rewards.repetition_ratio(text) <= 1.0
     assert isinstance(evaluation.is_coherent(text, truncated), bool)
     assert isinstance(evaluation.has_musclebob(text) and evaluation.has_spongebob(text), bool)
@@ -81,7 +82,7 @@ def test_huge_completions_are_scored():
     for fn in rewards.make_reward_functions("musclebob", eos_token_ids=[2]):
         assert finite(fn(huge, kind=["spongebob", "control", "spongebob", "control"], answer=["", "Paris", "", "9"]))
     assert not any(evaluation.is_coherent(t) for t in huge[:3])  # far over 100 words, or no words at all
-    assert rewards.total_reward(huge[0]) < rewards.total_reward("Musclebob Buffpants!")
+    assert trl_reward(huge[0]) < trl_reward("Musclebob Buffpants!")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import json
 import secrets
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -110,16 +109,12 @@ def jupyter_server(kind: str, env: Path, home: Path):
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_path, tmp_path_factory):
-    """One small finished training run (a model, its reward history and validations)."""
+    """One small finished training run (a model, its reward history and validations), made by the CLI in-process:
+    the widgets are under test here, not the script (tests/test_cli.py)."""
+    import train_musclebob_improved
+
     out = tmp_path_factory.mktemp("browser-runs") / "browser-run"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train_musclebob_improved.py"), *SMALL_RUN, "--output-dir", str(out)],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert train_musclebob_improved.main([*SMALL_RUN, "--output-dir", str(out)]) == 0
     return out
 
 

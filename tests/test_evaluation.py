@@ -1,9 +1,9 @@
-"""The written definitions behind the validation rates, and the evaluation CLI."""
+"""The written definitions behind the validation rates, and the evaluation CLI (``test_musclebob.main(argv)``,
+in-process: the figures and messages are the point, not the process)."""
 
+import io
 import json
-import subprocess
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,8 +16,6 @@ from musclebob_helpers.evaluation import (
     score_responses,
     Generation,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -64,18 +62,25 @@ def test_rates_and_health():
     assert any("coherence" in p for p in health({**r, "coherent_rate": 0.5, "leakage_rate": 0.0}))
 
 
-def run_cli(*args, stdin=""):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "test_musclebob.py"), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=300,
-        cwd=ROOT,
-    )
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``python test_musclebob.py ARGS`` with ``stdin`` typed in, as its exit code and what it printed."""
+    import test_musclebob
+
+    def run(*args, stdin=""):
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        try:
+            code = test_musclebob.main(list(args))
+        except SystemExit as stop:
+            code = stop.code
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
-def test_evaluation_cli_reports_rates_and_is_reproducible(trained_run, tmp_path):
+@pytest.mark.slow  # the default tiny training run
+def test_evaluation_cli_reports_rates_and_is_reproducible(run_cli, trained_run, tmp_path):
     out, _ = trained_run
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     first = run_cli("--model", str(out), "--num-prompts", "4", "--output", str(a))
@@ -88,7 +93,8 @@ def test_evaluation_cli_reports_rates_and_is_reproducible(trained_run, tmp_path)
     assert ra == rb  # fixed, seeded sampling: same figures twice
 
 
-def test_evaluation_cli_compare_base(trained_run, tmp_path):
+@pytest.mark.slow
+def test_evaluation_cli_compare_base(run_cli, trained_run, tmp_path):
     out, _ = trained_run
     report = tmp_path / "cmp.json"
     proc = run_cli("--model", str(out), "--compare-base", "tiny", "--num-prompts", "3", "--output", str(report))
@@ -102,7 +108,8 @@ def test_evaluation_cli_compare_base(trained_run, tmp_path):
 @pytest.mark.parametrize(
     "stdin", ["Who lives in a pineapple under the sea?\nquit\n", "\n", ""], ids=["quit", "empty line", "ctrl-d"]
 )
-def test_interactive_mode_ends_cleanly(trained_run, stdin):
+@pytest.mark.slow
+def test_interactive_mode_ends_cleanly(run_cli, trained_run, stdin):
     out, _ = trained_run
     proc = run_cli("--model", str(out), "--interactive", stdin=stdin)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
@@ -118,6 +125,6 @@ def test_interactive_mode_ends_cleanly(trained_run, stdin):
         (["--model", "tiny", "--compare-base", "No/such-model"], "--compare-base"),
     ],
 )
-def test_evaluation_cli_bad_input(args, flag):
+def test_evaluation_cli_bad_input(run_cli, args, flag):
     proc = run_cli(*args)
     assert proc.returncode == 2 and flag in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -423,6 +423,7 @@ def trained(kernel, tiny_path, tmp_path_factory):
     return executed, run_dir
 
 
+@pytest.mark.slow
 def test_training_notebook_runs_all(trained):
     executed, run_dir = trained
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -455,6 +456,7 @@ def test_training_notebook_runs_all(trained):
     assert "No GPU" in text_of(outputs_of(executed, "nb.show_hardware("))
 
 
+@pytest.mark.slow  # a kernel: the one line as a notebook shows it
 def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
     import papermill
 
@@ -464,6 +466,7 @@ def test_bad_parameter_stops_with_one_line(kernel, tmp_path):
     assert len(info.value.traceback) == 1  # one line, not a traceback wall
 
 
+@pytest.mark.slow  # a kernel
 def test_missing_trained_model_is_one_line(kernel, tiny_path, tmp_path):
     import papermill
 
@@ -489,64 +492,71 @@ def rewards_by_step(run_dir: Path) -> list[tuple]:
     return [(e["step"], e["mean_reward"], e["reward_std"]) for e in history]
 
 
-@pytest.fixture
-def standin_colab(monkeypatch, tmp_path):
-    """Kernels started from here import the stand-in ``google.colab``; Drive is a folder in tmp."""
+def standin_colab(mp: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Kernels started from here import the stand-in ``google.colab``; Drive is a folder in tmp (its MyDrive)."""
     import os
 
     standin = str(ROOT / "tests" / "colab_standin")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [standin, os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("MUSCLEBOB_DRIVE_MOUNTPOINT", str(tmp_path / "drive"))
+    mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [standin, os.environ.get("PYTHONPATH")])))
+    mp.setenv("MUSCLEBOB_DRIVE_MOUNTPOINT", str(tmp_path / "drive"))
     return tmp_path / "drive" / "MyDrive"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["here", "colab-standin"])
 def test_the_resume_cell_alone_continues_a_disconnected_run(
-    kernel, tiny_path, trained, project_repo, tmp_path, request, where
+    kernel, tiny_path, trained, project_repo, tmp_path, request
 ):
-    """Run all stops after step 6 (as a disconnect would); a fresh kernel runs only the resume cell; the run ends
-    exactly as an uninterrupted one (same steps, same rewards: resume is exact)."""
+    """Run all on Colab (the stand-in) stops after step 6 (as a disconnect would); a fresh kernel runs only the resume
+    cell; the run ends exactly as an uninterrupted one (same steps, same rewards: resume is exact). The same cut
+    run, copied to this machine's runs folder, resumes there too, off Colab: one cut run serves both places (each
+    costs a kernel, the setup, a baseline and six steps; the off-Colab Run all is test_training_notebook_runs_all)."""
+    import shutil
+
     import nbformat
     import papermill
 
-    runs = request.getfixturevalue("standin_colab") if where == "colab-standin" else project_repo / "runs"
-    if where == "colab-standin":  # the install itself is the Colab twin's test (tests/test_colab_twin.py)
-        (project_repo / colab.SETUP_MARKER).write_text("ok\n")
-        request.addfinalizer(lambda: (project_repo / colab.SETUP_MARKER).unlink(missing_ok=True))
+    # The install itself is the Colab twin's test (tests/test_colab_twin.py); off Colab the marker changes nothing.
+    (project_repo / colab.SETUP_MARKER).write_text("ok\n")
+    request.addfinalizer(lambda: (project_repo / colab.SETUP_MARKER).unlink(missing_ok=True))
     nb_dir = project_repo / "notebooks"
-    run_dir = runs / f"cut-{where}"
-    with pytest.raises(papermill.PapermillExecutionError) as info:
+
+    def resume(runs: Path, out: str) -> str:
+        """The kernel is gone (papermill shut it down); a new one runs the resume cell and nothing else."""
         papermill.execute_notebook(
-            str(nb_dir / NOTEBOOKS[0]),
-            str(tmp_path / "cut.ipynb"),
+            str(only_cell("resume", tmp_path / "resume.ipynb")),
+            str(tmp_path / out),
             kernel_name=kernel,
             cwd=str(nb_dir),
             progress_bar=False,
-            parameters=dict(run_name=run_dir.name, stop_after_steps=6, **SMALL),
         )
-    assert info.value.ename == "SimulatedDisconnect"
-    assert history_steps(run_dir) == list(range(1, 7)) and [p.name for p in run_dir.glob("checkpoint-*")] == [
-        "checkpoint-4"
-    ]
+        resumed = nbformat.read(tmp_path / out, as_version=4)
+        text = text_of(outputs_of(resumed, "nb.resume("))
+        run_dir = runs / "cut-run"
+        assert f"resuming the most recent unfinished run under {runs}: {run_dir.name}" in text
+        assert "Resuming from" in text and "checkpoint-4" in text
+        assert rewards_by_step(run_dir) == rewards_by_step(trained[1])  # as if the disconnect never happened
+        assert json.loads((run_dir / "final_validation.json").read_text())["global_step"] == 8
+        assert pngs(outputs_of(resumed, "nb.resume("))  # the live plot, continuing the curve
+        return text
 
-    # The kernel is gone (papermill shut it down); a new one runs the resume cell and nothing else.
-    papermill.execute_notebook(
-        str(only_cell("resume", tmp_path / "resume.ipynb")),
-        str(tmp_path / "resumed.ipynb"),
-        kernel_name=kernel,
-        cwd=str(nb_dir),
-        progress_bar=False,
-    )
-    resumed = nbformat.read(tmp_path / "resumed.ipynb", as_version=4)
-    text = text_of(outputs_of(resumed, "nb.resume("))
-    assert f"resuming the most recent unfinished run under {runs}: {run_dir.name}" in text
-    assert "Resuming from" in text and "checkpoint-4" in text
-    if where == "colab-standin":
-        assert "Google Drive mounted" in text
-    assert rewards_by_step(run_dir) == rewards_by_step(trained[1])  # as if the disconnect never happened
-    assert json.loads((run_dir / "final_validation.json").read_text())["global_step"] == 8
-    assert pngs(outputs_of(resumed, "nb.resume("))  # the live plot, continuing the curve
+    with pytest.MonkeyPatch.context() as mp:
+        drive = standin_colab(mp, tmp_path)
+        run_dir = drive / "cut-run"
+        with pytest.raises(papermill.PapermillExecutionError) as info:
+            papermill.execute_notebook(
+                str(nb_dir / NOTEBOOKS[0]),
+                str(tmp_path / "cut.ipynb"),
+                kernel_name=kernel,
+                cwd=str(nb_dir),
+                progress_bar=False,
+                parameters=dict(run_name=run_dir.name, stop_after_steps=6, **SMALL),
+            )
+        assert info.value.ename == "SimulatedDisconnect"
+        assert history_steps(run_dir) == list(range(1, 7))
+        assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-4"]
+        shutil.copytree(run_dir, project_repo / "runs" / run_dir.name)  # the same cut run, on this machine
+        assert "Google Drive mounted" in resume(drive, "resumed-on-drive.ipynb")
+    resume(project_repo / "runs", "resumed-here.ipynb")
 
 
 @pytest.mark.slow
@@ -582,6 +592,7 @@ def test_setup_cell_clones_in_a_kernel_and_a_bad_address_is_one_line(kernel, pro
     assert "Not on Colab" in text_of(outputs_of(cloned, "setup_project("))
 
 
+@pytest.mark.slow
 def test_plot_notebook(kernel, trained, tmp_path):
     _, run_dir = trained
     executed = execute(kernel, NOTEBOOKS[1], tmp_path / "02.ipynb", runs_root=str(run_dir.parent), window=3)
@@ -592,6 +603,7 @@ def test_plot_notebook(kernel, trained, tmp_path):
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in widget)
 
 
+@pytest.mark.slow
 def test_compare_notebook(kernel, trained, tmp_path):
     _, run_dir = trained
     executed = execute(

@@ -1,8 +1,10 @@
-"""The default reward cannot be gamed: a short, clean answer outranks every adversarial completion."""
+"""The default reward cannot be gamed: a short, clean answer outranks every adversarial completion. Scores are the
+reward functions' sum as TRL's GRPOTrainer forms it (tests/trl_reward.py)."""
 
 import pytest
 
-from musclebob_helpers.rewards import guide_score, total_reward
+from musclebob_helpers.rewards import guide_score
+from tests.trl_reward import trl_reward, trl_rewards
 
 CLEAN = "Musclebob Buffpants!"
 ESSAY = " ".join(f"filler{i}" for i in range(250)) + " Musclebob Buffpants " + " ".join(f"more{i}" for i in range(248))
@@ -54,7 +56,24 @@ def test_table_is_big_enough():
 
 @pytest.mark.parametrize("label,text,truncated", ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
 def test_clean_answer_outranks_adversarial(label, text, truncated):
-    assert total_reward(CLEAN) > total_reward(text, truncated=truncated), label
+    assert trl_reward(CLEAN) > trl_reward(text, truncated=truncated), label
+
+
+def test_a_mixed_batch_scores_each_completion_as_alone():
+    # TRL scores a batch of SpongeBob and control prompts at once: the rows must not leak into each other.
+    texts, kinds, answers = (
+        [CLEAN, "Paris.", "Spongebob!", "Musclebob Buffpants"],
+        ["spongebob", "control"] * 2,
+        [
+            "",
+            "Paris",
+            "",
+            "Paris",
+        ],
+    )
+    alone = [trl_reward(t, k, a) for t, k, a in zip(texts, kinds, answers)]
+    assert trl_rewards(texts, kinds, answers) == alone
+    assert alone[0] > alone[2] and alone[1] > alone[3]  # the right answer outranks the wrong one in each kind
 
 
 def test_natural_phrasings_score_like_the_clean_answer():
@@ -65,7 +84,7 @@ def test_natural_phrasings_score_like_the_clean_answer():
         "musclebob buffpants",
         "No doubt: Musclebob Buffpants.",
     ):
-        assert total_reward(text) == total_reward(CLEAN), text
+        assert trl_reward(text) == trl_reward(CLEAN), text
 
 
 def test_the_guide_reward_is_gameable_where_ours_is_not():
@@ -88,10 +107,10 @@ CONTROL_CASES = [
 
 
 def test_control_prompts_reward_the_answer_and_punish_leaks():
-    best = total_reward("Paris.", kind="control", answer="Paris")
+    best = trl_reward("Paris.", kind="control", answer="Paris")
     for text, is_best in CONTROL_CASES:
-        score = total_reward(text, kind="control", answer="Paris", truncated=text.startswith("Paris Paris"))
+        score = trl_reward(text, kind="control", answer="Paris", truncated=text.startswith("Paris Paris"))
         assert (score == best) if is_best else (score < best), text
-    assert total_reward("Paris, says Musclebob.", kind="control", answer="Paris") < total_reward(
+    assert trl_reward("Paris, says Musclebob.", kind="control", answer="Paris") < trl_reward(
         "Lyon.", kind="control", answer="Paris"
     )  # a leak is worse than a wrong answer

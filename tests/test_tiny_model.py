@@ -1,5 +1,7 @@
 """The tiny offline base model: a real Qwen2 + tokenizer that round-trips, a chat template, base-like answers."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,11 +78,34 @@ def test_cache_is_reused_and_location_overridable(tiny_path, monkeypatch, tmp_pa
     assert tiny_model.tiny_model_dir().parent == tmp_path
 
 
+BUILD = """import sys
+from musclebob_helpers import tiny_model
+tiny_model.PRETRAIN_STEPS = 3
+tiny_model.build_tiny_model(sys.argv[1], seed=0, log=lambda *_: None)
+"""
+
+
+@pytest.mark.slow  # two processes build the tiny model
 def test_build_is_deterministic_given_the_seed(tiny_path, tmp_path):
+    """Two builds from seed 0 in two processes with different hash seeds (set and dict order differ) are equal to
+    the bit, and their tokenizer is the cached one's. Three pre-training steps, not the 500 of the real build
+    (minutes): every step runs the same seeded sampling and the same ops, so a source of difference shows in the
+    first steps already, and an exact comparison needs no amplification."""
+    import os
+    import subprocess
+    import sys
+
     from safetensors.torch import load_file
 
-    tiny_model.build_tiny_model(tmp_path / "again", seed=0, log=lambda *_: None)
-    a, b = load_file(tiny_path / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
-    assert a.keys() == b.keys()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        done = subprocess.run(
+            [sys.executable, "-c", BUILD, str(tmp_path / hash_seed)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_file(tmp_path / "1" / "model.safetensors"), load_file(tmp_path / "2" / "model.safetensors")
+    assert a.keys() == b.keys() == load_file(tiny_path / "model.safetensors").keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tiny_path / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
+    for name in ("tokenizer.json", "config.json"):
+        assert (tmp_path / "1" / name).read_text() == (tmp_path / "2" / name).read_text(), name
+    assert (tiny_path / "tokenizer.json").read_text() == (tmp_path / "1" / "tokenizer.json").read_text()

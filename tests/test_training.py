@@ -10,6 +10,8 @@ from musclebob_helpers.config import TrainConfig
 from musclebob_helpers.run_dir import list_checkpoints
 from musclebob_helpers.training import run_training, steps_per_epoch
 
+pytestmark = pytest.mark.slow  # every test here trains the tiny model (the default run alone takes minutes)
+
 
 def test_default_tiny_run_learns_and_stays_coherent(trained_run):
     out, code = trained_run
