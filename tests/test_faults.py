@@ -112,20 +112,23 @@ def assert_same_as_reference(out, reference, resumed):
 
 
 KILLS = [
-    # (fault, what the resume must say)
-    ("generation:3", "Resuming from"),  # mid-generation, after checkpoint-2
-    ("optimizer:3", "Resuming from"),  # inside the optimizer step: weights changed in memory only
-    ("history:3", "Resuming from"),  # half of reward_history.json's temporary file written
-    ("checkpoint:4", "checkpoint-4 is damaged"),  # half of checkpoint-4/optimizer.pt written
-    ("checkpoint:2", "No intact checkpoint"),  # the only checkpoint half written: start fresh
+    # (fault, what the resume must say, checkpoints kept). Two of the kills also keep one checkpoint only
+    # (--keep-checkpoints 1): checkpoint-2 is deleted once checkpoint-4 is complete, so a kill before that
+    # must leave it, and the resume must then rotate it away.
+    ("generation:3", "Resuming from", 2),  # mid-generation, after checkpoint-2
+    ("optimizer:3", "Resuming from", 1),  # inside the optimizer step: weights changed in memory only
+    ("history:3", "Resuming from", 2),  # half of reward_history.json's temporary file written
+    ("checkpoint:4", "checkpoint-4 is damaged", 1),  # half of checkpoint-4/optimizer.pt written
+    ("checkpoint:2", "No intact checkpoint", 2),  # the only checkpoint half written: start fresh
 ]
 
 
 @pytest.mark.slow  # two training processes each
-@pytest.mark.parametrize("fault,message", KILLS, ids=[k for k, _ in KILLS])
-def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, reference, fault, message):
+@pytest.mark.parametrize("fault,message,keep", KILLS, ids=[f"{k} keep {n}" for k, _, n in KILLS])
+def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, reference, fault, message, keep):
     out = tmp_path / "run"
-    killed = train(out, fault=fault)
+    keeping = ["--keep-checkpoints", str(keep)]
+    killed = train(out, *keeping, fault=fault)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed
     assert f"{fault_runner.MARKER} killing the process" in killed.stderr
     assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
@@ -134,6 +137,8 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     done = [e["step"] for e in history(out)]
     # Steps logged before the kill: through step N when the checkpoint after it died, else through N - 1.
     assert done == list(range(1, (step if point == "checkpoint" else step - 1) + 1))
+    if step > 2:  # the last intact checkpoint survives the kill, rotation or not
+        assert any(not checkpoint_problems(c) for c in list_checkpoints(out))
     if point == "checkpoint":
         assert checkpoint_problems(out / f"checkpoint-{step}")  # the kill left it damaged
         damaged = {
@@ -142,30 +147,15 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
             if p.is_file()
         }
 
-    resumed = train(out, "--resume-from-checkpoint", "auto")
+    resumed = train(out, *keeping, "--resume-from-checkpoint", "auto")
     assert message in resumed.stdout, resumed.stdout[-3000:]
     assert_same_as_reference(out, reference, resumed)
     if point == "checkpoint":  # the damaged checkpoint was moved aside, not deleted
         kept = out / f"checkpoint-{step}.damaged"
         assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
-
-
-ROTATION_KILLS = [("checkpoint:4", "checkpoint-4 is damaged"), ("optimizer:3", "Resuming from")]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fault,message", ROTATION_KILLS, ids=[k for k, _ in ROTATION_KILLS])
-def test_kill_then_resume_with_rotation_keeping_one_checkpoint(tmp_path, reference, fault, message):
-    """--keep-checkpoints 1 deletes checkpoint-2 once checkpoint-4 is complete: a kill before that leaves it."""
-    out = tmp_path / "run"
-    killed = train(out, "--keep-checkpoints", "1", fault=fault)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert any(not checkpoint_problems(c) for c in list_checkpoints(out))  # the last intact one is still there
-    resumed = train(out, "--keep-checkpoints", "1", "--resume-from-checkpoint", "auto")
-    assert message in resumed.stdout, resumed.stdout[-3000:]
-    assert "Removed checkpoint-2" in resumed.stdout
-    assert_same_as_reference(out, reference, resumed)
-    assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
+    if keep == 1:
+        assert "Removed checkpoint-2" in resumed.stdout
+        assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
 
 
 def _interrupted_copy(reference, dest):
