@@ -24,7 +24,33 @@ REWARDS = ("musclebob", "guide")
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TINY_NAME = "tiny"  # --model tiny: the project's own offline model (tiny_model.py builds it)
-PRESET_NAMES = ("cpu-tiny", "colab-t4", "colab-l4", "colab-a100", "multi-gpu")  # PRESETS below, named for --help
+
+# Values that suit the tiny offline model. (A 2-layer model wants a far larger step than a 0.5B one.)
+TINY_DEFAULTS = dict(learning_rate=2e-4, max_completion_length=32)
+# A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
+# after Schulman et al. 2025): 5e-4 for the 0.5B model; the tiny model learns with 5e-3 (benchmarks/bench_lora.py).
+LORA_LEARNING_RATE = 5e-4
+TINY_LORA_LEARNING_RATE = 5e-3
+
+# A preset is what it changes from TrainConfig's defaults, for a hardware class (``--preset NAME``; in a notebook
+# ``preset_config(NAME, **overrides)``). Memory figures are from memory.py's estimate.
+PRESETS: dict[str, dict] = {
+    # Laptop or Colab CPU: the tiny offline model, 4 prompts x 4 answers a step — a full run in minutes on 2 cores.
+    "cpu-tiny": dict(model=TINY_NAME, **TINY_DEFAULTS, num_generations=4, validation_samples=2),
+    # Free Colab T4 (15 GiB, fp16) with the run on a free Google Drive (15 GB, shared with the user's files):
+    # Qwen2.5-0.5B with a LoRA adapter (~0.1 GB a checkpoint, ~0.6 GB of Drive for the whole run, deleted
+    # checkpoints in Drive's trash included; full fine-tuning writes ~32 GB: see memory.drive_need), at LoRA's
+    # learning rate; the default 4 x 8 completions a step with activation checkpointing on (~4.9 GiB).
+    "colab-t4": dict(lora=True, learning_rate=LORA_LEARNING_RATE),
+    # Colab L4 (22.5 GiB, bf16): full fine-tuning with checkpointing off (~18 GiB), each step about a third faster.
+    "colab-l4": dict(gradient_checkpointing=False),
+    # Colab A100 (40 GiB, bf16): 8 x 8 completions a step, no checkpointing (~27 GiB): steadier rewards, half the steps.
+    "colab-a100": dict(batch_size=8, gradient_checkpointing=False),
+}
+# Several GPUs (accelerate launch, DDP): the A100's 64-completion step, split evenly over 2, 4 or 8 GPUs, so a run
+# learns as it does on one A100 (the same values under the name a multi-GPU user looks for, not a copy).
+PRESETS["multi-gpu"] = PRESETS["colab-a100"]
+PRESET_NAMES = tuple(PRESETS)  # for --help and the messages
 
 
 def _opt(help_text: str, **extra):
@@ -114,34 +140,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# --- presets and model defaults: values filled in for the fields the user did not set -------------------------
-
-# Values that suit the tiny offline model. (A 2-layer model wants a far larger step than a 0.5B one.)
-TINY_DEFAULTS = dict(learning_rate=2e-4, max_completion_length=32)
-# A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
-# after Schulman et al. 2025): 5e-4 for the 0.5B model; the tiny model learns with 5e-3 (benchmarks/bench_lora.py).
-LORA_LEARNING_RATE = 5e-4
-TINY_LORA_LEARNING_RATE = 5e-3
-
-# A preset is what it changes from TrainConfig's defaults, for a hardware class (``--preset NAME``; in a notebook
-# ``preset_config(NAME, **overrides)``). Memory figures are from memory.py's estimate.
-PRESETS: dict[str, dict] = {
-    # Laptop or Colab CPU: the tiny offline model, 4 prompts x 4 answers a step — a full run in minutes on 2 cores.
-    "cpu-tiny": dict(model=TINY_NAME, **TINY_DEFAULTS, num_generations=4, validation_samples=2),
-    # Free Colab T4 (15 GiB, fp16) with the run on a free Google Drive (15 GB, shared with the user's files):
-    # Qwen2.5-0.5B with a LoRA adapter (~0.1 GB a checkpoint, ~0.6 GB of Drive for the whole run, deleted
-    # checkpoints in Drive's trash included; full fine-tuning writes ~32 GB: see memory.drive_need), at LoRA's
-    # learning rate; the default 4 x 8 completions a step with activation checkpointing on (~4.9 GiB).
-    "colab-t4": dict(lora=True, learning_rate=LORA_LEARNING_RATE),
-    # Colab L4 (22.5 GiB, bf16): full fine-tuning with checkpointing off (~18 GiB), each step about a third faster.
-    "colab-l4": dict(gradient_checkpointing=False),
-    # Colab A100 (40 GiB, bf16): 8 x 8 completions a step, no checkpointing (~27 GiB): steadier rewards, half the steps.
-    "colab-a100": dict(batch_size=8, gradient_checkpointing=False),
-}
-# Several GPUs (accelerate launch, DDP): the A100's 64-completion step, split evenly over 2, 4 or 8 GPUs, so a run
-# learns as it does on one A100 (the same values under the name a multi-GPU user looks for, not a copy).
-PRESETS["multi-gpu"] = PRESETS["colab-a100"]
-assert tuple(PRESETS) == PRESET_NAMES
+# --- presets and model defaults (defined above TrainConfig, whose help text names them) -----------------------
 
 
 def preset_values(name: str) -> dict:
