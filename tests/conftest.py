@@ -34,14 +34,30 @@ def tiny_model(tiny_path):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, tiny_path):
+def trained_run(request, tmp_path_factory, tiny_path):
     """One default tiny training run through the CLI, shared by the tests that inspect its output.
 
     What it printed (stdout, stderr, then its warnings as Python prints them) is kept in ``console.txt`` beside
-    the run folder, for the tests of the console."""
+    the run folder, for the tests of the console. Under pytest-xdist (``-n 2``) the workers share one run: the
+    first to need it trains under a file lock, the other reads the finished folder (xdist's documented way to
+    share a session fixture), instead of training the same run twice."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    # A worker's base is <this run's folder>/popen-gwN: its parent is this run's, shared by the workers (without
+    # xdist the parent is shared by every pytest run, so the run's own base is used).
+    shared = base.parent if hasattr(request.config, "workerinput") else base
+    out = shared / "default-run" / "default"
+    with FileLock(str(shared / "default-run.lock")):
+        if not (out.parent / "exit_code").is_file():
+            code = _train_default(out)
+            (out.parent / "exit_code").write_text(str(code))
+    return out, int((out.parent / "exit_code").read_text())
+
+
+def _train_default(out: Path) -> int:
     import train_musclebob_improved
 
-    out = tmp_path_factory.mktemp("runs") / "default"
     console = io.StringIO()  # not a terminal: the run prints one line per step, as into a log file
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
         with warnings.catch_warnings(record=True) as caught:
@@ -49,4 +65,4 @@ def trained_run(tmp_path_factory, tiny_path):
             code = train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(out)])
     shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
     (out.parent / "console.txt").write_text(console.getvalue() + "".join(shown))
-    return out, code
+    return code
