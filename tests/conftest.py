@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run offline on the tiny model and never touch the network."""
 
+import collections
 import contextlib
 import io
 import os
@@ -16,6 +17,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, the fast-only files last (each file's own order kept). With
+    pytest-xdist's one file per worker (``-n 2 --dist loadfile``) the long files then start early and the many
+    short ones fill the end, so the two workers finish together instead of one waiting on a long last file."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort: files stay whole, in their order within a weight
 
 
 @pytest.fixture(scope="session")
