@@ -26,7 +26,6 @@ from .config import (
     resolve,
     validate_config,
 )
-from .run_dir import RunCheck
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -51,11 +50,12 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
-        help_text = f"{f.metadata['help']} (default: {as_typed(f.name, f.default).split(' ', 1)[-1]})"
+        default = as_typed(f.name, f.default)  # "--fewshot", "--epochs 5": a yes/no default is named by its form
         if kind is bool:
-            help_text = f"{f.metadata['help']} (default: {as_typed(f.name, f.default)})"
+            help_text = f"{f.metadata['help']} (default: {default})"
             parser.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
+            help_text = f"{f.metadata['help']} (default: {default.split(' ', 1)[-1]})"
             choices = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
             parser.add_argument(flag_name(f), dest=f.name, type=kind, metavar=f.name.upper(), help=help_text, **choices)
     return parser
@@ -63,7 +63,7 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(
     argv: list[str] | None, prog: str, description: str, check_folder: bool = True
-) -> tuple[TrainConfig, dict[str, str], RunCheck | None]:
+) -> tuple[TrainConfig, dict[str, str], run_dir.RunCheck | None]:
     """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``, the run
     folder's start-up check). ``check_folder=False`` (the estimate CLI) checks the values only."""
     given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
