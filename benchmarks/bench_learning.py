@@ -31,18 +31,17 @@ TARGETS = {  # the project's default on the tiny model
 
 
 def recipes(seed: int, check_every: int):
-    from musclebob_helpers.config import TrainConfig, apply_model_defaults
+    from musclebob_helpers.config import resolve
 
     def make(**kw):
-        cfg = TrainConfig(model="tiny", seed=seed, validate_every=check_every, **kw)
-        apply_model_defaults(cfg, set(kw) | {"seed", "validate_every"})
-        return cfg
+        return resolve(dict(model="tiny", seed=seed, validate_every=check_every, **kw))[0]  # + tiny-model defaults
 
     # The guide: its reward, SpongeBob prompts only, no KL. The project: everything at its defaults.
     return {"guide": make(reward="guide", control_ratio=0.0), "default": make()}
 
 
 def run(name: str, cfg, root: Path) -> dict:
+    from musclebob_helpers.evaluation import RATE_KEYS
     from musclebob_helpers.io import read_json
     from musclebob_helpers.monitoring import completions_to_reach
     from musclebob_helpers.run_dir import VALIDATION_HISTORY_FILE
@@ -58,17 +57,7 @@ def run(name: str, cfg, root: Path) -> dict:
         "recipe": name,
         "seed": cfg.seed,
         "completions": final["completions_generated"],
-        **{
-            k: final[k]
-            for k in (
-                "musclebob_rate",
-                "full_name_rate",
-                "spongebob_rate",
-                "coherent_rate",
-                "leakage_rate",
-                "control_accuracy",
-            )
-        },
+        **{k: final[k] for k, _ in RATE_KEYS},
         "baseline_control_accuracy": base["control_accuracy"],
         "control_kept": round(final["control_accuracy"] / base["control_accuracy"], 4)
         if base["control_accuracy"]
@@ -80,21 +69,12 @@ def run(name: str, cfg, root: Path) -> dict:
     return row
 
 
-RATES = {
-    "musclebob_rate",
-    "full_name_rate",
-    "spongebob_rate",
-    "coherent_rate",
-    "leakage_rate",
-    "control_accuracy",
-    "control_kept",
-}
-
-
 def fmt(v, key=""):
+    from musclebob_helpers.evaluation import RATE_KEYS
+
     if v is None:
         return "never"
-    return f"{v:.1%}" if key in RATES else str(v)
+    return f"{v:.1%}" if key in {k for k, _ in RATE_KEYS} | {"control_kept"} else str(v)  # rates as percentages
 
 
 def main(argv=None) -> int:
