@@ -12,7 +12,6 @@ import argparse
 import sys
 import typing
 from dataclasses import fields
-from pathlib import Path
 
 from . import run_dir
 from .config import (
@@ -88,10 +87,7 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
     if is_tiny(name):
         _check_context(name, MODEL_SHAPE, max_completion_length)
         return
-    try:
-        path = Path(name).expanduser()
-    except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
-        path = Path(name)
+    path = run_dir.expand_path(name)
     if not path.is_dir() and not HUB_ID.match(name):
         raise ConfigError("model", name, MODEL_ALLOWED)
     if path.is_dir():

@@ -117,10 +117,10 @@ def make_config(log=print, **params) -> TrainConfig:
         f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
         f"{cfg.epochs} epochs of {cfg.num_samples} prompts."
     )
-    from .memory import drive_need
-    from .run_dir import offline_shape, on_drive
+    from .memory import drive_need, model_shape
+    from .run_dir import on_drive
 
-    shape = offline_shape(cfg.model)
+    shape = model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None
     if need:
         log(need.line(on_drive(cfg.output_dir)))

@@ -79,7 +79,8 @@ RESUME_MUST_MATCH = (
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
-def _expand(path: str | Path) -> Path:
+def expand_path(path: str | Path) -> Path:
+    """``~`` expanded; a path whose ``~user`` has no home folder is kept as written (``expanduser`` would raise)."""
     try:
         return Path(path).expanduser()
     except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
@@ -374,7 +375,7 @@ def resume_mismatch(cfg: TrainConfig) -> dict[str, tuple]:
     r = cfg.resume_from_checkpoint
     if r is None:
         return {}
-    saved = _saved_settings(_expand(cfg.output_dir) if r == "auto" else _expand(r).parent)
+    saved = _saved_settings(expand_path(cfg.output_dir) if r == "auto" else expand_path(r).parent)
     if saved is None:
         return {}
     return {
@@ -400,7 +401,7 @@ def check_resume(cfg: TrainConfig) -> None:
     if r is None:
         return
     if r != "auto":
-        problems = checkpoint_problems(_expand(r))
+        problems = checkpoint_problems(expand_path(r))
         if problems:
             raise ConfigError(
                 "resume_from_checkpoint",
@@ -474,14 +475,6 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FR
     return None
 
 
-def offline_shape(model: str):
-    """The model's shape without the network (stored configs, the tiny model, a local folder, the hub cache);
-    None for a hub id not known offline: checked once the model is loaded (run_training)."""
-    from .memory import model_shape
-
-    return model_shape(model, offline=True)
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -535,9 +528,9 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
 
 def check_drive_space(cfg: TrainConfig, shape=None) -> DriveNeed | None:
     """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
-    from .memory import drive_need
+    from .memory import drive_need, model_shape
 
-    shape = shape or offline_shape(cfg.model)
+    shape = shape or model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
     problem = drive_space_problem(cfg, need=need) if need else None
     if problem:
@@ -565,9 +558,9 @@ def check(cfg: TrainConfig) -> RunCheck:
     too small for the run, a damaged explicit checkpoint, a resume with other settings. Disk probes come last.
     """
     r = cfg.resume_from_checkpoint
-    if r is not None and r != "auto" and not _expand(r).is_dir():
+    if r is not None and r != "auto" and not expand_path(r).is_dir():
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    out = _expand(cfg.output_dir)
+    out = expand_path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
     found = state(out)
