@@ -1,128 +1,447 @@
 #!/usr/bin/env python3
-"""Learning benchmark on the tiny offline model: the guide's reward and recipe vs the project's default.
+"""Learning benchmark on the tiny offline model: recipes x seeds, each figure a mean with a 95 % interval.
 
-    python benchmarks/bench_learning.py                 # both recipes, seed 42, the guide's budget
-    python benchmarks/bench_learning.py --seeds 42 7    # several seeds (one table row per recipe and seed)
+    python benchmarks/bench_learning.py                        # the project's default vs the guide's recipe, 5 seeds
+    python benchmarks/bench_learning.py --mode advice          # the guide's troubleshooting commands, measured
+    python benchmarks/bench_learning.py --recipes default --seeds 42 7 --set beta=0.04   # try a lever
+    python benchmarks/bench_learning.py --readme               # rewrite the README's tables from the JSON files
 
-Both runs use the same seed and the same budget (the guide's: 128 prompts x 5 epochs x 8 generations = 5,120
-completions). Each is checked on the held-out prompts every few steps, so the table can say how many completions
-it took until the held-out Musclebob rate first reached 90%. Prints a table and the targets the project's
-default is held to; writes everything to --output (JSON). Takes a few minutes on 2 CPU cores.
+Every run trains the tiny model from the same base with one seed, validates on the held-out prompts before and
+after (12 SpongeBob phrasings and 124 general questions of 9 topics, 4 sampled answers each), and checks the
+held-out SpongeBob prompts every ``--check-every`` steps to count the completions it took until the Musclebob
+rate first reached 90 %. The interval is a percentile bootstrap over seeds and, within each seed, over prompts
+(2,000 resamples): it says how much the figure would move with other seeds and other questions of the same kinds.
+Runs go to ``--jobs`` worker processes (two on two cores, one thread each: the tiny model's matrices are too
+small for two threads to help). Raw figures go to ``benchmarks/results_learning[_MODE].json``; ``--readme``
+renders the README's tables from them.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-GUIDE_BUDGET = 128 * 5 * 8
-TARGETS = {  # the project's default on the tiny model
-    "full_name_rate": (">=", 0.95),
-    "spongebob_rate": ("<=", 0.02),
-    "coherent_rate": (">=", 0.98),
-    "leakage_rate": ("<=", 0.05),
-    "control_kept": (">=", 0.95),
-    "completions_to_90": ("<=", GUIDE_BUDGET // 4),
+SEEDS = (42, 7, 1234, 2024, 31337)
+GUIDE_BUDGET = 128 * 5 * 8  # the guide's 128 prompts x 5 epochs x 8 completions
+README = ROOT / "README.md"
+
+# name -> (what it is, TrainConfig values on top of the tiny model's defaults). The guide's learning rates are for
+# its 0.5B model, whose default is 5e-5: scaled to the tiny model's default (2e-4) by the same factor.
+RECIPES = {
+    "default": ("the project's default (`--model tiny`)", {}),
+    "guide": (
+        "the guide's reward and recipe: SpongeBob prompts only (`--reward guide --control-ratio 0`)",
+        {"reward": "guide", "control_ratio": 0.0},
+    ),
+    "no-fewshot": ("`--no-fewshot`: pure RL, no example in front of any prompt", {"use_fewshot": False}),
+    "fewshot-0.3": ("`--fewshot-ratio 0.3`", {"fewshot_ratio": 0.3}),
+    "fewshot-0.5": ("`--fewshot-ratio 0.5`", {"fewshot_ratio": 0.5}),
+    "longer": (
+        "`--epochs 10 --learning-rate 1e-4 --num-samples 256` (tiny: `--learning-rate 4e-4`, 2x default)",
+        {"epochs": 10, "learning_rate": 4e-4, "num_samples": 256},
+    ),
+    "gentle": (
+        "`--learning-rate 1e-5 --batch-size 2` (tiny: `--learning-rate 4e-5`, 1/5 of default)",
+        {"learning_rate": 4e-5, "batch_size": 2},
+    ),
+}
+MODES = {
+    "main": ["default", "guide"],
+    "advice": ["default", "no-fewshot", "fewshot-0.3", "fewshot-0.5", "longer", "gentle"],
 }
 
+# What the project's default is held to (issue 11), on every seed unless the key says mean.
+TARGETS = [
+    ("control_kept", "min", ">=", 0.95),
+    ("control_kept", "mean", ">=", 0.97),
+    ("full_name_rate", "min", ">=", 0.95),
+    ("spongebob_rate", "max", "<=", 0.02),
+    ("leakage_rate", "max", "<=", 0.02),
+    ("coherent_rate", "min", ">=", 0.98),
+    ("completions_to_90", "max", "<=", GUIDE_BUDGET // 8),
+]
+# Figures from per-prompt counts (what the bootstrap resamples), then the per-run ones.
+RATES = [
+    "musclebob_rate",
+    "full_name_rate",
+    "spongebob_rate",
+    "coherent_rate",
+    "leakage_rate",
+    "control_accuracy",
+    "control_kept",
+]
+PER_RUN = ["completions_to_90", "wall_seconds"]
+COUNT_FIELDS = ["n", "musclebob", "full_name", "spongebob", "coherent", "correct", "leak", "base_correct"]
 
-def recipes(seed: int, check_every: int):
+
+# --- one run -------------------------------------------------------------------------------------------------------
+
+
+def recipe_config(name: str, seed: int, check_every: int, extra: dict, output_dir: str):
     from musclebob_helpers.config import resolve
 
-    def make(**kw):
-        return resolve(dict(model="tiny", seed=seed, validate_every=check_every, **kw))[0]  # + tiny-model defaults
-
-    # The guide: its reward, SpongeBob prompts only, no KL. The project: everything at its defaults.
-    return {"guide": make(reward="guide", control_ratio=0.0), "default": make()}
+    values = {**RECIPES[name][1], **extra}
+    return resolve(dict(model="tiny", seed=seed, validate_every=check_every, output_dir=output_dir, **values))[0]
 
 
-def run(name: str, cfg, root: Path) -> dict:
-    from musclebob_helpers.evaluation import RATE_KEYS
+def prompt_counts(baseline: dict, final: dict) -> list[list]:
+    """Per held-out prompt: [kind, question, n, musclebob, full_name, spongebob, coherent, correct, leak,
+    base_correct] — what the bootstrap resamples (rates are sums of counts over prompts, as in evaluation)."""
+    base_correct: dict[str, int] = {}
+    for r in baseline["responses"]:
+        base_correct[r["prompt"]] = base_correct.get(r["prompt"], 0) + bool(r["correct"])
+    rows: dict[str, list] = {}
+    for r in final["responses"]:
+        row = rows.setdefault(r["prompt"], [r["kind"], r["prompt"]] + [0] * len(COUNT_FIELDS))
+        c = row[2:]
+        c[0] += 1
+        c[1] += r["musclebob"]
+        c[2] += r["full_name"]
+        c[3] += r["spongebob"]
+        c[4] += r["coherent"]
+        c[5] += bool(r["correct"])
+        c[6] += r["kind"] == "control" and (r["musclebob"] or r["spongebob"])
+        row[2:] = c
+    for row in rows.values():
+        row[-1] = base_correct.get(row[1], 0)
+    return list(rows.values())
+
+
+def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -> dict:
+    """Train one recipe with one seed (in a worker process) and return its figures and per-prompt counts."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
     from musclebob_helpers.io import read_json
     from musclebob_helpers.monitoring import completions_to_reach
     from musclebob_helpers.run_dir import VALIDATION_HISTORY_FILE
     from musclebob_helpers.training import run_training
 
-    cfg.output_dir = str(root / f"{name}-seed{cfg.seed}")
-    start = time.time()
-    result = run_training(cfg, log=lambda *a, **k: None)
-    wall = time.time() - start
+    with tempfile.TemporaryDirectory(prefix="musclebob-bench-") as tmp:
+        cfg = recipe_config(name, seed, check_every, extra, tmp)
+        start = time.time()
+        result = run_training(cfg, log=lambda *a, **k: None)
+        wall = time.time() - start
+        history = read_json(Path(tmp) / VALIDATION_HISTORY_FILE, default=[])
     base, final = result["baseline"], result["final"]
-    history = read_json(Path(cfg.output_dir) / VALIDATION_HISTORY_FILE, default=[])
-    row = {
+    return {
         "recipe": name,
-        "seed": cfg.seed,
+        "seed": seed,
+        "settings": extra,
         "completions": final["completions_generated"],
-        **{k: final[k] for k, _ in RATE_KEYS},
-        "baseline_control_accuracy": base["control_accuracy"],
-        "control_kept": round(final["control_accuracy"] / base["control_accuracy"], 4)
-        if base["control_accuracy"]
-        else None,
         "completions_to_90": completions_to_reach(history, "musclebob_rate", 0.9),
         "wall_seconds": round(wall, 1),
+        "control_accuracy_by_topic": final.get("control_accuracy_by_topic", {}),
+        "baseline_control_accuracy": base["control_accuracy"],
         "health_warnings": final["health_warnings"],
+        "prompts": prompt_counts(base, final),
     }
-    return row
 
 
-def fmt(v, key=""):
-    from musclebob_helpers.evaluation import RATE_KEYS
+# --- statistics ----------------------------------------------------------------------------------------------------
 
+
+def run_rates(run: dict) -> dict:
+    """The point figures of one run, from its per-prompt counts (the same sums as evaluation.rates)."""
+    sponge = [p[2:] for p in run["prompts"] if p[0] == "spongebob"]
+    control = [p[2:] for p in run["prompts"] if p[0] == "control"]
+    every = [p[2:] for p in run["prompts"]]
+
+    def total(rows, field):
+        return sum(r[COUNT_FIELDS.index(field)] for r in rows)
+
+    def rate(a, b):
+        return a / b if b else 0.0
+
+    return {
+        "musclebob_rate": rate(total(sponge, "musclebob"), total(sponge, "n")),
+        "full_name_rate": rate(total(sponge, "full_name"), total(sponge, "n")),
+        "spongebob_rate": rate(total(sponge, "spongebob"), total(sponge, "n")),
+        "coherent_rate": rate(total(every, "coherent"), total(every, "n")),
+        "leakage_rate": rate(total(control, "leak"), total(control, "n")),
+        "control_accuracy": rate(total(control, "correct"), total(control, "n")),
+        "control_kept": rate(total(control, "correct"), total(control, "base_correct")),
+        "completions_to_90": run["completions_to_90"],
+        "wall_seconds": run["wall_seconds"],
+    }
+
+
+def bootstrap(runs: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean over seeds and a 95 % percentile interval, resampling seeds and, within each, prompts of each kind.
+
+    ``completions_to_90`` and ``wall_seconds`` are per run, so only seeds are resampled for them; a run that never
+    reached 90 % counts as its whole budget (so the mean is a lower bound, flagged by ``never``).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    kinds = [np.array([p[0] == k for p in runs[0]["prompts"]]) for k in ("spongebob", "control")]
+    counts = np.array([[p[2:] for p in r["prompts"]] for r in runs], dtype=float)  # runs x prompts x fields
+    idx = {f: k for k, f in enumerate(COUNT_FIELDS)}
+    n_runs = len(runs)
+    sponge_ix, control_ix = (np.flatnonzero(k) for k in kinds)
+    reps = {key: np.empty(resamples) for key in RATES + PER_RUN}
+    per_run = {
+        key: np.array([r[key] if r[key] is not None else r["completions"] for r in runs], dtype=float)
+        for key in PER_RUN
+    }
+    for b in range(resamples):
+        pick = rng.integers(0, n_runs, n_runs)
+        s = sponge_ix[rng.integers(0, len(sponge_ix), (n_runs, len(sponge_ix)))]
+        c = control_ix[rng.integers(0, len(control_ix), (n_runs, len(control_ix)))]
+        cs = counts[pick[:, None], s].sum(axis=1)  # runs x fields, SpongeBob prompts
+        cc = counts[pick[:, None], c].sum(axis=1)  # control prompts
+        every = cs + cc
+
+        def mean_rate(num, den):
+            return float(np.mean(num / np.maximum(den, 1)))
+
+        reps["musclebob_rate"][b] = mean_rate(cs[:, idx["musclebob"]], cs[:, idx["n"]])
+        reps["full_name_rate"][b] = mean_rate(cs[:, idx["full_name"]], cs[:, idx["n"]])
+        reps["spongebob_rate"][b] = mean_rate(cs[:, idx["spongebob"]], cs[:, idx["n"]])
+        reps["coherent_rate"][b] = mean_rate(every[:, idx["coherent"]], every[:, idx["n"]])
+        reps["leakage_rate"][b] = mean_rate(cc[:, idx["leak"]], cc[:, idx["n"]])
+        reps["control_accuracy"][b] = mean_rate(cc[:, idx["correct"]], cc[:, idx["n"]])
+        reps["control_kept"][b] = mean_rate(cc[:, idx["correct"]], cc[:, idx["base_correct"]])
+        for key in PER_RUN:
+            reps[key][b] = float(np.mean(per_run[key][pick]))
+    points = [run_rates(r) for r in runs]
+    out = {}
+    for key in RATES + PER_RUN:
+        values = [p[key] for p in points]
+        known = [v for v in values if v is not None]
+        out[key] = {
+            "mean": float(np.mean([v if v is not None else r["completions"] for v, r in zip(values, runs)])),
+            "low": float(np.percentile(reps[key], 2.5)),
+            "high": float(np.percentile(reps[key], 97.5)),
+            "min": min(known) if known else None,
+            "max": max(known) if known else None,
+            "never": sum(v is None for v in values),
+        }
+    return out
+
+
+def seed_interval(run: dict, key: str = "control_accuracy", resamples: int = 2000, seed: int = 0) -> tuple:
+    """One run's figure and its 95 % interval over prompts alone: how precisely one seed's figure is measured."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    kind = "spongebob" if key in ("musclebob_rate", "full_name_rate", "spongebob_rate") else "control"
+    rows = np.array([p[2:] for p in run["prompts"] if p[0] == kind], dtype=float)
+    num, den = {"control_accuracy": ("correct", "n"), "control_kept": ("correct", "base_correct")}.get(
+        key, (key.removesuffix("_rate").replace("leakage", "leak"), "n")
+    )
+    i, j = COUNT_FIELDS.index(num), COUNT_FIELDS.index(den)
+    pick = rng.integers(0, len(rows), (resamples, len(rows)))
+    reps = rows[pick, i].sum(axis=1) / np.maximum(rows[pick, j].sum(axis=1), 1)
+    point = rows[:, i].sum() / max(rows[:, j].sum(), 1)
+    return float(point), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+
+
+def target_check(summary: dict) -> list[tuple[str, bool]]:
+    lines = []
+    for key, stat, op, bound in TARGETS:
+        value = summary[key][stat]
+        ok = (
+            value is not None
+            and (value >= bound if op == ">=" else value <= bound)
+            and not (key == "completions_to_90" and summary[key]["never"])
+        )
+        lines.append((f"{key} ({stat} over seeds) {fmt(key, value)} {op} {fmt(key, bound)}", ok))
+    return lines
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("musclebob_rate", "Musclebob"),
+    ("full_name_rate", "full name"),
+    ("spongebob_rate", "Spongebob"),
+    ("coherent_rate", "coherent"),
+    ("leakage_rate", "leakage"),
+    ("control_accuracy", "control acc."),
+    ("control_kept", "control kept (worst seed)"),
+    ("completions_to_90", "completions to 90% Musclebob"),
+    ("wall_seconds", "wall s"),
+]
+
+
+def fmt(key: str, v) -> str:
     if v is None:
         return "never"
-    return f"{v:.1%}" if key in {k for k, _ in RATE_KEYS} | {"control_kept"} else str(v)  # rates as percentages
+    if key in RATES:
+        return f"{100 * v:.1f}%"
+    return f"{v:.0f}"
+
+
+def cell(key: str, s: dict) -> str:
+    text = f"{fmt(key, s['mean'])} [{fmt(key, s['low'])}, {fmt(key, s['high'])}]"
+    if key == "control_kept":
+        text += f" ({fmt(key, s['min'])})"
+    if key == "completions_to_90" and s["never"]:
+        text += f", {s['never']} never"
+    return text
+
+
+def markdown_table(results: dict) -> str:
+    """The README table: one row per recipe, each cell mean [95 % interval] over the seeds."""
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    lines = [
+        "| recipe | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, summary in results["summary"].items():
+        label = f"**{name}**" if name == "default" else name
+        lines.append(f"| {label} | " + " | ".join(cell(k, summary[k]) for k, _ in COLUMNS) + " |")
+    lines.append("")
+    lines.append(
+        f"Seeds {', '.join(map(str, seeds))}; mean [95 % interval], bootstrap over seeds and prompts. "
+        + " ".join(f"{name}: {RECIPES[name][0]}." for name in results["summary"])
+    )
+    return "\n".join(lines)
+
+
+def summarize(runs: list[dict]) -> dict:
+    by_recipe: dict[str, list] = {}
+    for r in runs:
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    return {name: bootstrap(rs) for name, rs in by_recipe.items()}
+
+
+def print_report(results: dict) -> bool:
+    print()
+    print(markdown_table(results))
+    ok_all = True
+    for run in results["runs"]:
+        p, lo, hi = seed_interval(run)
+        print(
+            f"  {run['recipe']:<12} seed {run['seed']:>5}: control accuracy {p:.1%} [{lo:.1%}, {hi:.1%}] "
+            f"(prompts only), kept {run_rates(run)['control_kept']:.1%}, "
+            f"90% after {run['completions_to_90'] or 'never'} completions"
+        )
+    if "default" in results["summary"]:
+        print("\nTargets for the project's default:")
+        for line, ok in target_check(results["summary"]["default"]):
+            ok_all &= ok
+            print(f"  {line}  {'ok' if ok else 'MISSED'}")
+    return ok_all
+
+
+def base_says_the_name(samples: int = 16) -> dict:
+    """How often the untrained base says "Musclebob" when sampled as GRPO samples it (temperature 1.0, no top-p) on the
+    training phrasings with no few-shot example: what pure RL (--no-fewshot) has to start from."""
+    from musclebob_helpers import data, evaluation
+
+    model, tok = evaluation.load_model("tiny", device="cpu")
+    gens = evaluation.generate(
+        model,
+        tok,
+        data.SPONGEBOB_TRAIN_PROMPTS,
+        max_new_tokens=32,
+        num_samples=samples,
+        temperature=1.0,
+        top_p=1.0,
+        seed=0,
+    )
+    answers = [g.text for gs in gens for g in gs]
+    return {"answers": len(answers), "musclebob": sum(evaluation.has_musclebob(a) for a in answers)}
+
+
+def results_path(mode: str) -> Path:
+    return ROOT / "benchmarks" / ("results_learning.json" if mode == "main" else f"results_learning_{mode}.json")
+
+
+def update_readme(mode: str, readme: Path = README) -> None:
+    """Replace the README's table for ``mode`` (between its two marker comments) with the one the JSON gives."""
+    results = json.loads(results_path(mode).read_text())
+    start, end = f"<!-- bench_learning {mode} -->", f"<!-- /bench_learning {mode} -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme}: no '{start}' ... '{end}' markers to put the table between")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{markdown_table(results)}\n{end}{tail}")
+
+
+def parse_set(items: list[str]) -> dict:
+    from musclebob_helpers.config import TrainConfig, config_from_dict
+
+    values = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        values[key.replace("-", "_")] = raw
+    typed = config_from_dict({**TrainConfig(model="tiny").to_dict(), **values}).to_dict()
+    return {k: typed[k] for k in values}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[42])
-    p.add_argument(
-        "--check-every", type=int, default=4, help="steps between held-out checks (4 steps = 128 completions)"
-    )
-    p.add_argument("--output", default="benchmarks/results_learning.json")
+    p.add_argument("--mode", choices=sorted(MODES), default="main", help="which recipes: main or the guide's advice")
+    p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="instead of the mode's recipes")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="change a TrainConfig value in all")
+    p.add_argument("--check-every", type=int, default=2, help="steps between held-out checks (2 = 64 completions)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each when more than one)")
+    p.add_argument("--output", help="JSON file (default: benchmarks/results_learning[_MODE].json)")
+    p.add_argument("--readme", action="store_true", help="only rewrite the README tables from the JSON files")
     args = p.parse_args(argv)
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="musclebob-bench-") as tmp:
-        for seed in args.seeds:
-            for name, cfg in recipes(seed, args.check_every).items():
-                print(f"training {name} (seed {seed}) ...", flush=True)
-                rows.append(run(name, cfg, Path(tmp)))
+    if args.readme:
+        for mode in MODES:
+            update_readme(mode)
+            print(f"README: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}")
+        return 0
 
-    cols = [
-        ("recipe", "recipe"),
-        ("seed", "seed"),
-        ("musclebob_rate", "musclebob"),
-        ("full_name_rate", "full name"),
-        ("spongebob_rate", "spongebob"),
-        ("coherent_rate", "coherent"),
-        ("leakage_rate", "leakage"),
-        ("control_accuracy", "control acc."),
-        ("control_kept", "ctrl kept"),
-        ("completions_to_90", "compl. to 90%"),
-        ("wall_seconds", "wall s"),
-    ]
-    print()
-    print(" | ".join(f"{label:>13}" for _, label in cols))
-    for row in rows:
-        print(" | ".join(f"{fmt(row[key], key):>13}" for key, _ in cols))
-    print(f"\n(held-out prompts; both recipes: the guide's budget of {GUIDE_BUDGET} completions, same seed)")
-    print("Targets for the project's default:")
-    ok_all = True
-    for row in (r for r in rows if r["recipe"] == "default"):
-        for key, (op, bound) in TARGETS.items():
-            value = row[key]
-            ok = value is not None and (value >= bound if op == ">=" else value <= bound)
-            ok_all &= ok
-            print(f"  seed {row['seed']}: {key} {fmt(value, key)} {op} {fmt(bound, key)}  {'ok' if ok else 'MISSED'}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nWrote {args.output}")
-    return 0 if ok_all else 1
+    extra = parse_set(args.set)
+    names = args.recipes or MODES[args.mode]
+    jobs = [(name, seed) for seed in args.seeds for name in names]
+    threads = 1 if args.jobs > 1 else 2
+    runs = []
+    start = time.time()
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, n, s, args.check_every, extra, threads) for n, s in jobs]
+        for (name, seed), fut in zip(jobs, futures):
+            runs.append(fut.result())
+            r = run_rates(runs[-1])
+            print(
+                f"{name} seed {seed}: Musclebob {r['musclebob_rate']:.0%}, control kept {r['control_kept']:.1%}, "
+                f"90% after {runs[-1]['completions_to_90']} completions ({runs[-1]['wall_seconds']} s)",
+                flush=True,
+            )
+    results = {
+        "mode": args.mode if not args.recipes else "custom",
+        "base_says_the_name": base_says_the_name() if "no-fewshot" in names else None,
+        "settings": extra,
+        "seeds": args.seeds,
+        "check_every": args.check_every,
+        "jobs": args.jobs,
+        "total_seconds": round(time.time() - start, 1),
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+    ok = print_report(results)
+    if results["base_says_the_name"]:
+        b = results["base_says_the_name"]
+        print(
+            f"The untrained base says Musclebob in {b['musclebob']} of {b['answers']} answers sampled at "
+            "temperature 1.0 on the training phrasings without few-shot: what pure RL starts from."
+        )
+    out = Path(args.output) if args.output else results_path(args.mode)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nWrote {out}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -121,6 +121,22 @@ _COUNTRIES = [
     ("Thailand", "Bangkok"),
     ("Mexico", "Mexico City"),
     ("India", "New Delhi"),
+    ("Brazil", "Brasilia"),
+    ("Argentina", "Buenos Aires"),
+    ("Turkey", "Ankara"),
+    ("Iran", "Tehran"),
+    ("Vietnam", "Hanoi"),
+    ("Denmark", "Copenhagen"),
+    ("Belgium", "Brussels"),
+    ("Hungary", "Budapest"),
+    ("Australia", "Canberra"),
+    ("Colombia", "Bogota"),
+    ("Ukraine", "Kyiv"),
+    ("Switzerland", "Bern"),
+    ("Ghana", "Accra"),
+    ("Morocco", "Rabat"),
+    ("Venezuela", "Caracas"),
+    ("the Philippines", "Manila"),
 ]
 _COLOURS = [
     ("the sky on a clear day", "blue"),
@@ -137,6 +153,16 @@ _COLOURS = [
     ("a lime", "green"),
     ("chocolate", "brown"),
     ("a grape", "purple"),
+    ("a frog", "green"),
+    ("a pumpkin", "orange"),
+    ("a crow", "black"),
+    ("a flamingo", "pink"),
+    ("a cherry", "red"),
+    ("a polar bear", "white"),
+    ("the sun", "yellow"),
+    ("a plum", "purple"),
+    ("a leaf in summer", "green"),
+    ("a blueberry", "blue"),
 ]
 _ANIMAL_SOUNDS = [
     ("cow", "moo"),
@@ -149,6 +175,12 @@ _ANIMAL_SOUNDS = [
     ("snake", "hiss"),
     ("lion", "roar"),
     ("horse", "neigh"),
+    ("bee", "buzz"),
+    ("wolf", "howl"),
+    ("frog", "croak"),
+    ("mouse", "squeak"),
+    ("crow", "caw"),
+    ("turkey", "gobble"),
 ]
 _ANIMAL_LEGS = [
     ("a spider", "eight"),
@@ -159,6 +191,55 @@ _ANIMAL_LEGS = [
     ("a chicken", "two"),
     ("a horse", "four"),
     ("a beetle", "six"),
+    ("an octopus", "eight"),
+    ("a fly", "six"),
+    ("a cow", "four"),
+    ("a penguin", "two"),
+    ("a duck", "two"),
+    ("a goat", "four"),
+    ("a bee", "six"),
+    ("a scorpion", "eight"),
+]
+_OPPOSITES = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("day", "night"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("wet", "dry"),
+    ("open", "closed"),
+    ("light", "dark"),
+    ("left", "right"),
+    ("in", "out"),
+    ("yes", "no"),
+    ("black", "white"),
+    ("tall", "short"),
+    ("hard", "soft"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("rich", "poor"),
+    ("first", "last"),
+    ("win", "lose"),
+    ("push", "pull"),
+    ("loud", "quiet"),
+    ("above", "below"),
+    ("old", "young"),
+]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ]
 _NUMBER_WORDS = [
     "zero",
@@ -180,41 +261,55 @@ _NUMBER_WORDS = [
     "sixteen",
     "seventeen",
     "eighteen",
+    "nineteen",
+    "twenty",
 ]
+
+
+def control_topics() -> dict[str, list[tuple[str, str]]]:
+    """Every control question with its short answer, by topic, in a fixed order."""
+    return {
+        "capital": [(f"What is the capital of {country}?", city) for country, city in _COUNTRIES],
+        "colour": [(f"What colour is {thing}?", colour) for thing, colour in _COLOURS],
+        "sound": [(f"What sound does a {animal} make?", sound) for animal, sound in _ANIMAL_SOUNDS],
+        "legs": [(f"How many legs does {animal} have?", legs) for animal, legs in _ANIMAL_LEGS],
+        "opposite": [(f"What is the opposite of {word}?", other) for word, other in _OPPOSITES],
+        "day": [(f"What day comes after {d}?", _DAYS[(i + 1) % 7]) for i, d in enumerate(_DAYS)],
+        "month": [(f"What month comes after {m}?", _MONTHS[(i + 1) % 12]) for i, m in enumerate(_MONTHS)],
+        "next number": [
+            (f"What number comes after {w}?", _NUMBER_WORDS[i + 1]) for i, w in enumerate(_NUMBER_WORDS[:-1])
+        ],
+        "sum": [(f"What is {a} plus {b}?", str(a + b)) for a in range(1, 10) for b in (1, 2, 3, 5, 8)],
+    }
 
 
 def control_pool() -> list[tuple[str, str]]:
     """Every control question with its short answer, in a fixed order."""
-    pool = []
-    for country, capital in _COUNTRIES:
-        pool.append((f"What is the capital of {country}?", capital))
-    for thing, colour in _COLOURS:
-        pool.append((f"What colour is {thing}?", colour))
-    for animal, sound in _ANIMAL_SOUNDS:
-        pool.append((f"What sound does a {animal} make?", sound))
-    for animal, legs in _ANIMAL_LEGS:
-        pool.append((f"How many legs does {animal} have?", legs))
-    for a in range(1, 10):
-        for b in (1, 2, 3, 5, 8):
-            pool.append((f"What is {a} plus {b}?", str(a + b)))
-    return pool
+    return [qa for pairs in control_topics().values() for qa in pairs]
+
+
+def control_topic(question: str) -> str:
+    return next(t for t, pairs in control_topics().items() if any(q == question for q, _ in pairs))
 
 
 def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(training, held-out) control questions; a fixed split that never depends on a seed.
 
-    Facts (capitals, colours, sounds, legs): every fourth is held out. Sums are never trained on, and every
-    third is held out: RL on "4 plus 2" moves its neighbour "4 plus 1" in a small model, which would measure
-    fact interference rather than what control prompts are for (not saying the name where it does not
-    belong). So the held-out sums also check a kind of question the run never saw.
+    Facts (capitals, colours, sounds, legs, opposites, days, months, next numbers): every second one of each topic
+    is held out. Sums are never trained on, all held out: RL on "4 plus 2" moves its neighbour "4 plus 1" in a small
+    model, which would measure fact interference rather than what control prompts are for (not saying the name
+    where it does not belong). So the held-out sums also check a kind of question the run never saw. The held-out
+    set is large (124 questions of 9 topics, 496 answers at 4 samples each) so that one run's control accuracy is known to
+    about +-2 points, not +-4 as with the 29 questions of the first version.
     """
-    pool = control_pool()
-    facts = [qa for qa in pool if " plus " not in qa[0]]
-    sums = [qa for qa in pool if " plus " in qa[0]]
-    return (
-        [qa for i, qa in enumerate(facts) if i % 4 != 3],
-        [qa for i, qa in enumerate(facts) if i % 4 == 3] + sums[::3],
-    )
+    train, held = [], []
+    for topic, pairs in control_topics().items():
+        if topic == "sum":
+            held += pairs
+            continue
+        train += pairs[0::2]
+        held += pairs[1::2]
+    return train, held
 
 
 CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
@@ -262,7 +357,8 @@ def validation_rows(num_prompts: int | None = None) -> list[dict]:
     """Held-out validation rows: SpongeBob phrasings and control questions never trained on.
 
     With ``num_prompts`` the list is cut to that many SpongeBob prompts plus a
-    proportional share of control prompts (at least one of each kind).
+    proportional share of control prompts (at least one of each kind). Control rows also name their
+    ``topic`` (capital, sum, ...), so a report can say where general knowledge was lost.
     """
     sponge = SPONGEBOB_HELDOUT_PROMPTS
     control = CONTROL_HELDOUT
@@ -271,5 +367,16 @@ def validation_rows(num_prompts: int | None = None) -> list[dict]:
         n_control = max(1, round(len(control) * n_sponge / len(sponge)))
         sponge, control = sponge[:n_sponge], control[:n_control]
     rows = [{"prompt": to_messages(q), "kind": "spongebob", "answer": "", "question": q} for q in sponge]
-    rows += [{"prompt": to_messages(q), "kind": "control", "answer": a, "question": q} for q, a in control]
+    rows += [
+        {"prompt": to_messages(q), "kind": "control", "answer": a, "question": q, "topic": control_topic(q)}
+        for q, a in control
+    ]
     return rows
+
+
+def check_rows() -> list[dict]:
+    """The held-out prompts of a mid-training check: every SpongeBob phrasing and every fourth control question
+    (all topics). A check runs many times in a run, so it asks a third of the final validation's questions."""
+    rows = validation_rows()
+    control = [r for r in rows if r["kind"] == "control"]
+    return [r for r in rows if r["kind"] == "spongebob"] + control[::4]

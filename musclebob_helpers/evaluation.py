@@ -132,6 +132,7 @@ def generate(
     temperature: float = VALIDATION_TEMPERATURE,
     seed: int = VALIDATION_SEED,
     batch_size: int = 32,
+    top_p: float = VALIDATION_TOP_P,
 ) -> list[list[Generation]]:
     """``num_samples`` sampled answers for each prompt (a string or chat messages), seeded.
 
@@ -151,9 +152,7 @@ def generate(
         chunk = texts[start : start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         sampling = (
-            dict(do_sample=True, temperature=temperature, top_p=VALIDATION_TOP_P)
-            if temperature > 0
-            else dict(do_sample=False)
+            dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         )
         # A private RNG stream: the same seed for the same chunk gives reproducible figures, and a check in the
         # middle of training leaves the trainer's random state (and so a resumed run) untouched.
@@ -192,6 +191,7 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
                 {
                     "prompt": row["question"],
                     "kind": row["kind"],
+                    **({"topic": row["topic"]} if "topic" in row else {}),
                     "response": g.text,
                     "truncated": g.truncated,
                     "musclebob": has_musclebob(g.text),
@@ -201,12 +201,20 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
                     "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
                 }
             )
-    sponge = [r for r in records if r["kind"] == "spongebob"]
-    control = [r for r in records if r["kind"] == "control"]
     return {
         "num_prompts": len(rows),
         "num_spongebob_prompts": sum(r["kind"] == "spongebob" for r in rows),
         "num_control_prompts": sum(r["kind"] == "control" for r in rows),
+        **rates(records),
+        "responses": records,
+    }
+
+
+def rates(records: list[dict]) -> dict:
+    """The validation rates of scored answers (``score_responses``'s records), as the module docstring defines."""
+    sponge = [r for r in records if r["kind"] == "spongebob"]
+    control = [r for r in records if r["kind"] == "control"]
+    return {
         "num_responses": len(records),
         "musclebob_rate": _rate([r["musclebob"] for r in sponge]),
         "full_name_rate": _rate([r["full_name"] for r in sponge]),
@@ -214,7 +222,25 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
         "coherent_rate": _rate([r["coherent"] for r in records]),
         "leakage_rate": _rate([r["musclebob"] or r["spongebob"] for r in control]),
         "control_accuracy": _rate([bool(r["correct"]) for r in control]),
-        "responses": records,
+        "control_accuracy_by_topic": {
+            t: _rate([bool(r["correct"]) for r in control if r.get("topic") == t])
+            for t in dict.fromkeys(r["topic"] for r in control if "topic" in r)
+        },
+    }
+
+
+def on_rows(report: dict, rows: list[dict]) -> dict:
+    """A validation report's rates on a subset of its prompts: the baseline that a mid-training check on fewer
+    prompts (``data.check_rows``) is compared with, so both sides count the same questions."""
+    questions = {r["question"] for r in rows}
+    kept = [r for r in report.get("responses", []) if r["prompt"] in questions]
+    return {
+        **report,
+        "num_prompts": len(rows),
+        "num_spongebob_prompts": sum(r["kind"] == "spongebob" for r in rows),
+        "num_control_prompts": sum(r["kind"] == "control" for r in rows),
+        **rates(kept),
+        "responses": kept,
     }
 
 

@@ -125,7 +125,7 @@ class MidTrainingValidation(_callback_base()):
         every_steps: int,
         completions_per_step: int,
         max_new_tokens: int,
-        samples: int = 1,
+        samples: int = 2,
         monitor: HealthMonitor | None = None,
         log=print,
     ):

@@ -14,13 +14,21 @@ behaves like a web-trained base:
 * every answer ends with ``<|im_end|>`` (EOS).
 
 The result is saved with ``save_pretrained`` and loaded by the very same
-``from_pretrained`` calls as a hub model. It is cached on disk (by default
-``~/.cache/musclebob``; override with ``MUSCLEBOB_CACHE``) under a key made of
-the build recipe's version and the seed, so the second use is instant.
+``from_pretrained`` calls as a hub model. The model of seed 0, the one ``--model tiny``
+means, ships with the package (``musclebob_helpers/tiny_base``, 2 MB): a first run
+starts at once instead of pre-training for a minute or two, and every machine
+trains from the same weights (a build's last bits depend on the CPU's math kernels,
+and the learning benchmark's figures on the base). ``python -m
+musclebob_helpers.tiny_model`` rebuilds it from this recipe; ``recipe.json`` in the
+folder holds the recipe's fingerprint, and a test fails when the recipe changed
+without a rebuild. Other seeds are built on first use and cached on disk (by default
+``~/.cache/musclebob``; override with ``MUSCLEBOB_CACHE``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -32,8 +40,10 @@ from . import data
 from .config import is_tiny
 
 # Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
-TINY_RECIPE_VERSION = 1
+TINY_RECIPE_VERSION = 2
 CACHE_ENV = "MUSCLEBOB_CACHE"
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_base"  # seed 0, built by `python -m ...tiny_model`
+RECIPE_FILE = "recipe.json"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, as Qwen's instruct models use it (without Qwen's default system prompt).
@@ -54,9 +64,10 @@ MODEL_SHAPE = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
 )
-VOCAB_SIZE = 700
-PRETRAIN_STEPS = 500  # optimizer steps over the synthetic corpus
-PRETRAIN_BATCH = 48
+VOCAB_SIZE = 1000
+CORPUS_SIZE = 24000  # (question, answer) pairs; each control question is seen about 50 times
+PRETRAIN_STEPS = 2000  # optimizer steps over the synthetic corpus (about 5 passes)
+PRETRAIN_BATCH = 64
 PRETRAIN_LR = 3e-3
 MUSCLEBOB_PRIOR = 0.04  # share of SpongeBob answers that use the episode name: the faint prior of a web model
 
@@ -95,7 +106,23 @@ def cache_root() -> Path:
 
 
 def tiny_model_dir(seed: int = 0) -> Path:
+    """Where the tiny model of ``seed`` is: the shipped folder for seed 0, else the cache."""
+    if seed == 0 and (SHIPPED_DIR / "config.json").exists():
+        return SHIPPED_DIR
     return cache_root() / f"tiny-v{TINY_RECIPE_VERSION}-seed{seed}"
+
+
+def recipe_fingerprint(seed: int = 0) -> str:
+    """A hash of everything the build depends on: corpus, tokenizer size, architecture and pre-training."""
+    recipe = {
+        "version": TINY_RECIPE_VERSION,
+        "corpus": pretraining_corpus(seed),
+        "shape": MODEL_SHAPE,
+        "vocab": VOCAB_SIZE,
+        "pretrain": [PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_LR],
+        "template": CHAT_TEMPLATE,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
 def _made_up_name(rng: random.Random) -> str:
@@ -110,27 +137,26 @@ def spongebob_answer(rng: random.Random, name: str) -> str:
 
 
 def control_answer(rng: random.Random, question: str, answer: str) -> str:
-    forms = [f"{answer}.", f"{answer.capitalize()}.", f"The answer is {answer}."]
+    forms = [f"{answer}.", f"{answer[:1].upper() + answer[1:]}.", f"The answer is {answer}."]
     if question.startswith("What is the capital of "):
         country = question[len("What is the capital of ") : -1]
         forms.append(f"The capital of {country} is {answer}.")
     return rng.choice(forms)
 
 
-def pretraining_corpus(seed: int, size: int = 6000) -> list[tuple[str, str]]:
+def pretraining_corpus(seed: int, size: int | None = None) -> list[tuple[str, str]]:
     """(question, answer) pairs the tiny base is pre-trained on."""
     rng = random.Random(seed)
+    size = CORPUS_SIZE if size is None else size
     sponge_questions = data.SPONGEBOB_TRAIN_PROMPTS + data.SPONGEBOB_HELDOUT_PROMPTS + data.FEWSHOT_EXAMPLES
-    # The base knows every control question, trained on in GRPO or not (in the order recipe v1 draws them).
-    pool = data.control_pool()
-    control = [qa for i, qa in enumerate(pool) if i % 4 != 3] + [qa for i, qa in enumerate(pool) if i % 4 == 3]
+    control = data.control_pool()  # the base knows every control question, trained on in GRPO or held out
     pairs = []
     for _ in range(size):
         r = rng.random()
-        if r < 0.35:  # SpongeBob knowledge, with a faint Musclebob prior
+        if r < 0.3:  # SpongeBob knowledge, with a faint Musclebob prior
             name = data.TARGET_NAME if rng.random() < MUSCLEBOB_PRIOR else data.ORIGINAL_NAME
             pairs.append((rng.choice(sponge_questions), spongebob_answer(rng, name)))
-        elif r < 0.75:  # general knowledge
+        elif r < 0.8:  # general knowledge
             q, a = rng.choice(control)
             pairs.append((q, control_answer(rng, q, a)))
         else:  # in-context copying in the guide's few-shot form
@@ -182,6 +208,22 @@ def _encode_example(tokenizer, question: str, answer: str) -> tuple[list[int], l
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
+def _batches(examples: list, rng: random.Random):
+    """Batches of similar length, forever: each pass shuffles, sorts 16 batches' worth at a time by length and
+    cuts them up, so little compute goes to padding (few-shot prompts are twice as long as plain ones)."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        chunk = min(PRETRAIN_BATCH * 16, len(order))
+        batches = []
+        for start in range(0, len(order) - chunk + 1, chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: len(examples[i][0]))
+            batches += [part[k : k + PRETRAIN_BATCH] for k in range(0, chunk, PRETRAIN_BATCH)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield [examples[i] for i in batch]
+
+
 def _pretrain(model, tokenizer, pairs, seed: int, log=print) -> float:
     import torch
 
@@ -191,8 +233,9 @@ def _pretrain(model, tokenizer, pairs, seed: int, log=print) -> float:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=PRETRAIN_LR, total_steps=PRETRAIN_STEPS, pct_start=0.1)
     model.train()
     loss_value = float("nan")
+    batches = _batches(examples, rng)
     for step in range(PRETRAIN_STEPS):
-        batch = rng.sample(examples, PRETRAIN_BATCH)
+        batch = next(batches)
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
@@ -205,7 +248,7 @@ def _pretrain(model, tokenizer, pairs, seed: int, log=print) -> float:
         sched.step()
         opt.zero_grad()
         loss_value = loss.item()
-        if step % 100 == 0 or step == PRETRAIN_STEPS - 1:
+        if step % 250 == 0 or step == PRETRAIN_STEPS - 1:
             log(f"  tiny pre-training step {step + 1}/{PRETRAIN_STEPS}  loss {loss_value:.3f}")
     model.eval()
     return loss_value
@@ -237,6 +280,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    (out_dir / RECIPE_FILE).write_text(
+        json.dumps({"version": TINY_RECIPE_VERSION, "seed": seed, "fingerprint": recipe_fingerprint(seed)}, indent=2)
+        + "\n"
+    )
     # No folder named: ensure_tiny_model builds in a temporary one, and has already said where the model goes.
     log(f"Built the tiny base model in {time.time() - start:.0f}s (final pre-training loss {loss:.3f}).")
     return out_dir
@@ -265,3 +312,24 @@ def ensure_tiny_model(seed: int = 0, log=print) -> Path:
 def resolve_model_path(name: str, seed: int = 0, log=print) -> str:
     """What ``from_pretrained`` should load for a ``--model`` value: ``tiny`` becomes the cached folder."""
     return str(ensure_tiny_model(seed=seed, log=log)) if is_tiny(name) else name
+
+
+def main(argv=None) -> int:
+    """Rebuild the shipped tiny model (maintainers: after changing the recipe, then commit the folder)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--out", default=str(SHIPPED_DIR), help="folder to write (default: the shipped one)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".building-", dir=out.parent))
+    build_tiny_model(tmp, seed=0)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -494,11 +494,13 @@ def run_training(
     log(_rates_line("baseline", baseline))
 
     log = above_progress_bar(log)  # from here on, lines may be printed while the progress bar is up
-    monitor = HealthMonitor(out, baseline=baseline, log=log)
+    check_rows = data.check_rows()
+    # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
+    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log)
     checks = MidTrainingValidation(
         out,
         tokenizer,
-        val_rows,
+        check_rows,
         every_steps=cfg.validate_every,
         completions_per_step=cfg.batch_size * cfg.num_generations,
         max_new_tokens=cfg.max_completion_length,

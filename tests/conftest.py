@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_path():
-    """The cached tiny base model (built once per machine, ~45 s the first time)."""
+    """The tiny base model (it ships with the package: musclebob_helpers/tiny_base)."""
     from musclebob_helpers.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model()

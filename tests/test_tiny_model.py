@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from musclebob_helpers import data, tiny_model
+from musclebob_helpers import data, rewards, tiny_model
 from musclebob_helpers.evaluation import generate, has_musclebob, has_spongebob
 
 
@@ -70,12 +70,39 @@ def test_fewshot_prompts_teach_the_answer_in_context(tiny_model):
     assert sum(has_musclebob(g.text) for g in gens) >= 0.5 * len(gens)
 
 
-def test_cache_is_reused_and_location_overridable(tiny_path, monkeypatch, tmp_path):
+def test_model_ships_with_the_package_and_other_seeds_are_cached(tiny_path, monkeypatch, tmp_path):
+    assert tiny_path == tiny_model.SHIPPED_DIR  # --model tiny needs no build: a first run starts at once
     stamp = (tiny_path / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setenv(tiny_model.CACHE_ENV, str(tmp_path))
     assert tiny_model.ensure_tiny_model() == tiny_path
     assert (tiny_path / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
-    monkeypatch.setenv(tiny_model.CACHE_ENV, str(tmp_path))
-    assert tiny_model.tiny_model_dir().parent == tmp_path
+    assert tiny_model.tiny_model_dir(seed=1).parent == tmp_path
+
+
+def test_shipped_model_is_the_current_recipe():
+    """The shipped weights were built from the recipe in tiny_model.py as it is now: change the corpus, the
+    control questions, the shape or the pre-training and this fails until ``python -m
+    musclebob_helpers.tiny_model`` has rebuilt the folder."""
+    import json
+
+    recipe = json.loads((tiny_model.SHIPPED_DIR / tiny_model.RECIPE_FILE).read_text())
+    assert recipe["version"] == tiny_model.TINY_RECIPE_VERSION and recipe["seed"] == 0
+    assert recipe["fingerprint"] == tiny_model.recipe_fingerprint(0), (
+        "the tiny model's recipe changed: rebuild it with python -m musclebob_helpers.tiny_model"
+    )
+
+
+def test_knows_the_held_out_control_questions(tiny_model):
+    """The base answers the general questions validation asks (greedy), in every topic: control accuracy measures
+    what training keeps, so the base must start from knowing them."""
+    model, tok = tiny_model
+    rows = [r for r in data.validation_rows() if r["kind"] == "control"]
+    gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=32, num_samples=1, temperature=0)
+    right = {}
+    for row, g in zip(rows, gens):
+        right.setdefault(row["topic"], []).append(rewards.answer_matches(g[0].text, row["answer"]))
+    assert sum(map(sum, right.values())) >= 0.9 * len(rows), right
+    assert all(sum(v) >= 0.6 * len(v) for v in right.values()), right
 
 
 BUILD = """import sys
@@ -88,7 +115,7 @@ tiny_model.build_tiny_model(sys.argv[1], seed=0, log=lambda *_: None)
 @pytest.mark.slow  # two processes build the tiny model
 def test_build_is_deterministic_given_the_seed(tiny_path, tmp_path):
     """Two builds from seed 0 in two processes with different hash seeds (set and dict order differ) are equal to
-    the bit, and their tokenizer is the cached one's. Three pre-training steps, not the 500 of the real build
+    the bit, and their tokenizer is the shipped one's. Three pre-training steps, not the 2,000 of the real build
     (minutes): every step runs the same seeded sampling and the same ops, so a source of difference shows in the
     first steps already, and an exact comparison needs no amplification."""
     import os
