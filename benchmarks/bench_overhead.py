@@ -49,6 +49,7 @@ CALLBACK_PARTS = {
     "StepProgress": "progress",
     "AdapterBaseCallback": "adapter base",
 }
+WRITES, FSYNC = "json writes", "fsync"  # timed inside the callbacks above, so shown as parts of them
 RESULT = "RESULT "  # a child's last line: its figures as JSON
 
 
@@ -125,8 +126,8 @@ def time_writes(bucket: dict) -> None:
     from musclebob_helpers import monitoring, training
 
     for module in (training, monitoring):
-        module.write_json_atomic = timed(module.write_json_atomic, bucket, "json writes")
-    os.fsync = timed(os.fsync, bucket, "fsync")
+        module.write_json_atomic = timed(module.write_json_atomic, bucket, WRITES)
+    os.fsync = timed(os.fsync, bucket, FSYNC)
 
 
 def run_one(mode: str, spec: dict) -> dict:
@@ -275,21 +276,21 @@ def pair_table(runs: list[dict], summary: dict) -> list[str]:
 
 def share_table(projects: list[dict]) -> list[str]:
     """Median share of train() per part over the project runs."""
-    names = sorted({n for r in projects for n in r["parts_s"]}, key=lambda n: (n in ("json writes", "fsync"), n))
-    lines = [f"{'project code (share of train())':<34}{'seconds':>9}{'share':>8}"]
+    names = sorted({n for r in projects for n in r["parts_s"]}, key=lambda n: (n in (WRITES, FSYNC), n))
+    lines = [f"{'project code (share of train())':<36}{'seconds':>9}{'share':>8}"]
     total = 0.0
     for name in names:
         secs = statistics.median(r["parts_s"].get(name, 0.0) for r in projects)
         share = statistics.median(shares(r["parts_s"], r["train_s"]).get(name, 0.0) for r in projects)
-        inside = name in ("json writes", "fsync")
+        inside = name in (WRITES, FSYNC)
         total += 0.0 if inside else share
-        label = f"  incl. {name} (all callbacks)" if inside else name
-        lines.append(f"{label:<34}{secs:>9.3f}{share:>8.1%}")
-    lines.append(f"{'all our callbacks':<34}{'':>9}{total:>8.1%}")
+        label = f"  incl. {name} (any callback)" if inside else name
+        lines.append(f"{label:<36}{secs:>9.3f}{share:>8.1%}")
+    lines.append(f"{'all our callbacks':<36}{'':>9}{total:>8.1%}")
     return lines
 
 
-def growth_table(rows: list[dict], fit: tuple[float, float]) -> list[str]:
+def growth_table(rows: list[dict], fit: tuple[float, float] | None) -> list[str]:
     lines = [
         f"{'generations':<13}{'completions/step':>17}{'step s':>9}{'mean tokens':>13}{'hit limit':>11}",
     ]
@@ -298,7 +299,8 @@ def growth_table(rows: list[dict], fit: tuple[float, float]) -> list[str]:
             f"{r['num_generations']:<13}{r['completions_per_step']:>17}{r['step_s']:>9.3f}"
             f"{r['mean_length']:>13.1f}{r['clipped_ratio']:>11.1%}"
         )
-    lines.append(f"step ~ {fit[0]:.3f} s fixed + {fit[1]:.4f} s per completion")
+    if fit is not None:
+        lines.append(f"step ~ {fit[0]:.3f} s fixed + {fit[1]:.4f} s per completion")
     return lines
 
 
@@ -321,18 +323,33 @@ def main(argv=None) -> int:
             differs = config_differences(runs[0]["grpo_config"], r["grpo_config"]) or r["built_config_differs"]
             if differs:
                 raise RuntimeError(f"the {r['mode']} run trained with another GRPOConfig: {differs}")
+        default = make_config(spec)
+
+        def grown(g: int, **extra) -> dict:  # one epoch of --growth-steps steps, g completions per prompt
+            prompts = args.growth_steps * default.batch_size
+            return {
+                "overrides": {**given, "num_generations": g, "num_samples": prompts, "epochs": 1, **extra},
+                "output_dir": str(work / "growth"),
+            }
+
         growth = []
         for g in args.generations:
             print(f"growth: --num-generations {g} ...", flush=True)
-            prompts = args.growth_steps * make_config(spec).batch_size  # one epoch of --growth-steps steps
-            grown = {**given, "num_generations": g, "num_samples": prompts, "epochs": 1}
-            growth.append(measure("growth", {"overrides": grown, "output_dir": str(work / f"growth-{g}")}))
+            growth.append(measure("growth", grown(g)))
+        # The default row again with gradient checkpointing flipped: what it costs or saves here.
+        same = next((r for r in growth if r["num_generations"] == default.num_generations), None)
+        flipped = None
+        if same is not None:
+            print("growth: gradient checkpointing flipped ...", flush=True)
+            flip = not default.gradient_checkpointing
+            flipped = measure("growth", grown(default.num_generations, gradient_checkpointing=flip))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     summary = ratio_summary([(b["train_s"], p["train_s"]) for b, p in zip(runs[0::2], runs[1::2])])
     projects = [r for r in runs if r["mode"] == "project"]
-    fit = fit_line([r["completions_per_step"] for r in growth], [r["step_s"] for r in growth]) if growth else None
+    xs, ys = [r["completions_per_step"] for r in growth], [r["step_s"] for r in growth]
+    fit = fit_line(xs, ys) if len(set(xs)) > 1 else None  # a line needs two sizes
     first = runs[0]
     print(
         f"\nTiny defaults, --num-samples {args.num_samples} --epochs {args.epochs} --seed {args.seed}: "
@@ -346,6 +363,12 @@ def main(argv=None) -> int:
     if growth:
         print()
         print("\n".join(growth_table(growth, fit)))
+    if flipped:
+        on, off = (same, flipped) if same["gradient_checkpointing"] else (flipped, same)
+        print(
+            f"gradient checkpointing (--num-generations {same['num_generations']}): on {on['step_s']:.3f} s/step, "
+            f"off {off['step_s']:.3f} s/step (off/on {off['step_s'] / on['step_s']:.2f}x)"
+        )
     raw = {
         "settings": {**vars(args), "json": str(args.json), "overrides": given},
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
@@ -354,6 +377,7 @@ def main(argv=None) -> int:
         "grpo_config": runs[0]["grpo_config"],
         "growth": [{k: v for k, v in r.items() if k != "grpo_config"} for r in growth],
         "growth_fit": {"fixed_s": fit[0], "per_completion_s": fit[1]} if fit else None,
+        "checkpointing_flipped": {k: v for k, v in flipped.items() if k != "grpo_config"} if flipped else None,
     }
     from musclebob_helpers.io import write_json_atomic
 
