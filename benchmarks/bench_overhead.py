@@ -11,10 +11,10 @@
 nothing of ours; *project* is ``training.build_trainer``, the trainer ``run_training`` trains with (its sampler,
 reward history, health monitor, epoch-end checks, checkpoint rotation, progress). Only ``trainer.train()`` is
 timed. Runs alternate bare, project, bare, project ..., each in a fresh process (no allocator or thread state
-carried over) training into the same folder, so no ``GRPOConfig`` field differs, which the script checks. The
-ratio project/bare is given in wall seconds and in the process's CPU seconds (on a shared machine other
-processes move the first much more than the second). In the project runs each of our callbacks is wrapped with
-a timer (from here, not in the package), which gives the share of ``train()`` spent in our code.
+carried over) training into the same folder, so no ``GRPOConfig`` field differs, which the script checks. In the
+project runs each of our callbacks is wrapped with a timer (from here, not in the package): the share of
+``train()`` spent in our code, which machine load moves much less than the ratio (take the ratio on a quiet
+machine).
 
 **Growth.** Step time of the bare trainer for ``--generations`` completions per prompt (same prompts per step),
 the mean after two warm-up steps; a least-squares line gives the fixed cost per step and the cost per
@@ -186,16 +186,15 @@ def run_one(mode: str, spec: dict) -> dict:
             peft_config=lora_config(cfg),
         )
         context = contextlib.nullcontext()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     with context:
         trainer.train()
-    train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    train_s = time.perf_counter() - start
     # Between step ends: each difference is one step's time (logging included), from step WARMUP_STEPS + 1 on.
     steps = [b - a for a, b in zip(stamps[WARMUP_STEPS - 1 :], stamps[WARMUP_STEPS:])]
     return {
         "mode": mode,
         "train_s": train_s,
-        "cpu_s": cpu_s,
         "global_step": trainer.state.global_step,
         "completions_per_step": cfg.batch_size * cfg.num_generations,
         "num_generations": cfg.num_generations,
@@ -267,15 +266,12 @@ def overrides(args) -> dict:
     return given
 
 
-def pair_table(runs: list[dict], wall: dict, cpu: dict) -> list[str]:
-    lines = [f"{'pair':<6}{'bare train() s':>16}{'project train() s':>19}{'project/bare':>14}{'CPU s ratio':>13}"]
-    for i, (ratio, cpu_ratio) in enumerate(zip(wall["ratios"], cpu["ratios"])):
+def pair_table(runs: list[dict], summary: dict) -> list[str]:
+    lines = [f"{'pair':<6}{'bare train() s':>16}{'project train() s':>19}{'project/bare':>14}"]
+    for i, ratio in enumerate(summary["ratios"]):
         bare, project = runs[2 * i], runs[2 * i + 1]
-        lines.append(f"{i + 1:<6}{bare['train_s']:>16.2f}{project['train_s']:>19.2f}{ratio:>13.3f}x{cpu_ratio:>12.3f}x")
-    for name, summary in (("wall", wall), ("CPU", cpu)):
-        lines.append(
-            f"{name + ':':<6}median {summary['median']:.3f}x  (range {summary['min']:.3f}-{summary['max']:.3f}x)"
-        )
+        lines.append(f"{i + 1:<6}{bare['train_s']:>16.2f}{project['train_s']:>19.2f}{ratio:>13.3f}x")
+    lines.append(f"median {summary['median']:.3f}x  (range {summary['min']:.3f}-{summary['max']:.3f}x)")
     return lines
 
 
@@ -351,10 +347,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    pairs = list(zip(runs[0::2], runs[1::2]))
-    summary = ratio_summary([(b["train_s"], p["train_s"]) for b, p in pairs])
-    # CPU seconds of the process: what other processes on a shared machine do moves them far less than wall time.
-    cpu_summary = ratio_summary([(b["cpu_s"], p["cpu_s"]) for b, p in pairs])
+    summary = ratio_summary([(b["train_s"], p["train_s"]) for b, p in zip(runs[0::2], runs[1::2])])
     projects = [r for r in runs if r["mode"] == "project"]
     xs, ys = [r["completions_per_step"] for r in growth], [r["step_s"] for r in growth]
     fit = fit_line(xs, ys) if len(set(xs)) > 1 else None  # a line needs two sizes
@@ -364,7 +357,7 @@ def main(argv=None) -> int:
         f"{first['global_step']} steps of {first['completions_per_step']} completions, gradient checkpointing "
         f"{'on' if first['gradient_checkpointing'] else 'off'}; the same GRPOConfig in every run."
     )
-    print("\n".join(pair_table(runs, summary, cpu_summary)))
+    print("\n".join(pair_table(runs, summary)))
     print()
     print("\n".join(share_table(projects)))
     print(f"completions: mean {first['mean_length']:.1f} tokens, {first['clipped_ratio']:.1%} cut at the length limit")
@@ -381,7 +374,6 @@ def main(argv=None) -> int:
         "settings": {**vars(args), "json": str(args.json), "overrides": given},
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "ratio": summary,
-        "cpu_ratio": cpu_summary,
         "runs": [{k: v for k, v in r.items() if k != "grpo_config"} for r in runs],
         "grpo_config": runs[0]["grpo_config"],
         "growth": [{k: v for k, v in r.items() if k != "grpo_config"} for r in growth],
