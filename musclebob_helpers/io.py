@@ -13,8 +13,8 @@ def write_json_atomic(path: str | Path, obj, durable: bool = True) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file renamed into place, so the file is always whole.
 
     ``durable=False`` skips the fsync: a killed process never loses a renamed file (the kernel has it), fsync only
-    matters when the machine itself goes down, and it is most of what a small write costs. For files rewritten
-    often whose loss a crash can repair (the reward history: a resume rebuilds it from the checkpoint).
+    matters when the machine itself goes down, and it is often most of what a small write costs. For files
+    rewritten often whose loss a crash can repair (the reward history: a resume rebuilds it from the checkpoint).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

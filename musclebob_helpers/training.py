@@ -150,8 +150,9 @@ def make_callbacks(out_dir: str | Path, log=print):
             entry["time"] = round(time.time(), 2)
             self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
             if state.is_world_process_zero:
-                # No fsync each step (a few % of a tiny step): a kill keeps the renamed file, and after a machine
-                # crash on_train_begin rebuilds lost entries from the checkpoint's log. Made durable at the end.
+                # No fsync each step (1-2 % of a tiny run's train(), more when other writers keep the disk busy): a
+                # kill keeps the renamed file, and after a machine crash on_train_begin rebuilds lost entries from
+                # the checkpoint's log. Made durable at the end.
                 write_json_atomic(self.path, self.history, durable=False)
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -466,7 +467,6 @@ def run_training(
     ``checked``: the start-up check of the run folder (``run_dir.check``) when the caller made it (the CLI does,
     before printing the configuration); without it the values and the folder are checked here.
     """
-
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
     procs = process_state()
