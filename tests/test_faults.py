@@ -492,7 +492,10 @@ def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tm
     history_cb, _ = make_callbacks(tmp_path, log=lambda *a, **k: None)
     state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True, log_history=[])
     history_cb.on_train_begin(None, state, None)
-    steps_on_disk = lambda: [e["step"] for e in json.loads((tmp_path / "reward_history.json").read_text())]  # noqa: E731
+
+    def steps_on_disk():
+        return [e["step"] for e in json.loads((tmp_path / "reward_history.json").read_text())]
+
     for step in (1, 2, 3):
         state.global_step, state.epoch = step, step / 4
         history_cb.on_log(None, state, None, logs={"reward": float(step), "reward_std": 0.1})
