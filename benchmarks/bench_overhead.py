@@ -186,6 +186,9 @@ def run_one(mode: str, spec: dict) -> dict:
             peft_config=lora_config(cfg),
         )
         context = contextlib.nullcontext()
+    # The checkpoint writes (TRL's, in bare and project runs alike): what the same config costs both, for scale.
+    shared: dict[str, float] = {}
+    trainer._save_checkpoint = timed(trainer._save_checkpoint, shared, "checkpoint saves")
     start = time.perf_counter()
     with context:
         trainer.train()
@@ -201,6 +204,7 @@ def run_one(mode: str, spec: dict) -> dict:
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "step_s": statistics.fmean(steps) if steps else None,
         "parts_s": parts,
+        "shared_s": shared,
         **log_means(trainer.state.log_history),
         # What the trainer trained with: the same GRPOConfig in every bare and project run (checked by the parent).
         "grpo_config": plain(trainer.args),
@@ -288,6 +292,9 @@ def share_table(projects: list[dict]) -> list[str]:
         label = f"  incl. {name} (any callback)" if inside else name
         lines.append(f"{label:<36}{secs:>9.3f}{share:>8.1%}")
     lines.append(f"{'all our callbacks':<36}{'':>9}{total:>8.1%}")
+    saves = statistics.median(r["shared_s"].get("checkpoint saves", 0.0) for r in projects)
+    share = statistics.median(shares(r["shared_s"], r["train_s"]).get("checkpoint saves", 0.0) for r in projects)
+    lines.append(f"{'(checkpoint saves, bare and ours)':<36}{saves:>9.3f}{share:>8.1%}")
     return lines
 
 
