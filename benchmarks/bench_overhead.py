@@ -26,6 +26,7 @@ one run, not across machines.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -51,6 +52,7 @@ CALLBACK_PARTS = {
     "AdapterBaseCallback": "adapter base",
 }
 WRITES, FSYNC = "json writes", "fsync"  # timed inside the callbacks above, so shown as parts of them
+SAVES, REWARDS = "checkpoint saves", "reward functions"  # in bare and project runs alike
 RESULT = "RESULT "  # a child's last line: its figures as JSON
 
 
@@ -186,9 +188,10 @@ def run_one(mode: str, spec: dict) -> dict:
             peft_config=lora_config(cfg),
         )
         context = contextlib.nullcontext()
-    # The checkpoint writes (TRL's, in bare and project runs alike): what the same config costs both, for scale.
+    # Code that bare and project runs share, for scale: TRL's checkpoint writes and our reward functions.
     shared: dict[str, float] = {}
-    trainer._save_checkpoint = timed(trainer._save_checkpoint, shared, "checkpoint saves")
+    trainer._save_checkpoint = timed(trainer._save_checkpoint, shared, SAVES)
+    trainer.reward_funcs = [functools.wraps(f)(timed(f, shared, REWARDS)) for f in trainer.reward_funcs]
     start = time.perf_counter()
     with context:
         trainer.train()
@@ -292,9 +295,10 @@ def share_table(projects: list[dict]) -> list[str]:
         label = f"  incl. {name} (any callback)" if inside else name
         lines.append(f"{label:<36}{secs:>9.3f}{share:>8.1%}")
     lines.append(f"{'all our callbacks':<36}{'':>9}{total:>8.1%}")
-    saves = statistics.median(r["shared_s"].get("checkpoint saves", 0.0) for r in projects)
-    share = statistics.median(shares(r["shared_s"], r["train_s"]).get("checkpoint saves", 0.0) for r in projects)
-    lines.append(f"{'(checkpoint saves, bare and ours)':<36}{saves:>9.3f}{share:>8.1%}")
+    for name in (SAVES, REWARDS):  # in both runs: not overhead, but what the same config costs
+        secs = statistics.median(r["shared_s"].get(name, 0.0) for r in projects)
+        share = statistics.median(shares(r["shared_s"], r["train_s"]).get(name, 0.0) for r in projects)
+        lines.append(f"{'(' + name + ', in both runs)':<36}{secs:>9.3f}{share:>8.1%}")
     return lines
 
 

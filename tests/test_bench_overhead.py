@@ -116,5 +116,6 @@ def test_smallest_benchmark_prints_the_ratio_and_writes_its_figures(tmp_path, ti
     assert {"reward history", "epoch-end checks", "progress"} <= set(project)  # our callbacks were timed
     assert raw["runs"][0]["parts_s"] == {}  # the bare trainer runs nothing of ours
     assert all(r["shared_s"]["checkpoint saves"] > 0 for r in raw["runs"])  # both save the epoch's checkpoint
+    assert all(r["shared_s"]["reward functions"] > 0 for r in raw["runs"])  # and score with our rewards
     assert [g["completions_per_step"] for g in raw["growth"]] == [8, 16]  # 4 prompts x 2 and x 4
     assert raw["growth_fit"]["per_completion_s"] is not None
