@@ -209,6 +209,7 @@ def run_one(mode: str, spec: dict) -> dict:
         "parts_s": parts,
         "shared_s": shared,
         **log_means(trainer.state.log_history),
+        "rewards": [h["reward"] for h in trainer.state.log_history if "reward" in h],
         # What the trainer trained with: the same GRPOConfig in every bare and project run (checked by the parent).
         "grpo_config": plain(trainer.args),
         "built_config_differs": config_differences(plain(args), plain(trainer.args)),
@@ -372,6 +373,10 @@ def main(argv=None) -> int:
     print()
     print("\n".join(share_table(projects)))
     print(f"completions: mean {first['mean_length']:.1f} tokens, {first['clipped_ratio']:.1%} cut at the length limit")
+    # Same seed and data: the runs should do the same work, so a ratio's spread is the machine's, not the work's
+    # (past the first epoch the project's sampler orders prompts by seed + epoch, TRL's by one running generator).
+    same = all(r["rewards"] == first["rewards"] for r in runs)
+    print(f"every run logged the same reward at every step: {'yes' if same else 'no'}")
     if growth:
         print()
         print("\n".join(growth_table(growth, fit)))

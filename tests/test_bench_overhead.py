@@ -108,6 +108,7 @@ def test_smallest_benchmark_prints_the_ratio_and_writes_its_figures(tmp_path, ti
     )
     printed = capsys.readouterr().out
     assert "median" in printed and "s per completion" in printed
+    assert "the same reward at every step: yes" in printed  # one epoch: bare and project train alike
     raw = json.loads(out.read_text())
     assert [r["mode"] for r in raw["runs"]] == ["bare", "project"]
     assert all(r["global_step"] == 2 for r in raw["runs"])
