@@ -113,7 +113,8 @@ def make_callbacks(out_dir: str | Path, log=print):
     from transformers import TrainerCallback
 
     class RewardHistoryCallback(TrainerCallback):
-        """Writes ``reward_history.json`` after every logged step: one entry per optimizer step, in order.
+        """Writes ``reward_history.json`` after every logged step: one entry per optimizer step, in order (fsynced
+        at the end of training only).
 
         On resume the entries past the checkpoint's step are dropped first, so steps trained
         again replace their old entries instead of duplicating them.
@@ -148,6 +149,13 @@ def make_callbacks(out_dir: str | Path, log=print):
             entry = _history_entry({"epoch": state.epoch or 0, **logs}, state.global_step)
             entry["time"] = round(time.time(), 2)
             self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
+            if state.is_world_process_zero:
+                # No fsync each step (1-2 % of a tiny run's train(), more when other writers keep the disk busy): a
+                # kill keeps the renamed file, and after a machine crash on_train_begin rebuilds lost entries from
+                # the checkpoint's log. Made durable at the end.
+                write_json_atomic(self.path, self.history, durable=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 write_json_atomic(self.path, self.history)
 
@@ -393,6 +401,59 @@ def trainer_class():
     return _TRAINER_CLASS
 
 
+def build_trainer(
+    cfg: TrainConfig,
+    model,
+    tokenizer,
+    hardware: dict,
+    out: Path,
+    baseline: dict,
+    log=print,
+    callbacks=(),
+    num_processes: int = 1,
+):
+    """The trainer ``run_training`` trains with, and its ``HealthMonitor``: TRL's GRPOTrainer (``trainer_class``)
+    with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, health
+    monitor, mid-training checks, adapter base, checkpoint rotation, progress) before the caller's
+    ``callbacks``. A function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer."""
+    from datasets import Dataset
+
+    check_rows = data.check_rows()
+    # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
+    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log)
+    checks = MidTrainingValidation(
+        out,
+        tokenizer,
+        check_rows,
+        every_steps=cfg.validate_every,
+        completions_per_step=cfg.batch_size * cfg.num_generations,
+        max_new_tokens=cfg.max_completion_length,
+        monitor=monitor,
+        log=log,
+    )
+    rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
+    history_cb, progress = make_callbacks(out, log=log)
+    # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
+    trainer = trainer_class()(
+        model=model,
+        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
+        args=grpo_args(cfg, hardware, num_processes),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[
+            history_cb,
+            monitor,
+            checks,
+            *([make_adapter_callback(cfg.model)] if cfg.lora else []),
+            run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
+            *callbacks,
+        ],
+        peft_config=lora_config(cfg),
+    )
+    show_progress(trainer, progress)
+    return trainer, monitor
+
+
 def run_training(
     cfg: TrainConfig,
     log=print,
@@ -407,8 +468,6 @@ def run_training(
     ``checked``: the start-up check of the run folder (``run_dir.check``) when the caller made it (the CLI does,
     before printing the configuration); without it the values and the folder are checked here.
     """
-    from datasets import Dataset
-
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
     procs = process_state()
@@ -494,39 +553,17 @@ def run_training(
     log(_rates_line("baseline", baseline))
 
     log = above_progress_bar(log)  # from here on, lines may be printed while the progress bar is up
-    check_rows = data.check_rows()
-    # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
-    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log)
-    checks = MidTrainingValidation(
-        out,
+    trainer, monitor = build_trainer(
+        cfg,
+        model,
         tokenizer,
-        check_rows,
-        every_steps=cfg.validate_every,
-        completions_per_step=cfg.batch_size * cfg.num_generations,
-        max_new_tokens=cfg.max_completion_length,
-        monitor=monitor,
+        hardware,
+        out,
+        baseline,
         log=log,
+        callbacks=callbacks,
+        num_processes=procs.num_processes,
     )
-    rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    history_cb, progress = make_callbacks(out, log=log)
-    # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
-    trainer = trainer_class()(
-        model=model,
-        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
-        args=grpo_args(cfg, hardware, procs.num_processes),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=[
-            history_cb,
-            monitor,
-            checks,
-            *([make_adapter_callback(cfg.model)] if cfg.lora else []),
-            run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
-            *callbacks,
-        ],
-        peft_config=lora_config(cfg),
-    )
-    show_progress(trainer, progress)
 
     start = time.time()
     with library_output_hidden():

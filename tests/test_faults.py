@@ -477,3 +477,32 @@ def test_every_json_artifact_is_written_atomically():
         if p.name != "io.py" and any(s in p.read_text() for s in ("json.dump(", "save_to_json(", ".write_text(json"))
     ]
     assert writers == []
+
+
+def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tmp_path, monkeypatch):
+    """The per-step history write skips fsync (a kill keeps a renamed file; a crash is repaired on resume from the
+    checkpoint's log), the end of training makes it durable, and every other artifact is fsynced as before."""
+    from types import SimpleNamespace
+
+    from musclebob_helpers.io import write_json_atomic
+    from musclebob_helpers.training import make_callbacks
+
+    real_fsync, synced = os.fsync, []
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    history_cb, _ = make_callbacks(tmp_path, log=lambda *a, **k: None)
+    state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True, log_history=[])
+    history_cb.on_train_begin(None, state, None)
+
+    def steps_on_disk():
+        return [e["step"] for e in json.loads((tmp_path / "reward_history.json").read_text())]
+
+    for step in (1, 2, 3):
+        state.global_step, state.epoch = step, step / 4
+        history_cb.on_log(None, state, None, logs={"reward": float(step), "reward_std": 0.1})
+        assert steps_on_disk() == list(range(1, step + 1))  # renamed into place at every step
+    assert len(synced) == 1  # on_train_begin's write only (durable by default); none per step
+    assert not list(tmp_path.glob("*.tmp"))
+    history_cb.on_train_end(None, state, None)
+    assert len(synced) == 2 and steps_on_disk() == [1, 2, 3]
+    write_json_atomic(tmp_path / "final_validation.json", {"global_step": 3})
+    assert len(synced) == 3  # the run's other artifacts keep their fsync
