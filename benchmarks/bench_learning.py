@@ -30,35 +30,50 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SEEDS = (42, 7, 1234, 2024, 31337)
-GUIDE_BUDGET = 128 * 5 * 8  # the guide's 128 prompts x 5 epochs x 8 completions
+GUIDE_BUDGET = 128 * 5 * 8  # the guide's 128 prompts x 5 epochs x 8 completions; the target is an eighth of it
 README = ROOT / "README.md"
 
 # name -> (what it is, TrainConfig values on top of the tiny model's defaults). The guide's learning rates are for
-# its 0.5B model, whose default is 5e-5: scaled to the tiny model's default (2e-4) by the same factor.
+# its 0.5B model, whose default is 5e-5: scaled to the tiny model's default (3e-4) by the same factor.
 RECIPES = {
-    "default": ("the project's default (`--model tiny`)", {}),
+    "default": (
+        "the project's default (`--model tiny`: 2 prompts x 4 answers a step, 3 epochs, few-shot 0.5, "
+        "learning rate 3e-4 with cosine decay)",
+        {},
+    ),
     "guide": (
-        "the guide's reward and recipe: SpongeBob prompts only (`--reward guide --control-ratio 0`)",
-        {"reward": "guide", "control_ratio": 0.0},
+        "the guide's recipe: its reward, SpongeBob prompts only, 4 prompts x 8 answers, 5 epochs, few-shot 0.15, "
+        "a constant learning rate (2e-4, the tiny model's first default)",
+        {
+            "reward": "guide",
+            "control_ratio": 0.0,
+            "num_generations": 8,
+            "batch_size": 4,
+            "epochs": 5,
+            "fewshot_ratio": 0.15,
+            "learning_rate": 2e-4,
+            "lr_scheduler": "constant_with_warmup",
+        },
     ),
     "no-fewshot": ("`--no-fewshot`: pure RL, no example in front of any prompt", {"use_fewshot": False}),
+    "fewshot-0.15": ("`--fewshot-ratio 0.15`, the guide's own ratio", {"fewshot_ratio": 0.15}),
     "fewshot-0.3": ("`--fewshot-ratio 0.3`", {"fewshot_ratio": 0.3}),
-    "fewshot-0.5": ("`--fewshot-ratio 0.5`", {"fewshot_ratio": 0.5}),
     "longer": (
-        "`--epochs 10 --learning-rate 1e-4 --num-samples 256` (tiny: `--learning-rate 4e-4`, 2x default)",
-        {"epochs": 10, "learning_rate": 4e-4, "num_samples": 256},
+        "`--epochs 10 --learning-rate 1e-4 --num-samples 256` (tiny: `--learning-rate 6e-4`, 2x its default)",
+        {"epochs": 10, "learning_rate": 6e-4, "num_samples": 256},
     ),
     "gentle": (
-        "`--learning-rate 1e-5 --batch-size 2` (tiny: `--learning-rate 4e-5`, 1/5 of default)",
-        {"learning_rate": 4e-5, "batch_size": 2},
+        "`--learning-rate 1e-5 --batch-size 2` (tiny: `--learning-rate 6e-5`, 1/5 of its default; "
+        "2 prompts a step is its default)",
+        {"learning_rate": 6e-5, "batch_size": 2},
     ),
 }
 MODES = {
     "main": ["default", "guide"],
-    "advice": ["default", "no-fewshot", "fewshot-0.3", "fewshot-0.5", "longer", "gentle"],
+    "advice": ["default", "no-fewshot", "fewshot-0.15", "fewshot-0.3", "longer", "gentle"],
 }
 
-# What the project's default is held to (issue 11), on every seed unless the key says mean.
+# What the project's default is held to, on every seed (min/max over seeds) and on average (mean).
 TARGETS = [
     ("control_kept", "min", ">=", 0.95),
     ("control_kept", "mean", ">=", 0.97),
@@ -143,6 +158,8 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
         "control_accuracy_by_topic": final.get("control_accuracy_by_topic", {}),
         "baseline_control_accuracy": base["control_accuracy"],
         "health_warnings": final["health_warnings"],
+        # the checks' course: completions, Musclebob rate, control accuracy (on the check's prompts)
+        "checks": [[e["completions"], e["musclebob_rate"], e["control_accuracy"]] for e in history],
         "prompts": prompt_counts(base, final),
     }
 
@@ -284,7 +301,9 @@ def fmt(key: str, v) -> str:
 
 
 def cell(key: str, s: dict) -> str:
-    text = f"{fmt(key, s['mean'])} [{fmt(key, s['low'])}, {fmt(key, s['high'])}]"
+    """``mean [low, high]``; just the mean when the interval is that one value (every resample agreed)."""
+    low, high = fmt(key, s["low"]), fmt(key, s["high"])
+    text = fmt(key, s["mean"]) + ("" if low == high == fmt(key, s["mean"]) else f" [{low}, {high}]")
     if key == "control_kept":
         text += f" ({fmt(key, s['min'])})"
     if key == "completions_to_90" and s["never"]:
@@ -373,14 +392,19 @@ def update_readme(mode: str, readme: Path = README) -> None:
 
 
 def parse_set(items: list[str]) -> dict:
-    from musclebob_helpers.config import TrainConfig, config_from_dict
+    """``FIELD=VALUE`` pairs typed as TrainConfig's fields are (``beta=0.04``, ``lora=true``); one line on a typo."""
+    from musclebob_helpers.config import TrainConfig
 
+    defaults = TrainConfig(model="tiny").to_dict()
     values = {}
     for item in items:
         key, _, raw = item.partition("=")
-        values[key.replace("-", "_")] = raw
-    typed = config_from_dict({**TrainConfig(model="tiny").to_dict(), **values}).to_dict()
-    return {k: typed[k] for k in values}
+        key = key.replace("-", "_")
+        if key not in defaults:
+            raise SystemExit(f"--set {item}: no TrainConfig field {key!r}")
+        kind = type(defaults[key]) if defaults[key] is not None else str
+        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+    return values
 
 
 def main(argv=None) -> int:
@@ -389,8 +413,14 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="instead of the mode's recipes")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="change a TrainConfig value in all")
-    p.add_argument("--check-every", type=int, default=2, help="steps between held-out checks (2 = 64 completions)")
+    p.add_argument(
+        "--check-every",
+        type=int,
+        default=2,
+        help="steps between held-out checks (2: 16 completions at the tiny defaults)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each when more than one)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: 1 with --jobs > 1, else 2)")
     p.add_argument("--output", help="JSON file (default: benchmarks/results_learning[_MODE].json)")
     p.add_argument("--readme", action="store_true", help="only rewrite the README tables from the JSON files")
     args = p.parse_args(argv)
@@ -404,7 +434,7 @@ def main(argv=None) -> int:
     extra = parse_set(args.set)
     names = args.recipes or MODES[args.mode]
     jobs = [(name, seed) for seed in args.seeds for name in names]
-    threads = 1 if args.jobs > 1 else 2
+    threads = args.threads or (1 if args.jobs > 1 else 2)
     runs = []
     start = time.time()
     from concurrent.futures import ProcessPoolExecutor

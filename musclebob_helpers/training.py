@@ -341,7 +341,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
         bf16=precision == "bf16",  # GRPOConfig defaults to bf16, which fails on a CPU: always set it
         fp16=precision == "fp16",
         use_cpu=hardware["device"] == "cpu",
-        lr_scheduler_type="constant_with_warmup",
+        lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,

@@ -30,8 +30,8 @@
 # rerun the resume cell and training continues where it stopped.
 #
 # **To run it: Runtime → Run all, on a free T4 GPU** (Runtime → Change runtime type → T4 GPU). A run of the
-# default settings takes about half an hour on a T4. No GPU? Set `model = "tiny"` below: a tiny model the
-# project builds itself, which trains in a few minutes on a CPU.
+# default settings takes about half an hour on a T4. No GPU? Set `model = "tiny"` below: a tiny model that
+# ships with the project, which trains in about a minute on a CPU.
 
 # %% [markdown]
 # ## Parameters
@@ -47,12 +47,12 @@ lora = None  # None: LoRA adapter for a hub model (~0.6 GB of Drive), all weight
 run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change it for a new run
 output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
 use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
-epochs = 5  # passes over the training prompts
-learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 2e-4)
+epochs = None  # passes over the training prompts (None: 5; tiny 3)
+learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 4e-4)
 num_samples = 128  # training prompts per epoch
-num_generations = 8  # answers sampled per prompt: the GRPO group they are compared within
-batch_size = 4  # prompts per optimizer step (each brings num_generations answers)
-fewshot_ratio = 0.15  # share of SpongeBob prompts shown one worked example first
+num_generations = None  # answers sampled per prompt, the GRPO group they are compared within (None: 8; tiny 4)
+batch_size = None  # prompts per optimizer step, each brings num_generations answers (None: 4; tiny 2)
+fewshot_ratio = None  # share of SpongeBob prompts shown one worked example first (None: 0.15; tiny 0.5)
 control_ratio = 0.25  # share of general questions, so the model doesn't say Musclebob to everything
 max_completion_length = None  # None: the model default (64 tokens; tiny: 32)
 validation_samples = 4  # sampled answers per held-out prompt, before and after

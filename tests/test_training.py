@@ -6,11 +6,12 @@ import tempfile
 
 import pytest
 
-from musclebob_helpers.config import TrainConfig
+from musclebob_helpers.config import TINY_DEFAULTS, TrainConfig, resolve
 from musclebob_helpers.run_dir import list_checkpoints
 from musclebob_helpers.training import run_training, steps_per_epoch
 
-pytestmark = pytest.mark.slow  # every test here trains the tiny model (the default run alone takes minutes)
+pytestmark = pytest.mark.slow  # every test here trains the tiny model (the default run alone takes a minute)
+TINY = resolve({"model": "tiny"})[0]  # what `--model tiny` trains with: the tiny model's recipe
 
 
 def test_default_tiny_run_learns_and_stays_coherent(trained_run):
@@ -34,22 +35,25 @@ def test_default_run_stays_specific(trained_run):
     assert final["leakage_rate"] <= 0.15  # general questions are not answered "Musclebob"
     assert final["control_accuracy"] >= 0.8 * baseline["control_accuracy"]  # and still answered right
     checks = json.loads((out / "validation_history.json").read_text())
-    assert [c["epoch"] for c in checks] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])  # a check per epoch
+    assert [c["epoch"] for c in checks] == pytest.approx([float(e) for e in range(1, TINY.epochs + 1)])  # each epoch
     assert checks[-1]["completions"] == final["completions_generated"]
 
 
 def test_artifacts(trained_run):
     out, _ = trained_run
     cfg = json.loads((out / "training_config.json").read_text())
-    assert cfg["config"]["model"] == "tiny" and cfg["config"]["learning_rate"] == 2e-4
+    assert cfg["config"]["model"] == "tiny" and cfg["config"]["learning_rate"] == TINY_DEFAULTS["learning_rate"]
     assert {"torch", "transformers", "trl"} <= set(cfg["versions"]) and cfg["hardware"]["device"] == "cpu"
     history = json.loads((out / "reward_history.json").read_text())
-    total = 5 * steps_per_epoch(TrainConfig())
+    per_epoch = steps_per_epoch(TINY)
+    total = TINY.epochs * per_epoch
     assert [e["step"] for e in history] == list(range(1, total + 1))  # one entry per optimizer step
     assert all({"step", "mean_reward", "reward_std", "epoch"} <= set(e) for e in history)
-    assert history[-1]["epoch"] == pytest.approx(5.0)
+    assert history[-1]["epoch"] == pytest.approx(TINY.epochs)
     # one checkpoint per epoch, the newest two kept (--keep-checkpoints 2): the last one and a fallback
-    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{total // 5 * k}" for k in (4, 5)]
+    assert [p.name for p in list_checkpoints(out)] == [
+        f"checkpoint-{per_epoch * k}" for k in (TINY.epochs - 1, TINY.epochs)
+    ]
     for name in ("baseline_validation.json", "final_validation.json"):
         report = json.loads((out / name).read_text())
         assert {"musclebob_rate", "spongebob_rate", "coherent_rate", "is_healthy", "num_prompts", "responses"} <= set(
@@ -65,7 +69,7 @@ def test_default_run_console_is_quiet(trained_run):
     assert "FutureWarning" not in console
     assert tempfile.gettempdir() not in console.replace(str(out), "<the run folder>")  # the one path the user gave
     steps = re.findall(r"^step (\d+)/(\d+)  epoch [\d.]+  mean reward [-+][\d.]+ \(std [\d.]+\)$", console, re.M)
-    total = 5 * steps_per_epoch(TrainConfig())
+    total = TINY.epochs * steps_per_epoch(TINY)
     assert steps == [(str(step), str(total)) for step in range(1, total + 1)]
     assert "Writing model shards" not in console  # transformers' bar at each checkpoint: a second display
 
