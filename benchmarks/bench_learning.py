@@ -323,7 +323,8 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(k, summary[k]) for k, _ in COLUMNS) + " |")
     lines.append("")
     lines.append(
-        f"Seeds {', '.join(map(str, seeds))}; mean [95 % interval], bootstrap over seeds and prompts. "
+        f"Seeds {', '.join(map(str, seeds))}; mean [95 % interval], bootstrap over seeds and prompts; wall: seconds "
+        f"a run took with {results.get('jobs', 1)} at a time on 2 cores. "
         + " ".join(f"{name}: {RECIPES[name][0]}." for name in results["summary"])
     )
     return "\n".join(lines)

@@ -49,6 +49,8 @@ def test_each_flag_reaches_the_config(tmp_path):
         "0.9",
         "--beta",
         "0.02",
+        "--lr-scheduler",
+        "linear",
         "--lora",
         "--lora-r",
         "8",
@@ -97,6 +99,7 @@ def test_each_flag_reaches_the_config(tmp_path):
         max_completion_length=20,
         temperature=0.9,
         beta=0.02,
+        lr_scheduler="linear",
         lora=True,
         lora_r=8,
         lora_alpha=16,
@@ -162,7 +165,7 @@ def test_printed_config_reads_as_typed_with_its_source(tmp_path):
     assert default[f"--output-dir {tmp_path / 'o'}"] == "you" and default["--preset (not set)"] == "default"
     tiny = printed(["--model", "tiny", "--no-fewshot", *out])
     assert tiny["--model tiny"] == "you" and tiny["--no-fewshot"] == "you"
-    assert tiny["--learning-rate 0.0002"] == tiny["--max-completion-length 32"] == "tiny-model default"
+    assert tiny["--learning-rate 0.0003"] == tiny["--max-completion-length 32"] == "tiny-model default"
     preset = printed(["--preset", "colab-a100", "--epochs", "2", *out])
     assert preset["--batch-size 8"] == preset["--no-gradient-checkpointing"] == "preset colab-a100"
     assert preset["--epochs 2"] == "you" and preset["--preset colab-a100"] == "you"
@@ -191,7 +194,7 @@ def _with_checkpoint(out):
 
 def _mismatched(out):
     _with_checkpoint(out)
-    (out / "training_config.json").write_text(json.dumps({"config": {"model": "tiny", "num_generations": 4}}))
+    (out / "training_config.json").write_text(json.dumps({"config": {"model": "tiny", "num_generations": 6}}))
 
 
 def _damaged_checkpoint(out):
@@ -253,13 +256,13 @@ BAD = [
     (
         ["--resume-from-checkpoint", "auto"],
         _mismatched,
-        "this run asks for --num-generations 8, but the run being resumed used --num-generations 4",
+        "this run asks for --num-generations 4, but the run being resumed used --num-generations 6",
     ),
     (
         ["--resume-from-checkpoint", "auto", "--model", "Qwen/Qwen2.5-0.5B-Instruct"],
         _mismatched,
         "asks for --model Qwen/Qwen2.5-0.5B-Instruct --num-generations 8, but the run being resumed used --model tiny "
-        "--num-generations 4",
+        "--num-generations 6",
     ),
     (["--bogus-flag"], None, "unrecognized arguments: --bogus-flag"),
     (["--overwrite=yes"], None, "--overwrite/--no-overwrite: ignored explicit argument 'yes'"),  # yes/no take none

@@ -10,7 +10,7 @@ import pytest
 
 from musclebob_helpers import compare, plots
 from musclebob_helpers import notebook as nb
-from musclebob_helpers.config import ConfigError, TrainConfig
+from musclebob_helpers.config import TINY_DEFAULTS, ConfigError, TrainConfig
 from musclebob_helpers.io import write_json_atomic
 
 
@@ -131,7 +131,7 @@ def quiet(*_a, **_k):
 
 def test_make_config_applies_model_defaults_and_refuses_bad_values(tmp_path):
     cfg = nb.make_config(model="tiny", learning_rate=None, epochs=2, output_dir=str(tmp_path), log=quiet)
-    assert cfg.learning_rate == 2e-4 and cfg.epochs == 2
+    assert cfg.learning_rate == TINY_DEFAULTS["learning_rate"] and cfg.epochs == 2  # None: the model's default
     assert nb.make_config(model="tiny", learning_rate=1e-3, output_dir=str(tmp_path), log=quiet).learning_rate == 1e-3
     with pytest.raises(ConfigError, match=r"--fewshot-ratio=1.5 is not allowed") as info:
         nb.make_config(model="tiny", fewshot_ratio=1.5, output_dir=str(tmp_path), log=quiet)
