@@ -375,8 +375,8 @@ def main(argv=None) -> int:
     print(f"completions: mean {first['mean_length']:.1f} tokens, {first['clipped_ratio']:.1%} cut at the length limit")
     # Same seed and data: the runs should do the same work, so a ratio's spread is the machine's, not the work's
     # (past the first epoch the project's sampler orders prompts by seed + epoch, TRL's by one running generator).
-    same = all(r["rewards"] == first["rewards"] for r in runs)
-    print(f"every run logged the same reward at every step: {'yes' if same else 'no'}")
+    identical = all(r["rewards"] == first["rewards"] for r in runs)
+    print(f"every run logged the same reward at every step: {'yes' if identical else 'no'}")
     if growth:
         print()
         print("\n".join(growth_table(growth, fit)))

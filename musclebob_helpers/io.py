@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 
@@ -16,13 +17,27 @@ def write_json_atomic(path: str | Path, obj, durable: bool = True) -> None:
     matters when the machine itself goes down, and it is often most of what a small write costs. For files
     rewritten often whose loss a crash can repair (the reward history: a resume rebuilds it from the checkpoint).
     """
-    path = Path(path)
+    _write_text_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n", durable)
+
+
+def json_list_item(item) -> str:
+    """One item of a JSON list, as ``write_json_atomic`` writes it inside the list."""
+    return textwrap.indent(json.dumps(item, indent=2, ensure_ascii=False), "  ")
+
+
+def write_json_list_atomic(path: str | Path, items: list[str], durable: bool = True) -> None:
+    """``write_json_atomic(path, list)``, byte for byte, from the items' ``json_list_item`` texts: a list that grows
+    by one item a step (the reward history) is then not encoded whole again at every step."""
+    _write_text_atomic(Path(path), ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n", durable)
+
+
+def _write_text_atomic(path: Path, text: str, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
-            fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+            fh.write(text)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

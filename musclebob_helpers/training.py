@@ -20,7 +20,7 @@ from pathlib import Path
 from . import data, evaluation, run_dir
 from .evaluation import precision_for
 from .config import ConfigError, TrainConfig, recommend_preset, steps_per_epoch, validate_config
-from .io import read_json, write_json_atomic
+from .io import json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
 from .monitoring import HealthMonitor, MidTrainingValidation
 from .rewards import make_reward_functions
@@ -123,6 +123,7 @@ def make_callbacks(out_dir: str | Path, log=print):
         def __init__(self):
             self.path = Path(out_dir) / HISTORY_FILE
             self.history: list[dict] = []
+            self.texts: list[str] = []  # each entry's JSON, encoded once
 
         def on_train_begin(self, args, state, control, **kwargs):
             old = read_json(self.path, default=[]) if state.global_step > 0 else []
@@ -140,24 +141,27 @@ def make_callbacks(out_dir: str | Path, log=print):
                     if "reward" in h and isinstance(h.get("step"), int) and h["step"] <= state.global_step
                 ]
             self.history = kept
+            self.texts = [json_list_item(e) for e in kept]
             if state.is_world_process_zero:
-                write_json_atomic(self.path, self.history)
+                write_json_list_atomic(self.path, self.texts)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "reward" not in logs:
                 return
             entry = _history_entry({"epoch": state.epoch or 0, **logs}, state.global_step)
             entry["time"] = round(time.time(), 2)
-            self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
+            kept = [i for i, e in enumerate(self.history) if e["step"] < entry["step"]]
+            self.history = [self.history[i] for i in kept] + [entry]
+            self.texts = [self.texts[i] for i in kept] + [json_list_item(entry)]
             if state.is_world_process_zero:
                 # No fsync each step (1-2 % of a tiny run's train(), more when other writers keep the disk busy): a
                 # kill keeps the renamed file, and after a machine crash on_train_begin rebuilds lost entries from
                 # the checkpoint's log. Made durable at the end.
-                write_json_atomic(self.path, self.history, durable=False)
+                write_json_list_atomic(self.path, self.texts, durable=False)
 
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                write_json_atomic(self.path, self.history)
+                write_json_list_atomic(self.path, self.texts)
 
     class StepProgress(TrainerCallback):
         """The one progress display of a run: in a terminal a tqdm bar with the latest reward in its postfix;

@@ -479,6 +479,15 @@ def test_every_json_artifact_is_written_atomically():
     assert writers == []
 
 
+@pytest.mark.parametrize("items", [[], [{"step": 1}], [{"step": 1, "x": [1.5, "ü"]}, {"step": 2, "y": None}]])
+def test_a_list_written_from_its_items_texts_is_the_same_file(tmp_path, items):
+    from musclebob_helpers.io import json_list_item, write_json_atomic, write_json_list_atomic
+
+    write_json_atomic(tmp_path / "whole.json", items)
+    write_json_list_atomic(tmp_path / "items.json", [json_list_item(i) for i in items])
+    assert (tmp_path / "items.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+
+
 def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tmp_path, monkeypatch):
     """The per-step history write skips fsync (a kill keeps a renamed file; a crash is repaired on resume from the
     checkpoint's log), the end of training makes it durable, and every other artifact is fsynced as before."""
