@@ -99,7 +99,7 @@ def test_time_our_callbacks_times_ours_only_and_keeps_what_they_do(tmp_path):
 @pytest.mark.slow  # four training processes (one pair, two growth rows) on the tiny model, ~40 s
 def test_smallest_benchmark_prints_the_ratio_and_writes_its_figures(tmp_path, tiny_path, capsys):
     out = tmp_path / "overhead.json"
-    # 8 prompts at 4 a step: 2 steps and one epoch end; growth rows of 3 steps (2 warm-up + 1 timed).
+    # 8 prompts at 2 a step (the tiny recipe): 4 steps and one epoch end; growth rows of 3 steps (2 warm-up + 1 timed).
     assert (
         bench.main(
             ["--pairs", "1", "--num-samples", "8", "--generations", "2", "4", "--growth-steps", "3", "--json", str(out)]
@@ -111,12 +111,12 @@ def test_smallest_benchmark_prints_the_ratio_and_writes_its_figures(tmp_path, ti
     assert "the same reward at every step: yes" in printed  # one epoch: bare and project train alike
     raw = json.loads(out.read_text())
     assert [r["mode"] for r in raw["runs"]] == ["bare", "project"]
-    assert all(r["global_step"] == 2 for r in raw["runs"])
+    assert all(r["global_step"] == 4 for r in raw["runs"])
     assert raw["ratio"]["ratios"] == [round(raw["runs"][1]["train_s"] / raw["runs"][0]["train_s"], 4)]
     project = raw["runs"][1]["parts_s"]
     assert {"reward history", "epoch-end checks", "progress"} <= set(project)  # our callbacks were timed
     assert raw["runs"][0]["parts_s"] == {}  # the bare trainer runs nothing of ours
     assert all(r["shared_s"]["checkpoint saves"] > 0 for r in raw["runs"])  # both save the epoch's checkpoint
     assert all(r["shared_s"]["reward functions"] > 0 for r in raw["runs"])  # and score with our rewards
-    assert [g["completions_per_step"] for g in raw["growth"]] == [8, 16]  # 4 prompts x 2 and x 4
+    assert [g["completions_per_step"] for g in raw["growth"]] == [4, 8]  # 2 prompts x 2 and x 4
     assert raw["growth_fit"]["per_completion_s"] is not None

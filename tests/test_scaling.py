@@ -28,16 +28,19 @@ quiet = lambda *a, **k: None  # noqa: E731
 
 
 def lora_cfg(out, **kw):
-    # 12 prompts x 2 epochs at 3 prompts a step: 8 steps, a checkpoint at 4. LoRA moves far fewer weights than
-    # full fine-tuning, so it wants a ~25x larger step on the tiny model (5e-3 learns in 8 steps, 2e-4 does not).
+    # 12 prompts x 2 epochs at 2 prompts a step: 12 steps, a checkpoint at 6. LoRA moves far fewer weights than
+    # full fine-tuning, so it wants a far larger step on the tiny model: 1e-2 with half the SpongeBob prompts
+    # carrying the name in a few-shot example takes the held-out Musclebob rate from 0 to ~75 % in 12 steps
+    # (3e-4 does not move it; 2e-2 breaks the general answers).
     settings = dict(
         model="tiny",
         output_dir=str(out),
         epochs=2,
         num_samples=12,
-        batch_size=3,
+        batch_size=2,
         num_generations=4,
-        learning_rate=5e-3,
+        learning_rate=1e-2,
+        fewshot_ratio=0.5,
         max_completion_length=24,
         validation_samples=1,
         lora=True,
@@ -80,7 +83,7 @@ def test_lora_run_saves_an_adapter_that_changes_answers(lora_run, tiny_model):
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     for folder in [out, *list_checkpoints(out)]:
         assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-6", "checkpoint-12"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
     # It learned: more Musclebob after than before.
     assert result["final"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
@@ -109,7 +112,7 @@ def test_merge_adapter_cli(lora_run, tmp_path):
     import merge_adapter
 
     out, _ = lora_run
-    assert merge_adapter.main([str(out / "checkpoint-4"), str(tmp_path / "m")]) == 0
+    assert merge_adapter.main([str(out / "checkpoint-6"), str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").exists()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "merge_adapter.py"), str(tmp_path), str(tmp_path / "x")],
@@ -126,7 +129,8 @@ def test_evaluation_cli_loads_an_adapter_folder(lora_run, tmp_path):
 
     out, result = lora_run
     report_path = tmp_path / "r.json"
-    assert test_musclebob.main(["--model", str(out), "--output", str(report_path)]) == 0
+    samples = str(lora_cfg(out).validation_samples)  # as many answers a prompt as the run's own validation
+    assert test_musclebob.main(["--model", str(out), "--num-samples", samples, "--output", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     # The same seeded validation as the run's own final one: the adapter, not the bare base, was evaluated.
     assert report["musclebob_rate"] == result["final"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
@@ -161,14 +165,14 @@ def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny
 
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        run_training(lora_cfg(cut), log=quiet, callbacks=[StopAfter(6)])
-    assert [p.name for p in list_checkpoints(cut)] == ["checkpoint-4"]
-    assert (cut / "checkpoint-4" / "adapter_model.safetensors").exists()
+        run_training(lora_cfg(cut), log=quiet, callbacks=[StopAfter(9)])
+    assert [p.name for p in list_checkpoints(cut)] == ["checkpoint-6"]
+    assert (cut / "checkpoint-6" / "adapter_model.safetensors").exists()
     messages = []
     resumed = run_training(lora_cfg(cut, resume_from_checkpoint="auto"), log=messages.append)
-    assert any("Resuming from" in m and "checkpoint-4" in m for m in messages)
-    assert resumed["global_step"] == 8
-    assert [e["step"] for e in json.loads((cut / "reward_history.json").read_text())] == list(range(1, 9))
+    assert any("Resuming from" in m and "checkpoint-6" in m for m in messages)
+    assert resumed["global_step"] == 12
+    assert [e["step"] for e in json.loads((cut / "reward_history.json").read_text())] == list(range(1, 13))
     assert (cut / "adapter_model.safetensors").exists()
     assert resumed["final"]["musclebob_rate"] > resumed["baseline"]["musclebob_rate"]
 
@@ -386,4 +390,6 @@ def test_gpu_check_cpu_path_trains_and_reports(tiny_path, tmp_path, capsys):
     assert capsys.readouterr().out.strip().startswith("No CUDA GPU here")
     assert gpu_check.main(["--cpu-tiny", "--steps", "2", "--results", str(results)]) == 0
     row = json.loads(results.read_text())["cpu-tiny preset (fp32)"]
-    assert row["steps"] == 2 and row["completions_per_s"] > 0 and row["completions_per_step"] == 16
+    tiny = resolve({"preset": "cpu-tiny"})[0]
+    assert row["steps"] == 2 and row["completions_per_s"] > 0
+    assert row["completions_per_step"] == tiny.batch_size * tiny.num_generations
