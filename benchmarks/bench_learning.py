@@ -376,6 +376,18 @@ def base_says_the_name(samples: int = 16) -> dict:
     return {"answers": len(answers), "musclebob": sum(evaluation.has_musclebob(a) for a in answers)}
 
 
+def dump_results(results: dict) -> str:
+    """The results as JSON with one line per top-level key and per run: readable diffs, not 100,000 lines."""
+
+    def one(v):
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+    lines = [f"  {one(k)}: {one(v)}" for k, v in results.items() if k != "runs"]
+    runs = ",\n".join(f"    {one(r)}" for r in results.get("runs", []))
+    lines.append(f'  "runs": [\n{runs}\n  ]')
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def results_path(mode: str) -> Path:
     return ROOT / "benchmarks" / ("results_learning.json" if mode == "main" else f"results_learning_{mode}.json")
 
@@ -470,7 +482,7 @@ def main(argv=None) -> int:
             "temperature 1.0 on the training phrasings without few-shot: what pure RL starts from."
         )
     out = Path(args.output) if args.output else results_path(args.mode)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    out.write_text(dump_results(results))
     print(f"\nWrote {out}")
     return 0 if ok else 1
 
