@@ -49,15 +49,12 @@ def build_qwen_shaped(folder: Path) -> Path:
 def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations: int, max_len: int) -> dict:
     """Train ``steps`` GRPO steps in this process; returns timing and memory (the child's job)."""
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from musclebob_helpers import data, evaluation
-    from musclebob_helpers.lora import lora_config
+    from musclebob_helpers import evaluation
     from musclebob_helpers.config import TrainConfig
-    from musclebob_helpers.rewards import make_reward_functions
-    from musclebob_helpers.training import detect_hardware, grpo_args
+    from musclebob_helpers.training import detect_hardware, grpo_args, grpo_trainer
 
     hw = detect_hardware()
     out = tempfile.mkdtemp(prefix="bench-")
@@ -88,16 +85,7 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
 
     args = grpo_args(cfg, hw)
     args.save_strategy, args.disable_tqdm = "no", True
-    rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    trainer = GRPOTrainer(
-        model=m,
-        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(m, tok)),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        callbacks=[Clock()],
-        peft_config=lora_config(cfg),
-    )
+    trainer = grpo_trainer(cfg, m, tok, args, callbacks=[Clock()], trainer_cls=GRPOTrainer)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     deltas = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # drop the first two steps (warm-up)

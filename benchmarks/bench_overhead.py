@@ -136,18 +136,16 @@ def time_writes(bucket: dict) -> None:
 def run_one(mode: str, spec: dict) -> dict:
     """Train once as ``mode`` ('bare', 'project' or 'growth', the bare trainer with a step clock); the child's job."""
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
     from musclebob_helpers import data, evaluation
-    from musclebob_helpers.lora import lora_config
-    from musclebob_helpers.rewards import make_reward_functions
     from musclebob_helpers.training import (
         above_progress_bar,
         build_trainer,
         detect_hardware,
         grpo_args,
+        grpo_trainer,
         library_output_hidden,
     )
 
@@ -177,15 +175,9 @@ def run_one(mode: str, spec: dict) -> dict:
             def on_step_end(self, args, state, control, **kwargs):
                 stamps.append(time.perf_counter())
 
-        rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            callbacks=[Clock()] if mode == "growth" else [],
-            peft_config=lora_config(cfg),
+        # TRL's own GRPOTrainer, nothing of ours but the prompts and the rewards both runs train on.
+        trainer = grpo_trainer(
+            cfg, model, tokenizer, args, callbacks=[Clock()] if mode == "growth" else [], trainer_cls=GRPOTrainer
         )
         context = contextlib.nullcontext()
     # Code that bare and project runs share, for scale: TRL's checkpoint writes and our reward functions.

@@ -58,13 +58,11 @@ def build_qwen_shaped(folder: Path) -> Path:
 def run_variant(model_path: str, preset: str, overrides: dict, precision: str, steps: int, device: str) -> dict:
     """Train ``steps`` GRPO steps through the project's own trainer set-up; time and measure them."""
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
 
-    from musclebob_helpers import data, evaluation, lora, memory, training
+    from musclebob_helpers import evaluation, lora, memory, training
     from musclebob_helpers.config import preset_config
-    from musclebob_helpers.rewards import make_reward_functions
-    from musclebob_helpers.training import detect_hardware, grpo_args, trainer_class
+    from musclebob_helpers.training import detect_hardware, grpo_args, grpo_trainer
 
     out = tempfile.mkdtemp(prefix="gpu-check-")
     cfg = preset_config(preset, model=model_path, output_dir=out, epochs=1, **overrides)
@@ -91,17 +89,7 @@ def run_variant(model_path: str, preset: str, overrides: dict, precision: str, s
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    trainer = trainer_class()(
-        model=model,
-        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
-        args=args,
-        train_dataset=Dataset.from_list(
-            data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-        ),
-        processing_class=tokenizer,
-        callbacks=[Clock()],
-        peft_config=lora.lora_config(cfg),
-    )
+    trainer = grpo_trainer(cfg, model, tokenizer, args, callbacks=[Clock()])
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

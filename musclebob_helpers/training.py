@@ -405,6 +405,24 @@ def trainer_class():
     return _TRAINER_CLASS
 
 
+def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=(), trainer_cls=None):
+    """A GRPO trainer on the run's prompts (``data.build_train_rows``) and rewards, with ``args`` (``grpo_args``)
+    and ``cfg``'s LoRA adapter: ``trainer_class()`` in a run (``build_trainer`` adds the project's callbacks);
+    the benchmarks pass TRL's own ``GRPOTrainer`` to time it bare."""
+    from datasets import Dataset
+
+    rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
+    return (trainer_cls or trainer_class())(
+        model=model,
+        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        peft_config=lora_config(cfg),
+    )
+
+
 def build_trainer(
     cfg: TrainConfig,
     model,
@@ -420,8 +438,6 @@ def build_trainer(
     with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, health
     monitor, mid-training checks, adapter base, checkpoint rotation, progress) before the caller's
     ``callbacks``. A function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer."""
-    from datasets import Dataset
-
     check_rows = data.check_rows()
     # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
     monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log)
@@ -435,15 +451,13 @@ def build_trainer(
         monitor=monitor,
         log=log,
     )
-    rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
     history_cb, progress = make_callbacks(out, log=log)
     # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
-    trainer = trainer_class()(
-        model=model,
-        reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
-        args=grpo_args(cfg, hardware, num_processes),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
+    trainer = grpo_trainer(
+        cfg,
+        model,
+        tokenizer,
+        grpo_args(cfg, hardware, num_processes),
         callbacks=[
             history_cb,
             monitor,
@@ -452,7 +466,6 @@ def build_trainer(
             run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
             *callbacks,
         ],
-        peft_config=lora_config(cfg),
     )
     show_progress(trainer, progress)
     return trainer, monitor
