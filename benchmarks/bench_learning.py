@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from musclebob_helpers.evaluation import RATE_KEYS  # noqa: E402 -- the rates' names and labels, defined once
+
 SEEDS = (42, 7, 1234, 2024, 31337)
 GUIDE_BUDGET = 128 * 5 * 8  # the guide's 128 prompts x 5 epochs x 8 completions; the target is an eighth of it
 README = ROOT / "README.md"
@@ -84,15 +86,7 @@ TARGETS = [
     ("completions_to_90", "max", "<=", GUIDE_BUDGET // 8),
 ]
 # Figures from per-prompt counts (what the bootstrap resamples), then the per-run ones.
-RATES = [
-    "musclebob_rate",
-    "full_name_rate",
-    "spongebob_rate",
-    "coherent_rate",
-    "leakage_rate",
-    "control_accuracy",
-    "control_kept",
-]
+RATES = [key for key, _ in RATE_KEYS] + ["control_kept"]
 PER_RUN = ["completions_to_90", "wall_seconds"]
 COUNT_FIELDS = ["n", "musclebob", "full_name", "spongebob", "coherent", "correct", "leak", "base_correct"]
 
@@ -280,15 +274,10 @@ def target_check(summary: dict) -> list[tuple[str, bool]]:
 # --- tables --------------------------------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("musclebob_rate", "Musclebob"),
-    ("full_name_rate", "full name"),
-    ("spongebob_rate", "Spongebob"),
-    ("coherent_rate", "coherent"),
-    ("leakage_rate", "leakage"),
-    ("control_accuracy", "control acc."),
-    ("control_kept", "control kept (worst seed)"),
-    ("completions_to_90", "completions to 90% Musclebob"),
-    ("wall_seconds", "wall s"),
+    *RATE_KEYS,
+    ("control_kept", "Control kept (worst seed)"),
+    ("completions_to_90", "Completions to 90% Musclebob"),
+    ("wall_seconds", "Wall s"),
 ]
 
 
