@@ -289,7 +289,7 @@ def control_pool() -> list[tuple[str, str]]:
 
 
 def control_topic(question: str) -> str:
-    return next(t for t, pairs in control_topics().items() if any(q == question for q, _ in pairs))
+    return _TOPIC_OF[question]
 
 
 def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -313,6 +313,7 @@ def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
 
 CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
+_TOPIC_OF = {q: topic for topic, pairs in control_topics().items() for q, _ in pairs}
 
 
 def fewshot_prompt(example_question: str, prompt: str) -> str:

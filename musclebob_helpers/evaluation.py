@@ -201,12 +201,14 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
                     "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
                 }
             )
+    return {**_prompt_counts(rows), **rates(records), "responses": records}
+
+
+def _prompt_counts(rows: list[dict]) -> dict:
     return {
         "num_prompts": len(rows),
         "num_spongebob_prompts": sum(r["kind"] == "spongebob" for r in rows),
         "num_control_prompts": sum(r["kind"] == "control" for r in rows),
-        **rates(records),
-        "responses": records,
     }
 
 
@@ -234,14 +236,7 @@ def on_rows(report: dict, rows: list[dict]) -> dict:
     prompts (``data.check_rows``) is compared with, so both sides count the same questions."""
     questions = {r["question"] for r in rows}
     kept = [r for r in report.get("responses", []) if r["prompt"] in questions]
-    return {
-        **report,
-        "num_prompts": len(rows),
-        "num_spongebob_prompts": sum(r["kind"] == "spongebob" for r in rows),
-        "num_control_prompts": sum(r["kind"] == "control" for r in rows),
-        **rates(kept),
-        "responses": kept,
-    }
+    return {**report, **_prompt_counts(rows), **rates(kept), "responses": kept}
 
 
 def health(report: dict, baseline: dict | None = None) -> list[str]:
