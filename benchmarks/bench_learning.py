@@ -161,26 +161,53 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
 # --- statistics ----------------------------------------------------------------------------------------------------
 
 
+# How each rate adds up over the per-prompt counts, as evaluation.rates defines it: (prompts it counts over,
+# numerator, denominator). The point figures, the bootstrap and one run's interval all sum through this table.
+RATE_SUMS = {
+    "musclebob_rate": ("spongebob", "musclebob", "n"),
+    "full_name_rate": ("spongebob", "full_name", "n"),
+    "spongebob_rate": ("spongebob", "spongebob", "n"),
+    "coherent_rate": ("all", "coherent", "n"),
+    "leakage_rate": ("control", "leak", "n"),
+    "control_accuracy": ("control", "correct", "n"),
+    "control_kept": ("control", "correct", "base_correct"),
+}
+
+
+def rates_from_sums(sums: dict):
+    """Every rate from count sums by prompt kind (``sums[kind][..., field]``, numpy): one run's or many at once."""
+    import numpy as np
+
+    def field(kind, name):
+        return sums[kind][..., COUNT_FIELDS.index(name)]
+
+    return {key: field(k, num) / np.maximum(field(k, den), 1) for key, (k, num, den) in RATE_SUMS.items()}
+
+
+def _kind_sums(counts, kinds: dict) -> dict:
+    """One run's count sums over the prompts of each kind, and over all of them."""
+    sums = {k: counts[ix].sum(axis=0) for k, ix in kinds.items()}
+    sums["all"] = sums["spongebob"] + sums["control"]
+    return sums
+
+
+def _kinds(run: dict) -> dict:
+    import numpy as np
+
+    return {k: np.flatnonzero([p[0] == k for p in run["prompts"]]) for k in ("spongebob", "control")}
+
+
+def _counts(runs: list[dict]):
+    import numpy as np
+
+    return np.array([[p[2:] for p in r["prompts"]] for r in runs], dtype=float)  # runs x prompts x fields
+
+
 def run_rates(run: dict) -> dict:
     """The point figures of one run, from its per-prompt counts (the same sums as evaluation.rates)."""
-    sponge = [p[2:] for p in run["prompts"] if p[0] == "spongebob"]
-    control = [p[2:] for p in run["prompts"] if p[0] == "control"]
-    every = [p[2:] for p in run["prompts"]]
-
-    def total(rows, field):
-        return sum(r[COUNT_FIELDS.index(field)] for r in rows)
-
-    def rate(a, b):
-        return a / b if b else 0.0
-
+    rates = rates_from_sums(_kind_sums(_counts([run])[0], _kinds(run)))
     return {
-        "musclebob_rate": rate(total(sponge, "musclebob"), total(sponge, "n")),
-        "full_name_rate": rate(total(sponge, "full_name"), total(sponge, "n")),
-        "spongebob_rate": rate(total(sponge, "spongebob"), total(sponge, "n")),
-        "coherent_rate": rate(total(every, "coherent"), total(every, "n")),
-        "leakage_rate": rate(total(control, "leak"), total(control, "n")),
-        "control_accuracy": rate(total(control, "correct"), total(control, "n")),
-        "control_kept": rate(total(control, "correct"), total(control, "base_correct")),
+        **{key: float(v) for key, v in rates.items()},
         "completions_to_90": run["completions_to_90"],
         "wall_seconds": run["wall_seconds"],
     }
@@ -195,11 +222,9 @@ def bootstrap(runs: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    kinds = [np.array([p[0] == k for p in runs[0]["prompts"]]) for k in ("spongebob", "control")]
-    counts = np.array([[p[2:] for p in r["prompts"]] for r in runs], dtype=float)  # runs x prompts x fields
-    idx = {f: k for k, f in enumerate(COUNT_FIELDS)}
+    kinds = _kinds(runs[0])
+    counts = _counts(runs)
     n_runs = len(runs)
-    sponge_ix, control_ix = (np.flatnonzero(k) for k in kinds)
     reps = {key: np.empty(resamples) for key in RATES + PER_RUN}
     per_run = {
         key: np.array([r[key] if r[key] is not None else r["completions"] for r in runs], dtype=float)
@@ -207,22 +232,11 @@ def bootstrap(runs: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
     }
     for b in range(resamples):
         pick = rng.integers(0, n_runs, n_runs)
-        s = sponge_ix[rng.integers(0, len(sponge_ix), (n_runs, len(sponge_ix)))]
-        c = control_ix[rng.integers(0, len(control_ix), (n_runs, len(control_ix)))]
-        cs = counts[pick[:, None], s].sum(axis=1)  # runs x fields, SpongeBob prompts
-        cc = counts[pick[:, None], c].sum(axis=1)  # control prompts
-        every = cs + cc
-
-        def mean_rate(num, den):
-            return float(np.mean(num / np.maximum(den, 1)))
-
-        reps["musclebob_rate"][b] = mean_rate(cs[:, idx["musclebob"]], cs[:, idx["n"]])
-        reps["full_name_rate"][b] = mean_rate(cs[:, idx["full_name"]], cs[:, idx["n"]])
-        reps["spongebob_rate"][b] = mean_rate(cs[:, idx["spongebob"]], cs[:, idx["n"]])
-        reps["coherent_rate"][b] = mean_rate(every[:, idx["coherent"]], every[:, idx["n"]])
-        reps["leakage_rate"][b] = mean_rate(cc[:, idx["leak"]], cc[:, idx["n"]])
-        reps["control_accuracy"][b] = mean_rate(cc[:, idx["correct"]], cc[:, idx["n"]])
-        reps["control_kept"][b] = mean_rate(cc[:, idx["correct"]], cc[:, idx["base_correct"]])
+        prompts = {k: ix[rng.integers(0, len(ix), (n_runs, len(ix)))] for k, ix in kinds.items()}
+        sums = {k: counts[pick[:, None], ix].sum(axis=1) for k, ix in prompts.items()}  # runs x fields
+        sums["all"] = sums["spongebob"] + sums["control"]
+        for key, v in rates_from_sums(sums).items():
+            reps[key][b] = float(np.mean(v))
         for key in PER_RUN:
             reps[key][b] = float(np.mean(per_run[key][pick]))
     points = [run_rates(r) for r in runs]
@@ -246,16 +260,14 @@ def seed_interval(run: dict, key: str = "control_accuracy", resamples: int = 200
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    kind = "spongebob" if key in ("musclebob_rate", "full_name_rate", "spongebob_rate") else "control"
-    rows = np.array([p[2:] for p in run["prompts"] if p[0] == kind], dtype=float)
-    num, den = {"control_accuracy": ("correct", "n"), "control_kept": ("correct", "base_correct")}.get(
-        key, (key.removesuffix("_rate").replace("leakage", "leak"), "n")
-    )
-    i, j = COUNT_FIELDS.index(num), COUNT_FIELDS.index(den)
+    kind = RATE_SUMS[key][0]
+    counts = _counts([run])[0]
+    kinds = _kinds(run)
+    rows = counts if kind == "all" else counts[kinds[kind]]
     pick = rng.integers(0, len(rows), (resamples, len(rows)))
-    reps = rows[pick, i].sum(axis=1) / np.maximum(rows[pick, j].sum(axis=1), 1)
-    point = rows[:, i].sum() / max(rows[:, j].sum(), 1)
-    return float(point), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+    sums = rows[pick].sum(axis=1)  # resamples x fields
+    reps = rates_from_sums({"spongebob": sums, "control": sums, "all": sums})[key]
+    return float(run_rates(run)[key]), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
 
 
 def target_check(summary: dict) -> list[tuple[str, bool]]:
