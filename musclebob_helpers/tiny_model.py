@@ -294,15 +294,23 @@ def ensure_tiny_model(seed: int = 0, log=print) -> Path:
     target = tiny_model_dir(seed)
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     log(f"Building the tiny offline base model (once; cached in {target}) ...")
+    return _build_into(target, seed, log)
+
+
+def _build_into(target: Path, seed: int, log=print, replace: bool = False) -> Path:
+    """Build in a temporary sibling folder, then rename it to ``target``: a reader sees a whole model or none.
+    ``replace``: a model already there is removed first (a rebuild); else one that appeared meanwhile wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
     try:
         build_tiny_model(tmp, seed=seed, log=log)
+        if replace and target.exists():
+            shutil.rmtree(target)
         try:
-            tmp.rename(target)  # atomic: a reader sees a whole model or none
+            tmp.rename(target)
         except OSError:
-            if not (target / "config.json").exists():  # lost a race to a concurrent build: theirs is fine
+            if replace or not (target / "config.json").exists():  # lost a race to a concurrent build: theirs is fine
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -321,12 +329,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--out", default=str(SHIPPED_DIR), help="folder to write (default: the shipped one)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".building-", dir=out.parent))
-    build_tiny_model(tmp, seed=0)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out = _build_into(Path(args.out), seed=0, replace=True)
     print(f"Wrote {out}")
     return 0
 

@@ -143,3 +143,15 @@ def test_tiny_build_prints_no_temporary_folder(tmp_path, monkeypatch):
     assert (target / "config.json").exists() and lines
     assert all(str(tmp_path) not in line or f"cached in {target})" in line for line in lines), lines
     assert not any(".building-" in line for line in lines)
+
+
+def test_rebuild_command_replaces_the_folder_whole(tmp_path, monkeypatch):
+    """``python -m musclebob_helpers.tiny_model --out DIR`` (the maintainers' rebuild) writes a whole model, replaces
+    one already there, and leaves no temporary folder."""
+    monkeypatch.setattr(tiny_model, "PRETRAIN_STEPS", 2)  # the folder handling, not the model, is under test
+    monkeypatch.setattr(tiny_model, "CORPUS_SIZE", 300)
+    out = tmp_path / "tiny_base"
+    for _ in range(2):
+        assert tiny_model.main(["--out", str(out)]) == 0
+        assert (out / "config.json").exists() and (out / tiny_model.RECIPE_FILE).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny_base"]
