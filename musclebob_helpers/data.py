@@ -326,6 +326,17 @@ def to_messages(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+PROMPT_KINDS = ("spongebob", "fewshot", "control")  # what completions.jsonl calls each training prompt
+
+
+def prompt_kind(row: dict) -> str:
+    """A training row's kind as the completion log names it: ``control``, ``fewshot`` (a SpongeBob question after a
+    worked example) or ``spongebob``."""
+    if row["kind"] == "control":
+        return "control"
+    return "fewshot" if row["prompt"][-1]["content"] != row["question"] else "spongebob"
+
+
 def build_train_rows(
     num_samples: int, fewshot_ratio: float, use_fewshot: bool, control_ratio: float, seed: int
 ) -> list[dict]:

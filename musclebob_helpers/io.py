@@ -31,6 +31,27 @@ def write_json_list_atomic(path: str | Path, items: list[str], durable: bool = T
     _write_text_atomic(Path(path), ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n", durable)
 
 
+def write_lines_atomic(path: str | Path, lines: list[str], durable: bool = True) -> None:
+    """A JSON-lines file (one ``json.dumps`` per line) written whole through a temporary file, as
+    ``write_json_atomic`` writes JSON: a reader following a run never meets a half-written last line."""
+    _write_text_atomic(Path(path), "".join(line + "\n" for line in lines), durable)
+
+
+def read_json_lines(path: str | Path) -> list:
+    """The JSON values of a JSON-lines file, skipping lines that do not parse ([] when the file is missing)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, ValueError):
+        return []
+    values = []
+    for line in text.splitlines():
+        try:
+            values.append(json.loads(line))
+        except ValueError:
+            continue
+    return values
+
+
 def _write_text_atomic(path: Path, text: str, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

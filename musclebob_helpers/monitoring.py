@@ -4,6 +4,8 @@
 ``validate_every`` steps (or at each epoch's end) and appends the rates to
 ``validation_history.json``, with the number of completions generated so far.
 
+``CompletionLog`` keeps a few of each step's completions, with their rewards, in ``completions.jsonl``.
+
 ``HealthMonitor`` reads the trainer's logged metrics and those checks and warns,
 once per problem until it clears, on the console and in ``health_warnings.json``:
 
@@ -15,13 +17,15 @@ once per problem until it clears, on the console and in ``health_warnings.json``
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections import deque
 from pathlib import Path
 
-from . import evaluation
-from .io import read_json, write_json_atomic
-from .run_dir import VALIDATION_HISTORY_FILE, WARNINGS_FILE
+from . import data, evaluation
+from .io import read_json, read_json_lines, write_json_atomic, write_lines_atomic
+from .run_dir import COMPLETIONS_FILE, VALIDATION_HISTORY_FILE, WARNINGS_FILE
 
 
 NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
@@ -184,3 +188,155 @@ def completions_to_reach(history: list[dict], key: str = "full_name_rate", targe
         if entry.get(key, 0.0) >= target:
             return entry["completions"]
     return None
+
+
+# --- completions.jsonl --------------------------------------------------------------------------------------
+
+COMPLETIONS_PER_STEP = 8  # completions kept per step (the tiny run generates 8 a step: all of them)
+COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: the file is rewritten whole at each step, so it must stay small
+
+
+def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -> int:
+    """Every how many steps ``completions.jsonl`` keeps a step once ``step`` steps are logged: 1 while the cap
+    allows, then doubled as often as needed, so a long run's file still spans the whole run evenly. A function of
+    the step alone, so a resumed run keeps exactly the steps the uninterrupted one would."""
+    every = 1
+    while (step // every) * per_step > max_rows:
+        every *= 2
+    return every
+
+
+def pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
+    """The indices of ``k`` of a step's completions: each prompt's best, then each prompt's worst, then the next
+    best..., so the sample shows what GRPO compares within a group and covers every prompt it can. Completions
+    of one prompt need not be adjacent; ``None`` totals rank lowest."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    order = []
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: (totals[i] is None, -(totals[i] or 0.0), i))
+        # best, worst, second best, second worst, ...
+        order.append([ranked[j // 2] if j % 2 == 0 else ranked[-1 - j // 2] for j in range(len(ranked))])
+    picked: list[int] = []
+    for rank in range(max((len(o) for o in order), default=0)):
+        picked += [o[rank] for o in order if rank < len(o)]
+    return picked[:k]
+
+
+def _number(value) -> float | None:
+    """A reward as JSON can hold it: TRL marks a reward function that skipped the completion with NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else round(value, 4)
+
+
+def _text(value) -> str:
+    """A prompt or completion as text: TRL hands conversational ones as chat messages (the last user message
+    for a prompt, the assistant's answer for a completion), older TRL releases as plain strings."""
+    if isinstance(value, list):
+        messages = [m for m in value if isinstance(m, dict)]
+        users = [m for m in messages if m.get("role") == "user"] or messages
+        content = users[-1].get("content", "") if users else ""
+        if isinstance(content, list):  # multimodal message parts
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return str(content)
+    return "" if value is None else str(value)
+
+
+class CompletionLog(_callback_base()):
+    """Keeps ``per_step`` of each logged step's completions in ``completions.jsonl``: step, epoch, prompt kind
+    (``data.PROMPT_KINDS``), prompt, completion, each reward function's value (``None`` where it does not judge
+    that prompt), the total and the advantage. At most ``max_rows`` rows and the newest step's (``kept_every``
+    thins older steps).
+
+    Reads TRL's own buffer of the step's completions (``GRPOTrainer._logs``, what ``log_completions`` reads): TRL's
+    ``log_completions`` itself would also print a table at every step (through our progress bar) and write one
+    parquet file per step without a bound, and neither is reconciled on resume. Call ``bind(trainer)`` once the
+    trainer exists. Written whole and atomically at each step; on resume the steps after the checkpoint are
+    dropped first, so steps trained again replace theirs."""
+
+    def __init__(self, out_dir: str | Path, per_step: int = COMPLETIONS_PER_STEP, max_rows: int = COMPLETIONS_MAX_ROWS):
+        self.path = Path(out_dir) / COMPLETIONS_FILE
+        self.per_step, self.max_rows = per_step, max_rows
+        self.trainer = None
+        self.kinds: dict[str, str] = {}
+        self.rows: list[tuple[int, str]] = []  # (step, the row's JSON line)
+
+    def bind(self, trainer) -> None:
+        self.trainer = trainer
+        self.kinds = {_text(row["prompt"]): data.prompt_kind(row) for row in trainer.train_dataset}
+
+    def kind_of(self, prompt: str) -> str:
+        if prompt in self.kinds:
+            return self.kinds[prompt]
+        # A chat-templated prompt string (older TRL): the known prompt it contains; the longest, as a few-shot
+        # prompt contains its plain question too.
+        found = max((p for p in self.kinds if p and p in prompt), key=len, default=None)
+        return self.kinds[found] if found is not None else "unknown"
+
+    def _write(self, state, durable: bool) -> None:
+        if state.is_world_process_zero and self.per_step > 0:
+            write_lines_atomic(self.path, [line for _, line in self.rows], durable=durable)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        old = read_json_lines(self.path) if state.global_step > 0 else []
+        every = kept_every(state.global_step, self.per_step, self.max_rows)
+        self.rows = [
+            (row["step"], json.dumps(row, ensure_ascii=False))
+            for row in old
+            if isinstance(row, dict)
+            and isinstance(row.get("step"), int)
+            and 0 < row["step"] <= state.global_step
+            and (row["step"] % every == 0 or row["step"] == state.global_step)
+        ]
+        self._write(state, durable=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.per_step <= 0 or self.trainer is None or not logs or "reward" not in logs:
+            return
+        buffer = getattr(self.trainer, "_logs", None) or {}
+        prompts = [_text(p) for p in buffer.get("prompt", ())]
+        completions = [_text(c) for c in buffer.get("completion", ())]
+        rewards = {name: [_number(v) for v in values] for name, values in buffer.get("rewards", {}).items()}
+        advantages = [_number(a) for a in buffer.get("advantages", ())]
+        totals = [
+            None
+            if all(r[i] is None for r in rewards.values())
+            else round(sum(r[i] or 0.0 for r in rewards.values()), 4)
+            for i in range(len(prompts))
+        ]
+        step = state.global_step
+        new = []
+        for i in pick_completions(prompts, totals, self.per_step):
+            row = {
+                "step": step,
+                "epoch": round(float(state.epoch or 0), 4),
+                "kind": self.kind_of(prompts[i]),
+                "prompt": prompts[i],
+                "completion": completions[i] if i < len(completions) else "",
+                "rewards": {name: values[i] if i < len(values) else None for name, values in rewards.items()},
+                "reward": totals[i],
+                "advantage": advantages[i] if i < len(advantages) else None,
+            }
+            new.append((step, json.dumps(row, ensure_ascii=False)))
+        # The newest step is always kept (a reader following the run sees it) until the next one arrives.
+        every = kept_every(step, self.per_step, self.max_rows)
+        self.rows = [(s, line) for s, line in self.rows if s < step and s % every == 0] + new
+        # No fsync each step, as the reward history: a kill keeps the renamed file; made durable at the end.
+        self._write(state, durable=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, durable=True)
+
+
+def load_completions(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's ``completions.jsonl``, oldest step first ([] when there is none yet); a row that is not
+    whole (a file being copied) is skipped. Rereads the file, so a run still training is fine."""
+    rows = [
+        r
+        for r in read_json_lines(Path(run_dir) / COMPLETIONS_FILE)
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("completion"), str)
+    ]
+    return sorted(rows, key=lambda r: r["step"])

@@ -22,7 +22,7 @@ from .evaluation import precision_for
 from .config import ConfigError, TrainConfig, recommend_preset, steps_per_epoch, validate_config
 from .io import json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
-from .monitoring import HealthMonitor, MidTrainingValidation
+from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation
 from .rewards import make_reward_functions
 from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
@@ -435,8 +435,8 @@ def build_trainer(
     num_processes: int = 1,
 ):
     """The trainer ``run_training`` trains with, and its ``HealthMonitor``: TRL's GRPOTrainer (``trainer_class``)
-    with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, health
-    monitor, mid-training checks, adapter base, checkpoint rotation, progress) before the caller's
+    with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, completion
+    samples, health monitor, mid-training checks, adapter base, checkpoint rotation, progress) before the caller's
     ``callbacks``. A function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer."""
     check_rows = data.check_rows()
     # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
@@ -452,6 +452,7 @@ def build_trainer(
         log=log,
     )
     history_cb, progress = make_callbacks(out, log=log)
+    completions = CompletionLog(out)
     # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
     trainer = grpo_trainer(
         cfg,
@@ -460,6 +461,7 @@ def build_trainer(
         grpo_args(cfg, hardware, num_processes),
         callbacks=[
             history_cb,
+            completions,
             monitor,
             checks,
             *([make_adapter_callback(cfg.model)] if cfg.lora else []),
@@ -467,6 +469,7 @@ def build_trainer(
             *callbacks,
         ],
     )
+    completions.bind(trainer)
     show_progress(trainer, progress)
     return trainer, monitor
 
