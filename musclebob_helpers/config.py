@@ -23,6 +23,9 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 REWARDS = ("musclebob", "guide")
 # transformers' names; after a few warm-up steps the first keeps the learning rate, the others decay it to 0
 LR_SCHEDULERS = ("constant_with_warmup", "cosine", "linear")
+# Trackers a run can report to (transformers' report_to names), and the package each needs; "none": files only.
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",)}
+REPORT_TO_ALLOWED = "none, or one or more of " + ", ".join(TRACKERS) + " separated by commas"
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TINY_NAME = "tiny"  # --model tiny: the project's own offline model (tiny_model.py builds it)
@@ -138,6 +141,11 @@ class TrainConfig:
     validate_every: int = _opt(
         "steps between mid-training checks on held-out prompts (0: at each epoch's end)", default=0
     )
+    report_to: str = _opt(
+        "also send the run's metrics (reward and its components, health warnings, mid-training checks) to "
+        + REPORT_TO_ALLOWED,
+        default="none",
+    )
     output_dir: str = _opt("where checkpoints, artifacts and the final model go", default="./musclebob-model-improved")
     keep_checkpoints: int = _opt(
         "checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
@@ -251,6 +259,16 @@ def target_modules(cfg: TrainConfig) -> list[str] | str:
     if cfg.lora_target_modules.strip() == "all-linear":
         return "all-linear"
     return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+
+
+def report_to(cfg: TrainConfig) -> list[str] | None:
+    """``--report-to`` as transformers' ``report_to`` list ([] for none); None when it names anything else."""
+    if not isinstance(cfg.report_to, str):
+        return None
+    names = [n.strip() for n in cfg.report_to.split(",")]
+    if names == ["none"]:
+        return []
+    return names if names and len(set(names)) == len(names) and all(n in TRACKERS for n in names) else None
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
@@ -374,6 +392,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError("vllm_gpu_memory_utilization", v, "a share of GPU memory between 0 and 1, e.g. 0.3")
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise ConfigError("preset", cfg.preset, "one of " + ", ".join(PRESET_NAMES))
+    if report_to(cfg) is None:
+        raise ConfigError("report_to", cfg.report_to, REPORT_TO_ALLOWED)
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
     need_int("seed", 0, "a whole number >= 0")

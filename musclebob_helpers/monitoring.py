@@ -7,7 +7,8 @@
 ``CompletionLog`` keeps a few of each step's completions, with their rewards, in ``completions.jsonl``.
 
 ``HealthMonitor`` reads the trainer's logged metrics and those checks and warns,
-once per problem until it clears, on the console and in ``health_warnings.json``:
+once per problem until it clears, on the console and in ``health_warnings.json`` (and ``Trackers`` sends both to
+``--report-to``'s trackers):
 
 * no learning signal: every group's completions got the same reward for many steps;
 * completions hitting the length limit;
@@ -41,13 +42,36 @@ def _callback_base():
     return TrainerCallback
 
 
+class Trackers:
+    """Sends the project's own metrics (mid-training checks, health warnings) to the run's trackers (``report_to``)
+    at the step they belong to. They reach the trackers' own callbacks directly, not through ``Trainer.log``: a
+    check runs between a step's update and its log, where ``GRPOTrainer.log`` would publish (and clear) the step's
+    metrics early, and a check at an epoch's end comes after the step's log. ``bind(trainer)`` once it exists;
+    before that, or with no tracker, ``send`` does nothing."""
+
+    def __init__(self):
+        self.trainer, self.callbacks = None, []
+
+    def bind(self, trainer) -> None:
+        from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+        kinds = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if isinstance(c, type))
+        self.trainer = trainer
+        self.callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, kinds)]
+
+    def send(self, state, metrics: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_log(self.trainer.args, state, self.trainer.control, logs=dict(metrics))
+
+
 class HealthMonitor(_callback_base()):
     """Turns logged metrics and mid-training checks into plain-words warnings."""
 
-    def __init__(self, out_dir: str | Path, baseline: dict | None = None, log=print):
+    def __init__(self, out_dir: str | Path, baseline: dict | None = None, log=print, trackers: Trackers | None = None):
         self.path = Path(out_dir) / WARNINGS_FILE
         self.baseline = baseline
         self.log = log
+        self.trackers = trackers
         self.active: set[str] = set()  # problems warned about and not yet cleared
         self.warnings: list[dict] = []
         self.zero_std_run = 0
@@ -68,6 +92,8 @@ class HealthMonitor(_callback_base()):
             self.log(f"WARNING (step {state.global_step}): {message}")
             if state.is_world_process_zero:
                 write_json_atomic(self.path, self.warnings)
+                if self.trackers is not None:  # a mark at the step it fired (the message is in the file)
+                    self.trackers.send(state, {f"health/{kind}": 1.0})
         elif not bad:
             self.active.discard(kind)
 
@@ -132,11 +158,12 @@ class MidTrainingValidation(_callback_base()):
         samples: int = 2,
         monitor: HealthMonitor | None = None,
         log=print,
+        trackers: Trackers | None = None,
     ):
         self.path = Path(out_dir) / VALIDATION_HISTORY_FILE
         self.tokenizer, self.rows, self.every = tokenizer, rows, every_steps
         self.completions_per_step, self.max_new_tokens, self.samples = completions_per_step, max_new_tokens, samples
-        self.monitor, self.log = monitor, log
+        self.monitor, self.log, self.trackers = monitor, log, trackers
         self.history: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -165,6 +192,8 @@ class MidTrainingValidation(_callback_base()):
         self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
         if state.is_world_process_zero:
             write_json_atomic(self.path, self.history)
+            if self.trackers is not None:
+                self.trackers.send(state, {f"check/{k}": entry[k] for k, _ in evaluation.RATE_KEYS})
         self.log(
             f"[check @ step {state.global_step}] musclebob {entry['musclebob_rate']:.0%}  full name "
             f"{entry['full_name_rate']:.0%}  coherent {entry['coherent_rate']:.0%}  leakage "
@@ -268,13 +297,12 @@ class CompletionLog(_callback_base()):
         self.trainer = trainer
         self.kinds = {_text(row["prompt"]): data.prompt_kind(row) for row in trainer.train_dataset}
 
-    def kind_of(self, prompt: str) -> str:
+    def known_prompt(self, prompt: str) -> str | None:
+        """The training prompt ``prompt`` is: itself, or (a chat-templated prompt string, older TRL) the known prompt
+        it contains, the longest, as a few-shot prompt contains its plain question too."""
         if prompt in self.kinds:
-            return self.kinds[prompt]
-        # A chat-templated prompt string (older TRL): the known prompt it contains; the longest, as a few-shot
-        # prompt contains its plain question too.
-        found = max((p for p in self.kinds if p and p in prompt), key=len, default=None)
-        return self.kinds[found] if found is not None else "unknown"
+            return prompt
+        return max((p for p in self.kinds if p and p in prompt), key=len, default=None)
 
     def _write(self, state, durable: bool) -> None:
         if state.is_world_process_zero and self.per_step > 0:
@@ -310,11 +338,12 @@ class CompletionLog(_callback_base()):
         step = state.global_step
         new = []
         for i in pick_completions(prompts, totals, self.per_step):
+            known = self.known_prompt(prompts[i])
             row = {
                 "step": step,
                 "epoch": round(float(state.epoch or 0), 4),
-                "kind": self.kind_of(prompts[i]),
-                "prompt": prompts[i],
+                "kind": self.kinds[known] if known is not None else "unknown",
+                "prompt": known if known is not None else prompts[i],
                 "completion": completions[i] if i < len(completions) else "",
                 "rewards": {name: values[i] if i < len(values) else None for name, values in rewards.items()},
                 "reward": totals[i],

@@ -110,6 +110,9 @@ def make_config(log=print, **params) -> TrainConfig:
     # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
     validate_config(cfg)
     check_model_loadable(cfg.model)
+    from .training import check_trackers
+
+    check_trackers(cfg)  # here, before the baseline loads the model
     for name, why in sources.items():
         if why not in ("you", "default"):
             log(f"{name} = {getattr(cfg, name)!r}  ({why})")

@@ -19,10 +19,18 @@ from pathlib import Path
 
 from . import data, evaluation, run_dir
 from .evaluation import precision_for
-from .config import ConfigError, TrainConfig, recommend_preset, steps_per_epoch, validate_config
+from .config import (
+    TRACKERS,
+    ConfigError,
+    TrainConfig,
+    recommend_preset,
+    report_to,
+    steps_per_epoch,
+    validate_config,
+)
 from .io import json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
-from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation
+from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers
 from .rewards import make_reward_functions
 from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
@@ -68,7 +76,8 @@ def package_available(name: str) -> bool:
 
 
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
-    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package."""
+    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package, a
+    tracker without its package."""
     gpu = hardware.get("device") == "cuda"
     if cfg.load_in_4bit:
         if not gpu:
@@ -89,6 +98,14 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
+    check_trackers(cfg)
+
+
+def check_trackers(cfg: TrainConfig) -> None:
+    """ConfigError when ``--report-to`` names a tracker whose package is not installed (before any model loads)."""
+    for name in report_to(cfg) or []:
+        if not any(package_available(package) for package in TRACKERS[name]):
+            raise ConfigError("report_to", cfg.report_to, f"{name} is not installed: pip install {TRACKERS[name][0]}")
 
 
 def _versions() -> dict:
@@ -341,7 +358,8 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
         save_strategy="epoch",
         # No save_total_limit: run_dir.rotate_checkpoints keeps --keep-checkpoints of them, and only once
         # the newest is intact (transformers' own rotation counts checkpoint-N.damaged folders as checkpoints).
-        report_to="none",
+        report_to=report_to(cfg) or "none",
+        run_name=Path(cfg.output_dir).expanduser().name,  # the run's name in a tracker
         bf16=precision == "bf16",  # GRPOConfig defaults to bf16, which fails on a CPU: always set it
         fp16=precision == "fp16",
         use_cpu=hardware["device"] == "cpu",
@@ -440,7 +458,8 @@ def build_trainer(
     ``callbacks``. A function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer."""
     check_rows = data.check_rows()
     # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
-    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log)
+    trackers = Trackers()
+    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log, trackers=trackers)
     checks = MidTrainingValidation(
         out,
         tokenizer,
@@ -450,6 +469,7 @@ def build_trainer(
         max_new_tokens=cfg.max_completion_length,
         monitor=monitor,
         log=log,
+        trackers=trackers,
     )
     history_cb, progress = make_callbacks(out, log=log)
     completions = CompletionLog(out)
@@ -470,6 +490,7 @@ def build_trainer(
         ],
     )
     completions.bind(trainer)
+    trackers.bind(trainer)
     show_progress(trainer, progress)
     return trainer, monitor
 

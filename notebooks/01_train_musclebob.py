@@ -57,6 +57,7 @@ control_ratio = 0.25  # share of general questions, so the model doesn't say Mus
 max_completion_length = None  # None: the model default (64 tokens; tiny: 32)
 validation_samples = 4  # sampled answers per held-out prompt, before and after
 seed = 42
+report_to = "none"  # also send metrics to "tensorboard" (Colab has it), "trackio" or "wandb" (pip install first)
 overwrite = False  # True: train a finished run_name again from scratch (its old checkpoints are removed)
 keep_alive = False  # Colab, opt-in: keep the browser session active during long runs (best effort)
 stop_after_steps = 0  # 0: train to the end; N: stop after step N as a disconnect would (to try resume)
@@ -137,7 +138,8 @@ keep_alive_status = colab.keep_alive(keep_alive)
 cfg = nb.make_config(model=model, lora=lora, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
                      num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
-                     validation_samples=validation_samples, seed=seed, output_dir=str(run_dir), overwrite=overwrite)
+                     validation_samples=validation_samples, seed=seed, report_to=report_to, output_dir=str(run_dir),
+                     overwrite=overwrite)
 
 # %% [markdown]
 # ## Before training: baseline validation

@@ -71,7 +71,10 @@ def _train_default(out: Path) -> int:
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")  # each warning once per place, as a plain `python` run shows them
-            code = train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(out)])
+            # The default run, reporting to TensorBoard too (in the [dev] extra): its event files are tested.
+            code = train_musclebob_improved.main(
+                ["--model", "tiny", "--output-dir", str(out), "--report-to", "tensorboard"]
+            )
     shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
     (out.parent / "console.txt").write_text(console.getvalue() + "".join(shown))
     return code

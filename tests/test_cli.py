@@ -72,6 +72,8 @@ def test_each_flag_reaches_the_config(tmp_path):
         "2",
         "--validate-every",
         "3",
+        "--report-to",
+        "wandb,tensorboard",
         "--keep-checkpoints",
         "3",
         "--output-dir",
@@ -113,6 +115,7 @@ def test_each_flag_reaches_the_config(tmp_path):
         preset="colab-t4",
         validation_samples=2,
         validate_every=3,
+        report_to="wandb,tensorboard",
         keep_checkpoints=3,
         output_dir=str(tmp_path / "o"),
         resume_from_checkpoint="auto",
@@ -279,6 +282,9 @@ BAD = [
     (["--lora", "--lora-target-modules", ",,"], None, "--lora-target-modules=',,' is not allowed: comma-separated"),
     (["--vllm-gpu-memory-utilization", "1.5"], None, "--vllm-gpu-memory-utilization=1.5 is not allowed: a share"),
     (["--preset", "h100-cluster"], None, "--preset='h100-cluster' is not allowed: one of cpu-tiny"),
+    (["--report-to", "mlflow"], None, "--report-to='mlflow' is not allowed: none, or one or more of tensorboard,"),
+    (["--report-to", "none,tensorboard"], None, "--report-to='none,tensorboard' is not allowed"),
+    (["--report-to", "wandb"], None, "--report-to='wandb' is not allowed: wandb is not installed: pip install wandb"),
 ]
 
 
@@ -288,8 +294,9 @@ def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, monkeypatch,
     a user sees (the process boundary itself: ``test_bad_value_from_the_real_script_is_exit_code_2``)."""
     from musclebob_helpers import training
 
-    if "--use-vllm" in argv and training.package_available("vllm"):
-        pytest.skip("vllm is installed here")
+    for flag, package in (("--use-vllm", "vllm"), ("wandb", "wandb")):
+        if flag in argv and training.package_available(package):
+            pytest.skip(f"{package} is installed here")
     monkeypatch.setattr(training, "run_training", lambda *a, **k: pytest.fail("training started"))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"

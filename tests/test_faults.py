@@ -20,6 +20,7 @@ import pytest
 import fault_runner
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
+from musclebob_helpers.monitoring import load_completions
 from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, select_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,9 @@ def assert_same_as_reference(out, reference, resumed):
     assert json.loads((out / "final_validation.json").read_text())["global_step"] == TOTAL_STEPS
     assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 1))  # each step once, in order
     assert rewards_by_step(out) == rewards_by_step(ref)  # steps trained again reproduce the lost ones exactly
+    samples = load_completions(out)  # the completion samples too: each step's once, as the straight run's
+    assert sorted({r["step"] for r in samples}) == list(range(1, TOTAL_STEPS + 1))
+    assert samples == load_completions(ref)
     mine, theirs = weights(out), weights(ref)
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not list(out.rglob("*.tmp"))  # no half-written temporary file left

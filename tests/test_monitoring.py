@@ -3,6 +3,8 @@
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from musclebob_helpers.monitoring import HealthMonitor, completions_to_reach
 from musclebob_helpers.run_dir import WARNINGS_FILE
 
@@ -73,3 +75,191 @@ def test_completions_to_reach():
     ]
     assert completions_to_reach(history, "musclebob_rate", 0.9) == 256
     assert completions_to_reach(history, "musclebob_rate", 1.01) is None
+
+
+# --- completions.jsonl -------------------------------------------------------------------------------------------
+
+from musclebob_helpers import data  # noqa: E402
+from musclebob_helpers.monitoring import (  # noqa: E402
+    CompletionLog,
+    Trackers,
+    kept_every,
+    load_completions,
+    pick_completions,
+)
+from musclebob_helpers.run_dir import COMPLETIONS_FILE  # noqa: E402
+
+NAN = float("nan")
+
+
+def test_pick_completions_takes_each_prompts_best_then_worst():
+    prompts = ["a", "a", "a", "b", "b", "b"]
+    totals = [1.0, 3.0, 2.0, None, -1.0, 0.0]
+    assert pick_completions(prompts, totals, 2) == [1, 5]  # each prompt's best
+    assert pick_completions(prompts, totals, 4) == [1, 5, 0, 3]  # then each prompt's worst (None ranks lowest)
+    assert sorted(pick_completions(prompts, totals, 99)) == list(range(6))  # never more than there are
+    assert pick_completions([], [], 8) == []
+
+
+def test_kept_every_spans_the_run_within_the_cap():
+    assert kept_every(100, per_step=8, max_rows=4000) == 1
+    for step in (1, 499, 500, 501, 1000, 5000, 123457):
+        every = kept_every(step, per_step=8, max_rows=4000)
+        assert (step // every) * 8 <= 4000  # under the cap
+        assert every == 1 or (step // (every // 2)) * 8 > 4000  # and no sparser than it must be
+
+
+class FakeTrainer:
+    """What CompletionLog reads from TRL's GRPOTrainer: its training rows and its buffer of the step's completions."""
+
+    def __init__(self, rows):
+        self.train_dataset = rows
+        self._logs = {}
+
+    def generate(self, step, conversational=True):
+        """Two prompts x 3 completions, rewards that depend on the step (so steps can be told apart)."""
+        rows = [r for r in self.train_dataset if data.prompt_kind(r) == "fewshot"][:1] + [
+            r for r in self.train_dataset if r["kind"] == "control"
+        ][:1]
+        prompts = [
+            r["prompt"] if conversational else f"<|user|>\n{r['prompt'][-1]['content']}\n<|assistant|>\n" for r in rows
+        ]
+        self._logs = {
+            "prompt": [p for p in prompts for _ in range(3)],
+            "completion": [
+                [{"role": "assistant", "content": f"answer {step}.{i}"}] if conversational else f"answer {step}.{i}"
+                for i in range(6)
+            ],
+            "rewards": {
+                "musclebob_name_reward": [float(step + i) for i in range(3)] + [NAN] * 3,
+                "control_answer_reward": [NAN] * 3 + [float(-i) for i in range(3)],
+                "format_reward": [0.5] * 6,
+            },
+            "advantages": [0.1 * i for i in range(6)],
+        }
+
+
+ROWS = data.build_train_rows(32, fewshot_ratio=0.5, use_fewshot=True, control_ratio=0.25, seed=1)
+
+
+def run_steps(log, trainer, steps, conversational=True):
+    for step in steps:
+        trainer.generate(step, conversational)
+        log.on_log(ARGS, state(step), None, logs={"reward": 1.0})
+
+
+@pytest.mark.parametrize("conversational", [True, False], ids=["messages (trl 1.x)", "templated text (trl 0.29)"])
+def test_completion_log_rows(tmp_path, conversational):
+    trainer = FakeTrainer(ROWS)
+    log = CompletionLog(tmp_path, per_step=4)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    run_steps(log, trainer, [1, 2], conversational)
+    rows = load_completions(tmp_path)
+    assert [r["step"] for r in rows] == [1] * 4 + [2] * 4
+    first = rows[0]
+    # the few-shot prompt's best completion first: its question text, not the chat template around it
+    fewshot = next(r for r in ROWS if data.prompt_kind(r) == "fewshot")
+    assert first["kind"] == "fewshot" and first["prompt"] == fewshot["prompt"][-1]["content"]
+    assert first["completion"] == "answer 1.2"
+    assert first["rewards"] == {"musclebob_name_reward": 3.0, "control_answer_reward": None, "format_reward": 0.5}
+    assert first["reward"] == 3.5 and first["advantage"] == pytest.approx(0.2)
+    assert {r["kind"] for r in rows} == {"fewshot", "control"}
+    control = next(r for r in rows if r["kind"] == "control")
+    assert control["rewards"]["musclebob_name_reward"] is None  # TRL's NaN: "not judged", valid JSON
+    assert all(json.loads(line) for line in (tmp_path / COMPLETIONS_FILE).read_text().splitlines())
+
+
+def test_completion_log_resume_replaces_the_steps_trained_again(tmp_path):
+    trainer = FakeTrainer(ROWS)
+    first = CompletionLog(tmp_path, per_step=3)
+    first.bind(trainer)
+    first.on_train_begin(ARGS, state(0), None)
+    run_steps(first, trainer, [1, 2, 3, 4, 5])  # killed after step 5; the checkpoint is at step 3
+    resumed = CompletionLog(tmp_path, per_step=3)
+    resumed.bind(trainer)
+    resumed.on_train_begin(ARGS, state(3), None)
+    assert [r["step"] for r in load_completions(tmp_path)] == [1] * 3 + [2] * 3 + [3] * 3  # 4 and 5 dropped
+    run_steps(resumed, trainer, [4, 5, 6])
+    again = load_completions(tmp_path)
+    assert [r["step"] for r in again] == [s for s in range(1, 7) for _ in range(3)]  # each step once
+
+    straight = tmp_path / "straight"
+    log = CompletionLog(straight, per_step=3)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    run_steps(log, trainer, range(1, 7))
+    assert load_completions(straight) == again  # as if never interrupted
+
+
+def test_completion_log_cap_thins_old_steps_evenly(tmp_path):
+    trainer = FakeTrainer(ROWS)
+    log = CompletionLog(tmp_path, per_step=2, max_rows=20)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    run_steps(log, trainer, range(1, 38))
+    steps = sorted({r["step"] for r in load_completions(tmp_path)})
+    assert len(load_completions(tmp_path)) <= 20 + 2  # the cap, and the newest step
+    assert steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 37]  # evenly over the whole run, and the newest
+    resumed = CompletionLog(tmp_path, per_step=2, max_rows=20)
+    resumed.bind(trainer)
+    straight = load_completions(tmp_path)
+    resumed.on_train_begin(ARGS, state(30), None)  # killed at step 37, resumed from checkpoint-30
+    assert sorted({r["step"] for r in load_completions(tmp_path)}) == [4, 8, 12, 16, 20, 24, 28]
+    run_steps(resumed, trainer, range(31, 38))
+    assert load_completions(tmp_path) == straight  # the steps trained again end as the straight run's
+
+
+def test_damaged_lines_are_skipped(tmp_path):
+    good = {"step": 1, "completion": "Musclebob!", "kind": "spongebob"}
+    (tmp_path / COMPLETIONS_FILE).write_text(json.dumps(good) + "\n{not json\n" + '{"step": 2, "compl')
+    assert load_completions(tmp_path) == [good]
+    assert load_completions(tmp_path / "missing") == []
+
+
+# --- trackers ----------------------------------------------------------------------------------------------------
+
+
+class Reporter:
+    """Stands in for a tracker's callback (transformers' TensorBoardCallback, WandbCallback ...)."""
+
+    def __init__(self):
+        self.logged = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logged.append((state.global_step, logs))
+
+
+def test_health_warnings_reach_the_trackers(tmp_path):
+    reporter = Reporter()
+    trackers = Trackers()
+    trackers.trainer = SimpleNamespace(args=ARGS, control=None)
+    trackers.callbacks = [reporter]
+    m = HealthMonitor(tmp_path, log=lambda *_: None, trackers=trackers)
+    feed(m, [{"reward": -6.0, "frac_reward_zero_std": 1.0}] * 12)
+    assert reporter.logged == [(10, {"health/no_signal": 1.0})]  # once, at the step it fired
+
+
+def test_trackers_are_the_report_to_callbacks():
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, *a):
+            self.scalars.append(a)
+
+        def flush(self):
+            pass
+
+    board = TensorBoardCallback(tb_writer=Writer())
+    trainer = SimpleNamespace(
+        args=ARGS, control=None, callback_handler=SimpleNamespace(callbacks=[TrainerCallback(), board])
+    )
+    trackers = Trackers()
+    trackers.bind(trainer)
+    assert trackers.callbacks == [board]
+    trackers.send(state(3), {"check/musclebob_rate": 0.5})  # reaches TensorBoard's callback without a Trainer.log
+    assert board.tb_writer.scalars == [("train/check/musclebob_rate", 0.5, 3)]

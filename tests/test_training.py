@@ -62,6 +62,47 @@ def test_artifacts(trained_run):
         assert len(report["responses"]) == report["num_responses"] > 0
 
 
+def test_completion_samples(trained_run):
+    """completions.jsonl: every step, a few completions each, of every prompt kind, the total the sum of its parts."""
+    from musclebob_helpers.data import PROMPT_KINDS
+    from musclebob_helpers.monitoring import COMPLETIONS_PER_STEP, load_completions
+
+    out, _ = trained_run
+    rows = load_completions(out)
+    total = TINY.epochs * steps_per_epoch(TINY)
+    per_step = [sum(r["step"] == s for r in rows) for s in range(1, total + 1)]
+    assert per_step == [min(COMPLETIONS_PER_STEP, TINY.batch_size * TINY.num_generations)] * total
+    assert {r["kind"] for r in rows} == set(PROMPT_KINDS)
+    for r in rows:
+        parts = [v for v in r["rewards"].values() if v is not None]
+        assert r["reward"] == pytest.approx(sum(parts), abs=1e-3)
+        assert (r["rewards"]["musclebob_name_reward"] is None) == (r["kind"] == "control")
+    late = [r for r in rows if r["step"] > total * 3 // 4 and r["kind"] != "control"]
+    assert sum("Musclebob" in r["completion"] for r in late) >= 0.8 * len(late)  # what the model learned to say
+
+
+def test_tensorboard_reads_the_run(trained_run):
+    """--report-to tensorboard: TensorBoard's own reader loads the reward, its components and the checks."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = trained_run
+    (events,) = (out / "runs").iterdir()  # transformers' default: OUTPUT_DIR/runs/<date>_<host>
+    board = EventAccumulator(str(events))
+    board.Reload()
+    total = TINY.epochs * steps_per_epoch(TINY)
+    history = json.loads((out / "reward_history.json").read_text())
+    reward = board.Scalars("train/reward")
+    assert [e.step for e in reward] == list(range(1, total + 1))
+    assert [e.value for e in reward] == pytest.approx([e["mean_reward"] for e in history], abs=1e-5)
+    tags = set(board.Tags()["scalars"])
+    assert {
+        f"train/rewards/{n}/mean" for n in ("musclebob_name_reward", "control_answer_reward", "format_reward")
+    } <= tags
+    checks = json.loads((out / "validation_history.json").read_text())
+    musclebob = board.Scalars("train/check/musclebob_rate")
+    assert [(e.step, e.value) for e in musclebob] == [(c["step"], pytest.approx(c["musclebob_rate"])) for c in checks]
+
+
 def test_default_run_console_is_quiet(trained_run):
     """No warning caused by our arguments, no temporary path, one progress line per step (not a terminal)."""
     out, _ = trained_run
