@@ -464,6 +464,16 @@ def completions_html(rows: list[dict]) -> str:
     return "".join(blocks)
 
 
+def read_completions(run_dir: Path) -> list[dict]:
+    """``monitoring.load_completions``, importing monitoring (and with it transformers and torch, seconds) only
+    when there is a file to read: the plot notebook needs neither otherwise."""
+    if not (run_dir / COMPLETIONS_FILE).exists():
+        return []
+    from .monitoring import load_completions
+
+    return load_completions(run_dir)
+
+
 class CompletionBrowser:
     """ipywidgets: step through the completions a run sampled while training (``completions.jsonl``): a step
     slider, a run picker, the prompt kind, a reward range, and Reload. The file is reread on Reload and when the
@@ -500,11 +510,9 @@ class CompletionBrowser:
     def load(self, redraw: bool = True, newest: bool = False) -> None:
         """Reread the chosen run's file; the sliders' ranges follow what it holds now. A slider at the newest
         step moves on to the new newest step (``newest``: go there anyway)."""
-        from .monitoring import load_completions  # imports transformers: only once a browser is made
-
         follow = newest or not self.steps or self.step.value >= self.steps[-1]
         full_range = self.reward.value == (self.reward.min, self.reward.max)
-        self.rows = load_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
+        self.rows = read_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
         self.steps = sorted({r["step"] for r in self.rows})
         totals = [r["reward"] for r in self.rows if isinstance(r.get("reward"), (int, float))]
         low, high = (math.floor(min(totals)), math.ceil(max(totals))) if totals else (0, 1)
