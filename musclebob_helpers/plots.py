@@ -437,13 +437,22 @@ KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colo
 
 
 def completions_html(rows: list[dict]) -> str:
-    """``completions.jsonl`` rows as HTML, one block each: the prompt kind's badge, the prompt, the completion
-    with the names highlighted, each reward function's score (those that judge the prompt) and the total."""
+    """``completions.jsonl`` rows as HTML: a prompt (with its kind's badge) heads the completions of it that
+    follow it in ``rows``; each completion with the names highlighted, the score of each reward function that
+    judges it, and the total."""
     if not rows:
         return "<p><i>No completions match these filters.</i></p>"
-    blocks = []
+    parts, prompt = [], None
     for row in rows:
-        words, color = KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
+        if (row.get("kind"), row.get("prompt")) != prompt:
+            prompt = (row.get("kind"), row.get("prompt"))
+            words, color = KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
+            parts.append(
+                f"<div style='margin:10px 0 2px 0'><span class='kind' style='background:{color};border-radius:8px;"
+                f"padding:0 6px;font-size:85%'>{html.escape(words)}</span> "
+                f"<span class='prompt' style='color:#444;white-space:pre-wrap'>{html.escape(row.get('prompt', ''))}"
+                "</span></div>"
+            )
         scores = [
             f"{html.escape(reward_label(name))} {value:+.2f}"
             for name, value in (row.get("rewards") or {}).items()
@@ -453,15 +462,12 @@ def completions_html(rows: list[dict]) -> str:
         scores.append(f"<b>total {total:+.2f}</b>" if isinstance(total, (int, float)) else "<b>total —</b>")
         if isinstance(row.get("advantage"), (int, float)):
             scores.append(f"advantage {row['advantage']:+.2f}")
-        blocks.append(
-            "<div class='completion' style='border:1px solid #ddd;border-radius:4px;padding:4px 8px;margin:4px 0'>"
-            f"<span class='kind' style='background:{color};border-radius:8px;padding:0 6px;font-size:85%'>"
-            f"{html.escape(words)}</span> "
-            f"<span style='color:#555;white-space:pre-wrap'>{html.escape(row.get('prompt', ''))}</span>"
-            f"<div style='white-space:pre-wrap;margin:4px 0'>{highlight(row['completion']) or '<i>(empty)</i>'}</div>"
+        parts.append(
+            "<div class='completion' style='border:1px solid #ddd;border-radius:4px;padding:4px 8px;margin:3px 0 3px"
+            f" 16px'><div style='white-space:pre-wrap'>{highlight(row['completion']) or '<i>(empty)</i>'}</div>"
             f"<div style='font-size:85%;color:#333'>{' · '.join(scores)}</div></div>"
         )
-    return "".join(blocks)
+    return "".join(parts)
 
 
 def read_completions(run_dir: Path) -> list[dict]:
@@ -489,7 +495,8 @@ class CompletionBrowser:
         first = max(with_rows, key=lambda n: (self.run_dirs[n] / COMPLETIONS_FILE).stat().st_mtime, default=None)
         self.run = w.Dropdown(options=names, value=first or (names[0] if names else None), description="run")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
-        self.kind = w.ToggleButtons(options=["all", *PROMPT_KINDS], value="all", description="prompts")
+        kinds = [("all", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]  # (label, value) pairs
+        self.kind = w.ToggleButtons(options=kinds, value="all", description="prompts")
         self.reward = w.FloatRangeSlider(
             value=(0.0, 1.0), min=0.0, max=1.0, step=0.1, description="reward", continuous_update=False
         )

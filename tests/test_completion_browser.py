@@ -53,7 +53,8 @@ def shown(browser) -> int:
 
 def test_completions_html_shows_prompt_completion_rewards_and_kind():
     html = plots.completions_html(step_rows(1))
-    assert html.count("class='completion'") == 5 and html.count("class='kind'") == 5
+    assert html.count("class='completion'") == 5
+    assert html.count("class='prompt'") == 3 and html.count("class='kind'") == 3  # each prompt once, over its answers
     assert "few-shot" in html and "SpongeBob" in html and "control" in html
     assert "<mark class='good'" in html and "<mark class='bad'" in html  # the names highlighted as in notebook 03
     assert "&lt;b&gt;" in html and "<b>Squarepants" not in html  # a completion's own markup is text
