@@ -197,39 +197,33 @@ def reward_label(name: str) -> str:
 
 def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """Reward function name -> (steps, its mean per step), from the ``rewards/<name>/mean`` entries TRL logs;
-    NaN at the steps where it judged no prompt (the line breaks there instead of bridging the gap)."""
-    names = dict.fromkeys(
-        key[len("rewards/") : -len("/mean")]
-        for entry in history
-        for key in entry
-        if key.startswith("rewards/") and key.endswith("/mean")
-    )
-    steps = [e["step"] for e in history]
-    found = {}
-    for name in names:
-        values = [e.get(f"rewards/{name}/mean") for e in history]
-        found[name] = (steps, [v if isinstance(v, (int, float)) else math.nan for v in values])
+    steps where it judged no prompt (no value, or NaN) are left out."""
+    found: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith("rewards/") and key.endswith("/mean"):
+                steps, values = found.setdefault(key[len("rewards/") : -len("/mean")], ([], []))
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    steps.append(entry["step"])
+                    values.append(value)
     return found
 
 
-def _draw_components(ax, history: list[dict], empty: str) -> None:
+def _draw_components(ax, history: list[dict], window: int, empty: str) -> None:
+    """Each reward function's mean per step, smoothed like the reward (the raw values faint behind it): a batch
+    holds few prompts of each kind, so one step's mean of a function is noisy or missing."""
     components = reward_components(history)
     for i, (name, (steps, values)) in enumerate(components.items()):
-        ax.plot(
-            steps,
-            values,
-            color=f"C{i}",
-            linewidth=1.5,
-            marker="." if len(steps) < 30 else None,
-            label=reward_label(name),
-        )
+        if window > 1:
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
+        ax.plot(steps, moving_average(values, window), color=f"C{i}", linewidth=2, label=reward_label(name))
     if components:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="reward function", title_fontsize=8)
     else:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean over the prompts it judges")
-    ax.set_title("Reward components")
+    ax.set_title("Reward components" + (f" (moving average, {window} steps)" if window > 1 else ""))
     ax.grid(alpha=0.3)
 
 
@@ -274,9 +268,9 @@ def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> N
 
 
 def report_window(steps: int) -> int:
-    """The run report's smoothing: none for a short run, about 1/50 of the run for a long one (the raw curve
+    """The run report's smoothing: none for a short run, about 1/20 of the run for a longer one (the raw curve
     stays drawn faintly behind it)."""
-    return max(1, steps // 50)
+    return max(1, steps // 20)
 
 
 def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
@@ -290,18 +284,18 @@ def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str
     reward_ax = fig.add_subplot(grid[0])
     parts_ax = fig.add_subplot(grid[1], sharex=reward_ax)  # the same steps, one above the other
     bars_ax = fig.add_subplot(grid[2])
-    name = title or "run"
+    name, window = title or "run", report_window(len(history))
     _draw_rewards(
         reward_ax,
         {name: history},
-        report_window(len(history)),
+        window,
         True,
         True,
         {name: warnings},
         "Mean reward per step",
         "no reward history in this folder",
     )
-    _draw_components(parts_ax, history, "no reward history in this folder")
+    _draw_components(parts_ax, history, window, "no reward history in this folder")
     _draw_validation_bars(bars_ax, {name: reports}, "Held-out validation rates")
     if title:
         fig.suptitle(title)

@@ -201,8 +201,9 @@ def test_run_report_has_three_panels():
     reward_ax, parts_ax, bars_ax = fig.axes
     assert marks(fig)  # health marks on the reward panel
     assert [line.get_label() for line in parts_ax.lines] == ["musclebob name", "format"]  # readable names
-    steps, values = plots.reward_components(entries)["musclebob_name_reward"]
-    assert steps == list(range(1, 9)) and values[0] == 0.5 and values[1] != values[1]  # NaN where it judged none
+    # Steps where a function judged no prompt (TRL logs NaN, or nothing) are left out of its line.
+    assert plots.reward_components(entries)["musclebob_name_reward"] == ([1, 3, 5, 7], [0.5, 1.5, 2.5, 3.5])
+    assert plots.reward_components(entries)["format_reward"] == (list(range(1, 9)), [0.0] * 8)
     assert [t.get_text() for t in bars_ax.get_legend().get_texts()] == ["base", "model"]  # any labels
     assert fig._suptitle.get_text() == "my-run"
 
