@@ -330,8 +330,7 @@ def show_figure(fig, save_to: str | Path | None = None):
 
     png = figure_png(fig)
     if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        Path(save_to).write_bytes(png)
+        write_bytes_atomic(save_to, png)
     display(Image(data=png))
     return png
 
