@@ -488,10 +488,17 @@ class CompletionBrowser:
         first = max(with_rows, key=lambda n: (self.run_dirs[n] / COMPLETIONS_FILE).stat().st_mtime, default=None)
         self.run = w.Dropdown(options=names, value=first or (names[0] if names else None), description="run")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
-        kinds = [("all", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]  # (label, value) pairs
-        self.kind = w.ToggleButtons(options=kinds, value="all", description="prompts")
-        self.reward = w.FloatRangeSlider(
-            value=(0.0, 1.0), min=0.0, max=1.0, step=0.1, description="reward", continuous_update=False
+        # (label, value) pairs; no description: JupyterLab puts a ToggleButtons' description on a line of its own
+        kinds = [("all prompts", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
+        self.kind = w.ToggleButtons(options=kinds, value="all")
+        self.reward = w.FloatRangeSlider(  # one decimal: ipywidgets 8's readout cuts "-6.00 – 6.00" short
+            value=(0.0, 1.0),
+            min=0.0,
+            max=1.0,
+            step=0.1,
+            readout_format=".1f",
+            description="reward",
+            continuous_update=False,
         )
         self.reload = w.Button(description="Reload", tooltip="reread completions.jsonl (a run still training)")
         self.output = w.Output()
