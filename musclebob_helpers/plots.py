@@ -596,8 +596,11 @@ class CompletionBrowser:
         return self
 
 
-def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, window: int = 5) -> int:
-    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes).
+def follow(
+    run_dirs: list[str | Path], seconds: float, every: float = 10.0, window: int = 5, show_warnings: bool = True
+) -> int:
+    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes), with
+    its health warnings marked unless ``show_warnings`` is False.
 
     Returns the number of frames drawn (0 when ``seconds`` <= 0 or there is no run)."""
     from IPython.display import Image, display
@@ -607,11 +610,11 @@ def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, wind
     run_dir = max((Path(p) for p in run_dirs), key=lambda p: (p / HISTORY_FILE).stat().st_mtime)
 
     def frame():
-        return Image(
-            data=figure_png(
-                plot_rewards({run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)")
-            )
+        warnings = {run_dir.name: load_warnings(run_dir)} if show_warnings else None
+        figure = plot_rewards(
+            {run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)", warnings=warnings
         )
+        return Image(data=figure_png(figure))
 
     handle = display(frame(), display_id=True)
     deadline, frames = time.time() + seconds, 1

@@ -129,4 +129,4 @@ bars = plots.show_figure(plots.plot_validation_bars({p.name: plots.load_validati
 # With `follow_seconds > 0`, redraws the newest run's curve every 10 s until it finishes or the time is up.
 
 # %%
-frames = plots.follow(run_dirs, follow_seconds)
+frames = plots.follow(run_dirs, follow_seconds, show_warnings=show_warnings)

@@ -184,6 +184,18 @@ def test_explorer_toggles_the_health_marks(tmp_path):
     assert marks(explorer.figure()) == {} and explorer.redraws == 1  # the toggle redraws
 
 
+def test_follow_marks_the_warnings_too(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    write_json_atomic(run / "reward_history.json", history(8))
+    write_json_atomic(run / WARNINGS_FILE, WARNINGS)
+    write_json_atomic(run / "final_validation.json", {})  # finished: one frame, no waiting
+    drawn = []
+    monkeypatch.setattr(plots, "figure_png", lambda fig: drawn.append(marks(fig)) or PNG_MAGIC)
+    assert plots.follow([run], seconds=60) == 1 and plots.follow([run], seconds=60, show_warnings=False) == 1
+    assert set(drawn[0]) == {"health:no_signal", "health:length_limit", "health:validation_leakage"}
+    assert drawn[1] == {}
+
+
 # --- the run report: reward_plot.png ------------------------------------------------------------------------
 
 
