@@ -1,5 +1,5 @@
-"""Artifact I/O: every JSON the project writes goes to a temporary file and is renamed into place,
-so a reader (the plot notebook, a user, a resumed run) never sees half a file."""
+"""Artifact I/O: every JSON (and the run's PNG) the project writes goes to a temporary file and is renamed into
+place, so a reader (the plot notebook, a user, a resumed run) never sees half a file."""
 
 from __future__ import annotations
 
@@ -52,11 +52,16 @@ def read_json_lines(path: str | Path) -> list:
     return values
 
 
-def _write_text_atomic(path: Path, text: str, durable: bool) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """``data`` (an image) to ``path`` through a temporary file renamed into place, as ``write_json_atomic``."""
+    _write_text_atomic(Path(path), data, durable)
+
+
+def _write_text_atomic(path: Path, text: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
             fh.write(text)
             fh.flush()
