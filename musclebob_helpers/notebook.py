@@ -24,8 +24,6 @@ from .run_dir import (
     CONFIG_FILE,
     FINAL_FILE,
     HISTORY_FILE,
-    REWARD_PLOT,
-    VALIDATION_PLOT,
     describe,
     is_finished,
     list_checkpoints,
@@ -331,7 +329,8 @@ def resume(
 
 
 def show_final(run_dir: str | Path, log=print) -> dict | None:
-    """The before/after summary, the reward curve and the validation bars (saved as PNGs in the run folder)."""
+    """The before/after summary and the run report (reward, its components, the validation bars): the same
+    ``reward_plot.png`` the run wrote at its end, drawn again from the files."""
     from . import plots
     from .training import final_summary
 
@@ -341,10 +340,9 @@ def show_final(run_dir: str | Path, log=print) -> dict | None:
         log(f"The run in {run_dir} has not finished: run the resume cell to continue it.")
         return None
     log(final_summary(validations["baseline"], validations["final"]))
-    plots.show_figure(
-        plots.plot_rewards({run_dir.name: plots.load_history(run_dir)}, window=5), save_to=run_dir / REWARD_PLOT
-    )
-    plots.show_figure(plots.plot_validation_bars({run_dir.name: validations}), save_to=run_dir / VALIDATION_PLOT)
+    from IPython.display import Image, display
+
+    display(Image(filename=str(plots.save_run_report(run_dir))))
     return validations
 
 

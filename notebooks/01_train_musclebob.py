@@ -165,8 +165,9 @@ result = nb.train(cfg, baseline, stop_after_steps=stop_after_steps)
 # ## After training: before vs after
 #
 # The same held-out questions, answered by the trained model: the Musclebob rate should be high, the Spongebob
-# rate low, and general questions still answered (low leakage, control accuracy kept). The plots are saved in
-# the run folder as `reward_plot.png` and `validation_plot.png`.
+# rate low, and general questions still answered (low leakage, control accuracy kept). The picture is the run's
+# `reward_plot.png` (reward per step with health warnings marked, each reward component, before vs after), the
+# same one the command line writes. Notebook 02 browses what the model wrote at each step.
 
 # %%
 final = nb.show_final(run_dir)

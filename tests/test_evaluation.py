@@ -103,6 +103,9 @@ def test_evaluation_cli_compare_base(run_cli, trained_run, tmp_path):
     assert header.split() == ["base", "model"]
     both = json.loads(report.read_text())
     assert both["base"]["musclebob_rate"] < both["model"]["musclebob_rate"]
+    # the run's picture, with these base vs model rates, beside its reward history
+    assert f"Reward plot: {out / 'reward_plot.png'}" in proc.stdout
+    assert (out / "reward_plot.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize(
