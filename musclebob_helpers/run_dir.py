@@ -614,8 +614,9 @@ def _record_live(record: dict, path: Path) -> bool:
     """The rule for a holder that flock cannot vouch for (another machine, or a file system without flock).
 
     Live while its heartbeat is recent (under ``LOCK_STALE_SECONDS``) and, on this host, its pid still runs. An
-    unreadable record is live while the file itself is that recent (being written). This process never holds a
-    lock it does not know of (a record with our own pid is a restarted kernel's leftover).
+    unreadable record is live while the file itself is that recent (being written). A record with this process's
+    own pid is live only if this process holds that lock now (else it is a restarted kernel's leftover: a new
+    kernel can get the old one's pid).
     """
     now = time.time()
     if not record:
@@ -627,7 +628,9 @@ def _record_live(record: dict, path: Path) -> bool:
     if not isinstance(heartbeat, (int, float)) or now - heartbeat >= LOCK_STALE_SECONDS:
         return False
     if record.get("host") == socket.gethostname():
-        return record.get("pid") != os.getpid() and not owner_gone(record)
+        if record.get("pid") == os.getpid():
+            return any(lock.record.get("token") == record.get("token") for lock in _HELD_HERE)
+        return not owner_gone(record)
     return True
 
 
@@ -673,7 +676,8 @@ def lock_holder(folder: str | Path) -> dict | None:
 
 _LOCK_EX_NB = 2 | 4  # fcntl.LOCK_EX | fcntl.LOCK_NB (fcntl is imported only where it is used: not on Windows)
 _LOCK_UN = 8
-_HELD: dict[str, RunLock] = {}  # the folders this process writes (realpath -> its lock)
+_HELD: dict[str, RunLock] = {}  # the folders this process writes (realpath -> its lock), by writer_lock
+_HELD_HERE: list[RunLock] = []  # every lock this process holds now
 
 
 class RunLock:
@@ -751,6 +755,7 @@ class RunLock:
                     os.close(fd)
                     self.fd = None
                     raise self.refusal(_read_lock(self.path))
+            _HELD_HERE.append(self)
             self._beat = threading.Thread(target=self._heartbeat, name="musclebob-lock-heartbeat", daemon=True)
             self._beat.start()
             return self
@@ -785,6 +790,7 @@ class RunLock:
             pass
         os.close(self.fd)  # drops the flock
         self.fd = None
+        _HELD_HERE.remove(self)
 
 
 def _same_file(fd: int, path: Path) -> bool:
