@@ -94,6 +94,9 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
     if not path.is_dir() and not HUB_ID.match(name):
         raise ConfigError("model", name, MODEL_ALLOWED)
     if path.is_dir():
+        writing = run_dir.being_written(path)
+        if writing:
+            raise ConfigError("model", name, writing)
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
         problems = run_dir.model_folder_problems(path)

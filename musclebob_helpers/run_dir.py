@@ -674,6 +674,18 @@ def lock_holder(folder: str | Path) -> dict | None:
     return record if _record_live(record, path) else None
 
 
+def being_written(folder: str | Path) -> str | None:
+    """Why a reader should not take ``folder``'s model now (None: no run is writing it). A run holding the folder may
+    have written none of its final model yet, or (``--overwrite``) still hold the previous run's."""
+    holder = lock_holder(folder) if Path(folder).is_dir() else None
+    if holder is None:
+        return None
+    return (
+        f"a run is still writing this folder ({describe_holder(holder)}); its model is final only once that run "
+        "ends: wait for it to finish"
+    )
+
+
 _LOCK_EX_NB = 2 | 4  # fcntl.LOCK_EX | fcntl.LOCK_NB (fcntl is imported only where it is used: not on Windows)
 _LOCK_UN = 8
 _HELD: dict[str, RunLock] = {}  # the folders this process writes (realpath -> its lock), by writer_lock
