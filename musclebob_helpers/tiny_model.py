@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import data
 from .config import is_tiny
-from .io import give_umask_mode, make_temp_dir, owner_gone, owner_record, read_json, sigterm_raises
+from .io import give_umask_mode, make_temp_dir, owner_gone, owner_record, read_json, sigterm_raises, write_json_atomic
 
 # Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
 TINY_RECIPE_VERSION = 2
@@ -329,7 +329,7 @@ def _build_into(target: Path, seed: int, log=print, replace: bool = False) -> Pa
     with sigterm_raises():
         tmp = make_temp_dir(target.parent, target.name + BUILDING)
         try:
-            (tmp / BUILD_OWNER_FILE).write_text(json.dumps(owner_record()))
+            write_json_atomic(tmp / BUILD_OWNER_FILE, owner_record())
             _build_and_rename(tmp, target, seed, log, replace)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
