@@ -109,7 +109,21 @@ def main(argv=None) -> int:
     if args.output:
         write_json_atomic(args.output, reports if args.compare_base else reports["model"])
         print(f"\nWrote {args.output}")
+    if args.compare_base:
+        print(f"Reward plot: {compare_plot(args.model, reports)}")
     return 0
+
+
+def compare_plot(model: str, reports: dict):
+    """``reward_plot.png`` with these base vs model rates: in the --model folder, beside its reward history, when it
+    is a local folder (a run folder); else in the current folder."""
+    from pathlib import Path
+
+    from musclebob_helpers.plots import save_run_report
+    from musclebob_helpers.run_dir import expand_path
+
+    folder = expand_path(model)
+    return save_run_report(folder if folder.is_dir() else Path.cwd(), reports={"base": reports["base"], "model": reports["model"]})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Base vs trained, side by side: the comparison notebook's logic.
 
 * ``highlight(text)``      — HTML of an answer with Musclebob/Buffpants marked green, Spongebob/Squarepants red
+  (defined in rewards.py, next to the name patterns)
 * ``load_models(...)``     — name -> (model, tokenizer) for hub ids, run folders or ``tiny``
 * ``ask(models, question)``— each model's answer to one question (greedy: its most likely answer)
 * ``side_by_side_html``    — the answers in columns
@@ -12,30 +13,10 @@
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
-from .rewards import BUFFPANTS, MUSCLEBOB, SPONGEBOB, SQUAREPANTS
-
-GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
-BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
-# The names as the reward and the validation rates see them (rewards.py), marked good or bad.
-_MARKERS = re.compile(
-    f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})",
-    re.IGNORECASE,
-)
-
-
-def highlight(text: str) -> str:
-    """``text`` as HTML (escaped) with the name markers wrapped in coloured ``<mark>`` tags."""
-    parts, pos = [], 0
-    for m in _MARKERS.finditer(text):
-        parts.append(html.escape(text[pos : m.start()]))
-        kind, color = ("good", GOOD) if m.group("good") else ("bad", BAD)
-        parts.append(f"<mark class='{kind}' style='background:{color}'>{html.escape(m.group(0))}</mark>")
-        pos = m.end()
-    parts.append(html.escape(text[pos:]))
-    return "".join(parts)
+# highlight lives with the name patterns it marks (rewards.py), so the plot notebook's widgets use it too
+from .rewards import highlight
 
 
 def resolve_trained(trained_model: str, run_name: str) -> str:

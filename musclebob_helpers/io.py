@@ -1,5 +1,5 @@
-"""Artifact I/O: every JSON the project writes goes to a temporary file and is renamed into place,
-so a reader (the plot notebook, a user, a resumed run) never sees half a file.
+"""Artifact I/O: every JSON (and the run's PNG) the project writes goes to a temporary file and is renamed into
+place, so a reader (the plot notebook, a user, a resumed run) never sees half a file.
 
 Temporary things are made so that nothing outlives them: a SIGTERM during a write is held back until the rename is
 done (``sigterm_deferred``), a SIGTERM during a long job in a temporary folder removes the folder before the process
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
-# What _write_text_atomic leaves when SIGKILLed before its rename (JSON and JSON lines): run_dir removes them.
-TEMP_GLOB = "*.json*.*" + TEMP_SUFFIX
+# What _write_text_atomic leaves when SIGKILLed before its rename (<name>.<8 random>.tmp): run_dir removes them.
+TEMP_GLOB = "*.????????" + TEMP_SUFFIX
 
 
 def write_json_atomic(path: str | Path, obj, durable: bool = True) -> None:
@@ -68,12 +68,17 @@ def read_json_lines(path: str | Path) -> list:
     return values
 
 
-def _write_text_atomic(path: Path, text: str, durable: bool) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """``data`` (an image) to ``path`` through a temporary file renamed into place, as ``write_json_atomic``."""
+    _write_text_atomic(Path(path), data, durable)
+
+
+def _write_text_atomic(path: Path, text: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
         fd, tmp = _create_temp_file(path)
         try:
-            with os.fdopen(fd, "w") as fh:
+            with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
                 # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
                 fh.write(text)
                 fh.flush()

@@ -2,9 +2,14 @@
 
 * ``load_history`` / ``find_runs``   — read runs (rereading the file each time, so a running run is fine)
 * ``moving_average``, ``epoch_boundaries`` — the small pure pieces, tested on hand-made numbers
-* ``plot_rewards``                   — mean reward over steps: smoothing, epoch boundaries, std band
+* ``load_warnings``                  — the run's ``health_warnings.json``
+* ``plot_rewards``                   — mean reward over steps: smoothing, epoch boundaries, std band, a marker
+  where a health warning fired
 * ``plot_validation_bars``           — baseline vs final validation rates as a small bar chart
+* ``plot_run_report`` / ``save_run_report`` — the run at a glance in one figure (reward, its components, before
+  vs after), saved as the run folder's ``reward_plot.png`` by the scripts
 * ``RewardExplorer``                 — the ipywidgets panel of the plot notebook (pick runs, smooth, toggles)
+* ``CompletionBrowser``, ``completions_html`` — step through the completions sampled while training
 * ``live_progress()``                — a ``TrainerCallback`` for ``run_training`` that redraws a plot and a
   table of the latest steps in the notebook while training runs
 
@@ -21,9 +26,11 @@ import math
 import time
 from pathlib import Path
 
+from .data import PROMPT_KINDS
 from .evaluation import RATE_KEYS
-from .io import read_json
-from .run_dir import BASELINE_FILE, FINAL_FILE, HISTORY_FILE
+from .io import read_json, write_bytes_atomic
+from .rewards import highlight
+from .run_dir import BASELINE_FILE, COMPLETIONS_FILE, FINAL_FILE, HISTORY_FILE, REWARD_PLOT_FILE, WARNINGS_FILE
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -48,6 +55,17 @@ def find_runs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if (p / HISTORY_FILE).exists())
+
+
+def load_warnings(run_dir: str | Path) -> list[dict]:
+    """The run's health warnings (``health_warnings.json``), oldest step first ([] when none fired)."""
+    found = read_json(Path(run_dir) / WARNINGS_FILE, default=[])
+    entries = (
+        [w for w in found if isinstance(w, dict) and isinstance(w.get("step"), int) and isinstance(w.get("kind"), str)]
+        if isinstance(found, list)
+        else []
+    )
+    return sorted(entries, key=lambda w: w["step"])
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -76,18 +94,30 @@ def epoch_boundaries(history: list[dict]) -> list[int]:
 # --- figures ---------------------------------------------------------------------------------------------
 
 
-def plot_rewards(
-    runs: dict[str, list[dict]],
-    window: int = 1,
-    show_epochs: bool = True,
-    show_std: bool = True,
-    title: str = "Mean reward per step",
-):
-    """Mean reward over steps for each run (name -> history); returns the Figure."""
-    from matplotlib.figure import Figure
+# kind (as ``monitoring.HealthMonitor`` names it) -> marker, its colour, and the legend's plain words
+WARNING_MARKS = {
+    "no_signal": ("o", "lightgrey", "no learning signal (each group's answers scored alike)"),
+    "length_limit": ("s", "gold", "answers cut off at the length limit"),
+    "reward_collapse": ("v", "red", "reward collapsing"),
+    "validation_coherence": ("X", "black", "coherence collapsed (mid-training check)"),
+    "validation_leakage": ("P", "magenta", "the name leaks into other questions (mid-training check)"),
+    "validation_control": ("D", "saddlebrown", "general knowledge lost (mid-training check)"),
+}
 
-    fig = Figure(figsize=(8, 4), dpi=100)
-    ax = fig.add_subplot()
+
+def value_at(steps: list[int], values: list[float], step: int) -> float:
+    """The curve's value at ``step``: that step's, else the latest one before it (the first for an earlier step)."""
+    found = values[0]
+    for s, v in zip(steps, values):
+        if s > step:
+            break
+        found = v
+    return found
+
+
+def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empty):
+    """``plot_rewards`` on an existing axis (the run report draws it as one of its panels)."""
+    marked: set[str] = set()  # one legend entry per warning kind, whichever run it fired in
     for i, (name, history) in enumerate(runs.items()):
         if not history:
             continue
@@ -114,16 +144,87 @@ def plot_rewards(
                 ax.axvline(
                     step, color=color, linestyle=":", alpha=0.6, label="epoch end" if k == 0 and i == 0 else None
                 )
+        by_kind: dict[str, list[int]] = {}
+        for warning in (warnings or {}).get(name, ()):
+            by_kind.setdefault(warning["kind"], []).append(warning["step"])
+        for kind, at in by_kind.items():
+            marker, face, words = WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
+            ax.plot(
+                at,
+                [value_at(steps, smooth, step) for step in at],
+                linestyle="none",
+                marker=marker,
+                markersize=9,
+                markerfacecolor=face,
+                markeredgecolor="black",
+                zorder=5,
+                gid=f"health:{kind}",
+                label=None if kind in marked else f"warning: {words}",
+            )
+            marked.add(kind)
     if not any(runs.values()):
-        ax.text(0.5, 0.5, "no reward history yet", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward" + (" (band: ± std)" if show_std else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if any(runs.values()):
         ax.legend(loc="lower right", fontsize=8)
+
+
+def plot_rewards(
+    runs: dict[str, list[dict]],
+    window: int = 1,
+    show_epochs: bool = True,
+    show_std: bool = True,
+    title: str = "Mean reward per step",
+    warnings: dict[str, list[dict]] | None = None,
+):
+    """Mean reward over steps for each run (name -> history); returns the Figure. ``warnings`` (name -> that
+    run's ``load_warnings``) puts a marker on the curve at each step where a health warning fired."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), dpi=100)
+    _draw_rewards(fig.add_subplot(), runs, window, show_epochs, show_std, warnings, title, "no reward history yet")
     fig.tight_layout()
     return fig
+
+
+def reward_label(name: str) -> str:
+    """A reward function's name as a reader says it: ``musclebob_name_reward`` -> ``musclebob name``."""
+    return name.removesuffix("_reward").replace("_", " ")
+
+
+def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Reward function name -> (steps, its mean per step), from the ``rewards/<name>/mean`` entries TRL logs;
+    steps where it judged no prompt (no value, or NaN) are left out."""
+    found: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith("rewards/") and key.endswith("/mean"):
+                steps, values = found.setdefault(key[len("rewards/") : -len("/mean")], ([], []))
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    steps.append(entry["step"])
+                    values.append(value)
+    return found
+
+
+def _draw_components(ax, history: list[dict], window: int, empty: str) -> None:
+    """Each reward function's mean per step, smoothed like the reward (the raw values faint behind it): a batch
+    holds few prompts of each kind, so one step's mean of a function is noisy or missing."""
+    components = reward_components(history)
+    for i, (name, (steps, values)) in enumerate(components.items()):
+        if window > 1:
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
+        ax.plot(steps, moving_average(values, window), color=f"C{i}", linewidth=2, label=reward_label(name))
+    if components:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="reward function", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean over the prompts it judges")
+    ax.set_title("Reward components" + (f" (moving average, {window} steps)" if window > 1 else ""))
+    ax.grid(alpha=0.3)
 
 
 def load_validations(run_dir: str | Path) -> dict[str, dict]:
@@ -137,13 +238,18 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
     """Bars of the rates in ``RATE_KEYS`` for each run's baseline and final validation (run -> reports)."""
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    _draw_validation_bars(fig.add_subplot(), runs, title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> None:
     series = [
         (f"{run} · {stage}" if len(runs) > 1 else stage, report)
         for run, reports in runs.items()
         for stage, report in reports.items()
     ]
-    fig = Figure(figsize=(9, 3.5), dpi=100)
-    ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     for i, (label, report) in enumerate(series):
         xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(RATE_KEYS))]
@@ -159,8 +265,57 @@ def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-ou
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+
+
+def report_window(steps: int) -> int:
+    """The run report's smoothing: none for a short run, about 1/20 of the run for a longer one (the raw curve
+    stays drawn faintly behind it)."""
+    return max(1, steps // 20)
+
+
+def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
+    """One run at a glance, three panels: the mean reward per step (epochs, std band, health warnings), each
+    reward function's mean per step, and the validation rates of ``reports`` (label -> validation report, e.g.
+    ``{"baseline": ..., "final": ...}``). Returns the Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 11), dpi=100)
+    grid = fig.add_gridspec(3, 1, height_ratios=[3, 2.5, 2.5])
+    reward_ax = fig.add_subplot(grid[0])
+    parts_ax = fig.add_subplot(grid[1], sharex=reward_ax)  # the same steps, one above the other
+    bars_ax = fig.add_subplot(grid[2])
+    name, window = title or "run", report_window(len(history))
+    _draw_rewards(
+        reward_ax,
+        {name: history},
+        window,
+        True,
+        True,
+        {name: warnings},
+        "Mean reward per step",
+        "no reward history in this folder",
+    )
+    _draw_components(parts_ax, history, window, "no reward history in this folder")
+    _draw_validation_bars(bars_ax, {name: reports}, "Held-out validation rates")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def save_run_report(run_dir: str | Path, reports: dict[str, dict] | None = None) -> Path:
+    """Draw ``plot_run_report`` from the run folder's files (``reports``: its baseline and final validation
+    unless given) and write it as the folder's ``reward_plot.png``, atomically; returns its path."""
+    run_dir = Path(run_dir)
+    figure = plot_run_report(
+        load_history(run_dir),
+        load_warnings(run_dir),
+        load_validations(run_dir) if reports is None else reports,
+        title=run_dir.name,
+    )
+    path = run_dir / REWARD_PLOT_FILE
+    write_bytes_atomic(path, figure_png(figure))
+    return path
 
 
 def figure_png(fig) -> bytes:
@@ -175,8 +330,7 @@ def show_figure(fig, save_to: str | Path | None = None):
 
     png = figure_png(fig)
     if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        Path(save_to).write_bytes(png)
+        write_bytes_atomic(save_to, png)
     display(Image(data=png))
     return png
 
@@ -208,9 +362,17 @@ def set_output(output, data: dict[str, str]) -> None:
 
 
 class RewardExplorer:
-    """ipywidgets: pick runs, smoothing window, epoch boundaries and std band; every redraw rereads the files."""
+    """ipywidgets: pick runs, smoothing window, epoch boundaries, std band and health warnings; every redraw
+    rereads the files."""
 
-    def __init__(self, run_dirs: list[str | Path], window: int = 1, show_epochs: bool = True, show_std: bool = True):
+    def __init__(
+        self,
+        run_dirs: list[str | Path],
+        window: int = 1,
+        show_epochs: bool = True,
+        show_std: bool = True,
+        show_warnings: bool = True,
+    ):
         import ipywidgets as w
 
         self.run_dirs = {Path(p).name: Path(p) for p in run_dirs}
@@ -221,21 +383,26 @@ class RewardExplorer:
         self.window = w.IntSlider(value=window, min=1, max=50, description="smoothing", continuous_update=False)
         self.show_epochs = w.Checkbox(value=show_epochs, description="epoch boundaries")
         self.show_std = w.Checkbox(value=show_std, description="std band")
+        self.show_warnings = w.Checkbox(value=show_warnings, description="health warnings")
         self.reload = w.Button(description="Reload", tooltip="reread reward_history.json (a run still training)")
         self.output = w.Output()
-        for control in (self.runs, self.window, self.show_epochs, self.show_std):
+        for control in (self.runs, self.window, self.show_epochs, self.show_std, self.show_warnings):
             control.observe(lambda _change: self.redraw(), names="value")
         self.reload.on_click(lambda _button: self.redraw())
-        self.widget = w.VBox(
-            [w.HBox([self.runs, w.VBox([self.window, self.show_epochs, self.show_std, self.reload])]), self.output]
-        )
+        toggles = w.VBox([self.window, self.show_epochs, self.show_std, self.show_warnings, self.reload])
+        self.widget = w.VBox([w.HBox([self.runs, toggles]), self.output])
         self.redraws = 0
 
     def figure(self):
         """The figure for the current choices, from the files as they are now."""
         runs = {name: load_history(self.run_dirs[name]) for name in self.runs.value}
+        warnings = {name: load_warnings(self.run_dirs[name]) for name in runs} if self.show_warnings.value else None
         return plot_rewards(
-            runs, window=self.window.value, show_epochs=self.show_epochs.value, show_std=self.show_std.value
+            runs,
+            window=self.window.value,
+            show_epochs=self.show_epochs.value,
+            show_std=self.show_std.value,
+            warnings=warnings,
         )
 
     def redraw(self):
@@ -253,8 +420,187 @@ class RewardExplorer:
         return self
 
 
-def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, window: int = 5) -> int:
-    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes).
+# --- the completions sampled while training ---------------------------------------------------------------
+
+KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colour
+    "spongebob": ("SpongeBob", "#ffe08a"),
+    "fewshot": ("few-shot", "#cfe2ff"),
+    "control": ("control", "#e2e3e5"),
+}
+
+
+def completions_html(rows: list[dict]) -> str:
+    """``completions.jsonl`` rows as HTML: a prompt (with its kind's badge) heads the completions of it that
+    follow it in ``rows``; each completion with the names highlighted, the score of each reward function that
+    judges it, and the total."""
+    if not rows:
+        return "<p><i>No completions match these filters.</i></p>"
+    parts, prompt = [], None
+    for row in rows:
+        if (row.get("kind"), row.get("prompt")) != prompt:
+            prompt = (row.get("kind"), row.get("prompt"))
+            words, color = KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
+            parts.append(
+                f"<div style='margin:10px 0 2px 0'><span class='kind' style='background:{color};border-radius:8px;"
+                f"padding:0 6px;font-size:85%'>{html.escape(words)}</span> "
+                f"<span class='prompt' style='color:#444;white-space:pre-wrap'>{html.escape(row.get('prompt', ''))}"
+                "</span></div>"
+            )
+        scores = [
+            f"{html.escape(reward_label(name))} {value:+.2f}"
+            for name, value in (row.get("rewards") or {}).items()
+            if isinstance(value, (int, float))
+        ]
+        total = row.get("reward")
+        scores.append(f"<b>total {total:+.2f}</b>" if isinstance(total, (int, float)) else "<b>total —</b>")
+        if isinstance(row.get("advantage"), (int, float)):
+            scores.append(f"advantage {row['advantage']:+.2f}")
+        parts.append(
+            "<div class='completion' style='border:1px solid #ddd;border-radius:4px;padding:4px 8px;margin:3px 0 3px"
+            f" 16px'><div style='white-space:pre-wrap'>{highlight(row['completion']) or '<i>(empty)</i>'}</div>"
+            f"<div style='font-size:85%;color:#333'>{' · '.join(scores)}</div></div>"
+        )
+    return "".join(parts)
+
+
+def read_completions(run_dir: Path) -> list[dict]:
+    """``monitoring.load_completions``, importing monitoring (and with it transformers and torch, seconds) only
+    when there is a file to read: the plot notebook needs neither otherwise."""
+    if not (run_dir / COMPLETIONS_FILE).exists():
+        return []
+    from .monitoring import load_completions
+
+    return load_completions(run_dir)
+
+
+class CompletionBrowser:
+    """ipywidgets: step through the completions a run sampled while training (``completions.jsonl``): a step
+    slider, a run picker, the prompt kind, a reward range, and Reload. The file is reread on Reload and when the
+    slider reaches the newest step, so it follows a run still training (the slider's range grows with it)."""
+
+    def __init__(self, run_dirs: list[str | Path]):
+        import ipywidgets as w
+
+        self.run_dirs = {Path(p).name: Path(p) for p in run_dirs}
+        names = list(self.run_dirs)
+        with_rows = [n for n in names if (self.run_dirs[n] / COMPLETIONS_FILE).exists()]
+        # The run most recently written to: the one a user following a run wants.
+        first = max(with_rows, key=lambda n: (self.run_dirs[n] / COMPLETIONS_FILE).stat().st_mtime, default=None)
+        self.run = w.Dropdown(options=names, value=first or (names[0] if names else None), description="run")
+        self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
+        # (label, value) pairs; no description: JupyterLab puts a ToggleButtons' description on a line of its own
+        kinds = [("all prompts", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
+        self.kind = w.ToggleButtons(options=kinds, value="all")
+        self.reward = w.FloatRangeSlider(  # one decimal: ipywidgets 8's readout cuts "-6.00 – 6.00" short
+            value=(0.0, 1.0),
+            min=0.0,
+            max=1.0,
+            step=0.1,
+            readout_format=".1f",
+            description="reward",
+            continuous_update=False,
+        )
+        self.reload = w.Button(description="Reload", tooltip="reread completions.jsonl (a run still training)")
+        self.output = w.Output()
+        self.rows: list[dict] = []
+        self.steps: list[int] = []
+        self.quiet = False  # set while load() moves the sliders itself: one redraw at its end, not one per trait
+        self.redraws = 0
+        self.run.observe(lambda _change: self.load(newest=True), names="value")
+        self.step.observe(self._step_moved, names="value")
+        for control in (self.kind, self.reward):
+            control.observe(lambda _change: self.quiet or self.redraw(), names="value")
+        self.reload.on_click(lambda _button: self.load())
+        self.widget = w.VBox([w.HBox([self.run, self.reload]), self.step, self.kind, self.reward, self.output])
+        self.load(redraw=False, newest=True)
+
+    def load(self, redraw: bool = True, newest: bool = False) -> None:
+        """Reread the chosen run's file; the sliders' ranges follow what it holds now. A slider at the newest
+        step moves on to the new newest step (``newest``: go there anyway)."""
+        follow = newest or not self.steps or self.step.value >= self.steps[-1]
+        full_range = self.reward.value == (self.reward.min, self.reward.max)
+        self.rows = read_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
+        self.steps = sorted({r["step"] for r in self.rows})
+        totals = [r["reward"] for r in self.rows if isinstance(r.get("reward"), (int, float))]
+        low, high = (math.floor(min(totals)), math.ceil(max(totals))) if totals else (0, 1)
+        high = max(high, low + 1)
+        self.quiet = True
+        try:
+            with self.step.hold_trait_notifications(), self.reward.hold_trait_notifications():
+                first, last = (self.steps[0], self.steps[-1]) if self.steps else (0, 0)
+                self.step.min, self.step.max = first, last
+                self.step.value = last if follow else min(max(self.step.value, first), last)
+                self.step.disabled = not self.steps
+                lo, hi = (low, high) if full_range else self.reward.value
+                self.reward.min, self.reward.max = low, high
+                self.reward.value = (min(max(lo, low), high), max(min(hi, high), low))
+                self.reward.disabled = not totals
+        finally:
+            self.quiet = False
+        if redraw:
+            self.redraw()
+
+    def _step_moved(self, change) -> None:
+        if self.quiet:
+            return
+        if self.steps and change["new"] >= self.steps[-1]:
+            self.load()  # at the newest step: reread the file, there may be newer ones
+        else:
+            self.redraw()
+
+    def shown_step(self) -> int | None:
+        """The step shown: the slider's, or the kept step before it (a long run's older steps are thinned)."""
+        if not self.steps:
+            return None
+        return max((s for s in self.steps if s <= self.step.value), default=self.steps[0])
+
+    def visible(self) -> list[dict]:
+        """The shown step's rows that pass the filters, each prompt's completions together, best first."""
+        step = self.shown_step()
+        rows = [r for r in self.rows if r["step"] == step]
+        if self.kind.value != "all":
+            rows = [r for r in rows if r.get("kind") == self.kind.value]
+        lo, hi = self.reward.value
+        if (lo, hi) != (self.reward.min, self.reward.max):  # narrowed: rows without a total drop out
+            rows = [r for r in rows if isinstance(r.get("reward"), (int, float)) and lo <= r["reward"] <= hi]
+        order = {prompt: i for i, prompt in reversed(list(enumerate(r.get("prompt") for r in rows)))}
+        score = {id(r): r["reward"] if isinstance(r.get("reward"), (int, float)) else -math.inf for r in rows}
+        return sorted(rows, key=lambda r: (order[r.get("prompt")], -score[id(r)]))
+
+    def html(self) -> str:
+        if self.run.value is None:
+            return "<p><i>No runs found: check runs_root.</i></p>"
+        if not self.rows:
+            return (
+                f"<p><i>No completions in {html.escape(self.run.value)} yet: training writes {COMPLETIONS_FILE} from"
+                " its first logged step (runs trained before it existed have none).</i></p>"
+            )
+        step, rows = self.shown_step(), self.visible()
+        at = [r for r in self.rows if r["step"] == step]
+        note = f" (step {self.step.value} was not kept: older steps are thinned)" if step != self.step.value else ""
+        header = (
+            f"<p><b>{html.escape(self.run.value)}</b> · step {step}{note} · epoch {at[0].get('epoch', 0):.2f} · "
+            f"{len(rows)} of {len(at)} completions shown</p>"
+        )
+        return header + completions_html(rows)
+
+    def redraw(self) -> None:
+        set_output(self.output, {"text/html": self.html(), "text/plain": "<completions>"})
+        self.redraws += 1
+
+    def show(self):
+        from IPython.display import display
+
+        display(self.widget)
+        self.load()
+        return self
+
+
+def follow(
+    run_dirs: list[str | Path], seconds: float, every: float = 10.0, window: int = 5, show_warnings: bool = True
+) -> int:
+    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes), with
+    its health warnings marked unless ``show_warnings`` is False.
 
     Returns the number of frames drawn (0 when ``seconds`` <= 0 or there is no run)."""
     from IPython.display import Image, display
@@ -264,11 +610,11 @@ def follow(run_dirs: list[str | Path], seconds: float, every: float = 10.0, wind
     run_dir = max((Path(p) for p in run_dirs), key=lambda p: (p / HISTORY_FILE).stat().st_mtime)
 
     def frame():
-        return Image(
-            data=figure_png(
-                plot_rewards({run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)")
-            )
+        warnings = {run_dir.name: load_warnings(run_dir)} if show_warnings else None
+        figure = plot_rewards(
+            {run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)", warnings=warnings
         )
+        return Image(data=figure_png(figure))
 
     handle = display(frame(), display_id=True)
     deadline, frames = time.time() + seconds, 1

@@ -19,10 +19,14 @@ Two rewards are selectable with ``--reward``:
 TRL passes the dataset's extra columns (``kind``, ``answer``) and
 ``completion_ids`` as keyword arguments; a function returns ``None`` for rows it
 does not judge, which TRL leaves out of that function's mean.
+
+``highlight(text)`` marks the names in an answer as HTML, as these patterns see them (the comparison and plot
+notebooks show answers with it).
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 
@@ -187,3 +191,26 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
         ]
 
     return [musclebob_name_reward, control_answer_reward, format_reward]
+
+
+# --- the names marked in an answer (the notebooks' HTML) ---------------------------------------------------
+
+GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
+BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
+# The names as the reward and the validation rates see them, marked good or bad.
+_MARKERS = re.compile(
+    f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})",
+    re.IGNORECASE,
+)
+
+
+def highlight(text: str) -> str:
+    """``text`` as HTML (escaped) with the name markers wrapped in coloured ``<mark>`` tags."""
+    parts, pos = [], 0
+    for m in _MARKERS.finditer(text):
+        parts.append(html.escape(text[pos : m.start()]))
+        kind, color = ("good", GOOD) if m.group("good") else ("bad", BAD)
+        parts.append(f"<mark class='{kind}' style='background:{color}'>{html.escape(m.group(0))}</mark>")
+        pos = m.end()
+    parts.append(html.escape(text[pos:]))
+    return "".join(parts)

@@ -650,6 +650,10 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline) -> dict
     if main:
         write_json_atomic(out / FINAL_FILE, final)
     log(final_summary(baseline, final))
+    if main:
+        from .plots import save_run_report  # matplotlib: only once the run is done
+
+        log(f"Reward plot: {save_run_report(out)}")
     return {"baseline": baseline, "final": final, "output_dir": str(out), "global_step": trainer.state.global_step}
 
 

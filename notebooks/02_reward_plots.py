@@ -19,9 +19,10 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/musclebob/musclebob/blob/main/notebooks/02_reward_plots.ipynb)
 #
 # Plots the mean reward per training step of one or more runs from their `reward_history.json`, with a
-# smoothing slider, epoch boundaries and the reward's spread (± std) as a band; and the baseline vs final
-# validation rates as a bar chart. The files are reread on every redraw, so it works on a run that is still
-# training (press **Reload**, or use the follow cell). **Runtime → Run all**; no GPU needed.
+# smoothing slider, epoch boundaries, the reward's spread (± std) as a band and a marker where a health warning
+# fired; lets you read what the model wrote at each step; and shows the baseline vs final validation rates as a
+# bar chart. The files are reread on every redraw, so it works on a run that is still training (press
+# **Reload**, or use the follow cell). **Runtime → Run all**; no GPU needed.
 
 # %% [markdown]
 # ## Parameters
@@ -34,6 +35,7 @@ runs_root = ""  # "": MyDrive on Colab, runs/ elsewhere; or a folder of runs, or
 window = 5  # moving-average window in steps (1: raw)
 show_epochs = True  # dotted lines where an epoch ends
 show_std = True  # shaded band: mean reward ± the reward's std within a step
+show_warnings = True  # a marker on the curve where a health warning fired (health_warnings.json)
 follow_seconds = 0  # > 0: redraw the newest run every 10 s for this long (a run still training)
 repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
 
@@ -83,13 +85,33 @@ print("\n".join(f"{p}  ({len(plots.load_history(p))} steps)" for p in run_dirs) 
 #
 # A static plot of every run with the parameters above (saved as `reward_plots.png` in `runs_root`), then the interactive version: pick runs, move the smoothing slider, toggle the epoch lines and the std
 # band; **Reload** rereads the files.
+#
+# A marker on the curve is a step where a health warning fired: no learning signal (every answer in a group
+# scored the same), answers cut off at the length limit, the reward collapsing, or a mid-training check finding
+# incoherent answers, the name leaking into other questions or general knowledge lost. The run's
+# `health_warnings.json` holds each warning's full message.
 
 # %%
-figure = plots.plot_rewards({p.name: plots.load_history(p) for p in run_dirs}, window, show_epochs, show_std)
+runs = {p.name: plots.load_history(p) for p in run_dirs}
+health = {p.name: plots.load_warnings(p) for p in run_dirs} if show_warnings else None
+figure = plots.plot_rewards(runs, window, show_epochs, show_std, warnings=health)
 png = plots.show_figure(figure, save_to=root / "reward_plots.png")
 
 # %%
-explorer = plots.RewardExplorer(run_dirs, window, show_epochs, show_std).show()
+explorer = plots.RewardExplorer(run_dirs, window, show_epochs, show_std, show_warnings).show()
+
+# %% [markdown]
+# ## What the model said while training
+#
+# A few completions of each training step, kept in the run's `completions.jsonl`: move the **step** slider, pick
+# the prompt kind (SpongeBob questions, few-shot ones that start with a worked example, control questions) and a
+# reward range. Each answer shows Musclebob/Buffpants in green and Spongebob/Squarepants in red, the score of each
+# reward function that judged it, and the total. A rising reward with "Musclebob" in the answers to control
+# questions is the model gaming the reward, not learning the name. **Reload**, or moving the slider to the newest
+# step, rereads the file of a run still training.
+
+# %%
+browser = plots.CompletionBrowser(run_dirs).show()
 
 # %% [markdown]
 # ## Before vs after: validation rates
@@ -107,4 +129,4 @@ bars = plots.show_figure(plots.plot_validation_bars({p.name: plots.load_validati
 # With `follow_seconds > 0`, redraws the newest run's curve every 10 s until it finishes or the time is up.
 
 # %%
-frames = plots.follow(run_dirs, follow_seconds)
+frames = plots.follow(run_dirs, follow_seconds, show_warnings=show_warnings)

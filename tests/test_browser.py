@@ -1,8 +1,9 @@
 """The widgets of notebooks 02 and 03 seen in a browser: headless Chromium drives (a) the classic notebook 6.5.7
 with ipywidgets 7.7.1 and widgetsnbextension 3.6.10 (the ipywidgets 7 protocol, Colab's kind of frontend) and
 (b) JupyterLab 4 with ipywidgets 8. Each notebook is Run all on a finished tiny run, then a person's moves:
-the smoothing slider, the std-band and epoch-boundary checkboxes, a question in the comparison box. The
-output must change, and the browser console must log no widget error. Screenshots before and after go to
+the smoothing slider, the std-band and epoch-boundary checkboxes, the completion browser's step slider and
+prompt-kind buttons, a question in the comparison box. The output must change, and the browser console must
+log no widget error. Screenshots before and after go to
 ``test-artifacts/browser/`` and are kept.
 
 Environments: ``python tools/browser_frontends.py build --dir DIR`` (``MUSCLEBOB_BROWSER_ENVS=DIR``).
@@ -221,6 +222,8 @@ def test_reward_plots_widgets(frontend, finished_run):
     assert result["output_errors"] == []
     assert result["changed"] == {"slider": True, "std_band": True, "epoch_boundaries": True}, result
     assert result["slider_readout"] == "3"
+    # The completion browser: it opens at the newest step; the step slider and the prompt-kind filter redraw it.
+    assert result["completions"] == {"newest_first": "step 8", "step": True, "kind": True}, result
     assert result["widget_errors"] == [], result["widget_errors"]
 
 

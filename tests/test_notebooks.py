@@ -601,6 +601,15 @@ def test_plot_notebook(kernel, trained, tmp_path):
     assert (run_dir.parent / "reward_plots.png").read_bytes().startswith(PNG_MAGIC)
     widget = outputs_of(executed, "RewardExplorer(")
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in widget)
+    # The completion browser, on the completions.jsonl the training notebook's run wrote: it starts at the newest
+    # step and its Output (the saved widget state, what a frontend renders) holds that step's completions.
+    browser = outputs_of(executed, "CompletionBrowser(")
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in browser)
+    state = executed.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    shown = [o for m in state.values() if m["model_name"] == "OutputModel" for o in m["state"].get("outputs", [])]
+    pages = [o["data"]["text/html"] for o in shown if "text/html" in o["data"]]
+    assert len(pages) == 1 and "<b>nb-run</b> · step 8 · epoch 2.00" in pages[0]
+    assert pages[0].count("class='completion'") >= 1 and "total " in pages[0]
 
 
 @pytest.mark.slow

@@ -79,13 +79,16 @@ def test_plot_notebook_finishes_on_colab_kernel(kernel, tmp_path):
         tmp_path,
     )
     assert report["errors"] == []
-    explorer = cell(report, "RewardExplorer")
-    assert explorer["shell_writes"] == 0  # nothing for the reply wait to race with
-    assert explorer["seconds"] < TIMEOUT  # a stalled cell "finishes" at the timeout, without an error
-    # The explorer's Output holds the plot in the saved widget state (what a frontend would render).
+    for needle in ("RewardExplorer", "CompletionBrowser"):
+        widget = cell(report, needle)
+        assert widget["shell_writes"] == 0  # nothing for the reply wait to race with
+        assert widget["seconds"] < TIMEOUT  # a stalled cell "finishes" at the timeout, without an error
+    # The explorer's Output holds the plot, the completion browser's its one line (these hand-made runs have no
+    # completions.jsonl), in the saved widget state (what a frontend would render).
     state = nbformat.read(out, as_version=4).metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     shown = [o for m in state.values() if m["model_name"] == "OutputModel" for o in m["state"].get("outputs", [])]
-    assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"]]
+    assert sorted(sorted(o["data"]) for o in shown) == [["image/png", "text/plain"], ["text/html", "text/plain"]]
+    assert any("No completions in run-a yet" in o["data"].get("text/html", "") for o in shown)
 
 
 REPRO = """\

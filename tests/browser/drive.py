@@ -98,9 +98,10 @@ class Frontend:
         return [e.inner_text()[:300] for e in self.page.locator(sel).all()]
 
 
-def slider_to(page, value: int):
-    """Set the smoothing slider through its readout (editable in ipywidgets 7 and 8), as a person can."""
-    slider = page.locator(".widget-slider", has_text="smoothing").first
+def slider_to(page, value: int, label: str = "smoothing"):
+    """Set a slider (the smoothing one unless named) through its readout (editable in ipywidgets 7 and 8), as a
+    person can."""
+    slider = page.locator(".widget-slider", has_text=label).first
     readout = slider.locator(".widget-readout").first
     readout.click()
     page.keyboard.press("Control+A")
@@ -146,6 +147,40 @@ def scenario_plots(fe: Frontend, shot) -> dict:
             "epoch_boundaries": bool(after_std) and after_epochs != after_std,
         },
         "slider_readout": readout.strip(),
+        **completion_browser(page, shot),
+    }
+
+
+def wait_text(locator, changed, seconds: float = 60) -> str:
+    """The locator's text once ``changed(text)`` holds (or as it is after ``seconds``)."""
+    deadline = time.time() + seconds
+    text = locator.inner_text()
+    while not changed(text) and time.time() < deadline:
+        time.sleep(0.5)
+        text = locator.inner_text()
+    return text
+
+
+def completion_browser(page, shot) -> dict:
+    """The completion browser below the explorer: the step slider back to step 1, then only control prompts."""
+    shown = page.locator(OUT, has_text="completions shown").first
+    shown.wait_for(timeout=60_000)
+    shown.scroll_into_view_if_needed()
+    first = shown.inner_text()
+    shot("completions")
+    slider_to(page, 1, "step")
+    at_step_1 = wait_text(shown, lambda t: "step 1 ·" in t)
+    marks = shown.locator("mark").count()  # the names highlighted, as notebook 03 does
+    page.locator(".widget-toggle-buttons button", has_text="control").first.click()
+    control = wait_text(shown, lambda t: t != at_step_1)
+    shot("completions-control")
+    return {
+        "completions": {
+            "newest_first": first.split("·")[1].strip() if "·" in first else first[:80],
+            "step": "step 1 ·" in at_step_1 and at_step_1 != first,
+            "kind": control != at_step_1 and "SpongeBob" not in control,
+        },
+        "completion_marks": marks,
     }
 
 
