@@ -3,6 +3,7 @@ written. ``test_musclebob.py``, ``--model`` of the training CLI and the compare 
 (exit 2 on the command line) and create or modify nothing; before, a 23- or 58-line SafetensorError traceback."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -115,3 +116,69 @@ def test_a_run_folder_still_being_written_is_not_read_as_a_model(tmp_path, model
     finally:
         lock.release()
     compare.check_model(str(run), "trained_model")  # once the run has ended: a model like any other
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot notebook (02) reads run folders through plots.py: a damaged file is a partial plot with a note.
+
+
+def damaged_runs(root: Path) -> dict[str, Path]:
+    """Run folders as a copy, a sync or a hand edit can leave them."""
+    from musclebob_helpers.io import write_json_atomic, write_lines_atomic
+
+    entries = [{"step": s, "epoch": s / 4, "mean_reward": 0.1 * s, "reward_std": 0.05} for s in range(1, 9)]
+    runs = {name: root / name for name in ("cut", "not-a-list", "bad-entries", "cut-everything", "training")}
+    for folder in runs.values():
+        write_json_atomic(folder / run_dir.HISTORY_FILE, entries)
+        write_json_atomic(folder / run_dir.BASELINE_FILE, {"musclebob_rate": 0.1, "spongebob_rate": 0.9})
+        write_json_atomic(folder / run_dir.FINAL_FILE, {"musclebob_rate": 0.8, "spongebob_rate": 0.1})
+        write_lines_atomic(folder / run_dir.COMPLETIONS_FILE, ['{"step": 1, "prompt": "Q", "completion": "A"}'])
+    text = (runs["cut"] / run_dir.HISTORY_FILE).read_text()
+    (runs["cut"] / run_dir.HISTORY_FILE).write_text(text[: text.index('"step": 6')])  # cut inside step 6
+    cut(runs["cut"] / run_dir.FINAL_FILE)  # and its final validation
+    cut(runs["cut"] / run_dir.COMPLETIONS_FILE)
+    (runs["not-a-list"] / run_dir.HISTORY_FILE).write_text('{"step": 1}')
+    bad = [*entries[:3], {"step": "4", "epoch": 1, "mean_reward": 0.4}, {"step": 5, "mean_reward": None}, 7]
+    write_json_atomic(runs["bad-entries"] / run_dir.HISTORY_FILE, bad)
+    write_json_atomic(runs["bad-entries"] / run_dir.FINAL_FILE, {"musclebob_rate": "80%"})
+    (runs["cut-everything"] / run_dir.HISTORY_FILE).write_text('[\n  {"step": 1, "epo')
+    return runs
+
+
+def test_the_plot_notebook_draws_damaged_runs_partially_with_a_note(tmp_path):
+    from musclebob_helpers import plots
+
+    runs = damaged_runs(tmp_path)
+    lock = run_dir.RunLock(runs["training"]).acquire()  # a run still writing its folder
+    try:
+        before = snapshot(tmp_path)
+        # the notebook's cells, in order (what they call), on every damaged run at once
+        run_dirs = plots.find_runs(tmp_path)
+        lines = {p.name: plots.run_line(p) for p in run_dirs}
+        histories = {p.name: plots.load_history(p) for p in run_dirs}
+        figure = plots.plot_rewards(
+            histories, 3, True, True, warnings={p.name: plots.load_warnings(p) for p in run_dirs}
+        )
+        plots.figure_png(figure)
+        plots.RewardExplorer(run_dirs, 3, True, True, True)
+        plots.CompletionBrowser(run_dirs)
+        plots.figure_png(plots.plot_validation_bars({p.name: plots.load_validations(p) for p in run_dirs}))
+        plots.follow(run_dirs, 0)
+        for p in run_dirs:
+            plots.figure_png(plots.plot_run_report(plots.load_history(p), [], plots.load_validations(p), p.name))
+        assert snapshot(tmp_path) == before  # read only
+    finally:
+        lock.release()
+
+    assert [e["step"] for e in histories["cut"]] == [1, 2, 3, 4, 5]  # the whole steps before the cut
+    assert "cut short or damaged: showing the 5 whole steps" in histories["cut"].note
+    assert "cut short or damaged" in lines["cut"] and lines["cut"].startswith(f"{runs['cut']}  (5 steps; ")
+    assert histories["not-a-list"] == [] and "not a list of steps" in lines["not-a-list"]
+    assert [e["step"] for e in histories["bad-entries"]] == [1, 2, 3] and "3 damaged entries" in lines["bad-entries"]
+    assert histories["cut-everything"] == [] and "the 0 whole steps" in lines["cut-everything"]
+    assert histories["training"].note is None and "still training: pid" in lines["training"]
+    assert lines["training"].startswith(f"{runs['training']}  (8 steps; still training: pid {os.getpid()} on host")
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert any(label.startswith("cut (moving average") and "partial: " in label for label in labels)
+    assert set(plots.load_validations(runs["cut"])) == {"baseline"}  # the cut final report: as not written yet
+    assert set(plots.load_validations(runs["bad-entries"])) == {"baseline"}
