@@ -667,8 +667,8 @@ def lock_holder(folder: str | Path) -> dict | None:
         pass  # no flock on this file system: the record alone decides
     else:
         _flock(fd, _LOCK_UN)
-        if record.get("host") == socket.gethostname():
-            return None  # flock is the whole truth on this machine: its holder is gone (killed, even by SIGKILL)
+        if not record:
+            return None  # unlocked and unreadable: a run killed before it wrote its record
     finally:
         os.close(fd)
     return record if _record_live(record, path) else None
@@ -697,7 +697,7 @@ class RunLock:
     to its end (released on any exception; accelerate's other ranks do not take it).
 
     * An OS lock (``fcntl.flock``) on the file: it dies with its process, so a SIGKILLed run never leaves a stale
-      lock behind, and on this machine it alone decides.
+      lock behind (its record names a dead pid), and two runs starting together cannot both get it.
     * The file holds the holder's record (host, pid, start, a heartbeat rewritten every ``LOCK_HEARTBEAT_SECONDS``),
       so a refusal names who holds it, and for what flock cannot see: another machine on a shared folder (two Colab
       runtimes on one Google Drive; flock is per machine), or a file system that refuses flock (then the record is
@@ -753,9 +753,11 @@ class RunLock:
                 os.close(fd)  # the holder released (and removed) it between our open and our flock: start again
                 continue
             if not created:
+                # Unlocked, yet the record may live: another machine's run, or a file system whose flock does not
+                # lock (some FUSE mounts accept it and do nothing). A killed run's record is stale by its dead pid;
+                # one unreadable is stale too once flock vouches that nobody here holds the file.
                 record = _read_lock(self.path)
-                stranger = self.uses_flock and record and record.get("host") != socket.gethostname()
-                if (stranger or not self.uses_flock) and record is not None and _record_live(record, self.path):
+                if (record if self.uses_flock else record is not None) and _record_live(record, self.path):
                     os.close(fd)
                     raise self.refusal(record)
             self.fd = fd

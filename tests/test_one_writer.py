@@ -93,6 +93,10 @@ def test_flock_does_not_reach_another_machine_the_heartbeat_does(tmp_path):
     write_record(out, host="other-runtime", pid=4242, heartbeat=int(time.time()) - run_dir.LOCK_STALE_SECONDS - 1)
     assert run_dir.lock_holder(out) is None  # silent too long: gone
     RunLock(out).acquire().release()
+    # a file system whose flock accepts and does not lock: a live process's fresh record still holds the folder
+    write_record(out, pid=os.getppid())
+    with pytest.raises(ConfigError, match=f"pid {os.getppid()} on host"):
+        RunLock(out).acquire()
 
 
 def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
