@@ -721,8 +721,8 @@ class RunLock:
             "output_dir",
             self.shown,
             f"another run is writing to it ({describe_holder(record)}); wait for it to finish, or pick another "
-            f"--output-dir (a lock whose run died frees itself {LOCK_STALE_SECONDS // 60} minutes after its last "
-            f"heartbeat, at once on the same machine)",
+            f"--output-dir (the lock of a run that died is free at once on its own machine, from another one "
+            f"{LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
         )
 
     def acquire(self, attempts: int = 5) -> RunLock:
