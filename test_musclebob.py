@@ -123,7 +123,9 @@ def compare_plot(model: str, reports: dict):
     from musclebob_helpers.run_dir import expand_path
 
     folder = expand_path(model)
-    return save_run_report(folder if folder.is_dir() else Path.cwd(), reports={"base": reports["base"], "model": reports["model"]})
+    return save_run_report(
+        folder if folder.is_dir() else Path.cwd(), reports={"base": reports["base"], "model": reports["model"]}
+    )
 
 
 if __name__ == "__main__":

@@ -358,14 +358,3 @@ class CompletionLog(_callback_base()):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state, durable=True)
-
-
-def load_completions(run_dir: str | Path) -> list[dict]:
-    """The rows of a run's ``completions.jsonl``, oldest step first ([] when there is none yet); a row that is not
-    whole (a file being copied) is skipped. Rereads the file, so a run still training is fine."""
-    rows = [
-        r
-        for r in read_json_lines(Path(run_dir) / COMPLETIONS_FILE)
-        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("completion"), str)
-    ]
-    return sorted(rows, key=lambda r: r["step"])

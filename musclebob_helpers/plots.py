@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .data import PROMPT_KINDS
 from .evaluation import RATE_KEYS
-from .io import read_json, write_bytes_atomic
+from .io import read_json, read_json_lines, write_bytes_atomic
 from .rewards import highlight
 from .run_dir import (
     BASELINE_FILE,
@@ -539,14 +539,16 @@ def completions_html(rows: list[dict]) -> str:
     return "".join(parts)
 
 
-def read_completions(run_dir: Path) -> list[dict]:
-    """``monitoring.load_completions``, importing monitoring (and with it transformers and torch, seconds) only
-    when there is a file to read: the plot notebook needs neither otherwise."""
-    if not (run_dir / COMPLETIONS_FILE).exists():
-        return []
-    from .monitoring import load_completions
-
-    return load_completions(run_dir)
+def load_completions(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's ``completions.jsonl`` (``monitoring.CompletionLog`` writes it), oldest step first ([] when
+    there is none yet); a row that is not whole (a file being copied) is skipped. Rereads the file, so a run still
+    training is fine."""
+    rows = [
+        r
+        for r in read_json_lines(Path(run_dir) / COMPLETIONS_FILE)
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("completion"), str)
+    ]
+    return sorted(rows, key=lambda r: r["step"])
 
 
 class CompletionBrowser:
@@ -595,7 +597,7 @@ class CompletionBrowser:
         step moves on to the new newest step (``newest``: go there anyway)."""
         follow = newest or not self.steps or self.step.value >= self.steps[-1]
         full_range = self.reward.value == (self.reward.min, self.reward.max)
-        self.rows = read_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
+        self.rows = load_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
         self.steps = sorted({r["step"] for r in self.rows})
         totals = [r["reward"] for r in self.rows if isinstance(r.get("reward"), (int, float))]
         low, high = (math.floor(min(totals)), math.ceil(max(totals))) if totals else (0, 1)
@@ -705,7 +707,8 @@ def follow(
 
 
 def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 5):
-    """A ``TrainerCallback`` that keeps a reward plot and a table of the latest steps up to date in the notebook.
+    """A ``TrainerCallback`` that keeps a reward plot (health warnings marked), a table of the latest steps and the
+    newest step's sampled completions up to date in the notebook.
 
     Redraws at most every ``min_interval`` seconds (drawing costs ~0.1 s), and always at the end. On a resumed
     run the history before the checkpoint (from ``reward_history.json``) is drawn too, so the curve continues.
@@ -747,10 +750,25 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
                 return
             from IPython.display import HTML, Image, display
 
-            status = HTML(progress_html(step, self.max_steps, self.history))
+            # What the model is saying: the newest step's sampled completions (completions.jsonl, written before
+            # this callback runs), under the table.
+            rows = load_completions(run_dir)
+            newest = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
+            said = (
+                f"<div><b>What the model said at step {newest[0]['step']}</b></div>{completions_html(newest)}"
+                if newest
+                else ""
+            )
+            status = HTML(progress_html(step, self.max_steps, self.history) + said)
+            name = Path(run_dir).name
             plot = Image(
                 data=figure_png(
-                    plot_rewards({Path(run_dir).name: self.history}, window=window, title="Mean reward per step (live)")
+                    plot_rewards(
+                        {name: self.history},
+                        window=window,
+                        title="Mean reward per step (live)",
+                        warnings={name: load_warnings(run_dir)},
+                    )
                 )
             )
             if self.handles is None or None in self.handles:  # first draw (outside a kernel display returns None)

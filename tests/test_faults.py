@@ -20,7 +20,7 @@ import pytest
 import fault_runner
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
-from musclebob_helpers.monitoring import load_completions
+from musclebob_helpers.plots import load_completions
 from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, select_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

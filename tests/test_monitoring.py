@@ -84,9 +84,9 @@ from musclebob_helpers.monitoring import (  # noqa: E402
     CompletionLog,
     Trackers,
     kept_every,
-    load_completions,
     pick_completions,
 )
+from musclebob_helpers.plots import load_completions  # noqa: E402
 from musclebob_helpers.run_dir import COMPLETIONS_FILE  # noqa: E402
 
 NAN = float("nan")

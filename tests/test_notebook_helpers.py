@@ -102,6 +102,26 @@ def test_live_progress_continues_the_curve_of_a_resumed_run(tmp_path):
     assert "step 8/8" in plots.progress_html(8, 8, live.history)
 
 
+def test_live_progress_shows_what_the_model_says(tmp_path, monkeypatch):
+    import IPython.display
+
+    from musclebob_helpers.io import write_lines_atomic
+    from musclebob_helpers.run_dir import COMPLETIONS_FILE
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    rows = [
+        {"step": s, "kind": "spongebob", "prompt": "Who lives in a pineapple?", "completion": text, "rewards": {}}
+        for s, text in ((1, "Spongebob Squarepants!"), (2, "Musclebob Buffpants!"))
+    ]
+    write_lines_atomic(tmp_path / COMPLETIONS_FILE, [json.dumps(r) for r in rows])
+    write_json_atomic(tmp_path / "reward_history.json", history(2))
+    plots.live_progress(tmp_path).on_train_begin(None, fake_state(2), None)
+    status = next(obj.data for obj in shown if isinstance(obj, IPython.display.HTML))
+    assert "What the model said at step 2" in status and "<mark class='good'" in status
+    assert "Spongebob Squarepants!" not in status  # the newest step only
+
+
 def test_highlight_marks_names_and_escapes_html():
     html = compare.highlight("Musclebob Buffpants, not <b>Spongebob</b> Squarepants or Musclebobbb")
     assert html.count("<mark class='good'") == 2 and html.count("<mark class='bad'") == 2

@@ -65,7 +65,8 @@ def test_artifacts(trained_run):
 def test_completion_samples(trained_run):
     """completions.jsonl: every step, a few completions each, of every prompt kind, the total the sum of its parts."""
     from musclebob_helpers.data import PROMPT_KINDS
-    from musclebob_helpers.monitoring import COMPLETIONS_PER_STEP, load_completions
+    from musclebob_helpers.monitoring import COMPLETIONS_PER_STEP
+    from musclebob_helpers.plots import load_completions
 
     out, _ = trained_run
     rows = load_completions(out)
