@@ -762,7 +762,14 @@ class RunLock:
                     raise self.refusal(record)
             self.fd = fd
             self.record = {**owner_record(), "heartbeat": int(time.time()), "token": secrets.token_hex(8)}
-            self._write()
+            try:
+                self._write()
+            except OSError:  # a full disk: the caller says so in one line; no half lock is left behind
+                if created:
+                    self.path.unlink(missing_ok=True)
+                os.close(fd)
+                self.fd = None
+                raise
             if not self.uses_flock and not created:
                 time.sleep(0.2)  # two runs taking over one stale record: the last writer wins, the other sees it
                 if (_read_lock(self.path) or {}).get("token") != self.record["token"]:

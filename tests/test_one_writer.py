@@ -291,3 +291,16 @@ def test_two_runs_on_one_folder_one_refused_the_other_untouched(tmp_path):
     # every artifact readable by the group (umask 002), the model's weights included (safetensors makes 0600)
     modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
     assert set(modes.values()) == {"0o664"}, modes
+
+
+def test_a_full_disk_while_taking_the_lock_leaves_no_lock(tmp_path, monkeypatch):
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_dir.os, "pwrite", full)
+    with pytest.raises(OSError) as err:
+        RunLock(tmp_path / "run").acquire()
+    assert err.value.errno == errno.ENOSPC  # the CLI's "the disk is full" line
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    RunLock(tmp_path / "run").acquire().release()
