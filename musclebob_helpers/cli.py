@@ -71,9 +71,10 @@ def config_from_args(
     checked = None
     try:
         cfg, sources = resolve(given)
-        validate_config(cfg, num_processes=process_state().num_processes)
-        if check_folder:
-            checked = run_dir.check(cfg)  # once per start: run_training(checked=...) does not repeat it
+        procs = process_state()
+        validate_config(cfg, num_processes=procs.num_processes)
+        if check_folder:  # once per start: run_training(checked=...) does not repeat it
+            checked = run_dir.check(cfg, writer=procs.is_main_process)
     except ConfigError as err:
         fail(prog, str(err))
     return cfg, sources, checked
@@ -88,11 +89,24 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
         _check_context(name, MODEL_SHAPE, max_completion_length)
         return
     path = run_dir.expand_path(name)
+    if path.is_file():  # "some.txt" also reads as a hub id, and transformers would parse it as a config file
+        raise ConfigError("model", name, "a model folder, a hub id or 'tiny', but this is a file")
     if not path.is_dir() and not HUB_ID.match(name):
         raise ConfigError("model", name, MODEL_ALLOWED)
     if path.is_dir():
+        writing = run_dir.being_written(path)
+        if writing:
+            raise ConfigError("model", name, writing)
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
+        problems = run_dir.model_folder_problems(path)
+        if problems:  # a save cut short (a kill, a full disk, Drive still syncing): loading it would be a traceback
+            raise ConfigError(
+                "model",
+                name,
+                f"the model in it is damaged or incomplete ({'; '.join(problems[:2])}); point at a complete model "
+                "folder, or save or train it again",
+            )
         from .io import read_json
 
         _check_context(name, read_json(path / "config.json") or {}, max_completion_length)

@@ -228,7 +228,7 @@ def resolve_run_dir(run_name: str, output_dir: str = "", drive_root: str | Path 
     if not isinstance(output_dir, str):
         raise ConfigError("output_dir", output_dir, "'' (the default location) or a folder path")
     if output_dir.strip():
-        return Path(output_dir).expanduser()
+        return run_dir.folder_path(output_dir)  # out/a/../b is out/b: check_writable makes no empty out/a
     return (Path(drive_root) if drive_root is not None else LOCAL_RUNS) / run_name
 
 

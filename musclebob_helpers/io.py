@@ -1,13 +1,29 @@
 """Artifact I/O: every JSON (and the run's PNG) the project writes goes to a temporary file and is renamed into
-place, so a reader (the plot notebook, a user, a resumed run) never sees half a file."""
+place, so a reader (the plot notebook, a user, a resumed run) never sees half a file.
+
+Temporary things are made so that nothing outlives them: a SIGTERM during a write is held back until the rename is
+done (``sigterm_deferred``), a SIGTERM during a long job in a temporary folder removes the folder before the process
+dies (``sigterm_raises``), and files and folders get the umask's permissions (``tempfile.mkstemp`` / ``mkdtemp``
+make 0600 / 0700 whatever the umask, so a shared Drive folder or a second user could not read a run).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import secrets
+import signal
+import socket
+import stat
 import textwrap
+import threading
+import time
 from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+# What _write_text_atomic leaves when SIGKILLed before its rename (<name>.<8 random>.tmp): run_dir removes them.
+TEMP_GLOB = "*.????????" + TEMP_SUFFIX
 
 
 def write_json_atomic(path: str | Path, obj, durable: bool = True) -> None:
@@ -59,18 +75,149 @@ def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> N
 
 def _write_text_atomic(path: Path, text: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
+        fd, tmp = _create_temp_file(path)
+        try:
+            with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
+                # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
+                fh.write(text)
+                fh.flush()
+                if durable:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _create_temp_file(path: Path) -> tuple[int, str]:
+    """A new ``<name>.<random>.tmp`` beside ``path``, opened for writing. Not ``mkstemp``: it makes 0600 files,
+    and the rename would carry that mode to the artifact; ``os.open``'s 0666 is cut by the umask, as ``open`` is."""
+    while True:
+        tmp = str(path.parent / f"{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new folder ``<prefix><random>`` in ``parent`` with the umask's permissions (``mkdtemp`` makes 0700, which a
+    folder renamed into place would keep)."""
+    while True:
+        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(0o777)
+            return folder
+        except FileExistsError:
+            continue
+
+
+def umask_mode() -> int:
+    """The permissions a new file gets here: 0666 cut by the umask (read without changing it where Linux says it)."""
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
-            # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
-            fh.write(text)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not Linux: the only portable read sets it; put back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_umask_mode(folder: str | Path, pattern: str = "*.safetensors") -> list[Path]:
+    """Give the files matching ``pattern`` in ``folder`` the umask's permissions; returns those changed.
+
+    safetensors (0.4 and later) writes its file to a ``tempfile`` (mode 0600) and renames it, so every
+    ``model.safetensors`` of a checkpoint or a saved model would be unreadable by anyone else; called after each save.
+    """
+    mode = umask_mode()
+    changed = []
+    for path in Path(folder).glob(pattern):
+        try:
+            if path.is_file() and stat.S_IMODE(path.stat().st_mode) != mode:
+                path.chmod(mode)
+                changed.append(path)
+        except OSError:
+            continue  # a file system without modes (some FUSE mounts): nothing to give
+    return changed
+
+
+# --- signals around temporary things -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_deferred():
+    """A SIGTERM (a scheduler, ``timeout``, a container stop) that arrives inside the block is delivered when it ends.
+
+    Only where SIGTERM would kill the process outright (no handler installed, main thread: a handler can be installed
+    only there); a handler someone else installed (the run's graceful stop) already decides what a SIGTERM does.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if received:
+            os.kill(os.getpid(), signal.SIGTERM)  # dies now, as it would have, with nothing half-written left
+
+
+class Terminated(BaseException):
+    """A SIGTERM inside ``sigterm_raises``: unwinds the block (its ``finally`` clauses clean up), then the process
+    dies by the signal. A BaseException, like KeyboardInterrupt, so ``except Exception`` does not swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside the block a SIGTERM raises ``Terminated``, so ``finally`` clauses run (a temporary folder is removed);
+    then the process dies by SIGTERM as it would have. Only where SIGTERM would kill outright (see
+    ``sigterm_deferred``). SIGINT needs nothing: Python's KeyboardInterrupt already unwinds."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise  # not reached (the signal kills); here only if SIGTERM is blocked
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --- who owns a temporary thing ------------------------------------------------------------------------------
+
+
+def owner_record() -> dict:
+    """This process as the owner of a lock or a temporary folder: host, pid and start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+
+def owner_gone(record: dict) -> bool:
+    """True when ``record``'s process is known to be dead: it ran on this host and its pid no longer exists.
+    A process on another host cannot be seen from here: False (its owner's age or heartbeat decides)."""
+    if not isinstance(record, dict) or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: alive, another user's
+    return False
 
 
 def read_json(path: str | Path, default=None):

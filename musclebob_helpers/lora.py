@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from .config import TrainConfig, target_modules
+from .io import give_umask_mode
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED_DIR = "merged"  # --merge-adapter writes OUTPUT_DIR/merged
@@ -103,6 +104,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, log=print) -> Pa
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
     merged = load_adapter(adapter_dir, model).merge_and_unload()
     merged.save_pretrained(out_dir)
+    give_umask_mode(out_dir)  # safetensors writes 0600 files
     AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer(adapter_dir) else base_path).save_pretrained(out_dir)
     log(f"Wrote the merged model to {out_dir}")
     return out_dir

@@ -29,6 +29,7 @@ from .run_dir import (
     list_checkpoints,
     saved_config,
     unfinished_runs,
+    writer_lock,
 )
 from .run_dir import state as run_state
 
@@ -227,8 +228,10 @@ def train(
     if state in ("unfinished", "started") and not cfg.overwrite:
         log("This run folder holds an unfinished run: continuing it.")
         return _continue(run_dir, state, live, stop_after_steps, log, current=cfg)
-    if cfg.overwrite:
-        _clear_for_overwrite(run_dir, log)
+    if cfg.overwrite:  # the old run's files go only once this one holds the folder (another tab may be writing it)
+        with writer_lock(run_dir, shown=cfg.output_dir):
+            _clear_for_overwrite(run_dir, log)
+            return _run(cfg, baseline, live, stop_after_steps, log)
     return _run(cfg, baseline, live, stop_after_steps, log)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import io as _io
 import math
 import time
@@ -30,21 +31,86 @@ from .data import PROMPT_KINDS
 from .evaluation import RATE_KEYS
 from .io import read_json, read_json_lines, write_bytes_atomic
 from .rewards import highlight
-from .run_dir import BASELINE_FILE, COMPLETIONS_FILE, FINAL_FILE, HISTORY_FILE, REWARD_PLOT_FILE, WARNINGS_FILE
+from .run_dir import (
+    BASELINE_FILE,
+    COMPLETIONS_FILE,
+    FINAL_FILE,
+    HISTORY_FILE,
+    REWARD_PLOT_FILE,
+    WARNINGS_FILE,
+    describe_holder,
+    lock_holder,
+)
 
 
 # --- data ------------------------------------------------------------------------------------------------
 
 
-def load_history(run_dir: str | Path) -> list[dict]:
-    """The run's reward history, oldest step first ([] when there is none yet)."""
-    history = read_json(Path(run_dir) / HISTORY_FILE, default=[])
-    entries = (
-        [e for e in history if isinstance(e, dict) and "step" in e and "mean_reward" in e]
-        if isinstance(history, list)
-        else []
+class History(list):
+    """A run's reward history: its entries, oldest step first, and ``note``, what was wrong with the file when it
+    was damaged (cut short by a copy or a sync, edited by hand): the plots then show what is whole, with the note."""
+
+    note: str | None = None
+
+
+def _whole_items(text: str) -> list:
+    """The items of a JSON list that are whole, from its start: what a file cut short still holds."""
+    decoder, items = json.JSONDecoder(), []
+    at = text.find("[") + 1
+    while 0 < at < len(text):
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break  # the cut, or the closing bracket
+        items.append(item)
+    return items
+
+
+def _is_entry(e) -> bool:
+    return isinstance(e, dict) and all(
+        isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) for k in ("step", "mean_reward", "epoch")
     )
-    return sorted(entries, key=lambda e: e["step"])
+
+
+def load_history(run_dir: str | Path) -> History:
+    """The run's reward history, oldest step first ([] when there is none yet). Never raises: of a damaged file
+    (cut short, not a list, entries without numbers) the whole entries are kept and ``note`` says what was wrong."""
+    path = Path(run_dir) / HISTORY_FILE
+    note = None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return History()
+    except (OSError, ValueError) as err:
+        text, note = "[]", f"{HISTORY_FILE} cannot be read ({type(err).__name__})"
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = _whole_items(text)
+        note = f"{HISTORY_FILE} is cut short or damaged: showing the {len(found)} whole steps before the damage"
+    if not isinstance(found, list):
+        found, note = [], f"{HISTORY_FILE} is not a list of steps"
+    entries = [e for e in found if _is_entry(e)]
+    if len(entries) < len(found) and note is None:
+        note = f"{len(found) - len(entries)} damaged entries of {HISTORY_FILE} skipped"
+    history = History(sorted(entries, key=lambda e: e["step"]))
+    history.note = note
+    return history
+
+
+def run_line(run_dir: str | Path) -> str:
+    """One line about a run for the plot notebook's list: its folder, its steps, what is damaged, whether a run is
+    still writing it (its curve then grows: rerun the cells, or follow it)."""
+    history = load_history(run_dir)
+    parts = [f"{len(history)} steps"]
+    if history.note:
+        parts.append(history.note)
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        parts.append(f"still training: {describe_holder(holder)}")
+    return f"{run_dir}  ({'; '.join(parts)})"
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -126,6 +192,8 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
         mean = [e["mean_reward"] for e in history]
         smooth = moving_average(mean, window)
         label = name if window <= 1 else f"{name} (moving average, {window} steps)"
+        if getattr(history, "note", None):  # a partial curve says so
+            label += f"\n(partial: {history.note})"
         if window > 1:
             ax.plot(steps, mean, color=color, alpha=0.25, linewidth=1)
         ax.plot(steps, smooth, color=color, label=label, linewidth=2)
@@ -163,7 +231,8 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
             )
             marked.add(kind)
     if not any(runs.values()):
-        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+        notes = [f"{name}: {h.note}" for name, h in runs.items() if getattr(h, "note", None)]
+        ax.text(0.5, 0.5, "\n".join(notes) or empty, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward" + (" (band: ± std)" if show_std else ""))
     ax.set_title(title)
@@ -231,7 +300,14 @@ def load_validations(run_dir: str | Path) -> dict[str, dict]:
     """``{"baseline": ..., "final": ...}`` for the validation files the run has so far."""
     run_dir = Path(run_dir)
     found = {"baseline": read_json(run_dir / BASELINE_FILE), "final": read_json(run_dir / FINAL_FILE)}
-    return {k: v for k, v in found.items() if isinstance(v, dict)}
+    # A file cut short reads as None and is left out, as one not written yet; a report whose rates are not numbers
+    # (edited by hand, another tool's) too: a bar of it would be a TypeError.
+    return {
+        k: v
+        for k, v in found.items()
+        if isinstance(v, dict)
+        and all(isinstance(v.get(key, 0.0), (int, float)) and not isinstance(v.get(key), bool) for key, _ in RATE_KEYS)
+    }
 
 
 def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-out validation: before vs after"):

@@ -22,24 +22,33 @@ answers:
   the RNG state open with ``torch.load`` (memory-mapped, so a multi-GB optimizer costs no RAM: a cut-short zip
   has no central directory and fails at once). ``select_checkpoint`` walks from the newest checkpoint back to
   the newest intact one; damaged ones are renamed ``checkpoint-N.damaged`` (moved aside, never deleted);
-* checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact.
+* checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact;
+* one writer per folder (``writer_lock``): the run holds ``.musclebob.lock`` from before it writes anything to its
+  end, and a second run on the folder is refused in one line naming the holder (see ``RunLock`` for the rule);
+  readers (evaluation, the plot and compare notebooks) never take it.
 
 Importing it is cheap (torch, transformers and the model's shape load only when a check needs them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, TrainConfig, as_typed, config_from_dict
-from .io import read_json
+from .io import TEMP_GLOB, give_umask_mode, owner_gone, owner_record, read_json
 
 if TYPE_CHECKING:
     from .memory import DriveNeed
@@ -57,6 +66,9 @@ REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its compone
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
 DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
+LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
+LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
+LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
@@ -85,6 +97,21 @@ def expand_path(path: str | Path) -> Path:
         return Path(path).expanduser()
     except RuntimeError:  # "~nobody/x": no such home folder; keep the path as written
         return Path(path)
+
+
+def folder_path(output_dir: str | Path) -> Path:
+    """The run folder ``output_dir`` names: ``expand_path``, with the part up to its last ``..`` resolved.
+
+    ``out/a/../b`` is ``out/b``; left as written, ``mkdir(parents=True)`` (ours, transformers') creates the empty
+    ``out/a`` on the way, and ``exists()`` says no while ``out/b`` holds a run. Resolved as the kernel would (a
+    symbolic link before the ``..`` is followed); a path without ``..`` is kept as written.
+    """
+    path = expand_path(output_dir)
+    parts = path.parts
+    if ".." not in parts:
+        return path
+    last = len(parts) - 1 - parts[::-1].index("..")
+    return Path(os.path.realpath(Path(*parts[: last + 1]))).joinpath(*parts[last + 1 :])
 
 
 # --- what the folder holds -------------------------------------------------------------------------------
@@ -162,7 +189,7 @@ def saved_config(out_dir: str | Path) -> TrainConfig | None:
 def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
     """Delete the temporary files ``io.write_json_atomic`` leaves when killed before its rename; returns them."""
     out = Path(out_dir)
-    stale = [p for p in out.glob("*.json.*.tmp") if p.is_file()] if out.is_dir() else []
+    stale = [p for p in out.glob(TEMP_GLOB) if p.is_file()] if out.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -219,7 +246,9 @@ def torch_file_problem(path: Path) -> str | None:
     return None
 
 
-def _weights_problems(ckpt: Path) -> list[str]:
+def weights_problems(ckpt: Path) -> list[str]:
+    """Why the model in ``ckpt`` (a checkpoint or a saved model folder) cannot load: weights missing, cut short or
+    padded, their config unreadable. Cheap: headers and file sizes only."""
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
         problem = _json_problem(index)
@@ -232,10 +261,23 @@ def _weights_problems(ckpt: Path) -> list[str]:
     for name, config in (("model.safetensors", "config.json"), ("adapter_model.safetensors", "adapter_config.json")):
         if (ckpt / name).exists():
             return [p for p in (safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
+    if (ckpt / "pytorch_model.bin.index.json").is_file():  # an older model's shards: their list parses, at least
+        return [p for p in (_json_problem(ckpt / "pytorch_model.bin.index.json"),) if p]
     for name in ("pytorch_model.bin", "adapter_model.bin"):
         if (ckpt / name).exists():
             return [p for p in (torch_file_problem(ckpt / name),) if p]
     return ["the model weights (model.safetensors or adapter_model.safetensors) are missing"]
+
+
+MODEL_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # loaded with the model
+
+
+def model_folder_problems(folder: str | Path) -> list[str]:
+    """Why the model folder ``folder`` (a finished run, a merged model, a checkpoint) cannot load, cheaply: its
+    weights (``weights_problems``) and the JSON files ``from_pretrained`` reads with them. [] when it can."""
+    folder = Path(folder)
+    problems = weights_problems(folder)
+    return problems + [p for p in (_json_problem(folder / n) for n in MODEL_JSON_FILES if (folder / n).exists()) if p]
 
 
 def checkpoint_problems(ckpt: str | Path) -> list[str]:
@@ -252,7 +294,7 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
         name_step = ckpt.name.removeprefix("checkpoint-")
         if not isinstance(step, int) or (name_step.isdigit() and int(name_step) != step):
             problems.append(f"trainer_state.json says global_step={step!r}, not {name_step}")
-    problems += _weights_problems(ckpt)
+    problems += weights_problems(ckpt)
     rng = sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
     for path in [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]:
         problem = torch_file_problem(path)
@@ -311,7 +353,7 @@ def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
         return None
     if cfg.resume_from_checkpoint != "auto":
         return str(Path(cfg.resume_from_checkpoint).expanduser())
-    return select_checkpoint(Path(cfg.output_dir).expanduser(), log=log)
+    return select_checkpoint(folder_path(cfg.output_dir), log=log)
 
 
 def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
@@ -352,12 +394,15 @@ def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
 
 
 def make_rotation_callback(keep: int, log=print):
-    """A trainer callback that rotates checkpoints after each save (``on_save`` runs once ``_save_checkpoint``
-    has written every file, ``trainer_state.json`` last)."""
+    """A trainer callback that, after each save (``on_save`` runs once ``_save_checkpoint`` has written every
+    file, ``trainer_state.json`` last), gives the new checkpoint's weights the umask's permissions (safetensors
+    writes 0600 files) and rotates checkpoints."""
     from transformers import TrainerCallback
 
     class RotateCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                give_umask_mode(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             if state.is_world_process_zero and keep > 0:
                 removed = rotate_checkpoints(args.output_dir, keep, log=log)
                 if removed:
@@ -375,7 +420,7 @@ def resume_mismatch(cfg: TrainConfig) -> dict[str, tuple]:
     r = cfg.resume_from_checkpoint
     if r is None:
         return {}
-    saved = _saved_settings(expand_path(cfg.output_dir) if r == "auto" else expand_path(r).parent)
+    saved = _saved_settings(folder_path(cfg.output_dir) if r == "auto" else expand_path(r).parent)
     if saved is None:
         return {}
     return {
@@ -493,7 +538,7 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
     need = need or drive_need(cfg, shape)
     if need is None:
         return None
-    out = Path(cfg.output_dir).expanduser().absolute()
+    out = folder_path(cfg.output_dir).absolute()
     drive = on_drive(out)
     free = shutil.disk_usage(nearest_existing(out)).free
     if not drive:
@@ -538,6 +583,259 @@ def check_drive_space(cfg: TrainConfig, shape=None) -> DriveNeed | None:
     return need
 
 
+# --- one writer per run folder ---------------------------------------------------------------------------
+
+
+def _flock(fd: int, flags: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: the record alone decides
+        raise OSError(errno.ENOSYS, "no flock here") from None
+    fcntl.flock(fd, flags)
+
+
+def _read_lock(path: Path, tries: int = 3) -> dict | None:
+    """The holder's record in a lock file (None: no file; {} unreadable, e.g. caught mid-write)."""
+    for attempt in range(tries):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return record if isinstance(record, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            if attempt < tries - 1:
+                time.sleep(0.05)  # the holder writes it in one go: a second look sees it whole
+    return {}
+
+
+def _record_live(record: dict, path: Path) -> bool:
+    """The rule for a holder that flock cannot vouch for (another machine, or a file system without flock).
+
+    Live while its heartbeat is recent (under ``LOCK_STALE_SECONDS``) and, on this host, its pid still runs. An
+    unreadable record is live while the file itself is that recent (being written). A record with this process's
+    own pid is live only if this process holds that lock now (else it is a restarted kernel's leftover: a new
+    kernel can get the old one's pid).
+    """
+    now = time.time()
+    if not record:
+        try:
+            return now - path.stat().st_mtime < LOCK_STALE_SECONDS
+        except OSError:
+            return False
+    heartbeat = record.get("heartbeat")
+    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= LOCK_STALE_SECONDS:
+        return False
+    if record.get("host") == socket.gethostname():
+        if record.get("pid") == os.getpid():
+            return any(lock.record.get("token") == record.get("token") for lock in _HELD_HERE)
+        return not owner_gone(record)
+    return True
+
+
+def describe_holder(record: dict | None) -> str:
+    """'pid 123 on host abc, started 2026-11-29 06:55 UTC, last heartbeat 12 s ago' (what a refusal names)."""
+    if not record:
+        return "a run whose lock record is unreadable"
+    parts = [f"pid {record.get('pid', '?')} on host {record.get('host', '?')}"]
+    if isinstance(record.get("started"), (int, float)):
+        parts.append("started " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["started"])))
+    if isinstance(record.get("heartbeat"), (int, float)):
+        parts.append(f"last heartbeat {max(0, round(time.time() - record['heartbeat']))} s ago")
+    return ", ".join(parts)
+
+
+def lock_holder(folder: str | Path) -> dict | None:
+    """Who is writing ``folder`` now (its lock record; {} when unreadable), or None. Writes nothing: a reader's
+    question, and the start-up check's (``check``) before a run touches the folder."""
+    path = folder_path(folder) / LOCK_FILE
+    if os.path.realpath(path.parent) in _HELD:
+        return None  # this process holds it (the notebook's train() around run_training)
+    record = _read_lock(path)
+    if record is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # gone meanwhile: released
+    try:
+        _flock(fd, _LOCK_EX_NB)
+    except BlockingIOError:
+        return record  # a live process on this machine holds it
+    except OSError:
+        pass  # no flock on this file system: the record alone decides
+    else:
+        _flock(fd, _LOCK_UN)
+        if not record:
+            return None  # unlocked and unreadable: a run killed before it wrote its record
+    finally:
+        os.close(fd)
+    return record if _record_live(record, path) else None
+
+
+def being_written(folder: str | Path) -> str | None:
+    """Why a reader should not take ``folder``'s model now (None: no run is writing it). A run holding the folder may
+    have written none of its final model yet, or (``--overwrite``) still hold the previous run's."""
+    holder = lock_holder(folder) if Path(folder).is_dir() else None
+    if holder is None:
+        return None
+    return (
+        f"a run is still writing this folder ({describe_holder(holder)}); its model is final only once that run "
+        "ends: wait for it to finish"
+    )
+
+
+_LOCK_EX_NB = 2 | 4  # fcntl.LOCK_EX | fcntl.LOCK_NB (fcntl is imported only where it is used: not on Windows)
+_LOCK_UN = 8
+_HELD: dict[str, RunLock] = {}  # the folders this process writes (realpath -> its lock), by writer_lock
+_HELD_HERE: list[RunLock] = []  # every lock this process holds now
+
+
+class RunLock:
+    """The lock of a run folder: ``.musclebob.lock``, held by the run's main process from before it writes anything
+    to its end (released on any exception; accelerate's other ranks do not take it).
+
+    * An OS lock (``fcntl.flock``) on the file: it dies with its process, so a SIGKILLed run never leaves a stale
+      lock behind (its record names a dead pid), and two runs starting together cannot both get it.
+    * The file holds the holder's record (host, pid, start, a heartbeat rewritten every ``LOCK_HEARTBEAT_SECONDS``),
+      so a refusal names who holds it, and for what flock cannot see: another machine on a shared folder (two Colab
+      runtimes on one Google Drive; flock is per machine), or a file system that refuses flock (then the record is
+      the lock, created exclusively). Such a holder counts while its heartbeat is under ``LOCK_STALE_SECONDS`` old
+      and, on this host, its pid runs; after that it is stale and the next run takes the folder over.
+    * Released: the file is removed, then the OS lock dropped.
+    """
+
+    def __init__(self, folder: str | Path, shown: str | None = None):
+        self.folder = folder_path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.shown = str(folder) if shown is None else shown  # the --output-dir the user typed, for the refusal
+        self.fd: int | None = None
+        self.record: dict = {}
+        self.uses_flock = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def refusal(self, record: dict | None) -> ConfigError:
+        return ConfigError(
+            "output_dir",
+            self.shown,
+            f"another run is writing to it ({describe_holder(record)}); wait for it to finish, or pick another "
+            f"--output-dir (the lock of a run that died is free at once on its own machine, from another one "
+            f"{LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
+        )
+
+    def acquire(self, attempts: int = 5) -> RunLock:
+        """Create the folder, take the lock; ``ConfigError`` (one line, naming the holder) when another run has it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for attempt in range(attempts):
+            try:
+                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                try:
+                    fd, created = os.open(self.path, os.O_RDWR), False
+                except FileNotFoundError:
+                    continue  # released between the two opens
+            try:
+                _flock(fd, _LOCK_EX_NB)
+                self.uses_flock = True
+            except BlockingIOError:
+                os.close(fd)
+                if attempt == attempts - 1:
+                    raise self.refusal(_read_lock(self.path)) from None
+                time.sleep(0.1)  # a reader's peek (lock_holder) holds it for an instant
+                continue
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                    os.close(fd)
+                    raise
+            if not _same_file(fd, self.path):
+                os.close(fd)  # the holder released (and removed) it between our open and our flock: start again
+                continue
+            if not created:
+                # Unlocked, yet the record may live: another machine's run, or a file system whose flock does not
+                # lock (some FUSE mounts accept it and do nothing). A killed run's record is stale by its dead pid;
+                # one unreadable is stale too once flock vouches that nobody here holds the file.
+                record = _read_lock(self.path)
+                if (record if self.uses_flock else record is not None) and _record_live(record, self.path):
+                    os.close(fd)
+                    raise self.refusal(record)
+            self.fd = fd
+            self.record = {**owner_record(), "heartbeat": int(time.time()), "token": secrets.token_hex(8)}
+            try:
+                self._write()
+            except OSError:  # a full disk: the caller says so in one line; no half lock is left behind
+                if created:
+                    self.path.unlink(missing_ok=True)
+                os.close(fd)
+                self.fd = None
+                raise
+            if not self.uses_flock and not created:
+                time.sleep(0.2)  # two runs taking over one stale record: the last writer wins, the other sees it
+                if (_read_lock(self.path) or {}).get("token") != self.record["token"]:
+                    os.close(fd)
+                    self.fd = None
+                    raise self.refusal(_read_lock(self.path))
+            _HELD_HERE.append(self)
+            self._beat = threading.Thread(target=self._heartbeat, name="musclebob-lock-heartbeat", daemon=True)
+            self._beat.start()
+            return self
+        raise self.refusal(_read_lock(self.path))
+
+    def _write(self) -> None:
+        """The record, in place (the file is the flock'ed one: a rename would replace it); the heartbeat is a whole
+        number of seconds, so the text keeps its length and a reader never sees a shorter one's leftovers."""
+        text = json.dumps(self.record, sort_keys=True).encode() + b"\n"
+        os.pwrite(self.fd, text, 0)
+        os.ftruncate(self.fd, len(text))
+        os.fsync(self.fd)  # another machine reads it through the shared file system
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
+            self.record["heartbeat"] = int(time.time())
+            try:
+                self._write()
+            except OSError:
+                pass  # a full or flaky disk: the run itself will say so; the lock stays held
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        try:
+            if (_read_lock(self.path) or {}).get("token") == self.record.get("token"):
+                self.path.unlink()  # still ours (a fallback record may have been taken over after a long stall)
+        except OSError:
+            pass
+        os.close(self.fd)  # drops the flock
+        self.fd = None
+        _HELD_HERE.remove(self)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | Path, shown: str | None = None):
+    """Hold the run folder's lock (``RunLock``) for the block; a block inside one of this process that holds it
+    already (the notebook's train() around run_training) just goes on."""
+    key = os.path.realpath(folder_path(folder))
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    lock = RunLock(folder, shown).acquire()
+    _HELD[key] = lock
+    try:
+        yield lock
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
 # --- the start-up check ----------------------------------------------------------------------------------
 
 
@@ -549,20 +847,25 @@ class RunCheck:
     need: DriveNeed | None  # the run's disk need; None when the model's shape is not known before loading it
 
 
-def check(cfg: TrainConfig) -> RunCheck:
+def check(cfg: TrainConfig, writer: bool = True) -> RunCheck:
     """THE start-up check of the run folder (after ``config.validate_config``, before any model loads).
 
     Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
-    file where the folder should be, a finished run (``--overwrite``), an unfinished one
+    file where the folder should be, another run writing the folder (``writer``: the process that will write it;
+    accelerate's other ranks pass False, their main process may hold the lock already), a finished run
+    (``--overwrite``), an unfinished one
     (``--resume-from-checkpoint auto``), a folder that cannot be written or has too little free space, a disk
     too small for the run, a damaged explicit checkpoint, a resume with other settings. Disk probes come last.
     """
     r = cfg.resume_from_checkpoint
     if r is not None and r != "auto" and not expand_path(r).is_dir():
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
-    out = expand_path(cfg.output_dir)
+    out = folder_path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", cfg.output_dir, "a folder, but a file of that name exists")
+    holder = lock_holder(out) if writer else None
+    if holder is not None:
+        raise RunLock(out, cfg.output_dir).refusal(holder)
     found = state(out)
     if found == "finished" and r is None and not cfg.overwrite:
         raise ConfigError(

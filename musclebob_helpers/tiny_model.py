@@ -32,18 +32,21 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from . import data
 from .config import is_tiny
+from .io import give_umask_mode, make_temp_dir, owner_gone, owner_record, read_json, sigterm_raises, write_json_atomic
 
 # Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
 TINY_RECIPE_VERSION = 2
 CACHE_ENV = "MUSCLEBOB_CACHE"
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_base"  # seed 0, built by `python -m ...tiny_model`
 RECIPE_FILE = "recipe.json"
+BUILDING = ".building-"  # a build in progress: <target>.building-<random>, renamed to <target> when whole
+BUILD_OWNER_FILE = ".owner.json"  # inside it: the building process (host, pid, start)
+BUILD_STALE_SECONDS = 3600  # a build takes a minute or two: a folder this old is left over whoever owned it
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, as Qwen's instruct models use it (without Qwen's default system prompt).
@@ -279,6 +282,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
     model.save_pretrained(out_dir)
+    give_umask_mode(out_dir)  # safetensors writes 0600 files
     tokenizer.save_pretrained(out_dir)
     (out_dir / RECIPE_FILE).write_text(
         json.dumps({"version": TINY_RECIPE_VERSION, "seed": seed, "fingerprint": recipe_fingerprint(seed)}, indent=2)
@@ -292,29 +296,56 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
 def ensure_tiny_model(seed: int = 0, log=print) -> Path:
     """The cached tiny model's folder, building it first if needed (safe against concurrent builds)."""
     target = tiny_model_dir(seed)
+    remove_stale_builds(cache_root())
     if (target / "config.json").exists():
         return target
     log(f"Building the tiny offline base model (once; cached in {target}) ...")
     return _build_into(target, seed, log)
 
 
+def remove_stale_builds(folder: Path) -> list[Path]:
+    """Remove the build folders in ``folder`` that no process will finish: a SIGKILL left them (SIGTERM and Ctrl-C
+    clean up after themselves). Stale: its owner's pid is gone on this host, or it is older than
+    ``BUILD_STALE_SECONDS`` (an owner on another machine sharing the cache, or no owner record at all)."""
+    stale = []
+    for tmp in folder.glob(f"*{BUILDING}*") if folder.is_dir() else ():
+        try:
+            old = time.time() - tmp.stat().st_mtime > BUILD_STALE_SECONDS
+        except OSError:
+            continue  # renamed or removed meanwhile: its build finished
+        if tmp.is_dir() and (old or owner_gone(read_json(tmp / BUILD_OWNER_FILE, default={}))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            stale.append(tmp)
+    return stale
+
+
 def _build_into(target: Path, seed: int, log=print, replace: bool = False) -> Path:
     """Build in a temporary sibling folder, then rename it to ``target``: a reader sees a whole model or none.
-    ``replace``: a model already there is removed first (a rebuild); else one that appeared meanwhile wins."""
+    ``replace``: a model already there is removed first (a rebuild); else one that appeared meanwhile wins.
+
+    Nothing is left behind: on an exception, Ctrl-C or SIGTERM the folder is removed (``io.sigterm_raises``), and
+    one a SIGKILL left is removed by the next start (``remove_stale_builds``: the folder names its owner)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
-    try:
-        build_tiny_model(tmp, seed=seed, log=log)
-        if replace and target.exists():
-            shutil.rmtree(target)
+    with sigterm_raises():
+        tmp = make_temp_dir(target.parent, target.name + BUILDING)
         try:
-            tmp.rename(target)
-        except OSError:
-            if replace or not (target / "config.json").exists():  # lost a race to a concurrent build: theirs is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            write_json_atomic(tmp / BUILD_OWNER_FILE, owner_record())
+            _build_and_rename(tmp, target, seed, log, replace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _build_and_rename(tmp: Path, target: Path, seed: int, log, replace: bool) -> None:
+    build_tiny_model(tmp, seed=seed, log=log)
+    (tmp / BUILD_OWNER_FILE).unlink()  # not part of the model
+    if replace and target.exists():
+        shutil.rmtree(target)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if replace or not (target / "config.json").exists():  # lost a race to a concurrent build: theirs is fine
+            raise
 
 
 def resolve_model_path(name: str, seed: int = 0, log=print) -> str:

@@ -28,7 +28,7 @@ from .config import (
     steps_per_epoch,
     validate_config,
 )
-from .io import json_list_item, read_json, write_json_atomic, write_json_list_atomic
+from .io import give_umask_mode, json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
 from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers
 from .rewards import make_reward_functions
@@ -514,14 +514,24 @@ def run_training(
     procs = process_state()
     if checked is None:  # the notebooks and tests come here without the CLI
         validate_config(cfg, num_processes=procs.num_processes)
-        checked = run_dir.check(cfg)
+        checked = run_dir.check(cfg, writer=procs.is_main_process)
     main = procs.is_main_process
     if not main:
         log = _quiet
     hardware = detect_hardware()
     check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
-    out = Path(cfg.output_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir.folder_path(cfg.output_dir)  # out/a/../b is out/b: no empty out/a is made on the way
+    if str(out) != str(run_dir.expand_path(cfg.output_dir)):
+        cfg = dataclasses.replace(cfg, output_dir=str(out))  # the trainer's own mkdir would make out/a
+    # One writer per folder: the lock is taken (creating the folder) before anything in it is written or deleted,
+    # and released at the end, or on any exception. Only the main process writes, so only it takes it.
+    with run_dir.writer_lock(out, shown=cfg.output_dir) if main else contextlib.nullcontext():
+        return _train(cfg, procs, hardware, checked, out, log, callbacks, baseline)
+
+
+def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline) -> dict:
+    """``run_training`` once the folder is checked and locked."""
+    main = procs.is_main_process
     if main:
         for stale in run_dir.remove_stale_temp_files(out):
             log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
@@ -612,6 +622,7 @@ def run_training(
         train_seconds = time.time() - start
         trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
     if main:
+        give_umask_mode(out)  # safetensors writes 0600 files whatever the umask
         tokenizer.save_pretrained(str(out))
         if cfg.lora:
             from .lora import MERGED_DIR, merge_adapter, record_base_model

@@ -73,12 +73,14 @@ ROOT = colab.setup_project(ROOT)
 # %% [markdown]
 # ## Find the runs
 #
-# Every folder with a `reward_history.json` under `runs_root` (on Colab, Drive is mounted first).
+# Every folder with a `reward_history.json` under `runs_root` (on Colab, Drive is mounted first). A run still
+# training says so (its curves grow: rerun the cells, or follow it below); a damaged file (cut short by a copy or
+# a sync) is drawn as far as it is whole, with a note.
 
 # %%
 root = colab.runs_root(runs_root)
 run_dirs = plots.find_runs(root)
-print("\n".join(f"{p}  ({len(plots.load_history(p))} steps)" for p in run_dirs) or "No runs found: check runs_root.")
+print("\n".join(plots.run_line(p) for p in run_dirs) or "No runs found: check runs_root.")
 
 # %% [markdown]
 # ## Mean reward over steps

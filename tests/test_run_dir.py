@@ -53,7 +53,7 @@ def test_the_cli_checks_the_folder_once_per_start(tmp_path, monkeypatch):
 
     calls = []
     real_check = run_dir.check
-    monkeypatch.setattr(run_dir, "check", lambda cfg: calls.append(cfg) or real_check(cfg))
+    monkeypatch.setattr(run_dir, "check", lambda cfg, **kw: calls.append(cfg) or real_check(cfg, **kw))
 
     def load_model(*args, **kwargs):
         raise Loaded
