@@ -14,6 +14,7 @@ import json
 import re
 import time
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -81,7 +82,20 @@ class Frontend:
                 "c => typeof c.input_prompt_number === 'number') && !Jupyter.notebook.kernel_busy"
             )
         else:
-            self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # Lab runs the command on the notebook it counts as current; on a loaded machine that can still be unset
+            # a moment after the page looks ready, and the command then does nothing (CI saw every cell left
+            # unrun). So it is repeated until some cell has started, as a person would click again.
+            started = (
+                "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+            )
+            for _attempt in range(5):
+                self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                try:
+                    self.page.wait_for_function(started, timeout=30_000, polling=500)
+                    break
+                except PlaywrightTimeout:  # nothing started: click again
+                    self.page.locator(".jp-Notebook").first.click()  # make it the current notebook
             done = (
                 "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
                 " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }"
