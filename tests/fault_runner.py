@@ -11,9 +11,19 @@ kills the process (no cleanup, no ``finally``) at:
 * ``history:N``    - in the middle of writing ``reward_history.json`` with step N's entry
   (half of the temporary file written, not yet renamed into place)
 
+or lets a save fail as a full disk fails it (the process goes on and handles the error as it would):
+
+* ``nospace-checkpoint:N`` - ``checkpoint-N/optimizer.pt`` half written, then torch's own short-write error
+  (``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos``)
+* ``nospace-history:N``    - the temporary file of ``reward_history.json`` with step N's entry half written, then
+  ``OSError(ENOSPC)``
+* ``nospace-final:N``      - the final ``model.safetensors`` (after step N, the last) half written, then
+  safetensors' ``SafetensorError`` naming "No space left on device"
+
 The product carries no hook for this: the faults are installed from outside, by wrapping ``os.replace``
-(the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer) and
-``training.run_training`` (to add a trainer callback), and then ``train_musclebob_improved.main`` runs as usual.
+(the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer), transformers'
+``safe_save_file`` (the model writer) and ``training.run_training`` (to add a trainer callback), and then
+``train_musclebob_improved.main`` runs as usual.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "[MUSCLEBOB_FAULT]"  # the tests look for it on stderr: the process died here, not elsewhere
-POINTS = ("generation", "optimizer", "checkpoint", "history")
+POINTS = ("generation", "optimizer", "checkpoint", "history", "nospace-checkpoint", "nospace-history", "nospace-final")
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch 2.x, a full disk
 
 
 def parse(spec: str | None) -> tuple[str, int] | None:
@@ -45,8 +56,16 @@ def kill(where: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _half_written_history(step: int) -> None:
-    """``os.replace`` of ``reward_history.json``'s temporary file holding step ``step``: cut it in half and die."""
+def no_space(where: str) -> OSError:
+    import errno
+
+    print(f"{MARKER} no space left {where}", file=sys.stderr, flush=True)
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
+
+
+def _half_written_history(step: int, full_disk: bool = False) -> None:
+    """``os.replace`` of ``reward_history.json``'s temporary file holding step ``step``: cut it in half and die
+    (``full_disk``: fail with ENOSPC instead, as the write would have)."""
     import json
 
     real_replace = os.replace
@@ -58,14 +77,17 @@ def _half_written_history(step: int) -> None:
             if entries and entries[-1].get("step") == step:
                 data = src_path.read_bytes()
                 src_path.write_bytes(data[: len(data) // 2])  # half a file, as a kill mid-write leaves it
+                if full_disk:
+                    raise no_space(f"while writing {dst_path.name} for step {step}")
                 kill(f"while writing {dst_path.name} for step {step}")
         return real_replace(src, dst, *args, **kwargs)
 
     os.replace = replace
 
 
-def _half_written_optimizer(step: int) -> None:
-    """``torch.save`` of ``checkpoint-<step>/optimizer.pt``: write half the file and die."""
+def _half_written_optimizer(step: int, full_disk: bool = False) -> None:
+    """``torch.save`` of ``checkpoint-<step>/optimizer.pt``: write half the file and die (``full_disk``: raise
+    torch's own error for a short write instead)."""
     import io
 
     import torch
@@ -80,10 +102,34 @@ def _half_written_optimizer(step: int) -> None:
             data = buffer.getvalue()
             with open(target, "wb") as fh:
                 fh.write(data[: len(data) // 2])
+            if full_disk:
+                no_space(f"while writing {target.parent.name}/{target.name}")
+                raise RuntimeError(TORCH_SHORT_WRITE)
             kill(f"while writing {target.parent.name}/{target.name}")
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
+
+
+def _half_written_final_model() -> None:
+    """transformers' ``safe_save_file`` of the output folder's own ``model.safetensors`` (the final model, not a
+    checkpoint's): write half of it, then fail as safetensors does on a full disk."""
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    real_save = modeling_utils.safe_save_file
+
+    def save(tensors, filename, *args, **kwargs):
+        target = Path(filename)
+        if target.name == "model.safetensors" and not target.parent.name.startswith("checkpoint-"):
+            real_save(tensors, filename, *args, **kwargs)
+            data = target.read_bytes()
+            target.write_bytes(data[: len(data) // 2])
+            no_space(f"while writing {target.name}")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    modeling_utils.safe_save_file = save
 
 
 def fault_callback(point: str, step: int):
@@ -125,10 +171,12 @@ def _with_callback(point: str, step: int) -> None:
 
 
 def install(point: str, step: int) -> None:
-    if point == "history":
-        _half_written_history(step)
-    elif point == "checkpoint":
-        _half_written_optimizer(step)
+    if point in ("history", "nospace-history"):
+        _half_written_history(step, full_disk=point.startswith("nospace"))
+    elif point in ("checkpoint", "nospace-checkpoint"):
+        _half_written_optimizer(step, full_disk=point.startswith("nospace"))
+    elif point == "nospace-final":
+        _half_written_final_model()
     else:
         _with_callback(point, step)
 
