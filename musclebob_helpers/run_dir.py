@@ -434,6 +434,7 @@ def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> 
     segments = [seg for seg in saved.get("segments") or [] if isinstance(seg, dict)]
     if not (segments and isinstance(segments[0].get("config"), dict)):
         first = _saved_settings(out_dir)  # a record from before segments were kept: its settings began at 0
+        first = {k: v for k, v in first.items() if k not in PER_START_OPTIONS} if first is not None else None
         segments = [{"from_step": 0, "config": first}] if first is not None else []
     kept = [seg for seg in segments if isinstance(seg.get("from_step", 0), int) and seg.get("from_step", 0) < from_step]
     if not kept:

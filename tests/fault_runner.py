@@ -20,6 +20,10 @@ or lets a save fail as a full disk fails it (the process goes on and handles the
 * ``nospace-final:N``      - the final ``model.safetensors`` (after step N, the last) half written, then
   safetensors' ``SafetensorError`` naming "No space left on device"
 
+or sends the process a signal, as a user pressing Ctrl-C does:
+
+* ``interrupt-twice:N`` - SIGINT as step N begins, and again while it generates its completions
+
 The product carries no hook for this: the faults are installed from outside, by wrapping ``os.replace``
 (the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer), transformers'
 ``safe_save_file`` (the model writer) and ``training.run_training`` (to add a trainer callback), and then
@@ -35,7 +39,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "[MUSCLEBOB_FAULT]"  # the tests look for it on stderr: the process died here, not elsewhere
-POINTS = ("generation", "optimizer", "checkpoint", "history", "nospace-checkpoint", "nospace-history", "nospace-final")
+POINTS = (
+    "generation",
+    "optimizer",
+    "checkpoint",
+    "history",
+    "nospace-checkpoint",
+    "nospace-history",
+    "nospace-final",
+    "interrupt-twice",
+)
 TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch 2.x, a full disk
 
 
@@ -132,22 +145,32 @@ def _half_written_final_model() -> None:
     modeling_utils.safe_save_file = save
 
 
+def interrupt(where: str) -> None:
+    """Ctrl-C: SIGINT to this process, its handler run before this returns (two are never merged into one)."""
+    print(f"{MARKER} SIGINT {where}", file=sys.stderr, flush=True)
+    signal.raise_signal(signal.SIGINT)
+
+
 def fault_callback(point: str, step: int):
-    """A trainer callback that dies during step ``step``'s generation or optimizer step."""
+    """A trainer callback that dies during step ``step``'s generation or optimizer step, or interrupts it twice."""
     from transformers import TrainerCallback
 
     class FaultCallback(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             # global_step counts finished steps: step N begins when N - 1 are done.
-            if point == "generation" and state.global_step == step - 1 and model is not None:
+            if point in ("generation", "interrupt-twice") and state.global_step == step - 1 and model is not None:
                 import torch
 
                 calls = []
+                if point == "interrupt-twice":
+                    interrupt(f"as step {step} begins")
 
                 def hook(module, inputs):
                     if not torch.is_grad_enabled():  # generation runs without gradients
                         calls.append(1)
                         if len(calls) == 3:  # a few tokens into the completions
+                            if point == "interrupt-twice":
+                                interrupt(f"again while generating the completions of step {step}")
                             kill(f"while generating the completions of step {step}")
 
                 model.register_forward_pre_hook(hook)
