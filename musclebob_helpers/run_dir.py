@@ -70,7 +70,7 @@ DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's
 # adapter shape or base (the checkpoint's adapter and optimizer state would not fit it), another completion length
 # (the baseline the final validation is compared with was measured at the old one). Every other setting may change
 # on resume and takes effect from the resumed step on (``settings_segments`` records from which): the learning rate
-# (``training.rebase_learning_rate``), the schedule, --epochs (the schedule spans the new total; fewer epochs than
+# (``training.resume_schedule``), the schedule, --epochs (the schedule spans the new total; fewer epochs than
 # already trained are refused), temperature, beta, validation, checkpoints kept, trackers, speed and memory knobs.
 RESUME_MUST_MATCH = (
     "model",

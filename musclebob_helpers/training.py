@@ -387,27 +387,35 @@ def checkpointing_arg(config_class, enabled: bool) -> dict:
     return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
-def rebase_learning_rate(optimizer, scheduler, learning_rate: float) -> float | None:
-    """Make a resumed run's schedule start from ``learning_rate``; returns the checkpoint's rate it replaced (None:
-    the same). Loading a checkpoint restores the scheduler's ``base_lrs`` and the optimizer groups' ``initial_lr``
-    and ``lr`` as the interrupted run had them, so a new ``--learning-rate`` would be ignored. Each is scaled by
-    new / old: the schedule's shape (warm-up, decay) over the steps is kept, and the next step's rate is the new
-    base times the schedule's factor at that step. DeepSpeed's own scheduler wrapper has no ``base_lrs``: left as
-    loaded."""
+def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
+    """The learning rate schedule of a resumed run as this run defines it, at the step loaded; returns the
+    checkpoint's base rate when ``learning_rate`` replaced it (None: the same).
+
+    Loading a checkpoint restores the scheduler's ``base_lrs``, the optimizer groups' ``initial_lr`` and ``lr`` as
+    the interrupted run left them: a new ``--learning-rate`` would be ignored, and the first resumed step would
+    train at the old schedule's rate for that step even when ``--epochs`` or ``--lr-scheduler`` changed it (the
+    schedule's function is rebuilt from this run's settings; only the next ``scheduler.step()`` would use it).
+    Here the base becomes ``learning_rate`` and each group's rate is the base times the schedule's factor at the
+    loaded step, what ``LambdaLR`` computes at each step: unchanged settings give back exactly the loaded rates.
+    DeepSpeed's scheduler wrapper (no ``base_lrs``) is left as loaded."""
     bases = getattr(scheduler, "base_lrs", None)
-    if not bases or not bases[0] or bases[0] == learning_rate:
+    if not bases or not bases[0]:
         return None
     old = bases[0]
+    if learning_rate != old:
 
-    def rebased(value: float) -> float:
-        return learning_rate if value == old else value * (learning_rate / old)
+        def rebased(value: float) -> float:
+            return learning_rate if value == old else value * (learning_rate / old)
 
-    scheduler.base_lrs = [rebased(b) for b in bases]
-    for group in optimizer.param_groups:
-        group["initial_lr"] = rebased(group.get("initial_lr", old))
-        group["lr"] = group["lr"] * (learning_rate / old)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
-    return old
+        scheduler.base_lrs = [rebased(b) for b in bases]
+        for group in optimizer.param_groups:
+            group["initial_lr"] = rebased(group.get("initial_lr", old))
+    factors = getattr(scheduler, "lr_lambdas", None)  # every schedule of LR_SCHEDULERS is a LambdaLR
+    if factors and len(factors) == len(optimizer.param_groups):
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return old if learning_rate != old else None
 
 
 _TRAINER_CLASS = None
@@ -420,7 +428,7 @@ def trainer_class():
     epoch 2 would replay epoch 1's order. transformers calls ``set_epoch`` on the sampler at every epoch
     (also after a resume); here that reseeds the generator with ``seed + epoch``.
 
-    A resume trains on at the learning rate asked for (``rebase_learning_rate``), not the checkpoint's.
+    A resume trains on at the learning rate and schedule asked for (``resume_schedule``), not the checkpoint's.
     """
     global _TRAINER_CLASS
     if _TRAINER_CLASS is None:
@@ -448,7 +456,7 @@ def trainer_class():
             def _load_optimizer_and_scheduler(self, checkpoint):
                 super()._load_optimizer_and_scheduler(checkpoint)
                 if checkpoint is not None:
-                    rebase_learning_rate(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+                    resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
         _TRAINER_CLASS = ResumableGRPOTrainer
     return _TRAINER_CLASS

@@ -496,36 +496,40 @@ def _interrupted_copy(reference, dest):
 # Settings on resume: a new learning rate and more epochs take effect, and the record says from which step.
 
 
-def test_a_new_learning_rate_rebases_the_loaded_schedule():
-    """As a resume does: the trainer builds optimizer and schedule at the new rate, then loads the checkpoint's
-    states, which bring the old rate back; ``rebase_learning_rate`` makes the schedule go on at the new one."""
+@pytest.mark.parametrize("rate,total", [(2e-4, 10), (1e-3, 10), (2e-4, 20), (1e-3, 20)])
+def test_a_resumed_schedule_is_the_one_asked_for_at_the_loaded_step(rate, total):
+    """As a resume does: the trainer builds optimizer and schedule from this run's settings, then loads the
+    checkpoint's states, which bring back the old rate and the old schedule's rate for the next step;
+    ``resume_schedule`` makes them what a run with these settings from the start would have at that step."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from musclebob_helpers.training import rebase_learning_rate
+    from musclebob_helpers.training import resume_schedule
 
-    def optimizer_and_schedule(rate, steps=0):
+    def optimizer_and_schedule(rate, total, steps=0):
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=rate)
-        schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=10)
+        schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=total)
         for _ in range(steps):
             optimizer.step()
             schedule.step()
         return optimizer, schedule
 
-    old = optimizer_and_schedule(2e-4, steps=4)
-    optimizer, schedule = optimizer_and_schedule(1e-3)
-    optimizer.load_state_dict(old[0].state_dict())
-    schedule.load_state_dict(old[1].state_dict())
-    assert schedule.get_last_lr() == old[1].get_last_lr()  # loaded: the checkpoint's rate wins
-    assert rebase_learning_rate(optimizer, schedule, 1e-3) == 2e-4
-    fresh = optimizer_and_schedule(1e-3, steps=4)  # a run at 1e-3 from the start, at the same step
+    interrupted = optimizer_and_schedule(2e-4, 10, steps=4)  # trained at 2e-4 over 10 steps, stopped after 4
+    optimizer, schedule = optimizer_and_schedule(rate, total)
+    optimizer.load_state_dict(interrupted[0].state_dict())
+    schedule.load_state_dict(interrupted[1].state_dict())
+    assert schedule.get_last_lr() == interrupted[1].get_last_lr()  # loaded: the checkpoint's schedule wins
+    assert resume_schedule(optimizer, schedule, rate) == (2e-4 if rate != 2e-4 else None)
+    if (rate, total) == (2e-4, 10):  # nothing changed: exactly the loaded rates, so a resume stays exact
+        assert schedule.get_last_lr() == interrupted[1].get_last_lr()
+        assert optimizer.param_groups[0]["lr"] == interrupted[0].param_groups[0]["lr"]
+    fresh = optimizer_and_schedule(rate, total, steps=4)  # these settings from the start, at the same step
     for _ in range(3):
-        assert schedule.get_last_lr() == pytest.approx(fresh[1].get_last_lr(), rel=1e-9)
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh[0].param_groups[0]["lr"], rel=1e-9)
+        assert schedule.get_last_lr() == pytest.approx(fresh[1].get_last_lr(), rel=1e-12)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh[0].param_groups[0]["lr"], rel=1e-12)
         for opt, sched in ((optimizer, schedule), fresh):
             opt.step()
             sched.step()
-    assert rebase_learning_rate(optimizer, schedule, 1e-3) is None  # the same rate: left exactly as loaded
 
 
 def _stopped_after(reference, dest, step):
@@ -548,7 +552,7 @@ def test_a_new_learning_rate_takes_effect_from_the_resumed_step(tmp_path, refere
     rate = {e["step"]: e["learning_rate"] for e in history(out)}
     before = {e["step"]: e["learning_rate"] for e in history(reference[0])}
     assert [rate[1], rate[2]] == [before[1], before[2]]  # trained before the resume
-    assert before[3] == 3e-4 and rate[3] == pytest.approx(1e-3)  # the schedule's factor, times the new base
+    assert before[3] == 3e-4 and rate[3] == pytest.approx(1e-3)  # the new base times the schedule's factor (1)
     assert rate[4] == pytest.approx(before[4] * 1e-3 / 3e-4)
     record = json.loads((out / "training_config.json").read_text())
     assert record["config"]["learning_rate"] == 1e-3  # the settings now in effect
