@@ -26,6 +26,7 @@ completions, so any combination of the two is valid. All logic lives in ``muscle
 """
 
 import os
+import signal
 import sys
 
 PROG = "train_musclebob_improved.py"
@@ -66,6 +67,7 @@ def _main(argv) -> int:
     except ConfigError as err:  # found only once the model is loaded (a checkpoint of another architecture)
         fail(PROG, str(err))
     except Stopped as stop:  # SIGINT / SIGTERM: one line saying how to go on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: a late Ctrl-C must not add a second line
         if procs.is_main_process:
             script = os.path.relpath(__file__) if not os.path.relpath(__file__).startswith("..") else __file__
             print(f"{PROG}: {stop.line(resume_command(script, cfg, sources, procs.num_processes))}", file=sys.stderr)

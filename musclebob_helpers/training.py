@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import os
 import platform
 import signal
 import sys
@@ -537,6 +538,10 @@ def build_trainer(
 # --- a graceful stop (SIGINT, SIGTERM) ---------------------------------------------------------------------
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
+# Under `accelerate launch` (torchrun) a Ctrl-C reaches each process twice: from the terminal (its whole process
+# group) and again from the launcher, which forwards it. The same signal again within this many seconds is that
+# echo, not a second Ctrl-C. (The launcher kills its processes 30 s after forwarding: a longer step ends as a kill.)
+LAUNCHER_ECHO_S = 5.0
 
 
 class Stopped(KeyboardInterrupt):
@@ -586,10 +591,13 @@ class GracefulStop:
 
     The handlers are installed from the main thread only (Python delivers signals there; a notebook kernel runs
     cells in it) and put back afterwards, so a notebook kernel gets its own back. A signal the process was told to
-    ignore (SIG_IGN, e.g. ``nohup``) stays ignored."""
+    ignore (SIG_IGN, e.g. ``nohup``) stays ignored. Under ``accelerate launch`` every process gets the signal; they
+    agree at each step's end on whether any did (``_agreed``), so all save the same step and stop together."""
 
     def __init__(self):
         self.signum: int | None = None  # the first signal received
+        self.first_at = 0.0  # when (time.monotonic)
+        self.echo_s = LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
         self.stop_step: int | None = None  # the step every process agreed to stop after
         self.state = None  # the trainer's state while it trains
         self.training = False
@@ -612,8 +620,13 @@ class GracefulStop:
 
     def _handle(self, signum, frame):
         # Nothing is printed here: a handler may run in the middle of a print to the same stream.
-        if self.signum is None and self.training:
-            self.signum = signum
+        now = time.monotonic()
+        if signum == self.signum and now - self.first_at < self.echo_s:
+            return  # the launcher forwarding the Ctrl-C this process already got
+        first = self.signum is None
+        if first:
+            self.signum, self.first_at = signum, now
+        if first and self.training:
             return
         state = self.state
         raise Stopped(signum, *((state.global_step, state.max_steps) if state else (None, None)), None, self.training)
