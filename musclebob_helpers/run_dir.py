@@ -492,10 +492,14 @@ def disk_full_line(cfg: TrainConfig, need: DriveNeed | None = None, resume_with:
     if need is None:
         shape = model_shape(cfg.model, offline=True)
         need = drive_need(cfg, shape) if shape else None
+
+    def size(n: int) -> str:  # a full disk has megabytes left, the tiny model's run needs a few dozen
+        return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
+
     free = shutil.disk_usage(nearest_existing(out.absolute())).free
-    wanted = f"this run needs about {need.need(on_drive(out)) / GB:.2f} GB there, " if need else ""
+    wanted = f"this run needs about {size(need.need(on_drive(out)))} there, " if need else ""
     return (
-        f"the disk is full ({out}): {wanted}{free / GB:.2f} GB are free; free some space, then "
+        f"the disk is full ({out}): {wanted}{size(free)} are free; free some space, then "
         f"{resume_with or 'rerun with --resume-from-checkpoint auto'}: the newest intact checkpoint is used"
     )
 

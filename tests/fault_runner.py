@@ -20,6 +20,9 @@ or lets a save fail as a full disk fails it (the process goes on and handles the
 * ``nospace-final:N``      - the final ``model.safetensors`` (after step N, the last) half written, then
   safetensors' ``SafetensorError`` naming "No space left on device"
 
+* ``fill-disk:N``           - as step N begins, a file next to the output folder takes all but 3 MB of its disk
+  (a small tmpfs in the tests): the checkpoint saved after step N fails for real, in whichever write runs out
+
 or sends the process a signal, as a user pressing Ctrl-C does:
 
 * ``interrupt-twice:N`` - SIGINT as step N begins, and again while it generates its completions
@@ -48,7 +51,9 @@ POINTS = (
     "nospace-history",
     "nospace-final",
     "interrupt-twice",
+    "fill-disk",
 )
+BALLAST = "ballast"  # fill-disk's file, next to the output folder: deleting it frees the space
 TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch 2.x, a full disk
 
 
@@ -174,6 +179,13 @@ def fault_callback(point: str, step: int):
                             kill(f"while generating the completions of step {step}")
 
                 model.register_forward_pre_hook(hook)
+
+            if point == "fill-disk" and state.global_step == step - 1:
+                ballast = Path(args.output_dir).parent / BALLAST
+                free = os.statvfs(ballast.parent).f_bavail * os.statvfs(ballast.parent).f_frsize
+                print(f"{MARKER} filling the disk as step {step} begins", file=sys.stderr, flush=True)
+                with open(ballast, "wb") as fh:
+                    os.posix_fallocate(fh.fileno(), 0, free - 3 * 2**20)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             if point == "optimizer" and state.global_step == step - 1:

@@ -451,7 +451,7 @@ def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, c
     [line] = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2
     assert re.fullmatch(
-        rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about [0-9.]+ GB there, [0-9.]+ GB "
+        rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about \d+ MB there, [0-9.]+ [GM]B "
         "are free; free some space, then rerun with --resume-from-checkpoint auto: the newest intact checkpoint is used",
         line,
     )
@@ -482,6 +482,35 @@ def test_a_full_disk_at_any_save_is_one_line_and_resumes(tmp_path, reference, fa
     resumed = train(out, "--resume-from-checkpoint", "auto")  # the space freed: the fault is not installed
     assert message in resumed.stdout, resumed.stdout[-3000:]
     assert_same_as_reference(out, reference, resumed)
+
+
+@pytest.mark.slow  # two training processes
+def test_a_disk_that_fills_mid_run_stops_in_one_line_and_resumes_once_freed(tmp_path, reference):
+    """A real full disk: a 256 MB tmpfs (root only) that ``fault_runner``'s ballast fills as step 2 begins, so
+    checkpoint-2's save fails in torch's own writer; deleting the ballast is "freeing space"."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "run"
+        failed = train(out, fault="fill-disk:2")
+        assert failed.returncode == 2, failed.stderr[-3000:]
+        line = one_error_line(failed.stderr)
+        assert re.match(
+            rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about \d+ MB there, [0-3] MB are free",
+            line,
+        )
+        assert [e["step"] for e in history(out)] == [1, 2]  # readable, whole
+        assert checkpoint_problems(out / "checkpoint-2")  # cut short by the full disk
+        all_json_parses(out)
+        (disk / fault_runner.BALLAST).unlink()  # space freed
+        resumed = train(out, "--resume-from-checkpoint", "auto")
+        assert "checkpoint-2 is damaged" in resumed.stdout and "No intact checkpoint" in resumed.stdout
+        assert_same_as_reference(out, reference, resumed)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def _interrupted_copy(reference, dest):
