@@ -574,8 +574,9 @@ class Stopped(KeyboardInterrupt):
         at = f"at step {self.step} of {self.max_steps}"
         if self.checkpoint is not None:
             return f"stopped {at}; {Path(self.checkpoint).name} saved; resume with: {resume_with}"
-        lost = "the step in progress is lost" if self.training else "before the final model was saved"
-        return f"stopped at once ({name}) {at}; {lost}; resume with: {resume_with}"
+        if not self.training:  # validating or saving the trained model
+            return f"stopped ({name}) {at}, before the end of the run; resume with: {resume_with}"
+        return f"stopped at once ({name}) {at}; the step in progress is lost; resume with: {resume_with}"
 
     def __str__(self) -> str:
         return self.line("--resume-from-checkpoint auto")
@@ -628,8 +629,8 @@ class GracefulStop:
             self.signum, self.first_at = signum, now
         if first and self.training:
             return
-        state = self.state
-        raise Stopped(signum, *((state.global_step, state.max_steps) if state else (None, None)), None, self.training)
+        step, total = (self.state.global_step, self.state.max_steps) if self.state else (None, None)
+        raise Stopped(signum, step, total, training=self.training)
 
     def _agreed(self) -> int:
         """The signal to stop on, agreed by every process of a distributed run (0: go on). Each process of an
