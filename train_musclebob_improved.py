@@ -69,7 +69,8 @@ def _main(argv) -> int:
     except Stopped as stop:  # SIGINT / SIGTERM: one line saying how to go on
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: a late Ctrl-C must not add a second line
         if procs.is_main_process:
-            script = os.path.relpath(__file__) if not os.path.relpath(__file__).startswith("..") else __file__
+            script = os.path.relpath(__file__)  # as typed from here; from elsewhere, its full path
+            script = __file__ if script.startswith("..") else script
             print(f"{PROG}: {stop.line(resume_command(script, cfg, sources, procs.num_processes))}", file=sys.stderr)
         return stop.exit_code
     except Exception as err:

@@ -11,8 +11,12 @@ answers:
   ``--overwrite``, an unfinished one without ``--resume-from-checkpoint``, a folder that cannot be written (a
   probe file is really created and removed: permission bits are not trusted, root ignores them; Google Drive
   not mounted, where a path under ``/content/drive`` would land on the runtime's own disk and vanish with it),
-  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, and a
-  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``);
+  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, a
+  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``), and a resume with fewer
+  ``--epochs`` than already trained;
+* the record of the run's settings per segment (``settings_segments``): which settings trained which steps, when a
+  resume changed one that may change;
+* the one line for a run that ran out of space at any save (``disk_full_line``);
 * checkpoints a resume can trust (``checkpoint_problems``). A kill in the middle of a save, or Google Drive
   syncing lazily, leaves a ``checkpoint-N`` folder with a file missing or cut short. transformers writes
   ``trainer_state.json`` last but not atomically, and loads whatever it finds, so "intact" is checked here:
@@ -637,7 +641,8 @@ def check(cfg: TrainConfig) -> RunCheck:
     Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
     file where the folder should be, a finished run (``--overwrite``), an unfinished one
     (``--resume-from-checkpoint auto``), a folder that cannot be written or has too little free space, a disk
-    too small for the run, a damaged explicit checkpoint, a resume with other settings. Disk probes come last.
+    too small for the run, a damaged explicit checkpoint, a resume with other settings or fewer epochs than
+    trained. Disk probes come last.
     """
     r = cfg.resume_from_checkpoint
     if r is not None and r != "auto" and not expand_path(r).is_dir():

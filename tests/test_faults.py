@@ -370,7 +370,8 @@ def test_the_resume_command_repeats_the_options_given(tmp_path):
     argv = ["--preset", "cpu-tiny", "--output-dir", "my runs/a", "--no-fewshot", "--overwrite", "--epochs", "4"]
     cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
     assert resume_command(PROG, cfg, sources) == (
-        f"python {PROG} --epochs 4 --no-fewshot --preset cpu-tiny --output-dir 'my runs/a' --resume-from-checkpoint auto"
+        f"python {PROG} --epochs 4 --no-fewshot --preset cpu-tiny --output-dir 'my runs/a' "
+        "--resume-from-checkpoint auto"
     )
     argv = ["--output-dir", "x", "--resume-from-checkpoint", str(tmp_path)]
     cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
@@ -452,7 +453,8 @@ def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, c
     assert exc.value.code == 2
     assert re.fullmatch(
         rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about \d+ MB there, [0-9.]+ [GM]B "
-        "are free; free some space, then rerun with --resume-from-checkpoint auto: the newest intact checkpoint is used",
+        "are free; free some space, then rerun with --resume-from-checkpoint auto: the newest intact checkpoint "
+        "is used",
         line,
     )
 
@@ -498,10 +500,8 @@ def test_a_disk_that_fills_mid_run_stops_in_one_line_and_resumes_once_freed(tmp_
         failed = train(out, fault="fill-disk:2")
         assert failed.returncode == 2, failed.stderr[-3000:]
         line = one_error_line(failed.stderr)
-        assert re.match(
-            rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about \d+ MB there, [0-3] MB are free",
-            line,
-        )
+        full = rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): "
+        assert re.match(full + r"this run needs about \d+ MB there, [0-3] MB are free", line)
         assert [e["step"] for e in history(out)] == [1, 2]  # readable, whole
         assert checkpoint_problems(out / "checkpoint-2")  # cut short by the full disk
         all_json_parses(out)
