@@ -25,14 +25,23 @@ Continue an interrupted run from its newest checkpoint:
 completions, so any combination of the two is valid. All logic lives in ``musclebob_helpers``.
 """
 
-import errno
+import os
+import signal
 import sys
 
 PROG = "train_musclebob_improved.py"
 
 
 def main(argv=None) -> int:
-    from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while starting up (once training runs, _main handles its stops)
+        print(f"{PROG}: stopped (SIGINT) while starting; nothing was written: run the command again", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
+    from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config, resume_command
     from musclebob_helpers.config import ConfigError
 
     cfg, sources, checked = config_from_args(argv, PROG, __doc__.splitlines()[0])  # flags + run folder
@@ -45,23 +54,29 @@ def main(argv=None) -> int:
         fail(PROG, str(err))
     from musclebob_helpers.training import process_state
 
-    if process_state().is_main_process:  # under `accelerate launch`, print once
+    procs = process_state()
+    if procs.is_main_process:  # under `accelerate launch`, print once
         print_config(cfg, sources)
 
-    from musclebob_helpers.training import run_training  # heavy imports only once the flags are good
+    from musclebob_helpers.io import out_of_space
+    from musclebob_helpers.run_dir import disk_full_line
+    from musclebob_helpers.training import Stopped, run_training  # heavy imports only once the flags are good
 
     try:
         result = run_training(cfg, checked=checked)
     except ConfigError as err:  # found only once the model is loaded (a checkpoint of another architecture)
         fail(PROG, str(err))
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Stopped as stop:  # SIGINT / SIGTERM: one line saying how to go on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: a late Ctrl-C must not add a second line
+        if procs.is_main_process:
+            script = os.path.relpath(__file__)  # as typed from here; from elsewhere, its full path
+            script = __file__ if script.startswith("..") else script
+            print(f"{PROG}: {stop.line(resume_command(script, cfg, sources, procs.num_processes))}", file=sys.stderr)
+        return stop.exit_code
+    except Exception as err:
+        if not out_of_space(err):  # a full disk at any save: checkpoint, history, final model
             raise
-        fail(
-            PROG,
-            f"the disk is full ({err.filename or cfg.output_dir}); free some space, then rerun with "
-            "--resume-from-checkpoint auto: the newest intact checkpoint is used",
-        )
+        fail(PROG, disk_full_line(cfg, checked.need if checked else None))
     return 0 if result["final"]["is_healthy"] else 1
 
 

@@ -9,6 +9,7 @@ validation alike, before any model is loaded or any file is written.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import typing
 from dataclasses import fields
@@ -160,3 +161,14 @@ def print_config(cfg: TrainConfig, sources: dict[str, str], log=print) -> None:
         f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
         f"{cfg.batch_size * cfg.num_generations} completions)"
     )
+
+
+def resume_command(script: str, cfg: TrainConfig, sources: dict[str, str], num_processes: int = 1) -> str:
+    """The command that continues a stopped run: the options the user gave (as ``print_config`` names them: a
+    preset's and the model's defaults follow again from the same options), ``--resume-from-checkpoint auto``."""
+    launcher = ["python"] if num_processes <= 1 else ["accelerate", "launch", "--num_processes", str(num_processes)]
+    words = [*launcher, script]
+    for f in fields(TrainConfig):
+        if sources.get(f.name) == "you" and f.name not in ("resume_from_checkpoint", "overwrite"):
+            words += shlex.split(as_typed(f.name, getattr(cfg, f.name)))
+    return shlex.join([*words, "--resume-from-checkpoint", "auto"])

@@ -158,7 +158,8 @@ class TrainConfig:
     overwrite: bool = _opt("allow training into an output dir that already holds a finished model", default=False)
     seed: int = _opt("random seed for data, sampling and training", default=42)
     ignore_mismatch: bool = _opt(
-        "resume even when model, generations, batch size or data settings differ from the run being resumed",
+        "resume even when model, generations, batch size, data, completion length or LoRA settings differ from the "
+        "run being resumed",
         default=False,
     )
     trust_remote_code: bool = _opt(

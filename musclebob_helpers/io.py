@@ -1,5 +1,6 @@
 """Artifact I/O: every JSON (and the run's PNG) the project writes goes to a temporary file and is renamed into
-place, so a reader (the plot notebook, a user, a resumed run) never sees half a file.
+place, so a reader (the plot notebook, a user, a resumed run) never sees half a file. ``out_of_space`` says whether
+a failed write (ours or a library's) failed for lack of space.
 
 Temporary things are made so that nothing outlives them: a SIGTERM during a write is held back until the rename is
 done (``sigterm_deferred``), a SIGTERM during a long job in a temporary folder removes the folder before the process
@@ -10,6 +11,7 @@ make 0600 / 0700 whatever the umask, so a shared Drive folder or a second user c
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -226,3 +228,32 @@ def read_json(path: str | Path, default=None):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
+
+
+# How a write that ran out of space fails, besides OSError(ENOSPC): torch.save's zip writer raises RuntimeError
+# ("PytorchStreamWriter failed writing file ...", "[enforce fail at inline_container.cc:...] . unexpected pos"),
+# safetensors' Rust writer a SafetensorError naming the OS error.
+_OUT_OF_SPACE_TEXTS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "storagefull",
+    "pytorchstreamwriter failed writing file",
+    "unexpected pos",
+    "file write failed",
+)
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Did ``err`` (or an error it was raised from) come from a full disk or quota? The one test the CLI and the
+    notebook apply to a run that failed while saving."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, (RuntimeError, OSError)) or type(err).__name__ == "SafetensorError":
+            text = str(err).lower()
+            if any(t in text for t in _OUT_OF_SPACE_TEXTS):
+                return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -207,7 +207,9 @@ class MidTrainingValidation(_callback_base()):
             self._check(state, model)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and self._due(state, epoch_end=True):
+        # A stop mid-epoch (a signal: training.GracefulStop) ends the epoch early: not an epoch's end to check at.
+        epoch_done = float(state.epoch or 0).is_integer()
+        if model is not None and epoch_done and self._due(state, epoch_end=True):
             self._check(state, model)
 
 

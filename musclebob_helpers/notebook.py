@@ -278,15 +278,28 @@ def _continue(run_dir: Path, state: str, live: bool, stop_after_steps: int, log,
     return _run(cfg, read_json(run_dir / BASELINE_FILE), live, stop_after_steps, log)
 
 
+RESUME_CELL = "run the resume cell"
+
+
 def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
     """``run_training`` with the notebook's callbacks: the live panel, and the simulated disconnect when asked.
-    The run folder is checked there, once (``run_dir.check``)."""
+    The run folder is checked there, once (``run_dir.check``). The interrupt button (a SIGINT) and a full disk
+    stop "Run all" with one line saying how to go on (``NotebookStop``), as on the command line."""
+    from .io import out_of_space
     from .plots import live_progress
-    from .training import run_training
+    from .run_dir import disk_full_line
+    from .training import Stopped, run_training
 
     callbacks = [live_progress(cfg.output_dir)] if live else []
     callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
-    return run_training(cfg, log=log, callbacks=callbacks, baseline=baseline)
+    try:
+        return run_training(cfg, log=log, callbacks=callbacks, baseline=baseline)
+    except Stopped as stop:
+        raise NotebookStop(stop.line(RESUME_CELL)) from None
+    except Exception as err:
+        if not out_of_space(err):
+            raise
+        raise NotebookStop(disk_full_line(cfg, resume_with=RESUME_CELL)) from None
 
 
 def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:

@@ -11,8 +11,12 @@ answers:
   ``--overwrite``, an unfinished one without ``--resume-from-checkpoint``, a folder that cannot be written (a
   probe file is really created and removed: permission bits are not trusted, root ignores them; Google Drive
   not mounted, where a path under ``/content/drive`` would land on the runtime's own disk and vanish with it),
-  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, and a
-  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``);
+  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, a
+  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``), and a resume with fewer
+  ``--epochs`` than already trained;
+* the record of the run's settings per segment (``settings_segments``): which settings trained which steps, when a
+  resume changed one that may change;
+* the one line for a run that ran out of space at any save (``disk_full_line``);
 * checkpoints a resume can trust (``checkpoint_problems``). A kill in the middle of a save, or Google Drive
   syncing lazily, leaves a ``checkpoint-N`` folder with a file missing or cut short. transformers writes
   ``trainer_state.json`` last but not atomically, and loads whatever it finds, so "intact" is checked here:
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, TrainConfig, as_typed, config_from_dict
+from .config import ConfigError, TrainConfig, as_typed, config_from_dict, steps_per_epoch
 from .io import TEMP_GLOB, give_umask_mode, owner_gone, owner_record, read_json
 
 if TYPE_CHECKING:
@@ -76,7 +80,12 @@ MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints wil
 DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
 
 # Settings that make a checkpoint meaningless when they change: another model's weights, another
-# group size or prompts per step (the optimizer's step count no longer maps onto the data), other data.
+# group size or prompts per step (the optimizer's step count no longer maps onto the data), other data, another
+# adapter shape or base (the checkpoint's adapter and optimizer state would not fit it), another completion length
+# (the baseline the final validation is compared with was measured at the old one). Every other setting may change
+# on resume and takes effect from the resumed step on (``settings_segments`` records from which): the learning rate
+# (``training.resume_schedule``), the schedule, --epochs (the schedule spans the new total; fewer epochs than
+# already trained are refused), temperature, beta, validation, checkpoints kept, trackers, speed and memory knobs.
 RESUME_MUST_MATCH = (
     "model",
     "num_generations",
@@ -87,7 +96,15 @@ RESUME_MUST_MATCH = (
     "control_ratio",
     "fewshot_ratio",
     "use_fewshot",
+    "max_completion_length",
+    "lora",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "load_in_4bit",
 )
+# Options of one start, not settings of the run: never recorded as a change.
+PER_START_OPTIONS = ("output_dir", "resume_from_checkpoint", "overwrite", "ignore_mismatch")
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -440,8 +457,45 @@ def architecture_mismatch(ckpt: str | Path, model_config: dict) -> dict[str, tup
     }
 
 
+def checkpoint_step(ckpt: str | Path) -> int | None:
+    """The global step a checkpoint was saved at: its ``trainer_state.json``, else the N of ``checkpoint-N``."""
+    step = (read_json(Path(ckpt) / "trainer_state.json") or {}).get("global_step")
+    if isinstance(step, int):
+        return step
+    m = _CHECKPOINT.match(Path(ckpt).name)
+    return int(m.group(1)) if m else None
+
+
+def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> tuple[list[dict], dict]:
+    """The record of a run's settings per segment, for ``training_config.json``, and what changes at this start.
+
+    ``[{"from_step": 0, "config": {...}}, {"from_step": 6, "changed": {"learning_rate": [2e-4, 1e-3]}}, ...]``: the
+    steps after ``from_step`` were trained with the settings of the segments up to it. A resume from step
+    ``from_step`` (0: a fresh run) drops the segments that began after it (those steps are trained again) and adds
+    one when a setting differs from those in effect there. Returns (segments, ``{field: [old, new]}``)."""
+    now = {k: v for k, v in cfg.to_dict().items() if k not in PER_START_OPTIONS}
+    fresh = [{"from_step": 0, "config": now}], {}
+    saved = read_json(Path(out_dir) / CONFIG_FILE) if from_step > 0 else None
+    if not isinstance(saved, dict):
+        return fresh
+    segments = [seg for seg in saved.get("segments") or [] if isinstance(seg, dict)]
+    if not (segments and isinstance(segments[0].get("config"), dict)):
+        first = _saved_settings(out_dir)  # a record from before segments were kept: its settings began at 0
+        first = {k: v for k, v in first.items() if k not in PER_START_OPTIONS} if first is not None else None
+        segments = [{"from_step": 0, "config": first}] if first is not None else []
+    kept = [seg for seg in segments if isinstance(seg.get("from_step", 0), int) and seg.get("from_step", 0) < from_step]
+    if not kept:
+        return fresh
+    effective = dict(kept[0]["config"])
+    for seg in kept[1:]:
+        effective.update({k: new for k, (_, new) in seg.get("changed", {}).items()})
+    changed = {k: [effective[k], v] for k, v in now.items() if k in effective and effective[k] != v}
+    return kept + ([{"from_step": from_step, "changed": changed}] if changed else []), changed
+
+
 def check_resume(cfg: TrainConfig) -> None:
-    """Refuse a damaged explicit checkpoint, and a resume whose settings differ from the interrupted run's."""
+    """Refuse a damaged explicit checkpoint, a resume whose settings differ from the interrupted run's, and fewer
+    ``--epochs`` than the run has already trained."""
     r = cfg.resume_from_checkpoint
     if r is None:
         return
@@ -464,6 +518,37 @@ def check_resume(cfg: TrainConfig) -> None:
             f"this run asks for {asked}, but the run being resumed used {used}; pass the same values, "
             "--ignore-mismatch to resume anyway, or another --output-dir",
         )
+    ckpts = [expand_path(r)] if r != "auto" else list_checkpoints(expand_path(cfg.output_dir))[-1:]
+    done = checkpoint_step(ckpts[0]) if ckpts else None
+    per_epoch = max(1, steps_per_epoch(cfg))
+    if done is not None and cfg.epochs * per_epoch < done:
+        raise ConfigError(
+            "epochs",
+            cfg.epochs,
+            f"at least {-(-done // per_epoch)}: the run being resumed has trained {done} steps "
+            f"({per_epoch} an epoch); more epochs may be given on resume, not fewer",
+        )
+
+
+def disk_full_line(cfg: TrainConfig, need: DriveNeed | None = None, resume_with: str = "") -> str:
+    """The one line for a run that ran out of space (``io.out_of_space``): the folder, what the run needs there and
+    what is free, and how to go on (``resume_with``: the CLI's flag or the notebook's resume cell)."""
+    from .memory import GB, drive_need, model_shape
+
+    out = expand_path(cfg.output_dir)
+    if need is None:
+        shape = model_shape(cfg.model, offline=True)
+        need = drive_need(cfg, shape) if shape else None
+
+    def size(n: int) -> str:  # a full disk has megabytes left, the tiny model's run needs a few dozen
+        return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
+
+    free = shutil.disk_usage(nearest_existing(out.absolute())).free
+    wanted = f"this run needs about {size(need.need(on_drive(out)))} there, " if need else ""
+    return (
+        f"the disk is full ({out}): {wanted}{size(free)} are free; free some space, then "
+        f"{resume_with or 'rerun with --resume-from-checkpoint auto'}: the newest intact checkpoint is used"
+    )
 
 
 # --- can the folder's disk take the run ------------------------------------------------------------------
@@ -532,7 +617,6 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
     as space it will reuse (rotation frees them); on Drive, deleting only moves files to the trash, so the run
     needs everything it will write.
     """
-    from .config import steps_per_epoch
     from .memory import GB, drive_need
 
     need = need or drive_need(cfg, shape)
@@ -855,7 +939,8 @@ def check(cfg: TrainConfig, writer: bool = True) -> RunCheck:
     accelerate's other ranks pass False, their main process may hold the lock already), a finished run
     (``--overwrite``), an unfinished one
     (``--resume-from-checkpoint auto``), a folder that cannot be written or has too little free space, a disk
-    too small for the run, a damaged explicit checkpoint, a resume with other settings. Disk probes come last.
+    too small for the run, a damaged explicit checkpoint, a resume with other settings or fewer epochs than
+    trained. Disk probes come last.
     """
     r = cfg.resume_from_checkpoint
     if r is not None and r != "auto" and not expand_path(r).is_dir():

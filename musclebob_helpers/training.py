@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -386,6 +388,37 @@ def checkpointing_arg(config_class, enabled: bool) -> dict:
     return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
+def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
+    """The learning rate schedule of a resumed run as this run defines it, at the step loaded; returns the
+    checkpoint's base rate when ``learning_rate`` replaced it (None: the same).
+
+    Loading a checkpoint restores the scheduler's ``base_lrs``, the optimizer groups' ``initial_lr`` and ``lr`` as
+    the interrupted run left them: a new ``--learning-rate`` would be ignored, and the first resumed step would
+    train at the old schedule's rate for that step even when ``--epochs`` or ``--lr-scheduler`` changed it (the
+    schedule's function is rebuilt from this run's settings; only the next ``scheduler.step()`` would use it).
+    Here the base becomes ``learning_rate`` and each group's rate is the base times the schedule's factor at the
+    loaded step, what ``LambdaLR`` computes at each step: unchanged settings give back exactly the loaded rates.
+    DeepSpeed's scheduler wrapper (no ``base_lrs``) is left as loaded."""
+    bases = getattr(scheduler, "base_lrs", None)
+    if not bases or not bases[0]:
+        return None
+    old = bases[0]
+    if learning_rate != old:
+
+        def rebased(value: float) -> float:
+            return learning_rate if value == old else value * (learning_rate / old)
+
+        scheduler.base_lrs = [rebased(b) for b in bases]
+        for group in optimizer.param_groups:
+            group["initial_lr"] = rebased(group.get("initial_lr", old))
+    factors = getattr(scheduler, "lr_lambdas", None)  # every schedule of LR_SCHEDULERS is a LambdaLR
+    if factors and len(factors) == len(optimizer.param_groups):
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return old if learning_rate != old else None
+
+
 _TRAINER_CLASS = None
 
 
@@ -395,6 +428,8 @@ def trainer_class():
     TRL's ``RepeatSampler`` draws each epoch's permutation from one generator seeded once, so after a restart
     epoch 2 would replay epoch 1's order. transformers calls ``set_epoch`` on the sampler at every epoch
     (also after a resume); here that reseeds the generator with ``seed + epoch``.
+
+    A resume trains on at the learning rate and schedule asked for (``resume_schedule``), not the checkpoint's.
     """
     global _TRAINER_CLASS
     if _TRAINER_CLASS is None:
@@ -418,6 +453,11 @@ def trainer_class():
         class ResumableGRPOTrainer(GRPOTrainer):
             def _get_train_sampler(self, *args, **kwargs):
                 return EpochSeededSampler(super()._get_train_sampler(*args, **kwargs))
+
+            def _load_optimizer_and_scheduler(self, checkpoint):
+                super()._load_optimizer_and_scheduler(checkpoint)
+                if checkpoint is not None:
+                    resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
         _TRAINER_CLASS = ResumableGRPOTrainer
     return _TRAINER_CLASS
@@ -495,6 +535,166 @@ def build_trainer(
     return trainer, monitor
 
 
+# --- a graceful stop (SIGINT, SIGTERM) ---------------------------------------------------------------------
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
+# Under `accelerate launch` (torchrun) a Ctrl-C reaches each process twice: from the terminal (its whole process
+# group) and again from the launcher, which forwards it. The same signal again within this many seconds is that
+# echo, not a second Ctrl-C. (The launcher kills its processes 30 s after forwarding: a longer step ends as a kill.)
+LAUNCHER_ECHO_S = 5.0
+
+
+class Stopped(KeyboardInterrupt):
+    """The run stopped on a signal, the run folder resumable. A KeyboardInterrupt, so library code that catches
+    ``Exception`` does not swallow it. ``checkpoint``: the checkpoint saved at ``step`` (a graceful stop); None
+    when a second signal, or one outside the training steps, stopped it at once (``training``: during them), where
+    the newest intact checkpoint is what a resume takes. The caller says how to go on (``line``): the CLI a
+    command, the notebook its resume cell."""
+
+    def __init__(
+        self,
+        signum: int,
+        step: int | None = None,
+        max_steps: int | None = None,
+        checkpoint: str | None = None,
+        training: bool = True,
+    ):
+        super().__init__(signum, step, max_steps, checkpoint, training)
+        self.signum, self.step, self.max_steps, self.checkpoint = signum, step, max_steps, checkpoint
+        self.training = training
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    def line(self, resume_with: str) -> str:
+        name = signal.Signals(self.signum).name
+        if self.step is None:
+            return f"stopped ({name}) before training began; start again with: {resume_with}"
+        at = f"at step {self.step} of {self.max_steps}"
+        if self.checkpoint is not None:
+            return f"stopped {at}; {Path(self.checkpoint).name} saved; resume with: {resume_with}"
+        if not self.training:  # validating or saving the trained model
+            return f"stopped ({name}) {at}, before the end of the run; resume with: {resume_with}"
+        return f"stopped at once ({name}) {at}; the step in progress is lost; resume with: {resume_with}"
+
+    def __str__(self) -> str:
+        return self.line("--resume-from-checkpoint auto")
+
+
+class GracefulStop:
+    """SIGINT / SIGTERM while ``run_training`` runs. During ``trainer.train()`` the first signal asks the trainer
+    to stop at the end of the current step: ``callback()`` saves a checkpoint there (the Trainer's own
+    ``_save_checkpoint``, so a resume is exact), the trainer ends as usual (``on_train_end`` flushes the history
+    and the completions), and ``run_training`` raises ``Stopped`` instead of validating and saving the final model.
+    A second signal, or one outside training (loading, validation, the final save), raises ``Stopped`` at once;
+    whatever it cuts short a resume repairs (a half-written checkpoint is set aside, temporary files removed).
+
+    The handlers are installed from the main thread only (Python delivers signals there; a notebook kernel runs
+    cells in it) and put back afterwards, so a notebook kernel gets its own back. A signal the process was told to
+    ignore (SIG_IGN, e.g. ``nohup``) stays ignored. Under ``accelerate launch`` every process gets the signal; they
+    agree at each step's end on whether any did (``_agreed``), so all save the same step and stop together."""
+
+    def __init__(self):
+        self.signum: int | None = None  # the first signal received
+        self.first_at = 0.0  # when (time.monotonic)
+        self.echo_s = LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
+        self.stop_step: int | None = None  # the step every process agreed to stop after
+        self.state = None  # the trainer's state while it trains
+        self.training = False
+
+    @contextlib.contextmanager
+    def handlers(self):
+        import threading
+
+        installed = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                signum = getattr(signal, name)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    installed[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, previous in installed.items():
+                signal.signal(signum, previous)
+
+    def _handle(self, signum, frame):
+        # Nothing is printed here: a handler may run in the middle of a print to the same stream.
+        now = time.monotonic()
+        if signum == self.signum and now - self.first_at < self.echo_s:
+            return  # the launcher forwarding the Ctrl-C this process already got
+        first = self.signum is None
+        if first:
+            self.signum, self.first_at = signum, now
+        if first and self.training:
+            return
+        step, total = (self.state.global_step, self.state.max_steps) if self.state else (None, None)
+        raise Stopped(signum, step, total, training=self.training)
+
+    def _agreed(self) -> int:
+        """The signal to stop on, agreed by every process of a distributed run (0: go on). Each process of an
+        ``accelerate launch`` run gets the terminal's Ctrl-C, not necessarily in the same step: all stop after
+        the same one, or the others would wait forever in the next step's collectives."""
+        import torch.distributed as dist
+
+        mine = self.signum or 0
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return mine
+        import torch
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([mine], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stop = self
+
+        def epoch_end(state) -> bool:
+            # state.epoch is epoch + steps done / steps in the epoch: a whole number exactly at an epoch's end
+            return float(state.epoch or 0).is_integer()
+
+        class StopAtStepEnd(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                stop.state, stop.training = state, True
+
+            def on_step_end(self, args, state, control, **kwargs):
+                agreed = stop._agreed() if stop.stop_step is None else 0
+                if agreed:
+                    stop.signum, stop.stop_step = agreed, state.global_step
+                    if not epoch_end(state):
+                        control.should_save = True  # at an epoch's end the epoch checkpoint is this step's
+                return control
+
+            def on_save(self, args, state, control, **kwargs):
+                if stop.stop_step == state.global_step:
+                    control.should_training_stop = True  # once saved: the saved state is a plain checkpoint's
+                return control
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                if stop.stop_step is not None and not epoch_end(state):
+                    control.should_save = False  # this step's checkpoint is written; the epoch did not end
+                return control
+
+            def on_train_end(self, args, state, control, **kwargs):
+                stop.training = False
+
+        return StopAtStepEnd()
+
+    def raise_if_stopped(self, out: Path) -> None:
+        """After ``trainer.train()``: ``Stopped`` with the checkpoint saved, when a signal came while it trained."""
+        if self.signum is None:
+            return
+        step = self.state.global_step
+        saved = out / f"checkpoint-{step}"
+        if not saved.is_dir():  # the signal came after the last step's own save
+            saved = (run_dir.list_checkpoints(out) or [None])[-1]
+        raise Stopped(self.signum, step, self.state.max_steps, str(saved) if saved else None)
+
+
 def run_training(
     cfg: TrainConfig,
     log=print,
@@ -508,7 +708,15 @@ def run_training(
     ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not redone.
     ``checked``: the start-up check of the run folder (``run_dir.check``) when the caller made it (the CLI does,
     before printing the configuration); without it the values and the folder are checked here.
+
+    SIGINT and SIGTERM stop it gracefully (``GracefulStop``): ``Stopped`` is raised, the run folder resumable.
     """
+    stop = GracefulStop()
+    with stop.handlers():
+        return _run_training(cfg, log, [*callbacks, stop.callback()], baseline, checked, stop)
+
+
+def _run_training(cfg: TrainConfig, log, callbacks, baseline, checked, stop: GracefulStop) -> dict:
     # Under `accelerate launch` every process runs this function: all of them train and validate (no
     # process waits on another outside the trainer's own collectives), only the main one writes and logs.
     procs = process_state()
@@ -526,10 +734,10 @@ def run_training(
     # One writer per folder: the lock is taken (creating the folder) before anything in it is written or deleted,
     # and released at the end, or on any exception. Only the main process writes, so only it takes it.
     with run_dir.writer_lock(out, shown=cfg.output_dir) if main else contextlib.nullcontext():
-        return _train(cfg, procs, hardware, checked, out, log, callbacks, baseline)
+        return _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop)
 
 
-def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline) -> dict:
+def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: GracefulStop) -> dict:
     """``run_training`` once the folder is checked and locked."""
     main = procs.is_main_process
     if main:
@@ -572,10 +780,16 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline) -> dict
         )
     # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
     if main:
+        from_step = (run_dir.checkpoint_step(resume) or 0) if resume else 0
+        segments, changed = run_dir.settings_segments(out, cfg, from_step)
+        if changed:
+            now = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            log(f"Resuming with other settings: {now}; they take effect after step {from_step} (training_config.json).")
         write_json_atomic(
             out / CONFIG_FILE,
             {
-                "config": cfg.to_dict(),
+                "config": cfg.to_dict(),  # the settings now in effect; "segments" says since which step
+                "segments": segments,
                 "versions": _versions(),
                 "hardware": hardware,
                 "num_processes": procs.num_processes,
@@ -620,6 +834,7 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline) -> dict
     with library_output_hidden():
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.time() - start
+        stop.raise_if_stopped(out)  # a signal while training: its checkpoint saved, no final validation and model
         trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
     if main:
         give_umask_mode(out)  # safetensors writes 0600 files whatever the umask

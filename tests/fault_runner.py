@@ -11,9 +11,26 @@ kills the process (no cleanup, no ``finally``) at:
 * ``history:N``    - in the middle of writing ``reward_history.json`` with step N's entry
   (half of the temporary file written, not yet renamed into place)
 
+or lets a save fail as a full disk fails it (the process goes on and handles the error as it would):
+
+* ``nospace-checkpoint:N`` - ``checkpoint-N/optimizer.pt`` half written, then torch's own short-write error
+  (``RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos``)
+* ``nospace-history:N``    - the temporary file of ``reward_history.json`` with step N's entry half written, then
+  ``OSError(ENOSPC)``
+* ``nospace-final:N``      - the final ``model.safetensors`` (after step N, the last) half written, then
+  safetensors' ``SafetensorError`` naming "No space left on device"
+
+* ``fill-disk:N``           - as step N begins, a file next to the output folder takes all but 3 MB of its disk
+  (a small tmpfs in the tests): the checkpoint saved after step N fails for real, in whichever write runs out
+
+or sends the process a signal, as a user pressing Ctrl-C does:
+
+* ``interrupt-twice:N`` - SIGINT as step N begins, and again while it generates its completions
+
 The product carries no hook for this: the faults are installed from outside, by wrapping ``os.replace``
-(the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer) and
-``training.run_training`` (to add a trainer callback), and then ``train_musclebob_improved.main`` runs as usual.
+(the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer), transformers'
+``safe_save_file`` (the model writer) and ``training.run_training`` (to add a trainer callback), and then
+``train_musclebob_improved.main`` runs as usual.
 """
 
 from __future__ import annotations
@@ -25,7 +42,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "[MUSCLEBOB_FAULT]"  # the tests look for it on stderr: the process died here, not elsewhere
-POINTS = ("generation", "optimizer", "checkpoint", "history")
+POINTS = (
+    "generation",
+    "optimizer",
+    "checkpoint",
+    "history",
+    "nospace-checkpoint",
+    "nospace-history",
+    "nospace-final",
+    "interrupt-twice",
+    "fill-disk",
+)
+BALLAST = "ballast"  # fill-disk's file, next to the output folder: deleting it frees the space
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch 2.x, a full disk
 
 
 def parse(spec: str | None) -> tuple[str, int] | None:
@@ -45,8 +74,16 @@ def kill(where: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _half_written_history(step: int) -> None:
-    """``os.replace`` of ``reward_history.json``'s temporary file holding step ``step``: cut it in half and die."""
+def no_space(where: str) -> OSError:
+    import errno
+
+    print(f"{MARKER} no space left {where}", file=sys.stderr, flush=True)
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
+
+
+def _half_written_history(step: int, full_disk: bool = False) -> None:
+    """``os.replace`` of ``reward_history.json``'s temporary file holding step ``step``: cut it in half and die
+    (``full_disk``: fail with ENOSPC instead, as the write would have)."""
     import json
 
     real_replace = os.replace
@@ -58,14 +95,17 @@ def _half_written_history(step: int) -> None:
             if entries and entries[-1].get("step") == step:
                 data = src_path.read_bytes()
                 src_path.write_bytes(data[: len(data) // 2])  # half a file, as a kill mid-write leaves it
+                if full_disk:
+                    raise no_space(f"while writing {dst_path.name} for step {step}")
                 kill(f"while writing {dst_path.name} for step {step}")
         return real_replace(src, dst, *args, **kwargs)
 
     os.replace = replace
 
 
-def _half_written_optimizer(step: int) -> None:
-    """``torch.save`` of ``checkpoint-<step>/optimizer.pt``: write half the file and die."""
+def _half_written_optimizer(step: int, full_disk: bool = False) -> None:
+    """``torch.save`` of ``checkpoint-<step>/optimizer.pt``: write half the file and die (``full_disk``: raise
+    torch's own error for a short write instead)."""
     import io
 
     import torch
@@ -80,31 +120,72 @@ def _half_written_optimizer(step: int) -> None:
             data = buffer.getvalue()
             with open(target, "wb") as fh:
                 fh.write(data[: len(data) // 2])
+            if full_disk:
+                no_space(f"while writing {target.parent.name}/{target.name}")
+                raise RuntimeError(TORCH_SHORT_WRITE)
             kill(f"while writing {target.parent.name}/{target.name}")
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
 
 
+def _half_written_final_model() -> None:
+    """transformers' ``safe_save_file`` of the output folder's own ``model.safetensors`` (the final model, not a
+    checkpoint's): write half of it, then fail as safetensors does on a full disk."""
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    real_save = modeling_utils.safe_save_file
+
+    def save(tensors, filename, *args, **kwargs):
+        target = Path(filename)
+        if target.name == "model.safetensors" and not target.parent.name.startswith("checkpoint-"):
+            real_save(tensors, filename, *args, **kwargs)
+            data = target.read_bytes()
+            target.write_bytes(data[: len(data) // 2])
+            no_space(f"while writing {target.name}")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    modeling_utils.safe_save_file = save
+
+
+def interrupt(where: str) -> None:
+    """Ctrl-C: SIGINT to this process, its handler run before this returns (two are never merged into one)."""
+    print(f"{MARKER} SIGINT {where}", file=sys.stderr, flush=True)
+    signal.raise_signal(signal.SIGINT)
+
+
 def fault_callback(point: str, step: int):
-    """A trainer callback that dies during step ``step``'s generation or optimizer step."""
+    """A trainer callback that dies during step ``step``'s generation or optimizer step, or interrupts it twice."""
     from transformers import TrainerCallback
 
     class FaultCallback(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             # global_step counts finished steps: step N begins when N - 1 are done.
-            if point == "generation" and state.global_step == step - 1 and model is not None:
+            if point in ("generation", "interrupt-twice") and state.global_step == step - 1 and model is not None:
                 import torch
 
                 calls = []
+                if point == "interrupt-twice":
+                    interrupt(f"as step {step} begins")
 
                 def hook(module, inputs):
                     if not torch.is_grad_enabled():  # generation runs without gradients
                         calls.append(1)
                         if len(calls) == 3:  # a few tokens into the completions
+                            if point == "interrupt-twice":
+                                interrupt(f"again while generating the completions of step {step}")
                             kill(f"while generating the completions of step {step}")
 
                 model.register_forward_pre_hook(hook)
+
+            if point == "fill-disk" and state.global_step == step - 1:
+                ballast = Path(args.output_dir).parent / BALLAST
+                free = os.statvfs(ballast.parent).f_bavail * os.statvfs(ballast.parent).f_frsize
+                print(f"{MARKER} filling the disk as step {step} begins", file=sys.stderr, flush=True)
+                with open(ballast, "wb") as fh:
+                    os.posix_fallocate(fh.fileno(), 0, free - 3 * 2**20)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             if point == "optimizer" and state.global_step == step - 1:
@@ -125,10 +206,12 @@ def _with_callback(point: str, step: int) -> None:
 
 
 def install(point: str, step: int) -> None:
-    if point == "history":
-        _half_written_history(step)
-    elif point == "checkpoint":
-        _half_written_optimizer(step)
+    if point in ("history", "nospace-history"):
+        _half_written_history(step, full_disk=point.startswith("nospace"))
+    elif point in ("checkpoint", "nospace-checkpoint"):
+        _half_written_optimizer(step, full_disk=point.startswith("nospace"))
+    elif point == "nospace-final":
+        _half_written_final_model()
     else:
         _with_callback(point, step)
 

@@ -1,14 +1,18 @@
-"""Fault injection: SIGKILL anywhere, damaged checkpoints, unwritable outputs, mismatched resumes, bad flags.
+"""Fault injection: SIGKILL anywhere, SIGINT / SIGTERM, a full disk at any save, damaged checkpoints, unwritable
+outputs, mismatched resumes, bad flags.
 
 The kill tests run the real training CLI as a subprocess on the tiny model through ``tests/fault_runner.py
 POINT:STEP`` (which installs the fault from outside the product), let it die by SIGKILL, resume with
 ``--resume-from-checkpoint auto`` and compare with an uninterrupted run of the same seed: same steps, same
-rewards, same final weights.
+rewards, same final weights. The signal tests send the CLI SIGINT / SIGTERM mid-epoch and resume with the command
+its one line prints; the full-disk tests let a checkpoint, history or final-model write fail as a full disk does.
 """
 
 import json
 import os
 import re
+import shlex
+import signal
 from dataclasses import replace
 import shutil
 import subprocess
@@ -64,6 +68,40 @@ def train(out, *extra, fault=None):
     )
 
 
+def train_until(out, after, sig, *extra):
+    """The CLI, sent ``sig`` as soon as a line of its stdout starts with ``after``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # each line as printed: the signal goes at the step it names
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *extra]
+    with open(Path(out).parent / f"{Path(out).name}.stderr", "w+") as err:  # a file: a full pipe cannot block it
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(after):
+                proc.send_signal(sig)
+                break
+        rest, _ = proc.communicate(timeout=600)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, proc.returncode, "".join(seen) + rest, err.read())
+
+
+def resume_line(stderr):
+    """The one line a stopped run ends with, and the command it says to resume with (run here as it is)."""
+    [line] = [line for line in stderr.splitlines() if "stopped" in line]
+    words = shlex.split(line.split("resume with: ", 1)[1])
+    assert words[:2] == ["python", PROG], line
+    return line, [sys.executable, *words[1:]]
+
+
+def one_error_line(stderr):
+    """The error line of a run that failed in one line: no traceback, nothing else but loading bars and the
+    fault runner's marker."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if "error:" in line]
+    return line
+
+
 def history(out):
     return json.loads((Path(out) / "reward_history.json").read_text())
 
@@ -113,6 +151,8 @@ def assert_same_as_reference(out, reference, resumed):
     assert not list(out.rglob("*.tmp"))  # no half-written temporary file left
     all_json_parses(out)
     AutoModelForCausalLM.from_pretrained(out)  # the final model loads
+    record = json.loads((out / "training_config.json").read_text())
+    assert [seg["from_step"] for seg in record["segments"]] == [0]  # resumed with the same settings: one segment
 
 
 KILLS = [
@@ -162,12 +202,411 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
         assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
 
 
+# ---------------------------------------------------------------------------------------------
+# SIGINT / SIGTERM: stop at the end of the step, save it, one line, resume exactly.
+
+SIGNALS = [
+    # (signal, exit code, checkpoints kept): "step 2/" is printed at the end of step 2 (an epoch's end), so the
+    # signal comes while step 3 (mid-epoch) runs: checkpoint-3 is saved after it. With --keep-checkpoints 1,
+    # rotation deletes checkpoint-2 once checkpoint-3 is intact, and checkpoint-3 once checkpoint-4 is.
+    (signal.SIGINT, 130, 2),
+    (signal.SIGTERM, 143, 1),
+]
+
+
+@pytest.mark.slow  # two training processes each
+@pytest.mark.parametrize("sig,code,keep", SIGNALS, ids=[s.name for s, _, _ in SIGNALS])
+def test_a_signal_saves_the_step_and_resume_ends_as_if_nothing_happened(tmp_path, reference, sig, code, keep):
+    out = tmp_path / "run"
+    keeping = ["--keep-checkpoints", str(keep)]
+    stopped = train_until(out, "step 2/", sig, *keeping)
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    line, command = resume_line(stopped.stderr)
+    assert line.startswith(f"{PROG}: stopped at step 3 of {TOTAL_STEPS}; checkpoint-3 saved; resume with: python ")
+    assert f"--keep-checkpoints {keep}" in line  # the same flags
+    assert command[-2:] == ["--resume-from-checkpoint", "auto"]
+    assert command[command.index("--output-dir") + 1] == str(out)
+    assert not checkpoint_problems(out / "checkpoint-3")  # the Trainer's own save, mid-epoch
+    assert [c.name for c in list_checkpoints(out)] == (
+        ["checkpoint-3"] if keep == 1 else ["checkpoint-2", "checkpoint-3"]
+    )
+    assert [e["step"] for e in history(out)] == [1, 2, 3]  # flushed
+    assert sorted({r["step"] for r in load_completions(out)}) == [1, 2, 3]
+    assert not any((out / f).exists() for f in FINAL_FILES)  # no final validation, no final model
+    all_json_parses(out)
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert "Resuming from" in resumed.stdout and "checkpoint-3" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)
+    assert [c.name for c in list_checkpoints(out)] == (
+        ["checkpoint-4"] if keep == 1 else ["checkpoint-3", "checkpoint-4"]
+    )
+
+
+@pytest.mark.slow  # two training processes
+def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path, reference):
+    """The second SIGINT comes in the middle of step 3's generation (``fault_runner``), the first as it began."""
+    out = tmp_path / "run"
+    stopped = train(out, fault="interrupt-twice:3")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and f"{fault_runner.MARKER} SIGINT again" in stopped.stderr
+    line, command = resume_line(stopped.stderr)
+    assert line.startswith(
+        f"{PROG}: stopped at once (SIGINT) at step 2 of {TOTAL_STEPS}; the step in progress is lost; resume with: "
+    )
+    assert not (out / "checkpoint-3").exists() and [e["step"] for e in history(out)] == [1, 2]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert "Resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
+    assert_same_as_reference(out, reference, resumed)
+
+
+@pytest.mark.slow  # trains twice in this process
+def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resume_cell_continues(
+    tmp_path, reference, monkeypatch
+):
+    """Colab's "Interrupt execution" is a SIGINT to the kernel, whose main thread runs the cell: here the signal
+    comes during step 1 (mid-epoch); the cell stops with one line and the kernel gets its own handler back."""
+    import torch
+    from transformers import TrainerCallback
+
+    from musclebob_helpers import notebook as nb
+    from musclebob_helpers import plots
+    from musclebob_helpers.cli import build_train_parser
+    from musclebob_helpers.config import resolve
+
+    class InterruptButton(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    given = vars(build_train_parser(PROG, "").parse_args([*KILL_ARGS, "--output-dir", str(tmp_path / "run")]))
+    cfg, _ = resolve(given)  # the reference's settings, as its command line resolved them
+    kernel_handler = signal.getsignal(signal.SIGINT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference's process ran (OMP_NUM_THREADS=1): the same sums, the same bits
+    try:
+        with monkeypatch.context() as patched, pytest.raises(nb.NotebookStop) as stop:
+            patched.setattr(plots, "live_progress", lambda run_dir: InterruptButton())
+            nb.train(cfg, log=lambda *a, **k: None)
+        nb.resume_training(cfg.output_dir, live=False, log=lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert (
+        str(stop.value) == f"stopped at step 1 of {TOTAL_STEPS}; checkpoint-1 saved; resume with: run the resume cell"
+    )
+    assert signal.getsignal(signal.SIGINT) is kernel_handler
+    out = Path(cfg.output_dir)
+    assert rewards_by_step(out) == rewards_by_step(reference[0])
+    assert load_completions(out) == load_completions(reference[0])
+    mine, theirs = weights(out), weights(reference[0])
+    assert all(mine[k].equal(theirs[k]) for k in mine)
+
+
+def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_once():
+    from types import SimpleNamespace
+
+    from musclebob_helpers.training import GracefulStop, Stopped
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = GracefulStop()
+    with pytest.raises(Stopped) as info, stop.handlers():  # loading the model, validating: nothing to finish
+        signal.raise_signal(signal.SIGTERM)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert info.value.exit_code == 143
+    assert info.value.line("X") == "stopped (SIGTERM) before training began; start again with: X"
+
+    stop = GracefulStop()
+    stop.training, stop.state = True, SimpleNamespace(global_step=3, max_steps=8)  # as on_train_begin sets them
+    with pytest.raises(Stopped) as info, stop.handlers():
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # the first one only asks for a stop at the end of the step
+        signal.raise_signal(signal.SIGINT)
+    assert info.value.exit_code == 130 and info.value.checkpoint is None
+    assert (
+        info.value.line("X") == "stopped at once (SIGINT) at step 3 of 8; the step in progress is lost; resume with: X"
+    )
+
+    ignored = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nohup-like: told to ignore it
+    try:
+        with GracefulStop().handlers():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, ignored)
+
+
+@pytest.mark.parametrize("epoch,saves", [(1.5, True), (2.0, False)], ids=["mid-epoch", "epoch end"])
+def test_a_stop_saves_the_step_it_ends_on_once(epoch, saves):
+    """Mid-epoch the stop asks for a save at the step's end and cancels the epoch-end save a break would add; at an
+    epoch's end the epoch's own checkpoint is the step's. Training stops once that checkpoint is written."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from musclebob_helpers.training import GracefulStop
+
+    stop = GracefulStop()
+    callback, control = stop.callback(), TrainerControl()
+    state = SimpleNamespace(global_step=3, max_steps=4, epoch=epoch)
+    callback.on_train_begin(None, state, control)
+    callback.on_step_end(None, state, control)
+    assert not control.should_save and stop.stop_step is None  # no signal: nothing changes
+    stop.signum = signal.SIGINT
+    callback.on_step_end(None, state, control)
+    assert control.should_save is saves and stop.stop_step == 3 and not control.should_training_stop
+    control.should_save = True  # the trainer's own epoch-end flow asks for its save
+    callback.on_epoch_end(None, state, control)
+    assert control.should_save is not saves
+    callback.on_save(None, state, control)
+    assert control.should_training_stop
+
+
+def test_the_resume_command_repeats_the_options_given(tmp_path):
+    from musclebob_helpers.cli import build_train_parser, resume_command
+    from musclebob_helpers.config import resolve
+
+    argv = ["--preset", "cpu-tiny", "--output-dir", "my runs/a", "--no-fewshot", "--overwrite", "--epochs", "4"]
+    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    assert resume_command(PROG, cfg, sources) == (
+        f"python {PROG} --epochs 4 --no-fewshot --preset cpu-tiny --output-dir 'my runs/a' "
+        "--resume-from-checkpoint auto"
+    )
+    argv = ["--output-dir", "x", "--resume-from-checkpoint", str(tmp_path)]
+    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    assert resume_command(PROG, cfg, sources, num_processes=2) == (
+        f"accelerate launch --num_processes 2 {PROG} --output-dir x --resume-from-checkpoint auto"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk at any save: one line, the newest intact checkpoint and the history kept, resume after freeing space.
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MB disk (a tmpfs: root only, skipped elsewhere), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_each_writer_s_full_disk_error_is_out_of_space(full_disk):
+    """What torch.save, safetensors and our atomic JSON writes raise on a really full disk, and errors that are not."""
+    import errno
+
+    import torch
+    from safetensors.torch import save_file
+
+    from musclebob_helpers.io import out_of_space, write_json_atomic
+
+    big = {"w": torch.zeros(1_000_000)}  # 4 MB on a 1 MB disk
+    writes = {
+        "torch.save to a path": lambda: torch.save(big, full_disk / "a.pt"),  # RuntimeError: ... unexpected pos
+        "torch.save to a file": lambda: torch.save(big, open(full_disk / "b.pt", "wb")),
+        "safetensors": lambda: save_file(big, full_disk / "c.safetensors"),  # SafetensorError: ... os error 28
+        "JSON": lambda: write_json_atomic(full_disk / "d.json", [0.5] * 400_000),  # OSError(ENOSPC)
+    }
+    for what, write in writes.items():
+        with pytest.raises(Exception) as err:
+            write()
+        assert out_of_space(err.value), (what, repr(err.value))
+        for leftover in full_disk.iterdir():
+            leftover.unlink()
+    assert not list(full_disk.iterdir())  # the JSON write removed its temporary file itself
+    try:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+    except RuntimeError as short:
+        assert out_of_space(short)
+    for other in (
+        OSError(errno.EACCES, "Permission denied"),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        ValueError("No space left on device"),  # not an I/O error, whatever it says
+    ):
+        assert not out_of_space(other), other
+
+
+def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
+    """torch's own RuntimeError from a short write (the issue's traceback) ends in the same line as ENOSPC, which
+    names the folder, the run's disk need and the free space."""
+    import train_musclebob_improved
+    from musclebob_helpers import training
+
+    def short_write(cfg, **kw):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as err:
+            raise RuntimeError(fault_runner.TORCH_SHORT_WRITE) from err
+
+    monkeypatch.setattr(training, "run_training", short_write)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(out)])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert re.fullmatch(
+        rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): this run needs about \d+ MB there, [0-9.]+ [GM]B "
+        "are free; free some space, then rerun with --resume-from-checkpoint auto: the newest intact checkpoint "
+        "is used",
+        line,
+    )
+
+
+FULL_DISK = [
+    # (fault, what the resume must say, steps in the history when it stopped)
+    ("nospace-checkpoint:4", "checkpoint-4 is damaged", [1, 2, 3, 4]),  # torch's own short-write RuntimeError
+    ("nospace-history:3", "Resuming from", [1, 2]),  # OSError(ENOSPC) writing reward_history.json
+    ("nospace-final:4", "Resuming from", [1, 2, 3, 4]),  # safetensors' error writing the final model
+]
+
+
+@pytest.mark.slow  # two training processes each
+@pytest.mark.parametrize("fault,message,steps", FULL_DISK, ids=[f for f, _, _ in FULL_DISK])
+def test_a_full_disk_at_any_save_is_one_line_and_resumes(tmp_path, reference, fault, message, steps):
+    out = tmp_path / "run"
+    failed = train(out, fault=fault)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert f"{fault_runner.MARKER} no space left" in failed.stderr
+    line = one_error_line(failed.stderr)
+    assert line.startswith(f"{PROG}: error: the disk is full ({out}): this run needs about ")
+    assert "free some space, then rerun with --resume-from-checkpoint auto" in line
+    assert [e["step"] for e in history(out)] == steps  # the history as it was before the failed write
+    assert not list(out.rglob("*.tmp"))
+    assert not checkpoint_problems(out / "checkpoint-2")  # the newest intact checkpoint is kept
+    all_json_parses(out)
+    resumed = train(out, "--resume-from-checkpoint", "auto")  # the space freed: the fault is not installed
+    assert message in resumed.stdout, resumed.stdout[-3000:]
+    assert_same_as_reference(out, reference, resumed)
+
+
+@pytest.mark.slow  # two training processes
+def test_a_disk_that_fills_mid_run_stops_in_one_line_and_resumes_once_freed(tmp_path, reference):
+    """A real full disk: a 256 MB tmpfs (root only) that ``fault_runner``'s ballast fills as step 2 begins, so
+    checkpoint-2's save fails in torch's own writer; deleting the ballast is "freeing space"."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "run"
+        failed = train(out, fault="fill-disk:2")
+        assert failed.returncode == 2, failed.stderr[-3000:]
+        line = one_error_line(failed.stderr)
+        full = rf"{PROG}: error: the disk is full \({re.escape(str(out))}\): "
+        assert re.match(full + r"this run needs about \d+ MB there, [0-3] MB are free", line)
+        assert [e["step"] for e in history(out)] == [1, 2]  # readable, whole
+        assert checkpoint_problems(out / "checkpoint-2")  # cut short by the full disk
+        all_json_parses(out)
+        (disk / fault_runner.BALLAST).unlink()  # space freed
+        resumed = train(out, "--resume-from-checkpoint", "auto")
+        assert "checkpoint-2 is damaged" in resumed.stdout and "No intact checkpoint" in resumed.stdout
+        assert_same_as_reference(out, reference, resumed)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def _interrupted_copy(reference, dest):
     """The reference run as a kill after its last checkpoint would leave it (no final model yet)."""
     shutil.copytree(reference[0], dest)
     for name in FINAL_FILES:
         (dest / name).unlink()
     return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings on resume: a new learning rate and more epochs take effect, and the record says from which step.
+
+
+@pytest.mark.parametrize("rate,total", [(2e-4, 10), (1e-3, 10), (2e-4, 20), (1e-3, 20)])
+def test_a_resumed_schedule_is_the_one_asked_for_at_the_loaded_step(rate, total):
+    """As a resume does: the trainer builds optimizer and schedule from this run's settings, then loads the
+    checkpoint's states, which bring back the old rate and the old schedule's rate for the next step;
+    ``resume_schedule`` makes them what a run with these settings from the start would have at that step."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from musclebob_helpers.training import resume_schedule
+
+    def optimizer_and_schedule(rate, total, steps=0):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=rate)
+        schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=total)
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+        return optimizer, schedule
+
+    interrupted = optimizer_and_schedule(2e-4, 10, steps=4)  # trained at 2e-4 over 10 steps, stopped after 4
+    optimizer, schedule = optimizer_and_schedule(rate, total)
+    optimizer.load_state_dict(interrupted[0].state_dict())
+    schedule.load_state_dict(interrupted[1].state_dict())
+    assert schedule.get_last_lr() == interrupted[1].get_last_lr()  # loaded: the checkpoint's schedule wins
+    assert resume_schedule(optimizer, schedule, rate) == (2e-4 if rate != 2e-4 else None)
+    if (rate, total) == (2e-4, 10):  # nothing changed: exactly the loaded rates, so a resume stays exact
+        assert schedule.get_last_lr() == interrupted[1].get_last_lr()
+        assert optimizer.param_groups[0]["lr"] == interrupted[0].param_groups[0]["lr"]
+    fresh = optimizer_and_schedule(rate, total, steps=4)  # these settings from the start, at the same step
+    for _ in range(3):
+        assert schedule.get_last_lr() == pytest.approx(fresh[1].get_last_lr(), rel=1e-12)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh[0].param_groups[0]["lr"], rel=1e-12)
+        for opt, sched in ((optimizer, schedule), fresh):
+            opt.step()
+            sched.step()
+
+
+def _stopped_after(reference, dest, step):
+    """The reference run as a stop after ``step`` (an epoch's end) would leave it."""
+    out = _interrupted_copy(reference, dest)
+    for ckpt in list_checkpoints(out):
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    return out
+
+
+@pytest.mark.slow  # a training process
+def test_a_new_learning_rate_takes_effect_from_the_resumed_step(tmp_path, reference):
+    out = _stopped_after(reference, tmp_path / "run", 2)
+    resumed = train(out, "--resume-from-checkpoint", "auto", "--learning-rate", "1e-3")  # trained at 3e-4 (tiny)
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert (
+        "Resuming with other settings: learning_rate 0.0003 -> 0.001; they take effect after step 2" in resumed.stdout
+    )
+    rate = {e["step"]: e["learning_rate"] for e in history(out)}
+    before = {e["step"]: e["learning_rate"] for e in history(reference[0])}
+    assert [rate[1], rate[2]] == [before[1], before[2]]  # trained before the resume
+    assert before[3] == 3e-4 and rate[3] == pytest.approx(1e-3)  # the new base times the schedule's factor (1)
+    assert rate[4] == pytest.approx(before[4] * 1e-3 / 3e-4)
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["config"]["learning_rate"] == 1e-3  # the settings now in effect
+    assert record["segments"][0]["from_step"] == 0 and record["segments"][0]["config"]["learning_rate"] == 3e-4
+    assert record["segments"][1:] == [{"from_step": 2, "changed": {"learning_rate": [3e-4, 1e-3]}}]
+    mine, theirs = weights(out), weights(reference[0])
+    assert any(not mine[k].equal(theirs[k]) for k in mine)  # the new rate trained the last two steps
+
+
+@pytest.mark.slow  # a training process
+def test_more_epochs_on_resume_extend_the_schedule(tmp_path, reference):
+    import math
+
+    out = _stopped_after(reference, tmp_path / "run", TOTAL_STEPS)
+    resumed = train(out, "--resume-from-checkpoint", "auto", "--epochs", "3")
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 3))  # one more epoch of 2 steps
+    assert rewards_by_step(out)[:TOTAL_STEPS] == rewards_by_step(reference[0])
+    rate = {e["step"]: e["learning_rate"] for e in history(out)}
+    # The tiny model's cosine decay (2 warm-up steps) now spans 6 steps: the rate of step s is the factor at s - 1.
+    for step in (5, 6):
+        assert rate[step] == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi * (step - 1 - 2) / (6 - 2))))
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["segments"][1:] == [{"from_step": TOTAL_STEPS, "changed": {"epochs": [2, 3]}}]
+    assert json.loads((out / "final_validation.json").read_text())["global_step"] == TOTAL_STEPS + 2
 
 
 def _truncate(path, keep=0.5):

@@ -558,6 +558,56 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(
     resume(project_repo / "runs", "resumed-here.ipynb")
 
 
+@pytest.mark.slow  # a kernel
+def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_on(kernel, tiny_path, tmp_path):
+    """Colab's "Interrupt execution" is the kernel manager's interrupt: SIGINT to the kernel, whose main thread
+    runs the cell. The step in progress finishes and is saved, the cell stops with one line, and the same kernel
+    resumes the run; afterwards an interrupt is the kernel's own KeyboardInterrupt again (its handler is back)."""
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    km, kc = start_new_kernel(kernel_name=kernel, cwd=str(NB_DIR), env=env)
+
+    def run(code: str, interrupt_after: str | None = None) -> tuple[dict, str]:
+        """Execute ``code``; interrupt the kernel once its output shows ``interrupt_after``. (reply, output)"""
+        msg_id, output = kc.execute(code), []
+        while True:
+            msg = kc.get_iopub_msg(timeout=600)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                output.append(msg["content"]["text"])
+                if interrupt_after and interrupt_after in msg["content"]["text"]:
+                    km.interrupt_kernel()
+                    interrupt_after = None
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return kc.get_shell_msg(timeout=60)["content"], "".join(output)
+
+    run_dir = tmp_path / "run"
+    try:
+        reply, _ = run(
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from musclebob_helpers import notebook as nb\n"
+            f"cfg = nb.make_config(output_dir={str(run_dir)!r}, **{SMALL!r})"
+        )
+        assert reply["status"] == "ok", reply
+        reply, printed = run("nb.train(cfg, live=False)", interrupt_after="step 2/")
+        assert (reply["status"], reply["ename"]) == ("error", "NotebookStop"), printed[-3000:]
+        assert reply["evalue"] == "stopped at step 3 of 8; checkpoint-3 saved; resume with: run the resume cell"
+        assert len(reply["traceback"]) == 1  # one line, not a traceback wall
+        assert history_steps(run_dir) == [1, 2, 3] and (run_dir / "checkpoint-3").is_dir()
+        reply, printed = run(f"nb.resume_training({str(run_dir)!r}, live=False)")
+        assert reply["status"] == "ok" and "Resuming from" in printed and "checkpoint-3" in printed
+        assert history_steps(run_dir) == list(range(1, 9))
+        reply, _ = run("import time; print('sleeping', flush=True); time.sleep(600)", interrupt_after="sleeping")
+        assert reply["ename"] == "KeyboardInterrupt"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 @pytest.mark.slow
 def test_setup_cell_clones_in_a_kernel_and_a_bad_address_is_one_line(kernel, project_repo, tmp_path, monkeypatch):
     """Run all from a kernel outside any copy of the project: the setup cell clones repo_url into MUSCLEBOB_HOME;

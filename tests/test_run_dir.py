@@ -69,3 +69,54 @@ def test_the_cli_checks_the_folder_once_per_start(tmp_path, monkeypatch):
     with pytest.raises(Loaded):
         run_training(TrainConfig(model="tiny", output_dir=str(tmp_path / "nb")), log=lambda *a: None)
     assert len(calls) == 1
+
+
+def _record(out, cfg, segments=None):
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.to_dict(), **({"segments": segments} if segments is not None else {})}
+    (out / run_dir.CONFIG_FILE).write_text(json.dumps(record))
+
+
+def test_the_settings_record_keeps_each_segment_of_the_run(tmp_path):
+    out = tmp_path / "run"
+    first = TrainConfig(model="tiny", output_dir=str(out), learning_rate=2e-4)
+    segments, changed = run_dir.settings_segments(out, first, 0)  # a fresh run
+    assert changed == {} and [s["from_step"] for s in segments] == [0]
+    assert segments[0]["config"]["learning_rate"] == 2e-4 and "output_dir" not in segments[0]["config"]
+    _record(out, first, segments)
+
+    # Resumed from step 6 at another rate, from another spelling of the folder: only the rate is a change.
+    second = TrainConfig(model="tiny", output_dir=str(out) + "/", learning_rate=1e-3, resume_from_checkpoint="auto")
+    segments, changed = run_dir.settings_segments(out, second, 6)
+    assert changed == {"learning_rate": [2e-4, 1e-3]}
+    assert segments[1:] == [{"from_step": 6, "changed": {"learning_rate": [2e-4, 1e-3]}}]
+    _record(out, second, segments)
+    assert run_dir.settings_segments(out, second, 8) == (segments, {})  # the same settings again: nothing new
+
+    # Resumed from step 4 (the newer checkpoints damaged): steps 5-6 are trained again, at the rate asked now.
+    third = TrainConfig(model="tiny", output_dir=str(out), learning_rate=5e-4, epochs=9)
+    segments, changed = run_dir.settings_segments(out, third, 4)
+    assert changed == {"learning_rate": [2e-4, 5e-4], "epochs": [5, 9]}
+    assert [s["from_step"] for s in segments] == [0, 4]
+
+    _record(out, first)  # a record from before segments were kept: its settings began at step 0
+    assert run_dir.settings_segments(out, second, 6)[0][0] == {
+        "from_step": 0,
+        "config": {k: v for k, v in first.to_dict().items() if k not in run_dir.PER_START_OPTIONS},
+    }
+
+
+def test_fewer_epochs_than_the_run_has_trained_are_refused(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="tiny", output_dir=str(out), num_samples=12, batch_size=3)  # 4 steps an epoch
+    _record(out, cfg)
+    (out / "checkpoint-10").mkdir()
+    resume = dict(model="tiny", output_dir=str(out), num_samples=12, batch_size=3, resume_from_checkpoint="auto")
+    with pytest.raises(ConfigError) as err:
+        run_dir.check(TrainConfig(**resume, epochs=2))
+    assert str(err.value) == (
+        "--epochs=2 is not allowed: at least 3: the run being resumed has trained 10 steps (4 an epoch); more epochs "
+        "may be given on resume, not fewer"
+    )
+    run_dir.check(TrainConfig(**resume, epochs=3))  # 12 steps: two more to train
+    run_dir.check(TrainConfig(**resume, epochs=7))

@@ -181,6 +181,11 @@ def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny
 
 
 def _launch(out, *extra):
+    cmd, env = _launch_command(out, *extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def _launch_command(out, *extra):
     # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x (several CPU processes
     # need MPI); --multi_gpu on a machine without CUDA starts 2 processes with torchrun over gloo instead.
     cmd = [
@@ -216,7 +221,36 @@ def _launch(out, *extra):
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    return cmd, env
+
+
+@pytest.mark.slow  # accelerate launch: two processes, twice
+def test_a_ctrl_c_stops_both_processes_at_the_same_step(tmp_path, tiny_path):
+    """The terminal's Ctrl-C goes to the launcher and both processes (one process group), and the launcher forwards
+    it again: the processes agree on one step, save it once and stop; the launcher's own report is torchrun's."""
+    import signal
+
+    out = tmp_path / "ddp"
+    cmd, env = _launch_command(out, "--epochs", "1")  # 4 steps: step 2 is mid-epoch
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, start_new_session=True
+        )
+        for line in proc.stdout:
+            if line.startswith("step 1/"):
+                os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground process group
+                break
+        proc.communicate(timeout=600)
+        err.seek(0)
+        stderr = err.read()
+    [said] = [line for line in stderr.splitlines() if "stopped" in line]  # once, from the main process
+    assert said.startswith(f"{PROG}: stopped at step 2 of 4; checkpoint-2 saved; resume with: accelerate launch ")
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert [e["step"] for e in json.loads((out / "reward_history.json").read_text())] == [1, 2]
+    resumed = _launch(out, "--epochs", "1", "--resume-from-checkpoint", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [e["step"] for e in json.loads((out / "reward_history.json").read_text())] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow  # accelerate launch: two processes, twice
