@@ -13,6 +13,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The shortest real training run, for the tests that start training processes (kills, signals, two writers):
+# 6 prompts x 2 epochs at 3 prompts per step: 2 steps per epoch, 4 in all, checkpoints at steps 2 and 4.
+# Two generations and 16 tokens keep each run to seconds; the two epochs are what a kill must cross.
+TINY_RUN_ARGS = [
+    "--model",
+    "tiny",
+    "--epochs",
+    "2",
+    "--num-samples",
+    "6",
+    "--batch-size",
+    "3",
+    "--num-generations",
+    "2",
+    "--max-completion-length",
+    "16",
+    "--validation-samples",
+    "1",
+]
+
 # No hub: fail fast instead of retrying a connection that cannot succeed.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

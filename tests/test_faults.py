@@ -8,6 +8,7 @@ rewards, same final weights. The signal tests send the CLI SIGINT / SIGTERM mid-
 its one line prints; the full-disk tests let a checkpoint, history or final-model write fail as a full disk does.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import fault_runner
+from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.plots import load_completions
@@ -29,26 +31,7 @@ from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoin
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
-# 6 prompts x 2 epochs at 3 prompts per step: 2 steps per epoch, 4 in all, checkpoints at steps 2 and 4.
-# Two generations and 16 tokens keep each run to seconds; the two epochs are what a kill must cross.
-KILL_ARGS = [
-    "--model",
-    "tiny",
-    "--epochs",
-    "2",
-    "--num-samples",
-    "6",
-    "--batch-size",
-    "3",
-    "--num-generations",
-    "2",
-    "--max-completion-length",
-    "16",
-    "--validation-samples",
-    "1",
-    "--seed",
-    "42",
-]
+KILL_ARGS = [*TINY_RUN_ARGS, "--seed", "42"]
 TOTAL_STEPS = 4
 FINAL_FILES = ("config.json", "model.safetensors", "final_validation.json")
 
@@ -384,18 +367,24 @@ def test_the_resume_command_repeats_the_options_given(tmp_path):
 # A full disk at any save: one line, the newest intact checkpoint and the history kept, resume after freeing space.
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A real 1 MB disk (a tmpfs: root only, skipped elsewhere), unmounted afterwards."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str):
+    """A real disk of ``size`` at ``mount`` (a tmpfs: root only, the test skipped elsewhere), unmounted afterwards."""
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MB disk."""
+    with tmpfs(tmp_path / "disk", "1M") as mount:
+        yield mount
 
 
 def test_each_writer_s_full_disk_error_is_out_of_space(full_disk):
@@ -490,12 +479,7 @@ def test_a_full_disk_at_any_save_is_one_line_and_resumes(tmp_path, reference, fa
 def test_a_disk_that_fills_mid_run_stops_in_one_line_and_resumes_once_freed(tmp_path, reference):
     """A real full disk: a 256 MB tmpfs (root only) that ``fault_runner``'s ballast fills as step 2 begins, so
     checkpoint-2's save fails in torch's own writer; deleting the ballast is "freeing space"."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256M", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "256M") as disk:
         out = disk / "run"
         failed = train(out, fault="fill-disk:2")
         assert failed.returncode == 2, failed.stderr[-3000:]
@@ -509,8 +493,6 @@ def test_a_disk_that_fills_mid_run_stops_in_one_line_and_resumes_once_freed(tmp_
         resumed = train(out, "--resume-from-checkpoint", "auto")
         assert "checkpoint-2 is damaged" in resumed.stdout and "No intact checkpoint" in resumed.stdout
         assert_same_as_reference(out, reference, resumed)
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def _interrupted_copy(reference, dest):

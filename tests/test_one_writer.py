@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.run_dir import LOCK_FILE, RunLock
@@ -226,22 +227,7 @@ def test_the_notebook_says_the_same_and_overwrite_deletes_nothing(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Two real training processes on one folder.
 
-RUN_ARGS = [  # 2 epochs of 2 steps (test_faults' KILL_ARGS): seconds per run
-    "--model",
-    "tiny",
-    "--epochs",
-    "2",
-    "--num-samples",
-    "6",
-    "--batch-size",
-    "3",
-    "--num-generations",
-    "2",
-    "--max-completion-length",
-    "16",
-    "--validation-samples",
-    "1",
-]
+RUN_ARGS = TINY_RUN_ARGS  # 2 epochs of 2 steps: seconds per run
 
 
 def start(out: Path, seed: int, umask: int = 0o022) -> subprocess.Popen:
