@@ -27,6 +27,11 @@ or sends the process a signal, as a user pressing Ctrl-C does:
 
 * ``interrupt-twice:N`` - SIGINT as step N begins, and again while it generates its completions
 
+or waits for one, so a test's signal lands at a known step however loaded the machine is:
+
+* ``wait-for-signal:N`` - once step N is logged, print a line saying so on stdout and wait (up to 10 min) until
+  the run's own signal handler has run
+
 The product carries no hook for this: the faults are installed from outside, by wrapping ``os.replace``
 (the rename ``io.write_json_atomic`` ends with), ``torch.save`` (the trainer's checkpoint writer), transformers'
 ``safe_save_file`` (the model writer) and ``training.run_training`` (to add a trainer callback), and then
@@ -38,6 +43,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +57,7 @@ POINTS = (
     "nospace-history",
     "nospace-final",
     "interrupt-twice",
+    "wait-for-signal",
     "fill-disk",
 )
 BALLAST = "ballast"  # fill-disk's file, next to the output folder: deleting it frees the space
@@ -191,11 +198,35 @@ def fault_callback(point: str, step: int):
             if point == "optimizer" and state.global_step == step - 1:
                 kill(f"inside the optimizer step of step {step}")
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if point == "wait-for-signal" and state.global_step == step and logs and "reward" in logs:
+                print(f"{WAITING} after step {step}", flush=True)
+                SIGNALLED.wait(600)
+
     return FaultCallback()
+
+
+WAITING = f"{MARKER} waiting for a signal"
+SIGNALLED = threading.Event()  # set once the run's signal handler (training.GracefulStop) has run
+
+
+def _noting_signals() -> None:
+    from musclebob_helpers import training
+
+    handle = training.GracefulStop._handle
+
+    def noting(self, signum, frame):
+        SIGNALLED.set()
+        return handle(self, signum, frame)
+
+    training.GracefulStop._handle = noting
 
 
 def _with_callback(point: str, step: int) -> None:
     from musclebob_helpers import training
+
+    if point == "wait-for-signal":
+        _noting_signals()
 
     real_run_training = training.run_training
 

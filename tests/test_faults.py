@@ -51,11 +51,21 @@ def train(out, *extra, fault=None):
     )
 
 
-def train_until(out, after, sig, *extra):
-    """The CLI, sent ``sig`` as soon as a line of its stdout starts with ``after``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # each line as printed: the signal goes at the step it names
+def train_until(out, step, sig, *extra):
+    """The CLI, sent ``sig`` once step ``step`` is logged: ``fault_runner`` holds the run there until the run's own
+    handler has taken the signal, so it lands in step ``step + 1`` however loaded the machine is."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_NUM_THREADS", "1")
-    command = [sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *extra]
+    after = fault_runner.WAITING
+    command = [
+        sys.executable,
+        str(ROOT / "tests" / "fault_runner.py"),
+        f"wait-for-signal:{step}",
+        *KILL_ARGS,
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     with open(Path(out).parent / f"{Path(out).name}.stderr", "w+") as err:  # a file: a full pipe cannot block it
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
         seen = []
@@ -202,7 +212,7 @@ SIGNALS = [
 def test_a_signal_saves_the_step_and_resume_ends_as_if_nothing_happened(tmp_path, reference, sig, code, keep):
     out = tmp_path / "run"
     keeping = ["--keep-checkpoints", str(keep)]
-    stopped = train_until(out, "step 2/", sig, *keeping)
+    stopped = train_until(out, 2, sig, *keeping)
     assert stopped.returncode == code, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr
     line, command = resume_line(stopped.stderr)

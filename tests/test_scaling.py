@@ -230,15 +230,21 @@ def test_a_ctrl_c_stops_both_processes_at_the_same_step(tmp_path, tiny_path):
     it again: the processes agree on one step, save it once and stop; the launcher's own report is torchrun's."""
     import signal
 
+    import fault_runner
+
     out = tmp_path / "ddp"
     cmd, env = _launch_command(out, "--epochs", "1")  # 4 steps: step 2 is mid-epoch
+    # The script through tests/fault_runner.py, which holds each process after step 1 until its own handler has
+    # taken the signal: the Ctrl-C lands in step 2 however loaded the machine is.
+    at = cmd.index(str(ROOT / PROG))
+    cmd[at : at + 1] = [str(ROOT / "tests" / "fault_runner.py"), "wait-for-signal:1"]
     env["PYTHONUNBUFFERED"] = "1"
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, start_new_session=True
         )
         for line in proc.stdout:
-            if line.startswith("step 1/"):
+            if line.startswith(fault_runner.WAITING):
                 os.killpg(proc.pid, signal.SIGINT)  # what a terminal does: the whole foreground process group
                 break
         proc.communicate(timeout=600)
