@@ -583,7 +583,12 @@ def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_o
                     km.interrupt_kernel()
                     interrupt_after = None
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return kc.get_shell_msg(timeout=60)["content"], "".join(output)
+                # This request's reply: the shell channel may still hold an earlier one (start_new_kernel's
+                # kernel_info_reply, depending on timing), which would put every reply one request behind.
+                reply = kc.get_shell_msg(timeout=60)
+                while reply["parent_header"].get("msg_id") != msg_id:
+                    reply = kc.get_shell_msg(timeout=60)
+                return reply["content"], "".join(output)
 
     run_dir = tmp_path / "run"
     try:
