@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
-# What _write_text_atomic leaves when SIGKILLed before its rename (<name>.<8 random>.tmp): run_dir removes them.
+# What _write_atomic leaves when SIGKILLed before its rename (<name>.<8 random>.tmp): run_dir removes them.
 TEMP_GLOB = "*.????????" + TEMP_SUFFIX
 
 
@@ -35,7 +35,7 @@ def write_json_atomic(path: str | Path, obj, durable: bool = True) -> None:
     matters when the machine itself goes down, and it is often most of what a small write costs. For files
     rewritten often whose loss a crash can repair (the reward history: a resume rebuilds it from the checkpoint).
     """
-    _write_text_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n", durable)
+    _write_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n", durable)
 
 
 def json_list_item(item) -> str:
@@ -46,13 +46,13 @@ def json_list_item(item) -> str:
 def write_json_list_atomic(path: str | Path, items: list[str], durable: bool = True) -> None:
     """``write_json_atomic(path, list)``, byte for byte, from the items' ``json_list_item`` texts: a list that grows
     by one item a step (the reward history) is then not encoded whole again at every step."""
-    _write_text_atomic(Path(path), ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n", durable)
+    _write_atomic(Path(path), ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n", durable)
 
 
 def write_lines_atomic(path: str | Path, lines: list[str], durable: bool = True) -> None:
     """A JSON-lines file (one ``json.dumps`` per line) written whole through a temporary file, as
     ``write_json_atomic`` writes JSON: a reader following a run never meets a half-written last line."""
-    _write_text_atomic(Path(path), "".join(line + "\n" for line in lines), durable)
+    _write_atomic(Path(path), "".join(line + "\n" for line in lines), durable)
 
 
 def read_json_lines(path: str | Path) -> list:
@@ -72,17 +72,17 @@ def read_json_lines(path: str | Path) -> list:
 
 def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> None:
     """``data`` (an image) to ``path`` through a temporary file renamed into place, as ``write_json_atomic``."""
-    _write_text_atomic(Path(path), data, durable)
+    _write_atomic(Path(path), data, durable)
 
 
-def _write_text_atomic(path: Path, text: str | bytes, durable: bool) -> None:
+def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
         fd, tmp = _create_temp_file(path)
         try:
-            with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
+            with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
                 # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
-                fh.write(text)
+                fh.write(data)
                 fh.flush()
                 if durable:
                     os.fsync(fh.fileno())
@@ -149,14 +149,20 @@ def give_umask_mode(folder: str | Path, pattern: str = "*.safetensors") -> list[
 # --- signals around temporary things -------------------------------------------------------------------------
 
 
+def _sigterm_kills() -> bool:
+    """Whether a SIGTERM would kill this process outright, and this thread may change that: no handler installed
+    (a handler someone else installed, the run's graceful stop, already decides what a SIGTERM does), main thread
+    (a handler can be installed only there)."""
+    return threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 @contextlib.contextmanager
 def sigterm_deferred():
     """A SIGTERM (a scheduler, ``timeout``, a container stop) that arrives inside the block is delivered when it ends.
 
-    Only where SIGTERM would kill the process outright (no handler installed, main thread: a handler can be installed
-    only there); a handler someone else installed (the run's graceful stop) already decides what a SIGTERM does.
+    Only where SIGTERM would kill the process outright (``_sigterm_kills``).
     """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if not _sigterm_kills():
         yield
         return
     received = []
@@ -177,9 +183,8 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def sigterm_raises():
     """Inside the block a SIGTERM raises ``Terminated``, so ``finally`` clauses run (a temporary folder is removed);
-    then the process dies by SIGTERM as it would have. Only where SIGTERM would kill outright (see
-    ``sigterm_deferred``). SIGINT needs nothing: Python's KeyboardInterrupt already unwinds."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    then the process dies by SIGTERM as it would have. Only where SIGTERM would kill outright (``_sigterm_kills``). SIGINT needs nothing: Python's KeyboardInterrupt already unwinds."""
+    if not _sigterm_kills():
         yield
         return
 

@@ -36,6 +36,12 @@ COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, s
 COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 
+def epoch_ended(state) -> bool:
+    """Whether the trainer's ``state`` is at an epoch's end: ``state.epoch`` is epoch + steps done / steps in the
+    epoch, a whole number exactly there (a stop mid-epoch, ``training.GracefulStop``, also ends the epoch loop)."""
+    return float(state.epoch or 0).is_integer()
+
+
 def _callback_base():
     from transformers import TrainerCallback
 
@@ -208,8 +214,7 @@ class MidTrainingValidation(_callback_base()):
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         # A stop mid-epoch (a signal: training.GracefulStop) ends the epoch early: not an epoch's end to check at.
-        epoch_done = float(state.epoch or 0).is_integer()
-        if model is not None and epoch_done and self._due(state, epoch_end=True):
+        if model is not None and epoch_ended(state) and self._due(state, epoch_end=True):
             self._check(state, model)
 
 

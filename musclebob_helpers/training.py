@@ -32,7 +32,7 @@ from .config import (
 )
 from .io import give_umask_mode, json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
-from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers
+from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers, epoch_ended
 from .rewards import make_reward_functions
 from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
@@ -653,10 +653,6 @@ class GracefulStop:
 
         stop = self
 
-        def epoch_end(state) -> bool:
-            # state.epoch is epoch + steps done / steps in the epoch: a whole number exactly at an epoch's end
-            return float(state.epoch or 0).is_integer()
-
         class StopAtStepEnd(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 stop.state, stop.training = state, True
@@ -665,7 +661,7 @@ class GracefulStop:
                 agreed = stop._agreed() if stop.stop_step is None else 0
                 if agreed:
                     stop.signum, stop.stop_step = agreed, state.global_step
-                    if not epoch_end(state):
+                    if not epoch_ended(state):
                         control.should_save = True  # at an epoch's end the epoch checkpoint is this step's
                 return control
 
@@ -675,7 +671,7 @@ class GracefulStop:
                 return control
 
             def on_epoch_end(self, args, state, control, **kwargs):
-                if stop.stop_step is not None and not epoch_end(state):
+                if stop.stop_step is not None and not epoch_ended(state):
                     control.should_save = False  # this step's checkpoint is written; the epoch did not end
                 return control
 
@@ -713,32 +709,28 @@ def run_training(
     """
     stop = GracefulStop()
     with stop.handlers():
-        return _run_training(cfg, log, [*callbacks, stop.callback()], baseline, checked, stop)
-
-
-def _run_training(cfg: TrainConfig, log, callbacks, baseline, checked, stop: GracefulStop) -> dict:
-    # Under `accelerate launch` every process runs this function: all of them train and validate (no
-    # process waits on another outside the trainer's own collectives), only the main one writes and logs.
-    procs = process_state()
-    if checked is None:  # the notebooks and tests come here without the CLI
-        validate_config(cfg, num_processes=procs.num_processes)
-        checked = run_dir.check(cfg, writer=procs.is_main_process)
-    main = procs.is_main_process
-    if not main:
-        log = _quiet
-    hardware = detect_hardware()
-    check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
-    out = run_dir.folder_path(cfg.output_dir)  # out/a/../b is out/b: no empty out/a is made on the way
-    if str(out) != str(run_dir.expand_path(cfg.output_dir)):
-        cfg = dataclasses.replace(cfg, output_dir=str(out))  # the trainer's own mkdir would make out/a
-    # One writer per folder: the lock is taken (creating the folder) before anything in it is written or deleted,
-    # and released at the end, or on any exception. Only the main process writes, so only it takes it.
-    with run_dir.writer_lock(out, shown=cfg.output_dir) if main else contextlib.nullcontext():
-        return _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop)
+        # Under `accelerate launch` every process runs this function: all of them train and validate (no
+        # process waits on another outside the trainer's own collectives), only the main one writes and logs.
+        procs = process_state()
+        if checked is None:  # the notebooks and tests come here without the CLI
+            validate_config(cfg, num_processes=procs.num_processes)
+            checked = run_dir.check(cfg, writer=procs.is_main_process)
+        main = procs.is_main_process
+        if not main:
+            log = _quiet
+        hardware = detect_hardware()
+        check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
+        out = run_dir.folder_path(cfg.output_dir)  # out/a/../b is out/b: no empty out/a is made on the way
+        if str(out) != str(run_dir.expand_path(cfg.output_dir)):
+            cfg = dataclasses.replace(cfg, output_dir=str(out))  # the trainer's own mkdir would make out/a
+        # One writer per folder: the lock is taken (creating the folder) before anything in it is written or
+        # deleted, and released at the end, or on any exception. Only the main process writes, so only it takes it.
+        with run_dir.writer_lock(out, shown=cfg.output_dir) if main else contextlib.nullcontext():
+            return _train(cfg, procs, hardware, checked, out, log, [*callbacks, stop.callback()], baseline, stop)
 
 
 def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: GracefulStop) -> dict:
-    """``run_training`` once the folder is checked and locked."""
+    """``run_training`` once the folder is checked and locked, under ``stop``'s signal handlers."""
     main = procs.is_main_process
     if main:
         for stale in run_dir.remove_stale_temp_files(out):
