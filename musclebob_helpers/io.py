@@ -180,18 +180,39 @@ class Terminated(BaseException):
     dies by the signal. A BaseException, like KeyboardInterrupt, so ``except Exception`` does not swallow it."""
 
 
+# The signals taken inside ``sigterm_raises`` and not yet raised through it. Python runs a signal handler between
+# bytecodes of whatever runs then; when that is a weakref callback or a ``__del__`` (an import's module-lock
+# callback, a tensor freed), the exception it raises is printed as "Exception ignored in ..." and the code goes on.
+# CI saw a SIGTERM during ``import torch`` swallowed so, and the tiny build then ran to its end.
+_signals_taken: list[int] = []
+
+
+def raise_if_signalled() -> None:
+    """Raise again a signal taken inside ``sigterm_raises`` whose exception Python swallowed (see above). Long loops
+    inside the block (the tiny model's pre-training) call it once a step; elsewhere it does nothing."""
+    if _signals_taken:
+        raise Terminated if _signals_taken[-1] == signal.SIGTERM else KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def sigterm_raises():
-    """Inside the block a SIGTERM raises ``Terminated``, so ``finally`` clauses run (a temporary folder is removed);
-    then the process dies by SIGTERM as it would have. Only where SIGTERM would kill outright (``_sigterm_kills``). SIGINT needs nothing: Python's KeyboardInterrupt already unwinds."""
+    """Inside the block a SIGTERM raises ``Terminated`` and a Ctrl-C ``KeyboardInterrupt``, so ``finally`` clauses
+    run (a temporary folder is removed); then the process dies by SIGTERM as it would have. Only where SIGTERM
+    would kill outright (``_sigterm_kills``); Ctrl-C only where Python's own handler has it. Both are remembered
+    for ``raise_if_signalled``."""
     if not _sigterm_kills():
         yield
         return
 
-    def terminate(signum, frame):
-        raise Terminated
+    def take(signum, frame):
+        _signals_taken.append(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
+    catch_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _signals_taken.clear()
+    signal.signal(signal.SIGTERM, take)
+    if catch_int:
+        signal.signal(signal.SIGINT, take)
     try:
         yield
     except Terminated:
@@ -200,6 +221,9 @@ def sigterm_raises():
         raise  # not reached (the signal kills); here only if SIGTERM is blocked
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if catch_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _signals_taken.clear()
 
 
 # --- who owns a temporary thing ------------------------------------------------------------------------------

@@ -37,7 +37,16 @@ from pathlib import Path
 
 from . import data
 from .config import is_tiny
-from .io import give_umask_mode, make_temp_dir, owner_gone, owner_record, read_json, sigterm_raises, write_json_atomic
+from .io import (
+    give_umask_mode,
+    make_temp_dir,
+    owner_gone,
+    owner_record,
+    raise_if_signalled,
+    read_json,
+    sigterm_raises,
+    write_json_atomic,
+)
 
 # Bump when the corpus, tokenizer or architecture changes: old caches are then ignored.
 TINY_RECIPE_VERSION = 2
@@ -238,6 +247,7 @@ def _pretrain(model, tokenizer, pairs, seed: int, log=print) -> float:
     loss_value = float("nan")
     batches = _batches(examples, rng)
     for step in range(PRETRAIN_STEPS):
+        raise_if_signalled()  # a signal that landed in an import's callback was swallowed there
         batch = next(batches)
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.pad_token_id
@@ -278,6 +288,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, log=print) -> Path:
     )
     model = Qwen2ForCausalLM(config)
     loss = _pretrain(model, tokenizer, pairs, seed, log=log)
+    raise_if_signalled()
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )

@@ -137,6 +137,50 @@ print("survived")
 """
 
 
+class SignalInDel:
+    """Sends a Ctrl-C to this process while it is being freed. Python runs the handler inside ``__del__``, where
+    the KeyboardInterrupt it raises is printed as "Exception ignored" and dropped: what happened to a SIGTERM that
+    landed in ``import torch``'s module-lock callback on CI."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.fixture
+def python_sigint(monkeypatch):
+    """Python's own Ctrl-C handler, whatever the test runner installed, and SIGTERM's default (``_sigterm_kills``)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check(python_sigint):
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with io.sigterm_raises():
+            SignalInDel()  # freed at once
+            reached.append("after")  # the interrupt was swallowed: the code went on
+            io.raise_if_signalled()
+    assert reached == ["after"]
+    io.raise_if_signalled()  # outside the block nothing is pending
+
+
+def test_the_tiny_build_stops_on_a_swallowed_signal_and_leaves_nothing(tmp_path, monkeypatch, python_sigint):
+    corpus = tiny.pretraining_corpus
+
+    def corpus_then_signal(seed, size=None):
+        SignalInDel()
+        return corpus(seed, 200)  # a small corpus: the build gets to its pre-training loop in a second
+
+    monkeypatch.setattr(tiny, "pretraining_corpus", corpus_then_signal)
+    target = tmp_path / "tiny-seed3"
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        tiny._build_into(target, 3, log=lambda line: None)
+    assert time.time() - started < 60  # stopped at the first pre-training step, not after 2000
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow  # a process signalled in the middle of a write
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_during_an_atomic_write_leaves_the_whole_file_and_no_temporary(tmp_path, sig):
