@@ -154,6 +154,7 @@ def python_sigint(monkeypatch):
     signal.signal(signal.SIGINT, old)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check(python_sigint):
     reached = []
     with pytest.raises(KeyboardInterrupt):
@@ -165,6 +166,7 @@ def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check(python_si
     io.raise_if_signalled()  # outside the block nothing is pending
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 def test_the_tiny_build_stops_on_a_swallowed_signal_and_leaves_nothing(tmp_path, monkeypatch, python_sigint):
     corpus = tiny.pretraining_corpus
 
