@@ -518,7 +518,7 @@ def check_resume(cfg: TrainConfig) -> None:
             f"this run asks for {asked}, but the run being resumed used {used}; pass the same values, "
             "--ignore-mismatch to resume anyway, or another --output-dir",
         )
-    ckpts = [expand_path(r)] if r != "auto" else list_checkpoints(expand_path(cfg.output_dir))[-1:]
+    ckpts = [expand_path(r)] if r != "auto" else list_checkpoints(folder_path(cfg.output_dir))[-1:]
     done = checkpoint_step(ckpts[0]) if ckpts else None
     per_epoch = max(1, steps_per_epoch(cfg))
     if done is not None and cfg.epochs * per_epoch < done:
@@ -535,7 +535,7 @@ def disk_full_line(cfg: TrainConfig, need: DriveNeed | None = None, resume_with:
     what is free, and how to go on (``resume_with``: the CLI's flag or the notebook's resume cell)."""
     from .memory import GB, drive_need, model_shape
 
-    out = expand_path(cfg.output_dir)
+    out = folder_path(cfg.output_dir)
     if need is None:
         shape = model_shape(cfg.model, offline=True)
         need = drive_need(cfg, shape) if shape else None

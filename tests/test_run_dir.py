@@ -120,3 +120,6 @@ def test_fewer_epochs_than_the_run_has_trained_are_refused(tmp_path):
     )
     run_dir.check(TrainConfig(**resume, epochs=3))  # 12 steps: two more to train
     run_dir.check(TrainConfig(**resume, epochs=7))
+    through = {**resume, "output_dir": str(tmp_path / "nowhere" / ".." / "run")}  # the same folder, through '..'
+    with pytest.raises(ConfigError, match="at least 3: the run being resumed has trained 10 steps"):
+        run_dir.check(TrainConfig(**through, epochs=2))
