@@ -199,7 +199,7 @@ def sigterm_raises():
     """Inside the block a SIGTERM raises ``Terminated`` and a Ctrl-C ``KeyboardInterrupt``, so ``finally`` clauses
     run (a temporary folder is removed); then the process dies by SIGTERM as it would have. Only where SIGTERM
     would kill outright (``_sigterm_kills``); Ctrl-C only where Python's own handler has it. Both are remembered
-    for ``raise_if_signalled``."""
+    for ``raise_if_signalled``, which the block's long loops call and the block's end calls too."""
     if not _sigterm_kills():
         yield
         return
@@ -215,6 +215,7 @@ def sigterm_raises():
         signal.signal(signal.SIGINT, take)
     try:
         yield
+        raise_if_signalled()  # swallowed after the block's own last check (or in a block with none): not ignored
     except Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -155,7 +155,7 @@ def python_sigint(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
-def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check(python_sigint):
+def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check_or_the_blocks_end(python_sigint):
     reached = []
     with pytest.raises(KeyboardInterrupt):
         with io.sigterm_raises():
@@ -164,6 +164,13 @@ def test_a_signal_swallowed_by_a_finalizer_is_raised_at_the_next_check(python_si
             io.raise_if_signalled()
     assert reached == ["after"]
     io.raise_if_signalled()  # outside the block nothing is pending
+
+    reached.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with io.sigterm_raises():  # a block with no check of its own: its end raises it
+            SignalInDel()
+            reached.append("after")
+    assert reached == ["after"]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
