@@ -76,8 +76,17 @@ def _main(argv) -> int:
     except Exception as err:
         if not out_of_space(err):  # a full disk at any save: checkpoint, history, final model
             raise
-        fail(PROG, disk_full_line(cfg, checked.need if checked else None))
-    return 0 if result["final"]["is_healthy"] else 1
+        fail(PROG, disk_full_line(cfg, checked))
+    if result.get("copy_pending"):  # the run is complete on local disk; the run folder (Drive) failed at the end
+        script = os.path.relpath(__file__)
+        script = __file__ if script.startswith("..") else script
+        print(
+            f"{PROG}: the run is complete in {result['work_dir']}, but not yet in {result['output_dir']}: "
+            f"{result['copy_pending']}; finish the copy once it answers again with: "
+            f"{resume_command(script, cfg, sources, procs.num_processes)}",
+            file=sys.stderr,
+        )
+    return 0 if result["final"].get("is_healthy") else 1
 
 
 if __name__ == "__main__":

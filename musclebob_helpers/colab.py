@@ -220,6 +220,16 @@ def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
     return my_drive
 
 
+def remount_drive(mountpoint: str | None = None) -> None:
+    """Remount Google Drive (``force_remount``), for a mirror whose run folder stopped answering mid-run (a Drive
+    disconnect: "Transport endpoint is not connected"); nothing off Colab."""
+    if not is_colab():
+        return
+    from google.colab import drive
+
+    drive.mount(mountpoint or str(run_dir.DRIVE_MOUNT), force_remount=True)
+
+
 def resolve_run_dir(run_name: str, output_dir: str = "", drive_root: str | Path | None = None) -> Path:
     """The run's folder: ``output_dir`` when given, else ``<drive_root>/<run_name>`` (Drive mounted),
     else ``runs/<run_name>`` in the repository."""

@@ -147,6 +147,12 @@ class TrainConfig:
         default="none",
     )
     output_dir: str = _opt("where checkpoints, artifacts and the final model go", default="./musclebob-model-improved")
+    work_dir: str | None = _opt(
+        "train into this folder on local disk and copy the run to --output-dir as a verified mirror (checkpoints once "
+        "verified, the live files every 30 s); by default a local folder when --output-dir is on Google Drive or "
+        "another FUSE or network file system, none otherwise",
+        default=None,
+    )
     keep_checkpoints: int = _opt(
         "checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
         "older ones are deleted once a newer one is complete; 0 keeps every one",
@@ -403,6 +409,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_int("keep_checkpoints", 0, "a whole number >= 0 (1: only the newest; 2: + one fallback; 0: keep all)")
     if not _is_path(cfg.output_dir):
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")
+    if cfg.work_dir is not None and not _is_path(cfg.work_dir):
+        raise ConfigError("work_dir", cfg.work_dir, "a folder path on local disk")
     r = cfg.resume_from_checkpoint
     if r is not None and not _is_path(r):
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")

@@ -78,7 +78,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> N
 def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
-        fd, tmp = _create_temp_file(path)
+        fd, tmp = create_temp_file(path)
         try:
             with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
                 # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
@@ -92,7 +92,7 @@ def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
             raise
 
 
-def _create_temp_file(path: Path) -> tuple[int, str]:
+def create_temp_file(path: Path) -> tuple[int, str]:
     """A new ``<name>.<random>.tmp`` beside ``path``, opened for writing. Not ``mkstemp``: it makes 0600 files,
     and the rename would carry that mode to the artifact; ``os.open``'s 0666 is cut by the umask, as ``open`` is."""
     while True:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import shutil
 from pathlib import Path
 
 from . import colab
@@ -22,16 +21,21 @@ from .io import read_json, write_json_atomic
 from .run_dir import (
     BASELINE_FILE,
     CONFIG_FILE,
+    combined_state,
+    work_folder,
     FINAL_FILE,
-    HISTORY_FILE,
     describe,
     is_finished,
-    list_checkpoints,
     saved_config,
     unfinished_runs,
-    writer_lock,
 )
-from .run_dir import state as run_state
+
+
+def run_state(run_dir: Path, work_dir: str | None = None) -> str:
+    """The run's state over its folder and its working folder (``run_dir.combined_state``); a run finished on this
+    machine whose copy to Drive did not finish counts as unfinished: the resume cell finishes the copy."""
+    found, local_only = combined_state(run_dir, work_folder(run_dir, work_dir))
+    return "unfinished" if local_only and found == "finished" else found
 
 
 class NotebookStop(OneLineError):
@@ -202,24 +206,12 @@ def stop_after(step: int):
     return StopAfter()
 
 
-def _clear_for_overwrite(run_dir: Path, log=print) -> None:
-    """Remove the old run's checkpoints and results so a later resume can't pick a stale checkpoint."""
-    stale = list_checkpoints(run_dir) + [run_dir / n for n in (HISTORY_FILE, FINAL_FILE, "config.json")]
-    for p in stale:
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    if stale:
-        log(f"overwrite = True: removed the previous run's checkpoints and results in {run_dir}")
-
-
 def train(
     cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
 ) -> dict | None:
     """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell)."""
     run_dir = Path(cfg.output_dir)
-    state = run_state(run_dir)
+    state = run_state(run_dir, cfg.work_dir)
     if state == "finished" and not cfg.overwrite:
         raise NotebookStop(
             f"{run_dir} already holds a finished run: pick another run_name, or set overwrite = "
@@ -228,10 +220,7 @@ def train(
     if state in ("unfinished", "started") and not cfg.overwrite:
         log("This run folder holds an unfinished run: continuing it.")
         return _continue(run_dir, state, live, stop_after_steps, log, current=cfg)
-    if cfg.overwrite:  # the old run's files go only once this one holds the folder (another tab may be writing it)
-        with writer_lock(run_dir, shown=cfg.output_dir):
-            _clear_for_overwrite(run_dir, log)
-            return _run(cfg, baseline, live, stop_after_steps, log)
+    # overwrite: run_training removes the old run's checkpoints and results once it holds the folder's lock
     return _run(cfg, baseline, live, stop_after_steps, log)
 
 
@@ -257,7 +246,8 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
 
 def _continue(run_dir: Path, state: str, live: bool, stop_after_steps: int, log, current: TrainConfig | None = None):
     """An unfinished run, trained on with the settings it saved (``current``: the parameters cell's, which lose)."""
-    cfg = saved_config(run_dir)
+    # Its settings: in the run folder, or only in the working folder when Drive failed before the first copy.
+    cfg = saved_config(run_dir) or saved_config(work_folder(run_dir, current.work_dir if current else None))
     if cfg is None:
         raise NotebookStop(f"{run_dir / CONFIG_FILE} is missing or unreadable: the run's settings are lost")
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)
@@ -293,13 +283,20 @@ def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: 
     callbacks = [live_progress(cfg.output_dir)] if live else []
     callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
     try:
-        return run_training(cfg, log=log, callbacks=callbacks, baseline=baseline)
+        result = run_training(cfg, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
     except Stopped as stop:
         raise NotebookStop(stop.line(RESUME_CELL)) from None
     except Exception as err:
         if not out_of_space(err):
             raise
         raise NotebookStop(disk_full_line(cfg, resume_with=RESUME_CELL)) from None
+    if result.get("copy_pending"):  # complete on this machine's disk; Drive failed at the end: say so, lose nothing
+        log(
+            f"The run is complete in {result['work_dir']} on this machine, but not yet in {result['output_dir']}: "
+            f"{result['copy_pending']}. Once Drive answers again (rerun the Drive cell), {RESUME_CELL}: it copies "
+            "the run, it trains nothing. A runtime reset before that loses what Drive lacks."
+        )
+    return result
 
 
 def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:

@@ -719,6 +719,7 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
         shows_progress = True  # the run's one progress display: run_training adds no bar or step lines of its own
 
         def __init__(self):
+            self.files = Path(run_dir)
             self.history: list[dict] = []
             self.max_steps = 0
             self.handles = None
@@ -727,7 +728,8 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.max_steps = state.max_steps
-            self.history = [e for e in load_history(run_dir) if e["step"] <= state.global_step]
+            self.files = Path(args.output_dir)  # where the run writes: its working folder when Drive is mirrored
+            self.history = [e for e in load_history(self.files) if e["step"] <= state.global_step]
             self._draw(state.global_step, force=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -752,7 +754,7 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
 
             # What the model is saying: the newest step's sampled completions (completions.jsonl, written before
             # this callback runs), under the table.
-            rows = load_completions(run_dir)
+            rows = load_completions(self.files)
             newest = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
             said = (
                 f"<div><b>What the model said at step {newest[0]['step']}</b></div>{completions_html(newest)}"
@@ -767,7 +769,7 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
                         {name: self.history},
                         window=window,
                         title="Mean reward per step (live)",
-                        warnings={name: load_warnings(run_dir)},
+                        warnings={name: load_warnings(self.files)},
                     )
                 )
             )

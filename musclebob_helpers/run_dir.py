@@ -37,7 +37,9 @@ Importing it is cheap (torch, transformers and the model's shape load only when 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
@@ -70,6 +72,7 @@ REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its compone
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
 DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
+COPYING_PREFIX = ".copying-"  # a checkpoint being copied into the run folder (mirror.py): renamed once verified
 LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
 LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
 LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
@@ -104,7 +107,7 @@ RESUME_MUST_MATCH = (
     "load_in_4bit",
 )
 # Options of one start, not settings of the run: never recorded as a change.
-PER_START_OPTIONS = ("output_dir", "resume_from_checkpoint", "overwrite", "ignore_mismatch")
+PER_START_OPTIONS = ("output_dir", "work_dir", "resume_from_checkpoint", "overwrite", "ignore_mismatch")
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -201,6 +204,37 @@ def saved_config(out_dir: str | Path) -> TrainConfig | None:
     """The settings the run in ``out_dir`` was started with (keys this version does not know are ignored)."""
     settings = _saved_settings(out_dir)
     return None if settings is None else config_from_dict(settings)
+
+
+RUN_FILES = (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    BASELINE_FILE,
+    FINAL_FILE,
+    VALIDATION_HISTORY_FILE,
+    WARNINGS_FILE,
+    COMPLETIONS_FILE,
+    REWARD_PLOT_FILE,
+    *MODEL_CONFIG_FILES,
+)
+
+
+def clear_run(out_dir: str | Path) -> list[str]:
+    """Remove a run's checkpoints and results from ``out_dir`` (``--overwrite`` starting over: a later
+    ``--resume-from-checkpoint auto`` must not pick the previous run's newer checkpoint); returns what went.
+    Damaged checkpoints set aside and anything else in the folder stay."""
+    out = Path(out_dir)
+    removed = []
+    for ckpt in list_checkpoints(out):
+        doomed = ckpt.with_name(DELETING_PREFIX + ckpt.name)
+        ckpt.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(ckpt.name)
+    for name in RUN_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    return removed
 
 
 def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
@@ -335,42 +369,54 @@ def set_aside(ckpt: Path) -> Path:
     return target
 
 
-def select_checkpoint(out_dir: str | Path, log=print) -> str | None:
-    """The newest intact checkpoint in ``out_dir`` (None: start fresh); says what it skipped and why.
+def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str | None:
+    """The newest intact checkpoint in ``out_dir`` (or in any of several folders: the working folder and the run
+    folder of a mirrored run; at equal steps the first folder's) (None: start fresh); says what it skipped and why.
 
     Damaged checkpoints newer than the one chosen are moved aside (``set_aside``), never deleted.
     """
-    ckpts = list_checkpoints(out_dir)
+    folders = tuple(Path(f) for f in out_dir) if isinstance(out_dir, tuple) else (Path(out_dir),)
+    where = " or ".join(str(f) for f in folders)
+    found = [(checkpoint_step(c) or 0, -rank, c) for rank, f in enumerate(folders) for c in list_checkpoints(f)]
+    ckpts = [c for *_, c in sorted(found, key=lambda t: t[:2])]
     if not ckpts:
-        log(f"No checkpoint in {out_dir}: starting fresh.")
+        log(f"No checkpoint in {where}: starting fresh.")
         return None
     for ckpt in reversed(ckpts):
-        problems = checkpoint_problems(ckpt)
+        try:
+            problems = checkpoint_problems(ckpt)
+        except OSError as err:  # its file system failing (a Drive disconnect): the next one may be elsewhere
+            problems = [f"it cannot be read ({err.strerror or err})"]
+            log(f"Checkpoint {ckpt} cannot be read ({err.strerror or err}); trying the one before it.")
+            continue
         if not problems:
             log(f"Resuming from {ckpt}")
             return str(ckpt)
-        moved = set_aside(ckpt)
+        try:
+            moved = set_aside(ckpt).name
+        except OSError:
+            moved = f"{ckpt.name} (it could not be renamed)"
         log(
-            f"Checkpoint {ckpt.name} is damaged ({'; '.join(problems[:3])}); kept as {moved.name}, "
-            "trying the one before it."
+            f"Checkpoint {ckpt.name} is damaged ({'; '.join(problems[:3])}); kept as {moved}, trying the one before it."
         )
     log(
-        f"No intact checkpoint in {out_dir}: starting fresh (the damaged ones are kept as "
+        f"No intact checkpoint in {where}: starting fresh (the damaged ones are kept as "
         f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
     )
     return None
 
 
-def find_resume_checkpoint(cfg: TrainConfig, log=print) -> str | None:
+def find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
     """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh).
 
-    ``auto`` takes the newest intact checkpoint and says which damaged ones it skipped (``select_checkpoint``).
+    ``auto`` takes the newest intact checkpoint, in the working folder or the run folder, and says which damaged
+    ones it skipped (``select_checkpoint``).
     """
     if cfg.resume_from_checkpoint is None:
         return None
     if cfg.resume_from_checkpoint != "auto":
-        return str(Path(cfg.resume_from_checkpoint).expanduser())
-    return select_checkpoint(folder_path(cfg.output_dir), log=log)
+        return str(expand_path(cfg.resume_from_checkpoint))
+    return select_checkpoint(folder.folders(), log=log)
 
 
 def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
@@ -404,7 +450,11 @@ def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
 def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
     """Finish deletions a kill interrupted (``.deleting-checkpoint-N`` folders); returns their names."""
     out = Path(out_dir)
-    leftovers = sorted(out.glob(DELETING_PREFIX + "checkpoint-*")) if out.is_dir() else []
+    leftovers = (
+        sorted([*out.glob(DELETING_PREFIX + "checkpoint-*"), *out.glob(COPYING_PREFIX + "checkpoint-*")])
+        if out.is_dir()
+        else []
+    )
     for folder in leftovers:
         shutil.rmtree(folder, ignore_errors=True)
     return [f.name for f in leftovers]
@@ -431,13 +481,13 @@ def make_rotation_callback(keep: int, log=print):
 # --- does a resume make sense ----------------------------------------------------------------------------
 
 
-def resume_mismatch(cfg: TrainConfig) -> dict[str, tuple]:
+def resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
     """``{field: (saved value, requested value)}`` for the settings in ``RESUME_MUST_MATCH`` that differ from the
     ``training_config.json`` the interrupted run left next to its checkpoints."""
     r = cfg.resume_from_checkpoint
     if r is None:
         return {}
-    saved = _saved_settings(folder_path(cfg.output_dir) if r == "auto" else expand_path(r).parent)
+    saved = _saved_settings(newest_files(folder) if r == "auto" else expand_path(r).parent)
     if saved is None:
         return {}
     return {
@@ -493,7 +543,7 @@ def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> 
     return kept + ([{"from_step": from_step, "changed": changed}] if changed else []), changed
 
 
-def check_resume(cfg: TrainConfig) -> None:
+def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
     """Refuse a damaged explicit checkpoint, a resume whose settings differ from the interrupted run's, and fewer
     ``--epochs`` than the run has already trained."""
     r = cfg.resume_from_checkpoint
@@ -508,7 +558,7 @@ def check_resume(cfg: TrainConfig) -> None:
                 f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
                 "--resume-from-checkpoint auto to take the newest intact one",
             )
-    differs = resume_mismatch(cfg)
+    differs = resume_mismatch(cfg, folder)
     if differs and not cfg.ignore_mismatch:
         asked = " ".join(as_typed(k, new) for k, (_, new) in differs.items())
         used = " ".join(as_typed(k, old) for k, (old, _) in differs.items())
@@ -518,8 +568,8 @@ def check_resume(cfg: TrainConfig) -> None:
             f"this run asks for {asked}, but the run being resumed used {used}; pass the same values, "
             "--ignore-mismatch to resume anyway, or another --output-dir",
         )
-    ckpts = [expand_path(r)] if r != "auto" else list_checkpoints(folder_path(cfg.output_dir))[-1:]
-    done = checkpoint_step(ckpts[0]) if ckpts else None
+    ckpts = [expand_path(r)] if r != "auto" else [c for f in folder.folders() for c in list_checkpoints(f)]
+    done = max((checkpoint_step(c) or 0 for c in ckpts), default=None)
     per_epoch = max(1, steps_per_epoch(cfg))
     if done is not None and cfg.epochs * per_epoch < done:
         raise ConfigError(
@@ -530,12 +580,15 @@ def check_resume(cfg: TrainConfig) -> None:
         )
 
 
-def disk_full_line(cfg: TrainConfig, need: DriveNeed | None = None, resume_with: str = "") -> str:
-    """The one line for a run that ran out of space (``io.out_of_space``): the folder, what the run needs there and
-    what is free, and how to go on (``resume_with``: the CLI's flag or the notebook's resume cell)."""
+def disk_full_line(cfg: TrainConfig, folder: RunFolder | None = None, resume_with: str = "") -> str:
+    """The one line for a run that ran out of space (``io.out_of_space``): the folder training writes (the working
+    folder of a mirrored run: a full Drive only holds the copy back, see ``mirror``), what the run needs there and
+    what is free, and how to go on (``resume_with``: the CLI's flag or the notebook's resume cell). Never raises:
+    a disk that fails every call (a quota, a dead mount) says the free space is unknown."""
     from .memory import GB, drive_need, model_shape
 
-    out = folder_path(cfg.output_dir)
+    out = folder.work if folder is not None else folder_path(cfg.output_dir)
+    need = folder.need if folder is not None else None
     if need is None:
         shape = model_shape(cfg.model, offline=True)
         need = drive_need(cfg, shape) if shape else None
@@ -543,10 +596,13 @@ def disk_full_line(cfg: TrainConfig, need: DriveNeed | None = None, resume_with:
     def size(n: int) -> str:  # a full disk has megabytes left, the tiny model's run needs a few dozen
         return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
 
-    free = shutil.disk_usage(nearest_existing(out.absolute())).free
+    try:
+        free = size(shutil.disk_usage(nearest_existing(out.absolute())).free) + " are free"
+    except OSError as err:
+        free = f"its free space cannot be read ({err.strerror or err})"
     wanted = f"this run needs about {size(need.need(on_drive(out)))} there, " if need else ""
     return (
-        f"the disk is full ({out}): {wanted}{size(free)} are free; free some space, then "
+        f"the disk is full ({out}): {wanted}{free}; free some space, then "
         f"{resume_with or 'rerun with --resume-from-checkpoint auto'}: the newest intact checkpoint is used"
     )
 
@@ -567,6 +623,76 @@ def on_drive(output_dir: str | Path) -> bool:
     path = Path(output_dir).expanduser().absolute()
     drive = DRIVE_MOUNT.absolute()
     return path == drive or drive in path.parents
+
+
+# File systems whose failures or latency a run should not feel: Colab's Google Drive is FUSE ('fuse.drive'), as
+# are sshfs, rclone and gcsfuse mounts; NFS, SMB and Ceph are network file systems. 'fuseblk' is a local disk
+# (NTFS through ntfs-3g), and not one of them.
+REMOTE_FS_TYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "glusterfs", "afs", "9p", "davfs", "lustre", "gpfs")
+WORK_ROOT_ENV = "MUSCLEBOB_WORK_ROOT"  # where automatic working folders go (default: ~/.cache/musclebob/work)
+
+
+def file_system_type(path: str | Path) -> str:
+    """The type of the file system holding ``path`` (its nearest existing folder), from ``/proc/self/mounts``:
+    'ext4', 'tmpfs', 'fuse.drive', ... ('' where that is not readable: not Linux)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target = os.path.realpath(nearest_existing(Path(path).absolute()))
+    best, found = -1, ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].encode().decode("unicode_escape")  # a space in a mount point reads \040
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+            best, found = len(point), fields[2]
+    return found
+
+
+def is_remote_fs(fs_type: str) -> bool:
+    """Is a file system of ``fs_type`` FUSE or a network one (slow, and able to fail while the machine runs on)?"""
+    return fs_type != "fuseblk" and fs_type.split(".")[0].startswith(REMOTE_FS_TYPES)
+
+
+def work_folder(out: Path, work_dir: str | None = None, fs_type: str | None = None) -> Path:
+    """Where a run whose run folder is ``out`` trains: ``--work-dir`` when given; on Google Drive or another FUSE or
+    network file system a folder on local disk named after the run (the same one at every start on this machine,
+    so a resume finds what the last start left there); else ``out`` itself (no second copy)."""
+    if work_dir:
+        return folder_path(work_dir)
+    remote = is_remote_fs(file_system_type(out) if fs_type is None else fs_type) or on_drive(out)
+    if not remote:
+        return out
+    root = os.environ.get(WORK_ROOT_ENV) or Path.home() / ".cache" / "musclebob" / "work"
+    key = hashlib.sha256(os.path.realpath(out.absolute()).encode()).hexdigest()[:10]
+    return Path(root) / f"{out.name or 'run'}-{key}"
+
+
+STATE_ORDER = ("new", "started", "unfinished", "finished")
+
+
+def combined_state(path: Path, work: Path) -> tuple[str, bool]:
+    """The run's state over the run folder and its working folder (the further one), and whether only the working
+    folder holds it so far (a run finished locally whose copy a failing Drive held back)."""
+    here = state(path)
+    if work == path:
+        return here, False
+    there = state(work)
+    if STATE_ORDER.index(there) > STATE_ORDER.index(here):
+        return there, True
+    return here, False
+
+
+def newest_files(folder: RunFolder) -> Path:
+    """Which of the run's folders holds its newest settings and history: the working folder, unless the run
+    folder's newest checkpoint is further on (a resume on a new machine, whose local disk started empty)."""
+    if not folder.mirrored:
+        return folder.path
+    steps = [max((checkpoint_step(c) or 0 for c in list_checkpoints(f)), default=-1) for f in folder.folders()]
+    local = (folder.work / CONFIG_FILE).exists() or (folder.work / FINAL_FILE).exists()
+    return folder.work if local and steps[0] >= steps[1] else folder.path
 
 
 def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
@@ -609,7 +735,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
+def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFolder | None = None) -> str | None:
     """Why the output folder's disk cannot hold this run (``memory.drive_need``); None when it can.
 
     Free space is ``shutil.disk_usage`` of the nearest existing folder (on Colab's Drive mount it reports the
@@ -622,7 +748,7 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
     need = need or drive_need(cfg, shape)
     if need is None:
         return None
-    out = folder_path(cfg.output_dir).absolute()
+    out = (folder.path if folder is not None else folder_path(cfg.output_dir)).absolute()
     drive = on_drive(out)
     free = shutil.disk_usage(nearest_existing(out)).free
     if not drive:
@@ -655,13 +781,13 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
     )
 
 
-def check_drive_space(cfg: TrainConfig, shape=None) -> DriveNeed | None:
+def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=None) -> DriveNeed | None:
     """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
     from .memory import drive_need, model_shape
 
     shape = shape or model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
-    problem = drive_space_problem(cfg, need=need) if need else None
+    problem = drive_space_problem(cfg, need=need, folder=folder) if need else None
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
     return need
@@ -891,7 +1017,10 @@ class RunLock:
                 self.path.unlink()  # still ours (a fallback record may have been taken over after a long stall)
         except OSError:
             pass
-        os.close(self.fd)  # drops the flock
+        try:
+            os.close(self.fd)  # drops the flock
+        except OSError:
+            pass  # the run folder's file system is gone (a Drive disconnect): the lock went with it
         self.fd = None
         _HELD_HERE.remove(self)
 
@@ -911,7 +1040,17 @@ def writer_lock(folder: str | Path, shown: str | None = None):
     if key in _HELD:
         yield _HELD[key]
         return
-    lock = RunLock(folder, shown).acquire()
+    try:
+        lock = RunLock(folder, shown).acquire()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk: the caller's one line for it (io.out_of_space) names the free space
+        raise ConfigError(
+            "output_dir",
+            shown or str(folder),
+            f"it cannot be written ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell) "
+            "and run this again",
+        ) from None
     _HELD[key] = lock
     try:
         yield lock
@@ -924,24 +1063,66 @@ def writer_lock(folder: str | Path, shown: str | None = None):
 
 
 @dataclass(frozen=True)
-class RunCheck:
-    """What ``check`` found, for the rest of the start (so nothing is checked twice)."""
+class RunFolder:
+    """The run folder of one start, resolved once by ``check`` and handed to whoever needs it: the trainer and its
+    callbacks, the monitor, the mirror, the notebook's live plot, the lines printed at the end.
 
-    state: str  # the folder before this run: 'new', 'started', 'unfinished' or 'finished'
+    ``path`` is the run folder users, notebook 02 and the resume cell read (``--output-dir`` resolved); ``work`` is
+    where training writes. They are the same folder unless the run folder is on Google Drive or another FUSE or
+    network file system (or ``--work-dir`` asks): then training writes to ``work`` on local disk and
+    ``mirror.Mirror`` copies it to ``path``, checkpoints once verified. ``resume`` is the checkpoint the run
+    continues from (``with_resume``, chosen once the folder is locked: choosing may set damaged ones aside)."""
+
+    shown: str  # --output-dir as the user typed it (what a refusal names)
+    path: Path
+    work: Path
+    state: str  # the run before this start: 'new', 'started', 'unfinished' or 'finished' (``combined_state``)
     need: DriveNeed | None  # the run's disk need; None when the model's shape is not known before loading it
+    fs_type: str = ""  # the run folder's file system (``/proc/mounts``), e.g. 'ext4', 'fuse.drive'
+    resume: Path | None = None
+
+    @property
+    def mirrored(self) -> bool:
+        return self.work != self.path
+
+    def folders(self) -> tuple[Path, ...]:
+        """Where checkpoints and files of this run may be: the working folder first (it is the newer)."""
+        return (self.work, self.path) if self.mirrored else (self.path,)
+
+    def with_resume(self, cfg: TrainConfig, log=print) -> RunFolder:
+        """This folder with ``resume`` chosen for ``--resume-from-checkpoint`` (``find_resume_checkpoint``)."""
+        chosen = find_resume_checkpoint(self, cfg, log=log)
+        return dataclasses.replace(self, resume=Path(chosen) if chosen else None)
 
 
-def check(cfg: TrainConfig, writer: bool = True) -> RunCheck:
-    """THE start-up check of the run folder (after ``config.validate_config``, before any model loads).
+# Kept for callers of the earlier name (tests, notebooks of older copies): the same value.
+RunCheck = RunFolder
+
+
+def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:
+    """THE start-up check of the run folder (after ``config.validate_config``, before any model loads); returns
+    the ``RunFolder`` the rest of the start uses.
 
     Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
     file where the folder should be, another run writing the folder (``writer``: the process that will write it;
     accelerate's other ranks pass False, their main process may hold the lock already), a finished run
-    (``--overwrite``), an unfinished one
-    (``--resume-from-checkpoint auto``), a folder that cannot be written or has too little free space, a disk
-    too small for the run, a damaged explicit checkpoint, a resume with other settings or fewer epochs than
-    trained. Disk probes come last.
+    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``), a folder (or working folder) that
+    cannot be written or has too little free space, a disk too small for the run, a damaged explicit checkpoint,
+    a resume with other settings or fewer epochs than trained. Disk probes come last. A run folder whose file
+    system fails while it is checked (a Drive disconnect) is one line too: nothing can start there until it answers.
     """
+    try:
+        return _check(cfg, writer)
+    except OSError as err:
+        raise ConfigError(
+            "output_dir",
+            cfg.output_dir,
+            f"it cannot be read ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell), "
+            "then run this again",
+        ) from None
+
+
+def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
     r = cfg.resume_from_checkpoint
     if r is not None and r != "auto" and not expand_path(r).is_dir():
         raise ConfigError("resume_from_checkpoint", r, "'auto' or the path of an existing checkpoint folder")
@@ -951,8 +1132,22 @@ def check(cfg: TrainConfig, writer: bool = True) -> RunCheck:
     holder = lock_holder(out) if writer else None
     if holder is not None:
         raise RunLock(out, cfg.output_dir).refusal(holder)
-    found = state(out)
+    fs_type = file_system_type(out)
+    work = work_folder(out, cfg.work_dir, fs_type)
+    if work.exists() and not work.is_dir():
+        raise ConfigError("work_dir", cfg.work_dir or str(work), "a folder, but a file of that name exists")
+    if work != out and work.is_dir() and state(work) == "new" and any(p.name != LOCK_FILE for p in work.iterdir()):
+        # a run's working folder is emptied at the end: never one that holds the user's own files
+        raise ConfigError("work_dir", cfg.work_dir, "an empty folder, or the working folder of this same run")
+    found, local_only = combined_state(out, work)
     if found == "finished" and r is None and not cfg.overwrite:
+        if local_only:
+            raise ConfigError(
+                "output_dir",
+                cfg.output_dir,
+                f"its run finished in the working folder {work} but was not all copied here yet; pass "
+                "--resume-from-checkpoint auto to finish the copy, --overwrite to start over, or another --output-dir",
+            )
         raise ConfigError(
             "output_dir",
             cfg.output_dir,
@@ -966,9 +1161,14 @@ def check(cfg: TrainConfig, writer: bool = True) -> RunCheck:
             "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
             "continue it, --overwrite to start over, or another --output-dir",
         )
+    folder = RunFolder(shown=cfg.output_dir, path=out, work=work, state=found, need=None, fs_type=fs_type)
     problem = output_location_problem(cfg.output_dir)
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
-    need = check_drive_space(cfg)  # models whose shape is not known offline are checked again once loaded
-    check_resume(cfg)
-    return RunCheck(state=found, need=need)
+    if folder.mirrored:
+        problem = output_location_problem(work)
+        if problem:
+            raise ConfigError("work_dir", cfg.work_dir or str(work), problem.replace("--output-dir", "--work-dir"))
+    need = check_drive_space(cfg, folder)  # models whose shape is not known offline are checked again once loaded
+    check_resume(cfg, folder)
+    return dataclasses.replace(folder, need=need)

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -338,13 +339,14 @@ def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=
     return est
 
 
-def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1):
-    """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step, split over processes."""
+def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Path | None = None):
+    """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step, split over processes.
+    ``out``: the folder the trainer writes (``RunFolder.work``; the run folder itself unless it is mirrored)."""
     from trl import GRPOConfig
 
     precision = hardware["precision"]
     return GRPOConfig(
-        output_dir=cfg.output_dir,
+        output_dir=str(out) if out is not None else cfg.output_dir,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         # GRPOConfig counts completions per process: one step sees batch_size prompts x num_generations
@@ -518,7 +520,7 @@ def build_trainer(
         cfg,
         model,
         tokenizer,
-        grpo_args(cfg, hardware, num_processes),
+        grpo_args(cfg, hardware, num_processes, out=out),
         callbacks=[
             history_cb,
             completions,
@@ -696,23 +698,28 @@ def run_training(
     log=print,
     callbacks=(),
     baseline: dict | None = None,
-    checked: run_dir.RunCheck | None = None,
+    checked: run_dir.RunFolder | None = None,
+    remount=None,
 ) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
     ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests' fault injection).
     ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not redone.
-    ``checked``: the start-up check of the run folder (``run_dir.check``) when the caller made it (the CLI does,
-    before printing the configuration); without it the values and the folder are checked here.
+    ``checked``: the run folder as the start-up check resolved it (``run_dir.check``) when the caller made it (the
+    CLI and the notebook do, before anything else); without it the values and the folder are checked here.
+    ``remount``: how to remount the run folder's file system (Colab's Drive), tried once before the mirror's final
+    copy gives up.
 
     SIGINT and SIGTERM stop it gracefully (``GracefulStop``): ``Stopped`` is raised, the run folder resumable.
+    The result's ``copy_pending`` (None when the run folder holds everything) says why a mirrored run folder could
+    not get the whole run: it is then complete in ``work_dir``, and ``--resume-from-checkpoint auto`` copies it.
     """
     stop = GracefulStop()
     with stop.handlers():
         # Under `accelerate launch` every process runs this function: all of them train and validate (no
         # process waits on another outside the trainer's own collectives), only the main one writes and logs.
         procs = process_state()
-        if checked is None:  # the notebooks and tests come here without the CLI
+        if checked is None:  # tests and the benchmarks come here without the CLI or the notebook
             validate_config(cfg, num_processes=procs.num_processes)
             checked = run_dir.check(cfg, writer=procs.is_main_process)
         main = procs.is_main_process
@@ -720,25 +727,93 @@ def run_training(
             log = _quiet
         hardware = detect_hardware()
         check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
-        out = run_dir.folder_path(cfg.output_dir)  # out/a/../b is out/b: no empty out/a is made on the way
-        if str(out) != str(run_dir.expand_path(cfg.output_dir)):
-            cfg = dataclasses.replace(cfg, output_dir=str(out))  # the trainer's own mkdir would make out/a
+        if str(checked.path) != str(run_dir.expand_path(cfg.output_dir)):
+            cfg = dataclasses.replace(cfg, output_dir=str(checked.path))  # out/a/../b is out/b: no empty out/a made
         # One writer per folder: the lock is taken (creating the folder) before anything in it is written or
         # deleted, and released at the end, or on any exception. Only the main process writes, so only it takes it.
-        with run_dir.writer_lock(out, shown=cfg.output_dir) if main else contextlib.nullcontext():
-            return _train(cfg, procs, hardware, checked, out, log, [*callbacks, stop.callback()], baseline, stop)
+        with run_dir.writer_lock(checked.path, shown=checked.shown) if main else contextlib.nullcontext():
+            return _train(cfg, procs, hardware, checked, log, [*callbacks, stop.callback()], baseline, stop, remount)
 
 
-def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: GracefulStop) -> dict:
+def _prepare_folders(cfg: TrainConfig, folder: run_dir.RunFolder, log) -> None:
+    """Under the lock, before anything is read: leftovers of interrupted runs removed in every folder of the run; the
+    previous run's checkpoints and results gone when ``--overwrite`` starts over (a later resume must not pick
+    one); the working folder of a mirrored run made."""
+    for place in folder.folders():
+        for stale in run_dir.remove_stale_temp_files(place):
+            log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
+        for name in run_dir.remove_leftover_deletions(place):
+            log(f"Removed {name}: an old checkpoint whose deletion or copy an interruption cut short.")
+        if cfg.overwrite and cfg.resume_from_checkpoint is None and folder.state != "new":
+            removed = run_dir.clear_run(place)
+            if removed:
+                log(f"--overwrite: removed the previous run's {', '.join(removed)} in {place}.")
+    folder.work.mkdir(parents=True, exist_ok=True)
+
+
+def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: GracefulStop, remount=None) -> dict:
     """``run_training`` once the folder is checked and locked, under ``stop``'s signal handlers."""
+    from .mirror import Mirror
+
     main = procs.is_main_process
     if main:
-        for stale in run_dir.remove_stale_temp_files(out):
-            log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
-        for name in run_dir.remove_leftover_deletions(out):
-            log(f"Removed {name}: an old checkpoint whose deletion an interruption cut short.")
-    resume = run_dir.find_resume_checkpoint(cfg, log=log)
+        _prepare_folders(cfg, folder, log)
+    folder = folder.with_resume(cfg, log=log)
+    resume = str(folder.resume) if folder.resume else None
+    out = folder.work  # where training writes; the run folder itself unless it is mirrored
+    mirror = Mirror(folder, cfg.keep_checkpoints, log=log, remount=remount) if folder.mirrored and main else None
+    if mirror is not None:
+        where = f"on {folder.fs_type or 'a remote file system'}" if not cfg.work_dir else "mirrored (--work-dir)"
+        log(
+            f"The run folder {folder.path} is {where}: training in {out} on local disk, copied there as it goes "
+            f"(checkpoints once verified, the rest every {mirror.interval:.0f} s)."
+        )
+        if folder.resume is not None and folder.resume.parent == folder.path:
+            mirror.seed_work_folder()  # a new machine: the run's files as the run folder holds them
+        if run_dir.state(out) == "finished" and cfg.resume_from_checkpoint == "auto":
+            return _finish_copy(folder, mirror, log)
+    try:
+        result = _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror)
+    except BaseException:
+        if mirror is not None:  # stopped or failed: what was saved still reaches the run folder
+            mirror.finish(wait_s=0)
+        raise
+    if mirror is not None:
+        result.update(_end_copy(folder, mirror, log))
+    return result
 
+
+def _finish_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
+    """A run that finished in its working folder while the run folder failed: copy it, train nothing."""
+    log(f"The run finished in {folder.work} but its copy to {folder.path} did not: copying it now.")
+    final = read_json(folder.work / FINAL_FILE) or {}
+    result = {
+        "baseline": read_json(folder.work / BASELINE_FILE) or {},
+        "final": final,
+        "output_dir": str(folder.path),
+        "global_step": final.get("global_step"),
+    }
+    return {**result, **_end_copy(folder, mirror, log)}
+
+
+def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
+    """The mirror's final copy, and what it says: the run folder complete (the working folder is then removed, when
+    it was chosen automatically), or why not (``copy_pending``)."""
+    from .mirror import behind_line
+
+    mirror.enqueue_missing_checkpoints()
+    if mirror.finish():
+        lag = f"; each checkpoint verified there {max(mirror.lags):.1f} s after its save at most" if mirror.lags else ""
+        log(f"Run folder {folder.path}: complete and verified{lag}.")
+        if folder.work == run_dir.work_folder(folder.path, None, folder.fs_type):
+            shutil.rmtree(folder.work, ignore_errors=True)  # ours, and a copy of what the run folder now holds
+        return {"copy_pending": None, "mirror": mirror.summary()}
+    return {"copy_pending": behind_line(mirror), "mirror": mirror.summary(), "work_dir": str(folder.work)}
+
+
+def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror) -> dict:
+    """The run itself: model, baseline, trainer, training, final model and validation, written to ``out``."""
+    main = procs.is_main_process
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {procs.num_processes}")
     memory_report(cfg, hardware, procs.num_processes, log=log)
 
@@ -755,13 +830,13 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: G
 
     if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
         model = model.merge_and_unload()
-    need = checked.need
+    need = folder.need
     if need is None:  # the model's shape was not known before loading it: check its disk need now
         from .memory import ModelShape
 
-        need = run_dir.check_drive_space(cfg, ModelShape.from_hf_config(model.config))  # ConfigError: cannot fit
+        need = run_dir.check_drive_space(cfg, folder, ModelShape.from_hf_config(model.config))  # ConfigError
     if need:
-        log(need.line(run_dir.on_drive(out)))
+        log(need.line(run_dir.on_drive(folder.path)))
     differs = run_dir.architecture_mismatch(resume, model.config.to_dict()) if resume else {}
     if differs:  # weights of another architecture cannot be loaded, with or without --ignore-mismatch
         what = ", ".join(f"{k} {a!r} there, {b!r} in --model {cfg.model}" for k, (a, b) in differs.items())
@@ -805,11 +880,16 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: G
             max_new_tokens=cfg.max_completion_length,
             model_name=cfg.model,
         )
-        if main:
-            write_json_atomic(out / BASELINE_FILE, baseline)
+    if main:
+        write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
     log = above_progress_bar(log)  # from here on, lines may be printed while the progress bar is up
+    if mirror is not None:
+        mirror.log = log
+        from .mirror import make_mirror_callback
+
+        callbacks = [make_mirror_callback(mirror), *callbacks]
     trainer, monitor = build_trainer(
         cfg,
         model,
@@ -848,7 +928,7 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: G
         num_samples=cfg.validation_samples,
         max_new_tokens=cfg.max_completion_length,
         baseline=baseline,
-        model_name=str(out),
+        model_name=str(folder.path),
     )
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
@@ -860,8 +940,13 @@ def _train(cfg, procs, hardware, checked, out, log, callbacks, baseline, stop: G
     if main:
         from .plots import save_run_report  # matplotlib: only once the run is done
 
-        log(f"Reward plot: {save_run_report(out)}")
-    return {"baseline": baseline, "final": final, "output_dir": str(out), "global_step": trainer.state.global_step}
+        log(f"Reward plot: {folder.path / Path(save_run_report(out)).name}")
+    return {
+        "baseline": baseline,
+        "final": final,
+        "output_dir": str(folder.path),
+        "global_step": trainer.state.global_step,
+    }
 
 
 def _quiet(*args, **kwargs):

@@ -1,0 +1,342 @@
+"""The run folder as a verified mirror of a working folder on local disk, for run folders that can fail.
+
+Google Drive on Colab is a FUSE mount: it can drop (``OSError: [Errno 107] Transport endpoint is not connected``),
+fail (EIO, ESTALE), fill its quota (EDQUOT, ENOSPC), turn read-only (EROFS) or lag, hours into a run. When
+``run_dir.check`` finds the run folder on such a file system (or ``--work-dir`` asks), training writes to a working
+folder on local disk and a ``Mirror`` copies it to the run folder from a background thread, so no training step
+waits on Drive and no Drive failure reaches the trainer:
+
+* a checkpoint once it is complete (``checkpoint_saved``, from the save callback): copied file by file into a hidden
+  ``.copying-checkpoint-N-*`` folder, each file hashed as it is read and read back from the run folder to compare,
+  then renamed to ``checkpoint-N``: a checkpoint in the run folder is always whole and verified;
+* the live files (reward history, completions, validations, health warnings, settings, plot, tracker logs) at most
+  every ``interval`` seconds, each through a temporary file renamed into place: no half file under its real name;
+* the run folder's own checkpoints rotated like the working folder's (``--keep-checkpoints``);
+* at the end (``finish``) everything, ``final_validation.json`` last, since its presence means "finished".
+
+When the run folder fails, the copy falls behind in one line (what failed, since which step) and catches up in one
+line when it answers again; training never stops for it. ``finish`` says whether the run folder got everything;
+when it did not, the caller prints the one line that names the complete local copy and the command that finishes
+the copy (``--resume-from-checkpoint auto`` on a run finished locally copies it, it trains nothing).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from . import run_dir
+from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir
+from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, LOCK_FILE, RunFolder
+
+INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
+RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
+# At the end, how long to wait for a failing run folder before saying where the run is (a Drive hiccup heals in
+# seconds; a lost mount does not come back by itself, and the user's command finishes the copy later).
+FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
+CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
+HASH = "sha256"
+
+
+class FolderFailed(Exception):
+    """The run folder's file system failed (``err``): the copy falls behind, training goes on."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err)
+        self.err = err
+
+    def reason(self) -> str:
+        name = errno.errorcode.get(self.err.errno or 0, "")
+        return f"{self.err.strerror or self.err}" + (f", {name}" if name else "")
+
+
+def _dst(call, *args):
+    """A call on the run folder's side: any OSError there is the run folder failing."""
+    try:
+        return call(*args)
+    except OSError as err:
+        raise FolderFailed(err) from err
+
+
+def copy_verified(src: Path, dst_dir: Path, name: str | None = None, durable: bool = False) -> str:
+    """Copy ``src`` into ``dst_dir`` (as ``name``) through a temporary file, read it back and compare hashes, then
+    rename it into place; returns the hash. ``FolderFailed`` when the destination fails; a mismatch is EIO.
+    ``FileNotFoundError`` when ``src`` is gone (rotated away meanwhile)."""
+    target = dst_dir / (name or src.name)
+    fd, tmp = _dst(create_temp_file, target)
+    try:
+        digest = hashlib.new(HASH)
+        with open(src, "rb") as fin:
+            with _dst(os.fdopen, fd, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    digest.update(chunk)
+                    _dst(fout.write, chunk)
+                _dst(fout.flush)
+                if durable:
+                    _dst(os.fsync, fout.fileno())
+        back = hashlib.new(HASH)
+        with _dst(open, tmp, "rb") as fh:
+            while chunk := _dst(fh.read, CHUNK):
+                back.update(chunk)
+        if back.hexdigest() != digest.hexdigest():
+            raise FolderFailed(OSError(errno.EIO, f"{target.name} read back differs from what was written"))
+        _dst(os.replace, tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return digest.hexdigest()
+
+
+class Mirror:
+    """Copies ``folder.work`` to ``folder.path`` from a background thread (see the module's docstring).
+
+    ``start()`` once training begins; ``checkpoint_saved(ckpt)`` after each save; ``at_step(step)`` at each step (the
+    step a failure is dated by); ``finish()`` at the end, in the main thread. ``log`` gets the falling-behind and
+    catching-up lines; ``remount`` (the notebook's Drive remount on Colab) is tried once before ``finish`` gives up.
+    """
+
+    def __init__(
+        self, folder: RunFolder, keep_checkpoints: int = 0, log=print, interval: float = INTERVAL_S, remount=None
+    ):
+        self.src, self.dst = folder.work, folder.path
+        self.keep, self.log, self.interval, self.remount = keep_checkpoints, log, interval, remount
+        self.copied: dict[str, tuple[int, int]] = {}  # file (relative) -> (size, mtime_ns) when last copied
+        self.pending: dict[Path, float] = {}  # checkpoints saved and not yet copied -> when they were saved
+        self.lags: list[float] = []  # seconds from a checkpoint's save to its verified copy
+        self.verified: set[str] = set()  # checkpoints this mirror copied and verified
+        self.step = 0
+        self.failing: tuple[FolderFailed, int] | None = None  # the failure and the step it began at
+        self.outages: list[dict] = []
+        self.bytes_copied = 0
+        self._mutex = threading.Lock()  # one pass at a time: the thread's, or finish's
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- what the trainer tells it ---
+
+    def start(self) -> Mirror:
+        try:
+            self.enqueue_missing_checkpoints()
+        except OSError:
+            pass  # the run folder failing already: the first pass says so
+        self._thread = threading.Thread(target=self._loop, name="musclebob-mirror", daemon=True)
+        self._thread.start()
+        return self
+
+    def checkpoint_saved(self, ckpt: str | Path) -> None:
+        self.pending[Path(ckpt)] = time.monotonic()
+        self._wake.set()
+
+    def at_step(self, step: int) -> None:
+        self.step = step
+
+    def seed_work_folder(self) -> None:
+        """The run folder's files (settings, history, completions, baseline ...), not its checkpoints, copied into
+        the working folder: a resume from a checkpoint in the run folder (a new machine, whose local disk started
+        empty, or one whose copy is further on) goes on from the files that go with it."""
+        for rel in sorted(p.name for p in self.dst.iterdir() if p.is_file()):
+            if rel != LOCK_FILE and not rel.endswith(TEMP_SUFFIX):
+                copy_verified(self.dst / rel, self.src)
+                st = (self.src / rel).stat()
+                self.copied[rel] = (st.st_size, st.st_mtime_ns)  # the run folder has it already
+
+    def enqueue_missing_checkpoints(self) -> None:
+        """The working folder's checkpoints the run folder lacks (a copy an earlier start could not make), queued."""
+        have = {c.name for c in run_dir.list_checkpoints(self.dst)} if self.dst.is_dir() else set()
+        for ckpt in run_dir.list_checkpoints(self.src):
+            if ckpt.name not in have and ckpt not in self.pending:
+                self.pending[ckpt] = time.monotonic()
+
+    # --- the copying ---
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(RETRY_S if self.failing else self.interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.sync()
+
+    def sync(self, final: bool = False) -> bool:
+        """One pass: pending checkpoints, changed files (``final``: everything, ``final_validation.json`` last),
+        rotation. True when the run folder is up to date."""
+        with self._mutex:
+            try:
+                for ckpt, saved_at in sorted(self.pending.items(), key=lambda kv: kv[1]):
+                    if self._copy_checkpoint(ckpt):
+                        self.lags.append(round(time.monotonic() - saved_at, 3))
+                    self.pending.pop(ckpt, None)
+                self._copy_files(final)
+                self._rotate()
+            except FolderFailed as failed:
+                if self.failing is None:
+                    self.failing = (failed, self.step)
+                    self.outages.append({"from_step": self.step, "reason": failed.reason()})
+                    self.log(
+                        f"The run folder {self.dst} cannot be written since step {self.step} ({failed.reason()}): "
+                        f"training goes on in {self.src}; the copy catches up once the folder answers again."
+                    )
+                return False
+            if self.failing is not None:
+                since = self.failing[1]
+                self.failing = None
+                self.outages[-1]["to_step"] = self.step
+                self.log(
+                    f"The run folder {self.dst} answers again: its copy caught up at step {self.step} "
+                    f"(behind since step {since})."
+                )
+            return True
+
+    def _copy_checkpoint(self, ckpt: Path) -> bool:
+        """Copy one checkpoint, verified, into place; False when it was rotated away before it could be."""
+        if not ckpt.is_dir():
+            return False
+        target = self.dst / ckpt.name
+        staging = _dst(make_temp_dir, self.dst, f"{COPYING_PREFIX}{ckpt.name}-")
+        try:
+            for src in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+                rel = src.relative_to(ckpt)
+                _dst((staging / rel.parent).mkdir, 0o777, True, True)
+                copy_verified(src, staging / rel.parent, durable=True)
+                self.bytes_copied += src.stat().st_size
+            if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes
+                _dst(os.rename, target, target.with_name(DELETING_PREFIX + target.name))
+                shutil.rmtree(target.with_name(DELETING_PREFIX + target.name), ignore_errors=True)
+            _dst(os.rename, staging, target)
+        except FileNotFoundError as err:
+            if err.filename and str(err.filename).startswith(str(self.src)):
+                shutil.rmtree(staging, ignore_errors=True)
+                return False  # rotated away in the working folder while copying: a newer one is pending
+            raise FolderFailed(err) from err
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.verified.add(ckpt.name)
+        return True
+
+    def _files(self) -> list[Path]:
+        """The working folder's files outside checkpoints (settings, history, completions, final model, tracker
+        logs), relative to it; not the temporaries, the lock or folders being deleted or copied."""
+        found = []
+        for root, dirs, files in os.walk(self.src):
+            rel_root = Path(root).relative_to(self.src)
+            if rel_root == Path("."):
+                dirs[:] = [
+                    d
+                    for d in dirs
+                    if not d.startswith((COPYING_PREFIX, DELETING_PREFIX, "."))
+                    and not run_dir._CHECKPOINT.match(d)
+                    and not d.startswith("checkpoint-")
+                ]
+            found += [
+                rel_root / f
+                for f in files
+                if not f.endswith(TEMP_SUFFIX) and f != LOCK_FILE and not f.startswith(".musclebob-write-test-")
+            ]
+        return sorted(found)
+
+    def _copy_files(self, final: bool) -> None:
+        files = self._files()
+        if final:  # its presence means "finished": only once everything else is there
+            files = [f for f in files if f != Path(FINAL_FILE)] + [f for f in files if f == Path(FINAL_FILE)]
+        else:
+            files = [f for f in files if f != Path(FINAL_FILE)]
+        for rel in files:
+            src = self.src / rel
+            try:
+                st = src.stat()
+            except FileNotFoundError:
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            if self.copied.get(str(rel)) == key:
+                continue
+            _dst((self.dst / rel.parent).mkdir, 0o777, True, True)
+            try:
+                copy_verified(src, self.dst / rel.parent, durable=final)
+            except FileNotFoundError as err:
+                if err.filename and str(err.filename).startswith(str(self.src)):
+                    continue  # replaced meanwhile (a rename into place): the next pass copies the new one
+                raise FolderFailed(err) from err
+            self.copied[str(rel)] = key
+            self.bytes_copied += st.st_size
+
+    def _rotate(self) -> None:
+        """The run folder keeps the ``keep`` newest checkpoints, once its newest is one this mirror verified."""
+        ckpts = _dst(run_dir.list_checkpoints, self.dst)
+        if self.keep <= 0 or len(ckpts) <= self.keep or ckpts[-1].name not in self.verified:
+            return
+        for old in ckpts[: -self.keep]:
+            doomed = old.with_name(DELETING_PREFIX + old.name)
+            _dst(os.rename, old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    # --- the end ---
+
+    def finish(self, wait_s: float = FINAL_WAIT_S) -> bool:
+        """Stop the thread and copy everything; retried for ``wait_s`` (and after ``remount``, once) while the run
+        folder fails. True when the run folder holds the whole run, verified."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        deadline = time.monotonic() + wait_s
+        remounted = False
+        while True:
+            if self.sync(final=True):
+                return True
+            if not remounted and self.remount is not None:
+                remounted = True
+                try:
+                    self.remount()
+                except Exception as err:  # noqa: BLE001 - a remount that fails changes nothing: say so, go on
+                    self.log(f"Remounting Google Drive failed ({err}).")
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(RETRY_S, max(0.1, deadline - time.monotonic())))
+
+    def summary(self) -> dict:
+        return {
+            "run_folder": str(self.dst),
+            "work_folder": str(self.src),
+            "checkpoints_copied": sorted(self.verified, key=lambda n: int(n.split("-")[1])),
+            "checkpoint_lag_s": self.lags,
+            "bytes_copied": self.bytes_copied,
+            "outages": self.outages,
+            "caught_up": self.failing is None,
+        }
+
+
+def behind_line(mirror: Mirror) -> str:
+    """Why the run folder is not complete, for the line that says where the run is."""
+    failed, since = mirror.failing if mirror.failing else (None, mirror.step)
+    return f"it cannot be written ({failed.reason() if failed else 'unknown'}) since step {since}"
+
+
+def make_mirror_callback(mirror: Mirror):
+    """The trainer's side of the mirror: the step a failure is dated by, and each checkpoint once saved (this
+    callback comes after the save callback that writes the checkpoint's manifest)."""
+    from transformers import TrainerCallback
+
+    class MirrorCheckpoints(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            mirror.at_step(state.global_step)
+            if state.is_world_process_zero:
+                mirror.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            mirror.at_step(state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                mirror.checkpoint_saved(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return MirrorCheckpoints()
