@@ -728,7 +728,8 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.max_steps = state.max_steps
-            self.files = Path(args.output_dir)  # where the run writes: its working folder when Drive is mirrored
+            if getattr(args, "output_dir", None):  # where the run writes: its working folder when Drive is mirrored
+                self.files = Path(args.output_dir)
             self.history = [e for e in load_history(self.files) if e["step"] <= state.global_step]
             self._draw(state.global_step, force=True)
 

@@ -5,6 +5,7 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,8 @@ TINY_RUN_ARGS = [
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The working folders of mirrored runs (run folders on FUSE, see musclebob_helpers/mirror.py): never the user's cache.
+os.environ.setdefault("MUSCLEBOB_WORK_ROOT", os.path.join(tempfile.gettempdir(), f"musclebob-test-work-{os.getpid()}"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -170,7 +170,7 @@ def recorded_training(monkeypatch):
     monkeypatch.setattr(
         training,
         "run_training",
-        lambda cfg, log=print, callbacks=(), baseline=None: seen.append(cfg) or {"global_step": 1},
+        lambda cfg, log=print, callbacks=(), baseline=None, remount=None: seen.append(cfg) or {"global_step": 1},
     )
     return seen
 
@@ -215,8 +215,12 @@ def test_finished_run_needs_overwrite(tmp_path, recorded_training):
     with pytest.raises(nb.NotebookStop, match="already holds a finished run"):
         nb.train(TrainConfig(model="tiny", output_dir=str(run)), live=False, log=quiet)
     nb.train(TrainConfig(model="tiny", output_dir=str(run), overwrite=True), live=False, log=quiet)
-    assert not list(run.glob("checkpoint-*")) and not (run / "reward_history.json").exists()  # no stale resume
     assert recorded_training[-1].overwrite and recorded_training[-1].resume_from_checkpoint is None
+    # run_training (CLI and notebook alike) removes the old run's checkpoints and results once it holds the lock
+    from musclebob_helpers import run_dir, training
+
+    training._prepare_folders(recorded_training[-1], run_dir.check(recorded_training[-1]), quiet)
+    assert not list(run.glob("checkpoint-*")) and not (run / "reward_history.json").exists()  # no stale resume
 
 
 def test_nothing_to_resume_says_so(tmp_path, recorded_training):

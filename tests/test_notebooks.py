@@ -771,8 +771,11 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
         (run_dir / f"checkpoint-{step}").mkdir()
     seen = {}
 
-    def fake_run_training(cfg, log=print, callbacks=(), baseline=None):
-        seen["cfg"], seen["checkpoint"] = cfg, run_folder.find_resume_checkpoint(cfg, log=lambda *a: None)
+    def fake_run_training(cfg, log=print, callbacks=(), baseline=None, remount=None):
+        path = Path(cfg.output_dir)
+        folder = run_folder.RunFolder(cfg.output_dir, path, run_folder.work_folder(path), "unfinished", None)
+        seen["cfg"], seen["checkpoint"] = cfg, run_folder.find_resume_checkpoint(folder, cfg, log=lambda *a: None)
+        seen["mirrored"], seen["remount"] = folder.mirrored, remount
         return {"global_step": 0}
 
     # The folders above stand in for real checkpoints: count them as intact (tests/test_faults.py checks that part).
@@ -781,6 +784,7 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
     nb.resume_training(run_dir, live=False, log=lambda *a: None)
     assert seen["cfg"].output_dir == str(run_dir) and seen["cfg"].epochs == 3  # the run's own settings
     assert seen["checkpoint"] == str(run_dir / "checkpoint-12")
+    assert seen["mirrored"] and seen["remount"] is colab.remount_drive  # Drive: trained locally, mirrored there
 
 
 def make_run(run_dir: Path, state: str, age: float) -> Path:

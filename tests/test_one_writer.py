@@ -179,7 +179,7 @@ def test_run_training_refuses_a_held_folder_before_touching_it(tmp_path):
             run_training(cfg, log=lambda *a: None)  # refused by the start-up check
         # the race: both runs passed the check, the lock decides (and the loser deletes nothing)
         with pytest.raises(ConfigError, match="another run is writing"):
-            run_training(cfg, log=lambda *a: None, checked=run_dir.RunCheck(state="new", need=None))
+            run_training(cfg, log=lambda *a: None, checked=run_dir.RunFolder(str(out), out, out, "new", None))
         assert snapshot(out) == before
     finally:
         lock.release()
