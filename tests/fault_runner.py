@@ -27,6 +27,12 @@ or sends the process a signal, as a user pressing Ctrl-C does:
 
 * ``interrupt-twice:N`` - SIGINT as step N begins, and again while it generates its completions
 
+or makes the run folder's file system fail, as Google Drive does (``tools/faultfs.py``, a FUSE mount):
+
+* ``drive:N``           - as each step N of the schedule in ``$MUSCLEBOB_FAULTFS_SCHEDULE`` (JSON ``{"N": settings}``)
+  begins, its settings are written to the faultfs control file ``$MUSCLEBOB_FAULTFS_CONTROL`` (N in the point
+  itself is the first step of the schedule, for the usage line)
+
 or waits for one, so a test's signal lands at a known step however loaded the machine is:
 
 * ``wait-for-signal:N`` - once step N is logged, print a line saying so on stdout and wait (up to 10 min) until
@@ -59,6 +65,7 @@ POINTS = (
     "interrupt-twice",
     "wait-for-signal",
     "fill-disk",
+    "drive",
 )
 BALLAST = "ballast"  # fill-disk's file, next to the output folder: deleting it frees the space
 TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"  # torch 2.x, a full disk
@@ -187,6 +194,17 @@ def fault_callback(point: str, step: int):
 
                 model.register_forward_pre_hook(hook)
 
+            if point == "drive":
+                settings = DRIVE_SCHEDULE.get(str(state.global_step + 1))
+                if settings is not None:
+                    import json
+
+                    control = Path(os.environ["MUSCLEBOB_FAULTFS_CONTROL"])
+                    tmp = control.with_name(control.name + ".next")
+                    tmp.write_text(json.dumps(settings))
+                    os.rename(tmp, control)  # whole, as FaultFS.set writes it
+                    print(f"{MARKER} drive {settings} as step {state.global_step + 1} begins", file=sys.stderr)
+
             if point == "fill-disk" and state.global_step == step - 1:
                 ballast = Path(args.output_dir).parent / BALLAST
                 free = os.statvfs(ballast.parent).f_bavail * os.statvfs(ballast.parent).f_frsize
@@ -207,6 +225,7 @@ def fault_callback(point: str, step: int):
 
 
 WAITING = f"{MARKER} waiting for a signal"
+DRIVE_SCHEDULE = __import__("json").loads(os.environ.get("MUSCLEBOB_FAULTFS_SCHEDULE") or "{}")
 SIGNALLED = threading.Event()  # set once the run's signal handler (training.GracefulStop) has run
 
 
