@@ -234,6 +234,10 @@ def make_operations(backing: str, control: str, stats: str):
         # -- configuration --
 
         def init_with_config(self, conn_info, config):
+            if conn_info is not None:
+                # Plain READDIR: with READDIRPLUS libfuse stats every entry, so a listing would fail as soon as one
+                # entry matches ``paths``, and pay a getattr per entry that the zero timeouts throw away anyway.
+                conn_info.want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO)
             if config is not None:
                 # No kernel caching of attributes or names: a fault set now shows on the very next stat.
                 config.entry_timeout = config.negative_timeout = config.attr_timeout = 0.0
@@ -257,13 +261,16 @@ def make_operations(backing: str, control: str, stats: str):
 
         def opendir(self, path):
             self.guard("opendir", path)
-            return os.open(self.full(path), os.O_RDONLY | os.O_DIRECTORY)  # readdir comes without a path
+            fd = os.open(self.full(path), os.O_RDONLY | os.O_DIRECTORY)  # readdir comes without a path
+            self.handle_paths[fd] = path
+            return fd
 
         def readdir(self, path, fh):
-            self.guard("readdir", path)
+            self.guard("readdir", path if path is not None else self.handle_paths.get(fh))
             return [".", "..", *os.listdir(fh)]
 
         def releasedir(self, path, fh):
+            self.handle_paths.pop(fh, None)
             os.close(fh)
 
         def readlink(self, path):
@@ -392,6 +399,7 @@ def make_operations(backing: str, control: str, stats: str):
     return FaultOps()
 
 
+FUSE_CAP_READDIRPLUS, FUSE_CAP_READDIRPLUS_AUTO = 1 << 13, 1 << 14  # fuse_common.h
 UTIME_SPECIAL = {(1 << 30) - 1: "now", (1 << 30) - 2: "omit"}  # utimensat's UTIME_NOW, UTIME_OMIT (Linux)
 
 
@@ -553,13 +561,18 @@ class FaultFS:
         alive = self.process is not None and self.process.poll() is None
         if alive:
             self.heal()
+        lazily = False
         if self.mounted():
             if subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True).returncode:
+                lazily = True  # busy: detached now, but the server would serve the open files until they close
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
         if self.mounted():  # fusermount3 refused (not ours, or missing): the kernel's lazy unmount
+            lazily = True
             subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
         if self.process is not None:
-            for stop in (None, signal.SIGTERM, signal.SIGKILL):
+            # After a clean unmount the server ends by itself; after a lazy one SIGTERM ends it at once (what is
+            # still open there then fails with ENOTCONN, like a Drive gone).
+            for stop in ((signal.SIGTERM,) if lazily else (None, signal.SIGTERM)) + (signal.SIGKILL,):
                 if stop is not None and self.process.poll() is None:
                     self.process.send_signal(stop)
                 try:
