@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import ROOT
-from tools.faultfs import FSNAME, damage_inside, fuse_missing, mounted_fstype
+from conftest import ROOT, need_fuse
+from tools.faultfs import FSNAME, damage_inside, mounted_fstype
 
 MB = 1_000_000
 
@@ -225,6 +225,24 @@ def test_unmount_after_the_server_is_killed(faultfs, tmp_path):
     assert (faultfs.backing / "x").read_text() == "x"
 
 
+def test_no_mount_outlives_a_killed_test_process(tmp_path):
+    """A test process killed outright never runs its unmount: the server sees its parent gone and unmounts."""
+    need_fuse()
+    starter = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tools.faultfs import FaultFS
+FaultFS({str(tmp_path / "backing")!r}, {str(tmp_path / "drive")!r}).start()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    assert subprocess.run([sys.executable, "-c", starter], timeout=60).returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while mounted_fstype(tmp_path / "drive") is not None:
+        assert time.monotonic() < deadline, "still mounted"
+        time.sleep(0.1)
+    assert os.listdir(tmp_path / "drive") == []
+
+
 def test_unmount_while_failing_and_busy(faultfs):
     """Unmount copes with a mount that fails every call and has a file open (the lazy unmount, then SIGTERM)."""
     held = open(faultfs.mountpoint / "held.txt", "w")
@@ -237,8 +255,7 @@ def test_unmount_while_failing_and_busy(faultfs):
 
 def test_cli_runs_until_sigterm(tmp_path):
     """The command in the module docstring: foreground until SIGTERM, then unmounted."""
-    if fuse_missing():
-        pytest.skip(fuse_missing())
+    need_fuse()
     (tmp_path / "backing").mkdir()
     (tmp_path / "drive").mkdir()
     command = [sys.executable, str(ROOT / "tools" / "faultfs.py"), "backing", "drive", "--control", "control.json"]
