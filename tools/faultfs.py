@@ -7,7 +7,8 @@
 Everything under MOUNTPOINT is BACKING's, read and written through real file descriptors on BACKING's files. The
 mount shows in /proc/mounts as ``faultfs MOUNTPOINT fuse.faultfs``, a FUSE mount like Colab's Drive
 (``drive /content/drive fuse.drive``). What goes wrong is set live in the JSON control FILE (keep it outside the
-mount), re-read whenever it changes (one stat of it per operation, about a microsecond):
+mount), re-read whenever it changes (checked by a stat of it per operation: ~5 us, against the ~350 us a stat
+through the mount costs here):
 
     {"fail": "none", "errno": 107, "latency_ms": 0, "write_mbps": 0, "fail_after_bytes": null, "paths": []}
 
@@ -31,7 +32,10 @@ written as each happens (current when the call that met the fault returns); ``by
 Kernel caches are off (attribute, entry and negative timeouts 0), so a fault shows at once; reads of a file
 already open may still come from the page cache. Locks (flock, fcntl) are the kernel's local ones: faultfs
 implements no lock operation, as a FUSE file system that does not is handled. Unlinking an open file removes it
-at once (``hard_remove``: no ``.fuse_hidden`` files left to block an rmtree).
+at once (``hard_remove``: no ``.fuse_hidden`` files left to block an rmtree). Release (the last close, which the
+kernel sends after close() returned) never fails: its result is ignored anyway, and the backing fd must close.
+rename's flags (RENAME_NOREPLACE, RENAME_EXCHANGE) are dropped by mfusepy 3.1: a plain rename is done. Unthrottled
+it writes ~200 MB/s here (2 shared cores).
 
 From Python (tests, benchmarks)::
 
