@@ -101,3 +101,32 @@ def _train_default(out: Path) -> int:
     shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
     (out.parent / "console.txt").write_text(console.getvalue() + "".join(shown))
     return code
+
+
+def need_fuse() -> None:
+    """Skip unless a faultfs (tools/faultfs.py) can be mounted here (/dev/fuse, fusermount3, mfusepy); under
+    MUSCLEBOB_REQUIRE_FUSE=1 (CI) fail instead: there a missing FUSE is a broken machine, not a reason to test less."""
+    from tools.faultfs import fuse_missing
+
+    why = fuse_missing()
+    if why:
+        (pytest.fail if os.environ.get("MUSCLEBOB_REQUIRE_FUSE") == "1" else pytest.skip)(f"faultfs needs FUSE: {why}")
+
+
+@pytest.fixture
+def faultfs(tmp_path):
+    """A mounted faultfs (tools/faultfs.py), a FUSE pass-through that fails or slows on demand, the stand-in for a
+    Google Drive mount: ``tmp_path/backing`` shown at ``tmp_path/drive``, unmounted afterwards whatever happened.
+    Skipped where FUSE is missing, failed instead under MUSCLEBOB_REQUIRE_FUSE=1 (see need_fuse)."""
+    from tools.faultfs import FaultFS
+
+    need_fuse()
+    fs = FaultFS(tmp_path / "backing", tmp_path / "drive")
+    try:
+        fs.start()
+    except RuntimeError as e:  # e.g. a container without the right to mount
+        (pytest.fail if os.environ.get("MUSCLEBOB_REQUIRE_FUSE") == "1" else pytest.skip)(f"cannot mount: {e}")
+    try:
+        yield fs
+    finally:
+        fs.unmount()
