@@ -116,6 +116,7 @@ class Mirror:
         self.failing: tuple[FolderFailed, int] | None = None  # the failure and the step it began at
         self.outages: list[dict] = []
         self.bytes_copied = 0
+        self.missing_checked = False
         self._mutex = threading.Lock()  # one pass at a time: the thread's, or finish's
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -124,10 +125,6 @@ class Mirror:
     # --- what the trainer tells it ---
 
     def start(self) -> Mirror:
-        try:
-            self.enqueue_missing_checkpoints()
-        except OSError:
-            pass  # the run folder failing already: the first pass says so
         self._thread = threading.Thread(target=self._loop, name="musclebob-mirror", daemon=True)
         self._thread.start()
         return self
@@ -149,9 +146,11 @@ class Mirror:
                 st = (self.src / rel).stat()
                 self.copied[rel] = (st.st_size, st.st_mtime_ns)  # the run folder has it already
 
-    def enqueue_missing_checkpoints(self) -> None:
-        """The working folder's checkpoints the run folder lacks (a copy an earlier start could not make), queued."""
-        have = {c.name for c in run_dir.list_checkpoints(self.dst)} if self.dst.is_dir() else set()
+    def _enqueue_missing_checkpoints(self) -> None:
+        """The working folder's checkpoints the run folder lacks (a copy an earlier start could not make), queued:
+        once, in the first pass that reaches the run folder."""
+        have = {c.name for c in _dst(run_dir.list_checkpoints, self.dst)}
+        self.missing_checked = True
         for ckpt in run_dir.list_checkpoints(self.src):
             if ckpt.name not in have and ckpt not in self.pending:
                 self.pending[ckpt] = time.monotonic()
@@ -170,6 +169,8 @@ class Mirror:
         rotation. True when the run folder is up to date."""
         with self._mutex:
             try:
+                if not self.missing_checked:
+                    self._enqueue_missing_checkpoints()
                 for ckpt, saved_at in sorted(self.pending.items(), key=lambda kv: kv[1]):
                     if self._copy_checkpoint(ckpt):
                         self.lags.append(round(time.monotonic() - saved_at, 3))

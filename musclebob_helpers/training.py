@@ -801,7 +801,6 @@ def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     it was chosen automatically), or why not (``copy_pending``)."""
     from .mirror import behind_line
 
-    mirror.enqueue_missing_checkpoints()
     if mirror.finish():
         lag = f"; each checkpoint verified there {max(mirror.lags):.1f} s after its save at most" if mirror.lags else ""
         log(f"Run folder {folder.path}: complete and verified{lag}.")
