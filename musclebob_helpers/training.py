@@ -524,8 +524,8 @@ def build_trainer(
             completions,
             monitor,
             checks,
-            *([make_adapter_callback(cfg.model)] if cfg.lora else []),
-            run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
+            *([make_adapter_callback(cfg.model)] if cfg.lora else []),  # edits adapter_config.json: before the manifest
+            run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
             *callbacks,
         ],
     )
