@@ -725,10 +725,10 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
     if not drive:
         free += sum(folder_bytes(c) for c in list_checkpoints(out))
     wanted = need.need(drive)
-    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
+    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the checkpoints still to come
         ckpts = list_checkpoints(out)
-        done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0
-        wanted -= min(done, need.checkpoints_saved) * need.checkpoint
+        done = int(ckpts[-1].name.split("-")[1]) if ckpts else 0
+        wanted -= sum(1 for step in need.saved_at if step <= done) * need.checkpoint
     if wanted * DRIVE_MARGIN <= free:
         return None
     tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
@@ -736,6 +736,8 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
         tips.append("train a LoRA adapter (--lora / lora = True: ~0.1 GB a checkpoint for a 0.5B model)")
     if drive:
         tips.append("fewer --epochs (one checkpoint each)")
+    if drive and cfg.save_steps:
+        tips.append("a larger --save-steps (or 0: saves at epoch ends only)")
     elif cfg.keep_checkpoints != 1:
         tips.append("keep fewer checkpoints (--keep-checkpoints 1)")
     tips.append("or another --output-dir")
@@ -746,6 +748,7 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None) -> str | None:
         else f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
         "at once + the final model"
     )
+    how += f"; {need.uncounted}" if need.uncounted else ""
     return (
         f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
         + ", ".join(tips)
