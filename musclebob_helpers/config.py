@@ -45,6 +45,7 @@ TINY_DEFAULTS = dict(
     lr_scheduler="cosine",
     max_completion_length=32,
     gradient_checkpointing=False,
+    save_minutes=0,  # a run of a minute or two: its epoch checkpoints are enough
 )
 # A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
 # after Schulman et al. 2025): 5e-4 for the 0.5B model; the tiny model learns with 5e-3 (benchmarks/bench_lora.py).
@@ -157,6 +158,12 @@ class TrainConfig:
         "checkpoints kept: the newest and the ones before it (2: the newest + one fallback); "
         "older ones are deleted once a newer one is complete; 0 keeps every one",
         default=2,
+    )
+    save_steps: int = _opt("also save a checkpoint every N optimizer steps (0: only at each epoch's end)", default=0)
+    save_minutes: float = _opt(
+        "also save a checkpoint once M minutes have passed since the last one (0: off), so a Colab runtime reset "
+        "loses at most about M minutes; 0 for the tiny model",
+        default=10.0,
     )
     resume_from_checkpoint: str | None = _opt(
         "'auto' (newest checkpoint in --output-dir) or a checkpoint path", default=None
@@ -407,6 +414,9 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if cfg.seed > MAX_SEED:
         raise ConfigError("seed", cfg.seed, f"a whole number from 0 to {MAX_SEED} (numpy's limit)")
     need_int("keep_checkpoints", 0, "a whole number >= 0 (1: only the newest; 2: + one fallback; 0: keep all)")
+    need_int("save_steps", 0, "a whole number of steps >= 0 (0: only at each epoch's end)")
+    if not _is_number(cfg.save_minutes) or cfg.save_minutes < 0:
+        raise ConfigError("save_minutes", cfg.save_minutes, "a number of minutes >= 0 (0: off)")
     if not _is_path(cfg.output_dir):
         raise ConfigError("output_dir", cfg.output_dir, "a folder path")
     if cfg.work_dir is not None and not _is_path(cfg.work_dir):

@@ -333,7 +333,7 @@ TOKENIZER_FILES = (
 # training_args.bin (7.6 KB from GRPOConfig), scheduler.pt, config or adapter config, the model card: ~34 KB a
 # checkpoint (~12 KB with the final model); each logged GRPO step adds ~1.2 KB to trainer_state.json; each
 # tensor costs ~850 B in optimizer.pt (zip entries for exp_avg, exp_avg_sq, step) and ~130 B of safetensors header.
-CHECKPOINT_SMALL_FILES_BYTES = 34_000
+CHECKPOINT_SMALL_FILES_BYTES = 34_000 + 1_600  # + its manifest (run_dir.MANIFEST_FILE: ~130 B a file, 12 files)
 FINAL_SMALL_FILES_BYTES = 12_000
 STATE_BYTES_PER_STEP = 1_200
 OPTIMIZER_BYTES_PER_TENSOR = 850
@@ -365,11 +365,23 @@ class DriveNeed:
 
     checkpoint: int  # one checkpoint-N folder (the largest, the last one)
     final: int  # what the output folder's root gets at the end (model or adapter, + merged model)
-    checkpoints_saved: int  # one per epoch
+    checkpoints_saved: int  # one per epoch, and one every --save-steps steps (--save-minutes' are not counted)
     checkpoints_kept: int  # after rotation (keep_checkpoints; every one when 0)
     peak: int  # the most the run folder ever holds
     written: int  # everything the run writes, deleted checkpoints included (Drive's trash)
     lora: bool
+    saved_at: tuple[int, ...] = ()  # the steps a checkpoint is saved at (by epoch and by --save-steps)
+    save_minutes: float = 0.0  # --save-minutes: its checkpoints are not counted (the run time is not known)
+
+    @property
+    def uncounted(self) -> str:
+        """What the figures leave out, for the messages ('' when nothing)."""
+        if not self.save_minutes:
+            return ""
+        return (
+            f"not counted: one more checkpoint per {self.save_minutes:g} minutes of training (--save-minutes), "
+            "since a run's duration is not known before it runs"
+        )
 
     def need(self, on_drive: bool) -> int:
         return self.written if on_drive else self.peak
@@ -386,7 +398,7 @@ class DriveNeed:
             text += (
                 f"; {self.written / GB:.2f} GB of Google Drive quota, since deleted checkpoints stay in Drive's trash"
             )
-        return text + "."
+        return text + (f"; {self.uncounted}." if self.uncounted else ".")
 
 
 def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = None) -> DriveNeed | None:
@@ -410,20 +422,22 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         trainable, tensors = shape.params, shape.tensors
     weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
     optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
-    steps = steps_per_epoch(cfg) * cfg.epochs
+    per_epoch = steps_per_epoch(cfg)
+    steps = per_epoch * cfg.epochs
     checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
     final = weights + tok + FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
         final += shape.params * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
-    saved = cfg.epochs
+    every = getattr(cfg, "save_steps", 0)
+    saved_at = sorted({*range(per_epoch, steps + 1, per_epoch), *(range(every, steps + 1, every) if every else ())})
+    saved = len(saved_at)
     keep = getattr(cfg, "keep_checkpoints", 0)
     kept = min(saved, keep) if keep > 0 else saved
     peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
-    # trainer_state.json grows with the steps: checkpoint e holds e epochs' log lines.
-    state_per_epoch = STATE_BYTES_PER_STEP * steps_per_epoch(cfg)
+    # trainer_state.json grows with the steps: the checkpoint of step s holds s steps' log lines.
     written = (
-        saved * (checkpoint - state_per_epoch * saved)
-        + state_per_epoch * saved * (saved + 1) // 2
+        saved * (checkpoint - STATE_BYTES_PER_STEP * steps)
+        + STATE_BYTES_PER_STEP * sum(saved_at)
         + final
         + RUN_ARTIFACTS_BYTES
     )
@@ -435,4 +449,6 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         peak=int(peak),
         written=int(written),
         lora=bool(cfg.lora),
+        saved_at=tuple(saved_at),
+        save_minutes=getattr(cfg, "save_minutes", 0) or 0.0,
     )

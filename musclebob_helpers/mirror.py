@@ -32,7 +32,8 @@ from pathlib import Path
 
 from . import run_dir
 from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir
-from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, LOCK_FILE, RunFolder
+from .io import read_json
+from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_HASH, RunFolder
 
 INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
 RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
@@ -40,7 +41,7 @@ RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run
 # seconds; a lost mount does not come back by itself, and the user's command finishes the copy later).
 FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
 CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
-HASH = "sha256"
+HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
 
 
 class FolderFailed(Exception):
@@ -65,22 +66,26 @@ def _dst(call, *args):
 
 def copy_verified(src: Path, dst_dir: Path, name: str | None = None, durable: bool = False) -> str:
     """Copy ``src`` into ``dst_dir`` (as ``name``) through a temporary file, read it back and compare hashes, then
-    rename it into place; returns the hash. ``FolderFailed`` when the destination fails; a mismatch is EIO.
-    ``FileNotFoundError`` when ``src`` is gone (rotated away meanwhile)."""
+    rename it into place; returns the hash. ``FolderFailed`` when the destination fails (closing included: a FUSE
+    file system may report a failed upload only then); a mismatch is EIO. ``FileNotFoundError`` when ``src`` is
+    gone (rotated away meanwhile)."""
     target = dst_dir / (name or src.name)
     fd, tmp = _dst(create_temp_file, target)
     try:
         digest = hashlib.new(HASH)
-        with open(src, "rb") as fin:
-            with _dst(os.fdopen, fd, "wb") as fout:
+        try:
+            with open(src, "rb") as fin:
                 while chunk := fin.read(CHUNK):
                     digest.update(chunk)
-                    _dst(fout.write, chunk)
-                _dst(fout.flush)
-                if durable:
-                    _dst(os.fsync, fout.fileno())
+                    view = memoryview(chunk)
+                    while view:  # unbuffered: every write's failure is seen here, none is left to a buffer's close
+                        view = view[_dst(os.write, fd, view) :]
+            if durable:
+                _dst(os.fsync, fd)
+        finally:
+            _dst(os.close, fd)
         back = hashlib.new(HASH)
-        with _dst(open, tmp, "rb") as fh:
+        with _dst(open, tmp, "rb", 0) as fh:
             while chunk := _dst(fh.read, CHUNK):
                 back.update(chunk)
         if back.hexdigest() != digest.hexdigest():
@@ -162,7 +167,10 @@ class Mirror:
             self._wake.wait(RETRY_S if self.failing else self.interval)
             self._wake.clear()
             if not self._stop.is_set():
-                self.sync()
+                try:
+                    self.sync()
+                except Exception as err:  # noqa: BLE001 - the thread must live on: training goes on regardless
+                    self.log(f"Copying to the run folder {self.dst} failed ({type(err).__name__}: {err}); retrying.")
 
     def sync(self, final: bool = False) -> bool:
         """One pass: pending checkpoints, changed files (``final``: everything, ``final_validation.json`` last),
@@ -177,7 +185,8 @@ class Mirror:
                     self.pending.pop(ckpt, None)
                 self._copy_files(final)
                 self._rotate()
-            except FolderFailed as failed:
+            except (FolderFailed, OSError) as err:  # an OSError here: the local side (say, a file unreadable)
+                failed = err if isinstance(err, FolderFailed) else FolderFailed(err)
                 if self.failing is None:
                     self.failing = (failed, self.step)
                     self.outages.append({"from_step": self.step, "reason": failed.reason()})
@@ -201,12 +210,18 @@ class Mirror:
         if not ckpt.is_dir():
             return False
         target = self.dst / ckpt.name
+        manifest = (read_json(ckpt / MANIFEST_FILE) or {}).get("files") or {}
         staging = _dst(make_temp_dir, self.dst, f"{COPYING_PREFIX}{ckpt.name}-")
         try:
             for src in sorted(p for p in ckpt.rglob("*") if p.is_file()):
                 rel = src.relative_to(ckpt)
                 _dst((staging / rel.parent).mkdir, 0o777, True, True)
-                copy_verified(src, staging / rel.parent, durable=True)
+                digest = copy_verified(src, staging / rel.parent, durable=True)
+                listed = manifest.get(rel.as_posix(), {}).get(HASH)
+                if listed is not None and listed != digest:  # damaged on local disk since its save: not spread
+                    self.log(f"{ckpt} does not match its manifest ({rel} differs): not copied to {self.dst}.")
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return False
                 self.bytes_copied += src.stat().st_size
             if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes
                 _dst(os.rename, target, target.with_name(DELETING_PREFIX + target.name))

@@ -24,8 +24,11 @@ answers:
   (full model, shards or a LoRA adapter), every safetensors header is readable and the file is exactly as long
   as its header says; ``config.json`` / ``adapter_config.json`` parse; ``optimizer.pt``, ``scheduler.pt`` and
   the RNG state open with ``torch.load`` (memory-mapped, so a multi-GB optimizer costs no RAM: a cut-short zip
-  has no central directory and fails at once). ``select_checkpoint`` walks from the newest checkpoint back to
-  the newest intact one; damaged ones are renamed ``checkpoint-N.damaged`` (moved aside, never deleted);
+  has no central directory and fails at once); and every file matches the checkpoint's manifest
+  (``MANIFEST_FILE``: each file's size and SHA-256, written last at each save by ``make_save_callback``), which
+  catches what the structure cannot: bytes changed inside a file of the right length. ``select_checkpoint`` walks
+  from the newest checkpoint back to the newest intact one; damaged ones are renamed ``checkpoint-N.damaged``
+  (moved aside, never deleted);
 * checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact;
 * one writer per folder (``writer_lock``): the run holds ``.musclebob.lock`` from before it writes anything to its
   end, and a second run on the folder is refused in one line naming the holder (see ``RunLock`` for the rule);
@@ -54,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, TrainConfig, as_typed, config_from_dict, steps_per_epoch
-from .io import TEMP_GLOB, give_umask_mode, owner_gone, owner_record, read_json
+from .io import TEMP_GLOB, give_umask_mode, owner_gone, owner_record, read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from .memory import DriveNeed
@@ -70,6 +73,7 @@ WARNINGS_FILE = "health_warnings.json"  # live health warnings
 COMPLETIONS_FILE = "completions.jsonl"  # a few sampled completions per step, with their rewards
 REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its components, before vs after
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
+MANIFEST_FILE = "musclebob_manifest.json"  # in each checkpoint-N: every file's size and hash, written last
 DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
 COPYING_PREFIX = ".copying-"  # a checkpoint being copied into the run folder (mirror.py): renamed once verified
@@ -351,7 +355,8 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
         problem = torch_file_problem(path)
         if problem:
             problems.append(problem)
-    return problems
+    named = {p.split(" ", 1)[0] for p in problems}  # a file the structure already named is not named twice
+    return problems + [p for p in manifest_problems(ckpt) if p.split(" ", 1)[0] not in named]
 
 
 def is_intact(ckpt: str | Path) -> bool:
@@ -390,7 +395,7 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
             log(f"Checkpoint {ckpt} cannot be read ({err.strerror or err}); trying the one before it.")
             continue
         if not problems:
-            log(f"Resuming from {ckpt}")
+            log(f"Resuming from {ckpt}" + ("" if (ckpt / MANIFEST_FILE).is_file() else UNVERIFIED))
             return str(ckpt)
         try:
             moved = set_aside(ckpt).name
@@ -404,6 +409,93 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
         f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
     )
     return None
+
+
+# --- checkpoint manifests: every file's size and hash ----------------------------------------------------
+#
+# The structural checks above catch a save cut short; they cannot see bytes changed inside a file whose length is
+# intact (a bad disk block, a sync client's conflict copy written over it, a half-applied Drive revision), where
+# the resume dies deep in sampling ("probability tensor contains either inf, nan"). So each save ends with a
+# manifest of every file in the checkpoint, and a resume compares them.
+#
+# A checkpoint without a manifest (saved by a version before manifests, or killed between trainer_state.json and
+# its manifest: everything else was written) passes on the structural checks alone, as before, and the resume line
+# says it is unverified: old runs stay resumable. Files added after the save (a leftover temporary file, a sync
+# client's own) are not damage: the resume reads only what the save wrote, and those are all listed.
+
+MANIFEST_HASH = "sha256"  # benchmarks/bench_hash.py: ~1.5 GB/s here, far faster than a checkpoint is written
+UNVERIFIED = f" (unverified: it has no {MANIFEST_FILE}, so it was saved by an older version or killed just before)"
+_HASH_CHUNK = 1 << 20
+
+
+def file_hash(path: Path, algorithm: str = MANIFEST_HASH) -> str:
+    """The hex digest of ``path``, read in 1 MiB chunks (``hashlib.file_digest`` is Python 3.11+)."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    buffer = memoryview(bytearray(_HASH_CHUNK))
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(buffer[:n])
+    return digest.hexdigest()
+
+
+def _listed_files(ckpt: Path) -> list[Path]:
+    return sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST_FILE and not p.match(TEMP_GLOB))
+
+
+def write_manifest(ckpt: str | Path) -> dict:
+    """Write ``ckpt``'s manifest (every file, recursively: relative path, size, hash) atomically and durably;
+    returns it. Called once the save has written everything else."""
+    ckpt = Path(ckpt)
+    files = {
+        p.relative_to(ckpt).as_posix(): {"bytes": p.stat().st_size, MANIFEST_HASH: file_hash(p)}
+        for p in _listed_files(ckpt)
+    }
+    manifest = {"hash": MANIFEST_HASH, "files": files}
+    write_json_atomic(ckpt / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def manifest_problems(ckpt: str | Path) -> list[str]:
+    """How ``ckpt``'s files differ from its manifest, in plain words: missing, another size, another hash. []
+    when they match, and when there is no manifest (see above). Sizes first: a file cut short is not hashed."""
+    ckpt = Path(ckpt)
+    path = ckpt / MANIFEST_FILE
+    if not path.is_file():
+        return []
+    manifest = read_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    algorithm = manifest.get("hash") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not isinstance(algorithm, str):
+        return [f"{MANIFEST_FILE} is unreadable (not the JSON a save writes)"]
+    problems = []
+    for name, entry in files.items():
+        file = ckpt / name
+        if not file.is_file():
+            problems.append(f"{name} is missing (its manifest lists it)")
+            continue
+        size = file.stat().st_size
+        if size != entry.get("bytes"):
+            problems.append(f"{name} is {size} bytes, its manifest says {entry.get('bytes')} (changed after the save)")
+            continue
+        try:
+            same = file_hash(file, algorithm) == entry.get(algorithm)
+        except (ValueError, OSError) as err:  # an unknown algorithm, an unreadable file
+            problems.append(f"{name} cannot be checked against its manifest ({err})")
+            continue
+        if not same:
+            problems.append(f"{name} does not match its manifest (hash differs: damaged after it was saved)")
+    return problems
+
+
+def _every_process_saved() -> None:
+    """Under ``accelerate launch`` each process writes its own ``rng_state_K.pth`` and nothing waits for the others
+    before ``on_save``: wait here, so the main process's manifest lists them all. A no-op with one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
@@ -460,22 +552,27 @@ def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
     return [f.name for f in leftovers]
 
 
-def make_rotation_callback(keep: int, log=print):
-    """A trainer callback that, after each save (``on_save`` runs once ``_save_checkpoint`` has written every
-    file, ``trainer_state.json`` last), gives the new checkpoint's weights the umask's permissions (safetensors
-    writes 0600 files) and rotates checkpoints."""
+def make_save_callback(keep: int, log=print):
+    """A trainer callback for after each save (``on_save`` runs once ``_save_checkpoint`` has written every file,
+    ``trainer_state.json`` last): the new checkpoint's weights get the umask's permissions (safetensors writes 0600
+    files), its manifest is written (``write_manifest``: last, so a checkpoint with one is complete), then
+    checkpoints are rotated (``rotate_checkpoints``, which checks the newest against that manifest)."""
     from transformers import TrainerCallback
 
-    class RotateCheckpoints(TrainerCallback):
+    class AfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                give_umask_mode(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-            if state.is_world_process_zero and keep > 0:
+            _every_process_saved()
+            if not state.is_world_process_zero:
+                return
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            give_umask_mode(ckpt)
+            write_manifest(ckpt)
+            if keep > 0:
                 removed = rotate_checkpoints(args.output_dir, keep, log=log)
                 if removed:
                     log(f"Removed {', '.join(removed)} (keeping the newest {keep}: --keep-checkpoints).")
 
-    return RotateCheckpoints()
+    return AfterSave()
 
 
 # --- does a resume make sense ----------------------------------------------------------------------------
@@ -754,10 +851,10 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
     if not drive:
         free += sum(folder_bytes(c) for c in list_checkpoints(out))
     wanted = need.need(drive)
-    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the epochs still to come
+    if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the checkpoints still to come
         ckpts = list_checkpoints(out)
-        done = int(ckpts[-1].name.split("-")[1]) // max(1, steps_per_epoch(cfg)) if ckpts else 0
-        wanted -= min(done, need.checkpoints_saved) * need.checkpoint
+        done = int(ckpts[-1].name.split("-")[1]) if ckpts else 0
+        wanted -= sum(1 for step in need.saved_at if step <= done) * need.checkpoint
     if wanted * DRIVE_MARGIN <= free:
         return None
     tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
@@ -765,6 +862,8 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
         tips.append("train a LoRA adapter (--lora / lora = True: ~0.1 GB a checkpoint for a 0.5B model)")
     if drive:
         tips.append("fewer --epochs (one checkpoint each)")
+    if drive and cfg.save_steps:
+        tips.append("a larger --save-steps (or 0: saves at epoch ends only)")
     elif cfg.keep_checkpoints != 1:
         tips.append("keep fewer checkpoints (--keep-checkpoints 1)")
     tips.append("or another --output-dir")
@@ -775,6 +874,7 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
         else f"{min(need.checkpoints_saved, need.checkpoints_kept + 1)} checkpoints of {need.checkpoint / GB:.2f} GB "
         "at once + the final model"
     )
+    how += f"; {need.uncounted}" if need.uncounted else ""
     return (
         f"this run needs about {wanted / GB:.1f} GB there ({how}), but only {free / GB:.1f} GB are free: "
         + ", ".join(tips)

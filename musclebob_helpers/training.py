@@ -359,7 +359,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
-        save_strategy="epoch",
+        save_strategy="epoch",  # and mid-epoch with --save-steps / --save-minutes (save_schedule_callback)
         # No save_total_limit: run_dir.rotate_checkpoints keeps --keep-checkpoints of them, and only once
         # the newest is intact (transformers' own rotation counts checkpoint-N.damaged folders as checkpoints).
         report_to=report_to(cfg) or "none",
@@ -526,8 +526,9 @@ def build_trainer(
             completions,
             monitor,
             checks,
-            *([make_adapter_callback(cfg.model)] if cfg.lora else []),
-            run_dir.make_rotation_callback(cfg.keep_checkpoints, log=log),
+            *([make_adapter_callback(cfg.model)] if cfg.lora else []),  # edits adapter_config.json: before the manifest
+            run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
+            save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
             *callbacks,
         ],
     )
@@ -535,6 +536,40 @@ def build_trainer(
     trackers.bind(trainer)
     show_progress(trainer, progress)
     return trainer, monitor
+
+
+# --- checkpoints by step and by time (--save-steps, --save-minutes) ---------------------------------------
+
+
+def save_schedule_callback(save_steps: int, save_minutes: float):
+    """A trainer callback that saves a checkpoint mid-epoch too: every ``save_steps`` steps, and at the first step
+    end ``save_minutes`` after the last save (0: either off). The Trainer's own ``_save_checkpoint`` writes it, as
+    for a graceful stop, so a resume from it is exact. At an epoch's last step the epoch checkpoint is that step's
+    (``save_strategy="epoch"``): no second save. Under ``accelerate launch`` each process's clock is its own, so
+    they agree on the time (``max_over_processes``): every process saves the same step, or the others would wait
+    in the save's collectives."""
+    from transformers import TrainerCallback
+
+    class SaveOnSchedule(TrainerCallback):
+        def __init__(self):
+            self.last_save = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()  # a resumed run counts from its start, not from its checkpoint
+
+        def on_step_end(self, args, state, control, **kwargs):
+            by_steps = save_steps > 0 and state.global_step % save_steps == 0
+            by_time = save_minutes > 0 and max_over_processes(
+                int(time.monotonic() - self.last_save >= save_minutes * 60)
+            )
+            if (by_steps or by_time) and not epoch_ended(state):
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()  # every save, the epoch's and a signal's too, restarts the clock
+
+    return SaveOnSchedule()
 
 
 # --- a graceful stop (SIGINT, SIGTERM) ---------------------------------------------------------------------
@@ -582,6 +617,21 @@ class Stopped(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return self.line("--resume-from-checkpoint auto")
+
+
+def max_over_processes(mine: int) -> int:
+    """The largest of every process's ``mine`` in a distributed run (a MAX all-reduce), ``mine`` itself with one
+    process. Every process must call it at the same point: it is how they agree on a step to save or stop at."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return mine
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([mine], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 class GracefulStop:
@@ -638,17 +688,7 @@ class GracefulStop:
         """The signal to stop on, agreed by every process of a distributed run (0: go on). Each process of an
         ``accelerate launch`` run gets the terminal's Ctrl-C, not necessarily in the same step: all stop after
         the same one, or the others would wait forever in the next step's collectives."""
-        import torch.distributed as dist
-
-        mine = self.signum or 0
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return mine
-        import torch
-
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([mine], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+        return max_over_processes(self.signum or 0)
 
     def callback(self):
         from transformers import TrainerCallback

@@ -712,6 +712,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path,
     shutil.copytree(reference[0] / "checkpoint-2", out / "checkpoint-2")  # no training_config.json to compare
     cfg_path = out / "checkpoint-2" / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "hidden_size": 256}))
+    run_dir.write_manifest(out / "checkpoint-2")  # saved so, not damaged later: its manifest says what it holds
     cfg = TrainConfig(
         model="tiny",
         output_dir=str(out),

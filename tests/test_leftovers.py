@@ -45,7 +45,7 @@ def test_artifacts_get_the_umasks_permissions(tmp_path, umask, tiny_model):
     model, _ = tiny_model
     ckpt = tmp_path / "run" / "checkpoint-2"
     model.save_pretrained(ckpt)  # as the trainer saves a checkpoint
-    callback = run_dir.make_rotation_callback(keep=0)
+    callback = run_dir.make_save_callback(keep=0)
     callback.on_save(
         SimpleNamespace(output_dir=str(tmp_path / "run")),
         SimpleNamespace(is_world_process_zero=True, global_step=2),
