@@ -26,6 +26,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -64,11 +65,14 @@ def _dst(call, *args):
         raise FolderFailed(err) from err
 
 
-def copy_verified(src: Path, dst_dir: Path, name: str | None = None, durable: bool = False) -> str:
+def copy_verified(
+    src: Path, dst_dir: Path, name: str | None = None, durable: bool = False, litter: set[Path] | None = None
+) -> str:
     """Copy ``src`` into ``dst_dir`` (as ``name``) through a temporary file, read it back and compare hashes, then
     rename it into place; returns the hash. ``FolderFailed`` when the destination fails (closing included: a FUSE
     file system may report a failed upload only then); a mismatch is EIO. ``FileNotFoundError`` when ``src`` is
-    gone (rotated away meanwhile)."""
+    gone (rotated away meanwhile). ``litter`` gets the temporary file when a failing destination would not let it
+    be removed either (a full quota refuses the unlink too): the next pass removes it."""
     target = dst_dir / (name or src.name)
     fd, tmp = _dst(create_temp_file, target)
     try:
@@ -94,8 +98,11 @@ def copy_verified(src: Path, dst_dir: Path, name: str | None = None, durable: bo
     except BaseException:
         try:
             os.unlink(tmp)
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError:
+            if litter is not None:
+                litter.add(Path(tmp))
         raise
     return digest.hexdigest()
 
@@ -122,6 +129,7 @@ class Mirror:
         self.outages: list[dict] = []
         self.bytes_copied = 0
         self.missing_checked = False
+        self.litter: set[Path] = set()  # temporaries a failing run folder would not let go: removed next pass
         self._mutex = threading.Lock()  # one pass at a time: the thread's, or finish's
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -177,6 +185,7 @@ class Mirror:
         rotation. True when the run folder is up to date."""
         with self._mutex:
             try:
+                self._remove_litter()
                 if not self.missing_checked:
                     self._enqueue_missing_checkpoints()
                 for ckpt, saved_at in sorted(self.pending.items(), key=lambda kv: kv[1]):
@@ -205,6 +214,21 @@ class Mirror:
                 )
             return True
 
+    def _remove_litter(self) -> None:
+        for path in sorted(self.litter):
+            try:
+                is_dir = stat.S_ISDIR(_dst(os.lstat, path).st_mode)
+                _dst(shutil.rmtree if is_dir else os.unlink, path)
+            except FolderFailed as failed:
+                if not isinstance(failed.err, FileNotFoundError):
+                    raise
+            self.litter.discard(path)
+
+    def _forget(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.lexists(staging):
+            self.litter.add(staging)
+
     def _copy_checkpoint(self, ckpt: Path) -> bool:
         """Copy one checkpoint, verified, into place; False when it was rotated away before it could be."""
         if not ckpt.is_dir():
@@ -216,11 +240,11 @@ class Mirror:
             for src in sorted(p for p in ckpt.rglob("*") if p.is_file()):
                 rel = src.relative_to(ckpt)
                 _dst((staging / rel.parent).mkdir, 0o777, True, True)
-                digest = copy_verified(src, staging / rel.parent, durable=True)
+                digest = copy_verified(src, staging / rel.parent, durable=True, litter=self.litter)
                 listed = manifest.get(rel.as_posix(), {}).get(HASH)
                 if listed is not None and listed != digest:  # damaged on local disk since its save: not spread
                     self.log(f"{ckpt} does not match its manifest ({rel} differs): not copied to {self.dst}.")
-                    shutil.rmtree(staging, ignore_errors=True)
+                    self._forget(staging)
                     return False
                 self.bytes_copied += src.stat().st_size
             if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes
@@ -228,12 +252,12 @@ class Mirror:
                 shutil.rmtree(target.with_name(DELETING_PREFIX + target.name), ignore_errors=True)
             _dst(os.rename, staging, target)
         except FileNotFoundError as err:
+            self._forget(staging)
             if err.filename and str(err.filename).startswith(str(self.src)):
-                shutil.rmtree(staging, ignore_errors=True)
                 return False  # rotated away in the working folder while copying: a newer one is pending
             raise FolderFailed(err) from err
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            self._forget(staging)
             raise
         self.verified.add(ckpt.name)
         return True
@@ -276,7 +300,7 @@ class Mirror:
                 continue
             _dst((self.dst / rel.parent).mkdir, 0o777, True, True)
             try:
-                copy_verified(src, self.dst / rel.parent, durable=final)
+                copy_verified(src, self.dst / rel.parent, durable=final, litter=self.litter)
             except FileNotFoundError as err:
                 if err.filename and str(err.filename).startswith(str(self.src)):
                     continue  # replaced meanwhile (a rename into place): the next pass copies the new one

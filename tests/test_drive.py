@@ -180,3 +180,33 @@ def test_two_runtimes_racing_for_one_drive_folder(faultfs, tmp_path, reference):
     winner = next(r for r in results if r[0].returncode != 2)
     assert_same_as_reference(out, reference, subprocess.CompletedProcess([], winner[0].returncode, *winner[1:]))
     assert_nothing_partial(out)
+
+
+def test_a_checkpoint_damaged_inside_on_drive_is_set_aside_and_the_one_before_used(faultfs, tmp_path, reference):
+    """A runtime reset (SIGKILL, the local disk gone) after checkpoints 1-3 reached Drive, and checkpoint-3 damaged
+    there with its length intact (200 KB changed in its weights): the resume proves it damaged against its
+    manifest, sets it aside in one line, resumes from checkpoint-2 and ends as an uninterrupted run."""
+    from tools.faultfs import damage_inside
+
+    every_step = ["--save-steps", "1", "--keep-checkpoints", "3"]
+    out, killed = run_on(faultfs, tmp_path, None, *every_step, command=None)
+    assert killed.returncode == reference[1]  # first, the run whole: its checkpoints reached the run folder
+    ckpts = [c.name for c in list_checkpoints(out)]
+    assert ckpts == ["checkpoint-2", "checkpoint-3", "checkpoint-4"], ckpts
+    # Back to the moment after step 3: the final model and checkpoint-4 never got there, the local disk is gone.
+    import shutil
+
+    for name in ("checkpoint-4", "final_validation.json", "config.json", "model.safetensors"):
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    shutil.rmtree(tmp_path / "local-disk", ignore_errors=True)
+    damage_inside(out / "checkpoint-3" / "model.safetensors")
+    command = [sys.executable, str(ROOT / PROG), *KILL_ARGS, "--output-dir", str(out), *every_step]
+    out, resumed = run_on(faultfs, tmp_path, command=[*command, "--resume-from-checkpoint", "auto"])
+    said = resumed.stdout + resumed.stderr
+    assert "Traceback" not in said, said[-3000:]
+    [line] = lines(said, r"checkpoint-3 is damaged")
+    assert "hash differs" in line and "checkpoint-3.damaged" in line
+    assert lines(said, r"Resuming from .*checkpoint-2$")
+    assert_same_as_reference(out, reference, resumed)
+    assert (out / "checkpoint-3.damaged").is_dir()  # kept, never deleted
