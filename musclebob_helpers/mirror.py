@@ -129,6 +129,7 @@ class Mirror:
         self.outages: list[dict] = []
         self.bytes_copied = 0
         self.missing_checked = False
+        self.finish_s: float | None = None  # how long the final copy took (finish)
         self.litter: set[Path] = set()  # temporaries a failing run folder would not let go: removed next pass
         self._mutex = threading.Lock()  # one pass at a time: the thread's, or finish's
         self._wake = threading.Event()
@@ -325,12 +326,14 @@ class Mirror:
         folder fails. True when the run folder holds the whole run, verified."""
         self._stop.set()
         self._wake.set()
+        began = time.monotonic()
         if self._thread is not None:
             self._thread.join()
-        deadline = time.monotonic() + wait_s
+        deadline = began + wait_s
         remounted = False
         while True:
             if self.sync(final=True):
+                self.finish_s = round(time.monotonic() - began, 3)
                 return True
             if not remounted and self.remount is not None:
                 remounted = True
@@ -340,6 +343,7 @@ class Mirror:
                     self.log(f"Remounting Google Drive failed ({err}).")
                 continue
             if time.monotonic() >= deadline:
+                self.finish_s = round(time.monotonic() - began, 3)
                 return False
             time.sleep(min(RETRY_S, max(0.1, deadline - time.monotonic())))
 
@@ -350,6 +354,7 @@ class Mirror:
             "checkpoints_copied": sorted(self.verified, key=lambda n: int(n.split("-")[1])),
             "checkpoint_lag_s": self.lags,
             "bytes_copied": self.bytes_copied,
+            "final_copy_s": self.finish_s,
             "outages": self.outages,
             "caught_up": self.failing is None,
         }
