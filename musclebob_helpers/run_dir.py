@@ -890,6 +890,18 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
     problem = drive_space_problem(cfg, need=need, folder=folder) if need else None
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
+    if need and folder is not None and folder.mirrored:  # the working folder holds the run at its peak too
+        from .memory import GB
+
+        free = shutil.disk_usage(nearest_existing(folder.work.absolute())).free
+        free += sum(folder_bytes(c) for c in list_checkpoints(folder.work))
+        if need.need(False) * DRIVE_MARGIN > free:
+            raise ConfigError(
+                "work_dir",
+                cfg.work_dir or str(folder.work),
+                f"the run trains there on local disk and needs about {need.need(False) / GB:.1f} GB at its peak, but "
+                f"only {free / GB:.1f} GB are free: free some space, or pass --work-dir on a larger disk",
+            )
     return need
 
 
