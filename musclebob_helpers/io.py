@@ -45,8 +45,18 @@ def json_list_item(item) -> str:
 
 def write_json_list_atomic(path: str | Path, items: list[str], durable: bool = True) -> None:
     """``write_json_atomic(path, list)``, byte for byte, from the items' ``json_list_item`` texts: a list that grows
-    by one item a step (the reward history) is then not encoded whole again at every step."""
-    _write_atomic(Path(path), ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n", durable)
+    by one item a step (the reward history) is then not encoded whole again at every step.
+
+    Still a whole rewrite renamed into place, not an append in place (overwriting the closing ``]`` with
+    ``,<item>]``, 0.006 ms): a JSON list has no state between the old and the new text that parses, so a reader
+    meeting the write (the live plot, the Drive mirror's copy) would see a cut file, which the plot labels partial,
+    and a kill there would leave one. What the rewrite cost was mostly the rename: ext4 flushes a file renamed over
+    another when its blocks are not yet allocated (``auto_da_alloc``), 0.2-2 ms a step. ``durable=False`` writes
+    (one a step) allocate them first (``_preallocate``), so the rename is ~0.1 ms whatever the size, and a version
+    replaced before the kernel's writeback is never written to disk; what remains grows with the list (the copy
+    into the page cache, ~0.2 ms a MB)."""
+    text = ("[\n" + ",\n".join(items) + "\n]\n") if items else "[]\n"
+    _write_atomic(Path(path), text.encode("utf-8"), durable)
 
 
 def write_lines_atomic(path: str | Path, lines: list[str], durable: bool = True) -> None:
@@ -133,6 +143,8 @@ def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
         fd, tmp = _create_temp_file(path)
         try:
             with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
+                if not durable and isinstance(data, bytes):
+                    _preallocate(fd, len(data))
                 # One string, one write: json.dump streams hundreds of thousands of small writes for a long history.
                 fh.write(data)
                 fh.flush()
@@ -142,6 +154,15 @@ def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Allocate a new file's ``size`` bytes before writing them, so that renaming it over an older file does not
+    make ext4 flush it (see ``write_json_list_atomic``). Where the file system cannot (``EOPNOTSUPP``), or any
+    other failure: the write goes on without (a full disk then fails the write itself)."""
+    if size and hasattr(os, "posix_fallocate"):
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
 
 
 def _create_temp_file(path: Path) -> tuple[int, str]:
