@@ -11,10 +11,14 @@
 nothing of ours; *project* is ``training.build_trainer``, the trainer ``run_training`` trains with (its sampler,
 reward history, health monitor, epoch-end checks, checkpoint rotation, progress). Only ``trainer.train()`` is
 timed. Runs alternate bare, project, bare, project ..., each in a fresh process (no allocator or thread state
-carried over) training into the same folder, so no ``GRPOConfig`` field differs, which the script checks. In the
-project runs each of our callbacks is wrapped with a timer (from here, not in the package): the share of
-``train()`` spent in our code, which machine load moves much less than the ratio (take the ratio on a quiet
-machine).
+carried over) training into the same folder, so no ``GRPOConfig`` field differs, which the script checks.
+
+**Where the difference goes.** Timers wrapped from here (not in the package) itemise, in ms per step and as a
+share of the bare step: each of our callbacks (with the graceful stop's, which ``run_training`` adds, and the file
+writes, appends and fsyncs inside them), the epoch-seeded sampler, and in both runs transformers' progress bar
+(ours replaces it), the callback handler's dispatch, ``warnings.warn`` (``library_output_hidden`` filters it),
+checkpoint saves and reward functions. What the items leave of the measured difference is printed as not
+itemised. Machine load moves the items much less than the ratio (take the ratio on a quiet machine).
 
 **Growth.** Step time of the bare trainer for ``--generations`` completions per prompt (same prompts per step),
 the mean after two warm-up steps; a least-squares line gives the fixed cost per step and the cost per
@@ -45,14 +49,25 @@ WARMUP_STEPS = 2  # the first steps pay for lazy initialisation, not for what a 
 # The project's callbacks by class name, as the share table names them.
 CALLBACK_PARTS = {
     "RewardHistoryCallback": "reward history",
+    "CompletionLog": "completion samples",
     "HealthMonitor": "health monitor",
     "MidTrainingValidation": "epoch-end checks",
-    "RotateCheckpoints": "checkpoint rotation",
+    "AfterSave": "checkpoint manifest + rotation",
     "StepProgress": "progress",
     "AdapterBaseCallback": "adapter base",
+    "StopAtStepEnd": "graceful stop",
+    "SaveOnSchedule": "save schedule (--save-steps/--save-minutes)",
+    "MirrorCheckpoints": "mirror (a run folder on Drive)",
 }
-WRITES, FSYNC = "json writes", "fsync"  # timed inside the callbacks above, so shown as parts of them
+# Timed inside the callbacks above (or in any code, for fsync), so shown as parts of them, not added to them.
+WRITES, APPENDS, FSYNC = "whole-file writes", "appends", "fsync"
+INSIDE = (WRITES, APPENDS, FSYNC)
+SAMPLER = "epoch-seeded sampler"  # trainer_class()'s wrapper of TRL's sampler (set_epoch, __iter__)
 SAVES, REWARDS = "checkpoint saves", "reward functions"  # in bare and project runs alike
+# What transformers and the libraries do in both runs, timed in both: transformers' own progress bar (the bare run
+# keeps it; show_progress puts StepProgress in its place), the callback handler's dispatch of every event to every
+# callback (less the callbacks' own time), and warnings.warn (library_output_hidden's filter in the project run).
+BAR, DISPATCH, WARN = "transformers' progress bar", "callback dispatch", "warnings.warn"
 RESULT = "RESULT "  # a child's last line: its figures as JSON
 
 
@@ -76,11 +91,6 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
     return my - slope * mx, slope
-
-
-def shares(parts: dict[str, float], total: float) -> dict[str, float]:
-    """Each part's seconds as a share of ``total`` (train()'s seconds)."""
-    return {name: (s / total if total else 0.0) for name, s in parts.items()}
 
 
 def log_means(log_history: list[dict]) -> dict:
@@ -125,12 +135,68 @@ def time_our_callbacks(trainer, bucket: dict) -> None:
 
 
 def time_writes(bucket: dict) -> None:
-    """Time every ``write_json_atomic`` of the callbacks, and every ``os.fsync`` (any caller) inside ``train()``."""
+    """Time every whole-file write and every append of the callbacks, and every ``os.fsync`` (any caller) inside
+    ``train()``."""
     from musclebob_helpers import monitoring, training
 
-    for module in (training, monitoring):
-        module.write_json_atomic = timed(module.write_json_atomic, bucket, WRITES)
+    for module, name, part in (
+        (training, "write_json_atomic", WRITES),
+        (training, "write_json_list_atomic", WRITES),
+        (monitoring, "write_json_atomic", WRITES),
+        (monitoring, "write_lines_atomic", WRITES),
+        (monitoring, "append_lines", APPENDS),
+    ):
+        if hasattr(module, name):
+            setattr(module, name, timed(getattr(module, name), bucket, part))
     os.fsync = timed(os.fsync, bucket, FSYNC)
+
+
+def time_library(trainer, library: dict, ours: dict) -> None:
+    """Time into ``library``, in either run, transformers' progress bar, the callback dispatch (less the time of the
+    callbacks, ours in ``ours`` and the bar) and ``warnings.warn`` (see BAR)."""
+    import warnings
+
+    from transformers.trainer_callback import ProgressCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, ProgressCallback):
+            for name in dir(cb):
+                if name.startswith("on_"):
+                    setattr(cb, name, timed(getattr(cb, name), library, BAR))
+    call_event = trainer.callback_handler.call_event
+
+    def callbacks_s() -> float:
+        return library.get(BAR, 0.0) + sum(v for k, v in ours.items() if k not in INSIDE)
+
+    def dispatch(*args, **kwargs):
+        before, start = callbacks_s(), time.perf_counter()
+        try:
+            return call_event(*args, **kwargs)
+        finally:
+            spent = time.perf_counter() - start - (callbacks_s() - before)
+            library[DISPATCH] = library.get(DISPATCH, 0.0) + spent
+
+    trainer.callback_handler.call_event = dispatch
+    warnings.warn = timed(warnings.warn, library, WARN)
+
+
+def time_sampler(bucket: dict) -> None:
+    """Time trainer_class()'s sampler wrapper: what it adds to TRL's sampler (its set_epoch and __iter__)."""
+    from musclebob_helpers.training import trainer_class
+
+    cls = trainer_class()
+    get_sampler = cls._get_train_sampler
+
+    def wrapped(self, *args, **kwargs):
+        sampler = get_sampler(self, *args, **kwargs)
+        kind = type(sampler)
+        if not getattr(kind, "_timed", False):  # once: a second dataloader must not time the timer
+            for name in ("set_epoch", "__iter__"):
+                setattr(kind, name, timed(getattr(kind, name), bucket, SAMPLER))
+            kind._timed = True
+        return sampler
+
+    cls._get_train_sampler = wrapped
 
 
 def run_one(mode: str, spec: dict) -> dict:
@@ -141,6 +207,7 @@ def run_one(mode: str, spec: dict) -> dict:
 
     from musclebob_helpers import data, evaluation
     from musclebob_helpers.training import (
+        GracefulStop,
         above_progress_bar,
         build_trainer,
         detect_hardware,
@@ -163,8 +230,17 @@ def run_one(mode: str, spec: dict) -> dict:
         baseline = evaluation.validate(
             model, tokenizer, val_rows, num_samples=1, max_new_tokens=cfg.max_completion_length
         )
+        time_sampler(parts)
+        # With the graceful stop's callback, which run_training adds to build_trainer's.
         trainer, _ = build_trainer(
-            cfg, model, tokenizer, hw, Path(cfg.output_dir), baseline, log=above_progress_bar(print)
+            cfg,
+            model,
+            tokenizer,
+            hw,
+            Path(cfg.output_dir),
+            baseline,
+            log=above_progress_bar(print),
+            callbacks=[GracefulStop().callback()],
         )
         time_our_callbacks(trainer, parts)
         time_writes(parts)
@@ -180,6 +256,8 @@ def run_one(mode: str, spec: dict) -> dict:
             cfg, model, tokenizer, args, callbacks=[Clock()] if mode == "growth" else [], trainer_cls=GRPOTrainer
         )
         context = contextlib.nullcontext()
+    library: dict[str, float] = {}
+    time_library(trainer, library, parts)
     # Code that bare and project runs share, for scale: TRL's checkpoint writes and our reward functions.
     shared: dict[str, float] = {}
     trainer._save_checkpoint = timed(trainer._save_checkpoint, shared, SAVES)
@@ -199,6 +277,7 @@ def run_one(mode: str, spec: dict) -> dict:
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "step_s": statistics.fmean(steps) if steps else None,
         "parts_s": parts,
+        "library_s": library,
         "shared_s": shared,
         **log_means(trainer.state.log_history),
         "rewards": [h["reward"] for h in trainer.state.log_history if "reward" in h],
@@ -275,23 +354,47 @@ def pair_table(runs: list[dict], summary: dict) -> list[str]:
     return lines
 
 
-def share_table(projects: list[dict]) -> list[str]:
-    """Median share of train() per part over the project runs."""
-    names = sorted({n for r in projects for n in r["parts_s"]}, key=lambda n: (n in (WRITES, FSYNC), n))
-    lines = [f"{'project code (share of train())':<36}{'seconds':>9}{'share':>8}"]
+def per_step_ms(runs: list[dict], key: str, name: str) -> float:
+    """Median over ``runs`` of ``run[key][name]`` in milliseconds per optimizer step."""
+    return statistics.median(1e3 * r[key].get(name, 0.0) / r["global_step"] for r in runs) if runs else 0.0
+
+
+def item_table(runs: list[dict]) -> list[str]:
+    """Every per-step cost the project's trainer adds to the bare one, in ms per step (median over the runs) and
+    as a share of the bare step, and what the items leave unexplained of the measured difference."""
+    bares, projects = [r for r in runs if r["mode"] == "bare"], [r for r in runs if r["mode"] == "project"]
+    bare_step = statistics.median(1e3 * r["train_s"] / r["global_step"] for r in bares)
+    head = f"{'item':<40}{'bare ms':>9}{'project ms':>12}{'extra ms':>10}{'% of bare step':>16}"
+    lines = [f"ms per optimizer step (median over the runs); a bare step takes {bare_step:.1f} ms", head]
+
+    def row(label: str, bare: float, project: float) -> float:
+        extra = project - bare
+        lines.append(f"{label:<40}{bare:>9.3f}{project:>12.3f}{extra:>10.3f}{extra / bare_step:>16.2%}")
+        return extra
+
+    ours = sorted({n for r in projects for n in r["parts_s"]}, key=lambda n: (n in INSIDE, n == SAMPLER, n))
     total = 0.0
-    for name in names:
-        secs = statistics.median(r["parts_s"].get(name, 0.0) for r in projects)
-        share = statistics.median(shares(r["parts_s"], r["train_s"]).get(name, 0.0) for r in projects)
-        inside = name in (WRITES, FSYNC)
-        total += 0.0 if inside else share
-        label = f"  incl. {name} (any callback)" if inside else name
-        lines.append(f"{label:<36}{secs:>9.3f}{share:>8.1%}")
-    lines.append(f"{'all our callbacks':<36}{'':>9}{total:>8.1%}")
-    for name in (SAVES, REWARDS):  # in both runs: not overhead, but what the same config costs
-        secs = statistics.median(r["shared_s"].get(name, 0.0) for r in projects)
-        share = statistics.median(shares(r["shared_s"], r["train_s"]).get(name, 0.0) for r in projects)
-        lines.append(f"{'(' + name + ', in both runs)':<36}{secs:>9.3f}{share:>8.1%}")
+    for name in ours:
+        inside = name in INSIDE
+        extra = row(f"  incl. {name} (any callback)" if inside else name, 0.0, per_step_ms(projects, "parts_s", name))
+        total += 0.0 if inside else extra
+    for name in (BAR, DISPATCH, WARN):
+        total += row(name, per_step_ms(bares, "library_s", name), per_step_ms(projects, "library_s", name))
+    for name in (SAVES, REWARDS):  # the same code in both runs: what differs is noise
+        total += row(
+            f"{name} (both runs)", per_step_ms(bares, "shared_s", name), per_step_ms(projects, "shared_s", name)
+        )
+    measured = statistics.median(
+        1e3 * (p["train_s"] - b["train_s"]) / p["global_step"] for b, p in zip(runs[0::2], runs[1::2])
+    )
+    lines.append(f"{'all the items':<40}{'':>9}{'':>12}{total:>10.3f}{total / bare_step:>16.2%}")
+    lines.append(
+        f"{'measured: project - bare train()':<40}{'':>9}{'':>12}{measured:>10.3f}{measured / bare_step:>16.2%}"
+    )
+    lines.append(
+        f"{'not itemised (measured - items)':<40}{'':>9}{'':>12}{measured - total:>10.3f}"
+        f"{(measured - total) / bare_step:>16.2%}"
+    )
     return lines
 
 
@@ -352,7 +455,6 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     summary = ratio_summary([(b["train_s"], p["train_s"]) for b, p in zip(runs[0::2], runs[1::2])])
-    projects = [r for r in runs if r["mode"] == "project"]
     xs, ys = [r["completions_per_step"] for r in growth], [r["step_s"] for r in growth]
     fit = fit_line(xs, ys) if len(set(xs)) > 1 else None  # a line needs two sizes
     first = runs[0]
@@ -363,7 +465,7 @@ def main(argv=None) -> int:
     )
     print("\n".join(pair_table(runs, summary)))
     print()
-    print("\n".join(share_table(projects)))
+    print("\n".join(item_table(runs)))
     print(f"completions: mean {first['mean_length']:.1f} tokens, {first['clipped_ratio']:.1%} cut at the length limit")
     # Same seed and data: the runs should do the same work, so a ratio's spread is the machine's, not the work's
     # (past the first epoch the project's sampler orders prompts by seed + epoch, TRL's by one running generator).

@@ -1,4 +1,4 @@
-"""benchmarks/bench_overhead.py: its summaries (ratio, line fit, shares, logged lengths), its same-GRPOConfig
+"""benchmarks/bench_overhead.py: its summaries (ratio, line fit, itemised costs, logged lengths), its same-GRPOConfig
 check, the timers it wraps around our callbacks, and (slow) its smallest run end to end."""
 
 import importlib.util
@@ -34,9 +34,30 @@ def test_fit_line_recovers_fixed_cost_and_cost_per_completion():
     assert bench.fit_line([32, 32], [0.4, 0.6]) == (0.5, 0.0)  # one x only: no slope to fit, the mean
 
 
-def test_shares_are_seconds_over_train_seconds():
-    assert bench.shares({"history": 0.5, "checks": 1.0}, 20.0) == {"history": 0.025, "checks": 0.05}
-    assert bench.shares({"history": 0.5}, 0.0) == {"history": 0.0}
+def test_item_table_gives_each_items_extra_per_step_and_what_is_left_unexplained():
+    def run(mode, train_s, parts=None, library=None, shared=None):
+        return {
+            "mode": mode,
+            "train_s": train_s,
+            "global_step": 100,
+            "parts_s": parts or {},
+            "library_s": library or {},
+            "shared_s": shared or {},
+        }
+
+    runs = [
+        run("bare", 10.0, library={bench.BAR: 0.05, bench.DISPATCH: 0.01}),
+        run("project", 10.5, {"reward history": 0.2, bench.APPENDS: 0.01}, {bench.DISPATCH: 0.03}),
+    ]
+    lines = bench.item_table(runs)
+    assert "a bare step takes 100.0 ms" in lines[0]
+    figures = {line[:40].strip(): line[40:].split() for line in lines[2:]}
+    assert figures["reward history"] == ["0.000", "2.000", "2.000", "2.00%"]  # 0.2 s over 100 steps of 100 ms
+    assert figures["incl. appends (any callback)"][2] == "0.100"  # inside the callback: not added again
+    assert figures["transformers' progress bar"][2] == "-0.500"  # the bare run's bar, gone in the project run
+    assert figures["all the items"] == ["1.700", "1.70%"]  # 2.0 - 0.5 + 0.2 (dispatch)
+    assert figures["measured: project - bare train()"] == ["5.000", "5.00%"]
+    assert figures["not itemised (measured - items)"] == ["3.300", "3.30%"]
 
 
 def test_log_means_averages_the_logged_steps_only():
@@ -114,8 +135,10 @@ def test_smallest_benchmark_prints_the_ratio_and_writes_its_figures(tmp_path, ti
     assert all(r["global_step"] == 4 for r in raw["runs"])
     assert raw["ratio"]["ratios"] == [round(raw["runs"][1]["train_s"] / raw["runs"][0]["train_s"], 4)]
     project = raw["runs"][1]["parts_s"]
-    assert {"reward history", "epoch-end checks", "progress"} <= set(project)  # our callbacks were timed
+    assert {"reward history", "completion samples", "epoch-end checks", "progress", "graceful stop"} <= set(project)
     assert raw["runs"][0]["parts_s"] == {}  # the bare trainer runs nothing of ours
+    assert "transformers' progress bar" in raw["runs"][0]["library_s"]  # its own bar, which ours replaces
+    assert "callback dispatch" in raw["runs"][1]["library_s"]
     assert all(r["shared_s"]["checkpoint saves"] > 0 for r in raw["runs"])  # both save the epoch's checkpoint
     assert all(r["shared_s"]["reward functions"] > 0 for r in raw["runs"])  # and score with our rewards
     assert [g["completions_per_step"] for g in raw["growth"]] == [4, 8]  # 2 prompts x 2 and x 4

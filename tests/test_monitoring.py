@@ -210,6 +210,91 @@ def test_completion_log_cap_thins_old_steps_evenly(tmp_path):
     assert load_completions(tmp_path) == straight  # the steps trained again end as the straight run's
 
 
+def expected_bytes(log, steps_done):
+    """completions.jsonl as a whole rewrite at each step would leave it after ``steps_done`` steps (the writer before
+    appends): every kept step's rows (``kept_every`` of the newest step) and the newest step's."""
+    every = kept_every(steps_done, log.per_step, log.max_rows)
+    trainer = FakeTrainer(ROWS)
+    reference = CompletionLog(log.path.parent / "reference", per_step=log.per_step, max_rows=log.max_rows)
+    reference.bind(trainer)
+    lines = []
+    for step in range(1, steps_done + 1):
+        trainer.generate(step)
+        if step % every == 0 or step == steps_done:
+            reference.on_log(ARGS, state(step), None, logs={"reward": 1.0})
+            lines += [line for s, line in reference.rows if s == step]
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def test_completion_log_appends_each_step_and_rewrites_only_when_the_cap_thins(tmp_path):
+    """Each step is one append to the same file (constant time), the file at every step byte for byte what a whole
+    rewrite would leave; only a doubling of kept_every (steps 11, 22 here) replaces the file."""
+    trainer = FakeTrainer(ROWS)
+    log = CompletionLog(tmp_path, per_step=2, max_rows=20)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    path = tmp_path / COMPLETIONS_FILE
+    replaced = []
+    for step in range(1, 38):
+        inode = path.stat().st_ino
+        run_steps(log, trainer, [step])
+        if path.stat().st_ino != inode:
+            replaced.append(step)
+        assert path.read_bytes() == expected_bytes(log, step), f"step {step}"
+    assert replaced == [11, 22]  # kept_every 1 -> 2 (11 x 2 rows > 20) -> 4 (22 // 2 x 2 rows > 20)
+
+
+def test_completion_log_resume_mid_file_ends_byte_for_byte_as_a_straight_run(tmp_path):
+    trainer = FakeTrainer(ROWS)
+    straight = CompletionLog(tmp_path / "straight", per_step=2, max_rows=20)
+    straight.bind(trainer)
+    straight.on_train_begin(ARGS, state(0), None)
+    run_steps(straight, trainer, range(1, 38))
+
+    killed = CompletionLog(tmp_path / "run", per_step=2, max_rows=20)
+    killed.bind(trainer)
+    killed.on_train_begin(ARGS, state(0), None)
+    run_steps(killed, trainer, range(1, 26))  # killed after step 25; the checkpoint is at step 14
+    resumed = CompletionLog(tmp_path / "run", per_step=2, max_rows=20)
+    resumed.bind(trainer)
+    resumed.on_train_begin(ARGS, state(14), None)
+    assert max(r["step"] for r in load_completions(tmp_path / "run")) <= 14  # the rows after the checkpoint dropped
+    run_steps(resumed, trainer, range(15, 38))
+    assert (tmp_path / "run" / COMPLETIONS_FILE).read_bytes() == (tmp_path / "straight" / COMPLETIONS_FILE).read_bytes()
+
+
+def test_a_row_cut_by_a_kill_mid_append_is_skipped_then_cut_off_at_train_begin(tmp_path):
+    trainer = FakeTrainer(ROWS)
+    log = CompletionLog(tmp_path, per_step=3)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    run_steps(log, trainer, range(1, 6))
+    path = tmp_path / COMPLETIONS_FILE
+    whole = path.read_bytes()
+    # A kill in the middle of step 6's append: half a row, cut inside a two-byte character.
+    torn = json.dumps({"step": 6, "completion": "Musclebob \u00fc" * 4}, ensure_ascii=False).encode()
+    with open(path, "ab") as fh:
+        fh.write(torn[: torn.index("\u00fc".encode()) + 1])
+    assert [r["step"] for r in load_completions(tmp_path)] == [s for s in range(1, 6) for _ in range(3)]
+    resumed = CompletionLog(tmp_path, per_step=3)
+    resumed.bind(trainer)
+    resumed.on_train_begin(ARGS, state(5), None)  # resumed from checkpoint-5
+    assert path.read_bytes() == whole  # the cut row is gone, the rest as it was
+    run_steps(resumed, trainer, [6])
+    assert [r["step"] for r in load_completions(tmp_path)][-3:] == [6] * 3  # appended after whole lines
+
+
+def test_completion_log_rewrites_a_file_deleted_while_training(tmp_path):
+    trainer = FakeTrainer(ROWS)
+    log = CompletionLog(tmp_path, per_step=2)
+    log.bind(trainer)
+    log.on_train_begin(ARGS, state(0), None)
+    run_steps(log, trainer, [1, 2])
+    (tmp_path / COMPLETIONS_FILE).unlink()  # a user clearing space, say: not appended to a new empty file
+    run_steps(log, trainer, [3])
+    assert [r["step"] for r in load_completions(tmp_path)] == [1, 1, 2, 2, 3, 3]
+
+
 def test_damaged_lines_are_skipped(tmp_path):
     good = {"step": 1, "completion": "Musclebob!", "kind": "spongebob"}
     (tmp_path / COMPLETIONS_FILE).write_text(json.dumps(good) + "\n{not json\n" + '{"step": 2, "compl')
