@@ -771,7 +771,11 @@ def run_training(
             cfg = dataclasses.replace(cfg, output_dir=str(checked.path))  # out/a/../b is out/b: no empty out/a made
         # One writer per folder: the lock is taken (creating the folder) before anything in it is written or
         # deleted, and released at the end, or on any exception. Only the main process writes, so only it takes it.
-        with run_dir.writer_lock(checked.path, shown=checked.shown) if main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            if main:
+                held.enter_context(run_dir.writer_lock(checked.path, shown=checked.shown))
+                if checked.mirrored:  # and its working folder: two runs given one --work-dir would mix their files
+                    held.enter_context(run_dir.writer_lock(checked.work, shown=checked.shown))
             return _train(cfg, procs, hardware, checked, log, [*callbacks, stop.callback()], baseline, stop, remount)
 
 

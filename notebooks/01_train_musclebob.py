@@ -11,7 +11,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -109,8 +109,10 @@ hardware = nb.show_hardware(model)
 # ## Run folder on Google Drive
 #
 # On Colab this mounts your Google Drive (allow access when asked) and puts the run in `MyDrive/<run_name>`:
-# a checkpoint every epoch, `reward_history.json` (written as training goes), the validations, the config and
-# finally the trained model. Elsewhere the run goes to `runs/<run_name>`.
+# a checkpoint every epoch and every 10 minutes, `reward_history.json`, the validations, the config and finally
+# the trained model. Elsewhere the run goes to `runs/<run_name>`. Drive itself can fail mid-run (a disconnect,
+# a full quota), so training writes to the runtime's fast local disk and copies to Drive as it goes: each
+# checkpoint once verified, the rest every 30 s. A Drive failure is one line, never the end of the run.
 
 # %% tags=["drive"]
 run_dir = nb.prepare_run_folder(run_name, output_dir, use_drive)
@@ -181,8 +183,11 @@ answers = nb.try_model(run_dir, ["Who lives in a pineapple under the sea?", "Wha
 # If Colab disconnected during training: reconnect and run **only this cell**. It fetches and installs the
 # project if the runtime is new, mounts Drive, and picks the run: `run_name` from the first cell if that cell
 # ran, else the most recent unfinished run on Drive (it says which). It reads the run's own settings back from
-# its folder and continues from the newest checkpoint; `reward_history.json` continues too. When there is
-# nothing to resume (a finished run, or no unfinished run) it says so.
+# its folder and continues from the newest intact checkpoint, on Drive or on this runtime's disk;
+# `reward_history.json` continues too. When there is nothing to resume (a finished run, or no unfinished run) it
+# says so. If **Drive** disconnected instead ("Transport endpoint is not connected") and training ended while it
+# was gone, the run is complete on this runtime's disk: run the Drive cell again, then this cell, which copies it to
+# Drive and trains nothing.
 
 # %% tags=["resume"]
 import os, shutil, subprocess, sys  # noqa: E401 - the bootstrap: the same lines in every notebook (a test checks)

@@ -68,7 +68,7 @@ def make_checkpoint(folder: Path, step: int) -> Path:
 
 def mirror_of(tmp_path, keep=2) -> tuple[Mirror, Path, Path]:
     work, path = tmp_path / "work", tmp_path / "run"
-    work.mkdir()
+    work.mkdir(parents=True)
     path.mkdir()
     folder = RunFolder(str(path), path, work, "new", None)
     messages = []
@@ -154,3 +154,26 @@ def test_a_resume_takes_the_newest_intact_checkpoint_of_either_folder(tmp_path, 
     assert folder.with_resume(cfg, log=lambda *a: None).resume == path / "checkpoint-6"
     make_checkpoint(work, 6)
     assert folder.with_resume(cfg, log=lambda *a: None).resume == work / "checkpoint-6"  # equal steps: local
+
+
+def test_finish_remounts_once_before_giving_up(tmp_path):
+    """The notebook's Drive remount (``colab.remount_drive``) is tried once when the final copy fails: here it
+    brings the run folder back, and the copy completes; without it, ``finish`` gives up after its wait."""
+    mirror, work, path = mirror_of(tmp_path)
+    (work / "final_validation.json").write_text("{}")
+    path.rename(tmp_path / "away")
+    path.write_text("not a folder")
+    assert not mirror.finish(wait_s=0)  # no remount: given up
+
+    mirror, work, _ = mirror_of(tmp_path / "again")
+    (work / "final_validation.json").write_text("{}")
+    remounts = []
+
+    def remount():
+        remounts.append(1)
+        path.unlink()
+        (tmp_path / "away").rename(path)
+
+    mirror.dst, mirror.remount = path, remount
+    assert mirror.finish(wait_s=0) and remounts == [1]
+    assert (path / "final_validation.json").exists()

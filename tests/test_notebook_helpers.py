@@ -249,3 +249,21 @@ def test_baseline_is_reused_when_it_matches(tmp_path):
     path = tmp_path / "baseline_validation.json"
     path.write_text(json.dumps(report))
     assert nb._matches(json.loads(path.read_text()), cfg)
+
+
+def test_a_run_whose_copy_to_drive_did_not_finish_says_where_it_is(tmp_path, monkeypatch):
+    """Drive still gone at the end: the training cell ends with one line naming the complete local copy and what
+    finishes the copy (the resume cell), instead of a traceback; the result is returned as usual."""
+    from musclebob_helpers import training
+
+    pending = {
+        "global_step": 4,
+        "copy_pending": "it cannot be written (Transport endpoint is not connected, ENOTCONN) since step 2",
+        "work_dir": str(tmp_path / "local"),
+        "output_dir": str(tmp_path / "run"),
+    }
+    monkeypatch.setattr(training, "run_training", lambda cfg, **kwargs: pending)
+    messages = []
+    assert nb.train(TrainConfig(model="tiny", output_dir=str(tmp_path / "run")), live=False, log=messages.append)
+    [line] = [m for m in messages if "not yet in" in m]
+    assert str(tmp_path / "local") in line and "ENOTCONN" in line and "run the resume cell" in line
