@@ -244,8 +244,12 @@ class Mirror:
                 digest = copy_verified(src, staging / rel.parent, durable=True, litter=self.litter)
                 listed = manifest.get(rel.as_posix(), {}).get(HASH)
                 if listed is not None and listed != digest:  # damaged on local disk since its save: not spread
-                    self.log(f"{ckpt} does not match its manifest ({rel} differs): not copied to {self.dst}.")
                     self._forget(staging)
+                    moved = run_dir.set_aside(ckpt)
+                    self.log(
+                        f"Checkpoint {ckpt.name} is damaged ({rel} does not match its manifest: hash differs); kept "
+                        f"as {moved.name} in {self.src}, not copied to {self.dst}."
+                    )
                     return False
                 self.bytes_copied += src.stat().st_size
             if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes

@@ -177,3 +177,18 @@ def test_finish_remounts_once_before_giving_up(tmp_path):
     mirror.dst, mirror.remount = path, remount
     assert mirror.finish(wait_s=0) and remounts == [1]
     assert (path / "final_validation.json").exists()
+
+
+def test_a_checkpoint_damaged_on_local_disk_is_set_aside_not_copied(tmp_path):
+    mirror, work, path = mirror_of(tmp_path)
+    ckpt = make_checkpoint(work, 2)
+    run_dir.write_manifest(ckpt)
+    data = bytearray((ckpt / "optimizer.pt").read_bytes())
+    data[5000] ^= 0xFF  # one byte, its length intact
+    (ckpt / "optimizer.pt").write_bytes(bytes(data))
+    mirror.checkpoint_saved(ckpt)
+    assert mirror.sync()
+    assert not run_dir.list_checkpoints(path) and not list(path.glob(".copying-*"))
+    assert (work / "checkpoint-2.damaged").is_dir()
+    [line] = mirror.messages
+    assert "checkpoint-2 is damaged (optimizer.pt does not match its manifest" in line
