@@ -294,6 +294,11 @@ BAD = [
     (["--report-to", "mlflow"], None, "--report-to='mlflow' is not allowed: none, or one or more of tensorboard,"),
     (["--report-to", "none,tensorboard"], None, "--report-to='none,tensorboard' is not allowed"),
     (["--report-to", "wandb"], None, "--report-to='wandb' is not allowed: wandb is not installed: pip install wandb"),
+    # The working folder of a mirrored run (docs/drive.md).
+    (["--work-dir", ""], None, "--work-dir='' is not allowed: a folder path on local disk"),
+    (["--work-dir", "{out}/keep.txt"], None, "--work-dir='{out}/keep.txt' is not allowed: a folder, but a file"),
+    (["--work-dir", "{out}/.."], None, "--work-dir='{out}/..' is not allowed: an empty folder, or the working folder"),
+    (["--work-dir", "/proc/musclebob-work"], None, "--work-dir='/proc/musclebob-work' is not allowed"),
 ]
 
 
@@ -323,6 +328,7 @@ def test_bad_command_line_is_one_line_and_touches_nothing(tmp_path, monkeypatch,
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert exc.value.code == 2, captured.err
+    message = message.replace("{out}", str(out))
     assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error:") and message in lines[0], captured.err
     assert captured.out == ""  # refused before printing the config
     after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
