@@ -63,9 +63,10 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def config_from_args(
     argv: list[str] | None, prog: str, description: str, check_folder: bool = True
-) -> tuple[TrainConfig, dict[str, str], run_dir.RunCheck | None]:
+) -> tuple[TrainConfig, dict[str, str], run_dir.RunFolder | None]:
     """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``, the run
-    folder's start-up check). ``check_folder=False`` (the estimate CLI) checks the values only."""
+    folder as the start-up check resolved it: ``run_dir.RunFolder``). ``check_folder=False`` (the estimate CLI)
+    checks the values only."""
     given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
     from .training import process_state  # imports torch: only once the flags parse
 

@@ -45,6 +45,24 @@ CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sit
 HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
 
 
+COPY_THREADS = 4  # files copied at once: Drive's latency is per file (rclone and gsutil copy in parallel too)
+
+
+def parallel(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` on up to ``COPY_THREADS`` threads, in order; the first failure is raised
+    once every copy has ended (none is left writing behind the caller's back)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(items)), thread_name_prefix="musclebob-copy") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    if failures:
+        raise next((e for e in failures if isinstance(e, FolderFailed)), failures[0])
+    return [f.result() for f in futures]
+
+
 class FolderFailed(Exception):
     """The run folder's file system failed (``err``): the copy falls behind, training goes on."""
 
@@ -150,6 +168,10 @@ class Mirror:
     def at_step(self, step: int) -> None:
         self.step = step
 
+    def wake(self) -> None:
+        """Copy now, not at the next interval (the final model is saved: it copies while the final validation runs)."""
+        self._wake.set()
+
     def seed_work_folder(self) -> None:
         """The run folder's files (settings, history, completions, baseline ...), not its checkpoints, copied into
         the working folder: a resume from a checkpoint in the run folder (a new machine, whose local disk started
@@ -231,19 +253,24 @@ class Mirror:
             self.litter.add(staging)
 
     def _copy_checkpoint(self, ckpt: Path) -> bool:
-        """Copy one checkpoint, verified, into place; False when it was rotated away before it could be."""
+        """Copy one checkpoint, verified, into place; False when it was rotated away before it could be, or fails
+        its manifest (then it is set aside in the working folder: damaged on local disk, never spread)."""
         if not ckpt.is_dir():
             return False
         target = self.dst / ckpt.name
         manifest = (read_json(ckpt / MANIFEST_FILE) or {}).get("files") or {}
         staging = _dst(make_temp_dir, self.dst, f"{COPYING_PREFIX}{ckpt.name}-")
         try:
-            for src in sorted(p for p in ckpt.rglob("*") if p.is_file()):
-                rel = src.relative_to(ckpt)
-                _dst((staging / rel.parent).mkdir, 0o777, True, True)
-                digest = copy_verified(src, staging / rel.parent, durable=True, litter=self.litter)
+            files = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*") if p.is_file())
+            for folder in sorted({rel.parent for rel in files} - {Path(".")}):
+                _dst((staging / folder).mkdir, 0o777, True, True)
+
+            def copy(rel: Path) -> str:
+                return copy_verified(ckpt / rel, staging / rel.parent, durable=True, litter=self.litter)
+
+            for rel, digest in zip(files, parallel(copy, files)):
                 listed = manifest.get(rel.as_posix(), {}).get(HASH)
-                if listed is not None and listed != digest:  # damaged on local disk since its save: not spread
+                if listed is not None and listed != digest:
                     self._forget(staging)
                     moved = run_dir.set_aside(ckpt)
                     self.log(
@@ -251,7 +278,7 @@ class Mirror:
                         f"as {moved.name} in {self.src}, not copied to {self.dst}."
                     )
                     return False
-                self.bytes_copied += src.stat().st_size
+            self.bytes_copied += sum((ckpt / rel).stat().st_size for rel in files)
             if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes
                 _dst(os.rename, target, target.with_name(DELETING_PREFIX + target.name))
                 shutil.rmtree(target.with_name(DELETING_PREFIX + target.name), ignore_errors=True)
@@ -274,13 +301,7 @@ class Mirror:
         for root, dirs, files in os.walk(self.src):
             rel_root = Path(root).relative_to(self.src)
             if rel_root == Path("."):
-                dirs[:] = [
-                    d
-                    for d in dirs
-                    if not d.startswith((COPYING_PREFIX, DELETING_PREFIX, "."))
-                    and not run_dir._CHECKPOINT.match(d)
-                    and not d.startswith("checkpoint-")
-                ]
+                dirs[:] = [d for d in dirs if not d.startswith((COPYING_PREFIX, DELETING_PREFIX, ".", "checkpoint-"))]
             found += [
                 rel_root / f
                 for f in files
@@ -289,29 +310,35 @@ class Mirror:
         return sorted(found)
 
     def _copy_files(self, final: bool) -> None:
-        files = self._files()
-        if final:  # its presence means "finished": only once everything else is there
-            files = [f for f in files if f != Path(FINAL_FILE)] + [f for f in files if f == Path(FINAL_FILE)]
-        else:
-            files = [f for f in files if f != Path(FINAL_FILE)]
-        for rel in files:
-            src = self.src / rel
+        """The changed files outside checkpoints; ``final``: ``final_validation.json`` too, once all else is there
+        (its presence means "finished")."""
+        changed = []
+        for rel in self._files():
             try:
-                st = src.stat()
+                st = (self.src / rel).stat()
             except FileNotFoundError:
                 continue
-            key = (st.st_size, st.st_mtime_ns)
-            if self.copied.get(str(rel)) == key:
-                continue
-            _dst((self.dst / rel.parent).mkdir, 0o777, True, True)
+            if self.copied.get(str(rel)) != (st.st_size, st.st_mtime_ns):
+                changed.append((rel, (st.st_size, st.st_mtime_ns)))
+        last = [c for c in changed if c[0] == Path(FINAL_FILE)]
+        changed = [c for c in changed if c[0] != Path(FINAL_FILE)]
+        for folder in sorted({rel.parent for rel, _ in changed} - {Path(".")}):
+            _dst((self.dst / folder).mkdir, 0o777, True, True)
+
+        def copy(item) -> None:
+            rel, key = item
             try:
-                copy_verified(src, self.dst / rel.parent, durable=final, litter=self.litter)
+                copy_verified(self.src / rel, self.dst / rel.parent, durable=final, litter=self.litter)
             except FileNotFoundError as err:
                 if err.filename and str(err.filename).startswith(str(self.src)):
-                    continue  # replaced meanwhile (a rename into place): the next pass copies the new one
+                    return  # replaced meanwhile (a rename into place): the next pass copies the new one
                 raise FolderFailed(err) from err
             self.copied[str(rel)] = key
-            self.bytes_copied += st.st_size
+            self.bytes_copied += key[0]
+
+        parallel(copy, changed)
+        if final:
+            parallel(copy, last)
 
     def _rotate(self) -> None:
         """The run folder keeps the ``keep`` newest checkpoints, once its newest is one this mirror verified."""

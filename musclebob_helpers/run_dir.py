@@ -6,7 +6,11 @@ answers:
 * the names of the files a run writes (``CONFIG_FILE``, ``HISTORY_FILE``, ...), defined once;
 * ``state(out)``: 'new', 'started' (settings written, no checkpoint yet), 'unfinished' (checkpoints) or 'finished'
   (a trained model and its final validation), and what ``describe`` / ``unfinished_runs`` tell the notebook;
-* ``check(cfg)``: THE start-up check of the folder, once per start, before any model loads. It raises
+* ``check(cfg)``: THE start-up check of the folder, once per start, before any model loads. It returns the
+  ``RunFolder``, the folder resolved once (the run folder, the working folder training writes to, their state,
+  later the checkpoint to resume) that the trainer, its callbacks, the mirror and the notebook receive: on Google
+  Drive or another FUSE or network file system (``file_system_type``) the run trains in a working folder on local
+  disk (``work_folder``) and ``mirror.Mirror`` copies it to the run folder. It raises
   ``ConfigError`` (one line: flag, value, what is allowed) for a file in the way, a finished run without
   ``--overwrite``, an unfinished one without ``--resume-from-checkpoint``, a folder that cannot be written (a
   probe file is really created and removed: permission bits are not trusted, root ignores them; Google Drive
@@ -1205,10 +1209,6 @@ class RunFolder:
         """This folder with ``resume`` chosen for ``--resume-from-checkpoint`` (``find_resume_checkpoint``)."""
         chosen = find_resume_checkpoint(self, cfg, log=log)
         return dataclasses.replace(self, resume=Path(chosen) if chosen else None)
-
-
-# Kept for callers of the earlier name (tests, notebooks of older copies): the same value.
-RunCheck = RunFolder
 
 
 def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:

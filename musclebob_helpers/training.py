@@ -812,10 +812,11 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
             f"The run folder {folder.path} is {where}: training in {out} on local disk, copied there as it goes "
             f"(checkpoints once verified, the rest every {mirror.interval:.0f} s)."
         )
+        local_only = run_dir.combined_state(folder.path, out) == ("finished", True)
+        if local_only and cfg.resume_from_checkpoint == "auto":
+            return _finish_copy(folder, mirror, log)
         if folder.resume is not None and folder.resume.parent == folder.path:
             mirror.seed_work_folder()  # a new machine: the run's files as the run folder holds them
-        if run_dir.state(out) == "finished" and cfg.resume_from_checkpoint == "auto":
-            return _finish_copy(folder, mirror, log)
     try:
         result = _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror)
     except BaseException:
@@ -960,6 +961,8 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             record_base_model(out, cfg.model)
             if cfg.merge_adapter:
                 merge_adapter(out, out / MERGED_DIR, log=log)
+        if mirror is not None:
+            mirror.wake()
 
     model = trainer.model
     model.eval()
