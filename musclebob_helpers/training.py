@@ -846,12 +846,16 @@ def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     it was chosen automatically), or why not (``copy_pending``)."""
     from .mirror import behind_line
 
+    from .run_dir import REWARD_PLOT_FILE
+
     if mirror.finish():
         lag = f"; each checkpoint verified there {max(mirror.lags):.1f} s after its save at most" if mirror.lags else ""
         log(f"Run folder {folder.path}: complete and verified{lag}.")
+        log(f"Reward plot: {folder.path / REWARD_PLOT_FILE}")
         if folder.work == run_dir.work_folder(folder.path, None, folder.fs_type):
             shutil.rmtree(folder.work, ignore_errors=True)  # ours, and a copy of what the run folder now holds
         return {"copy_pending": None, "mirror": mirror.summary()}
+    log(f"Reward plot: {folder.work / REWARD_PLOT_FILE}")
     return {"copy_pending": behind_line(mirror), "mirror": mirror.summary(), "work_dir": str(folder.work)}
 
 
@@ -986,7 +990,9 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     if main:
         from .plots import save_run_report  # matplotlib: only once the run is done
 
-        log(f"Reward plot: {folder.path / Path(save_run_report(out)).name}")
+        plot = save_run_report(out)
+        if mirror is None:  # a mirrored run says where its plot is once the final copy has ended (_end_copy)
+            log(f"Reward plot: {plot}")
     return {
         "baseline": baseline,
         "final": final,
