@@ -139,7 +139,8 @@ class Mirror:
         self.src, self.dst = folder.work, folder.path
         self.keep, self.log, self.interval, self.remount = keep_checkpoints, log, interval, remount
         self.copied: dict[str, tuple[int, int]] = {}  # file (relative) -> (size, mtime_ns) when last copied
-        self.pending: dict[Path, float] = {}  # checkpoints saved and not yet copied -> when they were saved
+        # checkpoints saved and not yet copied -> when they were saved (None: an earlier start's, found missing)
+        self.pending: dict[Path, float | None] = {}
         self.lags: list[float] = []  # seconds from a checkpoint's save to its verified copy
         self.verified: set[str] = set()  # checkpoints this mirror copied and verified
         self.step = 0
@@ -189,7 +190,7 @@ class Mirror:
         self.missing_checked = True
         for ckpt in run_dir.list_checkpoints(self.src):
             if ckpt.name not in have and ckpt not in self.pending:
-                self.pending[ckpt] = time.monotonic()
+                self.pending[ckpt] = None
 
     # --- the copying ---
 
@@ -211,8 +212,8 @@ class Mirror:
                 self._remove_litter()
                 if not self.missing_checked:
                     self._enqueue_missing_checkpoints()
-                for ckpt, saved_at in sorted(self.pending.items(), key=lambda kv: kv[1]):
-                    if self._copy_checkpoint(ckpt):
+                for ckpt, saved_at in sorted(self.pending.items(), key=lambda kv: run_dir.checkpoint_step(kv[0]) or 0):
+                    if self._copy_checkpoint(ckpt) and saved_at is not None:
                         self.lags.append(round(time.monotonic() - saved_at, 3))
                     self.pending.pop(ckpt, None)
                 self._copy_files(final)

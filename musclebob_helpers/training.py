@@ -802,8 +802,6 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
     main = procs.is_main_process
     if main:
         _prepare_folders(cfg, folder, log)
-    folder = folder.with_resume(cfg, log=log)
-    resume = str(folder.resume) if folder.resume else None
     out = folder.work  # where training writes; the run folder itself unless it is mirrored
     mirror = Mirror(folder, cfg.keep_checkpoints, log=log, remount=remount) if folder.mirrored and main else None
     if mirror is not None:
@@ -812,11 +810,17 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
             f"The run folder {folder.path} is {where}: training in {out} on local disk, copied there as it goes "
             f"(checkpoints once verified, the rest every {mirror.interval:.0f} s)."
         )
-        local_only = run_dir.combined_state(folder.path, out) == ("finished", True)
-        if local_only and cfg.resume_from_checkpoint == "auto":
+    # A run finished in its working folder while the run folder failed: its resume copies it (every process
+    # returns here: none trains).
+    if folder.mirrored and cfg.resume_from_checkpoint == "auto":
+        if run_dir.combined_state(folder.path, out) == ("finished", True):
+            if mirror is None:  # another process of an `accelerate launch` run: the main one copies
+                return {"final": read_json(out / FINAL_FILE) or {}, "output_dir": str(folder.path)}
             return _finish_copy(folder, mirror, log)
-        if folder.resume is not None and folder.resume.parent == folder.path:
-            mirror.seed_work_folder()  # a new machine: the run's files as the run folder holds them
+    folder = folder.with_resume(cfg, log=log)
+    resume = str(folder.resume) if folder.resume else None
+    if mirror is not None and folder.resume is not None and folder.resume.parent == folder.path:
+        mirror.seed_work_folder()  # a new machine: the run's files as the run folder holds them
     try:
         result = _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror)
     except BaseException:
