@@ -127,7 +127,7 @@ class NonFiniteLogits(OneLineError):
         elif precision == "bf16":
             cure = "rerun with --precision fp32"
         else:
-            cure = "in fp32 this is the weights themselves (a diverged run: try a lower --learning-rate)"
+            cure = "in fp32 that is the weights themselves (a diverged run: a lower --learning-rate; or a broken model)"
         super().__init__(f"the model produced non-finite logits (inf/nan) in {precision} during {where}: {cure}")
 
     def __reduce__(self):
