@@ -16,7 +16,7 @@ import html
 from pathlib import Path
 
 from . import colab
-from .config import OneLineError, TrainConfig, is_tiny, resolve, validate_config
+from .config import OneLineError, TrainConfig, is_tiny, preset_values, recommend_preset, resolve, validate_config
 from .io import read_json
 from .run_dir import (
     BASELINE_FILE,
@@ -59,7 +59,12 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
 
     hw = detect_hardware()
     if hw["device"] != "cpu":
-        why = "bf16 (Ampere or newer)" if hw["precision"] == "bf16" else "fp16 (older than Ampere, e.g. a T4)"
+        precision = preset_values(hw["recommended_preset"]).get("precision", hw["precision"])  # make_config's default
+        why = {
+            "bf16": "bf16 (Ampere or newer)",
+            "fp16": "fp16 (older than Ampere, e.g. a T4)",
+            "fp32": "fp32 (a T4's fp16 can overflow; precision = 'fp16' in the first cell for speed)",
+        }[precision]
         log(
             f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
             f"{hw['compute_capability']}  precision {why}"
@@ -109,6 +114,12 @@ def make_config(log=print, **params) -> TrainConfig:
         # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
+    if "precision" in params and params["precision"] is None:
+        # The notebook's own default: the precision of the preset for this GPU (colab-t4's fp32), else auto.
+        from .training import detect_hardware
+
+        given["precision"] = preset_values(recommend_preset(detect_hardware())).get("precision", "auto")
+        log(f"precision = {given['precision']!r}  (the notebook's default for this machine)")
     cfg, sources = resolve(given)
     # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
     validate_config(cfg)

@@ -227,3 +227,12 @@ def test_inf_logits_in_a_training_rollout_are_one_line(tmp_path, capsys, monkeyp
     assert baseline["dtype"] == {"precision": "fp32", "weights": ["float32"], "autocast": None}
     saved = json.loads((run / "training_config.json").read_text())
     assert saved["config"]["precision"] == "auto" and saved["hardware"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("hardware, expected", [(T4, "fp32"), (A100, "auto"), (CPU, "auto")])
+def test_the_notebooks_default_precision_is_the_machines_preset(tmp_path, monkeypatch, hardware, expected):
+    gpu = {**hardware, "gpu_memory_gb": 15.0 if hardware is T4 else 40.0}
+    gpu["recommended_preset"] = training.recommend_preset(gpu)
+    monkeypatch.setattr(training, "detect_hardware", lambda precision="auto": gpu)
+    cfg = notebook.make_config(model="tiny", precision=None, output_dir=str(tmp_path), log=lambda *a: None)
+    assert cfg.precision == expected
