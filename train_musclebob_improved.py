@@ -42,14 +42,14 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config, resume_command
-    from musclebob_helpers.config import ConfigError
+    from musclebob_helpers.config import ConfigError, OneLineError
 
     cfg, sources, checked = config_from_args(argv, PROG, __doc__.splitlines()[0])  # flags + run folder
     try:
         check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
         from musclebob_helpers.training import check_hardware_support, detect_hardware
 
-        check_hardware_support(cfg, detect_hardware())  # 4-bit and vLLM need a GPU and their package
+        check_hardware_support(cfg, detect_hardware(cfg.precision))  # precision, 4-bit, vLLM: can this machine?
     except ConfigError as err:
         fail(PROG, str(err))
     from musclebob_helpers.training import process_state
@@ -64,7 +64,7 @@ def _main(argv) -> int:
 
     try:
         result = run_training(cfg, checked=checked)
-    except ConfigError as err:  # found only once the model is loaded (a checkpoint of another architecture)
+    except OneLineError as err:  # found only once the model runs: another architecture, non-finite logits
         fail(PROG, str(err))
     except Stopped as stop:  # SIGINT / SIGTERM: one line saying how to go on
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: a late Ctrl-C must not add a second line

@@ -29,6 +29,8 @@ REPORT_TO_ALLOWED = "none, or one or more of " + ", ".join(TRACKERS) + " separat
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TINY_NAME = "tiny"  # --model tiny: the project's own offline model (tiny_model.py builds it)
+# --precision: auto is bf16 on Ampere or newer GPUs, fp16 on older ones (a T4), fp32 on a CPU (evaluation.precision_for)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 # The tiny offline model's recipe (benchmarks/bench_learning.py measures it on 5 seeds; README, "The benchmark").
 # It learns in optimizer steps, not completions: 2 prompts x 4 answers a step reach 90 % Musclebob in a quarter of
@@ -57,11 +59,14 @@ TINY_LORA_LEARNING_RATE = 5e-3
 PRESETS: dict[str, dict] = {
     # Laptop or Colab CPU: the tiny offline model and its recipe, 2 answers a validation prompt: about a minute.
     "cpu-tiny": dict(model=TINY_NAME, **TINY_DEFAULTS, validation_samples=2),
-    # Free Colab T4 (15 GiB, fp16) with the run on a free Google Drive (15 GB, shared with the user's files):
+    # Free Colab T4 (15 GiB) with the run on a free Google Drive (15 GB, shared with the user's files):
     # Qwen2.5-0.5B with a LoRA adapter (~0.1 GB a checkpoint, ~0.6 GB of Drive for the whole run, deleted
     # checkpoints in Drive's trash included; full fine-tuning writes ~32 GB: see memory.drive_need), at LoRA's
-    # learning rate; the default 4 x 8 completions a step with activation checkpointing on (~4.9 GiB).
-    "colab-t4": dict(lora=True, learning_rate=LORA_LEARNING_RATE),
+    # learning rate; the default 4 x 8 completions a step with activation checkpointing on. In fp32, not the T4's
+    # fp16: Qwen's activations overflow fp16 (its maintainers advise bf16 or fp32, QwenLM/Qwen3 #670, #868; TRL's
+    # T4 GRPO notebook loads in fp32), and a run that stops on non-finite logits wastes the session; fp32 takes
+    # ~6.4 GiB here against fp16's ~4.9 GiB, still well inside the T4. --precision fp16 is there for speed.
+    "colab-t4": dict(lora=True, learning_rate=LORA_LEARNING_RATE, precision="fp32"),
     # Colab L4 (22.5 GiB, bf16): full fine-tuning with checkpointing off (~18 GiB), each step about a third faster.
     "colab-l4": dict(gradient_checkpointing=False),
     # Colab A100 (40 GiB, bf16): 8 x 8 completions a step, no checkpointing (~27 GiB): steadier rewards, half the steps.
@@ -99,6 +104,12 @@ class TrainConfig:
     max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
+    precision: str = _opt(
+        "weights and autocast precision: auto (bf16 on Ampere or newer GPUs, fp16 on older ones like the T4, fp32 "
+        "on a CPU), fp32, fp16 or bf16; fp32 is the way out when fp16 overflows",
+        default="auto",
+        choices=PRECISIONS,
+    )
     lr_scheduler: str = _opt(
         "learning rate schedule after 5 warm-up steps: " + ", ".join(LR_SCHEDULERS) + " (decays to 0 by the last step)",
         default="constant_with_warmup",
@@ -374,6 +385,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     need_ratio("control_ratio", 0.9, "a share between 0 and 0.9 (some SpongeBob prompts must remain)")
     if cfg.reward not in REWARDS:
         raise ConfigError("reward", cfg.reward, "one of " + ", ".join(REWARDS))
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError("precision", cfg.precision, "one of " + ", ".join(PRECISIONS))
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise ConfigError("lr_scheduler", cfg.lr_scheduler, "one of " + ", ".join(LR_SCHEDULERS))
     need_int("max_completion_length", 1, "a whole number of tokens >= 1")

@@ -4,8 +4,8 @@
     python -m musclebob_helpers.estimate --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
         --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
 
-The training script's flags, plus ``--gpu-memory-gb N`` (ask about a GPU you do not have) and
-``--precision bf16|fp16|fp32`` (the autocast precision; default bf16). The rules are in memory.py.
+The training script's flags (``--precision`` among them: the run's precision; its ``auto`` is estimated as bf16),
+plus ``--gpu-memory-gb N`` (ask about a GPU you do not have). The rules are in memory.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import argparse
 import sys
 
 from .cli import OneLineParser, config_from_args, fail
-from .memory import PRECISIONS, drive_need, estimate_memory, fit_warning, model_shape
+from .memory import drive_need, estimate_memory, fit_warning, model_shape
 
 PROG = "python -m musclebob_helpers.estimate"
 # --help is the training parser's: its description names the two flags it does not know.
 DESCRIPTION = (
     "GPU memory and disk need of a training configuration, without loading the model. Takes the training "
-    "script's flags, plus --gpu-memory-gb N (a GPU's memory in GiB, to ask about a GPU you do not have) and "
-    "--precision bf16|fp16|fp32 (the autocast precision; default bf16)."
+    "script's flags (--precision auto is estimated as bf16), plus --gpu-memory-gb N (a GPU's memory in GiB, to ask "
+    "about a GPU you do not have)."
 )
 
 
@@ -36,15 +36,14 @@ def _gib(value: str) -> float:
 
 
 def _own_flags() -> argparse.ArgumentParser:
-    # The training flags are the training script's parser's business: this one takes only its own two.
+    # The training flags are the training script's parser's business (--precision too): this one takes only its own.
     parser = OneLineParser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("--gpu-memory-gb", type=_gib, default=None)
-    parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the estimate for training flags (and ``--gpu-memory-gb``, ``--precision``)."""
+    """Print the estimate for training flags (and ``--gpu-memory-gb``)."""
     own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg, _, _ = config_from_args(rest, PROG, DESCRIPTION, check_folder=False)
     shape = model_shape(cfg.model)
@@ -53,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from .training import process_state
 
     gpu_gb = own.gpu_memory_gb
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision  # auto: the GPU's, unknown here
     est = estimate_memory(
-        shape, cfg, precision=own.precision, num_processes=process_state().num_processes, gpu_memory_gb=gpu_gb
+        shape, cfg, precision=precision, num_processes=process_state().num_processes, gpu_memory_gb=gpu_gb
     )
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None

@@ -17,9 +17,11 @@ leakage grows, or control accuracy falls well below the baseline's.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from . import data, rewards
+from .config import OneLineError
 
 # Fixed, seeded sampling: two validations of the same model give the same figures.
 VALIDATION_TEMPERATURE = 0.7
@@ -66,18 +68,111 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def precision_for(device_name: str, capability: tuple[int, int] | None) -> str:
-    """bf16 on Ampere or newer (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU."""
+def precision_for(device_name: str, capability: tuple[int, int] | None, asked: str = "auto") -> str:
+    """The run's precision: ``asked`` (``--precision``) unless it is "auto"; auto is bf16 on Ampere or newer
+    (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU. Whether the machine can do what
+    was asked is ``training.check_hardware_support``'s question."""
+    if asked != "auto":
+        return asked
     if not device_name.startswith("cuda") or capability is None:
         return "fp32"
     return "bf16" if capability[0] >= 8 else "fp16"
 
 
-def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False, quantization_config=None):
+HALF = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names of the 16-bit precisions
+
+
+def run_dtypes(precision: str, lora: bool) -> dict:
+    """How a run in ``precision`` holds its weights and does its math, as torch dtype names: the one rule the
+    training rollouts, the baseline, the mid-training checks and the final validation all follow.
+
+    Full fine-tuning keeps fp32 master weights and lets autocast do the 16-bit math (the optimizer needs fp32 to
+    add small updates); a LoRA base is frozen, so it stays in the 16-bit dtype it was loaded in (half the memory)
+    and the adapter trains in fp32 beside it. Generation runs under the same autocast as training's forward:
+    softmax and norms in fp32, matmuls in 16-bit. fp32: no autocast."""
+    half = HALF.get(precision)
+    if half is None:
+        return {"weights": "float32", "autocast": None}
+    return {"weights": half if lora else "float32", "autocast": half}
+
+
+def generating_in(model, precision: str):
+    """The context to generate in for a run in ``precision`` (``run_dtypes``' autocast on the model's device).
+
+    accelerate puts this autocast on ``model.forward`` for training; ``generate`` of a PEFT model calls its base
+    model's forward, which accelerate never wrapped, so without this its rollouts and checks ran in plain fp16."""
+    import torch
+
+    half = run_dtypes(precision, lora=False)["autocast"]
+    if half is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=getattr(torch, half))
+
+
+def recorded_precision(model, precision: str) -> dict:
+    """What a validation report records of how it generated: the run's precision, the dtypes the weights were
+    in (a LoRA model holds its 16-bit base and its fp32 adapter), and the autocast dtype (None: none)."""
+    weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    return {"precision": precision, "weights": weights, "autocast": run_dtypes(precision, lora=False)["autocast"]}
+
+
+class NonFiniteLogits(OneLineError):
+    """A generation produced inf or nan logits: sampling would fail in ``torch.multinomial`` with a traceback that
+    names neither the cause nor the cure; this says both in one line."""
+
+    def __init__(self, precision: str, where: str):
+        self.precision, self.where = precision, where
+        if precision == "fp16":
+            cure = "fp16 overflowed; rerun with --precision fp32 (or --precision bf16 on an Ampere or newer GPU)"
+        elif precision == "bf16":
+            cure = "rerun with --precision fp32"
+        else:
+            cure = "in fp32 that is the weights themselves (a diverged run: a lower --learning-rate; or a broken model)"
+        super().__init__(f"the model produced non-finite logits (inf/nan) in {precision} during {where}: {cure}")
+
+    def __reduce__(self):
+        return type(self), (self.precision, self.where)
+
+
+def _generating_module(model):
+    """The module whose forward ``generate`` calls: a PEFT model generates through its base model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+@contextlib.contextmanager
+def finite_logits_guard(model, precision: str, where: str):
+    """While generating: raise ``NonFiniteLogits`` at the first forward whose next-token logits hold inf or nan.
+
+    Only the last position is checked (the one sampled from): a few thousand values per sequence, against the
+    model's whole forward. A hook for the duration of one generation, so training's own forwards pay nothing."""
+    import torch
+
+    def check(module, args, output):
+        logits = getattr(output, "logits", None)
+        if logits is not None and not bool(torch.isfinite(logits[:, -1]).all()):
+            raise NonFiniteLogits(precision, where)
+
+    handle = _generating_module(model).register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def load_model(
+    name_or_path: str,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config=None,
+    precision: str | None = None,
+):
     """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter folder, loaded the same way.
 
     An adapter folder loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the
     adapter applied. ``quantization_config`` (QLoRA's 4-bit) places the model with a device map instead.
+    ``precision``: the run's (``training.detect_hardware``); None: the automatic choice for ``device``. The
+    weights load in its dtype: a training run then makes full fine-tuning's fp32 (``training.load_for_training``).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,10 +184,11 @@ def load_model(name_or_path: str, device: str | None = None, trust_remote_code: 
     path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
     device = device or pick_device()
     cuda = device.startswith("cuda")
-    # Not torch.cuda.is_bf16_supported(): it answers True on a T4 too (bf16 emulated, many times slower), and the
-    # trainer there uses fp16; weights and autocast must agree.
-    precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if precision is None:
+        # Not torch.cuda.is_bf16_supported(): it answers True on a T4 too (bf16 emulated, many times slower), and
+        # the trainer there uses fp16; weights and autocast must agree.
+        precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
+    dtype = getattr(torch, HALF.get(precision, "float32"))
     tokenizer = AutoTokenizer.from_pretrained(
         adapter if adapter and has_tokenizer(adapter) else path, trust_remote_code=trust_remote_code
     )
@@ -133,10 +229,12 @@ def generate(
     seed: int = VALIDATION_SEED,
     batch_size: int = 32,
     top_p: float = VALIDATION_TOP_P,
+    precision: str = "fp32",
 ) -> list[list[Generation]]:
     """``num_samples`` sampled answers for each prompt (a string or chat messages), seeded.
 
-    Returns one list of ``Generation`` per prompt. ``temperature=0`` means greedy.
+    Returns one list of ``Generation`` per prompt. ``temperature=0`` means greedy. ``precision``: the run's, whose
+    autocast it generates under (``generating_in``); inf/nan logits stop it with ``NonFiniteLogits``.
     """
     import torch
 
@@ -157,7 +255,12 @@ def generate(
         # A private RNG stream: the same seed for the same chunk gives reproducible figures, and a check in the
         # middle of training leaves the trainer's random state (and so a resumed run) untouched.
         devices = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with (
+            torch.random.fork_rng(devices=devices),
+            torch.no_grad(),
+            generating_in(model, precision),
+            finite_logits_guard(model, precision, "validation"),
+        ):
             torch.manual_seed(seed + start)
             out = model.generate(
                 **enc,
@@ -270,11 +373,18 @@ def validate(
     max_new_tokens: int = 64,
     baseline: dict | None = None,
     model_name: str = "",
+    precision: str = "fp32",
 ) -> dict:
-    """Sample answers to the held-out validation prompts and score them (see the module docstring)."""
+    """Sample answers to the held-out validation prompts and score them (see the module docstring), generating
+    as the run's rollouts do in ``precision`` (``generating_in``); the report records how (``recorded_precision``)."""
     rows = rows if rows is not None else data.validation_rows()
     gens = generate(
-        model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, num_samples=num_samples
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        max_new_tokens=max_new_tokens,
+        num_samples=num_samples,
+        precision=precision,
     )
     report = {"model": model_name, **score_responses(rows, gens)}
     problems = health(report, baseline)
@@ -287,6 +397,7 @@ def validate(
         "samples_per_prompt": num_samples,
         "max_new_tokens": max_new_tokens,
     }
+    report["dtype"] = recorded_precision(model, precision)
     # Keep "responses" last so the file reads top-down: figures first.
     report["responses"] = report.pop("responses")
     return report

@@ -47,7 +47,8 @@ def quantization_config(cfg: TrainConfig, hardware: dict):
     import torch
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if hardware.get("precision") == "bf16" else torch.float16
+    # The 4-bit weights are dequantized to the run's precision for each matmul (fp32 with --precision fp32).
+    compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(hardware.get("precision"), torch.float16)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )

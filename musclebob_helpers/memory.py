@@ -41,7 +41,6 @@ GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
 CUDA_OVERHEAD_BYTES = 1 * GIB
 DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
-PRECISIONS = ("bf16", "fp16", "fp32")
 
 # The models the guide names, so that the estimate and the disk check work offline: their config.json.
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
@@ -406,7 +405,8 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     plus the final model, with ``keep_checkpoints`` rotation (``rotate_checkpoints``).
 
     A checkpoint holds the trainable weights in fp32 (full fine-tuning keeps fp32 master weights; PEFT keeps
-    the adapter in fp32 over a 16-bit base) — 4 B each — AdamW's two fp32 moments (8 B per trainable
+    the adapter in fp32 over a 16-bit base; so in every ``--precision``, but a bf16 QLoRA run, whose adapter TRL
+    keeps in bf16, writes about half: counted as fp32, an overestimate) — 4 B each — AdamW's two fp32 moments (8 B per trainable
     parameter), the tokenizer and small files. Rotation deletes old checkpoints only after a new one is
     complete, so while it is written ``keep + 1`` exist (``peak``); on Google Drive deleted checkpoints stay
     in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.

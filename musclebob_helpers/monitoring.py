@@ -165,8 +165,10 @@ class MidTrainingValidation(_callback_base()):
         monitor: HealthMonitor | None = None,
         log=print,
         trackers: Trackers | None = None,
+        precision: str = "fp32",
     ):
         self.path = Path(out_dir) / VALIDATION_HISTORY_FILE
+        self.precision = precision  # the run's: a check generates as its rollouts do (evaluation.generating_in)
         self.tokenizer, self.rows, self.every = tokenizer, rows, every_steps
         self.completions_per_step, self.max_new_tokens, self.samples = completions_per_step, max_new_tokens, samples
         self.monitor, self.log, self.trackers = monitor, log, trackers
@@ -185,7 +187,12 @@ class MidTrainingValidation(_callback_base()):
         was_training = model.training
         model.eval()
         report = evaluation.validate(
-            model, self.tokenizer, self.rows, num_samples=self.samples, max_new_tokens=self.max_new_tokens
+            model,
+            self.tokenizer,
+            self.rows,
+            num_samples=self.samples,
+            max_new_tokens=self.max_new_tokens,
+            precision=self.precision,
         )
         if was_training:
             model.train()
@@ -194,6 +201,7 @@ class MidTrainingValidation(_callback_base()):
             "epoch": round(float(state.epoch or 0), 4),
             "completions": state.global_step * self.completions_per_step,
             **{k: report[k] for k, _ in evaluation.RATE_KEYS},
+            "dtype": report["dtype"],
         }
         self.history = [e for e in self.history if e["step"] < entry["step"]] + [entry]
         if state.is_world_process_zero:

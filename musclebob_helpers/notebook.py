@@ -16,8 +16,8 @@ import html
 from pathlib import Path
 
 from . import colab
-from .config import OneLineError, TrainConfig, is_tiny, resolve, validate_config
-from .io import read_json, write_json_atomic
+from .config import OneLineError, TrainConfig, is_tiny, preset_values, recommend_preset, resolve, validate_config
+from .io import read_json
 from .run_dir import (
     BASELINE_FILE,
     CONFIG_FILE,
@@ -59,7 +59,12 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
 
     hw = detect_hardware()
     if hw["device"] != "cpu":
-        why = "bf16 (Ampere or newer)" if hw["precision"] == "bf16" else "fp16 (older than Ampere, e.g. a T4)"
+        precision = preset_values(hw["recommended_preset"]).get("precision", hw["precision"])  # make_config's default
+        why = {
+            "bf16": "bf16 (Ampere or newer)",
+            "fp16": "fp16 (older than Ampere, e.g. a T4)",
+            "fp32": "fp32 (a T4's fp16 can overflow; precision = 'fp16' in the first cell for speed)",
+        }[precision]
         log(
             f"GPU: {hw['gpu_name']}  memory {hw['gpu_memory_gb']} GiB  compute capability "
             f"{hw['compute_capability']}  precision {why}"
@@ -109,13 +114,19 @@ def make_config(log=print, **params) -> TrainConfig:
         # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
+    if "precision" in params and params["precision"] is None:
+        # The notebook's own default: the precision of the preset for this GPU (colab-t4's fp32), else auto.
+        from .training import detect_hardware
+
+        given["precision"] = preset_values(recommend_preset(detect_hardware())).get("precision", "auto")
+        log(f"precision = {given['precision']!r}  (the notebook's default for this machine)")
     cfg, sources = resolve(given)
     # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
     validate_config(cfg)
     check_model_loadable(cfg.model)
-    from .training import check_trackers
+    from .training import check_hardware_support, detect_hardware
 
-    check_trackers(cfg)  # here, before the baseline loads the model
+    check_hardware_support(cfg, detect_hardware(cfg.precision))  # precision, 4-bit, trackers: before any model loads
     for name, why in sources.items():
         if why not in ("you", "default"):
             log(f"{name} = {getattr(cfg, name)!r}  ({why})")
@@ -136,39 +147,35 @@ def make_config(log=print, **params) -> TrainConfig:
 # --- baseline, training, resume -------------------------------------------------------------------------
 
 
-def _matches(report: dict | None, cfg: TrainConfig) -> bool:
+def _matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
+    """Whether a saved baseline is this run's: its model, sampling and precision (``precision``: the run's)."""
     sampling = (report or {}).get("sampling", {})
     return (
         bool(report)
         and report.get("model") == cfg.model
         and sampling.get("samples_per_prompt") == cfg.validation_samples
         and sampling.get("max_new_tokens") == cfg.max_completion_length
+        and report.get("dtype", {}).get("precision") == precision
     )
 
 
 def baseline_validation(cfg: TrainConfig, log=print) -> dict:
-    """The base model on the held-out prompts, before training (reused from the run folder when it is there)."""
+    """The base model on the held-out prompts, before training (reused from the run folder when it is there).
+
+    Measured as ``run_training`` measures it (``training.load_for_training``, ``training.measure_baseline``): the
+    same weights, dtype and autocast as training's rollouts, so before and after compare fairly. ``train`` hands
+    the report to ``run_training``, which writes ``baseline_validation.json`` (its one writer)."""
     from . import evaluation
-    from .data import validation_rows
+    from .training import detect_hardware, load_for_training, measure_baseline
 
     path = Path(cfg.output_dir) / BASELINE_FILE
     report = read_json(path)
-    if _matches(report, cfg) and not cfg.overwrite:
+    hardware = detect_hardware(cfg.precision)
+    if _matches(report, cfg, hardware["precision"]) and not cfg.overwrite:
         log(f"Baseline from {path} (already measured for this run).")
     else:
-        log(f"Validating {cfg.model} on the held-out prompts ...")
-        model, tok = evaluation.load_model(cfg.model)
-        if model.device.type == "cuda":
-            model.float()  # as run_training validates (fp32 weights), so before and after compare fairly
-        report = evaluation.validate(
-            model,
-            tok,
-            validation_rows(),
-            num_samples=cfg.validation_samples,
-            max_new_tokens=cfg.max_completion_length,
-            model_name=cfg.model,
-        )
-        write_json_atomic(path, report)
+        model, tok = load_for_training(cfg, hardware)
+        report = measure_baseline(cfg, model, tok, hardware, log=log)
         del model
     log(evaluation.summary_table({"baseline": report}))
     _show_answers(report, limit=4)

@@ -38,13 +38,20 @@ from .rewards import make_reward_functions
 from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
 
-def detect_hardware() -> dict:
-    """What this machine offers: device, GPU name, memory, compute capability, the precision to use and
-    the preset that suits it (``config.recommend_preset``)."""
+def detect_hardware(precision: str = "auto") -> dict:
+    """What this machine offers: device, GPU name, memory, compute capability, the precision to use (``precision``,
+    ``--precision``, unless "auto": see ``evaluation.precision_for``) and the preset that suits it
+    (``config.recommend_preset``). Whether the machine can do the precision asked is ``check_hardware_support``'s."""
     import torch
 
     if not torch.cuda.is_available():
-        hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None, "precision": "fp32"}
+        hw = {
+            "device": "cpu",
+            "gpu_name": None,
+            "gpu_memory_gb": 0.0,
+            "compute_capability": None,
+            "precision": precision_for("cpu", None, precision),
+        }
     else:
         props = torch.cuda.get_device_properties(0)
         capability = (props.major, props.minor)
@@ -53,7 +60,7 @@ def detect_hardware() -> dict:
             "gpu_name": props.name,
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
             "compute_capability": f"{props.major}.{props.minor}",
-            "precision": precision_for("cuda", capability),
+            "precision": precision_for("cuda", capability, precision),
             "gpu_count": torch.cuda.device_count(),
         }
     hw["recommended_preset"] = recommend_preset(hw)
@@ -79,9 +86,20 @@ def package_available(name: str) -> bool:
 
 
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
-    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package, a
-    tracker without its package."""
+    """ConfigError when the machine cannot do what ``cfg`` asks: 16-bit precision on a CPU, bf16 on a GPU older
+    than Ampere, 4-bit or vLLM without a GPU or the package, a tracker without its package."""
     gpu = hardware.get("device") == "cuda"
+    if cfg.precision in ("fp16", "bf16") and not gpu:
+        raise ConfigError("precision", cfg.precision, "fp32 or auto on a CPU (16-bit autocast is for CUDA GPUs here)")
+    major = int(str(hardware.get("compute_capability") or "0").split(".")[0])
+    if cfg.precision == "bf16" and gpu and major < 8:
+        # torch would emulate it (torch.cuda.is_bf16_supported() says True on a T4), many times slower.
+        raise ConfigError(
+            "precision",
+            cfg.precision,
+            f"bf16 needs an Ampere or newer GPU (compute capability >= 8.0; {hardware.get('gpu_name')} is "
+            f"{hardware.get('compute_capability')}): use fp32, or fp16",
+        )
     if cfg.load_in_4bit:
         if not gpu:
             raise ConfigError(
@@ -456,6 +474,19 @@ def trainer_class():
             def _get_train_sampler(self, *args, **kwargs):
                 return EpochSeededSampler(super()._get_train_sampler(*args, **kwargs))
 
+            def _generate_single_turn(self, *args, **kwargs):
+                # The rollouts in the run's autocast (a PEFT model's generate skips the one accelerate puts on
+                # forward), and inf/nan logits as one line rather than torch.multinomial's traceback. vLLM
+                # generates in its own engine: neither applies there.
+                if self.use_vllm:
+                    return super()._generate_single_turn(*args, **kwargs)
+                precision = args_precision(self.args)
+                with (
+                    evaluation.generating_in(self.model, precision),
+                    evaluation.finite_logits_guard(self.model, precision, "a training rollout"),
+                ):
+                    return super()._generate_single_turn(*args, **kwargs)
+
             def _load_optimizer_and_scheduler(self, checkpoint):
                 super()._load_optimizer_and_scheduler(checkpoint)
                 if checkpoint is not None:
@@ -472,7 +503,7 @@ def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=(), trainer
     from datasets import Dataset
 
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    return (trainer_cls or trainer_class())(
+    trainer = (trainer_cls or trainer_class())(
         model=model,
         reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
         args=args,
@@ -481,6 +512,33 @@ def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=(), trainer
         callbacks=list(callbacks),
         peft_config=lora_config(cfg),
     )
+    fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
+    return trainer
+
+
+def args_precision(args) -> str:
+    """The precision a ``GRPOConfig`` trains in (``grpo_args`` set it from the run's)."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def fp32_trainables_under_fp16(model, args) -> list[str]:
+    """In an fp16 run, every trainable parameter in fp32; returns the names of those it cast.
+
+    fp16 training scales the loss (accelerate's GradScaler), and unscaling the gradients has no bf16 kernel in torch:
+    ``NotImplementedError`` at the first optimizer step. TRL casts a 4-bit (QLoRA) model's trainable parameters to
+    bf16 (the QLoRA paper's recipe, TRL 0.29 and 1.x alike), whatever the run's precision; under fp16 they go back
+    to fp32 here (fp16 autocast does the math either way; an fp16 adapter would lose AdamW's small updates). A bf16
+    run keeps TRL's bf16 adapter: bf16 needs no scaler."""
+    import torch
+
+    if not args.fp16:
+        return []
+    cast = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast.append(name)
+    return cast
 
 
 def build_trainer(
@@ -512,6 +570,7 @@ def build_trainer(
         monitor=monitor,
         log=log,
         trackers=trackers,
+        precision=hardware["precision"],
     )
     history_cb, progress = make_callbacks(out, log=log)
     completions = CompletionLog(out)
@@ -765,7 +824,7 @@ def run_training(
         main = procs.is_main_process
         if not main:
             log = _quiet
-        hardware = detect_hardware()
+        hardware = detect_hardware(cfg.precision)  # --precision decided here, once, and handed down
         check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
         if str(checked.path) != str(run_dir.expand_path(cfg.output_dir)):
             cfg = dataclasses.replace(cfg, output_dir=str(checked.path))  # out/a/../b is out/b: no empty out/a made
@@ -863,6 +922,42 @@ def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     return {"copy_pending": behind_line(mirror), "mirror": mirror.summary(), "work_dir": str(folder.work)}
 
 
+def load_for_training(cfg: TrainConfig, hardware: dict, device: str | None = None):
+    """(model, tokenizer) as a run trains them: loaded in the run's precision (QLoRA's 4-bit when asked), an adapter
+    folder merged into its base, and the weights in ``evaluation.run_dtypes``' dtype (fp32 master weights for full
+    fine-tuning). The notebook's baseline cell loads the model this way too, so it validates the same weights."""
+    model, tokenizer = evaluation.load_model(
+        cfg.model,
+        device=device or hardware["device"],
+        trust_remote_code=cfg.trust_remote_code,
+        quantization_config=quantization_config(cfg, hardware),
+        precision=hardware["precision"],
+    )
+    from .lora import is_adapter_dir
+
+    if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
+        model = model.merge_and_unload()
+    if evaluation.run_dtypes(hardware["precision"], cfg.lora)["weights"] == "float32":
+        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: the base stays 16-bit)
+    return model, tokenizer
+
+
+def measure_baseline(cfg: TrainConfig, model, tokenizer, hardware: dict, log=print) -> dict:
+    """The baseline validation (held-out prompts, before training) of a model from ``load_for_training``, in the
+    run's precision: what ``run_training`` measures, and the notebook's baseline cell. Only ``run_training`` writes
+    it (``baseline_validation.json``)."""
+    log("Baseline validation (held-out prompts, before training) ...")
+    return evaluation.validate(
+        model,
+        tokenizer,
+        data.validation_rows(),
+        num_samples=cfg.validation_samples,
+        max_new_tokens=cfg.max_completion_length,
+        model_name=cfg.model,
+        precision=hardware["precision"],
+    )
+
+
 def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror) -> dict:
     """The run itself: model, baseline, trainer, training, final model and validation, written to ``out``."""
     main = procs.is_main_process
@@ -872,16 +967,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     device = hardware["device"]
     if device == "cuda":
         device = f"cuda:{procs.local_process_index}"  # each process on its own GPU
-    model, tokenizer = evaluation.load_model(
-        cfg.model,
-        device=device,
-        trust_remote_code=cfg.trust_remote_code,
-        quantization_config=quantization_config(cfg, hardware),
-    )
-    from .lora import is_adapter_dir
-
-    if is_adapter_dir(cfg.model):  # training on from an adapter folder: start from its merged weights
-        model = model.merge_and_unload()
+    model, tokenizer = load_for_training(cfg, hardware, device)
     need = folder.need
     if need is None:  # the model's shape was not known before loading it: check its disk need now
         from .memory import ModelShape
@@ -916,23 +1002,13 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
                 "completions_per_step": cfg.batch_size * cfg.num_generations,
             },
         )
-    if hardware["device"] == "cuda" and not cfg.lora:
-        model.float()  # master weights in fp32; bf16/fp16 autocast does the fast math (LoRA: base stays 16-bit)
     val_rows = data.validation_rows()
 
     if baseline is None and resume:
         baseline = read_json(out / BASELINE_FILE)
     if baseline is None:
-        log("Baseline validation (held-out prompts, before training) ...")
-        baseline = evaluation.validate(
-            model,
-            tokenizer,
-            val_rows,
-            num_samples=cfg.validation_samples,
-            max_new_tokens=cfg.max_completion_length,
-            model_name=cfg.model,
-        )
-    if main:
+        baseline = measure_baseline(cfg, model, tokenizer, hardware, log=log)
+    if main:  # the one writer of baseline_validation.json (the notebook's baseline cell hands its report here)
         write_json_atomic(out / BASELINE_FILE, baseline)
     log(_rates_line("baseline", baseline))
 
@@ -983,6 +1059,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         max_new_tokens=cfg.max_completion_length,
         baseline=baseline,
         model_name=str(folder.path),
+        precision=hardware["precision"],
     )
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step

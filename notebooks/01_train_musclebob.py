@@ -44,6 +44,7 @@
 # %% tags=["parameters"]
 model = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local folder, or "tiny" (offline, trains on a CPU)
 lora = None  # None: LoRA adapter for a hub model (~0.6 GB of Drive), all weights for tiny; False: all (~32 GB)
+precision = None  # None: fp32 on a T4 (fp16 can overflow), bf16 on A100/L4, fp32 on a CPU; or "fp16" for speed
 run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change it for a new run
 output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
 use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
@@ -100,7 +101,8 @@ ROOT = colab.setup_project(ROOT)
 # ## GPU check
 #
 # Which device training will use, its memory and compute capability, and the precision chosen from it:
-# bf16 on Ampere or newer (A100, L4), fp16 on a T4, fp32 on a CPU.
+# bf16 on Ampere or newer (A100, L4), fp32 on a T4 (its fp16 can overflow; `precision = "fp16"` for speed), fp32
+# on a CPU.
 
 # %%
 hardware = nb.show_hardware(model)
@@ -137,8 +139,8 @@ keep_alive_status = colab.keep_alive(keep_alive)
 # value before anything heavy happens.
 
 # %%
-cfg = nb.make_config(model=model, lora=lora, epochs=epochs, learning_rate=learning_rate, num_samples=num_samples,
-                     num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
+cfg = nb.make_config(model=model, lora=lora, precision=precision, epochs=epochs, learning_rate=learning_rate,
+                     num_samples=num_samples, num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
                      validation_samples=validation_samples, seed=seed, report_to=report_to, output_dir=str(run_dir),
                      overwrite=overwrite)

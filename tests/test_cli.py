@@ -51,6 +51,8 @@ def test_each_flag_reaches_the_config(tmp_path):
         "0.02",
         "--lr-scheduler",
         "linear",
+        "--precision",
+        "fp16",  # over the colab-t4 preset's fp32
         "--lora",
         "--lora-r",
         "8",
@@ -108,6 +110,7 @@ def test_each_flag_reaches_the_config(tmp_path):
         temperature=0.9,
         beta=0.02,
         lr_scheduler="linear",
+        precision="fp16",
         lora=True,
         lora_r=8,
         lora_alpha=16,

@@ -242,13 +242,18 @@ def test_show_final_before_the_end(tmp_path):
 
 def test_baseline_is_reused_when_it_matches(tmp_path):
     cfg = TrainConfig(model="tiny", output_dir=str(tmp_path), validation_samples=1, max_completion_length=16)
-    report = {"model": "tiny", "sampling": {"samples_per_prompt": 1, "max_new_tokens": 16}}
-    assert nb._matches(report, cfg)
-    assert not nb._matches(report, TrainConfig(model="tiny", validation_samples=2, max_completion_length=16))
-    assert not nb._matches(None, cfg)
+    report = {
+        "model": "tiny",
+        "sampling": {"samples_per_prompt": 1, "max_new_tokens": 16},
+        "dtype": {"precision": "fp32", "weights": ["float32"], "autocast": None},
+    }
+    assert nb._matches(report, cfg, "fp32")
+    assert not nb._matches(report, TrainConfig(model="tiny", validation_samples=2, max_completion_length=16), "fp32")
+    assert not nb._matches(None, cfg, "fp32")
+    assert not nb._matches(report, cfg, "fp16")  # measured in another precision: not this run's baseline
     path = tmp_path / "baseline_validation.json"
     path.write_text(json.dumps(report))
-    assert nb._matches(json.loads(path.read_text()), cfg)
+    assert nb._matches(json.loads(path.read_text()), cfg, "fp32")
 
 
 def test_a_run_whose_copy_to_drive_did_not_finish_says_where_it_is(tmp_path, monkeypatch):
