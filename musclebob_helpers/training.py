@@ -78,9 +78,46 @@ def package_available(name: str) -> bool:
         return False
 
 
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (its metadata; nothing is imported), None when absent."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def declared_requirement(dist: str, on: str, extra: str = ""):
+    """What installed ``dist`` declares it needs of ``on`` (a ``packaging`` ``Requirement``; None when it declares
+    nothing or is absent). ``extra``: the requirement of that extra (``trl[vllm]``) instead of the plain ones; a
+    requirement whose marker does not hold here (another platform or Python) does not count."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = importlib.metadata.requires(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in declared:
+        req = Requirement(line)
+        if canonicalize_name(req.name) != canonicalize_name(on):
+            continue
+        if (req.marker is not None and "extra" in str(req.marker)) != bool(extra):
+            continue  # an extra's requirement when the plain one was asked, or the other way round
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            return req
+    return None
+
+
+VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
+
+
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
-    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package, a
-    tracker without its package."""
+    """ConfigError when the machine cannot do what ``cfg`` asks: 4-bit or vLLM without a GPU or the package, vLLM on
+    a GPU older than ``VLLM_MIN_CAPABILITY`` or in versions that do not fit, a tracker without its package."""
     gpu = hardware.get("device") == "cuda"
     if cfg.load_in_4bit:
         if not gpu:
@@ -101,7 +138,42 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
+        problem = vllm_problem(hardware)
+        if problem:
+            raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
     check_trackers(cfg)
+
+
+def vllm_problem(hardware: dict) -> str | None:
+    """Why vLLM cannot generate on this GPU with these packages (None: it can), asked before any model loads:
+    - a GPU below ``VLLM_MIN_CAPABILITY`` (a T4);
+    - a vllm version outside the range the installed TRL declares for its ``vllm`` extra (TRL's trainer only
+      warns about it, then fails inside vLLM's engine);
+    - a vllm built for another torch: each vllm release pins one torch version, so installing vllm replaces
+      Colab's torch, and reinstalling torch afterwards leaves a vllm whose compiled kernels do not load."""
+    from packaging.version import Version
+
+    capability = hardware.get("compute_capability")
+    if capability and Version(capability) < Version(VLLM_MIN_CAPABILITY):
+        return (
+            f"vLLM needs a GPU of compute capability {VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
+            f"this {hardware.get('gpu_name') or 'GPU'} is {capability}"
+        )
+    vllm = installed_version("vllm")
+    if vllm is None:
+        return None  # importable but without metadata (a source checkout): nothing to compare
+    trl = installed_version("trl")
+    supported = declared_requirement("trl", "vllm", extra="vllm")
+    if supported is not None and not supported.specifier.contains(vllm, prereleases=True):
+        return f"vllm {vllm} is installed, TRL {trl} supports vllm{supported.specifier}: pip install 'trl[vllm]=={trl}'"
+    torch = installed_version("torch")
+    wants = declared_requirement("vllm", "torch")
+    if torch and wants is not None and wants.specifier and not wants.specifier.contains(torch, prereleases=True):
+        return (
+            f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed "
+            f"(one replaced the other's): pip install 'vllm=={vllm}' brings its torch back"
+        )
+    return None
 
 
 def check_trackers(cfg: TrainConfig) -> None:

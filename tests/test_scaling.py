@@ -367,6 +367,74 @@ def test_hardware_checks_with_a_gpu(monkeypatch):
         training.check_hardware_support(TrainConfig(use_vllm=True), {"device": "cpu"})
 
 
+# What TRL 0.29.1 (the version requirements-colab.txt pins) and vllm 0.12.0 declare in their metadata, as
+# importlib.metadata returns it; torch as Colab ships it (../shared/colab/pip-freeze.gpu.txt).
+TRL_0291_REQUIRES = [
+    "accelerate>=1.4.0",
+    "transformers>=4.56.2",
+    'peft>=0.8.0; extra == "peft"',
+    'vllm<0.13.0,>=0.10.2; extra == "vllm"',
+    'fastapi; extra == "vllm"',
+]
+VLLM_0120_REQUIRES = ["torch==2.9.0", "torchvision==0.24.0", 'xformers; platform_machine == "x86_64"']
+
+
+def fake_dists(monkeypatch, **dists):
+    """importlib.metadata answering for ``dists`` (name -> (version, requires)) only: no real vllm here."""
+    import importlib.metadata
+
+    def lookup(name):
+        if name not in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: lookup(name)[0])
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: lookup(name)[1])
+    monkeypatch.setattr(training, "package_available", lambda name: name in dists)
+
+
+@pytest.mark.parametrize(
+    "capability,vllm,torch,refusal",
+    [
+        ("8.0", "0.12.0", "2.9.0+cu128", None),  # an A100 with the vllm TRL supports and vllm's own torch
+        ("8.9", "0.10.2", "2.9.0", None),  # an L4, the oldest vllm TRL 0.29.1 supports (its torch pin is ours here)
+        ("7.5", "0.12.0", "2.9.0+cu128", "compute capability 8.0 or newer (A100, L4, H100); this Tesla T4 is 7.5"),
+        ("8.0", "0.13.0", "2.9.0", "vllm 0.13.0 is installed, TRL 0.29.1 supports vllm<0.13.0,>=0.10.2"),
+        ("8.0", "0.10.1", "2.9.0", "vllm 0.10.1 is installed, TRL 0.29.1 supports"),
+        # Colab's torch put back after installing vllm (or vllm installed with --no-deps).
+        ("8.0", "0.12.0", "2.11.0+cu128", "vllm 0.12.0 was built for torch==2.9.0 but torch 2.11.0+cu128 is installed"),
+    ],
+)
+def test_vllm_is_refused_where_it_cannot_run(monkeypatch, capability, vllm, torch, refusal):
+    fake_dists(
+        monkeypatch,
+        trl=("0.29.1", TRL_0291_REQUIRES),
+        vllm=(vllm, VLLM_0120_REQUIRES),
+        torch=(torch, []),
+    )
+    gpu = {"device": "cuda", "gpu_name": "Tesla T4", "compute_capability": capability, "precision": "bf16"}
+    if refusal is None:
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+        return
+    with pytest.raises(ConfigError) as err:
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+    line = str(err.value)
+    assert line.startswith("--use-vllm=True is not allowed: ") and refusal in line and "\n" not in line
+    training.check_hardware_support(TrainConfig(), gpu)  # without --use-vllm nothing is asked of vllm
+
+
+def test_vllm_range_is_the_installed_trls(monkeypatch):
+    """The supported range comes from whatever TRL is installed, not from a copy of 0.29.1's."""
+    newer = ['vllm<=0.31.0,>=0.22.0; extra == "vllm"']
+    fake_dists(monkeypatch, trl=("1.16.0", newer), vllm=("0.12.0", ["torch==2.9.0"]), torch=("2.9.0", []))
+    gpu = {"device": "cuda", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    with pytest.raises(ConfigError, match=r"TRL 1\.16\.0 supports vllm<=0\.31\.0,>=0\.22\.0"):
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+    assert str(training.declared_requirement("trl", "vllm", extra="vllm").specifier) == "<=0.31.0,>=0.22.0"
+    assert training.declared_requirement("trl", "vllm") is None  # only the extra declares it
+    assert training.declared_requirement("nothing-installed", "torch") is None
+
+
 def test_gpu_only_configs_are_built_right():
     from musclebob_helpers.training import grpo_args
 
