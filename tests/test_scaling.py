@@ -302,6 +302,20 @@ def test_accelerate_configs_parse():
     assert configs["multi_gpu"]["distributed_type"] == "MULTI_GPU"
     assert configs["deepspeed_zero2"]["deepspeed_config"]["zero_stage"] == 2
     assert configs["deepspeed_zero3"]["deepspeed_config"]["zero_stage"] == 3
+    # None forces a precision: the script's fp16/bf16 (from the GPU) decides, so a DeepSpeed config runs on a T4 too.
+    assert {name: c["mixed_precision"] for name, c in configs.items()} == dict.fromkeys(configs, "no")
+
+
+def test_script_precision_wins_over_accelerate_config(monkeypatch):
+    """What ``accelerate launch`` exports from a config's ``mixed_precision`` (ACCELERATE_MIXED_PRECISION) yields to
+    GRPOConfig's fp16/bf16, which transformers hands to the Accelerator and to DeepSpeed's plugin."""
+    from musclebob_helpers.training import grpo_args
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the old hard-coded `mixed_precision: bf16` set
+    t4 = {"device": "cuda", "precision": "fp16"}  # fp16 builds here without a GPU; bf16 on a CPU is refused
+    assert grpo_args(TrainConfig(), t4).mixed_precision == "fp16"
+    # A run that picks neither (fp32) takes the config's value: why the configs say 'no'.
+    assert grpo_args(TrainConfig(), {"device": "cuda", "precision": "fp32"}).mixed_precision == "bf16"
 
 
 # ---------------------------------------------------------------- presets
