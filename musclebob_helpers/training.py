@@ -927,6 +927,35 @@ def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     return {"copy_pending": behind_line(mirror), "mirror": mirror.summary(), "work_dir": str(folder.work)}
 
 
+@contextlib.contextmanager
+def adapter_reference(cfg: TrainConfig, model):
+    """While the trainer is built: the KL reference of a full fine-tune that starts from an adapter folder is the
+    merged model ``model`` is, not the bare base.
+
+    TRL builds a full fine-tune's reference model by loading ``model.config._name_or_path`` again
+    (``create_model_from_path(get_config_model_id(self.model.config))`` in ``GRPOTrainer.__init__``, 0.29.1 and
+    1.x alike). After ``merge_and_unload`` that path is the adapter's base, so the reference would lack the adapter
+    and ``--beta`` would pull the policy back to the base. Here the merged weights are saved to a local temporary
+    folder and the config points there until the trainer has loaded its reference (as each TRL loads it: its
+    distributed placement, its dtype); the folder is removed after. With ``--lora`` TRL needs no copy: its reference
+    is the model with the new adapter switched off, the merged weights already."""
+    from .lora import is_adapter_dir
+
+    if not cfg.beta or cfg.lora or not is_adapter_dir(cfg.model):
+        yield
+        return
+    import tempfile
+
+    named = model.config._name_or_path
+    with tempfile.TemporaryDirectory(prefix="musclebob-reference-") as folder:
+        model.save_pretrained(folder)
+        model.config._name_or_path = folder
+        try:
+            yield
+        finally:
+            model.config._name_or_path = named  # the final model's config and model card name the real base
+
+
 def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror) -> dict:
     """The run itself: model, baseline, trainer, training, final model and validation, written to ``out``."""
     main = procs.is_main_process
@@ -1006,17 +1035,18 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         from .mirror import make_mirror_callback
 
         callbacks = [make_mirror_callback(mirror), *callbacks]
-    trainer, monitor = build_trainer(
-        cfg,
-        model,
-        tokenizer,
-        hardware,
-        out,
-        baseline,
-        log=log,
-        callbacks=callbacks,
-        num_processes=procs.num_processes,
-    )
+    with adapter_reference(cfg, model):
+        trainer, monitor = build_trainer(
+            cfg,
+            model,
+            tokenizer,
+            hardware,
+            out,
+            baseline,
+            log=log,
+            callbacks=callbacks,
+            num_processes=procs.num_processes,
+        )
 
     start = time.time()
     with library_output_hidden():

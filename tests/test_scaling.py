@@ -515,3 +515,42 @@ def test_gpu_check_cpu_path_trains_and_reports(tiny_path, tmp_path, capsys):
     tiny = resolve({"preset": "cpu-tiny"})[0]
     assert row["steps"] == 2 and row["completions_per_s"] > 0
     assert row["completions_per_step"] == tiny.batch_size * tiny.num_generations
+
+
+def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_path, tiny_path, monkeypatch):
+    """--beta > 0 from an adapter folder without --lora: TRL loads its reference from the model's config path, the
+    adapter's bare base; the run points it at the merged weights instead (``training.adapter_reference``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from musclebob_helpers.tiny_model import resolve_model_path
+
+    adapter = tmp_path / "adapter"
+    # A short LoRA run that moves the adapter (LoRA's B starts at zero; the first warm-up step has rate 0 and two
+    # answers of a shorter run often tie, leaving no advantage to learn from): one epoch of lora_cfg, 6 steps.
+    training.run_training(lora_cfg(adapter, epochs=1), log=quiet)
+    merged = lora.merge_adapter(adapter, tmp_path / "merged", log=quiet)
+    built = []
+    build = training.build_trainer
+    monkeypatch.setattr(training, "build_trainer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    cfg = TrainConfig(
+        model=str(adapter),
+        output_dir=str(tmp_path / "full"),
+        beta=0.04,
+        epochs=1,
+        num_samples=2,  # one step: the reference is loaded when the trainer is built
+        batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        validation_samples=1,
+    )
+    training.run_training(cfg, log=quiet)
+    trainer = built[0][0]
+    reference = trainer.ref_model.state_dict()
+    want = AutoModelForCausalLM.from_pretrained(merged).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny")).state_dict()
+    assert reference.keys() == want.keys()
+    assert all(torch.equal(reference[k].float(), want[k].float()) for k in want)
+    assert any(not torch.equal(want[k], base[k]) for k in want)  # the adapter did change the weights
+    # The temporary folder was only for the reference: gone, and the model names its base again.
+    assert trainer.model.config._name_or_path == str(resolve_model_path("tiny"))
