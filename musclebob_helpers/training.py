@@ -147,8 +147,8 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
 def vllm_problem(hardware: dict) -> str | None:
     """Why vLLM cannot generate on this GPU with these packages (None: it can), asked before any model loads:
     - a GPU below ``VLLM_MIN_CAPABILITY`` (a T4);
-    - a vllm version outside the range the installed TRL declares for its ``vllm`` extra (TRL's trainer only
-      warns about it, then fails inside vLLM's engine);
+    - a vllm version outside the range the installed TRL declares for its ``vllm`` extra (``trl[vllm]``'s
+      requirement; TRL itself only warns, in ``import_utils.is_vllm_available``, and goes on);
     - a vllm built for another torch: each vllm release pins one torch version, so installing vllm replaces
       Colab's torch, and reinstalling torch afterwards leaves a vllm whose compiled kernels do not load."""
     from packaging.version import Version
@@ -170,8 +170,8 @@ def vllm_problem(hardware: dict) -> str | None:
     wants = declared_requirement("vllm", "torch")
     if torch and wants is not None and wants.specifier and not wants.specifier.contains(torch, prereleases=True):
         return (
-            f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed "
-            f"(one replaced the other's): pip install 'vllm=={vllm}' brings its torch back"
+            f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed (torch reinstalled "
+            f"after vllm, or vllm installed without its dependencies): pip install 'vllm=={vllm}' brings its torch"
         )
     return None
 
