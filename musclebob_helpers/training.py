@@ -85,9 +85,47 @@ def package_available(name: str) -> bool:
         return False
 
 
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (its metadata; nothing is imported), None when absent."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def declared_requirement(dist: str, on: str, extra: str = ""):
+    """What installed ``dist`` declares it needs of ``on`` (a ``packaging`` ``Requirement``; None when it declares
+    nothing or is absent). ``extra``: the requirement of that extra (``trl[vllm]``) instead of the plain ones; a
+    requirement whose marker does not hold here (another platform or Python) does not count."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = importlib.metadata.requires(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in declared:
+        req = Requirement(line)
+        if canonicalize_name(req.name) != canonicalize_name(on):
+            continue
+        if (req.marker is not None and "extra" in str(req.marker)) != bool(extra):
+            continue  # an extra's requirement when the plain one was asked, or the other way round
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            return req
+    return None
+
+
+VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
+
+
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
     """ConfigError when the machine cannot do what ``cfg`` asks: 16-bit precision on a CPU, bf16 on a GPU older
-    than Ampere, 4-bit or vLLM without a GPU or the package, a tracker without its package."""
+    than Ampere, 4-bit or vLLM without a GPU or the package, vLLM on a GPU older than ``VLLM_MIN_CAPABILITY`` or in
+    versions that do not fit, a tracker without its package."""
     gpu = hardware.get("device") == "cuda"
     if cfg.precision in ("fp16", "bf16") and not gpu:
         raise ConfigError("precision", cfg.precision, "fp32 or auto on a CPU (16-bit autocast is for CUDA GPUs here)")
@@ -119,7 +157,42 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
+        problem = vllm_problem(hardware)
+        if problem:
+            raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
     check_trackers(cfg)
+
+
+def vllm_problem(hardware: dict) -> str | None:
+    """Why vLLM cannot generate on this GPU with these packages (None: it can), asked before any model loads:
+    - a GPU below ``VLLM_MIN_CAPABILITY`` (a T4);
+    - a vllm version outside the range the installed TRL declares for its ``vllm`` extra (``trl[vllm]``'s
+      requirement; TRL itself only warns, in ``import_utils.is_vllm_available``, and goes on);
+    - a vllm built for another torch: each vllm release pins one torch version, so installing vllm replaces
+      Colab's torch, and reinstalling torch afterwards leaves a vllm whose compiled kernels do not load."""
+    from packaging.version import Version
+
+    capability = hardware.get("compute_capability")
+    if capability and Version(capability) < Version(VLLM_MIN_CAPABILITY):
+        return (
+            f"vLLM needs a GPU of compute capability {VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
+            f"this {hardware.get('gpu_name') or 'GPU'} is {capability}"
+        )
+    vllm = installed_version("vllm")
+    if vllm is None:
+        return None  # importable but without metadata (a source checkout): nothing to compare
+    trl = installed_version("trl")
+    supported = declared_requirement("trl", "vllm", extra="vllm")
+    if supported is not None and not supported.specifier.contains(vllm, prereleases=True):
+        return f"vllm {vllm} is installed, TRL {trl} supports vllm{supported.specifier}: pip install 'trl[vllm]=={trl}'"
+    torch = installed_version("torch")
+    wants = declared_requirement("vllm", "torch")
+    if torch and wants is not None and wants.specifier and not wants.specifier.contains(torch, prereleases=True):
+        return (
+            f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed (torch reinstalled "
+            f"after vllm, or vllm installed without its dependencies): pip install 'vllm=={vllm}' brings its torch"
+        )
+    return None
 
 
 def check_trackers(cfg: TrainConfig) -> None:
@@ -958,6 +1031,35 @@ def measure_baseline(cfg: TrainConfig, model, tokenizer, hardware: dict, log=pri
     )
 
 
+@contextlib.contextmanager
+def adapter_reference(cfg: TrainConfig, model):
+    """While the trainer is built: the KL reference of a full fine-tune that starts from an adapter folder is the
+    merged model ``model`` is, not the bare base.
+
+    TRL builds a full fine-tune's reference model by loading ``model.config._name_or_path`` again
+    (``create_model_from_path(get_config_model_id(self.model.config))`` in ``GRPOTrainer.__init__``, 0.29.1 and
+    1.x alike). After ``merge_and_unload`` that path is the adapter's base, so the reference would lack the adapter
+    and ``--beta`` would pull the policy back to the base. Here the merged weights are saved to a local temporary
+    folder and the config points there until the trainer has loaded its reference (as each TRL loads it: its
+    distributed placement, its dtype); the folder is removed after. With ``--lora`` TRL needs no copy: its reference
+    is the model with the new adapter switched off, the merged weights already."""
+    from .lora import is_adapter_dir
+
+    if not cfg.beta or cfg.lora or not is_adapter_dir(cfg.model):
+        yield
+        return
+    import tempfile
+
+    named = model.config._name_or_path
+    with tempfile.TemporaryDirectory(prefix="musclebob-reference-") as folder:
+        model.save_pretrained(folder)
+        model.config._name_or_path = folder
+        try:
+            yield
+        finally:
+            model.config._name_or_path = named  # the final model's config and model card name the real base
+
+
 def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror) -> dict:
     """The run itself: model, baseline, trainer, training, final model and validation, written to ``out``."""
     main = procs.is_main_process
@@ -1018,17 +1120,18 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         from .mirror import make_mirror_callback
 
         callbacks = [make_mirror_callback(mirror), *callbacks]
-    trainer, monitor = build_trainer(
-        cfg,
-        model,
-        tokenizer,
-        hardware,
-        out,
-        baseline,
-        log=log,
-        callbacks=callbacks,
-        num_processes=procs.num_processes,
-    )
+    with adapter_reference(cfg, model):
+        trainer, monitor = build_trainer(
+            cfg,
+            model,
+            tokenizer,
+            hardware,
+            out,
+            baseline,
+            log=log,
+            callbacks=callbacks,
+            num_processes=procs.num_processes,
+        )
 
     start = time.time()
     with library_output_hidden():

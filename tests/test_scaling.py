@@ -302,6 +302,20 @@ def test_accelerate_configs_parse():
     assert configs["multi_gpu"]["distributed_type"] == "MULTI_GPU"
     assert configs["deepspeed_zero2"]["deepspeed_config"]["zero_stage"] == 2
     assert configs["deepspeed_zero3"]["deepspeed_config"]["zero_stage"] == 3
+    # None forces a precision: the script's fp16/bf16 (from the GPU) decides, so a DeepSpeed config runs on a T4 too.
+    assert {name: c["mixed_precision"] for name, c in configs.items()} == dict.fromkeys(configs, "no")
+
+
+def test_script_precision_wins_over_accelerate_config(monkeypatch):
+    """What ``accelerate launch`` exports from a config's ``mixed_precision`` (ACCELERATE_MIXED_PRECISION) yields to
+    GRPOConfig's fp16/bf16, which transformers hands to the Accelerator and to DeepSpeed's plugin."""
+    from musclebob_helpers.training import grpo_args
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the old hard-coded `mixed_precision: bf16` set
+    t4 = {"device": "cuda", "precision": "fp16"}  # fp16 builds here without a GPU; bf16 on a CPU is refused
+    assert grpo_args(TrainConfig(), t4).mixed_precision == "fp16"
+    # A run that picks neither (fp32) takes the config's value: why the configs say 'no'.
+    assert grpo_args(TrainConfig(), {"device": "cuda", "precision": "fp32"}).mixed_precision == "bf16"
 
 
 # ---------------------------------------------------------------- presets
@@ -365,6 +379,74 @@ def test_hardware_checks_with_a_gpu(monkeypatch):
     training.check_hardware_support(cfg, gpu)  # a GPU with both packages: allowed
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         training.check_hardware_support(TrainConfig(use_vllm=True), {"device": "cpu"})
+
+
+# What TRL 0.29.1 (the version requirements-colab.txt pins) and vllm 0.12.0 declare in their metadata, as
+# importlib.metadata returns it; torch as Colab ships it (../shared/colab/pip-freeze.gpu.txt).
+TRL_0291_REQUIRES = [
+    "accelerate>=1.4.0",
+    "transformers>=4.56.2",
+    'peft>=0.8.0; extra == "peft"',
+    'vllm<0.13.0,>=0.10.2; extra == "vllm"',
+    'fastapi; extra == "vllm"',
+]
+VLLM_0120_REQUIRES = ["torch==2.9.0", "torchvision==0.24.0", 'xformers; platform_machine == "x86_64"']
+
+
+def fake_dists(monkeypatch, **dists):
+    """importlib.metadata answering for ``dists`` (name -> (version, requires)) only: no real vllm here."""
+    import importlib.metadata
+
+    def lookup(name):
+        if name not in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: lookup(name)[0])
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: lookup(name)[1])
+    monkeypatch.setattr(training, "package_available", lambda name: name in dists)
+
+
+@pytest.mark.parametrize(
+    "capability,vllm,torch,refusal",
+    [
+        ("8.0", "0.12.0", "2.9.0+cu128", None),  # an A100 with the vllm TRL supports and vllm's own torch
+        ("8.9", "0.10.2", "2.9.0", None),  # an L4, the oldest vllm TRL 0.29.1 supports (its torch pin is ours here)
+        ("7.5", "0.12.0", "2.9.0+cu128", "compute capability 8.0 or newer (A100, L4, H100); this Tesla T4 is 7.5"),
+        ("8.0", "0.13.0", "2.9.0", "vllm 0.13.0 is installed, TRL 0.29.1 supports vllm<0.13.0,>=0.10.2"),
+        ("8.0", "0.10.1", "2.9.0", "vllm 0.10.1 is installed, TRL 0.29.1 supports"),
+        # Colab's torch put back after installing vllm (or vllm installed with --no-deps).
+        ("8.0", "0.12.0", "2.11.0+cu128", "vllm 0.12.0 was built for torch==2.9.0 but torch 2.11.0+cu128 is installed"),
+    ],
+)
+def test_vllm_is_refused_where_it_cannot_run(monkeypatch, capability, vllm, torch, refusal):
+    fake_dists(
+        monkeypatch,
+        trl=("0.29.1", TRL_0291_REQUIRES),
+        vllm=(vllm, VLLM_0120_REQUIRES),
+        torch=(torch, []),
+    )
+    gpu = {"device": "cuda", "gpu_name": "Tesla T4", "compute_capability": capability, "precision": "bf16"}
+    if refusal is None:
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+        return
+    with pytest.raises(ConfigError) as err:
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+    line = str(err.value)
+    assert line.startswith("--use-vllm=True is not allowed: ") and refusal in line and "\n" not in line
+    training.check_hardware_support(TrainConfig(), gpu)  # without --use-vllm nothing is asked of vllm
+
+
+def test_vllm_range_is_the_installed_trls(monkeypatch):
+    """The supported range comes from whatever TRL is installed, not from a copy of 0.29.1's."""
+    newer = ['vllm<=0.31.0,>=0.22.0; extra == "vllm"']
+    fake_dists(monkeypatch, trl=("1.16.0", newer), vllm=("0.12.0", ["torch==2.9.0"]), torch=("2.9.0", []))
+    gpu = {"device": "cuda", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    with pytest.raises(ConfigError, match=r"TRL 1\.16\.0 supports vllm<=0\.31\.0,>=0\.22\.0"):
+        training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
+    assert str(training.declared_requirement("trl", "vllm", extra="vllm").specifier) == "<=0.31.0,>=0.22.0"
+    assert training.declared_requirement("trl", "vllm") is None  # only the extra declares it
+    assert training.declared_requirement("nothing-installed", "torch") is None
 
 
 def test_gpu_only_configs_are_built_right():
@@ -433,3 +515,42 @@ def test_gpu_check_cpu_path_trains_and_reports(tiny_path, tmp_path, capsys):
     tiny = resolve({"preset": "cpu-tiny"})[0]
     assert row["steps"] == 2 and row["completions_per_s"] > 0
     assert row["completions_per_step"] == tiny.batch_size * tiny.num_generations
+
+
+def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_path, tiny_path, monkeypatch):
+    """--beta > 0 from an adapter folder without --lora: TRL loads its reference from the model's config path, the
+    adapter's bare base; the run points it at the merged weights instead (``training.adapter_reference``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from musclebob_helpers.tiny_model import resolve_model_path
+
+    adapter = tmp_path / "adapter"
+    # A short LoRA run that moves the adapter (LoRA's B starts at zero; the first warm-up step has rate 0 and two
+    # answers of a shorter run often tie, leaving no advantage to learn from): one epoch of lora_cfg, 6 steps.
+    training.run_training(lora_cfg(adapter, epochs=1), log=quiet)
+    merged = lora.merge_adapter(adapter, tmp_path / "merged", log=quiet)
+    built = []
+    build = training.build_trainer
+    monkeypatch.setattr(training, "build_trainer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    cfg = TrainConfig(
+        model=str(adapter),
+        output_dir=str(tmp_path / "full"),
+        beta=0.04,
+        epochs=1,
+        num_samples=2,  # one step: the reference is loaded when the trainer is built
+        batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        validation_samples=1,
+    )
+    training.run_training(cfg, log=quiet)
+    trainer = built[0][0]
+    reference = trainer.ref_model.state_dict()
+    want = AutoModelForCausalLM.from_pretrained(merged).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny")).state_dict()
+    assert reference.keys() == want.keys()
+    assert all(torch.equal(reference[k].float(), want[k].float()) for k in want)
+    assert any(not torch.equal(want[k], base[k]) for k in want)  # the adapter did change the weights
+    # The temporary folder was only for the reference: gone, and the model names its base again.
+    assert trainer.model.config._name_or_path == str(resolve_model_path("tiny"))
