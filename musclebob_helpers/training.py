@@ -607,6 +607,9 @@ class CollapseRecovery:
 
     def bind(self, trainer) -> None:
         self.trainer = trainer
+        if getattr(trainer, "is_deepspeed_enabled", False):  # ZeRO shards the weights and the optimizer state
+            self.log("--on-collapse: DeepSpeed shards the state a recovery would copy; a collapse only warns.")
+            self.mode = "warn"
 
     def _params(self) -> list:
         return [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -624,6 +627,8 @@ class CollapseRecovery:
         one the checkpoint carries, else the state loaded (a checkpoint at a healthy check, or step 0's)."""
         import torch
 
+        if self.mode == "warn":
+            return
         saved = Path(self.resume) / run_dir.HEALTHY_STATE_FILE if self.resume else None
         if saved is not None and saved.is_file():
             self.healthy, self.current = torch.load(saved, map_location="cpu", weights_only=True), False
@@ -631,7 +636,8 @@ class CollapseRecovery:
             self.healthy, self.current = self._copy_now(step), True
 
     def mark_healthy(self, step: int) -> None:
-        self.healthy, self.current = self._copy_now(step), True
+        if self.mode != "warn":
+            self.healthy, self.current = self._copy_now(step), True
 
     def stepped(self) -> None:
         self.current = False
