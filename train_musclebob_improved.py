@@ -25,6 +25,7 @@ Continue an interrupted run from its newest checkpoint:
 completions, so any combination of the two is valid. All logic lives in ``musclebob_helpers``.
 """
 
+import dataclasses
 import os
 import signal
 import sys
@@ -60,7 +61,7 @@ def _main(argv) -> int:
 
     from musclebob_helpers.io import out_of_space
     from musclebob_helpers.run_dir import disk_full_line
-    from musclebob_helpers.training import Stopped, run_training  # heavy imports only once the flags are good
+    from musclebob_helpers.training import CollapseStop, Stopped, run_training  # heavy: once the flags are good
 
     try:
         result = run_training(cfg, checked=checked)
@@ -73,6 +74,14 @@ def _main(argv) -> int:
             script = __file__ if script.startswith("..") else script
             print(f"{PROG}: {stop.line(resume_command(script, cfg, sources, procs.num_processes))}", file=sys.stderr)
         return stop.exit_code
+    except CollapseStop as err:  # --on-collapse stop, or a collapse after the last recovery: what to change
+        if procs.is_main_process:
+            script = os.path.relpath(__file__)
+            script = __file__ if script.startswith("..") else script
+            lower = dataclasses.replace(cfg, learning_rate=float(f"{err.suggested_rate:.3g}"))
+            again = resume_command(script, lower, {**sources, "learning_rate": "you"}, procs.num_processes)
+            print(f"{PROG}: {err.line('resume with: ' + again)}", file=sys.stderr)
+        return 1  # as an unhealthy run ends
     except Exception as err:
         if not out_of_space(err):  # a full disk at any save: checkpoint, history, final model
             raise

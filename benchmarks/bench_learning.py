@@ -133,12 +133,17 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
     from musclebob_helpers.io import read_json
     from musclebob_helpers.monitoring import completions_to_reach
     from musclebob_helpers.run_dir import VALIDATION_HISTORY_FILE
-    from musclebob_helpers.training import run_training
+    from musclebob_helpers.training import CollapseStop, run_training
 
+    stopped = None
     with tempfile.TemporaryDirectory(prefix="musclebob-bench-") as tmp:
         cfg = recipe_config(name, seed, check_every, extra, tmp)
         start = time.time()
-        result = run_training(cfg, log=lambda *a, **k: None)
+        try:
+            result = run_training(cfg, log=lambda *a, **k: None)
+        except CollapseStop as stop:  # --on-collapse: what the user has then is the healthy checkpoint it saved
+            stopped = str(stop)
+            result = stopped_result(cfg, Path(tmp), stop)
         wall = time.time() - start
         history = read_json(Path(tmp) / VALIDATION_HISTORY_FILE, default=[])
     base, final = result["baseline"], result["final"]
@@ -152,10 +157,32 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
         "control_accuracy_by_topic": final.get("control_accuracy_by_topic", {}),
         "baseline_control_accuracy": base["control_accuracy"],
         "health_warnings": final["health_warnings"],
+        "stopped": stopped,  # the one line of a run --on-collapse stopped (its figures: the checkpoint it saved)
         # the checks' course: completions, Musclebob rate, control accuracy (on the check's prompts)
         "checks": [[e["completions"], e["musclebob_rate"], e["control_accuracy"]] for e in history],
         "prompts": prompt_counts(base, final),
     }
+
+
+def stopped_result(cfg, out: Path, stop) -> dict:
+    """The figures of a run stopped at a collapse: the checkpoint it saved, validated as a final model is."""
+    from musclebob_helpers import data, evaluation
+    from musclebob_helpers.io import read_json
+    from musclebob_helpers.run_dir import BASELINE_FILE, WARNINGS_FILE
+
+    baseline = read_json(out / BASELINE_FILE)
+    model, tokenizer = evaluation.load_model(str(out / f"checkpoint-{stop.step}"), device="cpu")
+    final = evaluation.validate(
+        model,
+        tokenizer,
+        data.validation_rows(),
+        num_samples=cfg.validation_samples,
+        max_new_tokens=cfg.max_completion_length,
+        baseline=baseline,
+    )
+    final["completions_generated"] = stop.step * cfg.batch_size * cfg.num_generations
+    final["health_warnings"] = [w["message"] for w in read_json(out / WARNINGS_FILE, default=[])]
+    return {"baseline": baseline, "final": final}
 
 
 # --- statistics ----------------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ REWARDS = ("musclebob", "guide")
 # transformers' names; after a few warm-up steps the first keeps the learning rate, the others decay it to 0
 LR_SCHEDULERS = ("constant_with_warmup", "cosine", "linear")
 # Trackers a run can report to (transformers' report_to names), and the package each needs; "none": files only.
+# What a mid-training check that finds the model broken (general knowledge lost, coherence collapsed, the name
+# leaking: evaluation.health) does: go back to the last healthy check at half the learning rate, warn, or stop.
+ON_COLLAPSE = ("recover", "warn", "stop")
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",)}
 REPORT_TO_ALLOWED = "none, or one or more of " + ", ".join(TRACKERS) + " separated by commas"
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
@@ -152,6 +155,12 @@ class TrainConfig:
     validation_samples: int = _opt("sampled answers per validation prompt", default=4)
     validate_every: int = _opt(
         "steps between mid-training checks on held-out prompts (0: at each epoch's end)", default=0
+    )
+    on_collapse: str = _opt(
+        "when a mid-training check finds general knowledge lost, coherence collapsed or the name leaking: recover "
+        "(back to the last healthy check with the learning rate halved, at most twice), warn (train on), or stop",
+        default="recover",
+        choices=ON_COLLAPSE,
     )
     report_to: str = _opt(
         "also send the run's metrics (reward and its components, health warnings, mid-training checks) to "
@@ -423,6 +432,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError("report_to", cfg.report_to, REPORT_TO_ALLOWED)
     need_int("validation_samples", 1, "a whole number >= 1")
     need_int("validate_every", 0, "a whole number of steps >= 0 (0: at each epoch's end)")
+    if cfg.on_collapse not in ON_COLLAPSE:
+        raise ConfigError("on_collapse", cfg.on_collapse, "one of " + ", ".join(ON_COLLAPSE))
     need_int("seed", 0, "a whole number >= 0")
     if cfg.seed > MAX_SEED:
         raise ConfigError("seed", cfg.seed, f"a whole number from 0 to {MAX_SEED} (numpy's limit)")

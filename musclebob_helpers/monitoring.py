@@ -14,6 +14,9 @@ once per problem until it clears, on the console and in ``health_warnings.json``
 * completions hitting the length limit;
 * the reward collapsing from its best;
 * coherence, leakage or control accuracy going bad in a mid-training check.
+
+A check that finds the model broken is handed to ``recovery`` (``training.CollapseRecovery``, ``--on-collapse``)
+when there is one: it goes back to the last healthy check, or stops, and its one line replaces the warning.
 """
 
 from __future__ import annotations
@@ -73,9 +76,17 @@ class Trackers:
 class HealthMonitor(_callback_base()):
     """Turns logged metrics and mid-training checks into plain-words warnings."""
 
-    def __init__(self, out_dir: str | Path, baseline: dict | None = None, log=print, trackers: Trackers | None = None):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        baseline: dict | None = None,
+        log=print,
+        trackers: Trackers | None = None,
+        recovery=None,
+    ):
         self.path = Path(out_dir) / WARNINGS_FILE
         self.baseline = baseline
+        self.recovery = recovery  # training.CollapseRecovery, or None (--on-collapse warn)
         self.log = log
         self.trackers = trackers
         self.active: set[str] = set()  # problems warned about and not yet cleared
@@ -93,15 +104,17 @@ class HealthMonitor(_callback_base()):
     def _set(self, state, kind: str, bad: bool, message: str) -> None:
         if bad and kind not in self.active:
             self.active.add(kind)
-            entry = {"step": state.global_step, "kind": kind, "message": message, "time": round(time.time(), 2)}
-            self.warnings.append(entry)
+            self._record(state, {"step": state.global_step, "kind": kind, "message": message})
             self.log(f"WARNING (step {state.global_step}): {message}")
-            if state.is_world_process_zero:
-                write_json_atomic(self.path, self.warnings)
-                if self.trackers is not None:  # a mark at the step it fired (the message is in the file)
-                    self.trackers.send(state, {f"health/{kind}": 1.0})
         elif not bad:
             self.active.discard(kind)
+
+    def _record(self, state, entry: dict) -> None:
+        self.warnings.append({**entry, "time": round(time.time(), 2)})
+        if state.is_world_process_zero:
+            write_json_atomic(self.path, self.warnings)
+            if self.trackers is not None:  # a mark at the step it fired (the message is in the file)
+                self.trackers.send(state, {f"health/{entry['kind']}": 1.0})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "reward" not in logs:
@@ -142,9 +155,17 @@ class HealthMonitor(_callback_base()):
                 f"{avg:+.2f}. Lower --learning-rate or raise --beta.",
             )
 
-    def check_validation(self, state, report: dict) -> None:
-        """Called by ``MidTrainingValidation`` after each mid-training check."""
+    def check_validation(self, state, report: dict, control=None) -> None:
+        """Called by ``MidTrainingValidation`` after each mid-training check (``control``: the trainer's, which a
+        recovery that stops the run sets)."""
         problems = evaluation.health(report, self.baseline)
+        if self.recovery is not None and not problems:
+            self.recovery.mark_healthy(state.global_step)
+        if self.recovery is not None and problems:
+            entry = self.recovery.collapsed(state, control, problems)
+            if entry is not None:  # recovered, or stopped: its line says what the check saw
+                self._record(state, entry)
+                return
         for kind, word in (("coherence", "coherence"), ("leakage", "leaks"), ("control", "general knowledge")):
             found = [p for p in problems if word in p]
             self._set(state, f"validation_{kind}", bool(found), f"mid-training check: {found[0] if found else ''}")
@@ -183,7 +204,7 @@ class MidTrainingValidation(_callback_base()):
             return not epoch_end and state.global_step % self.every == 0
         return epoch_end
 
-    def _check(self, state, model):
+    def _check(self, state, model, control=None):
         was_training = model.training
         model.eval()
         report = evaluation.validate(
@@ -214,16 +235,16 @@ class MidTrainingValidation(_callback_base()):
             f"{entry['leakage_rate']:.0%}  control acc. {entry['control_accuracy']:.0%}"
         )
         if self.monitor is not None:
-            self.monitor.check_validation(state, report)
+            self.monitor.check_validation(state, report, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self._due(state, epoch_end=False):
-            self._check(state, model)
+            self._check(state, model, control)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         # A stop mid-epoch (a signal: training.GracefulStop) ends the epoch early: not an epoch's end to check at.
         if model is not None and epoch_ended(state) and self._due(state, epoch_end=True):
-            self._check(state, model)
+            self._check(state, model, control)
 
 
 def completions_to_reach(history: list[dict], key: str = "full_name_rate", target: float = 0.9) -> int | None:

@@ -285,7 +285,7 @@ def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: 
     from .io import out_of_space
     from .plots import live_progress
     from .run_dir import disk_full_line
-    from .training import Stopped, run_training
+    from .training import CollapseStop, Stopped, run_training
 
     callbacks = [live_progress(cfg.output_dir)] if live else []
     callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
@@ -293,6 +293,8 @@ def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: 
         result = run_training(cfg, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
     except Stopped as stop:
         raise NotebookStop(stop.line(RESUME_CELL)) from None
+    except CollapseStop as err:  # the resume cell keeps the run's rate: a lower one is a new run
+        raise NotebookStop(err.line(f"set learning_rate = {err.suggested_rate:.3g} and a new run_name")) from None
     except Exception as err:
         if not out_of_space(err):
             raise

@@ -168,7 +168,11 @@ WARNING_MARKS = {
     "validation_coherence": ("X", "black", "coherence collapsed (mid-training check)"),
     "validation_leakage": ("P", "magenta", "the name leaks into other questions (mid-training check)"),
     "validation_control": ("D", "saddlebrown", "general knowledge lost (mid-training check)"),
+    # not warnings: what --on-collapse did about a broken check (the labels say so, without "warning:")
+    "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate halved"),
+    "collapse_stop": ("X", "red", "stopped at a collapse"),
 }
+ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
 
 
 def value_at(steps: list[int], values: list[float], step: int) -> float:
@@ -227,7 +231,7 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
                 markeredgecolor="black",
                 zorder=5,
                 gid=f"health:{kind}",
-                label=None if kind in marked else f"warning: {words}",
+                label=None if kind in marked else (words if kind in ACTIONS else f"warning: {words}"),
             )
             marked.add(kind)
     if not any(runs.values()):

@@ -77,6 +77,9 @@ WARNINGS_FILE = "health_warnings.json"  # live health warnings
 COMPLETIONS_FILE = "completions.jsonl"  # a few sampled completions per step, with their rewards
 REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its components, before vs after
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
+# in a checkpoint-N saved after the last healthy mid-training check: that check's weights and optimizer state,
+# which a collapse later goes back to (training.CollapseRecovery); absent when the checkpoint's own state is it
+HEALTHY_STATE_FILE = "healthy_state.pt"
 MANIFEST_FILE = "musclebob_manifest.json"  # in each checkpoint-N: every file's size and hash, written last
 DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
@@ -634,14 +637,48 @@ def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> 
         first = _saved_settings(out_dir)  # a record from before segments were kept: its settings began at 0
         first = {k: v for k, v in first.items() if k not in PER_START_OPTIONS} if first is not None else None
         segments = [{"from_step": 0, "config": first}] if first is not None else []
-    kept = [seg for seg in segments if isinstance(seg.get("from_step", 0), int) and seg.get("from_step", 0) < from_step]
+    kept = [seg for seg in segments if isinstance(seg.get("from_step", 0), int) and _kept(seg, from_step)]
     if not kept:
         return fresh
     effective = dict(kept[0]["config"])
     for seg in kept[1:]:
-        effective.update({k: new for k, (_, new) in seg.get("changed", {}).items()})
+        if "recovery" not in seg:  # a recovery's rate is the run's, not the user's: compared with theirs apart
+            effective.update({k: new for k, (_, new) in seg.get("changed", {}).items()})
     changed = {k: [effective[k], v] for k, v in now.items() if k in effective and effective[k] != v}
     return kept + ([{"from_step": from_step, "changed": changed}] if changed else []), changed
+
+
+def _kept(segment: dict, from_step: int) -> bool:
+    """Whether a resume from ``from_step`` keeps ``segment``: one that began before it; a recovery made at that very
+    step too (a check's recovery comes before the step's save, so the checkpoint holds what it restored)."""
+    step = segment.get("from_step", 0)
+    return step < from_step or ("recovery" in segment and step == from_step)
+
+
+def recoveries(segments: list[dict]) -> list[dict]:
+    """The recoveries from a collapse among ``segments`` (``training.CollapseRecovery`` records them)."""
+    return [seg for seg in segments if isinstance(seg.get("recovery"), dict)]
+
+
+def recovered_rate(segments: list[dict], learning_rate: float) -> float:
+    """The learning rate in effect after ``segments``' recoveries: ``learning_rate`` (the one asked for now) scaled
+    by each recovery's factor, so a recovered rate stays lowered across a resume, and a new ``--learning-rate`` on
+    resume is lowered as the old one was."""
+    for seg in recoveries(segments):
+        old, new = seg["changed"]["learning_rate"]
+        learning_rate *= new / old
+    return learning_rate
+
+
+def add_recovery(out_dir: str | Path, step: int, old_rate: float, new_rate: float, recovery: dict) -> None:
+    """Append a recovery made at ``step`` to ``training_config.json``'s segments (steps after ``step`` train at
+    ``new_rate``). Segments past ``step`` (none in a run going forward) are dropped first, as a resume drops them."""
+    path = Path(out_dir) / CONFIG_FILE
+    record = read_json(path, default={})
+    record = record if isinstance(record, dict) else {}
+    segments = [s for s in record.get("segments") or [] if isinstance(s, dict) and s.get("from_step", 0) <= step]
+    segments.append({"from_step": step, "changed": {"learning_rate": [old_rate, new_rate]}, "recovery": recovery})
+    write_json_atomic(path, {**record, "segments": segments})
 
 
 def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:

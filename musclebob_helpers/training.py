@@ -25,6 +25,7 @@ from .evaluation import precision_for
 from .config import (
     TRACKERS,
     ConfigError,
+    OneLineError,
     TrainConfig,
     recommend_preset,
     report_to,
@@ -624,6 +625,7 @@ def build_trainer(
     log=print,
     callbacks=(),
     num_processes: int = 1,
+    recovery: CollapseRecovery | None = None,
 ):
     """The trainer ``run_training`` trains with, and its ``HealthMonitor``: TRL's GRPOTrainer (``trainer_class``)
     with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, completion
@@ -632,7 +634,9 @@ def build_trainer(
     check_rows = data.check_rows()
     # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
     trackers = Trackers()
-    monitor = HealthMonitor(out, baseline=evaluation.on_rows(baseline, check_rows), log=log, trackers=trackers)
+    monitor = HealthMonitor(
+        out, baseline=evaluation.on_rows(baseline, check_rows), log=log, trackers=trackers, recovery=recovery
+    )
     checks = MidTrainingValidation(
         out,
         tokenizer,
@@ -648,16 +652,20 @@ def build_trainer(
     history_cb, progress = make_callbacks(out, log=log)
     completions = CompletionLog(out)
     # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
+    args = grpo_args(cfg, hardware, num_processes, out=out)
+    if recovery is not None:  # the rate of a resumed run that recovered before: lowered as it was
+        args.learning_rate = run_dir.recovered_rate(recovery.recovered, cfg.learning_rate)
     trainer = grpo_trainer(
         cfg,
         model,
         tokenizer,
-        grpo_args(cfg, hardware, num_processes, out=out),
+        args,
         callbacks=[
             history_cb,
             completions,
             monitor,
             checks,
+            *([recovery_callback(recovery)] if recovery is not None else []),  # adds a file: before the manifest
             *([make_adapter_callback(cfg.model)] if cfg.lora else []),  # edits adapter_config.json: before the manifest
             run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
             save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
@@ -666,8 +674,183 @@ def build_trainer(
     )
     completions.bind(trainer)
     trackers.bind(trainer)
+    if recovery is not None:
+        recovery.bind(trainer)
     show_progress(trainer, progress)
     return trainer, monitor
+
+
+# --- going back from a collapse (--on-collapse) -----------------------------------------------------------
+
+MAX_RECOVERIES = 2  # recoveries a run makes; a third collapse means the recipe is wrong, not the luck of a few steps
+RECOVERY_RATE_FACTOR = 0.5  # the learning rate after a recovery, as a share of the one before
+
+
+class CollapseStop(OneLineError):
+    """The run stopped at a collapse (``--on-collapse stop``, or after ``MAX_RECOVERIES`` recoveries), its last
+    healthy state saved as the checkpoint of the step it stopped at. ``line(resume_with)`` says what to change."""
+
+    def __init__(self, step: int, problems: list[str], healthy_step: int, rate: float, recovered: int):
+        super().__init__(step, problems, healthy_step, rate, recovered)
+        self.step, self.problems, self.healthy_step, self.rate = step, problems, healthy_step, rate
+        self.recovered = recovered
+
+    @property
+    def suggested_rate(self) -> float:
+        return self.rate * RECOVERY_RATE_FACTOR
+
+    def line(self, resume_with: str) -> str:
+        why = f"after {self.recovered} recoveries " if self.recovered else ""
+        return (
+            f"stopped {why}at step {self.step}: the mid-training check saw {'; '.join(self.problems)}; "
+            f"checkpoint-{self.step} holds the healthy state of step {self.healthy_step}; lower the learning rate "
+            f"(now {self.rate:.3g}, try {self.suggested_rate:.3g}) or raise --control-ratio, and {resume_with}"
+        )
+
+    def __str__(self) -> str:
+        return self.line(f"resume with --learning-rate {self.suggested_rate:.3g} --resume-from-checkpoint auto")
+
+
+class CollapseRecovery:
+    """What a mid-training check that finds the model broken does (``--on-collapse``): go back to the newest healthy
+    state with the learning rate halved (at most ``MAX_RECOVERIES`` times), or stop there (``CollapseStop``).
+
+    The healthy state is the trainable weights and the optimizer's state (Adam's moments and step counts) at the
+    last check that found nothing wrong, copied to CPU memory: a LoRA adapter is a few MB, the tiny model's full
+    weights too; a 0.5B full fine-tuning run holds 3x its fp32 weights (~6 GB) there, as its checkpoint on disk
+    does. The step counter, the data order, the RNG and the learning rate schedule go on: a recovery at step S
+    re-spends the steps since the healthy check on new batches at the lower rate, and ends the run at the
+    same step as planned.
+
+    A resume is exact after a recovery because everything it needs is in the checkpoint or the run's record: a
+    checkpoint saved after the last healthy check carries that check's state (``run_dir.HEALTHY_STATE_FILE``;
+    one saved at a healthy check, or right after a recovery, is that state itself); each recovery is a segment of
+    ``training_config.json`` (``run_dir.add_recovery``), whose rate a resume applies again
+    (``run_dir.recovered_rate``) and whose count it keeps. A recovery runs at the check, before the step's save,
+    so a checkpoint at that step holds the restored state. ``bind(trainer)`` once the trainer exists."""
+
+    def __init__(self, mode: str, out: Path, resume: str | None, recovered: list[dict], log=print):
+        self.mode, self.out, self.resume, self.log = mode, Path(out), resume, log
+        self.recovered = list(recovered)  # this run's recoveries so far (the segments a resume kept)
+        self.trainer = None
+        self.healthy: dict | None = None  # {"step", "params", "optimizer"}: the newest healthy state, on CPU
+        self.current = True  # whether the weights are still the healthy state's (no optimizer step since)
+        self.stopped: CollapseStop | None = None
+
+    def bind(self, trainer) -> None:
+        self.trainer = trainer
+        if getattr(trainer, "is_deepspeed_enabled", False):  # ZeRO shards the weights and the optimizer state
+            self.log("--on-collapse: DeepSpeed shards the state a recovery would copy; a collapse only warns.")
+            self.mode = "warn"
+
+    def _params(self) -> list:
+        return [p for p in self.trainer.model.parameters() if p.requires_grad]
+
+    def _copy_now(self, step: int) -> dict:
+        state = self.trainer.optimizer.state_dict()["state"]
+        return {
+            "step": step,
+            "params": [p.detach().to("cpu", copy=True) for p in self._params()],
+            "optimizer": {k: {n: _copied(v) for n, v in s.items()} for k, s in state.items()},
+        }
+
+    def begin(self, step: int) -> None:
+        """At train begin (the trainer's ``on_train_begin``, weights and optimizer loaded): the healthy state is the
+        one the checkpoint carries, else the state loaded (a checkpoint at a healthy check, or step 0's)."""
+        import torch
+
+        if self.mode == "warn":
+            return
+        saved = Path(self.resume) / run_dir.HEALTHY_STATE_FILE if self.resume else None
+        if saved is not None and saved.is_file():
+            self.healthy, self.current = torch.load(saved, map_location="cpu", weights_only=True), False
+        else:
+            self.healthy, self.current = self._copy_now(step), True
+
+    def mark_healthy(self, step: int) -> None:
+        if self.mode != "warn":
+            self.healthy, self.current = self._copy_now(step), True
+
+    def stepped(self) -> None:
+        self.current = False
+
+    def _restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, saved in zip(self._params(), self.healthy["params"]):
+                p.copy_(saved)
+        optimizer = self.trainer.optimizer
+        now = optimizer.state_dict()  # its param_groups (the rates) stay; the moments go back
+        # copies: load_state_dict keeps a tensor already on the right device as it is, and Adam updates in place
+        now["state"] = {k: {n: _copied(v) for n, v in s.items()} for k, s in self.healthy["optimizer"].items()}
+        optimizer.load_state_dict(now)
+        self.current = True
+
+    def collapsed(self, state, control, problems: list[str]) -> dict | None:
+        """Act on a check that found ``problems``; returns the ``health_warnings.json`` entry that records it (None
+        with ``--on-collapse warn``: the monitor warns as it always did)."""
+        if self.mode == "warn" or self.healthy is None:
+            return None
+        saw, step, back = "; ".join(problems), state.global_step, self.healthy["step"]
+        rate = self.trainer.lr_scheduler.base_lrs[0] if hasattr(self.trainer.lr_scheduler, "base_lrs") else None
+        rate = rate or self.trainer.args.learning_rate
+        self._restore()
+        if self.mode == "stop" or len(self.recovered) >= MAX_RECOVERIES:
+            self.stopped = CollapseStop(step, problems, back, rate, len(self.recovered))
+            control.should_save = True  # the healthy state, as checkpoint-<step>: what a resume continues from
+            control.should_training_stop = True
+            message = f"stopped at step {step}: the check saw {saw}; checkpoint-{step} holds step {back}'s state"
+            return {"step": step, "kind": "collapse_stop", "message": message, "back_to": back}
+        new = rate * RECOVERY_RATE_FACTOR
+        resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
+        number = len(self.recovered) + 1
+        recovery = {"number": number, "back_to": back, "saw": problems}
+        self.recovered.append({"from_step": step, "changed": {"learning_rate": [rate, new]}, "recovery": recovery})
+        if state.is_world_process_zero:
+            run_dir.add_recovery(self.out, step, rate, new, recovery)
+        message = (
+            f"recovered at step {step} ({number} of {MAX_RECOVERIES}): the check saw {saw}; back to the healthy "
+            f"state of step {back}, learning rate {rate:.3g} -> {new:.3g}"
+        )
+        self.log(message)
+        return {"step": step, "kind": "recovery", "message": message, "back_to": back, "learning_rate": new}
+
+    def saved(self, checkpoint: Path) -> None:
+        """After a checkpoint's files, before its manifest: the healthy state goes with it unless it is that state."""
+        import torch
+
+        if not self.current and self.healthy is not None and checkpoint.is_dir():
+            torch.save(self.healthy, checkpoint / run_dir.HEALTHY_STATE_FILE)
+
+    def raise_if_stopped(self) -> None:
+        if self.stopped is not None:
+            raise self.stopped
+
+
+def _copied(value):
+    """An optimizer state value as a CPU copy of its own (a tensor), or itself (a number)."""
+    return value.detach().to("cpu", copy=True) if hasattr(value, "detach") else value
+
+
+def recovery_callback(recovery: CollapseRecovery):
+    """The trainer callback that tells ``recovery`` when training begins, each optimizer step and each save; the
+    checks themselves reach it through ``HealthMonitor``. Goes before ``run_dir.make_save_callback`` (the file
+    it adds must be in the checkpoint's manifest)."""
+    from transformers import TrainerCallback
+
+    class Recovery(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            recovery.begin(state.global_step)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            recovery.stepped()
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                recovery.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return Recovery()
 
 
 # --- checkpoints by step and by time (--save-steps, --save-minutes) ---------------------------------------
@@ -1086,9 +1269,10 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             f"{resume} holds another architecture ({what}); resume with the model it was trained from",
         )
     # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
+    from_step = (run_dir.checkpoint_step(resume) or 0) if resume else 0
+    segments, changed = run_dir.settings_segments(out, cfg, from_step)
+    recovered = run_dir.recoveries(segments)  # every process: each makes the same recoveries
     if main:
-        from_step = (run_dir.checkpoint_step(resume) or 0) if resume else 0
-        segments, changed = run_dir.settings_segments(out, cfg, from_step)
         if changed:
             now = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             log(f"Resuming with other settings: {now}; they take effect after step {from_step} (training_config.json).")
@@ -1120,6 +1304,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         from .mirror import make_mirror_callback
 
         callbacks = [make_mirror_callback(mirror), *callbacks]
+    recovery = CollapseRecovery(cfg.on_collapse, out, resume, recovered, log=log) if cfg.on_collapse != "warn" else None
     with adapter_reference(cfg, model):
         trainer, monitor = build_trainer(
             cfg,
@@ -1131,6 +1316,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             log=log,
             callbacks=callbacks,
             num_processes=procs.num_processes,
+            recovery=recovery,
         )
 
     start = time.time()
@@ -1138,6 +1324,8 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.time() - start
         stop.raise_if_stopped(out)  # a signal while training: its checkpoint saved, no final validation and model
+        if recovery is not None:
+            recovery.raise_if_stopped()  # a collapse it may not recover from: the healthy state saved, no final model
         trainer.save_model(str(out))  # every process calls it (DeepSpeed gathers shards); the main one writes
     if main:
         give_umask_mode(out)  # safetensors writes 0600 files whatever the umask

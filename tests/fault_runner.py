@@ -255,7 +255,30 @@ def _with_callback(point: str, step: int) -> None:
     training.run_training = run_training
 
 
+FORCE_COLLAPSE = "MUSCLEBOB_FORCE_COLLAPSE"  # "3,6": the mid-training checks at these steps see a collapse
+
+
+def collapsing_check(steps):
+    """``HealthMonitor.check_validation`` as a collapse makes it at ``steps``: the check's report with every control
+    question answered wrong (``evaluation.health``: general knowledge lost); the other steps' reports as they are."""
+    from musclebob_helpers.monitoring import HealthMonitor
+
+    real = HealthMonitor.check_validation
+
+    def check_validation(self, state, report, control=None):
+        if state.global_step in steps:
+            report = {**report, "control_accuracy": 0.0}
+        return real(self, state, report, control)
+
+    return check_validation
+
+
 def install(point: str, step: int) -> None:
+    steps = {int(s) for s in os.environ.get(FORCE_COLLAPSE, "").split(",") if s.strip()}
+    if steps:
+        from musclebob_helpers.monitoring import HealthMonitor
+
+        HealthMonitor.check_validation = collapsing_check(steps)
     if point in ("history", "nospace-history"):
         _half_written_history(step, full_disk=point.startswith("nospace"))
     elif point in ("checkpoint", "nospace-checkpoint"):
