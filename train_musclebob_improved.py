@@ -65,37 +65,37 @@ def _main(argv) -> int:
 
     try:
         result = run_training(cfg, checked=checked)
+    except CollapseStop as err:  # --on-collapse stop, or a collapse after the last recovery: what to change
+        if procs.is_main_process:
+            lower = dataclasses.replace(cfg, learning_rate=float(f"{err.suggested_rate:.3g}"))
+            again = resume_command(_script(), lower, {**sources, "learning_rate": "you"}, procs.num_processes)
+            print(f"{PROG}: {err.line('resume with: ' + again)}", file=sys.stderr)
+        return 1  # as an unhealthy run ends
     except OneLineError as err:  # found only once the model runs: another architecture, non-finite logits
         fail(PROG, str(err))
     except Stopped as stop:  # SIGINT / SIGTERM: one line saying how to go on
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: a late Ctrl-C must not add a second line
         if procs.is_main_process:
-            script = os.path.relpath(__file__)  # as typed from here; from elsewhere, its full path
-            script = __file__ if script.startswith("..") else script
-            print(f"{PROG}: {stop.line(resume_command(script, cfg, sources, procs.num_processes))}", file=sys.stderr)
+            print(f"{PROG}: {stop.line(resume_command(_script(), cfg, sources, procs.num_processes))}", file=sys.stderr)
         return stop.exit_code
-    except CollapseStop as err:  # --on-collapse stop, or a collapse after the last recovery: what to change
-        if procs.is_main_process:
-            script = os.path.relpath(__file__)
-            script = __file__ if script.startswith("..") else script
-            lower = dataclasses.replace(cfg, learning_rate=float(f"{err.suggested_rate:.3g}"))
-            again = resume_command(script, lower, {**sources, "learning_rate": "you"}, procs.num_processes)
-            print(f"{PROG}: {err.line('resume with: ' + again)}", file=sys.stderr)
-        return 1  # as an unhealthy run ends
     except Exception as err:
         if not out_of_space(err):  # a full disk at any save: checkpoint, history, final model
             raise
         fail(PROG, disk_full_line(cfg, checked))
     if result.get("copy_pending"):  # the run is complete on local disk; the run folder (Drive) failed at the end
-        script = os.path.relpath(__file__)
-        script = __file__ if script.startswith("..") else script
         print(
             f"{PROG}: the run is complete in {result['work_dir']}, but not yet in {result['output_dir']}: "
             f"{result['copy_pending']}; finish the copy once it answers again with: "
-            f"{resume_command(script, cfg, sources, procs.num_processes)}",
+            f"{resume_command(_script(), cfg, sources, procs.num_processes)}",
             file=sys.stderr,
         )
     return 0 if result["final"].get("is_healthy") else 1
+
+
+def _script() -> str:
+    """This script as typed from the current folder (from elsewhere, its full path), for the commands it prints."""
+    script = os.path.relpath(__file__)
+    return __file__ if script.startswith("..") else script
 
 
 if __name__ == "__main__":
