@@ -725,9 +725,9 @@ class CollapseRecovery:
     baseline's control accuracy counts as a collapse too (``min_control_kept``).
 
     The healthy state is the trainable weights and the optimizer's state (Adam's moments and step counts) at the
-    last check that found nothing wrong, copied to CPU memory: a LoRA adapter is a few MB, the tiny model's full
-    weights too; a 0.5B full fine-tuning run holds 3x its fp32 weights (~6 GB) there, as its checkpoint on disk
-    does. The step counter, the data order, the RNG and the learning rate schedule go on: a recovery at step S
+    last check that found nothing wrong (``worth_keeping``), copied to CPU memory: a LoRA adapter is a few MB, the
+    tiny model's full weights too; a 0.5B full fine-tuning run holds 3x its fp32 weights (~6 GB) there, as its
+    checkpoint on disk does. The step counter, the data order, the RNG and the learning rate schedule go on: a recovery at step S
     re-spends the steps since the healthy check on new batches at the lower rate, and ends the run at the
     same step as planned.
 
