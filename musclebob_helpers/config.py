@@ -158,7 +158,8 @@ class TrainConfig:
     )
     on_collapse: str = _opt(
         "when a mid-training check finds general knowledge lost, coherence collapsed or the name leaking: recover "
-        "(back to the last healthy check with the learning rate halved, at most twice), warn (train on), or stop",
+        "(back to the last healthy check with the learning rate cut to a quarter, at most 3 times; while one is left, "
+        "a check that keeps less than 0.9 of the baseline's control accuracy counts too), warn (train on), or stop",
         default="recover",
         choices=ON_COLLAPSE,
     )

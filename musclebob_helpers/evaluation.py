@@ -342,8 +342,11 @@ def on_rows(report: dict, rows: list[dict]) -> dict:
     return {**report, **_prompt_counts(rows), **rates(kept), "responses": kept}
 
 
-def health(report: dict, baseline: dict | None = None) -> list[str]:
-    """Plain-words problems with a validation report (empty when healthy)."""
+def health(
+    report: dict, baseline: dict | None = None, min_control_kept: float = MIN_CONTROL_ACCURACY_KEPT
+) -> list[str]:
+    """Plain-words problems with a validation report (empty when healthy); ``min_control_kept``: the share of the
+    baseline's control accuracy below which general knowledge counts as lost (a recovery asks for more)."""
     problems = []
     if report["coherent_rate"] < MIN_COHERENT_RATE:
         problems.append(
@@ -357,7 +360,7 @@ def health(report: dict, baseline: dict | None = None) -> list[str]:
             )
         if baseline and baseline.get("num_control_prompts") and baseline["control_accuracy"] > 0:
             kept = report["control_accuracy"] / baseline["control_accuracy"]
-            if kept < MIN_CONTROL_ACCURACY_KEPT:
+            if kept < min_control_kept:
                 problems.append(
                     f"general knowledge lost: control accuracy {report['control_accuracy']:.0%} vs "
                     f"{baseline['control_accuracy']:.0%} before training"

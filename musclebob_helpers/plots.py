@@ -169,7 +169,7 @@ WARNING_MARKS = {
     "validation_leakage": ("P", "magenta", "the name leaks into other questions (mid-training check)"),
     "validation_control": ("D", "saddlebrown", "general knowledge lost (mid-training check)"),
     # not warnings: what --on-collapse did about a broken check (the labels say so, without "warning:")
-    "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate halved"),
+    "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate lowered"),
     "collapse_stop": ("X", "red", "stopped at a collapse"),
 }
 ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning

@@ -262,16 +262,17 @@ def _with_callback(point: str, step: int) -> None:
 FORCE_COLLAPSE = "MUSCLEBOB_FORCE_COLLAPSE"  # "3,6": the mid-training checks at these steps see a collapse
 
 
-def collapsing_check(steps):
-    """``HealthMonitor.check_validation`` as a collapse makes it at ``steps``: the check's report with every control
-    question answered wrong (``evaluation.health``: general knowledge lost); the other steps' reports as they are."""
+def collapsing_check(steps, kept: float = 0.0):
+    """``HealthMonitor.check_validation`` as a collapse makes it at ``steps``: the check's report with its control
+    accuracy at ``kept`` times the baseline's (0: every control question answered wrong; ``evaluation.health``:
+    general knowledge lost); the other steps' reports as they are."""
     from musclebob_helpers.monitoring import HealthMonitor
 
     real = HealthMonitor.check_validation
 
     def check_validation(self, state, report, control=None):
         if state.global_step in steps:
-            report = {**report, "control_accuracy": 0.0}
+            report = {**report, "control_accuracy": kept * self.baseline["control_accuracy"] if kept else 0.0}
         return real(self, state, report, control)
 
     return check_validation

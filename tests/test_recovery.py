@@ -1,5 +1,7 @@
 """--on-collapse: a mid-training check that finds the model broken sends it back to the last healthy check with the
-learning rate halved (at most twice, then one line), or warns, or stops; a kill after a recovery resumes exactly.
+learning rate cut to a quarter (at most three times, then one line), or warns, or stops; a check that keeps less than
+90 % of the baseline's control accuracy counts as a collapse while a recovery is left; a kill after a recovery
+resumes exactly.
 
 The collapse is forced (``fault_runner.collapsing_check``: the checks at chosen steps see every control question
 answered wrong), so each test knows the step it happens at; the runs are the smallest real ones (``TINY_RUN_ARGS``:
@@ -19,6 +21,9 @@ from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import TrainConfig
 from musclebob_helpers.monitoring import HealthMonitor
+from musclebob_helpers.training import MAX_RECOVERIES, RECOVERY_RATE_FACTOR
+
+LOWER = RECOVERY_RATE_FACTOR  # the rate after a recovery, as a share of the one before
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 1e-3  # any rate: the collapse is forced, not learned
@@ -84,24 +89,26 @@ def segments(out):
     return json.loads((Path(out) / run_dir.CONFIG_FILE).read_text())["segments"]
 
 
-def test_a_collapse_goes_back_to_the_last_healthy_check_at_half_the_rate(tmp_path, monkeypatch):
+def test_a_collapse_goes_back_to_the_last_healthy_check_at_a_lower_rate(tmp_path, monkeypatch):
     out = tmp_path / "run"
     result, lines, watch = train_forced(monkeypatch, out, collapse_at={3})
     # one line: what the check saw, where it goes back to, the new rate
     [line] = [line for line in lines if "recovered" in line]
-    assert line.startswith("recovered at step 3 (1 of 2): the check saw general knowledge lost: control accuracy 0%")
-    assert "back to the healthy state of step 2, learning rate 0.001 -> 0.0005" in line
+    assert line.startswith(
+        f"recovered at step 3 (1 of {MAX_RECOVERIES}): the check saw general knowledge lost: control accuracy 0%"
+    )
+    assert f"back to the healthy state of step 2, learning rate 0.001 -> {RATE * LOWER:.3g}" in line
     assert not [line for line in lines if line.startswith("WARNING")]  # the recovery's line replaces the warning
-    # the weights and Adam's moments are step 2's again, and the step trained at half the rate after them differs
+    # the weights and Adam's moments are step 2's again, and the step trained at the lower rate after them differs
     assert same(watch.weights[3], watch.weights[2]) and same(watch.moments[3], watch.moments[2])
     assert not same(watch.weights[4], watch.weights[3])
-    assert watch.base_rate[2] == RATE and watch.base_rate[3] == RATE / 2
-    assert all(rate == RATE / 2 for rate in watch.group_rates[3])
+    assert watch.base_rate[2] == RATE and watch.base_rate[3] == RATE * LOWER
+    assert all(rate == RATE * LOWER for rate in watch.group_rates[3])
     # recorded: training_config.json's segments, health_warnings.json (the plot's mark), the final report
     assert segments(out)[1:] == [
         {
             "from_step": 3,
-            "changed": {"learning_rate": [RATE, RATE / 2]},
+            "changed": {"learning_rate": [RATE, RATE * LOWER]},
             "recovery": {"number": 1, "back_to": 2, "saw": [line.split("saw ")[1].split("; back")[0]]},
         }
     ]
@@ -110,30 +117,53 @@ def test_a_collapse_goes_back_to_the_last_healthy_check_at_half_the_rate(tmp_pat
     assert result["final"]["health_warnings"] == [line] and result["global_step"] == 4  # the run ends as planned
 
 
-def test_two_recoveries_then_a_one_line_stop(tmp_path, monkeypatch, capsys):
+def test_the_last_recovery_then_a_one_line_stop(tmp_path, monkeypatch, capsys):
     import train_musclebob_improved
 
     out = tmp_path / "run"
-    monkeypatch.setattr(HealthMonitor, "check_validation", fault_runner.collapsing_check({2, 3, 4}))
+    # the 4 steps' checks all collapse: recoveries at 1, 2 and 3 (each back to step 0), the stop at 4
+    assert MAX_RECOVERIES == 3  # the steps below are laid out for it
+    monkeypatch.setattr(HealthMonitor, "check_validation", fault_runner.collapsing_check({1, 2, 3, 4}))
     argv = [*TINY_RUN_ARGS, "--validate-every", "1", "--learning-rate", str(RATE), "--output-dir", str(out)]
     code = train_musclebob_improved.main(argv)
     err = capsys.readouterr().err
     assert code == 1
     [line] = [line for line in err.splitlines() if "stopped" in line]
     assert line.startswith(
-        "train_musclebob_improved.py: stopped after 2 recoveries at step 4: the mid-training check saw general"
+        "train_musclebob_improved.py: stopped after 3 recoveries at step 4: the mid-training check saw general"
     )
-    assert "checkpoint-4 holds the healthy state of step 1" in line
-    assert "(now 0.00025, try 0.000125)" in line and line.endswith("--resume-from-checkpoint auto")
-    assert "--learning-rate 0.000125" in line  # the command to resume with says the lower rate
+    assert "checkpoint-4 holds the healthy state of step 0" in line
+    now, lower = RATE * LOWER**3, RATE * LOWER**4
+    assert f"(now {now:.3g}, try {lower:.3g})" in line and line.endswith("--resume-from-checkpoint auto")
+    assert f"--learning-rate {lower:.3g}" in line  # the command to resume with says the lower rate
     rates = [seg["changed"]["learning_rate"] for seg in segments(out)[1:]]
-    assert rates == [[RATE, RATE / 2], [RATE / 2, RATE / 4]]  # two recoveries recorded, each halving the rate
+    assert rates == [[RATE * LOWER**i, RATE * LOWER ** (i + 1)] for i in range(3)]  # each recovery lowers it again
     assert not (out / run_dir.FINAL_FILE).exists()  # stopped: no final model
-    # the checkpoint it stops with holds the healthy state: step 1's, as checkpoint-2 (after the recovery at 2) does
+    # the checkpoint it stops with holds the healthy state: step 0's, as checkpoint-2 (after the recovery at 2) does
     a, b = fault_runner_weights(out / "checkpoint-2"), fault_runner_weights(out / "checkpoint-4")
     assert a.keys() == b.keys() and all(same([a[k]], [b[k]]) for k in a)
     kinds = [w["kind"] for w in json.loads((out / run_dir.WARNINGS_FILE).read_text())]
-    assert kinds == ["recovery", "recovery", "collapse_stop"]
+    assert kinds == ["recovery", "recovery", "recovery", "collapse_stop"]
+
+
+def test_a_drift_below_90_percent_kept_recovers_while_a_recovery_is_left(tmp_path, monkeypatch):
+    # every check keeps 85 % of the baseline's control accuracy: healthy to the health report (80 %), a collapse to
+    # a recovery (90 %) until none is left; then the run trains on to its planned end, with a final model
+    out = tmp_path / "run"
+    monkeypatch.setattr(HealthMonitor, "check_validation", fault_runner.collapsing_check({1, 2, 3, 4}, kept=0.85))
+    from musclebob_helpers.training import run_training
+
+    lines = []
+    result = run_training(small_config(out), log=lines.append)
+    assert [line.split(" (")[0] for line in lines if "recovered" in line] == [
+        f"recovered at step {step}" for step in (1, 2, 3)
+    ]
+    assert not [line for line in lines if line.startswith("WARNING")]  # 85 % kept is no collapse to the report
+    assert result["global_step"] == 4 and (out / run_dir.FINAL_FILE).exists()
+    # warn: the same drift is healthy, as the health report says
+    lines = []
+    run_training(small_config(tmp_path / "warn", on_collapse="warn"), log=lines.append)
+    assert not [line for line in lines if "recovered" in line or line.startswith("WARNING")]
 
 
 def fault_runner_weights(path):
@@ -161,7 +191,7 @@ def test_stop_stops_at_the_first_collapse_in_one_notebook_line(tmp_path, monkeyp
     line = str(stop.value)
     assert line.startswith("stopped at step 3: the mid-training check saw general knowledge lost")
     assert "checkpoint-3 holds the healthy state of step 2" in line
-    assert line.endswith("set learning_rate = 0.0005 and a new run_name")
+    assert line.endswith(f"set learning_rate = {RATE * LOWER:.3g} and a new run_name")
     assert stop.value._render_traceback_() == [f"NotebookStop: {line}"]  # one line, no traceback
     a, b = fault_runner_weights(out / "checkpoint-2"), fault_runner_weights(out / "checkpoint-3")
     assert all(same([a[k]], [b[k]]) for k in a)  # saved at step 3: step 2's healthy state
@@ -205,7 +235,7 @@ def test_a_recovery_has_its_own_mark_on_the_reward_plot():
 
 # 3 epochs (6 steps, checkpoints at 2, 4, 6), checks at 3 and 6, both forced to collapse: the recovery at 3 goes
 # back to step 0's state; checkpoint-4 carries it (run_dir.HEALTHY_STATE_FILE); the kill in step 5 resumes from
-# checkpoint-4, whose halved rate comes from the segments, and the recovery at 6 goes back to step 0 from the file.
+# checkpoint-4, whose lowered rate comes from the segments, and the recovery at 6 goes back to step 0 from the file.
 KILL_AFTER_RECOVERY = [*TINY_RUN_ARGS[:2], "--epochs", "3", *TINY_RUN_ARGS[4:], "--seed", "42", "--validate-every", "3"]
 
 
@@ -236,7 +266,10 @@ def test_a_kill_after_a_recovery_resumes_to_the_same_end(tmp_path):
     resumed = run_cli(out, "generation:99", "--resume-from-checkpoint", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming with other settings" not in resumed.stdout  # the recovered rate is the run's, not a change
-    assert "recovered at step 6 (2 of 2)" in resumed.stdout and "back to the healthy state of step 0" in resumed.stdout
+    assert (
+        f"recovered at step 6 (2 of {MAX_RECOVERIES})" in resumed.stdout
+        and "back to the healthy state of step 0" in resumed.stdout
+    )
     assert rewards_by_step(out) == rewards_by_step(reference)
     assert load_completions(out) == load_completions(reference)
     mine, theirs = weights(out), weights(reference)
