@@ -1377,6 +1377,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             record_base_model(out, cfg.model)
             if cfg.merge_adapter:
                 merge_adapter(out, out / MERGED_DIR, log=log)
+        name_recoveries_in_the_model_card(out)
         if mirror is not None:
             mirror.wake()
 
@@ -1412,6 +1413,26 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         "output_dir": str(folder.path),
         "global_step": trainer.state.global_step,
     }
+
+
+def name_recoveries_in_the_model_card(out: Path) -> None:
+    """The recoveries from a collapse (``--on-collapse recover``), one line each, appended to the model card that
+    ``save_model`` wrote (TRL's ``README.md``), so whoever uses the model sees that its learning rate was lowered."""
+    card = out / "README.md"
+    record = read_json(out / CONFIG_FILE, default={})
+    found = run_dir.recoveries(record.get("segments") or []) if isinstance(record, dict) else []
+    if not found or not card.is_file():
+        return
+    lines = ["", "## Recoveries from a collapse", ""]
+    for seg in found:
+        old, new = seg["changed"]["learning_rate"]
+        info = seg["recovery"]
+        saw = "; ".join(info.get("saw") or []) or "a failed mid-training check"
+        lines.append(
+            f"- step {seg['from_step']}: {saw}; went back to the healthy state of step {info.get('back_to')} and "
+            f"lowered the learning rate from {old:.3g} to {new:.3g}"
+        )
+    card.write_text(card.read_text().rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def _quiet(*args, **kwargs):

@@ -160,6 +160,10 @@ def test_a_drift_below_90_percent_kept_recovers_while_a_recovery_is_left(tmp_pat
     ]
     assert not [line for line in lines if line.startswith("WARNING")]  # 85 % kept is no collapse to the report
     assert result["global_step"] == 4 and (out / run_dir.FINAL_FILE).exists()
+    card = (out / "README.md").read_text()  # the model card names each recovery
+    assert (
+        "## Recoveries from a collapse" in card and len([x for x in card.splitlines() if x.startswith("- step ")]) == 3
+    )
     # warn: the same drift is healthy, as the health report says
     lines = []
     run_training(small_config(tmp_path / "warn", on_collapse="warn"), log=lines.append)
