@@ -225,8 +225,8 @@ def make_callbacks(out_dir: str | Path, log=print):
     from transformers import TrainerCallback
 
     class RewardHistoryCallback(TrainerCallback):
-        """Keeps ``reward_history.json``: one entry per optimizer step, in order, written at most every
-        ``HISTORY_EVERY_S`` seconds, before each checkpoint save and at the end (fsynced at the end only).
+        """Writes ``reward_history.json`` after every logged step: one entry per optimizer step, in order (fsynced
+        at the end of training only).
 
         On resume the entries past the checkpoint's step are dropped first, so steps trained
         again replace their old entries instead of duplicating them.
@@ -236,8 +236,6 @@ def make_callbacks(out_dir: str | Path, log=print):
             self.path = Path(out_dir) / HISTORY_FILE
             self.history: list[dict] = []
             self.texts: list[str] = []  # each entry's JSON, encoded once
-            self.written = 0.0  # when the file was last written (time.monotonic)
-            self.unwritten = False  # entries logged since
 
         def on_train_begin(self, args, state, control, **kwargs):
             old = read_json(self.path, default=[]) if state.global_step > 0 else []
@@ -267,25 +265,11 @@ def make_callbacks(out_dir: str | Path, log=print):
             kept = [i for i, e in enumerate(self.history) if e["step"] < entry["step"]]
             self.history = [self.history[i] for i in kept] + [entry]
             self.texts = [self.texts[i] for i in kept] + [json_list_item(entry)]
-            # Also before a mid-epoch checkpoint save (asked for by a step's end, logged, then saved; an epoch's save:
-            # on_epoch_end): a save that fails (a full disk) or is cut short leaves the history whole up to it.
-            self.unwritten = True
-            due = time.monotonic() - self.written >= HISTORY_EVERY_S or getattr(control, "should_save", False)
-            if state.is_world_process_zero and due:
-                self._write(durable=False)
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero and self.unwritten:  # before the epoch's checkpoint is saved
-                self._write(durable=False)
-
-        def _write(self, durable: bool) -> None:
-            # A JSON list has no half-way state that parses, so the file is rewritten whole (io.write_json_list_atomic
-            # says why not appended), and so not at every step: a tiny step is ~60 ms and a rewrite ~1 ms, growing
-            # with the run. Nothing is lost by waiting: a kill loses only steps after the newest checkpoint, which a
-            # resume trains again, and on_train_begin rebuilds entries the file lacks from the checkpoint's log. No
-            # fsync but at the end: a kill keeps a renamed file; only a machine crash needs it.
-            write_json_list_atomic(self.path, self.texts, durable=durable)
-            self.written, self.unwritten = time.monotonic(), False
+            if state.is_world_process_zero:
+                # No fsync each step (1-2 % of a tiny run's train(), more when other writers keep the disk busy): a
+                # kill keeps the renamed file, and after a machine crash on_train_begin rebuilds lost entries from
+                # the checkpoint's log. Made durable at the end.
+                write_json_list_atomic(self.path, self.texts, durable=False)
 
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
@@ -329,9 +313,6 @@ def make_callbacks(out_dir: str | Path, log=print):
                 self.bar = None
 
     return RewardHistoryCallback(), StepProgress()
-
-
-HISTORY_EVERY_S = 1.0  # reward_history.json is rewritten at most this often (and before each save, and at the end)
 
 
 def _stdout_is_terminal() -> bool:

@@ -8,7 +8,7 @@ kills the process (no cleanup, no ``finally``) at:
 * ``optimizer:N``  - inside step N's optimizer step (weights updated in memory, nothing logged or saved)
 * ``checkpoint:N`` - in the middle of writing ``checkpoint-N/optimizer.pt`` (half its bytes on disk;
   the model weights are already written, ``trainer_state.json`` is not)
-* ``history:N``    - in the middle of the first write of ``reward_history.json`` with step N's entry
+* ``history:N``    - in the middle of writing ``reward_history.json`` with step N's entry
   (half of the temporary file written, not yet renamed into place)
 
 or lets a save fail as a full disk fails it (the process goes on and handles the error as it would):
@@ -101,16 +101,12 @@ def _half_written_history(step: int, full_disk: bool = False) -> None:
     import json
 
     real_replace = os.replace
-    fired = []
 
     def replace(src, dst, *args, **kwargs):
         src_path, dst_path = Path(src), Path(dst)
         if dst_path.name == "reward_history.json" and src_path.name.endswith(".tmp"):
             entries = json.loads(src_path.read_text())
-            # The first write holding step N's entry: the history is written at most once a second, so that write
-            # may hold later steps too.
-            if entries and entries[-1].get("step", 0) >= step and not fired:
-                fired.append(step)
+            if entries and entries[-1].get("step") == step:
                 data = src_path.read_bytes()
                 src_path.write_bytes(data[: len(data) // 2])  # half a file, as a kill mid-write leaves it
                 if full_disk:

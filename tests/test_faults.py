@@ -924,47 +924,30 @@ def test_a_list_written_from_its_items_texts_is_the_same_file(tmp_path, items):
     assert (tmp_path / "items.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
 
 
-def test_the_reward_history_is_renamed_whole_and_fsynced_at_the_end(tmp_path, monkeypatch):
-    """The history is rewritten whole (renamed into place) at most once a second, before every checkpoint save and
-    at the end; the per-step writes skip fsync (a kill keeps a renamed file; a crash is repaired on resume from the
+def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tmp_path, monkeypatch):
+    """The per-step history write skips fsync (a kill keeps a renamed file; a crash is repaired on resume from the
     checkpoint's log), the end of training makes it durable, and every other artifact is fsynced as before."""
     from types import SimpleNamespace
 
-    from musclebob_helpers import training
     from musclebob_helpers.io import write_json_atomic
+    from musclebob_helpers.training import make_callbacks
 
     real_fsync, synced = os.fsync, []
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    clock = [100.0]
-    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
-    history_cb, _ = training.make_callbacks(tmp_path, log=lambda *a, **k: None)
+    history_cb, _ = make_callbacks(tmp_path, log=lambda *a, **k: None)
     state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True, log_history=[])
     history_cb.on_train_begin(None, state, None)
 
     def steps_on_disk():
         return [e["step"] for e in json.loads((tmp_path / "reward_history.json").read_text())]
 
-    def log(step, seconds, save=False):
-        clock[0] += seconds
+    for step in (1, 2, 3):
         state.global_step, state.epoch = step, step / 4
-        control = SimpleNamespace(should_save=save)
-        history_cb.on_log(None, state, control, logs={"reward": float(step), "reward_std": 0.1})
-
-    log(1, 1.5)
-    assert steps_on_disk() == [1]  # a second since the last write: renamed into place
-    log(2, 0.3)
-    assert steps_on_disk() == [1]  # within the second: not yet
-    log(3, 0.3, save=True)
-    assert steps_on_disk() == [1, 2, 3]  # a checkpoint is saved after this log: the history is whole up to it
-    log(4, 0.2)
-    history_cb.on_epoch_end(None, state, None)
-    assert steps_on_disk() == [1, 2, 3, 4]  # the epoch's checkpoint is saved next
-    log(5, 1.2)
-    assert steps_on_disk() == [1, 2, 3, 4, 5]
+        history_cb.on_log(None, state, None, logs={"reward": float(step), "reward_std": 0.1})
+        assert steps_on_disk() == list(range(1, step + 1))  # renamed into place at every step
     assert len(synced) == 1  # on_train_begin's write only (durable by default); none per step
     assert not list(tmp_path.glob("*.tmp"))
-    log(6, 0.1)
     history_cb.on_train_end(None, state, None)
-    assert len(synced) == 2 and steps_on_disk() == [1, 2, 3, 4, 5, 6]
-    write_json_atomic(tmp_path / "final_validation.json", {"global_step": 6})
+    assert len(synced) == 2 and steps_on_disk() == [1, 2, 3]
+    write_json_atomic(tmp_path / "final_validation.json", {"global_step": 3})
     assert len(synced) == 3  # the run's other artifacts keep their fsync
