@@ -158,7 +158,9 @@ class HealthMonitor(_callback_base()):
     def check_validation(self, state, report: dict, control=None) -> None:
         """Called by ``MidTrainingValidation`` after each mid-training check (``control``: the trainer's, which a
         recovery that stops the run sets)."""
-        floor = self.recovery.min_control_kept if self.recovery is not None else evaluation.MIN_CONTROL_ACCURACY_KEPT
+        floor = (
+            self.recovery.min_control_kept(state) if self.recovery is not None else evaluation.MIN_CONTROL_ACCURACY_KEPT
+        )
         problems = evaluation.health(report, self.baseline, floor)
         if self.recovery is not None and not problems and self.recovery.worth_keeping(report, self.baseline):
             self.recovery.mark_healthy(state.global_step)

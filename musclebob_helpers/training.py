@@ -752,11 +752,13 @@ class CollapseRecovery:
             self.log("--on-collapse: DeepSpeed shards the state a recovery would copy; a collapse only warns.")
             self.mode = "warn"
 
-    @property
-    def min_control_kept(self) -> float:
-        """The control accuracy kept below which a check counts as a collapse: ``RECOVERY_CONTROL_KEPT`` while a
-        recovery is left, the health report's once none is (a drift then trains on; only a collapse stops)."""
-        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < MAX_RECOVERIES:
+    def min_control_kept(self, state) -> float:
+        """The control accuracy kept below which a check at ``state`` counts as a collapse: ``RECOVERY_CONTROL_KEPT``
+        while a recovery is left and steps remain to train again, else the health report's (a drift then trains on;
+        only a collapse stops). At the last step a drift recovery would end the run on the older state with nothing
+        trained after it: the final validation judges that step instead."""
+        steps_left = state.global_step < state.max_steps
+        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < MAX_RECOVERIES and steps_left:
             return RECOVERY_CONTROL_KEPT
         return evaluation.MIN_CONTROL_ACCURACY_KEPT
 
