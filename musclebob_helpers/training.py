@@ -682,7 +682,7 @@ def build_trainer(
 
 # --- going back from a collapse (--on-collapse) -----------------------------------------------------------
 
-MAX_RECOVERIES = 3  # recoveries a run makes; a collapse after them means the recipe is wrong, not bad luck
+MAX_RECOVERIES = 2  # recoveries a run makes (the rule: at most twice); a collapse after them means the recipe is wrong, not bad luck
 RECOVERY_RATE_FACTOR = 0.25  # the learning rate after a recovery, as a share of the one before
 # The control accuracy kept (share of the baseline's) below which a check sends the run back while a recovery is
 # left: stricter than the health report's 80 %, since going back is cheap and the goal is 90 % kept at the end.
