@@ -34,7 +34,16 @@ from pathlib import Path
 from . import run_dir
 from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir
 from .io import read_json
-from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, LOCK_FILE, MANIFEST_FILE, MANIFEST_HASH, RunFolder
+from .run_dir import (
+    COPYING_PREFIX,
+    DELETING_PREFIX,
+    FINAL_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    MANIFEST_HASH,
+    RunFolder,
+    file_hash,
+)
 
 INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
 RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
@@ -106,11 +115,7 @@ def copy_verified(
                 _dst(os.fsync, fd)
         finally:
             _dst(os.close, fd)
-        back = hashlib.new(HASH)
-        with _dst(open, tmp, "rb", 0) as fh:
-            while chunk := _dst(fh.read, CHUNK):
-                back.update(chunk)
-        if back.hexdigest() != digest.hexdigest():
+        if _dst(file_hash, Path(tmp), HASH) != digest.hexdigest():
             raise FolderFailed(OSError(errno.EIO, f"{target.name} read back differs from what was written"))
         _dst(os.replace, tmp, target)
     except BaseException:

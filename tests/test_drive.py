@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_faults import KILL_ARGS, PROG, ROOT, TOTAL_STEPS, assert_same_as_reference, history, train
+from test_faults import KILL_ARGS, PROG, ROOT, assert_same_as_reference, uninterrupted_run
 
 from musclebob_helpers.run_dir import COPYING_PREFIX, checkpoint_problems, list_checkpoints
 
@@ -35,11 +35,7 @@ HEAL = {"fail": "none", "errno": errno.ENOTCONN, "latency_ms": 0, "write_mbps": 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_path):
     """The uninterrupted run on local disk every Drive case must end up identical to."""
-    out = tmp_path_factory.mktemp("drive") / "reference"
-    proc = train(out)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]
-    assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 1))
-    return out, proc.returncode
+    return uninterrupted_run(tmp_path_factory.mktemp("drive"))
 
 
 def run_on(faultfs, tmp_path, schedule=None, *extra, command=None):

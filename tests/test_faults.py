@@ -117,14 +117,19 @@ def weights(path):
     return load_file(str(Path(path) / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_path):
-    """The uninterrupted run every killed run must end up identical to."""
-    out = tmp_path_factory.mktemp("faults") / "reference"
+def uninterrupted_run(folder: Path):
+    """The uninterrupted run (on local disk) a killed or disturbed run must end up identical to: (folder, exit code)."""
+    out = folder / "reference"
     proc = train(out)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert [e["step"] for e in history(out)] == list(range(1, TOTAL_STEPS + 1))
     return out, proc.returncode
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_path):
+    """The uninterrupted run every killed run must end up identical to."""
+    return uninterrupted_run(tmp_path_factory.mktemp("faults"))
 
 
 def assert_same_as_reference(out, reference, resumed):
