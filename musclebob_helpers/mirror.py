@@ -286,8 +286,7 @@ class Mirror:
                     return False
             self.bytes_copied += sum((ckpt / rel).stat().st_size for rel in files)
             if _dst(target.exists):  # this step saved again (a run resumed before it): the old copy goes
-                _dst(os.rename, target, target.with_name(DELETING_PREFIX + target.name))
-                shutil.rmtree(target.with_name(DELETING_PREFIX + target.name), ignore_errors=True)
+                _dst(run_dir.remove_checkpoint, target)
             _dst(os.rename, staging, target)
         except FileNotFoundError as err:
             self._forget(staging)
@@ -352,9 +351,7 @@ class Mirror:
         if self.keep <= 0 or len(ckpts) <= self.keep or ckpts[-1].name not in self.verified:
             return
         for old in ckpts[: -self.keep]:
-            doomed = old.with_name(DELETING_PREFIX + old.name)
-            _dst(os.rename, old, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            _dst(run_dir.remove_checkpoint, old)
 
     # --- the end ---
 

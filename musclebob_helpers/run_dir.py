@@ -237,9 +237,7 @@ def clear_run(out_dir: str | Path) -> list[str]:
     out = Path(out_dir)
     removed = []
     for ckpt in list_checkpoints(out):
-        doomed = ckpt.with_name(DELETING_PREFIX + ckpt.name)
-        ckpt.rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_checkpoint(ckpt)
         removed.append(ckpt.name)
     for name in RUN_FILES:
         if (out / name).is_file():
@@ -539,11 +537,17 @@ def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
         return []
     removed = []
     for old in ckpts[:-keep]:
-        doomed = old.with_name(DELETING_PREFIX + old.name)
-        old.rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_checkpoint(old)
         removed.append(old.name)
     return removed
+
+
+def remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint folder: renamed to ``.deleting-checkpoint-N`` first (atomic), so a kill mid-delete never
+    leaves a half-deleted ``checkpoint-N`` that looks resumable (``remove_leftover_deletions`` finishes it)."""
+    doomed = ckpt.with_name(DELETING_PREFIX + ckpt.name)
+    ckpt.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
