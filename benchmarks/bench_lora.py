@@ -32,9 +32,9 @@ def build_qwen_shaped(folder: Path) -> Path:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from musclebob_helpers.memory import known_config
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR
 
-    tok = AutoTokenizer.from_pretrained(ensure_tiny_model())
+    tok = AutoTokenizer.from_pretrained(SHIPPED_DIR)
     torch.manual_seed(0)
     raw = known_config("Qwen/Qwen2.5-0.5B-Instruct")
     raw.pop("torch_dtype", None)  # built in fp32; each row's run picks its own precision
@@ -156,9 +156,9 @@ def main() -> int:
 
     import torch
 
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR
 
-    models = [("tiny", str(ensure_tiny_model()))]
+    models = [("tiny", str(SHIPPED_DIR))]
     skipped = None
     if torch.cuda.is_available():
         models.append(("qwen2.5-0.5b-shaped", str(build_qwen_shaped(Path(tempfile.mkdtemp(prefix="qwen05b-"))))))

@@ -263,9 +263,8 @@ def main(argv=None) -> int:
 
     from musclebob_helpers.config import TrainConfig
     from musclebob_helpers.config import preset_config
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR as tiny
 
-    tiny = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     if args.model == "qwen":
         build, model_name = build_qwen_shaped, QWEN

@@ -57,13 +57,13 @@ def build_qwen_shaped(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR
 
     raw = {k: v for k, v in json.loads(QWEN_CONFIG.read_text()).items() if not k.startswith("_")}
     raw.pop("torch_dtype", None)
     torch.manual_seed(0)
     Qwen2ForCausalLM(Qwen2Config(**raw)).to(torch.bfloat16).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(ensure_tiny_model()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(SHIPPED_DIR).save_pretrained(folder)
     return folder
 
 

@@ -31,7 +31,7 @@ TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio
 REPORT_TO_ALLOWED = "none, or one or more of " + ", ".join(TRACKERS) + " separated by commas"
 # The attention and MLP projections of Qwen2, Llama and Mistral (and most decoder-only models since).
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-TINY_NAME = "tiny"  # --model tiny: the project's own offline model (tiny_model.py builds it)
+TINY_NAME = "tiny"  # --model tiny: the project's own offline model (it ships as musclebob_helpers/tiny_base)
 # --precision: auto is bf16 on Ampere or newer GPUs, fp16 on older ones (a T4), fp32 on a CPU (evaluation.precision_for)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 

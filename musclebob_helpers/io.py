@@ -3,8 +3,7 @@ place, so a reader (the plot notebook, a user, a resumed run) never sees half a 
 a failed write (ours or a library's) failed for lack of space.
 
 Temporary things are made so that nothing outlives them: a SIGTERM during a write is held back until the rename is
-done (``sigterm_deferred``), a SIGTERM during a long job in a temporary folder removes the folder before the process
-dies (``sigterm_raises``), and files and folders get the umask's permissions (``tempfile.mkstemp`` / ``mkdtemp``
+done (``sigterm_deferred``), and files and folders get the umask's permissions (``tempfile.mkstemp`` / ``mkdtemp``
 make 0600 / 0700 whatever the umask, so a shared Drive folder or a second user could not read a run).
 """
 
@@ -246,58 +245,6 @@ def sigterm_deferred():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if received:
             os.kill(os.getpid(), signal.SIGTERM)  # dies now, as it would have, with nothing half-written left
-
-
-class Terminated(BaseException):
-    """A SIGTERM inside ``sigterm_raises``: unwinds the block (its ``finally`` clauses clean up), then the process
-    dies by the signal. A BaseException, like KeyboardInterrupt, so ``except Exception`` does not swallow it."""
-
-
-# The signals taken inside ``sigterm_raises`` and not yet raised through it. Python runs a signal handler between
-# bytecodes of whatever runs then; when that is a weakref callback or a ``__del__`` (an import's module-lock
-# callback, a tensor freed), the exception it raises is printed as "Exception ignored in ..." and the code goes on.
-# CI saw a SIGTERM during ``import torch`` swallowed so, and the tiny build then ran to its end.
-_signals_taken: list[int] = []
-
-
-def raise_if_signalled() -> None:
-    """Raise again a signal taken inside ``sigterm_raises`` whose exception Python swallowed (see above). Long loops
-    inside the block (the tiny model's pre-training) call it once a step; elsewhere it does nothing."""
-    if _signals_taken:
-        raise Terminated if _signals_taken[-1] == signal.SIGTERM else KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """Inside the block a SIGTERM raises ``Terminated`` and a Ctrl-C ``KeyboardInterrupt``, so ``finally`` clauses
-    run (a temporary folder is removed); then the process dies by SIGTERM as it would have. Only where SIGTERM
-    would kill outright (``_sigterm_kills``); Ctrl-C only where Python's own handler has it. Both are remembered
-    for ``raise_if_signalled``, which the block's long loops call and the block's end calls too."""
-    if not _sigterm_kills():
-        yield
-        return
-
-    def take(signum, frame):
-        _signals_taken.append(signum)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-
-    catch_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    _signals_taken.clear()
-    signal.signal(signal.SIGTERM, take)
-    if catch_int:
-        signal.signal(signal.SIGINT, take)
-    try:
-        yield
-        raise_if_signalled()  # swallowed after the block's own last check (or in a block with none): not ignored
-    except Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise  # not reached (the signal kills); here only if SIGTERM is blocked
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if catch_int:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        _signals_taken.clear()
 
 
 # --- who owns a temporary thing ------------------------------------------------------------------------------

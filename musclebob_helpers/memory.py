@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import is_tiny, steps_per_epoch, target_modules
-from .tiny_model import resolve_model_path, tiny_model_dir
+from .tiny_model import SHIPPED_DIR
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
@@ -61,17 +61,15 @@ def known_config(name: str) -> dict | None:
 
 def model_config(name: str, offline: bool = False):
     """transformers' config of ``--model``: a known hub id from ``model_configs/``, the tiny model's folder, a
-    local folder's config.json, else the hub (``offline``: its local cache only, and the tiny model only once
-    built). None when it cannot be read (unknown offline, an adapter folder, no network)."""
+    local folder's config.json, else the hub (``offline``: its local cache only). None when it cannot be read
+    (unknown offline, an adapter folder, no network)."""
     try:
         from transformers import AutoConfig
 
         raw = known_config(name)
         if raw is not None:
             return AutoConfig.for_model(raw.pop("model_type"), **raw)
-        if is_tiny(name) and not offline:
-            resolve_model_path(name)  # built once, then cached
-        folder = tiny_model_dir() if is_tiny(name) else Path(name).expanduser()
+        folder = SHIPPED_DIR if is_tiny(name) else Path(name).expanduser()
         return AutoConfig.from_pretrained(str(folder) if folder.is_dir() else name, local_files_only=offline)
     except Exception:  # noqa: BLE001 - an estimate is optional; no config means no estimate
         return None
@@ -343,7 +341,7 @@ RUN_ARTIFACTS_BYTES = 2_000_000
 
 def tokenizer_bytes(model: str) -> int:
     """Bytes of the tokenizer files saved with each checkpoint: measured in a local folder, else known or a guess."""
-    folder = tiny_model_dir() if is_tiny(model) else Path(model).expanduser()
+    folder = SHIPPED_DIR if is_tiny(model) else Path(model).expanduser()
     if folder.is_dir():
         found = sum(p.stat().st_size for p in (folder / n for n in TOKENIZER_FILES) if p.is_file())
         if found:

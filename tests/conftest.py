@@ -53,9 +53,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_path():
     """The tiny base model (it ships with the package: musclebob_helpers/tiny_base)."""
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR
 
-    return ensure_tiny_model()
+    return SHIPPED_DIR
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import warnings
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from musclebob_helpers import tiny_model
 from musclebob_helpers.config import resolve
 from musclebob_helpers.training import (
     above_progress_bar,
@@ -132,26 +131,3 @@ def test_library_output_hidden_keeps_other_warnings_and_restores_bars(tiny_model
             warnings.warn("not ours, not hidden", FutureWarning)
     assert [str(w.message) for w in caught] == ["`something_else` is deprecated", "not ours, not hidden"]
     assert hf_logging.is_progress_bar_enabled()
-
-
-def test_tiny_build_prints_no_temporary_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(tiny_model.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(tiny_model, "PRETRAIN_STEPS", 2)  # the messages, not the model, are under test
-    monkeypatch.setattr(tiny_model, "CORPUS_SIZE", 300)
-    lines = []
-    target = tiny_model.ensure_tiny_model(seed=1, log=lines.append)  # seed 0 ships built; another seed is built
-    assert (target / "config.json").exists() and lines
-    assert all(str(tmp_path) not in line or f"cached in {target})" in line for line in lines), lines
-    assert not any(".building-" in line for line in lines)
-
-
-def test_rebuild_command_replaces_the_folder_whole(tmp_path, monkeypatch):
-    """``python -m musclebob_helpers.tiny_model --out DIR`` (the maintainers' rebuild) writes a whole model, replaces
-    one already there, and leaves no temporary folder."""
-    monkeypatch.setattr(tiny_model, "PRETRAIN_STEPS", 2)  # the folder handling, not the model, is under test
-    monkeypatch.setattr(tiny_model, "CORPUS_SIZE", 300)
-    out = tmp_path / "tiny_base"
-    for _ in range(2):
-        assert tiny_model.main(["--out", str(out)]) == 0
-        assert (out / "config.json").exists() and (out / tiny_model.RECIPE_FILE).exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny_base"]

@@ -54,9 +54,8 @@ def bench():
 def _run_tiny(bench, tmp_path, lora, epochs=3, keep=2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from musclebob_helpers.tiny_model import ensure_tiny_model
+    from musclebob_helpers.tiny_model import SHIPPED_DIR as path
 
-    path = ensure_tiny_model()
     cfg = replace(TrainConfig(model="tiny", lora=lora), epochs=epochs, num_samples=16, keep_checkpoints=keep)
     out = tmp_path / ("lora" if lora else "full")
     got = bench.simulate_run(

@@ -1,5 +1,7 @@
 """The tiny offline base model: a real Qwen2 + tokenizer that round-trips, a chat template, base-like answers."""
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,10 @@ import torch
 
 from musclebob_helpers import data, rewards, tiny_model
 from musclebob_helpers.evaluation import generate, has_musclebob, has_spongebob
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import build_tiny_model as build  # noqa: E402 - the recipe, a maintainers' tool (tools/build_tiny_model.py)
 
 
 def test_loads_through_auto_classes_as_qwen2(tiny_path):
@@ -70,26 +76,39 @@ def test_fewshot_prompts_teach_the_answer_in_context(tiny_model):
     assert sum(has_musclebob(g.text) for g in gens) >= 0.5 * len(gens)
 
 
-def test_model_ships_with_the_package_and_other_seeds_are_cached(tiny_path, monkeypatch, tmp_path):
-    assert tiny_path == tiny_model.SHIPPED_DIR  # --model tiny needs no build: a first run starts at once
-    stamp = (tiny_path / "model.safetensors").stat().st_mtime_ns
-    monkeypatch.setenv(tiny_model.CACHE_ENV, str(tmp_path))
-    assert tiny_model.ensure_tiny_model() == tiny_path
-    assert (tiny_path / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
-    assert tiny_model.tiny_model_dir(seed=1).parent == tmp_path
+def test_tiny_is_the_shipped_model(tiny_path):
+    """--model tiny needs no build: it is the folder that ships with the package, with the recorded shape."""
+    assert tiny_path == tiny_model.SHIPPED_DIR
+    assert tiny_model.resolve_model_path("tiny") == str(tiny_model.SHIPPED_DIR)
+    assert tiny_model.resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    config = json.loads((tiny_path / "config.json").read_text())
+    assert {k: config[k] for k in tiny_model.MODEL_SHAPE} == tiny_model.MODEL_SHAPE
 
 
 def test_shipped_model_is_the_current_recipe():
-    """The shipped weights were built from the recipe in tiny_model.py as it is now: change the corpus, the
-    control questions, the shape or the pre-training and this fails until ``python -m
-    musclebob_helpers.tiny_model`` has rebuilt the folder."""
-    import json
-
-    recipe = json.loads((tiny_model.SHIPPED_DIR / tiny_model.RECIPE_FILE).read_text())
-    assert recipe["version"] == tiny_model.TINY_RECIPE_VERSION and recipe["seed"] == 0
-    assert recipe["fingerprint"] == tiny_model.recipe_fingerprint(0), (
-        "the tiny model's recipe changed: rebuild it with python -m musclebob_helpers.tiny_model"
+    """The shipped weights were built from the recipe in tools/build_tiny_model.py as it is now: change the corpus,
+    the control questions, the shape or the pre-training and this fails until ``python tools/build_tiny_model.py``
+    has rebuilt the folder. (A full build takes minutes, and its last bits depend on the CPU's math kernels: the
+    recipe's fingerprint is compared here, the build itself in ``test_build_is_deterministic_given_the_seed``.)"""
+    recipe = json.loads((tiny_model.SHIPPED_DIR / build.RECIPE_FILE).read_text())
+    assert recipe["version"] == build.TINY_RECIPE_VERSION and recipe["seed"] == 0
+    assert recipe["fingerprint"] == build.recipe_fingerprint(0), (
+        "the tiny model's recipe changed: rebuild it with python tools/build_tiny_model.py"
     )
+
+
+def test_rebuild_command_replaces_the_folder_whole(tmp_path, monkeypatch, capsys):
+    """``python tools/build_tiny_model.py --out DIR`` (the maintainers' rebuild) writes a whole model, replaces one
+    already there, leaves no temporary folder and prints none."""
+    monkeypatch.setattr(build, "PRETRAIN_STEPS", 2)  # the folder handling, not the model, is under test
+    monkeypatch.setattr(build, "CORPUS_SIZE", 300)
+    out = tmp_path / "tiny_base"
+    for _ in range(2):
+        assert build.main(["--out", str(out)]) == 0
+        assert (out / "config.json").exists() and (out / build.RECIPE_FILE).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny_base"]
+    printed = capsys.readouterr().out
+    assert f"Wrote {out}" in printed and ".building-" not in printed
 
 
 def test_knows_the_held_out_control_questions(tiny_model):
@@ -106,9 +125,10 @@ def test_knows_the_held_out_control_questions(tiny_model):
 
 
 BUILD = """import sys
-from musclebob_helpers import tiny_model
-tiny_model.PRETRAIN_STEPS = 3
-tiny_model.build_tiny_model(sys.argv[1], seed=0, log=lambda *_: None)
+sys.path.insert(0, "tools")
+import build_tiny_model
+build_tiny_model.PRETRAIN_STEPS = 3
+build_tiny_model.build_tiny_model(sys.argv[1], seed=0, log=lambda *_: None)
 """
 
 
@@ -120,14 +140,13 @@ def test_build_is_deterministic_given_the_seed(tiny_path, tmp_path):
     first steps already, and an exact comparison needs no amplification."""
     import os
     import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
     for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
-            [sys.executable, "-c", BUILD, str(tmp_path / hash_seed)], env=env, capture_output=True, text=True
+            [sys.executable, "-c", BUILD, str(tmp_path / hash_seed)], env=env, capture_output=True, text=True, cwd=ROOT
         )
         assert done.returncode == 0, done.stderr[-2000:]
     a, b = load_file(tmp_path / "1" / "model.safetensors"), load_file(tmp_path / "2" / "model.safetensors")
