@@ -62,7 +62,7 @@ report_to = "none"  # also send metrics to "tensorboard" (Colab has it), "tracki
 overwrite = False  # True: train a finished run_name again from scratch (its old checkpoints are removed)
 keep_alive = False  # Colab, opt-in: keep the browser session active during long runs (best effort)
 stop_after_steps = 0  # 0: train to the end; N: stop after step N as a disconnect would (to try resume)
-repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
+repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what tools/sync_repo_url.py wrote)
 
 # %% [markdown]
 # ## Installation

@@ -37,7 +37,7 @@ show_epochs = True  # dotted lines where an epoch ends
 show_std = True  # shaded band: mean reward ± the reward's std within a step
 show_warnings = True  # a marker on the curve where a health warning fired (health_warnings.json)
 follow_seconds = 0  # > 0: redraw the newest run every 10 s for this long (a run still training)
-repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
+repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what tools/sync_repo_url.py wrote)
 
 # %% [markdown]
 # ## Installation

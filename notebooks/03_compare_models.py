@@ -42,7 +42,7 @@ question = "Who lives in a pineapple under the sea?"  # first question for the s
 num_prompts = 12  # held-out SpongeBob prompts in the batch comparison (plus a share of general questions)
 samples_per_prompt = 2  # sampled answers per prompt in the batch comparison
 max_new_tokens = 64  # longest answer in tokens
-repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what --sync wrote)
+repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what tools/sync_repo_url.py wrote)
 
 # %% [markdown]
 # ## Installation

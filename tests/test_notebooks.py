@@ -18,7 +18,10 @@ from musclebob_helpers.config import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
-NOTEBOOKS = colab.NOTEBOOKS
+sys.path.insert(0, str(ROOT / "tools"))
+import sync_repo_url  # noqa: E402 - tools/sync_repo_url.py, the maintainers' address sync
+
+NOTEBOOKS = sync_repo_url.NOTEBOOKS
 # Parameters of the training notebook that are not TrainConfig fields (they choose where and how it runs).
 NOTEBOOK_ONLY = {"run_name", "use_drive", "keep_alive", "stop_after_steps", "repo_url"}
 # Shrunk so a run takes seconds: 16 prompts at 4 per step = 4 steps per epoch, 8 in all (a checkpoint at 4);
@@ -116,20 +119,25 @@ def test_training_parameters_are_config_fields():
 
 
 def test_badges_and_repo_url_follow_the_synced_address(tmp_path):
-    assert colab.stale_copies() == [], "run: python -m musclebob_helpers.colab --sync"
+    assert sync_repo_url.stale_copies() == [], "run: python tools/sync_repo_url.py"
     for name in NOTEBOOKS:
         text = (NB_DIR / name).with_suffix(".py").read_text()
-        assert colab.badge_markdown(name) in text
-        assert f'repo_url = "{colab.REPO_URL}"' in text and f'globals().get("repo_url", "{colab.REPO_URL}")' in text
-        assert colab.badge_markdown(name) in (ROOT / "README.md").read_text()
-    # Another address makes every copy stale (REPO_URL's own line too), and --sync's rewrite makes them current.
+        assert sync_repo_url.badge_markdown(name) in text
+        assert (
+            f'repo_url = "{sync_repo_url.REPO_URL}"' in text
+            and f'globals().get("repo_url", "{sync_repo_url.REPO_URL}")' in text
+        )
+        assert sync_repo_url.badge_markdown(name) in (ROOT / "README.md").read_text()
+    # Another address makes every copy stale (REPO_URL's own line too), and the tool's rewrite makes them current.
     fork = "https://github.com/someone/musclebob-fork"
-    assert len(colab.stale_copies(url=fork)) == 2 + 2 * len(NOTEBOOKS)
-    for path in colab.synced_files():
-        synced = colab.sync_text(path.read_text(), fork)
-        assert colab.sync_text(synced, fork) == synced and "someone/musclebob-fork" in synced
+    assert len(sync_repo_url.stale_copies(url=fork)) == 2 + 2 * len(NOTEBOOKS)
+    for path in sync_repo_url.synced_files():
+        synced = sync_repo_url.sync_text(path.read_text(), fork)
+        assert sync_repo_url.sync_text(synced, fork) == synced and "someone/musclebob-fork" in synced
         assert "musclebob/musclebob" not in synced.replace("MyDrive/musclebob/musclebob_helpers", "")
-    assert colab.colab_url(NOTEBOOKS[0], fork).endswith("someone/musclebob-fork/blob/main/notebooks/" + NOTEBOOKS[0])
+    assert sync_repo_url.colab_url(NOTEBOOKS[0], fork).endswith(
+        "someone/musclebob-fork/blob/main/notebooks/" + NOTEBOOKS[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +151,7 @@ def test_badges_and_repo_url_follow_the_synced_address(tmp_path):
     ],
 )
 def test_github_remotes_become_https_addresses(remote):
-    assert colab.github_url(remote) == "https://github.com/someone/fork"
+    assert sync_repo_url.github_url(remote) == "https://github.com/someone/fork"
 
 
 @pytest.mark.parametrize(
@@ -157,12 +165,12 @@ def test_github_remotes_become_https_addresses(remote):
 )
 def test_other_remotes_are_refused_in_one_line(remote):
     with pytest.raises(ValueError, match="not a GitHub repository address") as info:
-        colab.github_url(remote)
+        sync_repo_url.github_url(remote)
     assert "\n" not in str(info.value)
 
 
 def copy_synced_files(dest: Path) -> Path:
-    for path in colab.synced_files():
+    for path in sync_repo_url.synced_files():
         (dest / path.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         (dest / path.relative_to(ROOT)).write_text(path.read_text())
     return dest
@@ -174,23 +182,27 @@ def test_sync_reads_the_origin_remote(tmp_path, capsys):
     git = ["git", "-C", str(root)]
     subprocess.run([*git, "init", "-q"], check=True)
     # No origin yet: one line, exit 2, nothing touched.
-    assert colab.main(["--sync"], root=root) == 2
+    assert sync_repo_url.main([], root=root) == 2
     err = capsys.readouterr().err.strip()
     assert "no 'origin' remote" in err and "\n" not in err
-    assert colab.stale_copies(root) == []
+    assert sync_repo_url.stale_copies(root) == []
     subprocess.run([*git, "remote", "add", "origin", "git@github.com:someone/fork.git"], check=True)
-    assert colab.main(["--sync"], root=root) == 0
-    assert "updated musclebob_helpers/colab.py" in capsys.readouterr().out
-    assert colab.stale_copies(root, "https://github.com/someone/fork") == []
-    assert 'REPO_URL = "https://github.com/someone/fork"' in (root / "musclebob_helpers/colab.py").read_text()
+    assert sync_repo_url.main([], root=root) == 0
+    assert "updated tools/sync_repo_url.py" in capsys.readouterr().out
+    assert sync_repo_url.stale_copies(root, "https://github.com/someone/fork") == []
+    assert 'REPO_URL = "https://github.com/someone/fork"' in (root / "tools/sync_repo_url.py").read_text()
     assert "colab.research.google.com/github/someone/fork/blob/main/notebooks/" in (root / "README.md").read_text()
     # An address given on the command line wins; a non-GitHub one is refused in one line and changes nothing.
-    assert colab.main(["--sync", "https://github.com/other/copy.git"], root=root) == 0
-    assert colab.stale_copies(root, "https://github.com/other/copy") == []
+    assert sync_repo_url.main(["https://github.com/other/copy.git"], root=root) == 0
+    assert sync_repo_url.stale_copies(root, "https://github.com/other/copy") == []
     capsys.readouterr()
-    assert colab.main(["--sync", "https://gitlab.com/x/y"], root=root) == 2
+    assert sync_repo_url.main(["https://gitlab.com/x/y"], root=root) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert colab.stale_copies(root, "https://github.com/other/copy") == []
+    assert sync_repo_url.stale_copies(root, "https://github.com/other/copy") == []
+    capsys.readouterr()
+    assert sync_repo_url.main(["--check"], root=root) == 1  # --check changes nothing: the copies differ from REPO_URL
+    assert "stale: README.md" in capsys.readouterr().out
+    assert sync_repo_url.stale_copies(root, "https://github.com/other/copy") == []
 
 
 # --- the bootstrap (the setup cell's first lines, repeated in every notebook and the resume cell) -------
@@ -217,7 +229,7 @@ def test_bootstrap_is_the_same_everywhere():
     assert sorted(copies) == sorted([f"{n}:setup" for n in NOTEBOOKS] + [f"{NOTEBOOKS[0]}:resume"])
     assert len(set(copies.values())) == 1, "the bootstrap differs between notebooks: copy one to the others"
     [code] = set(copies.values())
-    assert len(code.splitlines()) <= 21 and f'"{colab.REPO_URL}"' in code
+    assert len(code.splitlines()) <= 21 and f'"{sync_repo_url.REPO_URL}"' in code
     ast.parse(code)
 
 
