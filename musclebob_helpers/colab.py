@@ -31,8 +31,6 @@ from .config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root (this file is musclebob_helpers/colab.py)
 LOCAL_RUNS = ROOT / "runs"  # off Colab (and on Colab with use_drive=False): runs go here (git-ignored)
-# The marker once lived in the repository (still git-ignored); setup_project keeps it in the runtime's temp folder
-SETUP_MARKER = ".musclebob_setup_done"
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

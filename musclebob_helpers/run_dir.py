@@ -364,10 +364,6 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
     return problems + [p for p in manifest_problems(ckpt) if p.split(" ", 1)[0] not in named]
 
 
-def is_intact(ckpt: str | Path) -> bool:
-    return not checkpoint_problems(ckpt)
-
-
 def set_aside(ckpt: Path) -> Path:
     """Rename a damaged checkpoint to ``checkpoint-N.damaged`` (``.damaged-2``, ... if taken); nothing is deleted."""
     target = ckpt.with_name(ckpt.name + DAMAGED_SUFFIX)

@@ -22,6 +22,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import sync_repo_url  # noqa: E402 - tools/sync_repo_url.py, the maintainers' address sync
 
 NOTEBOOKS = sync_repo_url.NOTEBOOKS
+# Where setup_project once kept its marker, in the project (still git-ignored); it now lives in the runtime's temp
+# folder. An old copy of the project may still hold one: it must not travel, and it changes nothing.
+OLD_SETUP_MARKER = ".musclebob_setup_done"
 # Parameters of the training notebook that are not TrainConfig fields (they choose where and how it runs).
 NOTEBOOK_ONLY = {"run_name", "use_drive", "keep_alive", "stop_after_steps", "repo_url"}
 # Shrunk so a run takes seconds: 16 prompts at 4 per step = 4 steps per epoch, 8 in all (a checkpoint at 4);
@@ -316,14 +319,14 @@ def test_bootstrap_takes_the_project_from_drive_on_colab(elsewhere, fake_colab, 
     import shutil
 
     shutil.copytree(project_repo, elsewhere / "my-drive" / "musclebob")
-    (elsewhere / "my-drive" / "musclebob" / colab.SETUP_MARKER).write_text("ok\n")  # a marker must not travel
+    (elsewhere / "my-drive" / "musclebob" / OLD_SETUP_MARKER).write_text("ok\n")  # a marker must not travel
     mounts = []
     drive_holding(monkeypatch, elsewhere / "my-drive", mounts)
     ns = run_bootstrap({"repo_url": "https://github.com/nobody/nothing"})  # never cloned: Drive comes first
     home = elsewhere / "home"
     assert ns["ROOT"] == home and (home / "musclebob_helpers" / "colab.py").is_file()
     assert mounts == [str(elsewhere / "drive")]
-    assert not (home / ".git").exists() and not (home / colab.SETUP_MARKER).exists()
+    assert not (home / ".git").exists() and not (home / OLD_SETUP_MARKER).exists()
     assert run_bootstrap()["ROOT"] == home and mounts == [str(elsewhere / "drive")]  # a rerun: found, not fetched
 
 
@@ -527,8 +530,8 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(
     import papermill
 
     # The install itself is the Colab twin's test (tests/test_colab_twin.py); off Colab the marker changes nothing.
-    (project_repo / colab.SETUP_MARKER).write_text("ok\n")
-    request.addfinalizer(lambda: (project_repo / colab.SETUP_MARKER).unlink(missing_ok=True))
+    (project_repo / OLD_SETUP_MARKER).write_text("ok\n")
+    request.addfinalizer(lambda: (project_repo / OLD_SETUP_MARKER).unlink(missing_ok=True))
     nb_dir = project_repo / "notebooks"
 
     def resume(runs: Path, out: str) -> str:
