@@ -97,6 +97,15 @@ def test_shipped_model_is_the_current_recipe():
     )
 
 
+def test_shipped_tokenizer_is_what_the_tool_trains(tmp_path):
+    """The tokenizer half of a build takes a second and is exact: the tool's, trained on the seed-0 corpus, is the
+    shipped one, byte for byte (the weights' half takes minutes: ``test_build_is_deterministic_given_the_seed``)."""
+    pairs = build.pretraining_corpus(0)
+    build._train_tokenizer([q for q, _ in pairs] + [a for _, a in pairs]).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        assert (tmp_path / name).read_text() == (tiny_model.SHIPPED_DIR / name).read_text(), name
+
+
 def test_rebuild_command_replaces_the_folder_whole(tmp_path, monkeypatch, capsys):
     """``python tools/build_tiny_model.py --out DIR`` (the maintainers' rebuild) writes a whole model, replaces one
     already there, leaves no temporary folder and prints none."""
