@@ -24,7 +24,6 @@ def build_parser():
         prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog="examples:\n" + __doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples keep their lines
     )
     p.add_argument("run_folder", nargs="?", metavar="RUN_FOLDER", help="the model to evaluate, as --model")
     # No default: a model a user did not name (a folder that may not exist) is a worse first error than asking.

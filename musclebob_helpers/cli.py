@@ -12,6 +12,7 @@ import argparse
 import difflib
 import shlex
 import sys
+import textwrap
 import typing
 from dataclasses import fields
 
@@ -32,6 +33,14 @@ from .config import (
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and epilog keep their lines (the examples); a help text wraps between words only, so a flag
+    or a value in it (``--no-gradient-checkpointing``, the LoRA module list) stays whole."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse for a first contact: an error is one line (no usage dump) with exit code 2, a flag is matched whole
     (``--lr 1e-4`` is not taken as a prefix of ``--lr-scheduler``), and an unknown flag names the closest known one.
@@ -42,6 +51,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -82,7 +92,6 @@ def build_train_parser(prog: str, description: str, epilog: str | None = None) -
         description=description,
         epilog=epilog,
         argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,  # the examples keep their lines
     )
     sections = {title: parser.add_argument_group(title) for title in GROUPS}
     section = {name: sections[title] for title, names in GROUPS.items() for name in names}

@@ -282,7 +282,7 @@ BAD = [
         "asks for --model Qwen/Qwen2.5-0.5B-Instruct --num-generations 8, but the run being resumed used --model tiny "
         "--num-generations 6",
     ),
-    (["--bogus-flag"], None, "unrecognized arguments: --bogus-flag"),
+    (["--bogus-flag"], None, "unrecognized argument --bogus-flag"),
     (["--overwrite=yes"], None, "--overwrite/--no-overwrite: ignored explicit argument 'yes'"),  # yes/no take none
     (["--trust-remote-code", "true"], None, "unrecognized arguments: true"),
     (["--num-generations"], None, "--num-generations: expected one argument"),
