@@ -33,9 +33,14 @@ from .config import (
 )
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description and epilog keep their lines (the examples); a help text wraps between words only, so a flag
-    or a value in it (``--no-gradient-checkpointing``, the LoRA module list) stays whole."""
+class HelpFormatter(argparse.HelpFormatter):
+    """A description or epilog with line breaks of its own (the examples) keeps them; a help text wraps between
+    words only, so a flag or a value in it (``--no-gradient-checkpointing``, the LoRA module list) stays whole."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" not in text.strip():
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
     def _split_lines(self, text, width):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
