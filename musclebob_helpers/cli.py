@@ -9,30 +9,74 @@ validation alike, before any model is loaded or any file is written.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 import sys
+import textwrap
 import typing
 from dataclasses import fields
 
 from . import run_dir
 from .config import (
+    GROUPS,
     HUB_ID,
     MODEL_ALLOWED,
+    TINY_NAME,
     ConfigError,
     TrainConfig,
     as_typed,
     flag_name,
     is_tiny,
+    model_defaults,
     resolve,
     validate_config,
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """A description or epilog with line breaks of its own (the examples) keeps them; a help text wraps between
+    words only, so a flag or a value in it (``--no-gradient-checkpointing``, the LoRA module list) stays whole."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" not in text.strip():
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is one line (no usage dump) and exits with code 2."""
+    """argparse for a first contact: an error is one line (no usage dump) with exit code 2, a flag is matched whole
+    (``--lr 1e-4`` is not taken as a prefix of ``--lr-scheduler``), and an unknown flag names the closest known one.
+
+    argparse's own ``suggest_on_error`` (added in Python 3.14, on by default from 3.15) covers only a mistyped choice
+    or subcommand, not an unknown flag, and the package supports Python 3.10 on (Colab runs 3.12 or 3.13); so the
+    suggestion is made here, for every version."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        flag = next((a.split("=", 1)[0] for a in extras if a.startswith("-")), None)
+        if flag is not None:
+            self.error(f"unrecognized argument {flag}{self._did_you_mean(flag)}")
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _did_you_mean(self, flag: str) -> str:
+        known = [s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings if s[:2] == "--"]
+        typed = flag.replace("_", "-")  # --learning_rate: transformers' spelling
+        starts = [k for k in known if k.startswith(typed)]  # what prefix matching would have picked
+        close = starts if len(starts) == 1 else difflib.get_close_matches(typed, known, n=1)
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 def fail(prog: str, message: str, code: int = 2):
@@ -40,34 +84,61 @@ def fail(prog: str, message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """One flag per ``TrainConfig`` field; a boolean gets both forms (``--fewshot`` / ``--no-fewshot``).
+def build_train_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """One flag per ``TrainConfig`` field, in ``config.GROUPS``' sections; a boolean gets both forms (``--fewshot``
+    / ``--no-fewshot``). Each help ends with its default and, where the model or LoRA change it, theirs.
 
     Not transformers' ``HfArgumentParser``: it spells flags with underscores (``--use_fewshot``) and prints the
     whole usage on an error, where the scripts keep the original flags and one line. Defaults are left out of the
     parsed namespace (SUPPRESS) so ``resolve`` knows which values the user typed."""
-    parser = OneLineParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    parser = OneLineParser(
+        prog=prog,
+        usage="%(prog)s [-h] [OPTIONS]",  # not 40 lines of every flag: the sections below list them
+        description=description,
+        epilog=epilog,
+        argument_default=argparse.SUPPRESS,
+    )
+    sections = {title: parser.add_argument_group(title) for title in GROUPS}
+    section = {name: sections[title] for title, names in GROUPS.items() for name in names}
+    # What config.resolve fills in instead of a default (the rule is model_defaults', the figures TINY_DEFAULTS'):
+    # "(default: 5; 3 with --model tiny)". LoRA with the tiny model is named where it differs from the tiny model.
+    tiny = model_defaults(TrainConfig(model=TINY_NAME))
+    tiny_lora = model_defaults(TrainConfig(model=TINY_NAME, lora=True))
+    others = [
+        (f"with --model {TINY_NAME}", tiny),
+        ("with --lora", model_defaults(TrainConfig(lora=True))),
+        (f"with --lora --model {TINY_NAME}", {k: v for k, v in tiny_lora.items() if tiny.get(k) != v}),
+    ]
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
-        default = as_typed(f.name, f.default)  # "--fewshot", "--epochs 5": a yes/no default is named by its form
+        notes = [f"{_shown(f.name, kind, found[f.name][0])} {when}" for when, found in others if f.name in found]
+        help_text = f"{f.metadata['help']} (default: {'; '.join([_shown(f.name, kind, f.default), *notes])})"
+        flags = [flag_name(f), *f.metadata.get("aliases", ())]
+        group = section[f.name]
         if kind is bool:
-            help_text = f"{f.metadata['help']} (default: {default})"
-            parser.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            help_text = f"{f.metadata['help']} (default: {default.split(' ', 1)[-1]})"
             choices = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-            parser.add_argument(flag_name(f), dest=f.name, type=kind, metavar=f.name.upper(), help=help_text, **choices)
+            group.add_argument(*flags, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text, **choices)
     return parser
 
 
+def _shown(name: str, kind: type, value) -> str:
+    """A default as --help shows it: a yes/no one by its form (``--fewshot``), a value without its flag (``5``)."""
+    if value is None:
+        return "not set"
+    typed = as_typed(name, value)
+    return typed if kind is bool else typed.split(" ", 1)[-1]
+
+
 def config_from_args(
-    argv: list[str] | None, prog: str, description: str, check_folder: bool = True
+    argv: list[str] | None, prog: str, description: str, check_folder: bool = True, epilog: str | None = None
 ) -> tuple[TrainConfig, dict[str, str], run_dir.RunFolder | None]:
     """Parse and validate the training flags: (config, where each value came from: see ``config.resolve``, the run
     folder as the start-up check resolved it: ``run_dir.RunFolder``). ``check_folder=False`` (the estimate CLI)
-    checks the values only."""
-    given = vars(build_train_parser(prog, description).parse_args(argv))  # --help and flag errors exit here
+    checks the values only; ``epilog`` ends ``--help`` (the caller's examples)."""
+    given = vars(build_train_parser(prog, description, epilog).parse_args(argv))  # --help and flag errors exit here
     from .training import process_state  # imports torch: only once the flags parse
 
     checked = None

@@ -92,7 +92,7 @@ class TrainConfig:
 
     model: str = _opt("hub id, local folder, or 'tiny' for the offline tiny model", default=DEFAULT_MODEL)
     epochs: int = _opt("passes over the training prompts", default=5)
-    learning_rate: float = _opt("AdamW learning rate", default=5e-5)
+    learning_rate: float = _opt("AdamW learning rate", default=5e-5, aliases=("--lr",))
     num_samples: int = _opt("training prompts per epoch", default=128)
     num_generations: int = _opt("completions sampled per prompt (the GRPO group size, >= 2)", default=8)
     batch_size: int = _opt("PROMPTS per optimizer step; each brings num_generations completions", default=4)
@@ -203,6 +203,44 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# --help's sections, in this order (in each, the fields' order); every field is in exactly one (a test checks).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "model and data": (
+        "model",
+        "num_samples",
+        "fewshot_ratio",
+        "use_fewshot",
+        "control_ratio",
+        "max_completion_length",
+        "seed",
+        "trust_remote_code",
+    ),
+    "reward": ("reward", "beta"),
+    "optimisation": ("epochs", "learning_rate", "num_generations", "batch_size", "temperature", "lr_scheduler"),
+    "LoRA and 4-bit": (
+        "lora",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "load_in_4bit",
+        "merge_adapter",
+    ),
+    "hardware": ("precision", "gradient_checkpointing", "use_vllm", "vllm_gpu_memory_utilization", "preset"),
+    "health checks": ("validation_samples", "validate_every", "on_collapse"),
+    "run folder and resume": (
+        "output_dir",
+        "work_dir",
+        "keep_checkpoints",
+        "save_steps",
+        "save_minutes",
+        "resume_from_checkpoint",
+        "overwrite",
+        "ignore_mismatch",
+    ),
+    "tracking": ("report_to",),
+}
 
 # --- presets and model defaults (defined above TrainConfig, whose help text names them) -----------------------
 

@@ -232,7 +232,7 @@ BAD = [
     (["--learning-rate", "0"], None, "--learning-rate=0.0 is not allowed: a number between 0 and 1"),
     (["--learning-rate", "inf"], None, "--learning-rate=inf is not allowed"),
     (["--learning-rate", "-0.5"], None, "--learning-rate=-0.5 is not allowed"),
-    (["--learning-rate", "fast"], None, "--learning-rate: invalid float value"),
+    (["--learning-rate", "fast"], None, "--learning-rate/--lr: invalid float value"),
     (["--num-samples", "0"], None, "--num-samples=0 is not allowed"),
     (["--num-generations", "1"], None, "--num-generations=1 is not allowed: a whole number >= 2"),
     (["--batch-size", "0"], None, "--batch-size=0 is not allowed"),
@@ -282,7 +282,7 @@ BAD = [
         "asks for --model Qwen/Qwen2.5-0.5B-Instruct --num-generations 8, but the run being resumed used --model tiny "
         "--num-generations 6",
     ),
-    (["--bogus-flag"], None, "unrecognized arguments: --bogus-flag"),
+    (["--bogus-flag"], None, "unrecognized argument --bogus-flag"),
     (["--overwrite=yes"], None, "--overwrite/--no-overwrite: ignored explicit argument 'yes'"),  # yes/no take none
     (["--trust-remote-code", "true"], None, "unrecognized arguments: true"),
     (["--num-generations"], None, "--num-generations: expected one argument"),
