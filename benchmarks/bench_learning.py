@@ -4,7 +4,7 @@
     python benchmarks/bench_learning.py                        # the project's default vs the guide's recipe, 5 seeds
     python benchmarks/bench_learning.py --mode advice          # the guide's troubleshooting commands, measured
     python benchmarks/bench_learning.py --recipes default --seeds 42 7 --set beta=0.04   # try a lever
-    python benchmarks/bench_learning.py --readme               # rewrite the README's tables from the JSON files
+    python benchmarks/bench_learning.py --docs                 # rewrite docs/results.md's tables from the JSON files
 
 Every run trains the tiny model from the same base with one seed, validates on the held-out prompts before and
 after (12 SpongeBob phrasings and 124 general questions of 9 topics, 4 sampled answers each), and checks the
@@ -12,8 +12,8 @@ held-out SpongeBob prompts every ``--check-every`` steps to count the completion
 rate first reached 90 %. The interval is a percentile bootstrap over seeds and, within each seed, over prompts
 (2,000 resamples): it says how much the figure would move with other seeds and other questions of the same kinds.
 Runs go to ``--jobs`` worker processes (two on two cores, one thread each: the tiny model's matrices are too
-small for two threads to help). Raw figures go to ``benchmarks/results_learning[_MODE].json``; ``--readme``
-renders the README's tables from them.
+small for two threads to help). Raw figures go to ``benchmarks/results_learning[_MODE].json``; ``--docs``
+renders the tables of ``docs/results.md`` from them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from musclebob_helpers.evaluation import RATE_KEYS  # noqa: E402 -- the rates' n
 
 SEEDS = (42, 7, 1234, 2024, 31337)
 GUIDE_BUDGET = 128 * 5 * 8  # the guide's 128 prompts x 5 epochs x 8 completions; the target is an eighth of it
-README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"  # the page whose tables --docs renders
 
 # name -> (what it is, TrainConfig values on top of the tiny model's defaults). The guide's learning rates are for
 # its 0.5B model, whose default is 5e-5: scaled to the tiny model's default (3e-4) by the same factor.
@@ -340,7 +340,7 @@ def cell(key: str, s: dict) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    """The README table: one row per recipe, each cell mean [95 % interval] over the seeds."""
+    """The results table: one row per recipe, each cell mean [95 % interval] over the seeds."""
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [
         "| recipe | " + " | ".join(label for _, label in COLUMNS) + " |",
@@ -420,16 +420,16 @@ def results_path(mode: str) -> Path:
     return ROOT / "benchmarks" / ("results_learning.json" if mode == "main" else f"results_learning_{mode}.json")
 
 
-def update_readme(mode: str, readme: Path = README) -> None:
-    """Replace the README's table for ``mode`` (between its two marker comments) with the one the JSON gives."""
+def update_doc(mode: str, doc: Path = RESULTS_DOC) -> None:
+    """Replace ``doc``'s table for ``mode`` (between its two marker comments) with the one the JSON gives."""
     results = json.loads(results_path(mode).read_text())
     start, end = f"<!-- bench_learning {mode} -->", f"<!-- /bench_learning {mode} -->"
-    text = readme.read_text()
+    text = doc.read_text()
     if start not in text or end not in text:
-        raise SystemExit(f"{readme}: no '{start}' ... '{end}' markers to put the table between")
+        raise SystemExit(f"{doc}: no '{start}' ... '{end}' markers to put the table between")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{markdown_table(results)}\n{end}{tail}")
+    doc.write_text(f"{head}{start}\n{markdown_table(results)}\n{end}{tail}")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -463,13 +463,21 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each when more than one)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: 1 with --jobs > 1, else 2)")
     p.add_argument("--output", help="JSON file (default: benchmarks/results_learning[_MODE].json)")
-    p.add_argument("--readme", action="store_true", help="only rewrite the README tables from the JSON files")
+    p.add_argument(
+        "--docs",
+        "--readme",  # its name while the tables were in the README
+        dest="docs",
+        action="store_true",
+        help="only rewrite the tables in docs/results.md from the JSON files",
+    )
     args = p.parse_args(argv)
 
-    if args.readme:
+    if args.docs:
         for mode in MODES:
-            update_readme(mode)
-            print(f"README: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}")
+            update_doc(mode)
+            print(
+                f"{RESULTS_DOC.relative_to(ROOT)}: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}"
+            )
         return 0
 
     extra = parse_set(args.set)

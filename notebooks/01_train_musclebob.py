@@ -30,16 +30,20 @@
 # rerun the resume cell and training continues where it stopped.
 #
 # **To run it: Runtime → Run all, on a free T4 GPU** (Runtime → Change runtime type → T4 GPU). A run of the
-# default settings takes about half an hour on a T4. No GPU? Set `model = "tiny"` below: a tiny model that
-# ships with the project, which trains in about a minute on a CPU.
+# default settings takes an estimated half hour on a T4 (not measured). No GPU? Set `model = "tiny"` below: a
+# tiny model that ships with the project, whose whole run takes a minute or two on a CPU (measured on 2 cores:
+# 32 s from the command line, 104 s for this notebook run headless on a busy machine).
 
 # %% [markdown]
 # ## Parameters
 #
-# Set these, then run the rest. The names are the fields of `TrainConfig` (and the training script's flags);
-# `None` means "the model's default". Each run lives in its own folder named `run_name`: on Colab
-# `MyDrive/<run_name>` on Google Drive, elsewhere `runs/<run_name>` in the repository. `repo_url` is where Colab
-# fetches the project from: your own copy on GitHub (see the README), unless it finds it on Drive.
+# Set these, then run the rest. All but `run_name`, `use_drive`, `keep_alive`, `stop_after_steps` and `repo_url`
+# are fields of `TrainConfig`, named as the training script's flags are (`learning_rate` is `--learning-rate`);
+# `None` means "the model's default". The other `TrainConfig` fields (`beta`, `temperature`, `reward`, ...) keep
+# their defaults: this notebook does not read them, so papermill's `-p beta 0.1` changes nothing (docs/colab.md).
+# Each run lives in its own folder named `run_name`: on Colab `MyDrive/<run_name>` on Google Drive, elsewhere
+# `runs/<run_name>` in the repository. `repo_url` is where Colab fetches the project from: your own copy on
+# GitHub (see the README), unless it finds it on Drive.
 
 # %% tags=["parameters"]
 model = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local folder, or "tiny" (offline, trains on a CPU)
@@ -49,7 +53,7 @@ run_name = "musclebob-run"  # the run's folder name; reuse it to resume, change 
 output_dir = ""  # "": MyDrive/<run_name> on Colab, runs/<run_name> elsewhere; or any folder path
 use_drive = True  # Colab: keep the run on Google Drive, so a disconnect loses nothing
 epochs = None  # passes over the training prompts (None: 5; tiny 3)
-learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 4e-4)
+learning_rate = None  # None: the default (LoRA 5e-4, tiny LoRA 5e-3; every weight 5e-5, tiny 3e-4)
 num_samples = 128  # training prompts per epoch
 num_generations = None  # answers sampled per prompt, the GRPO group they are compared within (None: 8; tiny 4)
 batch_size = None  # prompts per optimizer step, each brings num_generations answers (None: 4; tiny 2)

@@ -1,8 +1,8 @@
 """The learning benchmark's statistics and tables (benchmarks/bench_learning.py), and the held-out set it reads.
 
 Pure functions on hand-made runs: the per-prompt counts add up to the validation's own rates, the bootstrap's
-interval shrinks to the point when nothing varies and widens when seeds disagree, and the README's tables are
-the ones the committed JSON files render."""
+interval shrinks to the point when nothing varies and widens when seeds disagree, and docs/results.md's tables
+are the ones the committed JSON files render."""
 
 import importlib.util
 import random
@@ -127,13 +127,13 @@ def test_one_seed_control_figure_is_measured_to_about_two_points(bench):
 
 
 @pytest.mark.parametrize("mode", ["main", "advice"])
-def test_readme_tables_are_the_ones_the_json_renders(bench, mode):
+def test_results_doc_tables_are_the_ones_the_json_renders(bench, mode):
     import json
 
     results = json.loads(bench.results_path(mode).read_text())
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "results.md").read_text()
     start, end = f"<!-- bench_learning {mode} -->", f"<!-- /bench_learning {mode} -->"
     assert text.split(start, 1)[1].split(end, 1)[0].strip() == bench.markdown_table(results).strip(), (
-        f"README's {mode} table is stale: python benchmarks/bench_learning.py --readme"
+        f"docs/results.md's {mode} table is stale: python benchmarks/bench_learning.py --docs"
     )
     assert sorted(results["summary"]) == sorted(bench.MODES[mode]) and len(results["seeds"]) >= 5

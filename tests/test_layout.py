@@ -1,5 +1,5 @@
 """The package's shape: imports run one way (no cycle; config.py at the bottom imports nothing of ours), each
-artifact name is defined once, and the README's layout section names every module."""
+artifact name is defined once, and the layout section of docs/development.md names every module."""
 
 import ast
 import re
@@ -60,9 +60,11 @@ def test_each_artifact_name_is_defined_once():
         assert defined == ["run_dir.py"], (name, defined)
 
 
-def test_readme_layout_names_every_module():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout") :]
-    layout = layout[: layout.index("\n## ", 1)]
+def test_docs_layout_names_every_module():
+    page = (ROOT / "docs" / "development.md").read_text()
+    layout = page[page.index("## Layout") :]
+    layout = layout.split("\n## ", 1)[0]  # up to the next section, or the page's end
     for module in sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"):
-        assert re.search(rf"^\s*{module}\.py\s+\S", layout, re.M), f"{module}.py has no line in README's layout"
+        assert re.search(rf"^\s*{module}\.py\s+\S", layout, re.M), (
+            f"{module}.py has no line in docs/development.md's layout"
+        )
