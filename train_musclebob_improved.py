@@ -9,7 +9,7 @@ On a GPU (Colab T4 or better), the guide's model:
 
     python train_musclebob_improved.py --model Qwen/Qwen2.5-0.5B-Instruct
 
-A big model: train a LoRA adapter on a 4-bit base (QLoRA; CUDA + bitsandbytes), see the README:
+A big model: train a LoRA adapter on a 4-bit base (QLoRA; CUDA + bitsandbytes), see docs/scaling.md:
 
     python train_musclebob_improved.py --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 --batch-size 1 \
         --learning-rate 1e-5 --num-samples 256 --num-generations 4 --lora --load-in-4bit --gradient-checkpointing

@@ -1,6 +1,6 @@
 """Musclebob helpers: everything the notebooks and the two scripts call.
 
-One module per concern; imports run one way, each module using only those below it in this list (the README's
+One module per concern; imports run one way, each module using only those below it in this list (docs/development.md's
 Layout section has the same list, a test keeps the graph free of cycles):
 
 * ``notebook``, ``compare``, ``colab`` — the notebooks' steps: the training notebook's cells, base-vs-trained

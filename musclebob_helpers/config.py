@@ -35,7 +35,7 @@ TINY_NAME = "tiny"  # --model tiny: the project's own offline model (it ships as
 # --precision: auto is bf16 on Ampere or newer GPUs, fp16 on older ones (a T4), fp32 on a CPU (evaluation.precision_for)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-# The tiny offline model's recipe (benchmarks/bench_learning.py measures it on 5 seeds; README, "The benchmark").
+# The tiny offline model's recipe (benchmarks/bench_learning.py measures it on 5 seeds; docs/results.md).
 # It learns in optimizer steps, not completions: 2 prompts x 4 answers a step reach 90 % Musclebob in a quarter of
 # the completions 4 x 8 take. A 2-layer model wants a far larger step than a 0.5B one, and the few-shot examples
 # carry the name in early; the cosine decay stops the drift that cost general answers once the name was learned

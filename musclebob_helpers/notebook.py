@@ -70,7 +70,7 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
             f"{hw['compute_capability']}  precision {why}"
         )
     elif is_tiny(model):
-        log("No GPU: going on with model = 'tiny' on the CPU in fp32 (a full run takes a few minutes).")
+        log("No GPU: going on with model = 'tiny' on the CPU in fp32 (a full run takes a minute or two).")
     else:
         fix = (
             "Runtime -> Change runtime type -> T4 GPU, then Run all again"

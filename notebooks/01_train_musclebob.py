@@ -89,7 +89,7 @@ if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: th
         if (DRIVE / "MyDrive/musclebob/musclebob_helpers").is_dir():  # copied to local disk: fast, no marker on Drive
             ROOT = shutil.copytree(DRIVE / "MyDrive/musclebob", HOME, ignore=shutil.ignore_patterns(".*", "runs"))
     except Exception: pass  # noqa: E701,BLE001,S110 - not Colab, or Drive refused: way in 2
-if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
+if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address tools/sync_repo_url.py wrote)
     url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
     git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password
@@ -208,7 +208,7 @@ if ROOT is None and globals().get("use_drive", True):  # way in 1, no GitHub: th
         if (DRIVE / "MyDrive/musclebob/musclebob_helpers").is_dir():  # copied to local disk: fast, no marker on Drive
             ROOT = shutil.copytree(DRIVE / "MyDrive/musclebob", HOME, ignore=shutil.ignore_patterns(".*", "runs"))
     except Exception: pass  # noqa: E701,BLE001,S110 - not Colab, or Drive refused: way in 2
-if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address --sync wrote)
+if ROOT is None:  # way in 2: clone repo_url (set in the first cell; its default is the address tools/sync_repo_url.py wrote)
     url = globals().get("repo_url", "https://github.com/musclebob/musclebob")
     git = subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(HOME)], capture_output=True, text=True,
                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"}, check=False)  # never asks for a password

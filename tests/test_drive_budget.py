@@ -28,7 +28,7 @@ from musclebob_helpers.memory import GB, drive_need, model_config, model_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
-BUDGET_GB = 8.0  # the Drive budget of a default notebook run (README, "Google Drive space")
+BUDGET_GB = 8.0  # the Drive budget of a default notebook run (docs/reliability.md, "Disk and Google Drive space")
 FREE_DRIVE = 15 * GB  # a free Google account's quota, before the user's own files
 
 # Measured by `OMP_NUM_THREADS=1 python benchmarks/drive_budget.py` (benchmarks/results_drive_budget.json):
