@@ -321,7 +321,13 @@ def test_script_precision_wins_over_accelerate_config(monkeypatch):
 
 
 def test_presets_are_valid_named_configs():
-    assert PRESET_NAMES == ("cpu-tiny", "colab-t4", "colab-l4", "colab-a100", "multi-gpu")  # as docs/training.md lists them
+    assert PRESET_NAMES == (
+        "cpu-tiny",
+        "colab-t4",
+        "colab-l4",
+        "colab-a100",
+        "multi-gpu",
+    )  # as docs/training.md lists them
     for name in PRESET_NAMES:
         cfg = preset_config(name)
         validate_config(cfg)
