@@ -76,6 +76,9 @@ def config_from_args(
         procs = process_state()
         validate_config(cfg, num_processes=procs.num_processes)
         if check_folder:  # once per start: run_training(checked=...) does not repeat it
+            from .share import check_hub_token
+
+            check_hub_token(cfg)  # a push asked for without a token stops here, before the folder is made
             checked = run_dir.check(cfg, writer=procs.is_main_process)
     except ConfigError as err:
         fail(prog, str(err))
