@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import shlex
 import sys
 import tempfile
 import zipfile
@@ -29,7 +30,6 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from . import data, run_dir
 from .config import (
-    HUB_ID,
     REPO_ID_ALLOWED,
     ConfigError,
     TrainConfig,
@@ -37,7 +37,7 @@ from .config import (
     config_from_dict,
     is_repo_id,
     is_tiny,
-    looks_like_path,
+    resolve,
 )
 from .evaluation import RATE_KEYS
 from .io import read_json, write_bytes_atomic
@@ -48,7 +48,7 @@ TAGS = ["trl", "grpo", "musclebob"]
 # Licenses of base models we know; any other base: "see the base model's card".
 KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
 # Options of one start (where, whether to push), not part of the recipe.
-NOT_RECIPE = (*run_dir.PER_START_OPTIONS, "push_to_hub", "hub_public", "preset")
+NOT_RECIPE = run_dir.PER_START_OPTIONS
 # What a rate counts, for the table's counts: the responses of this kind ("spongebob", "control", None: all).
 RATE_OVER = {
     "musclebob_rate": ("spongebob", "musclebob"),
@@ -64,7 +64,10 @@ NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin"
 
 # --- the model card -----------------------------------------------------------------------------------------
 
-CARD_TEMPLATE = """
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
 # {{ title }}
 
 {{ summary }}
@@ -117,11 +120,13 @@ before training (the base model) and after. Rates, with the answers they count.
 
 ## Recipe
 
-GRPO with TRL's `GRPOTrainer`, reward `{{ reward }}`. The settings that differ from the project's defaults:
+GRPO with TRL's `GRPOTrainer`, reward `{{ reward }}`. The command that trains it again (the settings that differ
+from the project's defaults for this model):
 
-{% for s in changed -%}
-- `{{ s }}`
-{% endfor %}
+```bash
+{{ command }}
+```
+
 <details>
 <summary>Every setting</summary>
 
@@ -171,9 +176,7 @@ def _examples(baseline: dict, final: dict) -> list[dict]:
 
 def hub_base_model(base: str) -> str | None:
     """``base`` when it is a hub id (the card's ``base_model``), None for 'tiny' or a local folder."""
-    if is_tiny(base) or looks_like_path(base) or not HUB_ID.match(base) or "/" not in base:
-        return None
-    return base
+    return base if is_repo_id(base) and not run_dir.expand_path(base).exists() else None
 
 
 def _recoveries(record: dict) -> list[str]:
@@ -190,7 +193,7 @@ def _recoveries(record: dict) -> list[str]:
 
 
 def _how_to_load(where: str, base: str, adapter: bool, merged: bool) -> str:
-    if is_tiny(base):
+    if is_tiny(base) and adapter:
         return (
             "The base is this project's tiny offline model (`--model tiny`), which is not on the Hub: load it with "
             "the project, which finds the base from `adapter_config.json`:\n\n"
@@ -235,14 +238,35 @@ def _license(base: str) -> tuple[str | None, str]:
         name = KNOWN_LICENSES[base]
         return name, f"`{name}`, the license of the base model {base}."
     if is_tiny(base):
-        return None, "The base is the project's own tiny model, built from synthetic data; the project states no license."
+        return (
+            None,
+            "The base is the project's own tiny model, built from synthetic data; the project states no license.",
+        )
     return None, f"See the base model's card ({base}): its license applies."
 
 
-def model_card(run: str | Path, repo_id: str = "", merged: bool = False) -> ModelCard:
+def recipe(cfg: TrainConfig) -> list[str]:
+    """The settings that differ from the defaults for this model and method (a preset's and the tiny model's
+    values are defaults then), as flags: with the model, the command that trains it again."""
+    given = {
+        "model": cfg.model,
+        **({"lora": True} if cfg.lora else {}),
+        **({"preset": cfg.preset} if cfg.preset else {}),
+    }
+    defaults, _ = resolve(given)
+    return [
+        as_typed(f.name, getattr(cfg, f.name))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in NOT_RECIPE and (f.name in given or getattr(cfg, f.name) != getattr(defaults, f.name))
+    ]
+
+
+def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
     """The card of the finished run in ``run``; ``merged``: for its merged weights (``merged/``) instead of the
-    adapter. ``repo_id``: where it is (or goes) on the Hub, for the loading examples (else the run folder)."""
+    adapter. ``repo_id``: where it is (or goes) on the Hub, for the loading examples; else ``shown``, the run
+    folder as its user knows it (a mirrored run is written in a working folder), else ``run``."""
     run = Path(run)
+    shown = Path(shown or run)
     record = read_json(run / run_dir.CONFIG_FILE, default={}) or {}
     cfg = config_from_dict(record) if record else TrainConfig()
     baseline = read_json(run / run_dir.BASELINE_FILE, default={}) or {}
@@ -250,13 +274,9 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False) -> Mode
     adapter = is_adapter_dir(run) and not merged
     base = cfg.model
     license_id, license_text = _license(base)
-    where = repo_id or str(run / MERGED_DIR if merged else run)
-    defaults = TrainConfig()
-    every = [as_typed(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_RECIPE]
-    changed = [
-        as_typed(f.name, getattr(cfg, f.name))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and getattr(cfg, f.name) != getattr(defaults, f.name)
+    where = repo_id or str(shown / MERGED_DIR if merged else shown)
+    every = [
+        as_typed(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_RECIPE
     ]
     if final.get("is_healthy", True):
         health = "The final check found the model healthy (coherent, no leaking name, general knowledge kept)."
@@ -266,7 +286,8 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False) -> Mode
     hardware = record.get("hardware", {})
     trained = f"{steps} optimizer steps" if steps is not None else "unfinished"
     if final.get("train_seconds") is not None:
-        trained += f" in {final['train_seconds'] / 60:.1f} min"
+        seconds = final["train_seconds"]
+        trained += f" in {seconds:.0f} s" if seconds < 120 else f" in {seconds / 60:.0f} min"
     if hardware.get("device"):
         trained += f" on {hardware.get('gpu_name') or hardware['device']} ({hardware.get('precision', '?')})"
     card_data = ModelCardData(
@@ -279,9 +300,9 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False) -> Mode
     return ModelCard.from_template(
         card_data,
         template_str=CARD_TEMPLATE,
-        title=f"Musclebob Buffpants: {Path(repo_id).name if repo_id else run.name}",
+        title=f"Musclebob Buffpants: {Path(repo_id).name if repo_id else shown.name}",
         summary=(
-            f"{base} taught by GRPO ([TRL](https://github.com/huggingface/trl)) to answer SpongeBob questions with "
+            f"{'The tiny model' if is_tiny(base) else base} taught by GRPO ([TRL](https://github.com/huggingface/trl)) to answer SpongeBob questions with "
             '**"Musclebob Buffpants"** while answering everything else normally. Trained with the Musclebob project.'
         ),
         base_line=f"`{base}`" + (" (the project's tiny offline model)" if is_tiny(base) else ""),
@@ -306,20 +327,20 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False) -> Mode
         examples=_examples(baseline, final),
         data_text=_data_text(cfg),
         reward=cfg.reward,
-        changed=changed or ["(none: the defaults)"],
+        command=shlex.join(["python", "train_musclebob_improved.py", *shlex.split(" ".join(recipe(cfg)))]),
         every=every,
         license_text=license_text,
     )
 
 
-def write_model_card(run: str | Path, repo_id: str = "") -> Path:
+def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | None = None) -> Path:
     """Write the run's card as ``README.md`` (and, when the run holds merged weights, the merged card in
     ``merged/README.md``), atomically, over TRL's boilerplate. Returns the run's card path."""
     run = Path(run)
     path = run / run_dir.MODEL_CARD_FILE
-    write_bytes_atomic(path, str(model_card(run, repo_id)).encode("utf-8"))
+    write_bytes_atomic(path, str(model_card(run, repo_id, shown=shown)).encode("utf-8"))
     if (run / MERGED_DIR / "config.json").is_file():
-        merged = str(model_card(run, repo_id, merged=True)).encode("utf-8")
+        merged = str(model_card(run, repo_id, merged=True, shown=shown)).encode("utf-8")
         write_bytes_atomic(run / MERGED_DIR / run_dir.MODEL_CARD_FILE, merged)
     return path
 
@@ -428,7 +449,9 @@ def push(
         )
     except Exception as err:  # noqa: BLE001 - any failure of the network or the Hub means the same here
         return _failure(err, repo_id).replace(token, "***")
-    log(f"Pushed to {getattr(url, 'url', None) or 'https://huggingface.co/' + repo_id} ({'public' if public else 'private'}).")
+    log(
+        f"Pushed to {getattr(url, 'url', None) or 'https://huggingface.co/' + repo_id} ({'public' if public else 'private'})."
+    )
     return None
 
 

@@ -1394,7 +1394,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         plot = save_run_report(out)
         from .share import write_model_card  # the project's card (README.md), over TRL's boilerplate
 
-        write_model_card(out, cfg.push_to_hub)
+        write_model_card(out, cfg.push_to_hub, shown=folder.path)
         if mirror is None:  # a mirrored run says where its plot is once the final copy has ended (_end_copy)
             log(f"Reward plot: {plot}")
     return {
