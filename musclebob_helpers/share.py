@@ -476,8 +476,6 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
     """Zip the final model (the merged one when the run made it, else the adapter or the full model) with its
     card, the reward plot and the reports, on local disk (``to``, by default the temporary folder: not Drive);
     on Colab offer it for download, elsewhere say where it is. None (with a line) when the run is not finished."""
-    from . import colab
-
     run = Path(run).expanduser()
     merged = (run / MERGED_DIR / "config.json").is_file()
     problem = _check_finished(run, merged)
@@ -490,9 +488,11 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
         for name, p in model_files(run, merged).items():
             zf.write(p, f"{run.name}/{name}")
     part.replace(dest)
-    if colab.is_colab():
-        from google.colab import files
-
+    try:
+        from google.colab import files  # only inside Colab
+    except ImportError:
+        files = None
+    if files is not None:
         files.download(str(dest))
         log(f"Downloading {dest.name} ({dest.stat().st_size / 2**20:.1f} MB).")
     else:

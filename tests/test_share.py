@@ -326,13 +326,10 @@ def test_download_zip_offers_the_file_on_colab(adapter_run, tmp_path, monkeypatc
     import sys
     import types
 
-    from musclebob_helpers import colab
-
     offered = []
     files = types.SimpleNamespace(download=offered.append)
     monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(files=files))
     monkeypatch.setitem(sys.modules, "google", types.SimpleNamespace(colab=sys.modules["google.colab"]))
-    monkeypatch.setattr(colab, "is_colab", lambda: True)
     path = share.download_zip(adapter_run, to=tmp_path, log=lambda *a: None)
     assert offered == [str(path)]
 
