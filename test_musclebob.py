@@ -5,6 +5,7 @@
     python test_musclebob.py --model ./musclebob-tiny --compare-base tiny  # side by side with the base
     python test_musclebob.py --model tiny --interactive                    # ask your own questions
     python test_musclebob.py --model ./musclebob-tiny --output results.json
+    python test_musclebob.py --model OWNER/NAME                            # a pushed run (--push-to-hub)
 
 Sampling is fixed and seeded (temperature 0.7, top-p 0.95, seed 1234): two runs on the same model give the
 same figures. All logic lives in ``musclebob_helpers``.
@@ -19,7 +20,11 @@ def build_parser():
     from musclebob_helpers.cli import OneLineParser
 
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="./musclebob-model-improved", help="trained folder, hub id, or 'tiny'")
+    p.add_argument(
+        "--model",
+        default="./musclebob-model-improved",
+        help="trained folder, hub id (a pushed LoRA adapter too: its base is read from adapter_config.json), or 'tiny'",
+    )
     p.add_argument("--compare-base", metavar="MODEL", help="also evaluate this model and print both side by side")
     p.add_argument(
         "--num-prompts",
