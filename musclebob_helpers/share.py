@@ -418,7 +418,7 @@ def _failure(err: BaseException, repo_id: str) -> str:
         return f"{repo_id} was not found (404): check OWNER (your user name or an organisation's)"
     if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
         return f"the Hub did not answer in time ({type(err).__name__}): check the network"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160].rstrip(".")
     return f"{type(err).__name__}: {first}" + (f" ({status})" if status else "")
 
 
@@ -433,7 +433,7 @@ def push(
         return problem
     token = token or hub_token()
     if not token:
-        return f"--push-to-hub={repo_id!r}: {TOKEN_ALLOWED}"
+        return "no Hugging Face token: set HF_TOKEN, run `hf auth login`, or on Colab add the secret HF_TOKEN"
     write_model_card(run, repo_id)
     files = model_files(run, merged)
     what = "merged model" if merged else ("adapter" if is_adapter_dir(run) else "model")
