@@ -523,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     run = run_dir.expand_path(args.run_folder)
     if not run_dir.is_finished(run):
         fail(f"run_folder={args.run_folder!r} is not allowed: a folder holding a finished run")
+    if not hub_token():
+        fail(f"repo_id={args.repo_id!r}: {TOKEN_ALLOWED}")
     if args.merge_adapter and not (run / MERGED_DIR / "config.json").is_file():
         if not is_adapter_dir(run):
             fail("--merge-adapter is not allowed: the run holds full weights, not an adapter")

@@ -260,7 +260,9 @@ def test_the_token_is_never_printed_or_written(adapter_run, hub, capsys):
     assert not [p for p in adapter_run.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
 
 
-def test_the_share_command_pushes_a_finished_run_and_refuses_in_one_line(adapter_run, hub, tmp_path, capsys):
+def test_the_share_command_pushes_a_finished_run_and_refuses_in_one_line(
+    adapter_run, hub, tmp_path, capsys, monkeypatch
+):
     assert share.main([str(adapter_run), "me/x", "--public"]) == 0
     assert hub.calls[1] == ("create_repo", "me/x", False, True)
     for argv, says in (
@@ -271,6 +273,13 @@ def test_the_share_command_pushes_a_finished_run_and_refuses_in_one_line(adapter
             share.main(argv)
         err = capsys.readouterr().err
         assert stop.value.code == 2 and says in err and err.count("\n") == 1
+    monkeypatch.setattr(share, "hub_token", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        share.main([str(adapter_run), "me/x"])
+    assert stop.value.code == 2 and "HF_TOKEN" in capsys.readouterr().err and len(hub.calls) == 3  # nothing sent
+    monkeypatch.undo()
+    monkeypatch.setattr(share, "HfApi", FakeHfApi)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
     hub.fail = http_error(403)
     assert share.main([str(adapter_run), "me/x"]) == 1
     assert "(403)" in capsys.readouterr().err
