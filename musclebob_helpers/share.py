@@ -92,17 +92,12 @@ before training (the base model) and after. Rates, with the answers they count.
 {% if warnings %}
 ### Health warnings during training
 
-{% for w in warnings -%}
-- {{ w }}
-{% endfor %}
-{%- endif %}
-{% if recoveries %}
+{% for w in warnings %}- {{ w }}
+{% endfor %}{% endif %}{% if recoveries %}
 ## Recoveries from a collapse
 
-{% for line in recoveries -%}
-- {{ line }}
-{% endfor %}
-{%- endif %}
+{% for line in recoveries %}- {{ line }}
+{% endfor %}{% endif %}
 ## How to load it
 
 {{ how_to_load }}
@@ -276,7 +271,9 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     license_id, license_text = _license(base)
     where = repo_id or str(shown / MERGED_DIR if merged else shown)
     every = [
-        as_typed(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_RECIPE
+        as_typed(f.name, getattr(cfg, f.name))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in NOT_RECIPE and getattr(cfg, f.name) is not None  # not --preset (not set)
     ]
     if final.get("is_healthy", True):
         health = "The final check found the model healthy (coherent, no leaking name, general knowledge kept)."
