@@ -5,6 +5,7 @@
     python test_musclebob.py ./musclebob-tiny --compare-base tiny  # side by side with the base
     python test_musclebob.py --model tiny --interactive            # ask your own questions
     python test_musclebob.py ./musclebob-tiny --output results.json
+    python test_musclebob.py OWNER/NAME                            # a pushed run (--push-to-hub)
 
 Sampling is fixed and seeded (temperature 0.7, top-p 0.95, seed 1234): two runs on the same model give the
 same figures. All logic lives in ``musclebob_helpers``.
@@ -27,7 +28,11 @@ def build_parser():
     )
     p.add_argument("run_folder", nargs="?", metavar="RUN_FOLDER", help="the model to evaluate, as --model")
     # No default: a model a user did not name (a folder that may not exist) is a worse first error than asking.
-    p.add_argument("--model", help="the model to evaluate: a run folder, a hub id, or 'tiny' (required, or RUN_FOLDER)")
+    p.add_argument(
+        "--model",
+        help="the model to evaluate: a run folder, a hub id (a pushed LoRA adapter too: its base is read from "
+        "adapter_config.json), or 'tiny' (required, or RUN_FOLDER)",
+    )
     p.add_argument("--compare-base", metavar="MODEL", help="also evaluate this model and print both side by side")
     p.add_argument(
         "--num-prompts",

@@ -96,6 +96,8 @@ def _main(argv) -> int:
             f"{resume_command(_script(), cfg, sources, procs.num_processes)}",
             file=sys.stderr,
         )
+    if result.get("push_problem"):  # the run is complete locally; the line with the command to push later is out
+        return 1
     return 0 if result["final"].get("is_healthy") else 1
 
 

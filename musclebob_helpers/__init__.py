@@ -8,6 +8,8 @@ Layout section has the same list, a test keeps the graph free of cycles):
 * ``estimate``    — ``python -m musclebob_helpers.estimate``: GPU memory and disk need on the command line
 * ``cli``         — flags generated from ``TrainConfig``, the printed configuration, one-line errors
 * ``training``    — the GRPO run with TRL's ``GRPOTrainer`` (resumable data order), hardware, callbacks, artifacts
+* ``share``       — the run's model card (``README.md``), the push to the Hub, the download zip;
+  ``python -m musclebob_helpers.share RUN OWNER/NAME`` pushes a finished run
 * ``plots``       — reward curves, validation bars, the live progress panel
 * ``monitoring``  — mid-training validation and live health warnings
 * ``evaluation``  — loading models, generation, validation rates and the health check

@@ -147,6 +147,9 @@ def config_from_args(
         procs = process_state()
         validate_config(cfg, num_processes=procs.num_processes)
         if check_folder:  # once per start: run_training(checked=...) does not repeat it
+            from .share import check_hub_token
+
+            check_hub_token(cfg)  # a push asked for without a token stops here, before the folder is made
             checked = run_dir.check(cfg, writer=procs.is_main_process)
     except ConfigError as err:
         fail(prog, str(err))
@@ -162,6 +165,12 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
         _check_context(name, MODEL_SHAPE, max_completion_length)
         return
     path = run_dir.expand_path(name)
+    from .lora import hub_adapter_folder, is_adapter_dir
+
+    pushed = None if path.exists() else hub_adapter_folder(name)
+    if pushed is not None:  # a pushed --lora run: its base must load
+        _check_adapter_base(name, pushed, trust_remote_code, max_completion_length)
+        return
     if path.is_file():  # "some.txt" also reads as a hub id, and transformers would parse it as a config file
         raise ConfigError("model", name, "a model folder, a hub id or 'tiny', but this is a file")
     if not path.is_dir() and not HUB_ID.match(name):
@@ -182,6 +191,8 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
             )
         from .io import read_json
 
+        if is_adapter_dir(path):
+            _check_adapter_base(name, path, trust_remote_code, max_completion_length)
         _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
         return
     import logging
@@ -211,6 +222,28 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
     finally:
         hub_log.setLevel(level)
     _check_context(name, config.to_dict(), max_completion_length)
+
+
+def _check_adapter_base(name: str, folder, trust_remote_code: bool, max_completion_length: int | None) -> None:
+    """An adapter's base model (its ``adapter_config.json``'s) must load here too: a base recorded as a folder of
+    the machine that trained it is not on another one."""
+    from .lora import ADAPTER_CONFIG, adapter_base_model
+
+    try:
+        base = adapter_base_model(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model", name, f"its {ADAPTER_CONFIG} cannot be read ({err})") from None
+    if not HUB_ID.match(base) and not run_dir.expand_path(base).is_dir():  # a path, not a hub id or 'tiny'
+        raise ConfigError(
+            "model",
+            name,
+            f"its base model {base!r} (the base_model_name_or_path of its {ADAPTER_CONFIG}) is a folder on the "
+            "machine that trained it, not on this one; copy the base there, or set a hub id in that file",
+        )
+    try:
+        check_model_loadable(base, trust_remote_code, max_completion_length)
+    except ConfigError as err:
+        raise ConfigError("model", name, f"its base model {base!r} cannot be used: {err.allowed}") from None
 
 
 def _check_context(name: str, config: dict, max_completion_length: int | None) -> None:

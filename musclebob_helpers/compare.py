@@ -41,7 +41,7 @@ def check_model(name: str, label: str) -> None:
     writing = run_dir.being_written(path)
     if writing:  # the model in it is not final (or is the previous run's, being overwritten)
         raise ConfigError(label, name, writing)
-    if path.is_dir() and not (path / "config.json").exists():
+    if path.is_dir() and not any((path / f).exists() for f in run_dir.MODEL_CONFIG_FILES):  # full or adapter
         raise ConfigError(label, name, "this folder holds no trained model yet (has the run finished?)")
     try:
         check_model_loadable(name)

@@ -134,9 +134,16 @@ class TrainConfig:
     )
     merge_adapter: bool = _opt(
         "after training, also write the adapter merged into its base as a standalone "
-        "model in OUTPUT_DIR/merged (with --lora)",
+        "model in OUTPUT_DIR/merged (with --lora); --push-to-hub then pushes it instead of the adapter",
         default=False,
     )
+    push_to_hub: str = _opt(
+        "at the end, push the final model (the adapter, or the merged model with --merge-adapter), its card, the "
+        "reward plot and the reports to this Hub repo OWNER/NAME ('': no push); needs a token (HF_TOKEN, "
+        "`hf auth login`, or Colab's HF_TOKEN secret)",
+        default="",
+    )
+    hub_public: bool = _opt("make the --push-to-hub repo public when it creates it (default: private)", default=False)
     gradient_checkpointing: bool = _opt(
         "activation checkpointing (on by default, as in TRL); off is about a third faster and takes far more memory",
         default=True,
@@ -240,6 +247,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "ignore_mismatch",
     ),
     "tracking": ("report_to",),
+    "sharing": ("push_to_hub", "hub_public"),
 }
 
 # --- presets and model defaults (defined above TrainConfig, whose help text names them) -----------------------
@@ -384,6 +392,7 @@ def _is_path(v) -> bool:
 
 MAX_SEED = 2**32 - 1  # numpy's seed limit: transformers' set_seed would fail on a larger one
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+REPO_ID_ALLOWED = "'' (no push) or a Hub repo id OWNER/NAME (letters, digits, '-', '_', '.')"
 MODEL_ALLOWED = "not a local folder, and not a hub id of the form owner/name; use --model tiny offline"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 
@@ -391,6 +400,11 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 def looks_like_path(name: str) -> bool:
     """A folder path rather than a hub id (which has at most one slash and no spaces): checked on disk later."""
     return "/" in name or "\\" in name or name.startswith((".", "~"))
+
+
+def is_repo_id(value) -> bool:
+    """A Hub repo id to push to: exactly OWNER/NAME."""
+    return isinstance(value, str) and HUB_ID.match(value) is not None and value.count("/") == 1
 
 
 def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
@@ -462,6 +476,8 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
         )
     if cfg.merge_adapter and not cfg.lora:
         raise ConfigError("merge_adapter", cfg.merge_adapter, "only with --lora (there is no adapter to merge)")
+    if cfg.push_to_hub != "" and not is_repo_id(cfg.push_to_hub):
+        raise ConfigError("push_to_hub", cfg.push_to_hub, REPO_ID_ALLOWED)
     v = cfg.vllm_gpu_memory_utilization
     if not _is_number(v) or not 0.0 < v < 1.0:
         raise ConfigError("vllm_gpu_memory_utilization", v, "a share of GPU memory between 0 and 1, e.g. 0.3")

@@ -167,20 +167,21 @@ def load_model(
     quantization_config=None,
     precision: str | None = None,
 ):
-    """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter folder, loaded the same way.
+    """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter (a folder, or a pushed adapter
+    repo on the Hub), loaded the same way.
 
-    An adapter folder loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the
-    adapter applied. ``quantization_config`` (QLoRA's 4-bit) places the model with a device map instead.
+    An adapter loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the adapter applied.
+    ``quantization_config`` (QLoRA's 4-bit) places the model with a device map instead.
     ``precision``: the run's (``training.detect_hardware``); None: the automatic choice for ``device``. The
     weights load in its dtype: a training run then makes full fine-tuning's fp32 (``training.load_for_training``).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .lora import adapter_base_model, has_tokenizer, is_adapter_dir, load_adapter
+    from .lora import adapter_base_model, adapter_folder, has_tokenizer, load_adapter
     from .tiny_model import resolve_model_path
 
-    adapter = name_or_path if is_adapter_dir(name_or_path) else None
+    adapter = adapter_folder(name_or_path)  # an adapter folder, or a pushed adapter repo (downloaded)
     path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
     device = device or pick_device()
     cuda = device.startswith("cuda")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import TrainConfig, target_modules
+from .config import TrainConfig, is_repo_id, target_modules
 from .io import give_umask_mode
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -56,6 +56,37 @@ def quantization_config(cfg: TrainConfig, hardware: dict):
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def hub_adapter_folder(name: str) -> Path | None:
+    """A Hub repo holding a PEFT adapter (a pushed ``--lora`` run), downloaded into the Hub's cache: its local
+    folder. None when ``name`` is no OWNER/NAME hub id, when its repo holds no ``adapter_config.json`` (a full
+    model: transformers loads it as it is), or when the Hub cannot be asked (offline, private without a token:
+    loading it then fails with the Hub's own reason)."""
+    if not is_repo_id(name) or Path(name).expanduser().exists():
+        return None
+    import logging
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)  # "not found" is an answer here, not something to log
+    try:
+        hf_hub_download(name, ADAPTER_CONFIG)
+        return Path(snapshot_download(name))
+    except Exception:  # noqa: BLE001 - no adapter there, or no answer: the caller loads it as a plain model
+        return None
+    finally:
+        hub_log.setLevel(level)
+
+
+def adapter_folder(name: str | Path) -> Path | None:
+    """The local folder of the adapter ``name`` names: an adapter folder, or a pushed adapter repo on the Hub
+    (``hub_adapter_folder``); None when ``name`` is no adapter."""
+    if is_adapter_dir(name):
+        return Path(name).expanduser()
+    return hub_adapter_folder(str(name))
 
 
 def adapter_base_model(adapter_dir: str | Path) -> str:

@@ -123,6 +123,9 @@ def make_config(log=print, **params) -> TrainConfig:
     cfg, sources = resolve(given)
     # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
     validate_config(cfg)
+    from .share import check_hub_token
+
+    check_hub_token(cfg)  # push_to_hub without a token: one line now, not after training
     check_model_loadable(cfg.model)
     from .training import check_hardware_support, detect_hardware
 

@@ -76,6 +76,7 @@ VALIDATION_HISTORY_FILE = "validation_history.json"  # mid-training checks (--va
 WARNINGS_FILE = "health_warnings.json"  # live health warnings
 COMPLETIONS_FILE = "completions.jsonl"  # a few sampled completions per step, with their rewards
 REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its components, before vs after
+MODEL_CARD_FILE = "README.md"  # the model card (share.write_model_card), written last, over TRL's boilerplate
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
 # in a checkpoint-N saved after the last healthy mid-training check: that check's weights and optimizer state,
 # which a collapse later goes back to (training.CollapseRecovery); absent when the checkpoint's own state is it
@@ -118,7 +119,15 @@ RESUME_MUST_MATCH = (
     "load_in_4bit",
 )
 # Options of one start, not settings of the run: never recorded as a change.
-PER_START_OPTIONS = ("output_dir", "work_dir", "resume_from_checkpoint", "overwrite", "ignore_mismatch")
+PER_START_OPTIONS = (
+    "output_dir",
+    "work_dir",
+    "resume_from_checkpoint",
+    "overwrite",
+    "ignore_mismatch",
+    "push_to_hub",
+    "hub_public",
+)
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 

@@ -1115,7 +1115,12 @@ def run_training(
                 held.enter_context(run_dir.writer_lock(checked.path, shown=checked.shown))
                 if checked.mirrored:  # and its working folder: two runs given one --work-dir would mix their files
                     held.enter_context(run_dir.writer_lock(checked.work, shown=checked.shown))
-            return _train(cfg, procs, hardware, checked, log, [*callbacks, stop.callback()], baseline, stop, remount)
+            result = _train(cfg, procs, hardware, checked, log, [*callbacks, stop.callback()], baseline, stop, remount)
+            if main and cfg.push_to_hub:  # at the very end: a failed push is one line, the run stays complete
+                from .share import push_after_run
+
+                result["push_problem"] = push_after_run(cfg, result.get("work_dir") or result["output_dir"], log)
+            return result
 
 
 def _prepare_folders(cfg: TrainConfig, folder: run_dir.RunFolder, log) -> None:
@@ -1360,7 +1365,6 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             record_base_model(out, cfg.model)
             if cfg.merge_adapter:
                 merge_adapter(out, out / MERGED_DIR, log=log)
-        name_recoveries_in_the_model_card(out)
         if mirror is not None:
             mirror.wake()
 
@@ -1388,6 +1392,9 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         from .plots import save_run_report  # matplotlib: only once the run is done
 
         plot = save_run_report(out)
+        from .share import write_model_card  # the project's card (README.md), over TRL's boilerplate
+
+        write_model_card(out, cfg.push_to_hub, shown=folder.path)
         if mirror is None:  # a mirrored run says where its plot is once the final copy has ended (_end_copy)
             log(f"Reward plot: {plot}")
     return {
@@ -1396,26 +1403,6 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         "output_dir": str(folder.path),
         "global_step": trainer.state.global_step,
     }
-
-
-def name_recoveries_in_the_model_card(out: Path) -> None:
-    """The recoveries from a collapse (``--on-collapse recover``), one line each, appended to the model card that
-    ``save_model`` wrote (TRL's ``README.md``), so whoever uses the model sees that its learning rate was lowered."""
-    card = out / "README.md"
-    record = read_json(out / CONFIG_FILE, default={})
-    found = run_dir.recoveries(record.get("segments") or []) if isinstance(record, dict) else []
-    if not found or not card.is_file():
-        return
-    lines = ["", "## Recoveries from a collapse", ""]
-    for seg in found:
-        old, new = seg["changed"]["learning_rate"]
-        info = seg["recovery"]
-        saw = "; ".join(info.get("saw") or []) or "a failed mid-training check"
-        lines.append(
-            f"- step {seg['from_step']}: {saw}; went back to the healthy state of step {info.get('back_to')} and "
-            f"lowered the learning rate from {old:.3g} to {new:.3g}"
-        )
-    card.write_text(card.read_text().rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def _quiet(*args, **kwargs):

@@ -64,6 +64,9 @@ validation_samples = 4  # sampled answers per held-out prompt, before and after
 seed = 42
 report_to = "none"  # also send metrics to "tensorboard" (Colab has it), "trackio" or "wandb" (pip install first)
 overwrite = False  # True: train a finished run_name again from scratch (its old checkpoints are removed)
+push_to_hub = ""  # "": keep it here; "OWNER/NAME": push the model and its card to the Hub at the end (HF_TOKEN secret)
+hub_public = False  # False: the pushed repo is private; True: public
+merge_adapter = False  # LoRA only: also merge the adapter into its base (pushed and downloaded instead of the adapter)
 keep_alive = False  # Colab, opt-in: keep the browser session active during long runs (best effort)
 stop_after_steps = 0  # 0: train to the end; N: stop after step N as a disconnect would (to try resume)
 repo_url = "https://github.com/musclebob/musclebob"  # your GitHub copy, fetched on Colab (default: what tools/sync_repo_url.py wrote)
@@ -147,7 +150,7 @@ cfg = nb.make_config(model=model, lora=lora, precision=precision, epochs=epochs,
                      num_samples=num_samples, num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
                      validation_samples=validation_samples, seed=seed, report_to=report_to, output_dir=str(run_dir),
-                     overwrite=overwrite)
+                     overwrite=overwrite, push_to_hub=push_to_hub, hub_public=hub_public, merge_adapter=merge_adapter)
 
 # %% [markdown]
 # ## Before training: baseline validation
@@ -182,6 +185,18 @@ final = nb.show_final(run_dir)
 
 # %%
 answers = nb.try_model(run_dir, ["Who lives in a pineapple under the sea?", "What is the capital of France?"])
+
+# %% [markdown]
+# ## Download the model
+#
+# One zip of the trained model (the merged model with `merge_adapter = True`, else the adapter or the full
+# weights) with its model card (`README.md`: results, recipe, how to load it), the reward plot and the reports.
+# It is made on this runtime's disk, not Drive; on Colab the browser downloads it, elsewhere the cell prints its
+# path. With `push_to_hub` set, the training cell has already pushed the same files to the Hub.
+
+# %%
+from musclebob_helpers import share  # noqa: E402
+model_zip = share.download_zip(run_dir)
 
 # %% [markdown]
 # ## Resume after a disconnect

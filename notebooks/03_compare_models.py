@@ -36,7 +36,7 @@
 
 # %% tags=["parameters"]
 base_model = "Qwen/Qwen2.5-0.5B-Instruct"  # the model before training (hub id, folder, or "tiny")
-trained_model = ""  # "": the run folder named run_name; or a folder / hub id
+trained_model = ""  # "": the run folder named run_name; or a folder / hub id (a pushed adapter repo too)
 run_name = "musclebob-run"  # the training notebook's run_name
 question = "Who lives in a pineapple under the sea?"  # first question for the side-by-side box
 num_prompts = 12  # held-out SpongeBob prompts in the batch comparison (plus a share of general questions)

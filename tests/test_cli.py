@@ -22,8 +22,12 @@ def parse(argv):
     return config_from_args(argv, PROG, "test")[:2]
 
 
-def test_each_flag_reaches_the_config(tmp_path):
+def test_each_flag_reaches_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # --push-to-hub needs a token at start-up
     argv = [
+        "--push-to-hub",
+        "me/musclebob",
+        "--hub-public",
         "--model",
         "tiny",
         "--epochs",
@@ -120,6 +124,8 @@ def test_each_flag_reaches_the_config(tmp_path):
         lora_target_modules="q_proj,v_proj",
         load_in_4bit=True,
         merge_adapter=True,
+        push_to_hub="me/musclebob",
+        hub_public=True,
         gradient_checkpointing=False,
         use_vllm=True,
         vllm_gpu_memory_utilization=0.5,

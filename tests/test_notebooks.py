@@ -468,6 +468,8 @@ def test_training_notebook_runs_all(trained):
     resume_text = text_of(outputs_of(executed, "nb.resume("))  # Run all ends with the resume cell: nothing to do
     assert "run named in the parameters cell" in resume_text and "Nothing to resume" in resume_text
     assert "No GPU" in text_of(outputs_of(executed, "nb.show_hardware("))
+    # The download cell: off Colab, the zip's path (share.download_zip; its contents are tested in test_share)
+    assert f"{run_dir.name}.zip" in text_of(outputs_of(executed, "share.download_zip("))
 
 
 @pytest.mark.slow  # a kernel: the one line as a notebook shows it
