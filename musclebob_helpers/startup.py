@@ -43,7 +43,8 @@ def start(cfg: TrainConfig, *, on_unfinished: str = "refuse", machine: dict | No
             validate_config(cfg, num_processes=procs.num_processes)
     folder = run_dir.check(cfg, writer=procs.is_main_process)
     evaluation.check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
-    hardware = training.detect_hardware(cfg.precision, machine)  # --precision decided here, once
+    # The machine asked once (the notebook's parameters cell may have asked already), --precision decided here.
+    hardware = training.with_precision(machine or training.detect_hardware(), cfg.precision)
     training.check_hardware_support(cfg, hardware)  # 16-bit, 4-bit, vLLM, trackers: before any model loads
     if str(folder.path) != str(run_dir.expand_path(cfg.output_dir)):
         cfg = dataclasses.replace(cfg, output_dir=str(folder.path))  # out/a/../b is out/b: no empty out/a made

@@ -39,16 +39,10 @@ from .rewards import make_reward_functions
 from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
 
-def detect_hardware(precision: str = "auto", machine: dict | None = None) -> dict:
+def detect_hardware(precision: str = "auto") -> dict:
     """What this machine offers: device, GPU name, memory, compute capability, the precision to use (``precision``,
     ``--precision``, unless "auto": see ``evaluation.precision_for``) and the preset that suits it
-    (``config.recommend_preset``). Whether the machine can do the precision asked is ``check_hardware_support``'s.
-    ``machine``: a detection already made (the notebook's, for its precision default); only the precision is
-    decided again, for ``precision``."""
-    if machine is not None:
-        capability = machine.get("compute_capability")
-        major_minor = tuple(int(n) for n in capability.split(".")) if capability else None
-        return {**machine, "precision": precision_for(machine["device"], major_minor, precision)}
+    (``config.recommend_preset``). Whether the machine can do the precision asked is ``check_hardware_support``'s."""
     import torch
 
     if not torch.cuda.is_available():
@@ -72,6 +66,13 @@ def detect_hardware(precision: str = "auto", machine: dict | None = None) -> dic
         }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
+
+
+def with_precision(hardware: dict, precision: str) -> dict:
+    """``hardware`` (a ``detect_hardware``) with the precision for ``precision`` (``--precision``) on it."""
+    capability = hardware.get("compute_capability")
+    major_minor = tuple(int(n) for n in capability.split(".")) if capability else None
+    return {**hardware, "precision": precision_for(hardware["device"], major_minor, precision)}
 
 
 def process_state():
