@@ -360,7 +360,7 @@ def test_a_used_folder_is_taken_when_asked(tmp_path):
     from musclebob_helpers.startup import start
 
     def action(argv):
-        return start(parse(["--model", "tiny", *argv]), log=lambda *a: None).folder.action
+        return start(parse(["--model", "tiny", *argv])[0], log=lambda *a: None).folder.action
 
     _finished(tmp_path / "done")
     assert action(["--output-dir", str(tmp_path / "done"), "--overwrite"]) == "overwrite"
