@@ -1,7 +1,7 @@
 """The training notebook's steps, one function per cell, so the notebook stays thin and the branching is tested.
 
-``prepare_run_folder`` -> ``make_config`` -> ``baseline_validation`` -> ``train`` -> ``show_final``; after a
-disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
+``prepare_run_folder`` -> ``make_config`` (the run's start, ``startup.start``) -> ``baseline_validation`` ->
+``train`` -> ``show_final``; after a disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
 ``training_config.json``, so nothing but the run folder is needed).
 
 A bad parameter (``ConfigError``) or a notebook-only stop (``NotebookStop``) shows as one line, not a traceback:

@@ -6,9 +6,11 @@ answers:
 * the names of the files a run writes (``CONFIG_FILE``, ``HISTORY_FILE``, ...), defined once;
 * ``state(out)``: 'new', 'started' (settings written, no checkpoint yet), 'unfinished' (checkpoints) or 'finished'
   (a trained model and its final validation), and what ``describe`` / ``unfinished_runs`` tell the notebook;
-* ``check(cfg)``: THE start-up check of the folder, once per start, before any model loads. It returns the
-  ``RunFolder``, the folder resolved once (the run folder, the working folder training writes to, their state,
-  later the checkpoint to resume) that the trainer, its callbacks, the mirror and the notebook receive: on Google
+* ``check(cfg)``: the start-up check of the folder (``startup.start`` calls it once per start, before any model
+  loads). It returns the ``RunFolder``, the folder resolved once (the run folder, the working folder training
+  writes to, their state, what this start does with it (``decide``: new, continue, overwrite or refuse, one rule
+  for the command line and the notebook), its disk need, later the checkpoint to resume) that the trainer, its
+  callbacks, the mirror and the notebook receive: on Google
   Drive or another FUSE or network file system (``file_system_type``) the run trains in a working folder on local
   disk (``work_folder``) and ``mirror.Mirror`` copies it to the run folder. It raises
   ``ConfigError`` (one line: flag, value, what is allowed) for a file in the way, a finished run without
@@ -1057,13 +1059,13 @@ class RunFolder:
 
 
 def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:
-    """THE start-up check of the run folder (after ``config.validate_config``, before any model loads); returns
-    the ``RunFolder`` the rest of the start uses.
+    """The start-up check of the run folder (``startup.start``'s, after ``config.validate_config``, before any model
+    loads); returns the ``RunFolder`` the rest of the start uses.
 
     Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
     file where the folder should be, another run writing the folder (``writer``: the process that will write it;
     accelerate's other ranks pass False, their main process may hold the lock already), a finished run
-    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``), a folder (or working folder) that
+    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``; ``FolderRefused``), a folder (or working folder) that
     cannot be written or has too little free space, a disk too small for the run, a damaged explicit checkpoint,
     a resume with other settings or fewer epochs than trained. Disk probes come last. A run folder whose file
     system fails while it is checked (a Drive disconnect) is one line too: nothing can start there until it answers.
