@@ -82,7 +82,8 @@ def interactive(models: dict, max_new_tokens: int) -> None:
 
 
 def main(argv=None) -> int:
-    from musclebob_helpers.cli import check_model_loadable, fail
+    from musclebob_helpers.cli import fail
+    from musclebob_helpers.evaluation import check_model_loadable
     from musclebob_helpers.config import ConfigError
 
     args = build_parser().parse_args(argv)

@@ -49,20 +49,17 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    from musclebob_helpers.cli import check_model_loadable, config_from_args, fail, print_config, resume_command
+    from musclebob_helpers.cli import config_from_args, fail, print_config, resume_command
     from musclebob_helpers.config import ConfigError, OneLineError
 
-    cfg, sources, checked = config_from_args(argv, PROG, __doc__.splitlines()[0], epilog=EXAMPLES)  # + run folder
-    try:
-        check_model_loadable(cfg.model, cfg.trust_remote_code, cfg.max_completion_length)
-        from musclebob_helpers.training import check_hardware_support, detect_hardware
+    cfg, sources = config_from_args(argv, PROG, __doc__.splitlines()[0], epilog=EXAMPLES)  # the flags
+    from musclebob_helpers.startup import start  # imports torch: only once the flags parse
 
-        check_hardware_support(cfg, detect_hardware(cfg.precision))  # precision, 4-bit, vLLM: can this machine?
+    try:
+        run = start(cfg)  # values, run folder, model, hardware: checked once, before any model loads
     except ConfigError as err:
         fail(PROG, str(err))
-    from musclebob_helpers.training import process_state
-
-    procs = process_state()
+    procs = run.procs
     if procs.is_main_process:  # under `accelerate launch`, print once
         print_config(cfg, sources)
 
@@ -71,7 +68,7 @@ def _main(argv) -> int:
     from musclebob_helpers.training import CollapseStop, Stopped, run_training  # heavy: once the flags are good
 
     try:
-        result = run_training(cfg, checked=checked)
+        result = run_training(run)
     except CollapseStop as err:  # --on-collapse stop, or a collapse after the last recovery: what to change
         if procs.is_main_process:
             lower = dataclasses.replace(cfg, learning_rate=float(f"{err.suggested_rate:.3g}"))
@@ -88,7 +85,7 @@ def _main(argv) -> int:
     except Exception as err:
         if not out_of_space(err):  # a full disk at any save: checkpoint, history, final model
             raise
-        fail(PROG, disk_full_line(cfg, checked))
+        fail(PROG, disk_full_line(run.folder))
     if result.get("copy_pending"):  # the run is complete on local disk; the run folder (Drive) failed at the end
         print(
             f"{PROG}: the run is complete in {result['work_dir']}, but not yet in {result['output_dir']}: "

@@ -133,6 +133,7 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
     from musclebob_helpers.io import read_json
     from musclebob_helpers.monitoring import completions_to_reach
     from musclebob_helpers.run_dir import VALIDATION_HISTORY_FILE
+    from musclebob_helpers.startup import start as start_run
     from musclebob_helpers.training import CollapseStop, run_training
 
     stopped = None
@@ -140,7 +141,7 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
         cfg = recipe_config(name, seed, check_every, extra, tmp)
         start = time.time()
         try:
-            result = run_training(cfg, log=lambda *a, **k: None)
+            result = run_training(start_run(cfg), log=lambda *a, **k: None)
         except CollapseStop as stop:  # --on-collapse: what the user has then is the healthy checkpoint it saved
             stopped = str(stop)
             result = stopped_result(cfg, Path(tmp), stop)

@@ -52,7 +52,7 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from musclebob_helpers import evaluation
+    from musclebob_helpers import evaluation, training
     from musclebob_helpers.config import TrainConfig
     from musclebob_helpers.training import detect_hardware, grpo_args, grpo_trainer
 
@@ -85,7 +85,8 @@ def run_one(model: str, lora: bool, steps: int, batch_size: int, num_generations
 
     args = grpo_args(cfg, hw)
     args.save_strategy, args.disable_tqdm = "no", True
-    trainer = grpo_trainer(cfg, m, tok, args, callbacks=[Clock()], trainer_cls=GRPOTrainer)
+    training.trainer_class = lambda: GRPOTrainer  # TRL's own trainer, timed bare (this process is a child: no leak)
+    trainer = grpo_trainer(cfg, m, tok, args, callbacks=[Clock()])
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     deltas = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # drop the first two steps (warm-up)

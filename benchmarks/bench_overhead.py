@@ -205,7 +205,7 @@ def run_one(mode: str, spec: dict) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from musclebob_helpers import data, evaluation
+    from musclebob_helpers import data, evaluation, training
     from musclebob_helpers.training import (
         GracefulStop,
         above_progress_bar,
@@ -251,10 +251,10 @@ def run_one(mode: str, spec: dict) -> dict:
             def on_step_end(self, args, state, control, **kwargs):
                 stamps.append(time.perf_counter())
 
-        # TRL's own GRPOTrainer, nothing of ours but the prompts and the rewards both runs train on.
-        trainer = grpo_trainer(
-            cfg, model, tokenizer, args, callbacks=[Clock()] if mode == "growth" else [], trainer_cls=GRPOTrainer
-        )
+        # TRL's own GRPOTrainer, nothing of ours but the prompts and the rewards both runs train on (this process
+        # is the benchmark's child: the swap ends with it).
+        training.trainer_class = lambda: GRPOTrainer
+        trainer = grpo_trainer(cfg, model, tokenizer, args, callbacks=[Clock()] if mode == "growth" else [])
         context = contextlib.nullcontext()
     library: dict[str, float] = {}
     time_library(trainer, library, parts)

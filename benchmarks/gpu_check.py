@@ -180,6 +180,7 @@ def run_training_variant(model_path: str, steps: int, device: str) -> dict:
     import torch
 
     from musclebob_helpers.config import TrainConfig
+    from musclebob_helpers.startup import start
     from musclebob_helpers.training import detect_hardware, run_training
 
     # A --precision choice, once TrainConfig has one, goes into this config; the row reports what the run used.
@@ -200,7 +201,7 @@ def run_training_variant(model_path: str, steps: int, device: str) -> dict:
         if device != "cpu":
             torch.cuda.reset_peak_memory_stats()
         with logits_watch() as watch:
-            run_training(cfg, log=lambda *a, **k: None, callbacks=[step_clock(times, device)])
+            run_training(start(cfg), log=lambda *a, **k: None, callbacks=[step_clock(times, device)])
         return measured(times, cfg.batch_size * cfg.num_generations, cfg, precision, watch, device)
 
 

@@ -7,6 +7,7 @@ Layout section has the same list, a test keeps the graph free of cycles):
   comparison, Colab-only steps (setup, Drive, keep-alive)
 * ``estimate``    — ``python -m musclebob_helpers.estimate``: GPU memory and disk need on the command line
 * ``cli``         — flags generated from ``TrainConfig``, the printed configuration, one-line errors
+* ``startup``     — the run's start, decided once: values, Hub token, run folder, model, hardware -> one ``Start``
 * ``training``    — the GRPO run with TRL's ``GRPOTrainer`` (resumable data order), hardware, callbacks, artifacts
 * ``share``       — the run's model card (``README.md``), the push to the Hub, the download zip;
   ``python -m musclebob_helpers.share RUN OWNER/NAME`` pushes a finished run
@@ -15,6 +16,7 @@ Layout section has the same list, a test keeps the graph free of cycles):
 * ``evaluation``  — loading models, generation, validation rates and the health check
 * ``run_dir``     — the run folder: its file names, the start-up check (writable, free space, finished or not,
   resume mismatch), which checkpoint is intact and which one ``auto`` resumes, checkpoint rotation
+* ``lock``        — one writer per run folder: ``.musclebob.lock`` (flock + heartbeat record)
 * ``memory``      — GPU memory and disk need of a configuration, the model measured on the meta device
 * ``lora``        — PEFT's LoraConfig, QLoRA's 4-bit config, adapter folders and merging
 * ``tiny_model``  — the tiny offline Qwen2 base model behind ``--model tiny``

@@ -32,13 +32,14 @@ def resolve_trained(trained_model: str, run_name: str) -> str:
 def check_model(name: str, label: str) -> None:
     """A one-line ``ConfigError`` (named after the parameter ``label``) when ``name`` can't be a model."""
     from . import run_dir
-    from .cli import check_model_loadable
     from .config import ConfigError
+    from .evaluation import check_model_loadable
+    from .lock import being_written
 
     path = Path(name).expanduser()
     if name.startswith(("/", ".", "~")) and not path.exists():
         raise ConfigError(label, name, "no such folder (has that run been trained? check the path or run_name)")
-    writing = run_dir.being_written(path)
+    writing = being_written(path)
     if writing:  # the model in it is not final (or is the previous run's, being overwritten)
         raise ConfigError(label, name, writing)
     if path.is_dir() and not any((path / f).exists() for f in run_dir.MODEL_CONFIG_FILES):  # full or adapter

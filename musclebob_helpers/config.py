@@ -409,7 +409,7 @@ def is_repo_id(value) -> bool:
 
 def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     """Raise ``ConfigError`` for the first bad value. Pure: values only, nothing on disk (``run_dir.check`` looks
-    at the output folder, ``cli.check_model_loadable`` at the model)."""
+    at the output folder, ``evaluation.check_model_loadable`` at the model)."""
 
     def need_int(name, low, allowed):
         v = getattr(cfg, name)

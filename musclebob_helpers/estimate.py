@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from .cli import OneLineParser, config_from_args, fail
+from .config import ConfigError, validate_config
 from .memory import drive_need, estimate_memory, fit_warning, model_shape
 
 PROG = "python -m musclebob_helpers.estimate"
@@ -45,17 +46,20 @@ def _own_flags() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print the estimate for training flags (and ``--gpu-memory-gb``)."""
     own, rest = _own_flags().parse_known_args(sys.argv[1:] if argv is None else argv)
-    cfg, _, _ = config_from_args(rest, PROG, DESCRIPTION, check_folder=False)
+    cfg, _ = config_from_args(rest, PROG, DESCRIPTION)
+    from .training import process_state
+
+    num_processes = process_state().num_processes
+    try:  # the values only: nothing is started, so no folder, model or machine to check
+        validate_config(cfg, num_processes=num_processes)
+    except ConfigError as err:
+        fail(PROG, str(err))
     shape = model_shape(cfg.model)
     if shape is None:
         fail(PROG, f"--model={cfg.model!r}: its config.json could not be read (offline?)")
-    from .training import process_state
-
     gpu_gb = own.gpu_memory_gb
     precision = "bf16" if cfg.precision == "auto" else cfg.precision  # auto: the GPU's, unknown here
-    est = estimate_memory(
-        shape, cfg, precision=precision, num_processes=process_state().num_processes, gpu_memory_gb=gpu_gb
-    )
+    est = estimate_memory(shape, cfg, precision=precision, num_processes=num_processes, gpu_memory_gb=gpu_gb)
     print(est.table())
     warning = fit_warning(est, gpu_gb, cfg) if gpu_gb else None
     print(warning or (f"Fits in {gpu_gb:.1f} GiB." if gpu_gb else ""))

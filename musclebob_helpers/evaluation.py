@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from . import data, rewards
-from .config import OneLineError
+from . import data, rewards, run_dir
+from .config import HUB_ID, MODEL_ALLOWED, ConfigError, OneLineError, is_tiny
+from .lock import being_written
 
 # Fixed, seeded sampling: two validations of the same model give the same figures.
 VALIDATION_TEMPERATURE = 0.7
@@ -212,6 +213,107 @@ def load_model(
         model = load_adapter(adapter, model)
     model.eval()
     return model, tokenizer
+
+
+def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:
+    """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, not a model folder,
+    code from the hub that ``--trust-remote-code`` does not allow, or completions longer than the model's context."""
+    from .tiny_model import MODEL_SHAPE
+
+    if is_tiny(name):
+        _check_context(name, MODEL_SHAPE, max_completion_length)
+        return
+    path = run_dir.expand_path(name)
+    from .lora import hub_adapter_folder, is_adapter_dir
+
+    pushed = None if path.exists() else hub_adapter_folder(name)
+    if pushed is not None:  # a pushed --lora run: its base must load
+        _check_adapter_base(name, pushed, trust_remote_code, max_completion_length)
+        return
+    if path.is_file():  # "some.txt" also reads as a hub id, and transformers would parse it as a config file
+        raise ConfigError("model", name, "a model folder, a hub id or 'tiny', but this is a file")
+    if not path.is_dir() and not HUB_ID.match(name):
+        raise ConfigError("model", name, MODEL_ALLOWED)
+    if path.is_dir():
+        writing = being_written(path)
+        if writing:
+            raise ConfigError("model", name, writing)
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ConfigError("model", name, "a model folder holds config.json; this folder has none")
+        problems = run_dir.model_folder_problems(path)
+        if problems:  # a save cut short (a kill, a full disk, Drive still syncing): loading it would be a traceback
+            raise ConfigError(
+                "model",
+                name,
+                f"the model in it is damaged or incomplete ({'; '.join(problems[:2])}); point at a complete model "
+                "folder, or save or train it again",
+            )
+        from .io import read_json
+
+        if is_adapter_dir(path):
+            _check_adapter_base(name, path, trust_remote_code, max_completion_length)
+        _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
+        return
+    import logging
+
+    from transformers import AutoConfig
+
+    # The hub client logs every retry; the user gets one line below instead.
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any failure means the same to the user
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if "trust_remote_code" in str(err):
+            raise ConfigError(
+                "model",
+                name,
+                "it runs its own code from the hub; pass --trust-remote-code only if "
+                "you trust its authors, or use another --model",
+            ) from None
+        raise ConfigError(
+            "model",
+            name,
+            f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline",
+        ) from None
+    finally:
+        hub_log.setLevel(level)
+    _check_context(name, config.to_dict(), max_completion_length)
+
+
+def _check_adapter_base(name: str, folder, trust_remote_code: bool, max_completion_length: int | None) -> None:
+    """An adapter's base model (its ``adapter_config.json``'s) must load here too: a base recorded as a folder of
+    the machine that trained it is not on another one."""
+    from .lora import ADAPTER_CONFIG, adapter_base_model
+
+    try:
+        base = adapter_base_model(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model", name, f"its {ADAPTER_CONFIG} cannot be read ({err})") from None
+    if not HUB_ID.match(base) and not run_dir.expand_path(base).is_dir():  # a path, not a hub id or 'tiny'
+        raise ConfigError(
+            "model",
+            name,
+            f"its base model {base!r} (the base_model_name_or_path of its {ADAPTER_CONFIG}) is a folder on the "
+            "machine that trained it, not on this one; copy the base there, or set a hub id in that file",
+        )
+    try:
+        check_model_loadable(base, trust_remote_code, max_completion_length)
+    except ConfigError as err:
+        raise ConfigError("model", name, f"its base model {base!r} cannot be used: {err.allowed}") from None
+
+
+def _check_context(name: str, config: dict, max_completion_length: int | None) -> None:
+    """Completions must fit the model's context (prompts need room too): TRL would fail mid-run otherwise."""
+    context = config.get("max_position_embeddings")
+    if max_completion_length is not None and isinstance(context, int) and max_completion_length >= context:
+        raise ConfigError(
+            "max_completion_length",
+            max_completion_length,
+            f"fewer tokens than the context of --model {name} ({context}), leaving room for the prompt",
+        )
 
 
 def eos_ids(model, tokenizer) -> list[int]:

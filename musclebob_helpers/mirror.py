@@ -34,11 +34,11 @@ from pathlib import Path
 from . import run_dir
 from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir
 from .io import read_json
+from .lock import LOCK_FILE
 from .run_dir import (
     COPYING_PREFIX,
     DELETING_PREFIX,
     FINAL_FILE,
-    LOCK_FILE,
     MANIFEST_FILE,
     MANIFEST_HASH,
     RunFolder,

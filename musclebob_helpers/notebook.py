@@ -1,7 +1,7 @@
 """The training notebook's steps, one function per cell, so the notebook stays thin and the branching is tested.
 
-``prepare_run_folder`` -> ``make_config`` -> ``baseline_validation`` -> ``train`` -> ``show_final``; after a
-disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
+``prepare_run_folder`` -> ``make_config`` (the run's start, ``startup.start``) -> ``baseline_validation`` ->
+``train`` -> ``show_final``; after a disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
 ``training_config.json``, so nothing but the run folder is needed).
 
 A bad parameter (``ConfigError``) or a notebook-only stop (``NotebookStop``) shows as one line, not a traceback:
@@ -16,18 +16,18 @@ import html
 from pathlib import Path
 
 from . import colab
-from .config import OneLineError, TrainConfig, is_tiny, preset_values, recommend_preset, resolve, validate_config
+from .config import OneLineError, TrainConfig, is_tiny, preset_values, recommend_preset, resolve
 from .io import read_json
 from .run_dir import (
     BASELINE_FILE,
-    CONFIG_FILE,
-    combined_state,
-    work_folder,
     FINAL_FILE,
+    FolderRefused,
+    combined_state,
     describe,
     is_finished,
-    saved_config,
+    on_drive,
     unfinished_runs,
+    work_folder,
 )
 
 
@@ -101,9 +101,9 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
 
 
 def make_config(log=print, **params) -> TrainConfig:
-    """A validated ``TrainConfig`` from the parameters cell; ``None`` means "the model's default"."""
-    from .cli import check_model_loadable
-
+    """A ``TrainConfig`` from the parameters cell; ``None`` means "the model's default". The run starts here
+    (``startup.start``, once: the values, the run folder, the model, this machine), and the baseline and training
+    cells go on from that start."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(params) - names)
     if unknown:
@@ -114,71 +114,83 @@ def make_config(log=print, **params) -> TrainConfig:
         # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
+    machine = None
     if "precision" in params and params["precision"] is None:
         # The notebook's own default: the precision of the preset for this GPU (colab-t4's fp32), else auto.
         from .training import detect_hardware
 
-        given["precision"] = preset_values(recommend_preset(detect_hardware())).get("precision", "auto")
+        machine = detect_hardware()  # handed to the start: the machine is asked once
+        given["precision"] = preset_values(recommend_preset(machine)).get("precision", "auto")
         log(f"precision = {given['precision']!r}  (the notebook's default for this machine)")
     cfg, sources = resolve(given)
-    # The values and the model only: the folder (finished, checkpoints, free space) is checked once, by train().
-    validate_config(cfg)
-    from .share import check_hub_token
-
-    check_hub_token(cfg)  # push_to_hub without a token: one line now, not after training
-    check_model_loadable(cfg.model)
-    from .training import check_hardware_support, detect_hardware
-
-    check_hardware_support(cfg, detect_hardware(cfg.precision))  # precision, 4-bit, trackers: before any model loads
+    run = _start(cfg, log, machine)
+    _PENDING[:] = [(cfg, run)]
     for name, why in sources.items():
         if why not in ("you", "default"):
             log(f"{name} = {getattr(cfg, name)!r}  ({why})")
     log(
-        f"One step = {cfg.batch_size} prompts x {cfg.num_generations} generations; "
-        f"{cfg.epochs} epochs of {cfg.num_samples} prompts."
+        f"One step = {run.cfg.batch_size} prompts x {run.cfg.num_generations} generations; "
+        f"{run.cfg.epochs} epochs of {run.cfg.num_samples} prompts."
     )
-    from .memory import drive_need, model_shape
-    from .run_dir import on_drive
-
-    shape = model_shape(cfg.model, offline=True)
-    need = drive_need(cfg, shape) if shape else None
-    if need:
-        log(need.line(on_drive(cfg.output_dir)))
+    if run.folder.need:
+        log(run.folder.need.line(on_drive(run.folder.path)))
     return cfg
+
+
+# The parameters cell's start, (its config, its ``startup.Start``), for the baseline and training cells that
+# follow it; the training cell takes it, so running that cell again starts again (the folder has changed since).
+_PENDING: list = []
+
+
+def _start(cfg: TrainConfig, log, machine: dict | None = None):
+    """``startup.start`` with the notebook's rule for a folder holding a run (``run_dir.decide``): an unfinished one
+    goes on with its saved settings, a finished one stops "Run all" in one line."""
+    from .startup import start
+
+    try:
+        return start(cfg, on_unfinished="continue", machine=machine, log=log)
+    except FolderRefused as err:
+        raise NotebookStop(
+            f"{err.value} already holds a finished run: pick another run_name, or set overwrite = "
+            "True to train it again from scratch"
+        ) from None
+
+
+def _started(cfg: TrainConfig, log, take: bool):
+    """The start of ``cfg``: the parameters cell's (``take``: the training cell uses it up), or a new one."""
+    if _PENDING and _PENDING[0][0] is cfg:
+        run = _PENDING[0][1]
+        if take:
+            _PENDING.clear()
+        return run
+    run = _start(cfg, log)
+    if not take:
+        _PENDING[:] = [(cfg, run)]
+    return run
 
 
 # --- baseline, training, resume -------------------------------------------------------------------------
 
 
-def _matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
-    """Whether a saved baseline is this run's: its model, sampling and precision (``precision``: the run's)."""
-    sampling = (report or {}).get("sampling", {})
-    return (
-        bool(report)
-        and report.get("model") == cfg.model
-        and sampling.get("samples_per_prompt") == cfg.validation_samples
-        and sampling.get("max_new_tokens") == cfg.max_completion_length
-        and report.get("dtype", {}).get("precision") == precision
-    )
-
-
 def baseline_validation(cfg: TrainConfig, log=print) -> dict:
-    """The base model on the held-out prompts, before training (reused from the run folder when it is there).
+    """The base model on the held-out prompts, before training (reused from the run folder when
+    ``run_dir.saved_baseline`` says so, the rule ``run_training`` follows too).
 
     Measured as ``run_training`` measures it (``training.load_for_training``, ``training.measure_baseline``): the
     same weights, dtype and autocast as training's rollouts, so before and after compare fairly. ``train`` hands
     the report to ``run_training``, which writes ``baseline_validation.json`` (its one writer)."""
     from . import evaluation
-    from .training import detect_hardware, load_for_training, measure_baseline
+    from .run_dir import newest_files
+    from .startup import saved_baseline
+    from .training import load_for_training, measure_baseline
 
-    path = Path(cfg.output_dir) / BASELINE_FILE
-    report = read_json(path)
-    hardware = detect_hardware(cfg.precision)
-    if _matches(report, cfg, hardware["precision"]) and not cfg.overwrite:
-        log(f"Baseline from {path} (already measured for this run).")
+    run = _started(cfg, log, take=False)
+    report = saved_baseline(run)
+    if report is not None:
+        log(f"Baseline from {newest_files(run.folder) / BASELINE_FILE} (already measured for this run).")
     else:
-        model, tok = load_for_training(cfg, hardware)
-        report = measure_baseline(cfg, model, tok, hardware, log=log)
+        model, tok = load_for_training(run.cfg, run.hardware)
+        report = measure_baseline(run.cfg, model, tok, run.hardware, log=log)
         del model
     log(evaluation.summary_table({"baseline": report}))
     _show_answers(report, limit=4)
@@ -219,19 +231,9 @@ def stop_after(step: int):
 def train(
     cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
 ) -> dict | None:
-    """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell)."""
-    run_dir = Path(cfg.output_dir)
-    state = run_state(run_dir, cfg.work_dir)
-    if state == "finished" and not cfg.overwrite:
-        raise NotebookStop(
-            f"{run_dir} already holds a finished run: pick another run_name, or set overwrite = "
-            "True to train it again from scratch"
-        )
-    if state in ("unfinished", "started") and not cfg.overwrite:
-        log("This run folder holds an unfinished run: continuing it.")
-        return _continue(run_dir, state, live, stop_after_steps, log, current=cfg)
-    # overwrite: run_training removes the old run's checkpoints and results once it holds the folder's lock
-    return _run(cfg, baseline, live, stop_after_steps, log)
+    """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell):
+    the start decides (``make_config``'s, or a new one when this cell runs again)."""
+    return _run(_started(cfg, log, take=True), baseline, live, stop_after_steps, log)
 
 
 def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
@@ -239,6 +241,8 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
 
     Returns the training result, or None (with a message) when there is nothing to resume.
     """
+    from .startup import continue_with_saved
+
     run_dir = Path(run_dir)
     state = run_state(run_dir)
     if state == "new":
@@ -251,49 +255,26 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
         step = read_json(run_dir / FINAL_FILE, default={}).get("global_step", "?")
         log(f"Nothing to resume: the run in {run_dir} is finished (step {step}); its model and results are there.")
         return None
-    return _continue(run_dir, state, live, stop_after_steps, log)
-
-
-def _continue(run_dir: Path, state: str, live: bool, stop_after_steps: int, log, current: TrainConfig | None = None):
-    """An unfinished run, trained on with the settings it saved (``current``: the parameters cell's, which lose)."""
-    # Its settings: in the run folder, or only in the working folder when Drive failed before the first copy.
-    cfg = saved_config(run_dir) or saved_config(work_folder(run_dir, current.work_dir if current else None))
-    if cfg is None:
-        raise NotebookStop(f"{run_dir / CONFIG_FILE} is missing or unreadable: the run's settings are lost")
-    cfg = dataclasses.replace(cfg, output_dir=str(run_dir), resume_from_checkpoint="auto", overwrite=False)
-    if current is not None:
-        changed = [
-            f.name
-            for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("output_dir", "resume_from_checkpoint", "overwrite")
-            and getattr(current, f.name) != getattr(cfg, f.name)
-        ]
-        if changed:
-            log(
-                f"Note: {', '.join(changed)} differ from the run's saved settings; the run continues with its own "
-                "(use a new run_name to train with the new ones)."
-            )
-    if state == "started":
-        log("No checkpoint yet (it stopped in its first epoch): training this run again from step 0.")
-    return _run(cfg, read_json(run_dir / BASELINE_FILE), live, stop_after_steps, log)
+    cfg = continue_with_saved(run_dir, state, log)
+    return _run(_start(cfg, log), None, live, stop_after_steps, log)
 
 
 RESUME_CELL = "run the resume cell"
 
 
-def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
-    """``run_training`` with the notebook's callbacks: the live panel, and the simulated disconnect when asked.
-    The run folder is checked there, once (``run_dir.check``). The interrupt button (a SIGINT) and a full disk
-    stop "Run all" with one line saying how to go on (``NotebookStop``), as on the command line."""
+def _run(run, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
+    """``run_training`` of the start ``run`` with the notebook's callbacks: the live panel, and the simulated
+    disconnect when asked. The interrupt button (a SIGINT) and a full disk stop "Run all" with one line saying how
+    to go on (``NotebookStop``), as on the command line."""
     from .io import out_of_space
     from .plots import live_progress
     from .run_dir import disk_full_line
     from .training import CollapseStop, Stopped, run_training
 
-    callbacks = [live_progress(cfg.output_dir)] if live else []
+    callbacks = [live_progress(run.cfg.output_dir)] if live else []
     callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
     try:
-        result = run_training(cfg, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
+        result = run_training(run, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
     except Stopped as stop:
         raise NotebookStop(stop.line(RESUME_CELL)) from None
     except CollapseStop as err:  # the resume cell keeps the run's rate: a lower one is a new run
@@ -301,7 +282,7 @@ def _run(cfg: TrainConfig, baseline: dict | None, live: bool, stop_after_steps: 
     except Exception as err:
         if not out_of_space(err):
             raise
-        raise NotebookStop(disk_full_line(cfg, resume_with=RESUME_CELL)) from None
+        raise NotebookStop(disk_full_line(run.folder, resume_with=RESUME_CELL)) from None
     if result.get("copy_pending"):  # complete on this machine's disk; Drive failed at the end: say so, lose nothing
         log(
             f"The run is complete in {result['work_dir']} on this machine, but not yet in {result['output_dir']}: "

@@ -30,6 +30,7 @@ from pathlib import Path
 from .data import PROMPT_KINDS
 from .evaluation import RATE_KEYS
 from .io import read_json, read_json_lines, write_bytes_atomic
+from .lock import describe_holder, lock_holder
 from .rewards import highlight
 from .run_dir import (
     BASELINE_FILE,
@@ -38,8 +39,6 @@ from .run_dir import (
     HISTORY_FILE,
     REWARD_PLOT_FILE,
     WARNINGS_FILE,
-    describe_holder,
-    lock_holder,
 )
 
 

@@ -6,9 +6,11 @@ answers:
 * the names of the files a run writes (``CONFIG_FILE``, ``HISTORY_FILE``, ...), defined once;
 * ``state(out)``: 'new', 'started' (settings written, no checkpoint yet), 'unfinished' (checkpoints) or 'finished'
   (a trained model and its final validation), and what ``describe`` / ``unfinished_runs`` tell the notebook;
-* ``check(cfg)``: THE start-up check of the folder, once per start, before any model loads. It returns the
-  ``RunFolder``, the folder resolved once (the run folder, the working folder training writes to, their state,
-  later the checkpoint to resume) that the trainer, its callbacks, the mirror and the notebook receive: on Google
+* ``check(cfg)``: the start-up check of the folder (``startup.start`` calls it once per start, before any model
+  loads). It returns the ``RunFolder``, the folder resolved once (the run folder, the working folder training
+  writes to, their state, what this start does with it (``decide``: new, continue, overwrite or refuse, one rule
+  for the command line and the notebook), its disk need, later the checkpoint to resume) that the trainer, its
+  callbacks, the mirror and the notebook receive: on Google
   Drive or another FUSE or network file system (``file_system_type``) the run trains in a working folder on local
   disk (``work_folder``) and ``mirror.Mirror`` copies it to the run folder. It raises
   ``ConfigError`` (one line: flag, value, what is allowed) for a file in the way, a finished run without
@@ -34,34 +36,27 @@ answers:
   from the newest checkpoint back to the newest intact one; damaged ones are renamed ``checkpoint-N.damaged``
   (moved aside, never deleted);
 * checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact;
-* one writer per folder (``writer_lock``): the run holds ``.musclebob.lock`` from before it writes anything to its
-  end, and a second run on the folder is refused in one line naming the holder (see ``RunLock`` for the rule);
-  readers (evaluation, the plot and compare notebooks) never take it.
+* a second run on a folder that another run is writing is refused (``lock.lock_holder``; the lock is ``lock.py``'s).
 
 Importing it is cheap (torch, transformers and the model's shape load only when a check needs them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, TrainConfig, as_typed, config_from_dict, steps_per_epoch
-from .io import TEMP_GLOB, give_umask_mode, owner_gone, owner_record, read_json, write_json_atomic
+from .io import TEMP_GLOB, give_umask_mode, read_json, write_json_atomic
+from .lock import LOCK_FILE, RunLock, lock_holder
 
 if TYPE_CHECKING:
     from .memory import DriveNeed
@@ -85,9 +80,6 @@ MANIFEST_FILE = "musclebob_manifest.json"  # in each checkpoint-N: every file's 
 DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
 COPYING_PREFIX = ".copying-"  # a checkpoint being copied into the run folder (mirror.py): renamed once verified
-LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
-LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
-LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
@@ -727,18 +719,15 @@ def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
         )
 
 
-def disk_full_line(cfg: TrainConfig, folder: RunFolder | None = None, resume_with: str = "") -> str:
+def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
     """The one line for a run that ran out of space (``io.out_of_space``): the folder training writes (the working
-    folder of a mirrored run: a full Drive only holds the copy back, see ``mirror``), what the run needs there and
-    what is free, and how to go on (``resume_with``: the CLI's flag or the notebook's resume cell). Never raises:
-    a disk that fails every call (a quota, a dead mount) says the free space is unknown."""
-    from .memory import GB, drive_need, model_shape
+    folder of a mirrored run: a full Drive only holds the copy back, see ``mirror``), what the run needs there
+    (``folder.need``, from the start) and what is free, and how to go on (``resume_with``: the CLI's flag or the
+    notebook's resume cell). Never raises: a disk that fails every call (a quota, a dead mount) says the free
+    space is unknown."""
+    from .memory import GB
 
-    out = folder.work if folder is not None else folder_path(cfg.output_dir)
-    need = folder.need if folder is not None else None
-    if need is None:
-        shape = model_shape(cfg.model, offline=True)
-        need = drive_need(cfg, shape) if shape else None
+    out, need = folder.work, folder.need
 
     def size(n: int) -> str:  # a full disk has megabytes left, the tiny model's run needs a few dozen
         return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
@@ -840,6 +829,33 @@ def newest_files(folder: RunFolder) -> Path:
     steps = [max((checkpoint_step(c) or 0 for c in list_checkpoints(f)), default=-1) for f in folder.folders()]
     local = (folder.work / CONFIG_FILE).exists() or (folder.work / FINAL_FILE).exists()
     return folder.work if local and steps[0] >= steps[1] else folder.path
+
+
+def baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
+    """Whether a baseline report was measured for this run: its model, sampling and precision (the run's)."""
+    sampling = (report or {}).get("sampling", {})
+    return (
+        bool(report)
+        and report.get("model") == cfg.model
+        and sampling.get("samples_per_prompt") == cfg.validation_samples
+        and sampling.get("max_new_tokens") == cfg.max_completion_length
+        and report.get("dtype", {}).get("precision") == precision
+    )
+
+
+def saved_baseline(folder: RunFolder, cfg: TrainConfig, precision: str) -> dict | None:
+    """The baseline validation a start reuses instead of measuring it again (None: measure it), for the notebook's
+    baseline cell and ``training.run_training`` alike; only ``run_training`` writes ``BASELINE_FILE``.
+
+    A continued run keeps the baseline it measured (its final validation compares with that one, whatever changed
+    on resume); any other start reuses one measured for the same model, sampling and precision (``baseline_matches``),
+    except ``--overwrite``, which starts over."""
+    if folder.action == "overwrite":
+        return None
+    report = read_json(newest_files(folder) / BASELINE_FILE)
+    if not isinstance(report, dict) or not report:
+        return None
+    return report if folder.action == "continue" or baseline_matches(report, cfg, precision) else None
 
 
 def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
@@ -955,273 +971,62 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
     return need
 
 
-# --- one writer per run folder ---------------------------------------------------------------------------
-
-
-def _flock(fd: int, flags: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: the record alone decides
-        raise OSError(errno.ENOSYS, "no flock here") from None
-    fcntl.flock(fd, flags)
-
-
-def _read_lock(path: Path, tries: int = 3) -> dict | None:
-    """The holder's record in a lock file (None: no file; {} unreadable, e.g. caught mid-write)."""
-    for attempt in range(tries):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            return record if isinstance(record, dict) else {}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            if attempt < tries - 1:
-                time.sleep(0.05)  # the holder writes it in one go: a second look sees it whole
-    return {}
-
-
-def _record_live(record: dict, path: Path) -> bool:
-    """The rule for a holder that flock cannot vouch for (another machine, or a file system without flock).
-
-    Live while its heartbeat is recent (under ``LOCK_STALE_SECONDS``) and, on this host, its pid still runs. An
-    unreadable record is live while the file itself is that recent (being written). A record with this process's
-    own pid is live only if this process holds that lock now (else it is a restarted kernel's leftover: a new
-    kernel can get the old one's pid).
-    """
-    now = time.time()
-    if not record:
-        try:
-            return now - path.stat().st_mtime < LOCK_STALE_SECONDS
-        except OSError:
-            return False
-    heartbeat = record.get("heartbeat")
-    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= LOCK_STALE_SECONDS:
-        return False
-    if record.get("host") == socket.gethostname():
-        if record.get("pid") == os.getpid():
-            return any(lock.record.get("token") == record.get("token") for lock in _HELD_HERE)
-        return not owner_gone(record)
-    return True
-
-
-def describe_holder(record: dict | None) -> str:
-    """'pid 123 on host abc, started 2026-11-29 06:55 UTC, last heartbeat 12 s ago' (what a refusal names)."""
-    if not record:
-        return "a run whose lock record is unreadable"
-    parts = [f"pid {record.get('pid', '?')} on host {record.get('host', '?')}"]
-    if isinstance(record.get("started"), (int, float)):
-        parts.append("started " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["started"])))
-    if isinstance(record.get("heartbeat"), (int, float)):
-        parts.append(f"last heartbeat {max(0, round(time.time() - record['heartbeat']))} s ago")
-    return ", ".join(parts)
-
-
-def lock_holder(folder: str | Path) -> dict | None:
-    """Who is writing ``folder`` now (its lock record; {} when unreadable), or None. Writes nothing: a reader's
-    question, and the start-up check's (``check``) before a run touches the folder."""
-    path = folder_path(folder) / LOCK_FILE
-    if os.path.realpath(path.parent) in _HELD:
-        return None  # this process holds it (the notebook's train() around run_training)
-    record = _read_lock(path)
-    if record is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None  # gone meanwhile: released
-    try:
-        _flock(fd, _LOCK_EX_NB)
-    except BlockingIOError:
-        return record  # a live process on this machine holds it
-    except OSError:
-        pass  # no flock on this file system: the record alone decides
-    else:
-        _flock(fd, _LOCK_UN)
-        if not record:
-            return None  # unlocked and unreadable: a run killed before it wrote its record
-    finally:
-        os.close(fd)
-    return record if _record_live(record, path) else None
-
-
-def being_written(folder: str | Path) -> str | None:
-    """Why a reader should not take ``folder``'s model now (None: no run is writing it). A run holding the folder may
-    have written none of its final model yet, or (``--overwrite``) still hold the previous run's."""
-    holder = lock_holder(folder) if Path(folder).is_dir() else None
-    if holder is None:
-        return None
-    return (
-        f"a run is still writing this folder ({describe_holder(holder)}); its model is final only once that run "
-        "ends: wait for it to finish"
-    )
-
-
-_LOCK_EX_NB = 2 | 4  # fcntl.LOCK_EX | fcntl.LOCK_NB (fcntl is imported only where it is used: not on Windows)
-_LOCK_UN = 8
-_HELD: dict[str, RunLock] = {}  # the folders this process writes (realpath -> its lock), by writer_lock
-_HELD_HERE: list[RunLock] = []  # every lock this process holds now
-
-
-class RunLock:
-    """The lock of a run folder: ``.musclebob.lock``, held by the run's main process from before it writes anything
-    to its end (released on any exception; accelerate's other ranks do not take it).
-
-    * An OS lock (``fcntl.flock``) on the file: it dies with its process, so a SIGKILLed run never leaves a stale
-      lock behind (its record names a dead pid), and two runs starting together cannot both get it.
-    * The file holds the holder's record (host, pid, start, a heartbeat rewritten every ``LOCK_HEARTBEAT_SECONDS``),
-      so a refusal names who holds it, and for what flock cannot see: another machine on a shared folder (two Colab
-      runtimes on one Google Drive; flock is per machine), or a file system that refuses flock (then the record is
-      the lock, created exclusively). Such a holder counts while its heartbeat is under ``LOCK_STALE_SECONDS`` old
-      and, on this host, its pid runs; after that it is stale and the next run takes the folder over.
-    * Released: the file is removed, then the OS lock dropped.
-    """
-
-    def __init__(self, folder: str | Path, shown: str | None = None):
-        self.folder = folder_path(folder)
-        self.path = self.folder / LOCK_FILE
-        self.shown = str(folder) if shown is None else shown  # the --output-dir the user typed, for the refusal
-        self.fd: int | None = None
-        self.record: dict = {}
-        self.uses_flock = False
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
-
-    def refusal(self, record: dict | None) -> ConfigError:
-        return ConfigError(
-            "output_dir",
-            self.shown,
-            f"another run is writing to it ({describe_holder(record)}); wait for it to finish, or pick another "
-            f"--output-dir (the lock of a run that died is free at once on its own machine, from another one "
-            f"{LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
-        )
-
-    def acquire(self, attempts: int = 5) -> RunLock:
-        """Create the folder, take the lock; ``ConfigError`` (one line, naming the holder) when another run has it."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for attempt in range(attempts):
-            try:
-                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(self.path, os.O_RDWR), False
-                except FileNotFoundError:
-                    continue  # released between the two opens
-            try:
-                _flock(fd, _LOCK_EX_NB)
-                self.uses_flock = True
-            except BlockingIOError:
-                os.close(fd)
-                if attempt == attempts - 1:
-                    raise self.refusal(_read_lock(self.path)) from None
-                time.sleep(0.1)  # a reader's peek (lock_holder) holds it for an instant
-                continue
-            except OSError as err:
-                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF):
-                    os.close(fd)
-                    raise
-            if not _same_file(fd, self.path):
-                os.close(fd)  # the holder released (and removed) it between our open and our flock: start again
-                continue
-            if not created:
-                # Unlocked, yet the record may live: another machine's run, or a file system whose flock does not
-                # lock (some FUSE mounts accept it and do nothing). A killed run's record is stale by its dead pid;
-                # one unreadable is stale too once flock vouches that nobody here holds the file.
-                record = _read_lock(self.path)
-                if (record if self.uses_flock else record is not None) and _record_live(record, self.path):
-                    os.close(fd)
-                    raise self.refusal(record)
-            self.fd = fd
-            self.record = {**owner_record(), "heartbeat": int(time.time()), "token": secrets.token_hex(8)}
-            try:
-                self._write()
-            except OSError:  # a full disk: the caller says so in one line; no half lock is left behind
-                if created:
-                    self.path.unlink(missing_ok=True)
-                os.close(fd)
-                self.fd = None
-                raise
-            if not self.uses_flock and not created:
-                time.sleep(0.2)  # two runs taking over one stale record: the last writer wins, the other sees it
-                if (_read_lock(self.path) or {}).get("token") != self.record["token"]:
-                    os.close(fd)
-                    self.fd = None
-                    raise self.refusal(_read_lock(self.path))
-            _HELD_HERE.append(self)
-            self._beat = threading.Thread(target=self._heartbeat, name="musclebob-lock-heartbeat", daemon=True)
-            self._beat.start()
-            return self
-        raise self.refusal(_read_lock(self.path))
-
-    def _write(self) -> None:
-        """The record, in place (the file is the flock'ed one: a rename would replace it); the heartbeat is a whole
-        number of seconds, so the text keeps its length and a reader never sees a shorter one's leftovers."""
-        text = json.dumps(self.record, sort_keys=True).encode() + b"\n"
-        os.pwrite(self.fd, text, 0)
-        os.ftruncate(self.fd, len(text))
-        os.fsync(self.fd)  # another machine reads it through the shared file system
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
-            self.record["heartbeat"] = int(time.time())
-            try:
-                self._write()
-            except OSError:
-                pass  # a full or flaky disk: the run itself will say so; the lock stays held
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        self._stop.set()
-        if self._beat is not None:
-            self._beat.join(timeout=5)
-        try:
-            if (_read_lock(self.path) or {}).get("token") == self.record.get("token"):
-                self.path.unlink()  # still ours (a fallback record may have been taken over after a long stall)
-        except OSError:
-            pass
-        try:
-            os.close(self.fd)  # drops the flock
-        except OSError:
-            pass  # the run folder's file system is gone (a Drive disconnect): the lock went with it
-        self.fd = None
-        _HELD_HERE.remove(self)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == path.stat().st_ino
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def writer_lock(folder: str | Path, shown: str | None = None):
-    """Hold the run folder's lock (``RunLock``) for the block; a block inside one of this process that holds it
-    already (the notebook's train() around run_training) just goes on."""
-    key = os.path.realpath(folder_path(folder))
-    if key in _HELD:
-        yield _HELD[key]
-        return
-    try:
-        lock = RunLock(folder, shown).acquire()
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise  # a full disk: the caller's one line for it (io.out_of_space) names the free space
-        raise ConfigError(
-            "output_dir",
-            shown or str(folder),
-            f"it cannot be written ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell) "
-            "and run this again",
-        ) from None
-    _HELD[key] = lock
-    try:
-        yield lock
-    finally:
-        del _HELD[key]
-        lock.release()
-
-
 # --- the start-up check ----------------------------------------------------------------------------------
+
+
+FOLDER_ACTIONS = ("new", "continue", "overwrite", "refuse")
+
+
+def decide(cfg: TrainConfig, found: str, local_only: bool = False, continue_unfinished: bool = False) -> str:
+    """What a start does with the run folder it found in state ``found`` (``combined_state``), one of
+    ``FOLDER_ACTIONS``; the one rule the command line and the notebook share:
+
+    * 'new': nothing to keep (a new folder; on the command line also one stopped before its first checkpoint,
+      trained again from step 0 with the settings given);
+    * 'continue': a resume (``--resume-from-checkpoint``; a finished run's resume only finishes its copy);
+    * 'overwrite': ``--overwrite`` clears the previous run once the folder is locked;
+    * 'refuse': a finished run, and on the command line an unfinished one, without either flag.
+
+    ``continue_unfinished`` is the notebook's rule for a folder with an unfinished run in it (or one finished
+    only in its working folder, whose copy the resume finishes): rerunning the training cell continues it with
+    its saved settings (``startup.start``) where the command line asks for ``--resume-from-checkpoint auto``."""
+    if found == "new":
+        return "new"
+    if cfg.resume_from_checkpoint is not None:
+        return "continue"
+    if cfg.overwrite:
+        return "overwrite"
+    if found == "finished" and not local_only:
+        return "refuse"
+    if continue_unfinished:
+        return "continue"
+    return "new" if found == "started" else "refuse"
+
+
+class FolderRefused(ConfigError):
+    """``decide`` said 'refuse': the one line names the flags that take the folder (the notebook says it its way)."""
+
+    def __init__(self, output_dir: str, found: str, local_only: bool, work: Path):
+        if local_only:
+            allowed = (
+                f"its run finished in the working folder {work} but was not all copied here yet; pass "
+                "--resume-from-checkpoint auto to finish the copy, --overwrite to start over, or another --output-dir"
+            )
+        elif found == "finished":
+            allowed = (
+                "it already holds a finished model; pass --overwrite, --resume-from-checkpoint auto, or another "
+                "--output-dir"
+            )
+        else:
+            allowed = (
+                "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to continue it, "
+                "--overwrite to start over, or another --output-dir"
+            )
+        self.found, self.local_only, self.work = found, local_only, work
+        super().__init__("output_dir", output_dir, allowed)
+
+    def __reduce__(self):
+        return type(self), (self.value, self.found, self.local_only, self.work)
 
 
 @dataclass(frozen=True)
@@ -1242,6 +1047,7 @@ class RunFolder:
     need: DriveNeed | None  # the run's disk need; None when the model's shape is not known before loading it
     fs_type: str = ""  # the run folder's file system (``/proc/mounts``), e.g. 'ext4', 'fuse.drive'
     resume: Path | None = None
+    action: str = "new"  # what this start does with the folder (``decide``): 'new', 'continue' or 'overwrite'
 
     @property
     def mirrored(self) -> bool:
@@ -1258,13 +1064,13 @@ class RunFolder:
 
 
 def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:
-    """THE start-up check of the run folder (after ``config.validate_config``, before any model loads); returns
-    the ``RunFolder`` the rest of the start uses.
+    """The start-up check of the run folder (``startup.start``'s, after ``config.validate_config``, before any model
+    loads); returns the ``RunFolder`` the rest of the start uses.
 
     Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
     file where the folder should be, another run writing the folder (``writer``: the process that will write it;
     accelerate's other ranks pass False, their main process may hold the lock already), a finished run
-    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``), a folder (or working folder) that
+    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``; ``FolderRefused``), a folder (or working folder) that
     cannot be written or has too little free space, a disk too small for the run, a damaged explicit checkpoint,
     a resume with other settings or fewer epochs than trained. Disk probes come last. A run folder whose file
     system fails while it is checked (a Drive disconnect) is one line too: nothing can start there until it answers.
@@ -1298,28 +1104,12 @@ def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
         # a run's working folder is emptied at the end: never one that holds the user's own files
         raise ConfigError("work_dir", cfg.work_dir, "an empty folder, or the working folder of this same run")
     found, local_only = combined_state(out, work)
-    if found == "finished" and r is None and not cfg.overwrite:
-        if local_only:
-            raise ConfigError(
-                "output_dir",
-                cfg.output_dir,
-                f"its run finished in the working folder {work} but was not all copied here yet; pass "
-                "--resume-from-checkpoint auto to finish the copy, --overwrite to start over, or another --output-dir",
-            )
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it already holds a finished model; pass --overwrite, "
-            "--resume-from-checkpoint auto, or another --output-dir",
-        )
-    if found == "unfinished" and r is None and not cfg.overwrite:
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            "it holds checkpoints of an unfinished run; pass --resume-from-checkpoint auto to "
-            "continue it, --overwrite to start over, or another --output-dir",
-        )
-    folder = RunFolder(shown=cfg.output_dir, path=out, work=work, state=found, need=None, fs_type=fs_type)
+    action = decide(cfg, found, local_only)
+    if action == "refuse":
+        raise FolderRefused(cfg.output_dir, found, local_only, work)
+    folder = RunFolder(
+        shown=cfg.output_dir, path=out, work=work, state=found, action=action, need=None, fs_type=fs_type
+    )
     problem = output_location_problem(cfg.output_dir)
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)

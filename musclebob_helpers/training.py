@@ -30,8 +30,8 @@ from .config import (
     recommend_preset,
     report_to,
     steps_per_epoch,
-    validate_config,
 )
+from .lock import writer_lock
 from .io import give_umask_mode, json_list_item, read_json, write_json_atomic, write_json_list_atomic
 from .lora import lora_config, quantization_config
 from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers, epoch_ended
@@ -66,6 +66,13 @@ def detect_hardware(precision: str = "auto") -> dict:
         }
     hw["recommended_preset"] = recommend_preset(hw)
     return hw
+
+
+def with_precision(hardware: dict, precision: str) -> dict:
+    """``hardware`` (a ``detect_hardware``) with the precision for ``precision`` (``--precision``) on it."""
+    capability = hardware.get("compute_capability")
+    major_minor = tuple(int(n) for n in capability.split(".")) if capability else None
+    return {**hardware, "precision": precision_for(hardware["device"], major_minor, precision)}
 
 
 def process_state():
@@ -570,14 +577,13 @@ def trainer_class():
     return _TRAINER_CLASS
 
 
-def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=(), trainer_cls=None):
-    """A GRPO trainer on the run's prompts (``data.build_train_rows``) and rewards, with ``args`` (``grpo_args``)
-    and ``cfg``'s LoRA adapter: ``trainer_class()`` in a run (``build_trainer`` adds the project's callbacks);
-    the benchmarks pass TRL's own ``GRPOTrainer`` to time it bare."""
+def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=()):
+    """A GRPO trainer (``trainer_class()``) on the run's prompts (``data.build_train_rows``) and rewards, with
+    ``args`` (``grpo_args``) and ``cfg``'s LoRA adapter; ``build_trainer`` adds the project's callbacks."""
     from datasets import Dataset
 
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
-    trainer = (trainer_cls or trainer_class())(
+    trainer = trainer_class()(
         model=model,
         reward_funcs=make_reward_functions(cfg.reward, evaluation.eos_ids(model, tokenizer)),
         args=args,
@@ -1072,50 +1078,35 @@ class GracefulStop:
         raise Stopped(self.signum, step, self.state.max_steps, str(saved) if saved else None)
 
 
-def run_training(
-    cfg: TrainConfig,
-    log=print,
-    callbacks=(),
-    baseline: dict | None = None,
-    checked: run_dir.RunFolder | None = None,
-    remount=None,
-) -> dict:
+def run_training(run, log=print, callbacks=(), baseline: dict | None = None, remount=None) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
-    ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests' fault injection).
-    ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not redone.
-    ``checked``: the run folder as the start-up check resolved it (``run_dir.check``) when the caller made it (the
-    CLI and the notebook do, before anything else); without it the values and the folder are checked here.
-    ``remount``: how to remount the run folder's file system (Colab's Drive), tried once before the mirror's final
-    copy gives up.
+    ``run``: the run's ``startup.Start`` (``startup.start(cfg)``: the values, folder, model and hardware checked
+    once, before this). ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests'
+    fault injection). ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not
+    redone. ``remount``: how to remount the run folder's file system (Colab's Drive), tried once before the
+    mirror's final copy gives up.
 
     SIGINT and SIGTERM stop it gracefully (``GracefulStop``): ``Stopped`` is raised, the run folder resumable.
     The result's ``copy_pending`` (None when the run folder holds everything) says why a mirrored run folder could
     not get the whole run: it is then complete in ``work_dir``, and ``--resume-from-checkpoint auto`` copies it.
     """
+    cfg, folder, hardware, procs = run.cfg, run.folder, run.hardware, run.procs
     stop = GracefulStop()
     with stop.handlers():
         # Under `accelerate launch` every process runs this function: all of them train and validate (no
         # process waits on another outside the trainer's own collectives), only the main one writes and logs.
-        procs = process_state()
-        if checked is None:  # tests and the benchmarks come here without the CLI or the notebook
-            validate_config(cfg, num_processes=procs.num_processes)
-            checked = run_dir.check(cfg, writer=procs.is_main_process)
         main = procs.is_main_process
         if not main:
             log = _quiet
-        hardware = detect_hardware(cfg.precision)  # --precision decided here, once, and handed down
-        check_hardware_support(cfg, hardware)  # refuse 4-bit / vLLM here before any file is written
-        if str(checked.path) != str(run_dir.expand_path(cfg.output_dir)):
-            cfg = dataclasses.replace(cfg, output_dir=str(checked.path))  # out/a/../b is out/b: no empty out/a made
         # One writer per folder: the lock is taken (creating the folder) before anything in it is written or
         # deleted, and released at the end, or on any exception. Only the main process writes, so only it takes it.
         with contextlib.ExitStack() as held:
             if main:
-                held.enter_context(run_dir.writer_lock(checked.path, shown=checked.shown))
-                if checked.mirrored:  # and its working folder: two runs given one --work-dir would mix their files
-                    held.enter_context(run_dir.writer_lock(checked.work, shown=checked.shown))
-            result = _train(cfg, procs, hardware, checked, log, [*callbacks, stop.callback()], baseline, stop, remount)
+                held.enter_context(writer_lock(folder.path, shown=folder.shown))
+                if folder.mirrored:  # and its working folder: two runs given one --work-dir would mix their files
+                    held.enter_context(writer_lock(folder.work, shown=folder.shown))
+            result = _train(cfg, procs, hardware, folder, log, [*callbacks, stop.callback()], baseline, stop, remount)
             if main and cfg.push_to_hub:  # at the very end: a failed push is one line, the run stays complete
                 from .share import push_after_run
 
@@ -1132,7 +1123,7 @@ def _prepare_folders(cfg: TrainConfig, folder: run_dir.RunFolder, log) -> None:
             log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
         for name in run_dir.remove_leftover_deletions(place):
             log(f"Removed {name}: an old checkpoint whose deletion or copy an interruption cut short.")
-        if cfg.overwrite and cfg.resume_from_checkpoint is None and folder.state != "new":
+        if folder.action == "overwrite":
             removed = run_dir.clear_run(place)
             if removed:
                 log(f"--overwrite: removed the previous run's {', '.join(removed)} in {place}.")
@@ -1229,8 +1220,8 @@ def load_for_training(cfg: TrainConfig, hardware: dict, device: str | None = Non
 
 def measure_baseline(cfg: TrainConfig, model, tokenizer, hardware: dict, log=print) -> dict:
     """The baseline validation (held-out prompts, before training) of a model from ``load_for_training``, in the
-    run's precision: what ``run_training`` measures, and the notebook's baseline cell. Only ``run_training`` writes
-    it (``baseline_validation.json``)."""
+    run's precision: what ``run_training`` measures, and the notebook's baseline cell, when no saved one is reused
+    (``run_dir.saved_baseline``). Only ``run_training`` writes it (``baseline_validation.json``)."""
     log("Baseline validation (held-out prompts, before training) ...")
     return evaluation.validate(
         model,
@@ -1319,8 +1310,8 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         )
     val_rows = data.validation_rows()
 
-    if baseline is None and resume:
-        baseline = read_json(out / BASELINE_FILE)
+    if baseline is None:
+        baseline = run_dir.saved_baseline(folder, cfg, hardware["precision"])
     if baseline is None:
         baseline = measure_baseline(cfg, model, tokenizer, hardware, log=log)
     if main:  # the one writer of baseline_validation.json (the notebook's baseline cell hands its report here)

@@ -249,8 +249,8 @@ def _with_callback(point: str, step: int) -> None:
 
     real_run_training = training.run_training
 
-    def run_training(cfg, log=print, callbacks=(), **kwargs):
-        return real_run_training(cfg, log=log, callbacks=[fault_callback(point, step), *callbacks], **kwargs)
+    def run_training(run, log=print, callbacks=(), **kwargs):
+        return real_run_training(run, log=log, callbacks=[fault_callback(point, step), *callbacks], **kwargs)
 
     training.run_training = run_training
 

@@ -18,8 +18,8 @@ PROG = "train_musclebob_improved.py"
 
 
 def parse(argv):
-    """(config, where each value came from); the run folder's check runs too (its refusals exit 2)."""
-    return config_from_args(argv, PROG, "test")[:2]
+    """(config, where each value came from): the flags only (the start checks the rest: ``BAD`` below)."""
+    return config_from_args(argv, PROG, "test")
 
 
 def test_each_flag_reaches_the_config(tmp_path, monkeypatch):
@@ -361,13 +361,20 @@ def test_bad_value_from_the_real_script_is_exit_code_2(tmp_path):
 
 
 def test_a_used_folder_is_taken_when_asked(tmp_path):
-    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it."""
+    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it, and the
+    start says what it does with the run there (``run_dir.decide``)."""
+    from musclebob_helpers.startup import start
+
+    def action(argv):
+        return start(parse(["--model", "tiny", *argv])[0], log=lambda *a: None).folder.action
+
     _finished(tmp_path / "done")
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--overwrite"])
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--resume-from-checkpoint", "auto"])
+    assert action(["--output-dir", str(tmp_path / "done"), "--overwrite"]) == "overwrite"
+    assert action(["--output-dir", str(tmp_path / "done"), "--resume-from-checkpoint", "auto"]) == "continue"
     _with_checkpoint(tmp_path / "unfinished")
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--resume-from-checkpoint", "auto"])
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--overwrite"])
+    assert action(["--output-dir", str(tmp_path / "unfinished"), "--resume-from-checkpoint", "auto"]) == "continue"
+    assert action(["--output-dir", str(tmp_path / "unfinished"), "--overwrite"]) == "overwrite"
+    assert action(["--output-dir", str(tmp_path / "new")]) == "new"
 
 
 @pytest.mark.slow  # a fresh process: what --help imports

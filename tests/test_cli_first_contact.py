@@ -63,9 +63,9 @@ def test_a_flag_like_no_other_gets_no_guess(train):
 
 def test_lr_is_the_learning_rate_and_no_longer_a_prefix_of_the_scheduler(tmp_path):
     out = ["--model", "tiny", "--output-dir", str(tmp_path / "out")]
-    cfg, sources, _ = config_from_args([*out, "--lr", "1e-4"], PROG, "test")
+    cfg, sources = config_from_args([*out, "--lr", "1e-4"], PROG, "test")
     assert cfg.learning_rate == 1e-4 and sources["learning_rate"] == "you" and cfg.lr_scheduler == "cosine"
-    cfg, _, _ = config_from_args([*out, "--lr=2e-4"], PROG, "test")
+    cfg, _ = config_from_args([*out, "--lr=2e-4"], PROG, "test")
     assert cfg.learning_rate == 2e-4
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError
+from musclebob_helpers.lock import RunLock
 
 
 def snapshot(folder: Path) -> dict:
@@ -103,7 +104,7 @@ def test_a_run_folder_still_being_written_is_not_read_as_a_model(tmp_path, model
 
     run = models["whole"]
     (run / run_dir.FINAL_FILE).write_text(json.dumps({"global_step": 4}))  # the previous run's, finished
-    lock = run_dir.RunLock(run).acquire()
+    lock = RunLock(run).acquire()
     try:
         before = snapshot(tmp_path)
         with pytest.raises(ConfigError, match="trained_model=.*a run is still writing this folder \\(pid"):
@@ -149,7 +150,7 @@ def test_the_plot_notebook_draws_damaged_runs_partially_with_a_note(tmp_path):
     from musclebob_helpers import plots
 
     runs = damaged_runs(tmp_path)
-    lock = run_dir.RunLock(runs["training"]).acquire()  # a run still writing its folder
+    lock = RunLock(runs["training"]).acquire()  # a run still writing its folder
     try:
         before = snapshot(tmp_path)
         # the notebook's cells, in order (what they call), on every damaged run at once

@@ -25,6 +25,7 @@ from musclebob_helpers.run_dir import (
     select_checkpoint,
 )
 from musclebob_helpers.memory import GB, drive_need, model_config, model_shape
+from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -180,20 +181,20 @@ def test_the_cli_prints_the_need_and_refuses_with_exit_2(tmp_path, monkeypatch, 
     assert len(err) == 1 and "needs about 17.8 GB" in err[0] and "--lora" in err[0]
 
 
-def test_make_config_prints_the_need_and_train_refuses_a_run_that_does_not_fit(tmp_path, monkeypatch):
+def test_make_config_prints_the_need_and_the_start_refuses_a_run_that_does_not_fit(tmp_path, monkeypatch):
+    from musclebob_helpers import evaluation
     from musclebob_helpers import notebook as nb
 
-    import musclebob_helpers.cli as cli
-
-    monkeypatch.setattr(cli, "check_model_loadable", lambda m: None)
+    monkeypatch.setattr(evaluation, "check_model_loadable", lambda *a: None)
     lines = []
     nb.make_config(log=lines.append, model=QWEN, lora=True, output_dir=str(tmp_path / "run"))
     assert any(line.startswith("Disk need of this run: 0.") for line in lines), lines
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(1 * GB)))
-    cfg = nb.make_config(log=lines.append, model=QWEN, output_dir=str(tmp_path / "run"))  # the values are fine
     with pytest.raises(ConfigError, match="needs about 17.8 GB"):  # the folder is checked once, at the start
-        nb.train(cfg, live=False, log=lines.append)
+        nb.make_config(log=lines.append, model=QWEN, output_dir=str(tmp_path / "run"))  # the notebook's start
+    with pytest.raises(ConfigError, match="needs about 17.8 GB"):  # the training cell run alone starts again
+        nb.train(TrainConfig(model=QWEN, output_dir=str(tmp_path / "run")), live=False, log=lines.append)
     assert not (tmp_path / "run").exists()
 
 
@@ -280,7 +281,7 @@ def test_a_real_grpo_run_matches_its_printed_need(tmp_path):
         output_dir=str(tmp_path / "run"),
     )
     lines = []
-    run_training(cfg, log=lines.append)
+    run_training(start(cfg), log=lines.append)
     need = drive_need(cfg)
     assert need.line() in lines and "Removed checkpoint-2 (keeping the newest 2" in " ".join(map(str, lines))
     ckpts = list_checkpoints(tmp_path / "run")

@@ -28,6 +28,7 @@ from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.plots import load_completions
 from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, select_checkpoint
+from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -730,7 +731,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path,
         validation_samples=1,
     )
     with pytest.raises(ConfigError, match="another architecture.*hidden_size 256"):
-        run_training(cfg, log=lambda *a: None)
+        run_training(start(cfg), log=lambda *a: None)
     assert not (out / "model.safetensors").exists()
 
 
@@ -840,7 +841,7 @@ def test_resume_with_other_settings_is_refused_unless_asked(tmp_path):
 def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
     import transformers
 
-    from musclebob_helpers import cli, evaluation, training
+    from musclebob_helpers import evaluation, training
 
     seen = {}
 
@@ -852,9 +853,9 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake_config)
     with pytest.raises(ConfigError, match="--trust-remote-code only if you trust"):
-        cli.check_model_loadable("someone/custom-model")
+        evaluation.check_model_loadable("someone/custom-model")
     assert seen["trust"] is False
-    cli.check_model_loadable("someone/custom-model", trust_remote_code=True)
+    evaluation.check_model_loadable("someone/custom-model", trust_remote_code=True)
     assert seen["trust"] is True
 
     class Loaded(Exception):
@@ -868,7 +869,7 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
     for flag in (False, True):
         with pytest.raises(Loaded):
             training.run_training(
-                TrainConfig(model="tiny", output_dir=str(tmp_path / str(flag)), trust_remote_code=flag),
+                start(TrainConfig(model="tiny", output_dir=str(tmp_path / str(flag)), trust_remote_code=flag)),
                 log=lambda *a: None,
             )
         assert seen["load"] is flag

@@ -14,6 +14,7 @@ import pytest
 
 from musclebob_helpers import io, run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
+from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +77,7 @@ def test_a_path_through_dotdot_makes_no_folder_on_the_way(tmp_path, monkeypatch)
     monkeypatch.setattr(evaluation, "load_model", load_model)
     with pytest.raises(Loaded):
         run_training(
-            TrainConfig(model="tiny", output_dir=str(tmp_path / "out" / "a" / ".." / "b")), log=lambda *a: None
+            start(TrainConfig(model="tiny", output_dir=str(tmp_path / "out" / "a" / ".." / "b"))), log=lambda *a: None
         )
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["out", "out/b"]
     assert run_dir.folder_path("x/y") == Path("x/y")  # no '..': as written

@@ -3,12 +3,13 @@ widget panel rereading a growing file), the comparison's highlighting, and the t
 decisions (fresh run, rerun, finished run, nothing to resume, bad parameters). No kernel, no training."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from musclebob_helpers import compare, plots
+from musclebob_helpers import compare, plots, run_dir
 from musclebob_helpers import notebook as nb
 from musclebob_helpers.config import TINY_DEFAULTS, ConfigError, TrainConfig
 from musclebob_helpers.io import write_json_atomic
@@ -170,7 +171,7 @@ def recorded_training(monkeypatch):
     monkeypatch.setattr(
         training,
         "run_training",
-        lambda cfg, log=print, callbacks=(), baseline=None, remount=None: seen.append(cfg) or {"global_step": 1},
+        lambda run, log=print, callbacks=(), baseline=None, remount=None: seen.append(run.cfg) or {"global_step": 1},
     )
     return seen
 
@@ -247,13 +248,21 @@ def test_baseline_is_reused_when_it_matches(tmp_path):
         "sampling": {"samples_per_prompt": 1, "max_new_tokens": 16},
         "dtype": {"precision": "fp32", "weights": ["float32"], "autocast": None},
     }
-    assert nb._matches(report, cfg, "fp32")
-    assert not nb._matches(report, TrainConfig(model="tiny", validation_samples=2, max_completion_length=16), "fp32")
-    assert not nb._matches(None, cfg, "fp32")
-    assert not nb._matches(report, cfg, "fp16")  # measured in another precision: not this run's baseline
+    other = TrainConfig(model="tiny", validation_samples=2, max_completion_length=16)
+    assert run_dir.baseline_matches(report, cfg, "fp32")
+    assert not run_dir.baseline_matches(report, other, "fp32")
+    assert not run_dir.baseline_matches(None, cfg, "fp32")
+    assert not run_dir.baseline_matches(report, cfg, "fp16")  # measured in another precision: not this run's baseline
     path = tmp_path / "baseline_validation.json"
     path.write_text(json.dumps(report))
-    assert nb._matches(json.loads(path.read_text()), cfg, "fp32")
+    assert run_dir.baseline_matches(json.loads(path.read_text()), cfg, "fp32")
+    # One rule for the baseline cell and run_training: a saved report is reused when it matches, a continued run
+    # keeps its own whatever changed, --overwrite measures again.
+    new = run_dir.RunFolder(str(tmp_path), tmp_path, tmp_path, "started", None, action="new")
+    assert run_dir.saved_baseline(new, cfg, "fp32") == report
+    assert run_dir.saved_baseline(new, other, "fp32") is None
+    assert run_dir.saved_baseline(replace(new, action="continue"), other, "fp16") == report
+    assert run_dir.saved_baseline(replace(new, action="overwrite"), cfg, "fp32") is None
 
 
 def test_a_run_whose_copy_to_drive_did_not_finish_says_where_it_is(tmp_path, monkeypatch):
@@ -267,7 +276,7 @@ def test_a_run_whose_copy_to_drive_did_not_finish_says_where_it_is(tmp_path, mon
         "work_dir": str(tmp_path / "local"),
         "output_dir": str(tmp_path / "run"),
     }
-    monkeypatch.setattr(training, "run_training", lambda cfg, **kwargs: pending)
+    monkeypatch.setattr(training, "run_training", lambda run, **kwargs: pending)
     messages = []
     assert nb.train(TrainConfig(model="tiny", output_dir=str(tmp_path / "run")), live=False, log=messages.append)
     [line] = [m for m in messages if "not yet in" in m]

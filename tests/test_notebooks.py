@@ -788,9 +788,8 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
         (run_dir / f"checkpoint-{step}").mkdir()
     seen = {}
 
-    def fake_run_training(cfg, log=print, callbacks=(), baseline=None, remount=None):
-        path = Path(cfg.output_dir)
-        folder = run_folder.RunFolder(cfg.output_dir, path, run_folder.work_folder(path), "unfinished", None)
+    def fake_run_training(run, log=print, callbacks=(), baseline=None, remount=None):
+        cfg, folder = run.cfg, run.folder
         seen["cfg"], seen["checkpoint"] = cfg, run_folder.find_resume_checkpoint(folder, cfg, log=lambda *a: None)
         seen["mirrored"], seen["remount"] = folder.mirrored, remount
         return {"global_step": 0}

@@ -1,4 +1,4 @@
-"""One writer per run folder (``run_dir.RunLock``): a second run on a held folder is refused in one line naming the
+"""One writer per run folder (``lock.RunLock``): a second run on a held folder is refused in one line naming the
 holder, before it writes or deletes anything; a dead holder's lock is stale (flock dies with its process; the record
 rule decides where flock cannot: another machine, or a file system without flock).
 
@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RUN_ARGS
+from musclebob_helpers import lock as run_lock
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
-from musclebob_helpers.run_dir import LOCK_FILE, RunLock
+from musclebob_helpers.lock import LOCK_FILE, RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def no_flock(monkeypatch):
     def refuse(fd, flags):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(run_dir, "_flock", refuse)
+    monkeypatch.setattr(run_lock, "_flock", refuse)
 
 
 def test_a_held_folder_is_refused_naming_the_holder_and_freed_on_release(tmp_path):
@@ -65,10 +66,10 @@ def test_a_held_folder_is_refused_naming_the_holder_and_freed_on_release(tmp_pat
         line = str(err.value)
         assert "\n" not in line and line.startswith("--output-dir='runs/x' is not allowed: another run is writing")
         assert f"pid {os.getpid()} on host {socket.gethostname()}" in line
-        assert run_dir.lock_holder(out)["pid"] == os.getpid()  # a reader's question: who is writing?
+        assert run_lock.lock_holder(out)["pid"] == os.getpid()  # a reader's question: who is writing?
     finally:
         first.release()
-    assert not (out / LOCK_FILE).exists() and run_dir.lock_holder(out) is None
+    assert not (out / LOCK_FILE).exists() and run_lock.lock_holder(out) is None
     RunLock(out).acquire().release()  # free again
 
 
@@ -77,7 +78,7 @@ def test_a_killed_holders_lock_is_stale_at_once(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     write_record(out)
-    assert run_dir.lock_holder(out) is None
+    assert run_lock.lock_holder(out) is None
     lock = RunLock(out).acquire()
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
     lock.release()
@@ -90,9 +91,9 @@ def test_flock_does_not_reach_another_machine_the_heartbeat_does(tmp_path):
     write_record(out, host="other-runtime", pid=4242)
     with pytest.raises(ConfigError, match="pid 4242 on host other-runtime"):
         RunLock(out).acquire()
-    assert run_dir.lock_holder(out)["host"] == "other-runtime"
-    write_record(out, host="other-runtime", pid=4242, heartbeat=int(time.time()) - run_dir.LOCK_STALE_SECONDS - 1)
-    assert run_dir.lock_holder(out) is None  # silent too long: gone
+    assert run_lock.lock_holder(out)["host"] == "other-runtime"
+    write_record(out, host="other-runtime", pid=4242, heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
+    assert run_lock.lock_holder(out) is None  # silent too long: gone
     RunLock(out).acquire().release()
     # a file system whose flock accepts and does not lock: a live process's fresh record still holds the folder
     write_record(out, pid=os.getppid())
@@ -115,7 +116,7 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
     write_record(out, pid=os.getppid())  # alive: the process that started this test
     with pytest.raises(ConfigError, match=f"pid {os.getppid()} on host"):
         RunLock(out).acquire()
-    write_record(out, pid=os.getppid(), heartbeat=int(time.time()) - run_dir.LOCK_STALE_SECONDS - 1)
+    write_record(out, pid=os.getppid(), heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
     RunLock(out).acquire().release()
     # a record of this very pid that this process does not hold: a restarted kernel's leftover
     write_record(out, pid=os.getpid(), token="old-kernel")
@@ -124,19 +125,19 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
     write_record(out, host="other-runtime", pid=1)
     with pytest.raises(ConfigError, match="host other-runtime"):
         RunLock(out).acquire()
-    write_record(out, host="other-runtime", pid=1, heartbeat=int(time.time()) - run_dir.LOCK_STALE_SECONDS - 1)
+    write_record(out, host="other-runtime", pid=1, heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
     RunLock(out).acquire().release()
     # a record caught mid-write (unreadable) holds while the file is fresh, not once it is old
     (out / LOCK_FILE).write_text('{"host": "x", "pi')
     with pytest.raises(ConfigError, match="lock record is unreadable"):
         RunLock(out).acquire(attempts=1)
-    old = time.time() - run_dir.LOCK_STALE_SECONDS - 1
+    old = time.time() - run_lock.LOCK_STALE_SECONDS - 1
     os.utime(out / LOCK_FILE, (old, old))
     RunLock(out).acquire().release()
 
 
 def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch, no_flock):
-    monkeypatch.setattr(run_dir, "LOCK_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(run_lock, "LOCK_HEARTBEAT_SECONDS", 0.05)
     lock = RunLock(tmp_path / "run").acquire()
     try:
         lock.record["heartbeat"] = 0  # as if it had been silent for ages
@@ -152,9 +153,9 @@ def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch, no_flock):
 def test_writer_lock_is_released_on_an_exception_and_nests_in_one_process(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        with run_dir.writer_lock(out) as outer:
-            with run_dir.writer_lock(out) as inner:  # the notebook's train() around run_training
-                assert inner is outer and run_dir.lock_holder(out) is None  # this process's own: not "another run"
+        with run_lock.writer_lock(out) as outer:
+            with run_lock.writer_lock(out) as inner:  # the notebook's train() around run_training
+                assert inner is outer and run_lock.lock_holder(out) is None  # this process's own: not "another run"
             raise RuntimeError("boom")
     assert not (out / LOCK_FILE).exists()
     RunLock(out).acquire().release()
@@ -169,17 +170,19 @@ def held_folder(tmp_path):
 
 
 def test_run_training_refuses_a_held_folder_before_touching_it(tmp_path):
-    from musclebob_helpers.training import run_training
+    from musclebob_helpers.startup import Start, start
+    from musclebob_helpers.training import detect_hardware, process_state, run_training
 
     out, lock = held_folder(tmp_path)
     before = snapshot(out)
     try:
         cfg = TrainConfig(model="tiny", output_dir=str(out))
         with pytest.raises(ConfigError, match=f"another run is writing to it \\(pid {os.getpid()}"):
-            run_training(cfg, log=lambda *a: None)  # refused by the start-up check
+            run_training(start(cfg), log=lambda *a: None)  # refused by the start-up check
         # the race: both runs passed the check, the lock decides (and the loser deletes nothing)
+        passed = Start(cfg, detect_hardware(), run_dir.RunFolder(str(out), out, out, "new", None), process_state())
         with pytest.raises(ConfigError, match="another run is writing"):
-            run_training(cfg, log=lambda *a: None, checked=run_dir.RunFolder(str(out), out, out, "new", None))
+            run_training(passed, log=lambda *a: None)
         assert snapshot(out) == before
     finally:
         lock.release()
@@ -283,7 +286,7 @@ def test_a_full_disk_while_taking_the_lock_leaves_no_lock(tmp_path, monkeypatch)
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(run_dir.os, "pwrite", full)
+    monkeypatch.setattr(run_lock.os, "pwrite", full)
     with pytest.raises(OSError) as err:
         RunLock(tmp_path / "run").acquire()
     assert err.value.errno == errno.ENOSPC  # the CLI's "the disk is full" line

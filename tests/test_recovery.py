@@ -22,6 +22,7 @@ from musclebob_helpers import run_dir
 from musclebob_helpers.config import TrainConfig
 from musclebob_helpers.monitoring import HealthMonitor
 from musclebob_helpers.training import MAX_RECOVERIES, RECOVERY_RATE_FACTOR
+from musclebob_helpers.startup import start
 
 LOWER = RECOVERY_RATE_FACTOR  # the rate after a recovery, as a share of the one before
 
@@ -81,7 +82,7 @@ def train_forced(monkeypatch, out, collapse_at, **changes):
 
     monkeypatch.setattr(HealthMonitor, "check_validation", fault_runner.collapsing_check(set(collapse_at)))
     lines, watch = [], Watch()
-    result = run_training(small_config(out, **changes), log=lines.append, callbacks=[watch.callback])
+    result = run_training(start(small_config(out, **changes)), log=lines.append, callbacks=[watch.callback])
     return result, lines, watch
 
 
@@ -154,7 +155,7 @@ def test_a_drift_below_90_percent_kept_recovers_while_a_recovery_is_left(tmp_pat
     from musclebob_helpers.training import run_training
 
     lines = []
-    result = run_training(small_config(out), log=lines.append)
+    result = run_training(start(small_config(out)), log=lines.append)
     assert [line.split(" (")[0] for line in lines if "recovered" in line] == [
         f"recovered at step {step}" for step in range(1, MAX_RECOVERIES + 1)
     ]
@@ -165,7 +166,7 @@ def test_a_drift_below_90_percent_kept_recovers_while_a_recovery_is_left(tmp_pat
     assert "## Recoveries from a collapse" in card and len(recoveries) == MAX_RECOVERIES
     # warn: the same drift is healthy, as the health report says
     lines = []
-    run_training(small_config(tmp_path / "warn", on_collapse="warn"), log=lines.append)
+    run_training(start(small_config(tmp_path / "warn", on_collapse="warn")), log=lines.append)
     assert not [line for line in lines if "recovered" in line or line.startswith("WARNING")]
 
 

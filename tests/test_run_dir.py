@@ -47,13 +47,28 @@ class Loaded(Exception):
     """Raised where the model would load: everything before it ran for real."""
 
 
-def test_the_cli_checks_the_folder_once_per_start(tmp_path, monkeypatch):
+def test_the_cli_and_the_notebook_start_once(tmp_path, monkeypatch):
+    """One start-up path (``startup.start``): a CLI run and a notebook run (parameters, baseline and training cells)
+    each validate the values, check the folder, detect and check the hardware exactly once; run_training repeats
+    none of it."""
     import train_musclebob_improved
-    from musclebob_helpers import evaluation
+    from musclebob_helpers import evaluation, startup, training
+    from musclebob_helpers import notebook as nb
 
     calls = []
-    real_check = run_dir.check
-    monkeypatch.setattr(run_dir, "check", lambda cfg, **kw: calls.append(cfg) or real_check(cfg, **kw))
+
+    def counted(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(name) or real(*a, **kw))
+
+    for module, name in (
+        (startup, "start"),
+        (startup, "validate_config"),
+        (run_dir, "check"),
+        (training, "detect_hardware"),
+        (training, "check_hardware_support"),
+    ):
+        counted(module, name)
 
     def load_model(*args, **kwargs):
         raise Loaded
@@ -61,14 +76,28 @@ def test_the_cli_checks_the_folder_once_per_start(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "load_model", load_model)
     with pytest.raises(Loaded):  # the real run_training, up to loading the model
         train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
-    assert len(calls) == 1
+    once = ["start", "validate_config", "check", "detect_hardware", "check_hardware_support"]
+    assert sorted(calls) == sorted(once)
 
-    calls.clear()  # without the CLI (the notebooks, tests), run_training checks by itself, once
-    from musclebob_helpers.training import run_training
+    calls.clear()  # the notebook: the parameters cell starts, the baseline and training cells go on from there
+    monkeypatch.setattr(training, "measure_baseline", lambda cfg, model, tok, hardware, log=print: {"fake": True})
+    monkeypatch.setattr(evaluation, "summary_table", lambda reports: "")
+    monkeypatch.setattr(nb, "_show_answers", lambda report, limit=4: None)
+    loaded = []
 
+    def load_for_training(cfg, hardware, device=None):  # the baseline cell's model, then the training's
+        loaded.append(hardware)
+        if len(loaded) > 1:
+            raise Loaded
+        return None, None
+
+    monkeypatch.setattr(training, "load_for_training", load_for_training)
+    cfg = nb.make_config(model="tiny", precision=None, output_dir=str(tmp_path / "nb"), log=lambda *a: None)
+    baseline = nb.baseline_validation(cfg, log=lambda *a: None)
     with pytest.raises(Loaded):
-        run_training(TrainConfig(model="tiny", output_dir=str(tmp_path / "nb")), log=lambda *a: None)
-    assert len(calls) == 1
+        nb.train(cfg, baseline, live=False, log=lambda *a: None)
+    assert sorted(calls) == sorted(once) and baseline == {"fake": True}
+    assert loaded[0] is loaded[1]  # the same decision (hardware, precision) handed to both cells
 
 
 def _record(out, cfg, segments=None):

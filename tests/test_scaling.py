@@ -20,6 +20,7 @@ from musclebob_helpers.config import (
     validate_config,
 )
 from musclebob_helpers.run_dir import check, list_checkpoints
+from musclebob_helpers.startup import start
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PROG = "train_musclebob_improved.py"
@@ -65,7 +66,7 @@ def lora_run(tmp_path_factory, tiny_path):
     from musclebob_helpers.training import run_training
 
     out = tmp_path_factory.mktemp("lora") / "run"
-    return out, run_training(lora_cfg(out, merge_adapter=True), log=quiet)
+    return out, run_training(start(lora_cfg(out, merge_adapter=True)), log=quiet)
 
 
 # ---------------------------------------------------------------- LoRA
@@ -142,7 +143,7 @@ def test_training_on_from_an_adapter_folder_starts_from_its_merged_weights(lora_
     out, result = lora_run
     # One epoch of full fine-tuning with --model pointing at the adapter folder: the baseline is the adapter's.
     again = run_training(
-        lora_cfg(tmp_path / "again", model=str(out), lora=False, epochs=1, learning_rate=2e-4), log=quiet
+        start(lora_cfg(tmp_path / "again", model=str(out), lora=False, epochs=1, learning_rate=2e-4)), log=quiet
     )
     assert again["baseline"]["musclebob_rate"] == pytest.approx(result["final"]["musclebob_rate"], abs=0.25)
     assert again["baseline"]["musclebob_rate"] > result["baseline"]["musclebob_rate"]
@@ -164,11 +165,11 @@ def test_interrupted_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, tiny
 
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        run_training(lora_cfg(cut), log=quiet, callbacks=[StopAfter(9)])
+        run_training(start(lora_cfg(cut)), log=quiet, callbacks=[StopAfter(9)])
     assert [p.name for p in list_checkpoints(cut)] == ["checkpoint-6"]
     assert (cut / "checkpoint-6" / "adapter_model.safetensors").exists()
     messages = []
-    resumed = run_training(lora_cfg(cut, resume_from_checkpoint="auto"), log=messages.append)
+    resumed = run_training(start(lora_cfg(cut, resume_from_checkpoint="auto")), log=messages.append)
     assert any("Resuming from" in m and "checkpoint-6" in m for m in messages)
     assert resumed["global_step"] == 12
     assert [e["step"] for e in json.loads((cut / "reward_history.json").read_text())] == list(range(1, 13))
@@ -341,12 +342,12 @@ def test_presets_are_valid_named_configs():
 def test_preset_flag_and_user_flags_override_it(tmp_path):
     from musclebob_helpers.cli import config_from_args
 
-    cfg, sources, _ = config_from_args(
+    cfg, sources = config_from_args(
         ["--preset", "cpu-tiny", "--batch-size", "2", "--output-dir", str(tmp_path)], PROG, "t"
     )
     assert cfg.model == "tiny" and cfg.num_generations == 4 and cfg.batch_size == 2  # the user's flag wins
     assert sources["batch_size"] == "you" and sources["num_generations"] == "preset cpu-tiny"
-    cfg, _, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
+    cfg, _ = config_from_args(["--preset", "colab-a100", "--output-dir", str(tmp_path)], PROG, "t")
     assert (cfg.batch_size, cfg.gradient_checkpointing) == (8, False)
     cfg, sources = resolve({"preset": "colab-l4", "batch_size": 2})
     assert {k for k, v in sources.items() if v.startswith("preset")} == {"gradient_checkpointing"}
@@ -515,7 +516,7 @@ def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_p
     adapter = tmp_path / "adapter"
     # A short LoRA run that moves the adapter (LoRA's B starts at zero; the first warm-up step has rate 0 and two
     # answers of a shorter run often tie, leaving no advantage to learn from): one epoch of lora_cfg, 6 steps.
-    training.run_training(lora_cfg(adapter, epochs=1), log=quiet)
+    training.run_training(start(lora_cfg(adapter, epochs=1)), log=quiet)
     merged = lora.merge_adapter(adapter, tmp_path / "merged", log=quiet)
     built = []
     build = training.build_trainer
@@ -531,7 +532,7 @@ def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_p
         max_completion_length=8,
         validation_samples=1,
     )
-    training.run_training(cfg, log=quiet)
+    training.run_training(start(cfg), log=quiet)
     trainer = built[0][0]
     reference = trainer.ref_model.state_dict()
     want = AutoModelForCausalLM.from_pretrained(merged).state_dict()

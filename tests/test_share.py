@@ -364,7 +364,7 @@ def served(adapter_run, monkeypatch):
 def test_a_pushed_adapter_repo_loads_on_its_base_from_adapter_config(served):
     from peft import PeftModel
 
-    from musclebob_helpers.cli import check_model_loadable
+    from musclebob_helpers.evaluation import check_model_loadable
     from musclebob_helpers.evaluation import load_model
 
     check_model_loadable(served)  # no config.json there: its base, 'tiny', is what must load
@@ -385,7 +385,7 @@ def test_test_musclebob_evaluates_a_pushed_adapter(served, tmp_path, capsys):
 
 
 def test_an_adapter_whose_base_is_a_folder_of_another_machine_is_one_line(adapter_run, tmp_path):
-    from musclebob_helpers.cli import check_model_loadable
+    from musclebob_helpers.evaluation import check_model_loadable
     from musclebob_helpers.compare import check_model
 
     moved = tmp_path / "moved"

@@ -9,6 +9,7 @@ import pytest
 from musclebob_helpers.config import TINY_DEFAULTS, TrainConfig, resolve
 from musclebob_helpers.run_dir import list_checkpoints
 from musclebob_helpers.training import run_training, steps_per_epoch
+from musclebob_helpers.startup import start
 
 pytestmark = pytest.mark.slow  # every test here trains the tiny model (the default run alone takes a minute)
 TINY = resolve({"model": "tiny"})[0]  # what `--model tiny` trains with: the tiny model's recipe
@@ -160,15 +161,15 @@ def small_cfg(out, **kw):
 
 def test_interrupted_run_resumes_to_the_same_end(tmp_path, tiny_path):
     quiet = lambda *a, **k: None  # noqa: E731
-    full = run_training(small_cfg(tmp_path / "full"), log=quiet)
+    full = run_training(start(small_cfg(tmp_path / "full")), log=quiet)
     with pytest.raises(KeyboardInterrupt):
-        run_training(small_cfg(tmp_path / "cut"), log=quiet, callbacks=[StopAfter(6)])
+        run_training(start(small_cfg(tmp_path / "cut")), log=quiet, callbacks=[StopAfter(6)])
     cut = tmp_path / "cut"
     # Killed after step 6: the history has steps 1-6, the newest checkpoint is the first epoch's (step 4).
     assert [e["step"] for e in json.loads((cut / "reward_history.json").read_text())] == list(range(1, 7))
     assert [p.name for p in list_checkpoints(cut)] == ["checkpoint-4"]
     messages = []
-    resumed = run_training(small_cfg(cut, resume_from_checkpoint="auto"), log=messages.append)
+    resumed = run_training(start(small_cfg(cut, resume_from_checkpoint="auto")), log=messages.append)
     assert any("Resuming from" in m and "checkpoint-4" in m for m in messages)
     assert resumed["global_step"] == full["global_step"] == 8
     steps = [e["step"] for e in json.loads((cut / "reward_history.json").read_text())]
@@ -177,6 +178,8 @@ def test_interrupted_run_resumes_to_the_same_end(tmp_path, tiny_path):
 
 def test_auto_resume_without_checkpoint_starts_fresh(tmp_path, tiny_path):
     messages = []
-    result = run_training(small_cfg(tmp_path / "fresh", resume_from_checkpoint="auto", epochs=1), log=messages.append)
+    result = run_training(
+        start(small_cfg(tmp_path / "fresh", resume_from_checkpoint="auto", epochs=1)), log=messages.append
+    )
     assert any("No checkpoint" in m and "starting fresh" in m for m in messages)
     assert result["global_step"] == 4
