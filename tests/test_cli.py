@@ -355,13 +355,26 @@ def test_bad_value_from_the_real_script_is_exit_code_2(tmp_path):
 
 
 def test_a_used_folder_is_taken_when_asked(tmp_path):
-    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it."""
+    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it: the
+    start-up check accepts it, sees the run that is there, and deletes nothing (clearing is training's, later)."""
+
+    def taken(out, *flags):
+        before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+        cfg, sources, folder = config_from_args(["--model", "tiny", "--output-dir", str(out), *flags], PROG, "test")
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != ".musclebob.lock") == before
+        return cfg, folder
+
     _finished(tmp_path / "done")
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--overwrite"])
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "done"), "--resume-from-checkpoint", "auto"])
+    cfg, folder = taken(tmp_path / "done", "--overwrite")
+    assert cfg.overwrite and cfg.resume_from_checkpoint is None
+    assert folder.path == tmp_path / "done" and folder.state == "finished" and folder.resume is None
+    cfg, folder = taken(tmp_path / "done", "--resume-from-checkpoint", "auto")
+    assert cfg.resume_from_checkpoint == "auto" and not cfg.overwrite and folder.state == "finished"
     _with_checkpoint(tmp_path / "unfinished")
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--resume-from-checkpoint", "auto"])
-    parse(["--model", "tiny", "--output-dir", str(tmp_path / "unfinished"), "--overwrite"])
+    cfg, folder = taken(tmp_path / "unfinished", "--resume-from-checkpoint", "auto")
+    assert cfg.resume_from_checkpoint == "auto" and folder.state == "unfinished"
+    cfg, folder = taken(tmp_path / "unfinished", "--overwrite")
+    assert cfg.overwrite and folder.state == "unfinished"
 
 
 @pytest.mark.slow  # a fresh process: what --help imports

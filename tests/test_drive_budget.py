@@ -152,7 +152,12 @@ def test_full_fine_tuning_on_a_free_drive_is_refused_in_one_line(fake_drive):
 
 
 def test_lora_on_a_free_drive_is_accepted(fake_drive):
-    check(preset_config("colab-t4", output_dir=str(fake_drive / "run")))
+    cfg = preset_config("colab-t4", output_dir=str(fake_drive / "run"))
+    folder = check(cfg)
+    assert folder.path == fake_drive / "run" and folder.state == "new" and folder.resume is None
+    # On Drive every checkpoint ever saved counts (the trash): LoRA's whole run, ~0.6 GB, fits 15 GB.
+    assert folder.need.lora and folder.need.written < 1 * GB < FREE_DRIVE
+    assert run_dir.drive_space_problem(cfg) is None
 
 
 def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp_path, monkeypatch):
