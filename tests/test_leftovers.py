@@ -183,10 +183,11 @@ def test_the_tiny_build_stops_on_a_swallowed_signal_and_leaves_nothing(tmp_path,
 
     monkeypatch.setattr(tiny, "pretraining_corpus", corpus_then_signal)
     target = tmp_path / "tiny-seed3"
-    started = time.time()
+    said = []
     with pytest.raises(KeyboardInterrupt):
-        tiny._build_into(target, 3, log=lambda line: None)
-    assert time.time() - started < 60  # stopped at the first pre-training step, not after 2000
+        tiny._build_into(target, 3, log=said.append)
+    # Stopped before the first pre-training step ended: its line ("step 1/2000") is printed once the step is done.
+    assert not [line for line in said if "pre-training step" in line], said
     assert list(tmp_path.iterdir()) == []
 
 
@@ -209,18 +210,25 @@ def test_a_signal_during_an_atomic_write_leaves_the_whole_file_and_no_temporary(
 def test_a_signal_during_the_tiny_build_leaves_no_temporary_folder(tmp_path, sig):
     env = {**os.environ, tiny.CACHE_ENV: str(tmp_path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from musclebob_helpers.tiny_model import ensure_tiny_model; ensure_tiny_model(seed=3)"],
+        [
+            sys.executable,
+            "-u",  # each line as it is printed: the test waits for one
+            "-c",
+            "from musclebob_helpers.tiny_model import ensure_tiny_model; ensure_tiny_model(seed=3)",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=ROOT,
     )
-    deadline = time.time() + 300
-    while not list(tmp_path.glob(f"*{tiny.BUILDING}*/{tiny.BUILD_OWNER_FILE}")) and time.time() < deadline:
-        time.sleep(0.1)
-    assert list(tmp_path.glob(f"*{tiny.BUILDING}*")), "the build never started"
-    time.sleep(1)  # well into the build (the corpus, the tokenizer)
+    # Well into the build: its first pre-training step is done (corpus, tokenizer and model built, files written).
+    for line in proc.stdout:  # ends if the process does; the communicate below then has its timeout
+        if "tiny pre-training step 1/" in line:
+            break
+    else:
+        pytest.fail(f"the build ended before its first pre-training step: {proc.communicate(timeout=60)[1][-2000:]}")
+    assert list(tmp_path.glob(f"*{tiny.BUILDING}*/{tiny.BUILD_OWNER_FILE}")), "no build folder while it builds"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, err[-2000:]
