@@ -335,6 +335,46 @@ def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_
         signal.signal(signal.SIGTERM, ignored)
 
 
+def test_under_accelerate_launch_the_forwarded_ctrl_c_is_not_a_second_one(monkeypatch):
+    """``accelerate launch`` (torchrun, which sets TORCHELASTIC_RUN_ID) forwards the terminal's Ctrl-C to each process
+    that already got it from the terminal: the same signal again within LAUNCHER_ECHO_S is that echo, not the
+    user's second Ctrl-C, so the run still stops at the end of its step. Real signals to this process."""
+    from types import SimpleNamespace
+
+    from musclebob_helpers import training
+    from musclebob_helpers.training import GracefulStop, Stopped
+
+    def training_stop():
+        stop = GracefulStop()
+        stop.training, stop.state = True, SimpleNamespace(global_step=3, max_steps=8)  # as on_train_begin sets them
+        return stop
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # what torchrun exports to every process it starts
+    stop = training_stop()
+    try:
+        with stop.handlers():
+            signal.raise_signal(signal.SIGINT)  # the terminal's
+            signal.raise_signal(signal.SIGINT)  # the launcher's copy of it, at once
+    except Stopped as err:  # a BaseException, like KeyboardInterrupt: caught here, or it ends the session
+        pytest.fail(f"the launcher's echo was taken for a second Ctrl-C: {err}")
+    assert stop.signum == signal.SIGINT  # asked to stop at the step's end, nothing raised
+    with pytest.raises(Stopped) as info, stop.handlers():
+        signal.raise_signal(signal.SIGTERM)  # another signal is never the echo
+    assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+    stop = training_stop()
+    with pytest.raises(Stopped) as info, stop.handlers():
+        signal.raise_signal(signal.SIGINT)
+        stop.first_at -= training.LAUNCHER_ECHO_S  # the user's own second Ctrl-C, later: stops at once
+        signal.raise_signal(signal.SIGINT)
+    assert info.value.exit_code == 130 and info.value.checkpoint is None
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a plain python run: the same signal twice is the user's, twice
+    stop = training_stop()
+    with pytest.raises(Stopped), stop.handlers():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+
+
 @pytest.mark.parametrize("epoch,saves", [(1.5, True), (2.0, False)], ids=["mid-epoch", "epoch end"])
 def test_a_stop_saves_the_step_it_ends_on_once(epoch, saves):
     """Mid-epoch the stop asks for a save at the step's end and cancels the epoch-end save a break would add; at an
@@ -654,10 +694,12 @@ def checkpoint(tmp_path, reference):
     return dest
 
 
+@pytest.mark.slow  # the checkpoint fixture copies the reference run: a training process
 def test_a_complete_checkpoint_is_intact(checkpoint):
     assert checkpoint_problems(checkpoint) == []
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_missing_file_is_named(checkpoint, name):
     (checkpoint / name).unlink()
@@ -665,6 +707,7 @@ def test_a_missing_file_is_named(checkpoint, name):
     assert problems and any(name in p and "missing" in p for p in problems), problems
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_truncated_file_is_named(checkpoint, name, keep):
@@ -673,6 +716,7 @@ def test_a_truncated_file_is_named(checkpoint, name, keep):
     assert problems and any(name in p for p in problems), problems
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 def test_padded_weights_and_wrong_step_are_damage(checkpoint):
     with open(checkpoint / "model.safetensors", "ab") as fh:
         fh.write(b"\0" * 10)  # a file longer than its header says is not the file that was saved
@@ -682,6 +726,7 @@ def test_padded_weights_and_wrong_step_are_damage(checkpoint):
     assert any("global_step=2" in p for p in problems)
 
 
+@pytest.mark.slow  # a copy of the reference run
 def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, reference):
     out = _interrupted_copy(reference, tmp_path / "run")
     for ckpt in list_checkpoints(out):
@@ -703,6 +748,7 @@ def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, referen
     assert list_checkpoints(out) == []  # so the fresh run can write its own checkpoint-2
 
 
+@pytest.mark.slow  # a copy of the reference run
 def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
     out = _interrupted_copy(reference, tmp_path / "run")
     _truncate(out / "checkpoint-4" / "scheduler.pt")
@@ -710,6 +756,7 @@ def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
         check(TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-4")))
 
 
+@pytest.mark.slow  # a copy of the reference run's checkpoint
 def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path, reference):
     from musclebob_helpers.training import run_training
 
