@@ -162,7 +162,11 @@ KILLS = [
     ("history:3", "Resuming from", 2),  # half of reward_history.json's temporary file written
     ("checkpoint:4", "checkpoint-4 is damaged", 1),  # half of checkpoint-4/optimizer.pt written
     ("checkpoint:2", "No intact checkpoint", 2),  # the only checkpoint half written: start fresh
+    # After the last checkpoint: the resume has no step left to train, only the final model and validation.
+    ("train-end:4", "Resuming from", 2),  # checkpoint-4 saved, the final model not yet begun
+    ("final:4", "Resuming from", 1),  # half of the final model.safetensors written (its config.json whole)
 ]
+AFTER_THE_LAST_CHECKPOINT = ("train-end", "final")
 
 
 @pytest.mark.slow  # two training processes each
@@ -173,21 +177,21 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     killed = train(out, *keeping, fault=fault)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed
     assert f"{fault_runner.MARKER} killing the process" in killed.stderr
-    assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
-    all_json_parses(out)  # whatever a reader opens meanwhile is whole
     point, step = fault_runner.parse(fault)
+    if point == "final":  # save_pretrained writes the config first, then the weights it died in
+        assert (out / "config.json").is_file() and not (out / "final_validation.json").exists()
+        cut = (out / "model.safetensors").stat().st_size
+        assert 0 < cut < (reference[0] / "model.safetensors").stat().st_size
+    else:
+        assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
+    all_json_parses(out)  # whatever a reader opens meanwhile is whole
     done = [e["step"] for e in history(out)]
-    # Steps logged before the kill: through step N when the checkpoint after it died, else through N - 1.
-    assert done == list(range(1, (step if point == "checkpoint" else step - 1) + 1))
-    if step > 2:  # the last intact checkpoint survives the kill, rotation or not
-        assert any(not checkpoint_problems(c) for c in list_checkpoints(out))
-    if point == "checkpoint":
-        assert checkpoint_problems(out / f"checkpoint-{step}")  # the kill left it damaged
-        damaged = {
-            p.relative_to(out / f"checkpoint-{step}"): p.read_bytes()
-            for p in (out / f"checkpoint-{step}").rglob("*")
-            if p.is_file()
-        }
+    # Steps logged before the kill: through step N when the checkpoint after it (or the end) died, else N - 1.
+    assert done == list(range(1, (step if point in ("checkpoint", *AFTER_THE_LAST_CHECKPOINT) else step - 1) + 1))
+    if point in AFTER_THE_LAST_CHECKPOINT:  # the last checkpoint is whole; rotation has run
+        assert not checkpoint_problems(out / f"checkpoint-{step}")
+        kept = [f"checkpoint-{step}"] if keep == 1 else ["checkpoint-2", f"checkpoint-{step}"]
+        assert [c.name for c in list_checkpoints(out)] == kept
 
     resumed = train(out, *keeping, "--resume-from-checkpoint", "auto")
     assert message in resumed.stdout, resumed.stdout[-3000:]
@@ -195,8 +199,11 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     if point == "checkpoint":  # the damaged checkpoint was moved aside, not deleted
         kept = out / f"checkpoint-{step}.damaged"
         assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
+    if point in AFTER_THE_LAST_CHECKPOINT:
+        assert f"checkpoint-{step}" in resumed.stdout  # resumed from the last one: nothing trained again
     if keep == 1:
-        assert "Removed checkpoint-2" in resumed.stdout
+        if point not in AFTER_THE_LAST_CHECKPOINT:  # killed before checkpoint-4 was whole: the resume rotates
+            assert "Removed checkpoint-2" in resumed.stdout
         assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
 
 
