@@ -268,46 +268,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path, refer
     assert_same_as_reference(out, reference, resumed)
 
 
-@pytest.mark.slow  # trains twice in this process
-def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resume_cell_continues(
-    tmp_path, reference, monkeypatch
-):
-    """Colab's "Interrupt execution" is a SIGINT to the kernel, whose main thread runs the cell: here the signal
-    comes during step 1 (mid-epoch); the cell stops with one line and the kernel gets its own handler back."""
-    import torch
-    from transformers import TrainerCallback
-
-    from musclebob_helpers import notebook as nb
-    from musclebob_helpers import plots
-    from musclebob_helpers.cli import build_train_parser
-    from musclebob_helpers.config import resolve
-
-    class InterruptButton(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    given = vars(build_train_parser(PROG, "").parse_args([*KILL_ARGS, "--output-dir", str(tmp_path / "run")]))
-    cfg, _ = resolve(given)  # the reference's settings, as its command line resolved them
-    kernel_handler = signal.getsignal(signal.SIGINT)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference's process ran (OMP_NUM_THREADS=1): the same sums, the same bits
-    try:
-        with monkeypatch.context() as patched, pytest.raises(nb.NotebookStop) as stop:
-            patched.setattr(plots, "live_progress", lambda run_dir: InterruptButton())
-            nb.train(cfg, log=lambda *a, **k: None)
-        nb.resume_training(cfg.output_dir, live=False, log=lambda *a, **k: None)
-    finally:
-        torch.set_num_threads(threads)
-    assert (
-        str(stop.value) == f"stopped at step 1 of {TOTAL_STEPS}; checkpoint-1 saved; resume with: run the resume cell"
-    )
-    assert signal.getsignal(signal.SIGINT) is kernel_handler
-    out = Path(cfg.output_dir)
-    assert rewards_by_step(out) == rewards_by_step(reference[0])
-    assert load_completions(out) == load_completions(reference[0])
-    mine, theirs = weights(out), weights(reference[0])
-    assert all(mine[k].equal(theirs[k]) for k in mine)
+# The notebook's interrupt button (SIGINT to a real kernel, then the resume, ending as the uninterrupted run):
+# tests/test_notebooks.py::test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_on.
 
 
 def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_once():
@@ -484,15 +446,19 @@ def test_each_writer_s_full_disk_error_is_out_of_space(full_disk):
         assert not out_of_space(other), other
 
 
-def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
-    """torch's own RuntimeError from a short write (the issue's traceback) ends in the same line as ENOSPC, which
-    names the folder, the run's disk need and the free space."""
+@pytest.mark.parametrize("error", ["ENOSPC", "torch short write"])
+def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys, tiny_path, error):
+    """ENOSPC, and torch's own RuntimeError from a short write (the issue's traceback), end in one line that names
+    the folder, the run's disk need and the free space, exit code 2."""
     import train_musclebob_improved
     from musclebob_helpers import training
 
     def short_write(cfg, **kw):
+        full = OSError(28, "No space left on device", str(tmp_path / "out" / "checkpoint-2" / "optimizer.pt"))
+        if error == "ENOSPC":
+            raise full
         try:
-            raise OSError(28, "No space left on device")
+            raise full
         except OSError as err:
             raise RuntimeError(fault_runner.TORCH_SHORT_WRITE) from err
 
@@ -817,15 +783,6 @@ def test_no_space_left_is_refused(tmp_path, monkeypatch):
         check(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
 
 
-def test_checkpoints_that_will_not_fit_are_refused(tmp_path, monkeypatch):
-    usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
-    cfg = TrainConfig(output_dir=str(tmp_path / "out"))  # Qwen2.5-0.5B fully fine-tuned, 5 epochs, 2 kept
-    with pytest.raises(ConfigError, match=r"--output-dir=.*needs about 17\.8 GB.*only 16\.1 GB are free"):
-        check(cfg)
-    check(TrainConfig(output_dir=str(tmp_path / "out"), epochs=2))  # 2 checkpoints + the final model fit
-
-
 def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
     drive = tmp_path / "content" / "drive"
     monkeypatch.setattr(run_dir, "DRIVE_MOUNT", drive)
@@ -833,24 +790,6 @@ def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
         check(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
     (drive / "MyDrive").mkdir(parents=True)  # mounted: fine
     check(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
-
-
-def test_full_disk_during_training_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
-    import errno
-
-    import train_musclebob_improved
-    from musclebob_helpers import training
-
-    def full(cfg, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "optimizer.pt"))
-
-    monkeypatch.setattr(training, "run_training", full)
-    with pytest.raises(SystemExit) as exc:
-        train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        exc.value.code == 2 and len(err) == 1 and "disk is full" in err[0] and "resume-from-checkpoint auto" in err[0]
-    )
 
 
 # ---------------------------------------------------------------------------------------------
