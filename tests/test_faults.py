@@ -190,8 +190,17 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     assert done == list(range(1, (step if point in ("checkpoint", *AFTER_THE_LAST_CHECKPOINT) else step - 1) + 1))
     if point in AFTER_THE_LAST_CHECKPOINT:  # the last checkpoint is whole; rotation has run
         assert not checkpoint_problems(out / f"checkpoint-{step}")
-        kept = [f"checkpoint-{step}"] if keep == 1 else ["checkpoint-2", f"checkpoint-{step}"]
-        assert [c.name for c in list_checkpoints(out)] == kept
+        rotated = [f"checkpoint-{step}"] if keep == 1 else ["checkpoint-2", f"checkpoint-{step}"]
+        assert [c.name for c in list_checkpoints(out)] == rotated
+    if step > 2:  # the last intact checkpoint survives the kill, rotation or not
+        assert any(not checkpoint_problems(c) for c in list_checkpoints(out))
+    if point == "checkpoint":
+        assert checkpoint_problems(out / f"checkpoint-{step}")  # the kill left it damaged
+        damaged = {
+            p.relative_to(out / f"checkpoint-{step}"): p.read_bytes()
+            for p in (out / f"checkpoint-{step}").rglob("*")
+            if p.is_file()
+        }
 
     resumed = train(out, *keeping, "--resume-from-checkpoint", "auto")
     assert message in resumed.stdout, resumed.stdout[-3000:]
