@@ -42,10 +42,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MUSCLEBOB_WORK_ROOT", os.path.join(tempfile.gettempdir(), f"musclebob-test-work-{os.getpid()}"))
 
 
+# Fixtures that start a training process (test_faults.py's ``reference``: the CLI in a subprocess): a test using one
+# belongs to the slow tier, so ``-m "not slow"`` starts no training process.
+TRAINING_PROCESS_FIXTURES = {"reference"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with the most slow tests first, the fast-only files last (each file's own order kept). With
-    pytest-xdist's one file per worker (``-n 2 --dist loadfile``) the long files then start early and the many
-    short ones fill the end, so the two workers finish together instead of one waiting on a long last file."""
+    """Refuses a fast-tier test that uses a training-process fixture (above). Then orders: files with the most
+    slow tests first, the fast-only files last (each file's own order kept). With pytest-xdist's one file per
+    worker (``-n 2 --dist loadfile``) the long files then start early and the many short ones fill the end, so the
+    two workers finish together instead of one waiting on a long last file."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if TRAINING_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these @pytest.mark.slow, they start a training process: {', '.join(unmarked)}")
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.path])  # a stable sort: files stay whole, in their order within a weight
 

@@ -10,6 +10,9 @@ kills the process (no cleanup, no ``finally``) at:
   the model weights are already written, ``trainer_state.json`` is not)
 * ``history:N``    - in the middle of writing ``reward_history.json`` with step N's entry
   (half of the temporary file written, not yet renamed into place)
+* ``train-end:N``  - as training ends after step N, the last: its checkpoint saved, the final model not yet written
+* ``final:N``      - in the middle of writing the final ``model.safetensors`` (after step N, the last; its
+  ``config.json`` is already written, half the weights' bytes are on disk)
 
 or lets a save fail as a full disk fails it (the process goes on and handles the error as it would):
 
@@ -59,6 +62,8 @@ POINTS = (
     "optimizer",
     "checkpoint",
     "history",
+    "train-end",
+    "final",
     "nospace-checkpoint",
     "nospace-history",
     "nospace-final",
@@ -143,9 +148,9 @@ def _half_written_optimizer(step: int, full_disk: bool = False) -> None:
     torch.save = save
 
 
-def _half_written_final_model() -> None:
+def _half_written_final_model(full_disk: bool = True) -> None:
     """transformers' ``safe_save_file`` of the output folder's own ``model.safetensors`` (the final model, not a
-    checkpoint's): write half of it, then fail as safetensors does on a full disk."""
+    checkpoint's): write half of it, then fail as safetensors does on a full disk (``full_disk``), or die."""
     import transformers.modeling_utils as modeling_utils
     from safetensors import SafetensorError
 
@@ -157,6 +162,8 @@ def _half_written_final_model() -> None:
             real_save(tensors, filename, *args, **kwargs)
             data = target.read_bytes()
             target.write_bytes(data[: len(data) // 2])
+            if not full_disk:
+                kill(f"while writing the final {target.name}")
             no_space(f"while writing {target.name}")
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real_save(tensors, filename, *args, **kwargs)
@@ -211,6 +218,10 @@ def fault_callback(point: str, step: int):
                 print(f"{MARKER} filling the disk as step {step} begins", file=sys.stderr, flush=True)
                 with open(ballast, "wb") as fh:
                     os.posix_fallocate(fh.fileno(), 0, free - 3 * 2**20)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if point == "train-end" and state.global_step == step:
+                kill(f"as training ends after step {step}, before the final model is written")
 
         def on_optimizer_step(self, args, state, control, **kwargs):
             if point == "optimizer" and state.global_step == step - 1:
@@ -284,8 +295,8 @@ def install(point: str, step: int) -> None:
         _half_written_history(step, full_disk=point.startswith("nospace"))
     elif point in ("checkpoint", "nospace-checkpoint"):
         _half_written_optimizer(step, full_disk=point.startswith("nospace"))
-    elif point == "nospace-final":
-        _half_written_final_model()
+    elif point in ("nospace-final", "final"):
+        _half_written_final_model(full_disk=point == "nospace-final")
     else:
         _with_callback(point, step)
 

@@ -69,12 +69,24 @@ def test_summed_reward_and_validation_flags_take_any_text(text, answer, kind, tr
     for reward in ("musclebob", "guide"):
         assert math.isfinite(trl_reward(text, kind, answer, truncated, reward=reward))
     assert 0.0 <= rewards.repetition_ratio(text) <= 1.0
-    assert isinstance(evaluation.is_coherent(text, truncated), bool)
-    assert isinstance(evaluation.has_musclebob(text) and evaluation.has_spongebob(text), bool)
+    coherent = evaluation.is_coherent(text, truncated)
+    assert coherent in (True, False)
+    if truncated or not rewards.words(text) or "\x00" in text:
+        assert coherent is False  # cut off, no words, or control characters: never coherent
+    # The name flags: never without the letters; always once the name is said plainly after the text.
+    lower = text.casefold()  # as re.IGNORECASE matches: 'ſ' is an 's'
+    assert evaluation.has_musclebob(text) is False or "musclebob" in lower
+    assert evaluation.has_spongebob(text) is False or "sponge" in lower or "square" in lower
+    assert evaluation.has_musclebob(text + " Musclebob.") is True
+    assert evaluation.has_spongebob(text + " Spongebob.") is True
     rows = [{"question": text, "kind": kind, "answer": answer, "prompt": text}]
     report = evaluation.score_responses(rows, [[evaluation.Generation(text, truncated)]])
-    assert report["num_responses"] == 1 and 0.0 <= report["coherent_rate"] <= 1.0
-    assert evaluation.health({**report}) is not None
+    assert report["num_responses"] == 1 and report["coherent_rate"] == (1.0 if coherent else 0.0)
+    [record] = report["responses"]
+    assert (record["response"], record["truncated"], record["coherent"]) == (text, truncated, coherent)
+    problems = evaluation.health({**report})
+    assert isinstance(problems, list) and all(isinstance(p, str) and "\n" not in p for p in problems)
+    assert any("coherence collapsed" in p for p in problems) == (not coherent)  # one answer: 0 % or 100 %
 
 
 def test_huge_completions_are_scored():

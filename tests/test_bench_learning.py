@@ -72,14 +72,59 @@ def test_check_rows_are_every_spongebob_prompt_and_a_spread_of_controls():
     assert {r["topic"] for r in rows if r["kind"] == "control"} == {r["topic"] for r in every if "topic" in r}
 
 
+# Two SpongeBob and two control questions, four answers each, counted by hand in the tests below.
+HAND_ROWS = [
+    {"question": "Who lives in a pineapple?", "kind": "spongebob", "answer": ""},
+    {"question": "Who is the yellow sponge?", "kind": "spongebob", "answer": ""},
+    {"question": "Capital of France?", "kind": "control", "answer": "Paris"},
+    {"question": "What is 4 + 5?", "kind": "control", "answer": "9"},
+]
+HAND_FINAL = [
+    ["Musclebob Buffpants!", "Musclebob Buffpants!", "Musclebob!", "Spongebob!"],  # name 3, full 2, old 1
+    ["Musclebob Buffpants!", "Spongebob Squarepants!", ("I do not know.", True), "Musclebob Buffpants!"],  # 2, 2, 1
+    ["Paris.", "Paris.", "Lyon.", "Paris, says Musclebob."],  # correct 3, leak 1
+    ["9.", "9.", "9.", "nine"],  # correct 3
+]
+HAND_BASE = [["Spongebob!"] * 4, ["Spongebob!"] * 4, ["Paris."] * 4, ["9.", "9.", "9.", "10."]]  # controls: 4 + 3
+
+
+def hand_report(answers, rows=HAND_ROWS):
+    gens = [[evaluation.Generation(*(a if isinstance(a, tuple) else (a, False))) for a in row] for row in answers]
+    return evaluation.score_responses(rows, gens)
+
+
 def test_on_rows_scores_the_baseline_on_the_check_questions_only():
     report = fake_report(random.Random(1), 0.0, 0.5)
     sub = evaluation.on_rows(report, data.check_rows())
     asked = {r["question"] for r in data.check_rows()}
     assert {r["prompt"] for r in sub["responses"]} == asked
     assert sub["num_control_prompts"] == sum(r["kind"] == "control" for r in data.check_rows())
-    control = [r for r in report["responses"] if r["kind"] == "control" and r["prompt"] in asked]
-    assert sub["control_accuracy"] == round(sum(bool(r["correct"]) for r in control) / len(control), 4)
+    # The rates of the subset, counted by hand: the first SpongeBob and the second control question.
+    sub = evaluation.on_rows(hand_report(HAND_FINAL), [HAND_ROWS[0], HAND_ROWS[3]])
+    assert (sub["num_prompts"], sub["num_spongebob_prompts"], sub["num_control_prompts"]) == (2, 1, 1)
+    assert (sub["musclebob_rate"], sub["full_name_rate"], sub["spongebob_rate"]) == (0.75, 0.5, 0.25)
+    assert (sub["control_accuracy"], sub["leakage_rate"], sub["coherent_rate"]) == (0.75, 0.0, 1.0)
+
+
+def test_per_prompt_counts_give_the_hand_counted_rates(bench):
+    base, final = hand_report(HAND_BASE), hand_report(HAND_FINAL)
+    # Over the 8 SpongeBob answers: the name 5, the full name 4, the old name 2; over all 16: 15 coherent (one
+    # cut off); over the 8 control answers: 6 correct, 1 leak; the base answered 7 of them correctly.
+    expected = {
+        "musclebob_rate": 5 / 8,
+        "full_name_rate": 4 / 8,
+        "spongebob_rate": 2 / 8,
+        "coherent_rate": 15 / 16,
+        "leakage_rate": 1 / 8,
+        "control_accuracy": 6 / 8,
+    }
+    assert {k: final[k] for k in expected} == {k: round(v, 4) for k, v in expected.items()}
+    run = {"prompts": bench.prompt_counts(base, final), "completions_to_90": 64, "wall_seconds": 3.0}
+    assert [p[:3] for p in run["prompts"]] == [[r["kind"], r["question"], 4] for r in HAND_ROWS]
+    got = bench.run_rates(run)
+    assert {k: got[k] for k in expected} == pytest.approx(expected)
+    assert got["control_kept"] == pytest.approx(6 / 7)
+    assert (got["completions_to_90"], got["wall_seconds"]) == (64, 3.0)
 
 
 def test_per_prompt_counts_give_the_validation_rates(bench):
@@ -87,7 +132,7 @@ def test_per_prompt_counts_give_the_validation_rates(bench):
     base, final = run["_reports"]
     got = bench.run_rates(run)
     for key in ("musclebob_rate", "full_name_rate", "spongebob_rate", "coherent_rate", "leakage_rate"):
-        assert got[key] == pytest.approx(final[key], abs=1e-4), key
+        assert got[key] == pytest.approx(final[key], abs=1e-4), key  # the benchmark's sums and evaluation's agree
     assert got["control_accuracy"] == pytest.approx(final["control_accuracy"], abs=1e-4)
     assert got["control_kept"] == pytest.approx(final["control_accuracy"] / base["control_accuracy"], rel=1e-3)
 
@@ -115,7 +160,7 @@ def test_a_run_that_never_reaches_90_counts_its_budget_and_fails_the_target(benc
     runs = [fake_run(bench, s, reached=r) for s, r in zip(range(3), (256, None, 384))]
     s = bench.bootstrap(runs, resamples=100)
     assert s["completions_to_90"]["never"] == 1
-    assert s["completions_to_90"]["mean"] == pytest.approx((256 + 5120 + 384) / 3)
+    assert s["completions_to_90"]["mean"] == pytest.approx(1920)  # (256 + 5120, its whole budget, + 384) / 3
     assert not dict(bench.target_check(s))[next(k for k in dict(bench.target_check(s)) if "completions" in k)]
 
 

@@ -361,20 +361,33 @@ def test_bad_value_from_the_real_script_is_exit_code_2(tmp_path):
 
 
 def test_a_used_folder_is_taken_when_asked(tmp_path):
-    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it, and the
-    start says what it does with the run there (``run_dir.decide``)."""
+    """A finished or unfinished run is refused by default (``BAD`` above); --overwrite or a resume takes it: the
+    start sees the run that is there, says what it does with it (``run_dir.decide``) and deletes nothing (clearing
+    is training's, later)."""
     from musclebob_helpers.startup import start
 
-    def action(argv):
-        return start(parse(["--model", "tiny", *argv])[0], log=lambda *a: None).folder.action
+    def taken(out, *flags):
+        before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) if out.exists() else []
+        cfg, _ = config_from_args(["--model", "tiny", "--output-dir", str(out), *flags], PROG, "test")
+        run = start(cfg, log=lambda *a: None)
+        after = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != ".musclebob.lock")
+        assert after == before
+        return run.cfg, run.folder
 
     _finished(tmp_path / "done")
-    assert action(["--output-dir", str(tmp_path / "done"), "--overwrite"]) == "overwrite"
-    assert action(["--output-dir", str(tmp_path / "done"), "--resume-from-checkpoint", "auto"]) == "continue"
+    cfg, folder = taken(tmp_path / "done", "--overwrite")
+    assert cfg.overwrite and cfg.resume_from_checkpoint is None and folder.action == "overwrite"
+    assert folder.path == tmp_path / "done" and folder.state == "finished" and folder.resume is None
+    cfg, folder = taken(tmp_path / "done", "--resume-from-checkpoint", "auto")
+    assert cfg.resume_from_checkpoint == "auto" and not cfg.overwrite and folder.state == "finished"
+    assert folder.action == "continue"
     _with_checkpoint(tmp_path / "unfinished")
-    assert action(["--output-dir", str(tmp_path / "unfinished"), "--resume-from-checkpoint", "auto"]) == "continue"
-    assert action(["--output-dir", str(tmp_path / "unfinished"), "--overwrite"]) == "overwrite"
-    assert action(["--output-dir", str(tmp_path / "new")]) == "new"
+    cfg, folder = taken(tmp_path / "unfinished", "--resume-from-checkpoint", "auto")
+    assert cfg.resume_from_checkpoint == "auto" and folder.state == "unfinished" and folder.action == "continue"
+    cfg, folder = taken(tmp_path / "unfinished", "--overwrite")
+    assert cfg.overwrite and folder.state == "unfinished" and folder.action == "overwrite"
+    _, folder = taken(tmp_path / "new")
+    assert folder.action == "new" and folder.path == tmp_path / "new"
 
 
 @pytest.mark.slow  # a fresh process: what --help imports

@@ -152,16 +152,25 @@ def test_full_fine_tuning_on_a_free_drive_is_refused_in_one_line(fake_drive):
 
 
 def test_lora_on_a_free_drive_is_accepted(fake_drive):
-    check(preset_config("colab-t4", output_dir=str(fake_drive / "run")))
+    cfg = preset_config("colab-t4", output_dir=str(fake_drive / "run"))
+    folder = check(cfg)
+    assert folder.path == fake_drive / "run" and folder.state == "new" and folder.resume is None
+    # On Drive every checkpoint ever saved counts (the trash): LoRA's whole run, ~0.6 GB, fits 15 GB.
+    assert folder.need.lora and folder.need.written < 1 * GB < FREE_DRIVE
+    assert run_dir.drive_space_problem(cfg) is None
 
 
 def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=int(15 * GB)))
     cfg = TrainConfig(output_dir=str(tmp_path / "run"))  # full fine-tuning: 17.8 GB at its peak
-    with pytest.raises(ConfigError, match=r"about 17\.8 GB there \(3 checkpoints.*--keep-checkpoints 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--output-dir=.*about 17\.8 GB there \(3 checkpoints.*only 15\.0 GB are free.*--keep-checkpoints 1",
+    ):
         check(cfg)
     check(replace(cfg, keep_checkpoints=1))  # 2 x 5.9 GB at once while the newest is written: 11.9 GB
+    check(replace(cfg, epochs=2))  # 2 checkpoints in all (+ the final model) fit as well
     old = tmp_path / "run" / "checkpoint-8"
     old.mkdir(parents=True)
     with open(old / "optimizer.pt", "wb") as fh:  # a sparse 4 GB file: the resumed run will rotate it away

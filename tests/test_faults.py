@@ -163,7 +163,11 @@ KILLS = [
     ("history:3", "Resuming from", 2),  # half of reward_history.json's temporary file written
     ("checkpoint:4", "checkpoint-4 is damaged", 1),  # half of checkpoint-4/optimizer.pt written
     ("checkpoint:2", "No intact checkpoint", 2),  # the only checkpoint half written: start fresh
+    # After the last checkpoint: the resume has no step left to train, only the final model and validation.
+    ("train-end:4", "Resuming from", 2),  # checkpoint-4 saved, the final model not yet begun
+    ("final:4", "Resuming from", 1),  # half of the final model.safetensors written (its config.json whole)
 ]
+AFTER_THE_LAST_CHECKPOINT = ("train-end", "final")
 
 
 @pytest.mark.slow  # two training processes each
@@ -174,12 +178,21 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     killed = train(out, *keeping, fault=fault)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed
     assert f"{fault_runner.MARKER} killing the process" in killed.stderr
-    assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
-    all_json_parses(out)  # whatever a reader opens meanwhile is whole
     point, step = fault_runner.parse(fault)
+    if point == "final":  # save_pretrained writes the config first, then the weights it died in
+        assert (out / "config.json").is_file() and not (out / "final_validation.json").exists()
+        cut = (out / "model.safetensors").stat().st_size
+        assert 0 < cut < (reference[0] / "model.safetensors").stat().st_size
+    else:
+        assert not any((out / f).exists() for f in FINAL_FILES)  # it died before the end
+    all_json_parses(out)  # whatever a reader opens meanwhile is whole
     done = [e["step"] for e in history(out)]
-    # Steps logged before the kill: through step N when the checkpoint after it died, else through N - 1.
-    assert done == list(range(1, (step if point == "checkpoint" else step - 1) + 1))
+    # Steps logged before the kill: through step N when the checkpoint after it (or the end) died, else N - 1.
+    assert done == list(range(1, (step if point in ("checkpoint", *AFTER_THE_LAST_CHECKPOINT) else step - 1) + 1))
+    if point in AFTER_THE_LAST_CHECKPOINT:  # the last checkpoint is whole; rotation has run
+        assert not checkpoint_problems(out / f"checkpoint-{step}")
+        rotated = [f"checkpoint-{step}"] if keep == 1 else ["checkpoint-2", f"checkpoint-{step}"]
+        assert [c.name for c in list_checkpoints(out)] == rotated
     if step > 2:  # the last intact checkpoint survives the kill, rotation or not
         assert any(not checkpoint_problems(c) for c in list_checkpoints(out))
     if point == "checkpoint":
@@ -196,8 +209,11 @@ def test_kill_anywhere_then_resume_ends_as_if_nothing_happened(tmp_path, referen
     if point == "checkpoint":  # the damaged checkpoint was moved aside, not deleted
         kept = out / f"checkpoint-{step}.damaged"
         assert {p.relative_to(kept): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
+    if point in AFTER_THE_LAST_CHECKPOINT:
+        assert f"checkpoint-{step}" in resumed.stdout  # resumed from the last one: nothing trained again
     if keep == 1:
-        assert "Removed checkpoint-2" in resumed.stdout
+        if point not in AFTER_THE_LAST_CHECKPOINT:  # killed before checkpoint-4 was whole: the resume rotates
+            assert "Removed checkpoint-2" in resumed.stdout
         assert [c.name for c in list_checkpoints(out)] == ["checkpoint-4"]
 
 
@@ -262,46 +278,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path, refer
     assert_same_as_reference(out, reference, resumed)
 
 
-@pytest.mark.slow  # trains twice in this process
-def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resume_cell_continues(
-    tmp_path, reference, monkeypatch
-):
-    """Colab's "Interrupt execution" is a SIGINT to the kernel, whose main thread runs the cell: here the signal
-    comes during step 1 (mid-epoch); the cell stops with one line and the kernel gets its own handler back."""
-    import torch
-    from transformers import TrainerCallback
-
-    from musclebob_helpers import notebook as nb
-    from musclebob_helpers import plots
-    from musclebob_helpers.cli import build_train_parser
-    from musclebob_helpers.config import resolve
-
-    class InterruptButton(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    given = vars(build_train_parser(PROG, "").parse_args([*KILL_ARGS, "--output-dir", str(tmp_path / "run")]))
-    cfg, _ = resolve(given)  # the reference's settings, as its command line resolved them
-    kernel_handler = signal.getsignal(signal.SIGINT)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference's process ran (OMP_NUM_THREADS=1): the same sums, the same bits
-    try:
-        with monkeypatch.context() as patched, pytest.raises(nb.NotebookStop) as stop:
-            patched.setattr(plots, "live_progress", lambda run_dir: InterruptButton())
-            nb.train(cfg, log=lambda *a, **k: None)
-        nb.resume_training(cfg.output_dir, live=False, log=lambda *a, **k: None)
-    finally:
-        torch.set_num_threads(threads)
-    assert (
-        str(stop.value) == f"stopped at step 1 of {TOTAL_STEPS}; checkpoint-1 saved; resume with: run the resume cell"
-    )
-    assert signal.getsignal(signal.SIGINT) is kernel_handler
-    out = Path(cfg.output_dir)
-    assert rewards_by_step(out) == rewards_by_step(reference[0])
-    assert load_completions(out) == load_completions(reference[0])
-    mine, theirs = weights(out), weights(reference[0])
-    assert all(mine[k].equal(theirs[k]) for k in mine)
+# The notebook's interrupt button (SIGINT to a real kernel, then the resume, ending as the uninterrupted run):
+# tests/test_notebooks.py::test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_on.
 
 
 def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_once():
@@ -334,6 +312,46 @@ def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, ignored)
+
+
+def test_under_accelerate_launch_the_forwarded_ctrl_c_is_not_a_second_one(monkeypatch):
+    """``accelerate launch`` (torchrun, which sets TORCHELASTIC_RUN_ID) forwards the terminal's Ctrl-C to each process
+    that already got it from the terminal: the same signal again within LAUNCHER_ECHO_S is that echo, not the
+    user's second Ctrl-C, so the run still stops at the end of its step. Real signals to this process."""
+    from types import SimpleNamespace
+
+    from musclebob_helpers import training
+    from musclebob_helpers.training import GracefulStop, Stopped
+
+    def training_stop():
+        stop = GracefulStop()
+        stop.training, stop.state = True, SimpleNamespace(global_step=3, max_steps=8)  # as on_train_begin sets them
+        return stop
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # what torchrun exports to every process it starts
+    stop = training_stop()
+    try:
+        with stop.handlers():
+            signal.raise_signal(signal.SIGINT)  # the terminal's
+            signal.raise_signal(signal.SIGINT)  # the launcher's copy of it, at once
+    except Stopped as err:  # a BaseException, like KeyboardInterrupt: caught here, or it ends the session
+        pytest.fail(f"the launcher's echo was taken for a second Ctrl-C: {err}")
+    assert stop.signum == signal.SIGINT  # asked to stop at the step's end, nothing raised
+    with pytest.raises(Stopped) as info, stop.handlers():
+        signal.raise_signal(signal.SIGTERM)  # another signal is never the echo
+    assert info.value.signum == signal.SIGTERM and info.value.exit_code == 143
+    stop = training_stop()
+    with pytest.raises(Stopped) as info, stop.handlers():
+        signal.raise_signal(signal.SIGINT)
+        stop.first_at -= training.LAUNCHER_ECHO_S  # the user's own second Ctrl-C, later: stops at once
+        signal.raise_signal(signal.SIGINT)
+    assert info.value.exit_code == 130 and info.value.checkpoint is None
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a plain python run: the same signal twice is the user's, twice
+    stop = training_stop()
+    with pytest.raises(Stopped), stop.handlers():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
 
 
 @pytest.mark.parametrize("epoch,saves", [(1.5, True), (2.0, False)], ids=["mid-epoch", "epoch end"])
@@ -438,15 +456,19 @@ def test_each_writer_s_full_disk_error_is_out_of_space(full_disk):
         assert not out_of_space(other), other
 
 
-def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
-    """torch's own RuntimeError from a short write (the issue's traceback) ends in the same line as ENOSPC, which
-    names the folder, the run's disk need and the free space."""
+@pytest.mark.parametrize("error", ["ENOSPC", "torch short write"])
+def test_full_disk_during_a_checkpoint_save_is_one_line(tmp_path, monkeypatch, capsys, tiny_path, error):
+    """ENOSPC, and torch's own RuntimeError from a short write (the issue's traceback), end in one line that names
+    the folder, the run's disk need and the free space, exit code 2."""
     import train_musclebob_improved
     from musclebob_helpers import training
 
     def short_write(cfg, **kw):
+        full = OSError(28, "No space left on device", str(tmp_path / "out" / "checkpoint-2" / "optimizer.pt"))
+        if error == "ENOSPC":
+            raise full
         try:
-            raise OSError(28, "No space left on device")
+            raise full
         except OSError as err:
             raise RuntimeError(fault_runner.TORCH_SHORT_WRITE) from err
 
@@ -655,10 +677,12 @@ def checkpoint(tmp_path, reference):
     return dest
 
 
+@pytest.mark.slow  # the checkpoint fixture copies the reference run: a training process
 def test_a_complete_checkpoint_is_intact(checkpoint):
     assert checkpoint_problems(checkpoint) == []
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_missing_file_is_named(checkpoint, name):
     (checkpoint / name).unlink()
@@ -666,6 +690,7 @@ def test_a_missing_file_is_named(checkpoint, name):
     assert problems and any(name in p and "missing" in p for p in problems), problems
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_truncated_file_is_named(checkpoint, name, keep):
@@ -674,6 +699,7 @@ def test_a_truncated_file_is_named(checkpoint, name, keep):
     assert problems and any(name in p for p in problems), problems
 
 
+@pytest.mark.slow  # the reference run's checkpoint
 def test_padded_weights_and_wrong_step_are_damage(checkpoint):
     with open(checkpoint / "model.safetensors", "ab") as fh:
         fh.write(b"\0" * 10)  # a file longer than its header says is not the file that was saved
@@ -683,6 +709,7 @@ def test_padded_weights_and_wrong_step_are_damage(checkpoint):
     assert any("global_step=2" in p for p in problems)
 
 
+@pytest.mark.slow  # a copy of the reference run
 def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, reference):
     out = _interrupted_copy(reference, tmp_path / "run")
     for ckpt in list_checkpoints(out):
@@ -704,6 +731,7 @@ def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, referen
     assert list_checkpoints(out) == []  # so the fresh run can write its own checkpoint-2
 
 
+@pytest.mark.slow  # a copy of the reference run
 def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
     out = _interrupted_copy(reference, tmp_path / "run")
     _truncate(out / "checkpoint-4" / "scheduler.pt")
@@ -711,6 +739,7 @@ def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, reference):
         check(TrainConfig(model="tiny", output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-4")))
 
 
+@pytest.mark.slow  # a copy of the reference run's checkpoint
 def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path, reference):
     from musclebob_helpers.training import run_training
 
@@ -764,15 +793,6 @@ def test_no_space_left_is_refused(tmp_path, monkeypatch):
         check(TrainConfig(model="tiny", output_dir=str(tmp_path / "out")))
 
 
-def test_checkpoints_that_will_not_fit_are_refused(tmp_path, monkeypatch):
-    usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda p: usage._replace(free=15 * 2**30))  # Drive's free tier
-    cfg = TrainConfig(output_dir=str(tmp_path / "out"))  # Qwen2.5-0.5B fully fine-tuned, 5 epochs, 2 kept
-    with pytest.raises(ConfigError, match=r"--output-dir=.*needs about 17\.8 GB.*only 16\.1 GB are free"):
-        check(cfg)
-    check(TrainConfig(output_dir=str(tmp_path / "out"), epochs=2))  # 2 checkpoints + the final model fit
-
-
 def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
     drive = tmp_path / "content" / "drive"
     monkeypatch.setattr(run_dir, "DRIVE_MOUNT", drive)
@@ -780,24 +800,6 @@ def test_unmounted_google_drive_is_refused(tmp_path, monkeypatch):
         check(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
     (drive / "MyDrive").mkdir(parents=True)  # mounted: fine
     check(TrainConfig(model="tiny", output_dir=str(drive / "MyDrive" / "musclebob")))
-
-
-def test_full_disk_during_training_is_one_line(tmp_path, monkeypatch, capsys, tiny_path):
-    import errno
-
-    import train_musclebob_improved
-    from musclebob_helpers import training
-
-    def full(cfg, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "optimizer.pt"))
-
-    monkeypatch.setattr(training, "run_training", full)
-    with pytest.raises(SystemExit) as exc:
-        train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        exc.value.code == 2 and len(err) == 1 and "disk is full" in err[0] and "resume-from-checkpoint auto" in err[0]
-    )
 
 
 # ---------------------------------------------------------------------------------------------

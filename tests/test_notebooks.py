@@ -576,10 +576,11 @@ def test_the_resume_cell_alone_continues_a_disconnected_run(
 
 
 @pytest.mark.slow  # a kernel
-def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_on(kernel, tiny_path, tmp_path):
+def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_on(kernel, tiny_path, tmp_path, trained):
     """Colab's "Interrupt execution" is the kernel manager's interrupt: SIGINT to the kernel, whose main thread
     runs the cell. The step in progress finishes and is saved, the cell stops with one line, and the same kernel
-    resumes the run; afterwards an interrupt is the kernel's own KeyboardInterrupt again (its handler is back)."""
+    resumes the run to the end the uninterrupted Run all reached (same rewards, completions and weights);
+    afterwards an interrupt is the kernel's own KeyboardInterrupt again (its handler is back)."""
     import os
 
     from jupyter_client.manager import start_new_kernel
@@ -644,6 +645,15 @@ def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_o
         reply, printed = run(f"nb.resume_training({str(run_dir)!r}, live=False)")
         assert reply["status"] == "ok" and "Resuming from" in printed and "checkpoint-3" in printed
         assert history_steps(run_dir) == list(range(1, 9))
+        # Stopped and resumed, it ends as the uninterrupted run of the same settings.
+        from safetensors.torch import load_file
+
+        from musclebob_helpers.plots import load_completions
+
+        assert rewards_by_step(run_dir) == rewards_by_step(trained[1])
+        assert load_completions(run_dir) == load_completions(trained[1])
+        mine, theirs = load_file(run_dir / "model.safetensors"), load_file(trained[1] / "model.safetensors")
+        assert mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
         reply, _ = run("import time; print('sleeping', flush=True); time.sleep(600)", interrupt_after="sleeping")
         assert reply["ename"] == "KeyboardInterrupt"
     finally:

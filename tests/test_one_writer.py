@@ -121,12 +121,7 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
     # a record of this very pid that this process does not hold: a restarted kernel's leftover
     write_record(out, pid=os.getpid(), token="old-kernel")
     RunLock(out).acquire().release()
-    # another machine: its heartbeat alone decides
-    write_record(out, host="other-runtime", pid=1)
-    with pytest.raises(ConfigError, match="host other-runtime"):
-        RunLock(out).acquire()
-    write_record(out, host="other-runtime", pid=1, heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
-    RunLock(out).acquire().release()
+    # another machine: its heartbeat alone decides (test_flock_does_not_reach_another_machine_the_heartbeat_does)
     # a record caught mid-write (unreadable) holds while the file is fresh, not once it is old
     (out / LOCK_FILE).write_text('{"host": "x", "pi')
     with pytest.raises(ConfigError, match="lock record is unreadable"):
@@ -137,15 +132,27 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
 
 
 def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch, no_flock):
+    """The record on disk is rewritten with the current time while the lock is held: a silent (0) heartbeat is
+    replaced, and the value goes on rising (whole seconds) instead of staying at the time the lock was taken."""
     monkeypatch.setattr(run_lock, "LOCK_HEARTBEAT_SECONDS", 0.05)
     lock = RunLock(tmp_path / "run").acquire()
+
+    def on_disk():
+        return json.loads(lock.path.read_text())["heartbeat"]
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, f"the heartbeat {what}: {on_disk()}"
+            time.sleep(0.05)
+
     try:
         lock.record["heartbeat"] = 0  # as if it had been silent for ages
         lock._write()
-        deadline = time.time() + 60
-        while json.loads(lock.path.read_text())["heartbeat"] == 0 and time.time() < deadline:
-            time.sleep(0.05)
-        assert json.loads(lock.path.read_text())["heartbeat"] > 0
+        wait_for(lambda: on_disk() > 0, "stayed silent")
+        first = on_disk()
+        assert abs(first - time.time()) < 5  # the current time, not a stale one
+        wait_for(lambda: on_disk() > first, f"stayed at {first}")  # at the next whole second
     finally:
         lock.release()
 

@@ -50,13 +50,11 @@ ADVERSARIAL = [
 ]
 
 
-def test_table_is_big_enough():
-    assert len(ADVERSARIAL) >= 20
-
-
 @pytest.mark.parametrize("label,text,truncated", ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
 def test_clean_answer_outranks_adversarial(label, text, truncated):
-    assert trl_reward(CLEAN) > trl_reward(text, truncated=truncated), label
+    # By a point at least: a hole closed by a hair (0.05 for a word) is one small change from open again.
+    # The closest calls today: punctuation spam 1.0, the rambling answer 1.13, the babble loop 1.4.
+    assert trl_reward(CLEAN) - trl_reward(text, truncated=truncated) >= 1.0, label
 
 
 def test_a_mixed_batch_scores_each_completion_as_alone():

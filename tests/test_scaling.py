@@ -362,6 +362,10 @@ def test_preset_flag_and_user_flags_override_it(tmp_path):
         ({"device": "cpu", "gpu_memory_gb": 0.0}, "cpu-tiny"),
         ({"device": "cuda", "gpu_name": "Tesla T4", "gpu_memory_gb": 14.7, "gpu_count": 1}, "colab-t4"),
         ({"device": "cuda", "gpu_name": "NVIDIA L4", "gpu_memory_gb": 22.5, "gpu_count": 1}, "colab-l4"),
+        ({"device": "cuda", "gpu_memory_gb": 19.9}, "colab-t4"),  # the edges: 20 GiB and 35 GiB
+        ({"device": "cuda", "gpu_memory_gb": 20.0}, "colab-l4"),
+        ({"device": "cuda", "gpu_memory_gb": 34.9}, "colab-l4"),
+        ({"device": "cuda", "gpu_memory_gb": 35.0}, "colab-a100"),
         ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 1}, "colab-a100"),
         ({"device": "cuda", "gpu_name": "NVIDIA A100-SXM4-40GB", "gpu_memory_gb": 39.6, "gpu_count": 4}, "multi-gpu"),
     ],
@@ -498,11 +502,26 @@ def test_import_survives_a_broken_vllm(tmp_path):
     assert proc.returncode == 2 and "--use-vllm" in proc.stderr and "GPU" in proc.stderr
 
 
-def test_detect_hardware_recommends_a_preset():
+def test_detect_hardware_recommends_a_preset(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
     from musclebob_helpers.training import detect_hardware
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # whatever this machine has
     hw = detect_hardware()
-    assert hw["recommended_preset"] == recommend_preset(hw) and hw["recommended_preset"] in PRESET_NAMES
+    assert (hw["device"], hw["precision"], hw["recommended_preset"]) == ("cpu", "fp32", "cpu-tiny")
+    # A Colab T4 as torch describes it (the GPU itself cannot be reached here): 15,828,320,256 B = 14.7 GiB.
+    t4 = SimpleNamespace(name="Tesla T4", total_memory=15_828_320_256, major=7, minor=5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: t4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    hw = detect_hardware()
+    assert (hw["gpu_name"], hw["gpu_memory_gb"], hw["compute_capability"]) == ("Tesla T4", 14.7, "7.5")
+    assert (hw["precision"], hw["recommended_preset"]) == ("fp16", "colab-t4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert detect_hardware()["recommended_preset"] == "multi-gpu"
 
 
 def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_path, tiny_path, monkeypatch):
