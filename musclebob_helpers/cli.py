@@ -21,6 +21,7 @@ from .config import (
     ConfigError,
     TrainConfig,
     as_typed,
+    field_default,
     flag_name,
     is_tiny,
     resolve,
@@ -50,10 +51,14 @@ def build_train_parser(prog: str, description: str) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
-        default = as_typed(f.name, f.default)  # "--fewshot", "--epochs 5": a yes/no default is named by its form
+        default = as_typed(f.name, field_default(f))  # "--fewshot", "--epochs 5": a yes/no default by its form
         if kind is bool:
             help_text = f"{f.metadata['help']} (default: {default})"
             parser.add_argument(flag_name(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(hints[f.name]) is list:  # repeatable (--trl-arg a=1 --trl-arg b=2): a list
+            parser.add_argument(
+                flag_name(f), dest=f.name, action="append", metavar="KEY=VALUE", help=f.metadata["help"]
+            )
         else:
             help_text = f"{f.metadata['help']} (default: {default.split(' ', 1)[-1]})"
             choices = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
