@@ -3,6 +3,7 @@
 
     python benchmarks/bench_learning.py                        # the project's default vs the guide's recipe, 5 seeds
     python benchmarks/bench_learning.py --mode advice          # the guide's troubleshooting commands, measured
+    python benchmarks/bench_learning.py --mode loss            # TRL's loss types (docs/loss_types.md)
     python benchmarks/bench_learning.py --recipes default --seeds 42 7 --set beta=0.04   # try a lever
     python benchmarks/bench_learning.py --readme               # rewrite the README's tables from the JSON files
 
@@ -69,11 +70,31 @@ RECIPES = {
         "2 prompts a step is its default)",
         {"learning_rate": 6e-5, "batch_size": 2},
     ),
+    # TRL's loss types on the default recipe, whose loss is TRL's default, dapo (docs/loss_types.md)
+    "dr_grpo": (
+        "`--loss-type dr_grpo`: token losses summed, divided by a constant (max completion length)",
+        {"loss_type": "dr_grpo"},
+    ),
+    "dr_grpo-unscaled": (
+        "`--loss-type dr_grpo --scale-rewards none`: the Dr. GRPO paper's whole change",
+        {"loss_type": "dr_grpo", "scale_rewards": "none"},
+    ),
+    "grpo": (
+        "`--loss-type grpo`: each completion's token losses averaged, then the completions",
+        {"loss_type": "grpo"},
+    ),
+    "bnpo": (
+        "`--loss-type bnpo`: averaged over this process's tokens (one process: dapo's figure)",
+        {"loss_type": "bnpo"},
+    ),
 }
 MODES = {
     "main": ["default", "guide"],
     "advice": ["default", "no-fewshot", "fewshot-0.15", "fewshot-0.3", "longer", "gentle"],
+    "loss": ["default", "dr_grpo", "dr_grpo-unscaled", "grpo", "bnpo"],
 }
+# Where each mode's table is rendered (--readme), between <!-- bench_learning MODE --> markers.
+TABLE_FILES = {"main": README, "advice": README, "loss": ROOT / "docs" / "loss_types.md"}
 
 # What the project's default is held to, on every seed (min/max over seeds) and on average (mean).
 TARGETS = [
@@ -420,8 +441,10 @@ def results_path(mode: str) -> Path:
     return ROOT / "benchmarks" / ("results_learning.json" if mode == "main" else f"results_learning_{mode}.json")
 
 
-def update_readme(mode: str, readme: Path = README) -> None:
-    """Replace the README's table for ``mode`` (between its two marker comments) with the one the JSON gives."""
+def update_readme(mode: str, readme: Path | None = None) -> None:
+    """Replace the table for ``mode`` (between its two marker comments in the README, or docs/loss_types.md: see
+    ``TABLE_FILES``) with the one the JSON gives."""
+    readme = readme or TABLE_FILES[mode]
     results = json.loads(results_path(mode).read_text())
     start, end = f"<!-- bench_learning {mode} -->", f"<!-- /bench_learning {mode} -->"
     text = readme.read_text()
@@ -434,23 +457,34 @@ def update_readme(mode: str, readme: Path = README) -> None:
 
 def parse_set(items: list[str]) -> dict:
     """``FIELD=VALUE`` pairs typed as TrainConfig's fields are (``beta=0.04``, ``lora=true``); one line on a typo."""
+    import typing
+
     from musclebob_helpers.config import TrainConfig
 
-    defaults = TrainConfig(model="tiny").to_dict()
+    hints = typing.get_type_hints(TrainConfig)
     values = {}
     for item in items:
         key, _, raw = item.partition("=")
         key = key.replace("-", "_")
-        if key not in defaults:
+        if key not in hints:
             raise SystemExit(f"--set {item}: no TrainConfig field {key!r}")
-        kind = type(defaults[key]) if defaults[key] is not None else str
-        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        kinds = typing.get_args(hints[key]) or (hints[key],)  # float | None -> float; list[str] -> str
+        kind = next(k for k in kinds if k is not type(None))
+        if typing.get_origin(hints[key]) is list:  # --set trl_args=top_entropy_quantile=0.2 (repeatable)
+            values.setdefault(key, []).append(raw)
+        else:
+            values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
     return values
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=sorted(MODES), default="main", help="which recipes: main or the guide's advice")
+    p.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="main",
+        help="which recipes: main, the guide's advice, TRL's loss types",
+    )
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="instead of the mode's recipes")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="change a TrainConfig value in all")
@@ -469,7 +503,7 @@ def main(argv=None) -> int:
     if args.readme:
         for mode in MODES:
             update_readme(mode)
-            print(f"README: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}")
+            print(f"{TABLE_FILES[mode].name}: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}")
         return 0
 
     extra = parse_set(args.set)
