@@ -353,8 +353,16 @@ def report_to(cfg: TrainConfig) -> list[str] | None:
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
-    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
-    return cfg.num_samples // cfg.batch_size
+    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full, and repeats each batch
+    ``num_iterations`` times (a step each, on the same completions)."""
+    return cfg.num_samples // cfg.batch_size * cfg.num_iterations
+
+
+def completions_per_step(cfg: TrainConfig) -> int | float:
+    """Completions generated per optimizer step: a batch's ``batch_size x num_generations`` serve
+    ``num_iterations`` steps."""
+    made = cfg.batch_size * cfg.num_generations
+    return made // cfg.num_iterations if made % cfg.num_iterations == 0 else made / cfg.num_iterations
 
 
 class OneLineError(Exception):

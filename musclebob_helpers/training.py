@@ -29,6 +29,7 @@ from .config import (
     ConfigError,
     OneLineError,
     TrainConfig,
+    completions_per_step,
     field_flags,
     recommend_preset,
     report_to,
@@ -226,6 +227,7 @@ TRL_FIELDS_OWNED = {
     "warmup_steps": "the project warms up for 5 steps",
     "disable_tqdm": "the project shows its own progress",
     "dataloader_num_workers": "the project loads its prompts in the training process",
+    "gradient_accumulation_steps": "use --batch-size (prompts an optimizer step, with no accumulation)",
 }
 
 
@@ -755,7 +757,7 @@ def build_trainer(
         tokenizer,
         check_rows,
         every_steps=cfg.validate_every,
-        completions_per_step=cfg.batch_size * cfg.num_generations,
+        completions_per_step=completions_per_step(cfg),
         max_new_tokens=cfg.max_completion_length,
         monitor=monitor,
         log=log,
@@ -1422,7 +1424,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
                 "hardware": hardware,
                 "num_processes": procs.num_processes,
                 "steps_per_epoch": steps_per_epoch(cfg),
-                "completions_per_step": cfg.batch_size * cfg.num_generations,
+                "completions_per_step": completions_per_step(cfg),
             },
         )
     val_rows = data.validation_rows()
@@ -1492,7 +1494,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     )
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
-    final["completions_generated"] = trainer.state.global_step * cfg.batch_size * cfg.num_generations
+    final["completions_generated"] = round(trainer.state.global_step * completions_per_step(cfg))
     final["health_warnings"] = [w["message"] for w in monitor.warnings]
     if main:
         write_json_atomic(out / FINAL_FILE, final)
