@@ -330,7 +330,7 @@ def as_typed(name: str, value) -> str:
     if value is None:
         return f"{flag} (not set)"
     if isinstance(value, (list, tuple)):  # a repeatable flag: --trl-arg a=1 --trl-arg b=2
-        return " ".join(f"{flag} {shlex.quote(str(v))}" for v in value) if value else f"{flag} (none)"
+        return " ".join(f"{flag} {shlex.quote(str(v))}" for v in value) if value else f"{flag} (not set)"
     text = str(value)
     return f"{flag} {shlex.quote(text) if text else repr(text)}"
 
