@@ -75,7 +75,9 @@ def test_defaults_are_trls_own():
 
 
 def colab_grpo_config() -> Path:
-    found = sorted(Path.home().glob(".cache/musclebob/colab-twin*/lib/python*/site-packages/trl/trainer/grpo_config.py"))
+    found = sorted(
+        Path.home().glob(".cache/musclebob/colab-twin*/lib/python*/site-packages/trl/trainer/grpo_config.py")
+    )
     if not found:
         pytest.skip("Colab twin not built (python tools/colab_twin.py build)")
     return found[0]
@@ -168,7 +170,9 @@ def test_a_bad_trl_arg_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypa
         train_musclebob_improved.main(["--model", "tiny", "--output-dir", str(out), "--trl-arg", item])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2
-    assert len(err) == 1 and err[0].startswith(f"{PROG}: error: --trl-arg={item!r} is not allowed: ") and message in err[0]
+    assert (
+        len(err) == 1 and err[0].startswith(f"{PROG}: error: --trl-arg={item!r} is not allowed: ") and message in err[0]
+    )
     assert not out.exists()
 
 
