@@ -278,13 +278,29 @@ def test_notebook_parameters_reach_the_config(tmp_path, monkeypatch):
 # --- the benchmark -----------------------------------------------------------------------------------------------
 
 
-def test_bench_set_types_the_new_fields():
+def load_bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_set_types_the_new_fields():
+    bench = load_bench()
     values = bench.parse_set(["loss_type=dr_grpo", "epsilon_high=0.28", "trl_args=a=1", "trl_args=b=2"])
     assert values == {"loss_type": "dr_grpo", "epsilon_high": 0.28, "trl_args": ["a=1", "b=2"]}
     assert bench.TABLE_FILES["loss"] == ROOT / "docs" / "loss_types.md"
     assert all(bench.RECIPES[name][1].get("loss_type", "dapo") in LOSS_TYPES for name in bench.MODES["loss"])
+
+
+def test_the_docs_table_is_the_one_the_json_renders():
+    bench = load_bench()
+    results = json.loads(bench.results_path("loss").read_text())
+    text = bench.TABLE_FILES["loss"].read_text()
+    start, end = "<!-- bench_learning loss -->", "<!-- /bench_learning loss -->"
+    assert text.split(start, 1)[1].split(end, 1)[0].strip() == bench.markdown_table(results).strip(), (
+        "docs/loss_types.md's table is stale: python benchmarks/bench_learning.py --readme"
+    )
+    assert sorted(results["summary"]) == sorted(bench.MODES["loss"]) and len(results["seeds"]) >= 5
