@@ -304,3 +304,34 @@ def test_the_docs_table_is_the_one_the_json_renders():
         "docs/loss_types.md's table is stale: python benchmarks/bench_learning.py --readme"
     )
     assert sorted(results["summary"]) == sorted(bench.MODES["loss"]) and len(results["seeds"]) >= 5
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_with_them(tmp_path):
+    """A real run (seconds): TRL gets the settings, and its step count is what steps_per_epoch says with
+    num_iterations 2 (each batch trained twice), the completions counted once per generation."""
+    import torch
+
+    cfg = TrainConfig(
+        model="tiny",
+        epochs=1,
+        num_samples=6,
+        batch_size=3,
+        num_generations=2,
+        max_completion_length=16,  # short answers keep the run to seconds
+        validation_samples=1,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        num_iterations=2,
+        epsilon_high=0.28,
+        trl_args=["top_entropy_quantile=0.5"],
+        output_dir=str(tmp_path / "run"),
+    )
+    result = training.run_training(cfg, log=lambda *a, **k: None)
+    args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
+    assert (args.loss_type, args.scale_rewards, args.num_iterations, args.epsilon_high) == ("dr_grpo", "none", 2, 0.28)
+    assert args.top_entropy_quantile == 0.5
+    assert result["final"]["global_step"] == steps_per_epoch(cfg) == 4
+    assert result["final"]["completions_generated"] == 4 * completions_per_step(cfg) == 12  # 2 batches x 3 x 2
+    record = json.loads((tmp_path / "run" / run_dir.CONFIG_FILE).read_text())
+    assert config_from_dict(record) == cfg and record["steps_per_epoch"] == 4
