@@ -5,7 +5,7 @@
     python benchmarks/bench_learning.py --mode advice          # the guide's troubleshooting commands, measured
     python benchmarks/bench_learning.py --mode loss            # TRL's loss types (docs/loss_types.md)
     python benchmarks/bench_learning.py --recipes default --seeds 42 7 --set beta=0.04   # try a lever
-    python benchmarks/bench_learning.py --readme               # rewrite the README's tables from the JSON files
+    python benchmarks/bench_learning.py --readme               # rewrite the tables (README, docs/loss_types.md)
 
 Every run trains the tiny model from the same base with one seed, validates on the held-out prompts before and
 after (12 SpongeBob phrasings and 124 general questions of 9 topics, 4 sampled answers each), and checks the
@@ -14,7 +14,7 @@ rate first reached 90 %. The interval is a percentile bootstrap over seeds and, 
 (2,000 resamples): it says how much the figure would move with other seeds and other questions of the same kinds.
 Runs go to ``--jobs`` worker processes (two on two cores, one thread each: the tiny model's matrices are too
 small for two threads to help). Raw figures go to ``benchmarks/results_learning[_MODE].json``; ``--readme``
-renders the README's tables from them.
+renders the tables from them.
 """
 
 from __future__ import annotations
