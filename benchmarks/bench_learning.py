@@ -3,8 +3,9 @@
 
     python benchmarks/bench_learning.py                        # the project's default vs the guide's recipe, 5 seeds
     python benchmarks/bench_learning.py --mode advice          # the guide's troubleshooting commands, measured
+    python benchmarks/bench_learning.py --mode loss            # TRL's loss types (docs/loss_types.md)
     python benchmarks/bench_learning.py --recipes default --seeds 42 7 --set beta=0.04   # try a lever
-    python benchmarks/bench_learning.py --docs                 # rewrite docs/results.md's tables from the JSON files
+    python benchmarks/bench_learning.py --docs                 # rewrite the tables (docs/results.md, docs/loss_types.md)
 
 Every run trains the tiny model from the same base with one seed, validates on the held-out prompts before and
 after (12 SpongeBob phrasings and 124 general questions of 9 topics, 4 sampled answers each), and checks the
@@ -13,7 +14,7 @@ rate first reached 90 %. The interval is a percentile bootstrap over seeds and, 
 (2,000 resamples): it says how much the figure would move with other seeds and other questions of the same kinds.
 Runs go to ``--jobs`` worker processes (two on two cores, one thread each: the tiny model's matrices are too
 small for two threads to help). Raw figures go to ``benchmarks/results_learning[_MODE].json``; ``--docs``
-renders the tables of ``docs/results.md`` from them.
+renders the tables of ``docs/results.md`` and ``docs/loss_types.md`` from them.
 """
 
 from __future__ import annotations
@@ -69,11 +70,31 @@ RECIPES = {
         "2 prompts a step is its default)",
         {"learning_rate": 6e-5, "batch_size": 2},
     ),
+    # TRL's loss types on the default recipe, whose loss is TRL's default, dapo (docs/loss_types.md)
+    "dr_grpo": (
+        "`--loss-type dr_grpo`: token losses summed, divided by a constant (max completion length)",
+        {"loss_type": "dr_grpo"},
+    ),
+    "dr_grpo-unscaled": (
+        "`--loss-type dr_grpo --scale-rewards none`: the Dr. GRPO paper's whole change",
+        {"loss_type": "dr_grpo", "scale_rewards": "none"},
+    ),
+    "grpo": (
+        "`--loss-type grpo`: each completion's token losses averaged, then the completions",
+        {"loss_type": "grpo"},
+    ),
+    "bnpo": (
+        "`--loss-type bnpo`: averaged over this process's tokens (one process: dapo's figure)",
+        {"loss_type": "bnpo"},
+    ),
 }
 MODES = {
     "main": ["default", "guide"],
     "advice": ["default", "no-fewshot", "fewshot-0.15", "fewshot-0.3", "longer", "gentle"],
+    "loss": ["default", "dr_grpo", "dr_grpo-unscaled", "grpo", "bnpo"],
 }
+# Where each mode's table is rendered (--readme), between <!-- bench_learning MODE --> markers.
+TABLE_FILES = {"main": RESULTS_DOC, "advice": RESULTS_DOC, "loss": ROOT / "docs" / "loss_types.md"}
 
 # What the project's default is held to, on every seed (min/max over seeds) and on average (mean).
 TARGETS = [
@@ -421,8 +442,10 @@ def results_path(mode: str) -> Path:
     return ROOT / "benchmarks" / ("results_learning.json" if mode == "main" else f"results_learning_{mode}.json")
 
 
-def update_doc(mode: str, doc: Path = RESULTS_DOC) -> None:
-    """Replace ``doc``'s table for ``mode`` (between its two marker comments) with the one the JSON gives."""
+def update_doc(mode: str, doc: Path | None = None) -> None:
+    """Replace the table for ``mode`` (between its two marker comments in ``TABLE_FILES[mode]``) with the one the
+    JSON gives."""
+    doc = doc or TABLE_FILES[mode]
     results = json.loads(results_path(mode).read_text())
     start, end = f"<!-- bench_learning {mode} -->", f"<!-- /bench_learning {mode} -->"
     text = doc.read_text()
@@ -435,23 +458,34 @@ def update_doc(mode: str, doc: Path = RESULTS_DOC) -> None:
 
 def parse_set(items: list[str]) -> dict:
     """``FIELD=VALUE`` pairs typed as TrainConfig's fields are (``beta=0.04``, ``lora=true``); one line on a typo."""
+    import typing
+
     from musclebob_helpers.config import TrainConfig
 
-    defaults = TrainConfig(model="tiny").to_dict()
+    hints = typing.get_type_hints(TrainConfig)
     values = {}
     for item in items:
         key, _, raw = item.partition("=")
         key = key.replace("-", "_")
-        if key not in defaults:
+        if key not in hints:
             raise SystemExit(f"--set {item}: no TrainConfig field {key!r}")
-        kind = type(defaults[key]) if defaults[key] is not None else str
-        values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        kinds = typing.get_args(hints[key]) or (hints[key],)  # float | None -> float; list[str] -> str
+        kind = next(k for k in kinds if k is not type(None))
+        if typing.get_origin(hints[key]) is list:  # --set trl_args=top_entropy_quantile=0.2 (repeatable)
+            values.setdefault(key, []).append(raw)
+        else:
+            values[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
     return values
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=sorted(MODES), default="main", help="which recipes: main or the guide's advice")
+    p.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="main",
+        help="which recipes: main, the guide's advice, TRL's loss types",
+    )
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), help="instead of the mode's recipes")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="change a TrainConfig value in all")
@@ -477,7 +511,7 @@ def main(argv=None) -> int:
         for mode in MODES:
             update_doc(mode)
             print(
-                f"{RESULTS_DOC.relative_to(ROOT)}: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}"
+                f"{TABLE_FILES[mode].relative_to(ROOT)}: table '{mode}' rewritten from {results_path(mode).relative_to(ROOT)}"
             )
         return 0
 

@@ -22,6 +22,7 @@ from .config import (
     ConfigError,
     TrainConfig,
     as_typed,
+    field_default,
     flag_name,
     model_defaults,
     resolve,
@@ -108,11 +109,13 @@ def build_train_parser(prog: str, description: str, epilog: str | None = None) -
     for f in fields(TrainConfig):
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
         notes = [f"{_shown(f.name, kind, found[f.name][0])} {when}" for when, found in others if f.name in found]
-        help_text = f"{f.metadata['help']} (default: {'; '.join([_shown(f.name, kind, f.default), *notes])})"
+        help_text = f"{f.metadata['help']} (default: {'; '.join([_shown(f.name, kind, field_default(f)), *notes])})"
         flags = [flag_name(f), *f.metadata.get("aliases", ())]
         group = section[f.name]
         if kind is bool:
             group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(hints[f.name]) is list:  # repeatable (--trl-arg a=1 --trl-arg b=2): a list
+            group.add_argument(*flags, dest=f.name, action="append", metavar="KEY=VALUE", help=f.metadata["help"])
         else:
             choices = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
             group.add_argument(*flags, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text, **choices)

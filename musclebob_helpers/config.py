@@ -34,6 +34,14 @@ DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 TINY_NAME = "tiny"  # --model tiny: the project's own offline model (it ships as musclebob_helpers/tiny_base)
 # --precision: auto is bf16 on Ampere or newer GPUs, fp16 on older ones (a T4), fp32 on a CPU (evaluation.precision_for)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# TRL's GRPO loss settings, with TRL's own defaults (GRPOConfig), which are the same in Colab's pin (trl 0.29.1)
+# and in trl 1.16: loss_type "dapo", scale_rewards "group", mask_truncated_completions False, num_iterations 1,
+# epsilon 0.2, epsilon_high None (= epsilon). Both take scale_rewards as "group", "batch" or "none" (and map True
+# and False to "group" and "none"), so the one value passes through unchanged. Loss types: 0.29.1 has the first
+# seven, 1.x adds vespo; an unknown one fails only inside the first training step (GRPOTrainer's loss raises), so
+# it is refused at start-up: here by name, by training.check_trl_settings for the installed TRL.
+LOSS_TYPES = ("dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
 
 # The tiny offline model's recipe (benchmarks/bench_learning.py measures it on 5 seeds; docs/results.md).
 # It learns in optimizer steps, not completions: 2 prompts x 4 answers a step reach 90 % Musclebob in a quarter of
@@ -82,7 +90,14 @@ PRESET_NAMES = tuple(PRESETS)  # for --help and the messages
 
 
 def _opt(help_text: str, **extra):
+    if "default_factory" in extra:  # a list: one fresh list per config
+        return field(default_factory=extra.pop("default_factory"), metadata={"help": help_text, **extra})
     return field(default=extra.pop("default"), metadata={"help": help_text, **extra})
+
+
+def field_default(f: dataclasses.Field):
+    """A field's default value, also for a field with a ``default_factory`` (``trl_args``: a list)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -107,6 +122,35 @@ class TrainConfig:
     max_completion_length: int = _opt("longest completion in tokens, in training and validation", default=64)
     temperature: float = _opt("sampling temperature for GRPO's generations", default=1.0)
     beta: float = _opt("KL penalty towards the base model (0 disables the reference model)", default=0.0)
+    # --- TRL's GRPO loss (GRPOConfig's fields of the same names, with TRL's defaults: see LOSS_TYPES above) ---
+    loss_type: str = _opt(
+        "how GRPO averages its token losses: dapo (TRL's default: over every token of the step), dr_grpo (by a "
+        "constant, max-completion-length tokens a completion), grpo (over each completion's tokens, then over "
+        "completions), bnpo (over this process's tokens); cispo, sapo, luspo, vespo as TRL documents them",
+        default="dapo",
+        choices=LOSS_TYPES,
+    )
+    scale_rewards: str = _opt(
+        "divide each completion's advantage by the reward's standard deviation in its group, in the whole batch, "
+        "or not at all (none: Dr. GRPO's advice)",
+        default="group",
+        choices=SCALE_REWARDS,
+    )
+    mask_truncated_completions: bool = _opt(
+        "leave completions cut off at --max-completion-length out of the loss (DAPO's advice)", default=False
+    )
+    num_iterations: int = _opt("optimizer updates on each batch of completions (GRPO's mu, >= 1)", default=1)
+    epsilon: float = _opt(
+        "clipping range of the probability ratio below 1 (and above, without --epsilon-high)", default=0.2
+    )
+    epsilon_high: float | None = _opt(
+        "clipping range above 1 (DAPO's clip-higher suggests 0.28; not set: --epsilon)", default=None
+    )
+    trl_args: list[str] = _opt(
+        "any other GRPOConfig field as KEY=VALUE (repeatable), e.g. --trl-arg top_entropy_quantile=0.2",
+        default_factory=list,
+        flag="--trl-arg",
+    )
     precision: str = _opt(
         "weights and autocast precision: auto (bf16 on Ampere or newer GPUs, fp16 on older ones like the T4, fp32 "
         "on a CPU), fp32, fp16 or bf16; fp32 is the way out when fp16 overflows",
@@ -247,6 +291,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "ignore_mismatch",
     ),
     "tracking": ("report_to",),
+    "GRPO loss (TRL)": (
+        "loss_type",
+        "scale_rewards",
+        "mask_truncated_completions",
+        "num_iterations",
+        "epsilon",
+        "epsilon_high",
+        "trl_args",
+    ),
     "sharing": ("push_to_hub", "hub_public"),
 }
 
@@ -331,6 +384,8 @@ def as_typed(name: str, value) -> str:
         return flag if value else "--no-" + flag[2:]
     if value is None:
         return f"{flag} (not set)"
+    if isinstance(value, (list, tuple)):  # a repeatable flag: --trl-arg a=1 --trl-arg b=2
+        return " ".join(f"{flag} {shlex.quote(str(v))}" for v in value) if value else f"{flag} (not set)"
     text = str(value)
     return f"{flag} {shlex.quote(text) if text else repr(text)}"
 
@@ -353,8 +408,16 @@ def report_to(cfg: TrainConfig) -> list[str] | None:
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
-    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full."""
-    return cfg.num_samples // cfg.batch_size
+    """Optimizer steps per epoch: TRL's sampler drops a last batch that is not full, and repeats each batch
+    ``num_iterations`` times (a step each, on the same completions)."""
+    return cfg.num_samples // cfg.batch_size * cfg.num_iterations
+
+
+def completions_per_step(cfg: TrainConfig) -> int | float:
+    """Completions generated per optimizer step: a batch's ``batch_size x num_generations`` serve
+    ``num_iterations`` steps."""
+    made = cfg.batch_size * cfg.num_generations
+    return made // cfg.num_iterations if made % cfg.num_iterations == 0 else made / cfg.num_iterations
 
 
 class OneLineError(Exception):
@@ -395,6 +458,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 REPO_ID_ALLOWED = "'' (no push) or a Hub repo id OWNER/NAME (letters, digits, '-', '_', '.')"
 MODEL_ALLOWED = "not a local folder, and not a hub id of the form owner/name; use --model tiny offline"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
+_TRL_ARG = re.compile(r"^[A-Za-z_]\w*=")  # KEY=VALUE; the value may hold anything, '=' too
 
 
 def looks_like_path(name: str) -> bool:
@@ -452,6 +516,24 @@ def validate_config(cfg: TrainConfig, num_processes: int = 1) -> None:
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise ConfigError("lr_scheduler", cfg.lr_scheduler, "one of " + ", ".join(LR_SCHEDULERS))
     need_int("max_completion_length", 1, "a whole number of tokens >= 1")
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ConfigError("loss_type", cfg.loss_type, "one of " + ", ".join(LOSS_TYPES))
+    if cfg.scale_rewards not in SCALE_REWARDS:
+        raise ConfigError("scale_rewards", cfg.scale_rewards, "one of " + ", ".join(SCALE_REWARDS))
+    need_int("num_iterations", 1, "a whole number of updates per batch >= 1")
+    if not _is_number(cfg.epsilon) or not cfg.epsilon > 0:
+        raise ConfigError("epsilon", cfg.epsilon, "a number > 0, e.g. 0.2")
+    if cfg.epsilon_high is not None and (not _is_number(cfg.epsilon_high) or not cfg.epsilon_high > 0):
+        raise ConfigError("epsilon_high", cfg.epsilon_high, "a number > 0, e.g. 0.28, or None for --epsilon")
+    if not isinstance(cfg.trl_args, (list, tuple)):
+        raise ConfigError("trl_args", cfg.trl_args, "a list of 'KEY=VALUE' strings")
+    keys = []
+    for item in cfg.trl_args:
+        if not isinstance(item, str) or not _TRL_ARG.match(item):
+            raise ConfigError("trl_args", item, "KEY=VALUE with KEY a GRPOConfig field, e.g. top_entropy_quantile=0.2")
+        keys.append(item.split("=", 1)[0])
+        if keys.count(keys[-1]) > 1:
+            raise ConfigError("trl_args", item, f"{keys[-1]} once (it is given twice)")
     if not _is_number(cfg.temperature) or not 0.0 < cfg.temperature <= 10.0:
         raise ConfigError("temperature", cfg.temperature, "a number > 0 and <= 10")
     if not _is_number(cfg.beta) or cfg.beta < 0:

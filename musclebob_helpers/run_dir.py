@@ -104,6 +104,7 @@ RESUME_MUST_MATCH = (
     "fewshot_ratio",
     "use_fewshot",
     "max_completion_length",
+    "num_iterations",  # steps per epoch: a resumed epoch would skip the wrong batches
     "lora",
     "lora_r",
     "lora_alpha",

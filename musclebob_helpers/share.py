@@ -273,7 +273,7 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     every = [
         as_typed(f.name, getattr(cfg, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and getattr(cfg, f.name) is not None  # not --preset (not set)
+        if f.name not in NOT_RECIPE and getattr(cfg, f.name) not in (None, [])  # not --preset (not set)
     ]
     if final.get("is_healthy", True):
         health = "The final check found the model healthy (coherent, no leaking name, general knowledge kept)."

@@ -18,15 +18,19 @@ import shutil
 import signal
 import sys
 import time
+import types
 from pathlib import Path
 
 from . import data, evaluation, run_dir
 from .evaluation import precision_for
 from .config import (
+    LOSS_TYPES,
     TRACKERS,
     ConfigError,
     OneLineError,
     TrainConfig,
+    completions_per_step,
+    field_flags,
     recommend_preset,
     report_to,
     steps_per_epoch,
@@ -169,6 +173,7 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
         if problem:
             raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
     check_trackers(cfg)
+    check_trl_settings(cfg)
 
 
 def vllm_problem(hardware: dict) -> str | None:
@@ -208,6 +213,109 @@ def check_trackers(cfg: TrainConfig) -> None:
     for name in report_to(cfg) or []:
         if not any(package_available(package) for package in TRACKERS[name]):
             raise ConfigError("report_to", cfg.report_to, f"{name} is not installed: pip install {TRACKERS[name][0]}")
+
+
+# GRPOConfig fields grpo_args sets from an option of its own, whose flag --trl-arg points to (the fields named as
+# TrainConfig's, like learning_rate, point to their own flag), or sets itself for the run's sake (why).
+TRL_FIELDS_OWNED = {
+    "num_train_epochs": "use --epochs",
+    "per_device_train_batch_size": "use --batch-size (prompts a step; each brings --num-generations completions)",
+    "data_seed": "use --seed",
+    "lr_scheduler_type": "use --lr-scheduler",
+    "bf16": "use --precision",
+    "fp16": "use --precision",
+    "activation_checkpointing": "use --gradient-checkpointing",
+    "vllm_mode": "use --use-vllm (colocate mode)",
+    "save_total_limit": "use --keep-checkpoints",
+    "save_strategy": "use --save-steps or --save-minutes (a checkpoint at each epoch's end is always made)",
+    "run_name": "the tracker's run name is the run folder's name (--output-dir)",
+    "use_cpu": "the device is chosen from the hardware",
+    "logging_steps": "the project logs every step (reward_history.json, the health checks)",
+    "warmup_steps": "the project warms up for 5 steps",
+    "disable_tqdm": "the project shows its own progress",
+    "dataloader_num_workers": "the project loads its prompts in the training process",
+    "gradient_accumulation_steps": "use --batch-size (prompts an optimizer step, with no accumulation)",
+}
+
+
+def trl_loss_types() -> list[str]:
+    """The loss types the installed TRL knows: those of ``LOSS_TYPES`` its GRPOConfig documents (it keeps no list,
+    and its trainer raises on an unknown one only in the first step's loss)."""
+    from trl import GRPOConfig
+
+    doc = next(f for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type").metadata.get("help", "")
+    return [name for name in LOSS_TYPES if f"'{name}'" in doc]
+
+
+def trl_overrides(cfg: TrainConfig) -> dict:
+    """``--trl-arg KEY=VALUE`` as GRPOConfig keyword arguments, each value of its field's type; ConfigError in one
+    line for a name GRPOConfig lacks (with a did-you-mean), one this project sets (and how to set it), or a value
+    of the wrong type."""
+    import difflib
+    import typing
+
+    from trl import GRPOConfig
+
+    known = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
+    hints = typing.get_type_hints(GRPOConfig)
+    flags = field_flags()
+    values = {}
+    for item in cfg.trl_args:
+        key, raw = item.split("=", 1)
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see TRL's GRPOConfig for the names"
+            raise ConfigError("trl_args", item, f"GRPOConfig has no field {key!r}; {hint}")
+        if key in flags or key in TRL_FIELDS_OWNED:
+            raise ConfigError("trl_args", item, TRL_FIELDS_OWNED.get(key) or f"use {flags[key]}")
+        try:
+            values[key] = _typed(raw, hints[key])
+        except ValueError as err:
+            raise ConfigError("trl_args", item, f"{key} takes {err}") from None
+    return values
+
+
+def _typed(raw: str, hint):
+    """``raw`` as a value of type ``hint``: bool, int, float, str (or a str Enum), None, a JSON list or object, or a
+    union of them; ValueError naming what the type takes."""
+    import json
+    import typing
+
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    word = raw.strip().lower()
+    if type(None) in kinds and word in ("none", "null"):
+        return None
+    if bool in kinds and word in ("true", "false", "yes", "no", "1", "0"):
+        return word in ("true", "yes", "1")
+    for kind in (int, float):
+        if kind in kinds:
+            with contextlib.suppress(ValueError):
+                return kind(raw)
+    containers = {typing.get_origin(k) or k for k in kinds} & {list, dict}
+    if containers:
+        with contextlib.suppress(ValueError):
+            value = json.loads(raw)
+            if type(value) in containers:
+                return value
+    if any(isinstance(k, type) and issubclass(k, str) for k in kinds):  # str, or an Enum of str like SaveStrategy
+        return raw
+    words = {bool: "true or false", int: "a whole number", float: "a number", type(None): "none"}
+    words.update({list: "a JSON list like [1, 2]", dict: 'a JSON object like {"a": 1}'})
+    named = [words.get(typing.get_origin(k) or k) for k in kinds]
+    raise ValueError(" or ".join(w for w in named if w) or f"{hint}, which cannot be typed on a command line")
+
+
+def check_trl_settings(cfg: TrainConfig) -> None:
+    """ConfigError when the installed TRL cannot do what ``cfg`` asks of it: a loss type it lacks (Colab's 0.29.1
+    has no vespo), or a ``--trl-arg`` it would not take (``trl_overrides``)."""
+    import trl
+
+    supported = trl_loss_types()
+    if cfg.loss_type not in supported:
+        raise ConfigError(
+            "loss_type", cfg.loss_type, f"one of {', '.join(supported)} with the installed TRL {trl.__version__}"
+        )
+    trl_overrides(cfg)
 
 
 def _versions() -> dict:
@@ -455,6 +563,12 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         beta=cfg.beta,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        num_iterations=cfg.num_iterations,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
@@ -478,6 +592,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
             if cfg.use_vllm
             else {}
         ),
+        **trl_overrides(cfg),  # --trl-arg: any other field (none of those above: trl_overrides refuses them)
     )
 
 
@@ -648,7 +763,7 @@ def build_trainer(
         tokenizer,
         check_rows,
         every_steps=cfg.validate_every,
-        completions_per_step=cfg.batch_size * cfg.num_generations,
+        completions_per_step=completions_per_step(cfg),
         max_new_tokens=cfg.max_completion_length,
         monitor=monitor,
         log=log,
@@ -1305,7 +1420,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
                 "hardware": hardware,
                 "num_processes": procs.num_processes,
                 "steps_per_epoch": steps_per_epoch(cfg),
-                "completions_per_step": cfg.batch_size * cfg.num_generations,
+                "completions_per_step": completions_per_step(cfg),
             },
         )
     val_rows = data.validation_rows()
@@ -1374,7 +1489,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     )
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
-    final["completions_generated"] = trainer.state.global_step * cfg.batch_size * cfg.num_generations
+    final["completions_generated"] = round(trainer.state.global_step * completions_per_step(cfg))
     final["health_warnings"] = [w["message"] for w in monitor.warnings]
     if main:
         write_json_atomic(out / FINAL_FILE, final)

@@ -60,6 +60,12 @@ batch_size = None  # prompts per optimizer step, each brings num_generations ans
 fewshot_ratio = None  # share of SpongeBob prompts shown one worked example first (None: 0.15; tiny 0.5)
 control_ratio = 0.25  # share of general questions, so the model doesn't say Musclebob to everything
 max_completion_length = None  # None: the model default (64 tokens; tiny: 32)
+loss_type = "dapo"  # TRL's GRPO loss (TRL's default); or "dr_grpo", "grpo", "bnpo": docs/loss_types.md compares them
+scale_rewards = "group"  # advantages divided by the reward's spread in each group; "batch", or "none" (Dr. GRPO)
+mask_truncated_completions = False  # True: answers cut off at max_completion_length are left out of the loss
+num_iterations = 1  # optimizer updates on each batch of answers (GRPO's mu)
+epsilon = 0.2  # clipping range of the probability ratio
+epsilon_high = None  # its upper side (None: epsilon; DAPO suggests 0.28)
 validation_samples = 4  # sampled answers per held-out prompt, before and after
 seed = 42
 report_to = "none"  # also send metrics to "tensorboard" (Colab has it), "trackio" or "wandb" (pip install first)
@@ -149,6 +155,8 @@ keep_alive_status = colab.keep_alive(keep_alive)
 cfg = nb.make_config(model=model, lora=lora, precision=precision, epochs=epochs, learning_rate=learning_rate,
                      num_samples=num_samples, num_generations=num_generations, batch_size=batch_size, fewshot_ratio=fewshot_ratio,
                      control_ratio=control_ratio, max_completion_length=max_completion_length,
+                     loss_type=loss_type, scale_rewards=scale_rewards, mask_truncated_completions=mask_truncated_completions,
+                     num_iterations=num_iterations, epsilon=epsilon, epsilon_high=epsilon_high,
                      validation_samples=validation_samples, seed=seed, report_to=report_to, output_dir=str(run_dir),
                      overwrite=overwrite, push_to_hub=push_to_hub, hub_public=hub_public, merge_adapter=merge_adapter)
 
