@@ -4,8 +4,7 @@
     python -m musclebob_helpers.estimate --model mistralai/Mistral-Small-3.1-24B-Instruct-2503 \\
         --batch-size 1 --num-generations 4 --lora --load-in-4bit --gpu-memory-gb 22.5
 
-The training script's flags (``--precision`` among them: the run's precision; its ``auto`` is estimated as bf16),
-plus ``--gpu-memory-gb N`` (ask about a GPU you do not have). The rules are in memory.py.
+The training script's flags (``--precision auto`` is estimated as bf16), plus ``--gpu-memory-gb N``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""Watching a run while it trains: mid-training validation and plain-words health warnings.
-
-``MidTrainingValidation`` samples answers to the held-out prompts every
-``validate_every`` steps (or at each epoch's end) and appends the rates to
-``validation_history.json``, with the number of completions generated so far.
-
-``CompletionLog`` keeps a few of each step's completions, with their rewards, in ``completions.jsonl``.
-
-``HealthMonitor`` reads the trainer's logged metrics and those checks and warns,
-once per problem until it clears, on the console and in ``health_warnings.json`` (and ``Trackers`` sends both to
-``--report-to``'s trackers):
-
-* no learning signal: every group's completions got the same reward for many steps;
-* completions hitting the length limit;
-* the reward collapsing from its best;
-* coherence, leakage or control accuracy going bad in a mid-training check.
-
-A check that finds the model broken is handed to ``recovery`` (``training.CollapseRecovery``, ``--on-collapse``)
-when there is one: it goes back to the last healthy check, or stops, and its one line replaces the warning.
+"""Watching a run while it trains: mid-training checks (``validation_history.json``), a sample of each step's
+completions (``completions.jsonl``) and plain-words health warnings (``health_warnings.json``), also sent to
+``--report-to``'s trackers. A check that finds the model broken goes to ``training.CollapseRecovery`` when
+``--on-collapse`` asks for one.
 """
 
 from __future__ import annotations
@@ -40,8 +25,7 @@ COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 
 def epoch_ended(state) -> bool:
-    """Whether the trainer's ``state`` is at an epoch's end: ``state.epoch`` is epoch + steps done / steps in the
-    epoch, a whole number exactly there (a stop mid-epoch, ``training.GracefulStop``, also ends the epoch loop)."""
+    """Whether ``state`` is at an epoch's end (a stop mid-epoch also ends the epoch loop): ``epoch`` is whole there."""
     return float(state.epoch or 0).is_integer()
 
 
@@ -52,11 +36,9 @@ def _callback_base():
 
 
 class Trackers:
-    """Sends the project's own metrics (mid-training checks, health warnings) to the run's trackers (``report_to``)
-    at the step they belong to. They reach the trackers' own callbacks directly, not through ``Trainer.log``: a
-    check runs between a step's update and its log, where ``GRPOTrainer.log`` would publish (and clear) the step's
-    metrics early, and a check at an epoch's end comes after the step's log. ``bind(trainer)`` once it exists;
-    before that, or with no tracker, ``send`` does nothing."""
+    """Sends the checks' and warnings' metrics to the run's trackers at their step, through the trackers' own
+    callbacks: ``Trainer.log`` between a step's update and its log would publish (and clear) its metrics early.
+    ``bind(trainer)`` once it exists; until then ``send`` does nothing."""
 
     def __init__(self):
         self.trainer, self.callbacks = None, []
@@ -156,8 +138,7 @@ class HealthMonitor(_callback_base()):
             )
 
     def check_validation(self, state, report: dict, control=None) -> None:
-        """Called by ``MidTrainingValidation`` after each mid-training check (``control``: the trainer's, which a
-        recovery that stops the run sets)."""
+        """After each mid-training check (``control``: the trainer's, which a recovery that stops sets)."""
         floor = (
             self.recovery.min_control_kept(state) if self.recovery is not None else evaluation.MIN_CONTROL_ACCURACY_KEPT
         )
@@ -192,7 +173,7 @@ class MidTrainingValidation(_callback_base()):
         precision: str = "fp32",
     ):
         self.path = Path(out_dir) / VALIDATION_HISTORY_FILE
-        self.precision = precision  # the run's: a check generates as its rollouts do (evaluation.generating_in)
+        self.precision = precision  # a check generates as the rollouts do
         self.tokenizer, self.rows, self.every = tokenizer, rows, every_steps
         self.completions_per_step, self.max_new_tokens, self.samples = completions_per_step, max_new_tokens, samples
         self.monitor, self.log, self.trackers = monitor, log, trackers
@@ -245,7 +226,6 @@ class MidTrainingValidation(_callback_base()):
             self._check(state, model, control)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        # A stop mid-epoch (a signal: training.GracefulStop) ends the epoch early: not an epoch's end to check at.
         if model is not None and epoch_ended(state) and self._due(state, epoch_end=True):
             self._check(state, model, control)
 
@@ -265,9 +245,8 @@ COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: a reader (the completion browser) reread
 
 
 def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -> int:
-    """Every how many steps ``completions.jsonl`` keeps a step once ``step`` steps are logged: 1 while the cap
-    allows, then doubled as often as needed, so a long run's file still spans the whole run evenly. A function of
-    the step alone, so a resumed run keeps exactly the steps the uninterrupted one would."""
+    """Every how many steps ``completions.jsonl`` keeps one: 1, doubled while the cap is exceeded, so the file
+    spans the run evenly; a function of the step alone, so a resumed run keeps what an uninterrupted one would."""
     every = 1
     while (step // every) * per_step > max_rows:
         every *= 2
@@ -275,16 +254,14 @@ def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -
 
 
 def pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
-    """The indices of ``k`` of a step's completions: each prompt's best, then each prompt's worst, then the next
-    best..., so the sample shows what GRPO compares within a group and covers every prompt it can. Completions
-    of one prompt need not be adjacent; ``None`` totals rank lowest."""
+    """The indices of ``k`` of a step's completions: each prompt's best, then each one's worst, then the next
+    best..., to show what GRPO compares within a group; ``None`` totals rank lowest."""
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(prompt, []).append(i)
     order = []
     for members in groups.values():
         ranked = sorted(members, key=lambda i: (totals[i] is None, -(totals[i] or 0.0), i))
-        # best, worst, second best, second worst, ...
         order.append([ranked[j // 2] if j % 2 == 0 else ranked[-1 - j // 2] for j in range(len(ranked))])
     picked: list[int] = []
     for rank in range(max((len(o) for o in order), default=0)):
@@ -301,8 +278,7 @@ def _number(value) -> float | None:
 
 
 def _text(value) -> str:
-    """A prompt or completion as text: TRL hands conversational ones as chat messages (the last user message
-    for a prompt, the assistant's answer for a completion), older TRL releases as plain strings."""
+    """A prompt (its last user message) or completion as text: chat messages, or plain strings (older TRL)."""
     if isinstance(value, list):
         messages = [m for m in value if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"] or messages
@@ -314,23 +290,14 @@ def _text(value) -> str:
 
 
 class CompletionLog(_callback_base()):
-    """Keeps ``per_step`` of each logged step's completions in ``completions.jsonl``: step, epoch, prompt kind
-    (``data.PROMPT_KINDS``), prompt, completion, each reward function's value (``None`` where it does not judge
-    that prompt), the total and the advantage. At most ``max_rows`` rows and the newest step's (``kept_every``
-    thins older steps).
+    """``per_step`` of each step's completions, with each reward, the total and the advantage, in
+    ``completions.jsonl``: at most ``max_rows`` rows plus the newest step's. Read from TRL's buffer
+    (``GRPOTrainer._logs``): TRL's ``log_completions`` would print a table each step and write unbounded parquet
+    files. ``bind(trainer)`` once it exists.
 
-    Reads TRL's own buffer of the step's completions (``GRPOTrainer._logs``, what ``log_completions`` reads): TRL's
-    ``log_completions`` itself would also print a table at every step (through our progress bar) and write one
-    parquet file per step without a bound, and neither is reconciled on resume. Call ``bind(trainer)`` once the
-    trainer exists.
-
-    Each step's rows are appended in one write (``io.append_lines``), in constant time: a rewrite of the whole file
-    renamed into place cost 0.3-2 ms a step on ext4 and grew with the file. The file holds exactly what a rewrite
-    would have written: the kept steps' rows (a prefix, ``kept_size`` bytes) and the newest step's when it is not
-    kept, which the next step's append cuts off first. Rewritten whole and atomically only at train begin (on
-    resume the steps after the checkpoint are dropped, so steps trained again replace theirs; a line a kill cut
-    short goes) and when ``kept_every`` doubles (a few times a run): the file stays byte for byte the same as an
-    uninterrupted run's."""
+    Each step is one append (a whole rewrite grew with the file); the file is the kept steps' rows (``kept_size``
+    bytes) plus the newest step's, which the next append cuts off. Rewritten atomically only at train begin (a
+    resume drops later steps) and when ``kept_every`` doubles: byte for byte an uninterrupted run's file."""
 
     def __init__(self, out_dir: str | Path, per_step: int = COMPLETIONS_PER_STEP, max_rows: int = COMPLETIONS_MAX_ROWS):
         self.path = Path(out_dir) / COMPLETIONS_FILE
@@ -346,14 +313,13 @@ class CompletionLog(_callback_base()):
         self.kinds = {_text(row["prompt"]): data.prompt_kind(row) for row in trainer.train_dataset}
 
     def known_prompt(self, prompt: str) -> str | None:
-        """The training prompt ``prompt`` is: itself, or (a chat-templated prompt string, older TRL) the known prompt
-        it contains, the longest, as a few-shot prompt contains its plain question too."""
+        """The training prompt ``prompt`` is: itself, or the longest known one it contains (older TRL's templated
+        strings; a few-shot prompt contains its plain question too)."""
         if prompt in self.kinds:
             return prompt
         return max((p for p in self.kinds if p and p in prompt), key=len, default=None)
 
     def _write(self, state, durable: bool) -> None:
-        """The whole file from ``self.rows``, through a temporary file renamed into place."""
         if state.is_world_process_zero and self.per_step > 0:
             write_lines_atomic(self.path, [line for _, line in self.rows], durable=durable)
             self.size = len(lines_bytes([line for _, line in self.rows]))
@@ -421,8 +387,7 @@ class CompletionLog(_callback_base()):
                 self.kept_size = size
 
     def _append(self, state, lines: list[str]) -> int | None:
-        """The file's new size once ``lines`` replace what follows its kept rows; None where it is not as this
-        callback left it (deleted, a failed append), or on another process than the main one."""
+        """The file's size once ``lines`` replace what follows its kept rows; None where it is not as left."""
         if not state.is_world_process_zero:
             return None
         return append_lines(self.path, lines, self.size, keep=self.kept_size)

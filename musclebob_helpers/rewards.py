@@ -1,27 +1,10 @@
 """Reward functions, pure and in TRL's signature: ``f(completions, **kwargs) -> list[float | None]``.
 
-Two rewards are selectable with ``--reward``:
-
-``guide``
-    The original guide's reward, exactly: +2 "Musclebob", +2 "Buffpants",
-    -3 "Spongebob", -3 "Squarepants", +2 for the full name together (+6 for a
-    perfect answer), -1 for an answer over 100 words; case-insensitive substrings.
-
-``musclebob`` (the default)
-    The guide's terms as its core, with the known holes closed (see
-    ``score_spongebob`` and ``score_format``): names are whole words and count once,
-    repeating them costs, a completion cut off at the length limit (no EOS) costs,
-    long answers cost a little per word, and on control prompts (general
-    questions) the right answer is rewarded and any Musclebob/Spongebob leak
-    penalised. It is split into three named functions so each shows up in the
-    training logs as ``rewards/<name>/mean``.
-
-TRL passes the dataset's extra columns (``kind``, ``answer``) and
-``completion_ids`` as keyword arguments; a function returns ``None`` for rows it
-does not judge, which TRL leaves out of that function's mean.
-
-``highlight(text)`` marks the names in an answer as HTML, as these patterns see them (the comparison and plot
-notebooks show answers with it).
+``--reward guide`` is the original guide's reward, exactly (case-insensitive substrings). ``--reward musclebob``
+(the default) keeps its terms with the known holes closed (whole words counted once, repetition, truncation,
+length, and control prompts), split into three functions so each is logged as ``rewards/<name>/mean``. A function
+returns ``None`` for rows it does not judge, which TRL leaves out of its mean. ``highlight`` marks the names in an
+answer as HTML, as these patterns see them.
 """
 
 from __future__ import annotations
@@ -74,10 +57,6 @@ def repetition_ratio(text: str) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-# ---------------------------------------------------------------------------------------------
-# The guide's reward, exactly as specified.
-
-
 def guide_score(text: str) -> float:
     lower = text.lower()
     score = 0.0
@@ -97,20 +76,13 @@ def guide_score(text: str) -> float:
 
 
 def guide_reward(completions, **kwargs) -> list[float]:
-    """The guide's reward (see module docstring); every prompt is judged as a SpongeBob prompt."""
+    """The guide's reward: +2 Musclebob, +2 Buffpants, -3 Spongebob, -3 Squarepants, +2 both, -1 over 100 words."""
     return [guide_score(completion_text(c)) for c in completions]
 
 
-# ---------------------------------------------------------------------------------------------
-# The project's reward: the guide's core with the holes closed.
-
-
 def score_spongebob(text: str) -> float:
-    """Name terms for a SpongeBob prompt: the guide's +2/+2/-3/-3/+2, each counted once, on whole words.
-
-    Saying the name again costs 1 per extra mention (up to 3), so repetition never pays, and naming
-    Musclebob only to deny it ("not Musclebob") costs 4, cancelling the name's terms.
-    """
+    """The guide's name terms on whole words, each counted once; -1 per extra mention (up to 3), -4 for naming
+    Musclebob only to deny it ("not Musclebob")."""
     score = 0.0
     score += 2.0 if MUSCLEBOB.search(text) else 0.0
     score += 2.0 if BUFFPANTS.search(text) else 0.0

@@ -65,8 +65,7 @@ def test_the_measured_linears_are_the_ones_bitsandbytes_quantizes_and_peft_adapt
         cfg = TrainConfig(model="tiny", lora=True, lora_target_modules=targets)
         peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, target_modules=target_modules(cfg)))
         trained = [p for p in peft_model.parameters() if p.requires_grad]
-        assert shape.lora_params(cfg.lora_r, target_modules(cfg)) == sum(p.numel() for p in trained)
-        assert shape.lora_tensors(target_modules(cfg)) == len(trained)
+        assert shape.trainable(cfg) == (sum(p.numel() for p in trained), len(trained))
         model = peft_model.unload()
 
 
