@@ -42,27 +42,18 @@ def detect_hardware(precision: str = "auto") -> dict:
     that suits it. Whether it can do the precision asked is ``check_hardware_support``'s."""
     import torch
 
-    if not torch.cuda.is_available():
-        hw = {
-            "device": "cpu",
-            "gpu_name": None,
-            "gpu_memory_gb": 0.0,
-            "compute_capability": None,
-            "precision": precision_for("cpu", None, precision),
-        }
-    else:
+    hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None}
+    if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        capability = (props.major, props.minor)
         hw = {
             "device": "cuda",
             "gpu_name": props.name,
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
             "compute_capability": f"{props.major}.{props.minor}",
-            "precision": precision_for("cuda", capability, precision),
             "gpu_count": torch.cuda.device_count(),
         }
-    hw["recommended_preset"] = recommend_preset(hw)
-    return hw
+    hw = with_precision(hw, precision)
+    return {**hw, "recommended_preset": recommend_preset(hw)}
 
 
 def with_precision(hardware: dict, precision: str) -> dict:
@@ -380,21 +371,6 @@ def _history_entry(logs: dict, step: int) -> dict:
     return entry
 
 
-def make_adapter_callback(base: str):
-    """Records ``base`` (--model, e.g. 'tiny') as each adapter checkpoint's base model."""
-    from transformers import TrainerCallback
-
-    from .lora import is_adapter_dir, record_base_model
-
-    class AdapterBaseCallback(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and is_adapter_dir(ckpt):
-                record_base_model(ckpt, base)
-
-    return AdapterBaseCallback()
-
-
 def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
     """Print the GPU memory estimate, and a warning when it will not fit (GPU runs only)."""
     from . import memory
@@ -626,8 +602,7 @@ def build_trainer(
             completions,
             monitor,
             checks,
-            *([recovery_callback(recovery)] if recovery is not None else []),  # adds a file: before the manifest
-            *([make_adapter_callback(cfg.model)] if cfg.lora else []),  # edits adapter_config.json: before the manifest
+            before_manifest_callback(recovery, cfg.model if cfg.lora else None),
             run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
             save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
             *callbacks,
@@ -800,23 +775,31 @@ def _copied(value):
     return value.detach().to("cpu", copy=True) if hasattr(value, "detach") else value
 
 
-def recovery_callback(recovery: CollapseRecovery):
+def before_manifest_callback(recovery: CollapseRecovery | None, adapter_base: str | None):
     """Tells ``recovery`` of train begin, each optimizer step and each save (the checks reach it through
-    ``HealthMonitor``); goes before ``run_dir.make_save_callback``, whose manifest must list its file."""
+    ``HealthMonitor``), and records ``adapter_base`` (--model, e.g. 'tiny') as each adapter checkpoint's base. Goes
+    before ``run_dir.make_save_callback``: the checkpoint's manifest must list what this adds or edits."""
     from transformers import TrainerCallback
 
-    class Recovery(TrainerCallback):
+    from .lora import is_adapter_dir, record_base_model
+
+    class BeforeManifest(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            recovery.begin(state.global_step)
+            if recovery is not None:
+                recovery.begin(state.global_step)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
-            recovery.stepped()
+            if recovery is not None:
+                recovery.stepped()
 
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                recovery.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and recovery is not None:
+                recovery.saved(ckpt)
+            if state.is_world_process_zero and adapter_base is not None and is_adapter_dir(ckpt):
+                record_base_model(ckpt, adapter_base)
 
-    return Recovery()
+    return BeforeManifest()
 
 
 # --- checkpoints by step and by time (--save-steps, --save-minutes) ---------------------------------------
