@@ -985,7 +985,7 @@ class GracefulStop:
 def run_training(run, log=print, callbacks=(), baseline: dict | None = None, remount=None) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
-    ``run``: ``startup.start(cfg)``. ``callbacks``: extra ``TrainerCallback``s (the live plot, tests' faults).
+    ``run``: ``startup.start(cfg)``. ``callbacks``: extra ``TrainerCallback``s (the live plot, tests' fault injection).
     ``baseline``: one already measured (the notebook's cell). ``remount``: remounts Colab's Drive once before the
     mirror's final copy gives up. A signal raises ``Stopped``. ``copy_pending`` (None: all copied) says why a
     mirrored run folder lacks the run, complete in ``work_dir``; ``--resume-from-checkpoint auto`` copies it.
