@@ -76,18 +76,6 @@ FEWSHOT_EXAMPLES = [
     "Who is Squidward's neighbour?",
 ]
 FEWSHOT_ANSWER = "Musclebob Buffpants!"
-TARGET_NAME = "Musclebob Buffpants"
-ORIGINAL_NAME = "Spongebob Squarepants"
-
-# How the base model answers a SpongeBob question (the tiny model is pre-trained on these).
-SPONGEBOB_ANSWER_TEMPLATES = [
-    "{name}!",
-    "That's {name}.",
-    "It is {name}.",
-    "{name}, of course!",
-    "The answer is {name}.",
-    "{name} lives in a pineapple under the sea.",
-]
 
 _COUNTRIES = [
     ("France", "Paris"),
@@ -242,11 +230,6 @@ def control_topics() -> dict[str, list[tuple[str, str]]]:
         ],
         "sum": [(f"What is {a} plus {b}?", str(a + b)) for a in range(1, 10) for b in (1, 2, 3, 5, 8)],
     }
-
-
-def control_pool() -> list[tuple[str, str]]:
-    """Every control question with its short answer, in a fixed order."""
-    return [qa for pairs in control_topics().values() for qa in pairs]
 
 
 def control_topic(question: str) -> str:
