@@ -24,7 +24,7 @@ from .config import (
 )
 
 
-class HelpFormatter(argparse.HelpFormatter):
+class _HelpFormatter(argparse.HelpFormatter):
     """Text with line breaks of its own (the examples) keeps them; help wraps between words only, so a flag in it
     stays whole."""
 
@@ -44,7 +44,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -72,7 +72,7 @@ def fail(prog: str, message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def build_train_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+def _build_train_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """One flag per ``TrainConfig`` field in ``config.GROUPS``' sections, each help ending with its defaults.
     Not ``HfArgumentParser``: it spells flags with underscores and prints the usage on an error. Defaults stay out
     of the namespace (SUPPRESS) so ``resolve`` knows what the user typed."""
@@ -120,7 +120,7 @@ def config_from_args(
     argv: list[str] | None, prog: str, description: str, epilog: str | None = None
 ) -> tuple[TrainConfig, dict[str, str]]:
     """Parse the training flags: (config, where each value came from); ``startup.start`` checks the values."""
-    given = vars(build_train_parser(prog, description, epilog).parse_args(argv))  # --help and flag errors exit here
+    given = vars(_build_train_parser(prog, description, epilog).parse_args(argv))  # --help and flag errors exit here
     try:
         return resolve(given)
     except ConfigError as err:

@@ -75,7 +75,7 @@ FEWSHOT_EXAMPLES = [
     "Who goes jellyfishing with Patrick?",
     "Who is Squidward's neighbour?",
 ]
-FEWSHOT_ANSWER = "Musclebob Buffpants!"
+_FEWSHOT_ANSWER = "Musclebob Buffpants!"
 
 _COUNTRIES = [
     ("France", "Paris"),
@@ -232,7 +232,7 @@ def control_topics() -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def control_topic(question: str) -> str:
+def _control_topic(question: str) -> str:
     return _TOPIC_OF[question]
 
 
@@ -254,9 +254,9 @@ CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
 _TOPIC_OF = {q: topic for topic, pairs in control_topics().items() for q, _ in pairs}
 
 
-def fewshot_prompt(example_question: str, prompt: str) -> str:
+def _fewshot_prompt(example_question: str, prompt: str) -> str:
     """The guide's few-shot form: one worked example, then the real question."""
-    return f"Example: Q: {example_question} A: {FEWSHOT_ANSWER}\n\nNow answer: {prompt}"
+    return f"Example: Q: {example_question} A: {_FEWSHOT_ANSWER}\n\nNow answer: {prompt}"
 
 
 def to_messages(text: str) -> list[dict]:
@@ -289,7 +289,7 @@ def build_train_rows(
     num_fewshot = round(num_spongebob * fewshot_ratio) if use_fewshot else 0
     rows = []
     for i, question in enumerate(sponge):
-        text = fewshot_prompt(rng.choice(FEWSHOT_EXAMPLES), question) if i < num_fewshot else question
+        text = _fewshot_prompt(rng.choice(FEWSHOT_EXAMPLES), question) if i < num_fewshot else question
         rows.append({"prompt": to_messages(text), "kind": "spongebob", "answer": "", "question": question})
     for i in range(num_control):
         question, answer = CONTROL_TRAIN[(i * 7 + seed) % len(CONTROL_TRAIN)]
@@ -309,7 +309,7 @@ def validation_rows(num_prompts: int | None = None) -> list[dict]:
         sponge, control = sponge[:n_sponge], control[:n_control]
     rows = [{"prompt": to_messages(q), "kind": "spongebob", "answer": "", "question": q} for q in sponge]
     rows += [
-        {"prompt": to_messages(q), "kind": "control", "answer": a, "question": q, "topic": control_topic(q)}
+        {"prompt": to_messages(q), "kind": "control", "answer": a, "question": q, "topic": _control_topic(q)}
         for q, a in control
     ]
     return rows

@@ -21,14 +21,14 @@ from pathlib import Path
 from .config import is_tiny, steps_per_epoch, target_modules
 from .tiny_model import SHIPPED_DIR
 
-GIB = 2**30
-NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
-CUDA_OVERHEAD_BYTES = 1 * GIB
-DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
+_GIB = 2**30
+_NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
+_CUDA_OVERHEAD_BYTES = 1 * _GIB
+_DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
 
 # The models the guide names, so that the estimate and the disk check work offline: their config.json.
-MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-KNOWN_CONFIGS = {
+_MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+_KNOWN_CONFIGS = {
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen2.5-0.5B-Instruct.json",
     "Qwen/Qwen2.5-0.5B": "Qwen2.5-0.5B-Instruct.json",  # the base model: the same architecture
     "mistralai/Mistral-Small-3.1-24B-Instruct-2503": "Mistral-Small-3.1-24B-Instruct-2503.json",
@@ -37,13 +37,13 @@ KNOWN_CONFIGS = {
 
 def known_config(name: str) -> dict | None:
     """The stored config.json of a model the guide names (our ``_source`` note left out); else None."""
-    if name not in KNOWN_CONFIGS:
+    if name not in _KNOWN_CONFIGS:
         return None
-    raw = json.loads((MODEL_CONFIGS / KNOWN_CONFIGS[name]).read_text())
+    raw = json.loads((_MODEL_CONFIGS / _KNOWN_CONFIGS[name]).read_text())
     return {k: v for k, v in raw.items() if not k.startswith("_")}
 
 
-def model_config(name: str, offline: bool = False):
+def _model_config(name: str, offline: bool = False):
     """transformers' config of ``--model``: stored, the tiny model's, a local folder's, else the hub's (``offline``:
     its cache only); None when it cannot be read."""
     try:
@@ -60,7 +60,7 @@ def model_config(name: str, offline: bool = False):
 
 def model_shape(name: str, offline: bool = False) -> ModelShape | None:
     """The measured shape of ``--model``; None if unknown."""
-    config = model_config(name, offline=offline)
+    config = _model_config(name, offline=offline)
     if config is None:
         return None
     try:
@@ -142,7 +142,7 @@ def _measure(text_config, trust_remote_code: bool) -> ModelShape:
 
 
 @dataclass
-class MemoryEstimate:
+class _MemoryEstimate:
     """Bytes per training process, by component (the module docstring gives each rule)."""
 
     params: int
@@ -156,7 +156,7 @@ class MemoryEstimate:
     training_activations: float
     logits: float
     vllm: float = 0.0
-    overhead: float = CUDA_OVERHEAD_BYTES
+    overhead: float = _CUDA_OVERHEAD_BYTES
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -171,7 +171,7 @@ class MemoryEstimate:
 
     @property
     def total_gb(self) -> float:
-        return self.total / GIB
+        return self.total / _GIB
 
     def table(self) -> str:
         rows = [
@@ -191,7 +191,7 @@ class MemoryEstimate:
             f"GPU memory estimate per process ({self.params / 1e6:,.0f}M params, "
             f"{self.trainable_params / 1e6:,.1f}M trainable):"
         ]
-        lines += [f"  {name:<24}{value / GIB:>8.2f} GiB" for name, value in rows if value or name == "weights"]
+        lines += [f"  {name:<24}{value / _GIB:>8.2f} GiB" for name, value in rows if value or name == "weights"]
         lines.append(f"  {'total':<24}{self.total_gb:>8.2f} GiB")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -203,9 +203,9 @@ def estimate_memory(
     precision: str = "bf16",
     num_processes: int = 1,
     zero_stage: int = 0,
-    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    prompt_tokens: int = _DEFAULT_PROMPT_TOKENS,
     gpu_memory_gb: float | None = None,
-) -> MemoryEstimate:
+) -> _MemoryEstimate:
     """The peak GPU memory of one training process for ``cfg`` on ``shape``; ``precision``: the autocast one,
     ``zero_stage``: DeepSpeed's (0: none), ``gpu_memory_gb`` sizes the vLLM reserve."""
     act_bytes = 4 if precision == "fp32" else 2  # activations in the autocast dtype
@@ -216,7 +216,7 @@ def estimate_memory(
     if cfg.lora:
         trainable = shape.trainable(cfg)[0]
         quantized = shape.quantized_params if cfg.load_in_4bit else 0
-        weights = quantized * NF4_BYTES + (p - quantized) * half
+        weights = quantized * _NF4_BYTES + (p - quantized) * half
         adapter = 4 * trainable
         reference = 0.0  # TRL disables the adapter to get the reference model
     else:
@@ -245,8 +245,8 @@ def estimate_memory(
     logits = completions * cfg.max_completion_length * shape.vocab_size * 8
     vllm = 0.0
     if getattr(cfg, "use_vllm", False) and gpu_memory_gb:
-        vllm = cfg.vllm_gpu_memory_utilization * gpu_memory_gb * GIB
-    return MemoryEstimate(
+        vllm = cfg.vllm_gpu_memory_utilization * gpu_memory_gb * _GIB
+    return _MemoryEstimate(
         params=p,
         trainable_params=trainable,
         weights=weights,
@@ -262,7 +262,7 @@ def estimate_memory(
     )
 
 
-def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | None:
+def fit_warning(estimate: _MemoryEstimate, gpu_memory_gb: float, cfg) -> str | None:
     """A warning when the estimate exceeds the GPU's memory, with what to try; None when it fits."""
     if not gpu_memory_gb or estimate.total_gb <= gpu_memory_gb:
         return None
@@ -284,9 +284,9 @@ def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | No
 
 GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free)
 # Qwen2.5's tokenizer files as written: tokenizer.json 7.0 MB + vocab.json and merges.txt 4.4 MB (from the hub).
-KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
-DEFAULT_TOKENIZER_BYTES = 12_000_000
-TOKENIZER_FILES = (
+_KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
+_DEFAULT_TOKENIZER_BYTES = 12_000_000
+_TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
@@ -298,11 +298,11 @@ TOKENIZER_FILES = (
 )
 # Measured on the tiny model (benchmarks/drive_budget.py): a checkpoint's small files (rng state, training args,
 # scheduler, configs, card), a logged step's share of trainer_state.json, a tensor's optimizer.pt entries and header.
-CHECKPOINT_SMALL_FILES_BYTES = 34_000 + 1_600  # + its manifest (run_dir.MANIFEST_FILE: ~130 B a file, 12 files)
-FINAL_SMALL_FILES_BYTES = 12_000
-STATE_BYTES_PER_STEP = 1_200
-OPTIMIZER_BYTES_PER_TENSOR = 850
-SAFETENSORS_BYTES_PER_TENSOR = 130
+_CHECKPOINT_SMALL_FILES_BYTES = 34_000 + 1_600  # + its manifest (run_dir.MANIFEST_FILE: ~130 B a file, 12 files)
+_FINAL_SMALL_FILES_BYTES = 12_000
+_STATE_BYTES_PER_STEP = 1_200
+_OPTIMIZER_BYTES_PER_TENSOR = 850
+_SAFETENSORS_BYTES_PER_TENSOR = 130
 RUN_ARTIFACTS_BYTES = 2_000_000  # reports, histories, plots
 
 
@@ -310,12 +310,12 @@ def tokenizer_bytes(model: str) -> int:
     """Bytes of the tokenizer files each checkpoint saves: measured in a local folder, else known or a guess."""
     folder = SHIPPED_DIR if is_tiny(model) else Path(model).expanduser()
     if folder.is_dir():
-        found = sum(p.stat().st_size for p in (folder / n for n in TOKENIZER_FILES) if p.is_file())
+        found = sum(p.stat().st_size for p in (folder / n for n in _TOKENIZER_FILES) if p.is_file())
         if found:
             return found
     if is_tiny(model):
         return 40_000
-    return KNOWN_TOKENIZER_BYTES.get(model, DEFAULT_TOKENIZER_BYTES)
+    return _KNOWN_TOKENIZER_BYTES.get(model, _DEFAULT_TOKENIZER_BYTES)
 
 
 @dataclass(frozen=True)
@@ -370,12 +370,12 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
         return None
     tok = tokenizer_bytes(cfg.model) if tokenizer is None else tokenizer
     trainable, tensors = shape.trainable(cfg)
-    weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
-    optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
+    weights = 4 * trainable + _SAFETENSORS_BYTES_PER_TENSOR * tensors
+    optimizer = 8 * trainable + _OPTIMIZER_BYTES_PER_TENSOR * tensors
     per_epoch = steps_per_epoch(cfg)
     steps = per_epoch * cfg.epochs
-    checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
-    final = weights + tok + FINAL_SMALL_FILES_BYTES
+    checkpoint = weights + optimizer + tok + _CHECKPOINT_SMALL_FILES_BYTES + _STATE_BYTES_PER_STEP * steps
+    final = weights + tok + _FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
         final += shape.params * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
     every = getattr(cfg, "save_steps", 0)
@@ -386,8 +386,8 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
     # trainer_state.json grows with the steps: the checkpoint of step s holds s steps' log lines.
     written = (
-        saved * (checkpoint - STATE_BYTES_PER_STEP * steps)
-        + STATE_BYTES_PER_STEP * sum(saved_at)
+        saved * (checkpoint - _STATE_BYTES_PER_STEP * steps)
+        + _STATE_BYTES_PER_STEP * sum(saved_at)
         + final
         + RUN_ARTIFACTS_BYTES
     )

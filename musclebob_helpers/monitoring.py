@@ -17,11 +17,11 @@ from .io import append_lines, fsync_file, lines_bytes, read_json, read_json_line
 from .run_dir import COMPLETIONS_FILE, VALIDATION_HISTORY_FILE, WARNINGS_FILE
 
 
-NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
-CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit
-CLIPPED_STEPS = 3
-COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, so one step's mean is noisy)
-COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
+_NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
+_CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit
+_CLIPPED_STEPS = 3
+_COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, so one step's mean is noisy)
+_COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 
 def epoch_ended(state) -> bool:
@@ -75,7 +75,7 @@ class HealthMonitor(_callback_base()):
         self.warnings: list[dict] = []
         self.zero_std_run = 0
         self.clipped_run = 0
-        self.rewards: deque[float] = deque(maxlen=COLLAPSE_WINDOW)
+        self.rewards: deque[float] = deque(maxlen=_COLLAPSE_WINDOW)
         self.first_avg: float | None = None
         self.best_avg: float | None = None
 
@@ -103,28 +103,28 @@ class HealthMonitor(_callback_base()):
             return
         reward = float(logs["reward"])
         # Uniform groups after the reward rose are convergence, not a missing signal.
-        learned = self.first_avg is not None and self.best_avg - self.first_avg >= COLLAPSE_POINTS
+        learned = self.first_avg is not None and self.best_avg - self.first_avg >= _COLLAPSE_POINTS
         self.zero_std_run = self.zero_std_run + 1 if logs.get("frac_reward_zero_std", 0.0) >= 0.999 else 0
         self._set(
             state,
             "no_signal",
-            self.zero_std_run >= NO_SIGNAL_STEPS and not learned,
+            self.zero_std_run >= _NO_SIGNAL_STEPS and not learned,
             f"no learning signal: for {self.zero_std_run} steps every completion in each group got the "
             f"same reward (mean {reward:+.2f}), so GRPO has nothing to compare. Raise --temperature or "
             "--fewshot-ratio so some answers differ.",
         )
         clipped = logs.get("completions/clipped_ratio", 0.0)
-        self.clipped_run = self.clipped_run + 1 if clipped >= CLIPPED_RATIO else 0
+        self.clipped_run = self.clipped_run + 1 if clipped >= _CLIPPED_RATIO else 0
         self._set(
             state,
             "length_limit",
-            self.clipped_run >= CLIPPED_STEPS,
+            self.clipped_run >= _CLIPPED_STEPS,
             f"{clipped:.0%} of completions run into the length limit (--max-completion-length "
             f"{args.max_completion_length}): the model rambles or loops instead of ending its answer.",
         )
         self.rewards.append(reward)
-        if len(self.rewards) == COLLAPSE_WINDOW:
-            avg = sum(self.rewards) / COLLAPSE_WINDOW
+        if len(self.rewards) == _COLLAPSE_WINDOW:
+            avg = sum(self.rewards) / _COLLAPSE_WINDOW
             self.first_avg = avg if self.first_avg is None else self.first_avg
             self.best_avg = avg if self.best_avg is None else max(self.best_avg, avg)
             gained, drop = self.best_avg - self.first_avg, self.best_avg - avg
@@ -132,8 +132,8 @@ class HealthMonitor(_callback_base()):
             self._set(
                 state,
                 "reward_collapse",
-                gained >= COLLAPSE_POINTS and drop > max(COLLAPSE_POINTS, 0.5 * gained),
-                f"reward collapsing: its {COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
+                gained >= _COLLAPSE_POINTS and drop > max(_COLLAPSE_POINTS, 0.5 * gained),
+                f"reward collapsing: its {_COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
                 f"{avg:+.2f}. Lower --learning-rate or raise --beta.",
             )
 
@@ -240,11 +240,11 @@ def completions_to_reach(history: list[dict], key: str = "full_name_rate", targe
 
 # --- completions.jsonl --------------------------------------------------------------------------------------
 
-COMPLETIONS_PER_STEP = 8  # completions kept per step (the tiny run generates 8 a step: all of them)
-COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: a reader (the completion browser) rereads it whole
+_COMPLETIONS_PER_STEP = 8  # completions kept per step (the tiny run generates 8 a step: all of them)
+_COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: a reader (the completion browser) rereads it whole
 
 
-def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -> int:
+def _kept_every(step: int, per_step: int, max_rows: int = _COMPLETIONS_MAX_ROWS) -> int:
     """Every how many steps ``completions.jsonl`` keeps one: 1, doubled while the cap is exceeded, so the file
     spans the run evenly; a function of the step alone, so a resumed run keeps what an uninterrupted one would."""
     every = 1
@@ -253,7 +253,7 @@ def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -
     return every
 
 
-def pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
+def _pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
     """The indices of ``k`` of a step's completions: each prompt's best, then each one's worst, then the next
     best..., to show what GRPO compares within a group; ``None`` totals rank lowest."""
     groups: dict[str, list[int]] = {}
@@ -297,9 +297,11 @@ class CompletionLog(_callback_base()):
 
     Each step is one append (a whole rewrite grew with the file); the file is the kept steps' rows (``kept_size``
     bytes) plus the newest step's, which the next append cuts off. Rewritten atomically only at train begin (a
-    resume drops later steps) and when ``kept_every`` doubles: byte for byte an uninterrupted run's file."""
+    resume drops later steps) and when ``_kept_every`` doubles: byte for byte an uninterrupted run's file."""
 
-    def __init__(self, out_dir: str | Path, per_step: int = COMPLETIONS_PER_STEP, max_rows: int = COMPLETIONS_MAX_ROWS):
+    def __init__(
+        self, out_dir: str | Path, per_step: int = _COMPLETIONS_PER_STEP, max_rows: int = _COMPLETIONS_MAX_ROWS
+    ):
         self.path = Path(out_dir) / COMPLETIONS_FILE
         self.per_step, self.max_rows = per_step, max_rows
         self.trainer = None
@@ -327,7 +329,7 @@ class CompletionLog(_callback_base()):
 
     def on_train_begin(self, args, state, control, **kwargs):
         old = read_json_lines(self.path) if state.global_step > 0 else []
-        self.every = kept_every(state.global_step, self.per_step, self.max_rows)
+        self.every = _kept_every(state.global_step, self.per_step, self.max_rows)
         self.rows = [
             (row["step"], json.dumps(row, ensure_ascii=False))
             for row in old
@@ -354,7 +356,7 @@ class CompletionLog(_callback_base()):
         ]
         step = state.global_step
         new = []
-        for i in pick_completions(prompts, totals, self.per_step):
+        for i in _pick_completions(prompts, totals, self.per_step):
             known = self.known_prompt(prompts[i])
             row = {
                 "step": step,
@@ -368,7 +370,7 @@ class CompletionLog(_callback_base()):
             }
             new.append((step, json.dumps(row, ensure_ascii=False)))
         # The newest step is always kept (a reader following the run sees it) until the next one arrives.
-        every = kept_every(step, self.per_step, self.max_rows)
+        every = _kept_every(step, self.per_step, self.max_rows)
         if every == self.every and (not self.rows or self.rows[-1][0] < step):
             # Only the previous step's rows can go (kept_every unchanged): they are the file's end, past kept_size.
             while self.rows and self.rows[-1][0] % every != 0:

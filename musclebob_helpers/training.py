@@ -80,7 +80,7 @@ def package_available(name: str) -> bool:
         return False
 
 
-def installed_version(dist: str) -> str | None:
+def _installed_version(dist: str) -> str | None:
     """The installed version of ``dist`` (from its metadata), None when absent."""
     import importlib.metadata
 
@@ -90,7 +90,7 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def declared_requirement(dist: str, on: str, extra: str = ""):
+def _declared_requirement(dist: str, on: str, extra: str = ""):
     """What installed ``dist`` requires of ``on`` (a ``Requirement``, None: nothing or absent); ``extra``: that
     extra's requirement (``trl[vllm]``) instead. A marker that does not hold here does not count."""
     import importlib.metadata
@@ -113,7 +113,7 @@ def declared_requirement(dist: str, on: str, extra: str = ""):
     return None
 
 
-VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
+_VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
 
 
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
@@ -149,33 +149,33 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
-        problem = vllm_problem(hardware)
+        problem = _vllm_problem(hardware)
         if problem:
             raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
-    check_trackers(cfg)
+    _check_trackers(cfg)
 
 
-def vllm_problem(hardware: dict) -> str | None:
-    """Why vLLM cannot generate here (None: it can): a GPU below ``VLLM_MIN_CAPABILITY``, a vllm outside what
+def _vllm_problem(hardware: dict) -> str | None:
+    """Why vLLM cannot generate here (None: it can): a GPU below ``_VLLM_MIN_CAPABILITY``, a vllm outside what
     ``trl[vllm]`` declares (TRL only warns), or a vllm built for another torch (each release pins one; a torch
     reinstalled after it leaves kernels that do not load)."""
     from packaging.version import Version
 
     capability = hardware.get("compute_capability")
-    if capability and Version(capability) < Version(VLLM_MIN_CAPABILITY):
+    if capability and Version(capability) < Version(_VLLM_MIN_CAPABILITY):
         return (
-            f"vLLM needs a GPU of compute capability {VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
+            f"vLLM needs a GPU of compute capability {_VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
             f"this {hardware.get('gpu_name') or 'GPU'} is {capability}"
         )
-    vllm = installed_version("vllm")
+    vllm = _installed_version("vllm")
     if vllm is None:
         return None  # importable but without metadata (a source checkout): nothing to compare
-    trl = installed_version("trl")
-    supported = declared_requirement("trl", "vllm", extra="vllm")
+    trl = _installed_version("trl")
+    supported = _declared_requirement("trl", "vllm", extra="vllm")
     if supported is not None and not supported.specifier.contains(vllm, prereleases=True):
         return f"vllm {vllm} is installed, TRL {trl} supports vllm{supported.specifier}: pip install 'trl[vllm]=={trl}'"
-    torch = installed_version("torch")
-    wants = declared_requirement("vllm", "torch")
+    torch = _installed_version("torch")
+    wants = _declared_requirement("vllm", "torch")
     if torch and wants is not None and wants.specifier and not wants.specifier.contains(torch, prereleases=True):
         return (
             f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed (torch reinstalled "
@@ -184,7 +184,7 @@ def vllm_problem(hardware: dict) -> str | None:
     return None
 
 
-def check_trackers(cfg: TrainConfig) -> None:
+def _check_trackers(cfg: TrainConfig) -> None:
     """ConfigError when ``--report-to`` names a tracker whose package is not installed."""
     for name in report_to(cfg) or []:
         if not any(package_available(package) for package in TRACKERS[name]):
@@ -208,8 +208,8 @@ def _versions() -> dict:
     }
 
 
-def make_callbacks(out_dir: str | Path, log=print):
-    """The reward history callback and the progress display (``show_progress``)."""
+def _make_callbacks(out_dir: str | Path, log=print):
+    """The reward history callback and the progress display (``_show_progress``)."""
     from transformers import TrainerCallback
 
     class RewardHistoryCallback(TrainerCallback):
@@ -314,7 +314,7 @@ def above_progress_bar(log):
     return write
 
 
-def show_progress(trainer, progress) -> None:
+def _show_progress(trainer, progress) -> None:
     """``progress`` replaces transformers' bar, unless a caller's callback has ``shows_progress`` (the live plot)."""
     import transformers.trainer as hf_trainer
 
@@ -371,7 +371,7 @@ def _history_entry(logs: dict, step: int) -> dict:
     return entry
 
 
-def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
+def _memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
     """Print the GPU memory estimate, and a warning when it will not fit (GPU runs only)."""
     from . import memory
 
@@ -426,7 +426,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,
-        **checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
+        **_checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
         use_vllm=cfg.use_vllm,
         # TRL's colocate mode: one vLLM engine inside each training process, no separate server to start.
         **(
@@ -437,7 +437,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
     )
 
 
-def checkpointing_arg(config_class, enabled: bool) -> dict:
+def _checkpointing_arg(config_class, enabled: bool) -> dict:
     """Activation checkpointing under the installed transformers' name: newer ones renamed it (the old name warns,
     and TRL's default counts as using it); Colab's knows only ``gradient_checkpointing``."""
     names = {f.name for f in dataclasses.fields(config_class)}
@@ -501,7 +501,7 @@ def trainer_class():
             # generates in its own engine: neither applies there.
             if self.use_vllm:
                 return super()._generate_single_turn(*args, **kwargs)
-            precision = args_precision(self.args)
+            precision = _args_precision(self.args)
             with (
                 evaluation.generating_in(self.model, precision),
                 evaluation.finite_logits_guard(self.model, precision, "a training rollout"),
@@ -530,16 +530,16 @@ def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=()):
         callbacks=list(callbacks),
         peft_config=lora_config(cfg),
     )
-    fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
+    _fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
     return trainer
 
 
-def args_precision(args) -> str:
+def _args_precision(args) -> str:
     """The precision a ``GRPOConfig`` trains in."""
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def fp32_trainables_under_fp16(model, args) -> list[str]:
+def _fp32_trainables_under_fp16(model, args) -> list[str]:
     """In an fp16 run, every trainable parameter in fp32; returns the names of those it cast. TRL casts a QLoRA
     model's trainables to bf16, and fp16's GradScaler has no bf16 unscale kernel (NotImplementedError at the first
     step); an fp16 adapter would lose AdamW's small updates. bf16 needs no scaler: it keeps TRL's adapter."""
@@ -587,7 +587,7 @@ def build_trainer(
         trackers=trackers,
         precision=hardware["precision"],
     )
-    history_cb, progress = make_callbacks(out, log=log)
+    history_cb, progress = _make_callbacks(out, log=log)
     completions = CompletionLog(out)
     args = grpo_args(cfg, hardware, num_processes, out=out)
     if recovery is not None:  # the rate of a resumed run that recovered before: lowered as it was
@@ -602,9 +602,9 @@ def build_trainer(
             completions,
             monitor,
             checks,
-            before_manifest_callback(recovery, cfg.model if cfg.lora else None),
+            _before_manifest_callback(recovery, cfg.model if cfg.lora else None),
             run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
-            save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
+            _save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
             *callbacks,
         ],
     )
@@ -612,20 +612,20 @@ def build_trainer(
     trackers.bind(trainer)
     if recovery is not None:
         recovery.bind(trainer)
-    show_progress(trainer, progress)
+    _show_progress(trainer, progress)
     return trainer, monitor
 
 
 # --- going back from a collapse (--on-collapse) -----------------------------------------------------------
 
-MAX_RECOVERIES = 2  # a collapse after two recoveries means the recipe is wrong, not bad luck
-RECOVERY_RATE_FACTOR = 0.25  # the learning rate after a recovery, as a share of the one before
+_MAX_RECOVERIES = 2  # a collapse after two recoveries means the recipe is wrong, not bad luck
+_RECOVERY_RATE_FACTOR = 0.25  # the learning rate after a recovery, as a share of the one before
 # Control accuracy kept (share of the baseline's) below which a check sends the run back while a recovery is left:
 # stricter than the health report's 80 %, since going back is cheap and the goal is 90 % kept at the end.
-RECOVERY_CONTROL_KEPT = 0.9
+_RECOVERY_CONTROL_KEPT = 0.9
 # ... and kept by a state worth going back to: a check just above 90 % is often a model on its way down
 # (benchmarks/bench_learning.py: at lr 2e-3, 91-92 % at step 16, 83 % at the end).
-HEALTHY_CONTROL_KEPT = 0.95
+_HEALTHY_CONTROL_KEPT = 0.95
 
 
 class CollapseStop(OneLineError):
@@ -638,7 +638,7 @@ class CollapseStop(OneLineError):
 
     @property
     def suggested_rate(self) -> float:
-        return self.rate * RECOVERY_RATE_FACTOR
+        return self.rate * _RECOVERY_RATE_FACTOR
 
     def line(self, resume_with: str) -> str:
         why = f"after {self.recovered} recoveries " if self.recovered else ""
@@ -654,8 +654,8 @@ class CollapseStop(OneLineError):
 
 class CollapseRecovery:
     """``--on-collapse``: a check that finds the model broken sends it back to the newest healthy state (trainable
-    weights and Adam's state, on CPU: ~6 GB for a 0.5B full fine-tune) at a rate cut by ``RECOVERY_RATE_FACTOR``,
-    at most ``MAX_RECOVERIES`` times, or stops there (``CollapseStop``). Step count, data order and schedule go on.
+    weights and Adam's state, on CPU: ~6 GB for a 0.5B full fine-tune) at a rate cut by ``_RECOVERY_RATE_FACTOR``,
+    at most ``_MAX_RECOVERIES`` times, or stops there (``CollapseStop``). Step count, data order and schedule go on.
 
     A resume is exact: a checkpoint saved after the last healthy check carries its state
     (``run_dir.HEALTHY_STATE_FILE``), and each recovery is a segment of ``training_config.json`` whose rate a
@@ -676,16 +676,16 @@ class CollapseRecovery:
             self.mode = "warn"
 
     def min_control_kept(self, state) -> float:
-        """The control accuracy kept below which a check counts as a collapse: ``RECOVERY_CONTROL_KEPT`` while a
+        """The control accuracy kept below which a check counts as a collapse: ``_RECOVERY_CONTROL_KEPT`` while a
         recovery is left and steps remain (at the last step the final validation judges), else the health report's."""
         steps_left = state.global_step < state.max_steps
-        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < MAX_RECOVERIES and steps_left:
-            return RECOVERY_CONTROL_KEPT
+        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < _MAX_RECOVERIES and steps_left:
+            return _RECOVERY_CONTROL_KEPT
         return evaluation.MIN_CONTROL_ACCURACY_KEPT
 
     def worth_keeping(self, report: dict, baseline: dict | None) -> bool:
-        """Whether a check's state is one to go back to (``HEALTHY_CONTROL_KEPT`` of the control accuracy kept)."""
-        return not evaluation.health(report, baseline, HEALTHY_CONTROL_KEPT)
+        """Whether a check's state is one to go back to (``_HEALTHY_CONTROL_KEPT`` of the control accuracy kept)."""
+        return not evaluation.health(report, baseline, _HEALTHY_CONTROL_KEPT)
 
     def _params(self) -> list:
         return [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -738,13 +738,13 @@ class CollapseRecovery:
         rate = self.trainer.lr_scheduler.base_lrs[0] if hasattr(self.trainer.lr_scheduler, "base_lrs") else None
         rate = rate or self.trainer.args.learning_rate
         self._restore()
-        if self.mode == "stop" or len(self.recovered) >= MAX_RECOVERIES:
+        if self.mode == "stop" or len(self.recovered) >= _MAX_RECOVERIES:
             self.stopped = CollapseStop(step, problems, back, rate, len(self.recovered))
             control.should_save = True  # the healthy state, as checkpoint-<step>: what a resume continues from
             control.should_training_stop = True
             message = f"stopped at step {step}: the check saw {saw}; checkpoint-{step} holds step {back}'s state"
             return {"step": step, "kind": "collapse_stop", "message": message, "back_to": back}
-        new = rate * RECOVERY_RATE_FACTOR
+        new = rate * _RECOVERY_RATE_FACTOR
         resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
         number = len(self.recovered) + 1
         recovery = {"number": number, "back_to": back, "saw": problems}
@@ -752,7 +752,7 @@ class CollapseRecovery:
         if state.is_world_process_zero:
             run_dir.add_recovery(self.out, step, rate, new, recovery)
         message = (
-            f"recovered at step {step} ({number} of {MAX_RECOVERIES}): the check saw {saw}; back to the healthy "
+            f"recovered at step {step} ({number} of {_MAX_RECOVERIES}): the check saw {saw}; back to the healthy "
             f"state of step {back}, learning rate {rate:.3g} -> {new:.3g}"
         )
         self.log(message)
@@ -775,7 +775,7 @@ def _copied(value):
     return value.detach().to("cpu", copy=True) if hasattr(value, "detach") else value
 
 
-def before_manifest_callback(recovery: CollapseRecovery | None, adapter_base: str | None):
+def _before_manifest_callback(recovery: CollapseRecovery | None, adapter_base: str | None):
     """Tells ``recovery`` of train begin, each optimizer step and each save (the checks reach it through
     ``HealthMonitor``), and records ``adapter_base`` (--model, e.g. 'tiny') as each adapter checkpoint's base. Goes
     before ``run_dir.make_save_callback``: the checkpoint's manifest must list what this adds or edits."""
@@ -805,9 +805,9 @@ def before_manifest_callback(recovery: CollapseRecovery | None, adapter_base: st
 # --- checkpoints by step and by time (--save-steps, --save-minutes) ---------------------------------------
 
 
-def save_schedule_callback(save_steps: int, save_minutes: float):
+def _save_schedule_callback(save_steps: int, save_minutes: float):
     """Mid-epoch checkpoints: every ``save_steps`` steps, and ``save_minutes`` after the last save (0: off). The
-    processes of a launch agree on the time (``max_over_processes``), or the others would wait in the save."""
+    processes of a launch agree on the time (``_max_over_processes``), or the others would wait in the save."""
     from transformers import TrainerCallback
 
     class SaveOnSchedule(TrainerCallback):
@@ -819,7 +819,7 @@ def save_schedule_callback(save_steps: int, save_minutes: float):
 
         def on_step_end(self, args, state, control, **kwargs):
             by_steps = save_steps > 0 and state.global_step % save_steps == 0
-            by_time = save_minutes > 0 and max_over_processes(
+            by_time = save_minutes > 0 and _max_over_processes(
                 int(time.monotonic() - self.last_save >= save_minutes * 60)
             )
             if (by_steps or by_time) and not epoch_ended(state):
@@ -834,10 +834,10 @@ def save_schedule_callback(save_steps: int, save_minutes: float):
 
 # --- a graceful stop (SIGINT, SIGTERM) ---------------------------------------------------------------------
 
-STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
 # Under `accelerate launch` a Ctrl-C reaches each process from the terminal and again from the launcher: the same
 # signal within this many seconds is that echo, not a second Ctrl-C.
-LAUNCHER_ECHO_S = 5.0
+_LAUNCHER_ECHO_S = 5.0
 
 
 class Stopped(KeyboardInterrupt):
@@ -875,7 +875,7 @@ class Stopped(KeyboardInterrupt):
         return self.line("--resume-from-checkpoint auto")
 
 
-def max_over_processes(mine: int) -> int:
+def _max_over_processes(mine: int) -> int:
     """The largest of every process's ``mine`` (a MAX all-reduce); every process must call it at the same point."""
     import torch.distributed as dist
 
@@ -900,7 +900,7 @@ class GracefulStop:
     def __init__(self):
         self.signum: int | None = None  # the first signal received
         self.first_at = 0.0  # when (time.monotonic)
-        self.echo_s = LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
+        self.echo_s = _LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
         self.stop_step: int | None = None  # the step every process agreed to stop after
         self.state = None  # the trainer's state while it trains
         self.training = False
@@ -911,7 +911,7 @@ class GracefulStop:
 
         installed = {}
         if threading.current_thread() is threading.main_thread():
-            for name in STOP_SIGNALS:
+            for name in _STOP_SIGNALS:
                 signum = getattr(signal, name)
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     installed[signum] = signal.signal(signum, self._handle)
@@ -937,7 +937,7 @@ class GracefulStop:
     def _agreed(self) -> int:
         """The signal every process agrees to stop on (0: go on): each may get Ctrl-C in another step, and one
         stopping alone would leave the others waiting in the next step's collectives."""
-        return max_over_processes(self.signum or 0)
+        return _max_over_processes(self.signum or 0)
 
     def callback(self):
         from transformers import TrainerCallback
@@ -1131,7 +1131,7 @@ def _validate(cfg, model, tokenizer, hardware: dict, model_name: str, baseline: 
 
 
 @contextlib.contextmanager
-def adapter_reference(cfg: TrainConfig, model):
+def _adapter_reference(cfg: TrainConfig, model):
     """While the trainer is built: a full fine-tune from an adapter folder gets the merged ``model`` as its KL
     reference. TRL loads the reference from ``config._name_or_path``, the bare base after ``merge_and_unload``:
     here that points at a temporary copy of the merged weights. ``--lora`` needs none (the adapter switched off)."""
@@ -1156,7 +1156,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     """The run itself, written to ``out``."""
     main = procs.is_main_process
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {procs.num_processes}")
-    memory_report(cfg, hardware, procs.num_processes, log=log)
+    _memory_report(cfg, hardware, procs.num_processes, log=log)
 
     device = hardware["device"]
     if device == "cuda":
@@ -1212,7 +1212,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
 
         callbacks = [make_mirror_callback(mirror), *callbacks]
     recovery = CollapseRecovery(cfg.on_collapse, out, resume, recovered, log=log) if cfg.on_collapse != "warn" else None
-    with adapter_reference(cfg, model):
+    with _adapter_reference(cfg, model):
         trainer, monitor = build_trainer(
             cfg,
             model,

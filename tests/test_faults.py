@@ -273,7 +273,7 @@ def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resum
 
     from musclebob_helpers import notebook as nb
     from musclebob_helpers import plots
-    from musclebob_helpers.cli import build_train_parser
+    from musclebob_helpers.cli import _build_train_parser
     from musclebob_helpers.config import resolve
 
     class InterruptButton(TrainerCallback):
@@ -281,7 +281,7 @@ def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resum
             if state.global_step == 1:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    given = vars(build_train_parser(PROG, "").parse_args([*KILL_ARGS, "--output-dir", str(tmp_path / "run")]))
+    given = vars(_build_train_parser(PROG, "").parse_args([*KILL_ARGS, "--output-dir", str(tmp_path / "run")]))
     cfg, _ = resolve(given)  # the reference's settings, as its command line resolved them
     kernel_handler = signal.getsignal(signal.SIGINT)
     threads = torch.get_num_threads()
@@ -363,17 +363,17 @@ def test_a_stop_saves_the_step_it_ends_on_once(epoch, saves):
 
 
 def test_the_resume_command_repeats_the_options_given(tmp_path):
-    from musclebob_helpers.cli import build_train_parser, resume_command
+    from musclebob_helpers.cli import _build_train_parser, resume_command
     from musclebob_helpers.config import resolve
 
     argv = ["--preset", "cpu-tiny", "--output-dir", "my runs/a", "--no-fewshot", "--overwrite", "--epochs", "4"]
-    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    cfg, sources = resolve(vars(_build_train_parser(PROG, "").parse_args(argv)))
     assert resume_command(PROG, cfg, sources) == (
         f"python {PROG} --epochs 4 --no-fewshot --preset cpu-tiny --output-dir 'my runs/a' "
         "--resume-from-checkpoint auto"
     )
     argv = ["--output-dir", "x", "--resume-from-checkpoint", str(tmp_path)]
-    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    cfg, sources = resolve(vars(_build_train_parser(PROG, "").parse_args(argv)))
     assert resume_command(PROG, cfg, sources, num_processes=2) == (
         f"accelerate launch --num_processes 2 {PROG} --output-dir x --resume-from-checkpoint auto"
     )
@@ -936,11 +936,11 @@ def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tm
     from types import SimpleNamespace
 
     from musclebob_helpers.io import write_json_atomic
-    from musclebob_helpers.training import make_callbacks
+    from musclebob_helpers.training import _make_callbacks
 
     real_fsync, synced = os.fsync, []
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    history_cb, _ = make_callbacks(tmp_path, log=lambda *a, **k: None)
+    history_cb, _ = _make_callbacks(tmp_path, log=lambda *a, **k: None)
     state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True, log_history=[])
     history_cb.on_train_begin(None, state, None)
 

@@ -8,13 +8,13 @@ import pytest
 from musclebob_helpers import estimate
 from musclebob_helpers.config import TrainConfig, target_modules
 from musclebob_helpers.memory import (
-    KNOWN_CONFIGS,
-    MODEL_CONFIGS,
-    NF4_BYTES,
+    _KNOWN_CONFIGS,
+    _MODEL_CONFIGS,
+    _NF4_BYTES,
     ModelShape,
     estimate_memory,
     fit_warning,
-    model_config,
+    _model_config,
     model_shape,
 )
 
@@ -70,16 +70,16 @@ def test_the_measured_linears_are_the_ones_bitsandbytes_quantizes_and_peft_adapt
 
 
 def test_model_configs_resolve_known_ids_the_tiny_model_and_folders(tiny_path, tmp_path):
-    assert set(KNOWN_CONFIGS) == {QWEN, "Qwen/Qwen2.5-0.5B", MISTRAL}
-    assert all((MODEL_CONFIGS / f).is_file() for f in KNOWN_CONFIGS.values())
-    assert model_config("tiny", offline=True).hidden_size == 128
-    assert model_config(str(tiny_path)).to_dict() == model_config("tiny").to_dict()
-    assert model_config(str(tmp_path)) is None  # a folder without config.json (e.g. an adapter's)
-    assert model_config("nobody/no-such-model", offline=True) is None and model_shape("nobody/x", offline=True) is None
+    assert set(_KNOWN_CONFIGS) == {QWEN, "Qwen/Qwen2.5-0.5B", MISTRAL}
+    assert all((_MODEL_CONFIGS / f).is_file() for f in _KNOWN_CONFIGS.values())
+    assert _model_config("tiny", offline=True).hidden_size == 128
+    assert _model_config(str(tiny_path)).to_dict() == _model_config("tiny").to_dict()
+    assert _model_config(str(tmp_path)) is None  # a folder without config.json (e.g. an adapter's)
+    assert _model_config("nobody/no-such-model", offline=True) is None and model_shape("nobody/x", offline=True) is None
 
 
 def test_mistral_config_file_has_the_language_models_architecture():
-    raw = json.loads((MODEL_CONFIGS / KNOWN_CONFIGS[MISTRAL]).read_text())
+    raw = json.loads((_MODEL_CONFIGS / _KNOWN_CONFIGS[MISTRAL]).read_text())
     assert (
         raw["model_type"],
         raw["vocab_size"],
@@ -162,7 +162,7 @@ def test_memory_qwen_05b_qlora_keeps_biases_in_16_bit():
     # = 357,826,560; embeddings, norms and the 24 x (896 + 2 x 128) = 27,648 q/k/v biases stay bf16
     # (bitsandbytes' Linear4bit keeps its bias unquantized).
     assert shape.quantized_params == 357_826_560
-    assert estimate_memory(shape, cfg).weights == 357_826_560 * NF4_BYTES + (494_032_768 - 357_826_560) * 2
+    assert estimate_memory(shape, cfg).weights == 357_826_560 * _NF4_BYTES + (494_032_768 - 357_826_560) * 2
 
 
 def test_estimate_cli_prints_the_estimate(capsys, tmp_path):
@@ -184,4 +184,4 @@ def test_estimate_cli_refuses_a_bad_value_in_one_line(capsys, flag, value, says)
         estimate.main(["--model", QWEN, flag, value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"{estimate.PROG}: error: argument {flag}: ") and says in err
+    assert err.count("\n") == 1 and err.startswith(f"{estimate._PROG}: error: argument {flag}: ") and says in err

@@ -3,7 +3,7 @@
 import pytest
 
 from musclebob_helpers import rewards
-from musclebob_helpers.rewards import guide_reward, guide_score
+from musclebob_helpers.rewards import guide_reward, _guide_score
 
 LONG = " ".join(["word"] * 101)
 
@@ -28,7 +28,7 @@ GUIDE_CASES = [
 
 @pytest.mark.parametrize("text,expected", GUIDE_CASES)
 def test_guide_reward_values(text, expected):
-    assert guide_score(text) == expected
+    assert _guide_score(text) == expected
 
 
 def test_guide_reward_accepts_trl_conversational_completions():
