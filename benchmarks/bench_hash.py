@@ -46,12 +46,12 @@ def tiny_checkpoint(folder: Path) -> Path:
 
 def synthetic_checkpoint(folder: Path, lora: bool) -> Path:
     """A checkpoint folder with a Qwen2.5-0.5B checkpoint's files at their sizes (``memory.drive_need``)."""
-    from musclebob_helpers.config import TrainConfig, target_modules
+    from musclebob_helpers.config import TrainConfig
     from musclebob_helpers.memory import model_shape
 
     cfg = TrainConfig(lora=lora)
     shape = model_shape(cfg.model, offline=True)
-    trainable = shape.lora_params(cfg.lora_r, target_modules(cfg)) if lora else shape.params
+    trainable = shape.trainable(cfg)[0]
     sizes = {
         "adapter_model.safetensors" if lora else "model.safetensors": 4 * trainable,
         "optimizer.pt": 8 * trainable,

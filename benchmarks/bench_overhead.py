@@ -54,7 +54,7 @@ CALLBACK_PARTS = {
     "MidTrainingValidation": "epoch-end checks",
     "AfterSave": "checkpoint manifest + rotation",
     "StepProgress": "progress",
-    "AdapterBaseCallback": "adapter base",
+    "BeforeManifest": "adapter base, collapse recovery",
     "StopAtStepEnd": "graceful stop",
     "SaveOnSchedule": "save schedule (--save-steps/--save-minutes)",
     "MirrorCheckpoints": "mirror (a run folder on Drive)",

@@ -1,9 +1,5 @@
-"""Command-line plumbing shared by the two scripts.
-
-The training parser is generated from ``TrainConfig``'s fields, so a new option
-is added in one place. Every error is one line on stderr and exit code 2: the
-parser's own errors (a word where a number belongs) and ``ConfigError``s from
-validation alike, before any model is loaded or any file is written.
+"""Command-line plumbing shared by the scripts: the training parser is generated from ``TrainConfig``'s fields,
+and every error is one line on stderr with exit code 2, before any model loads or any file is written.
 """
 
 from __future__ import annotations
@@ -29,9 +25,9 @@ from .config import (
 )
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """A description or epilog with line breaks of its own (the examples) keeps them; a help text wraps between
-    words only, so a flag or a value in it (``--no-gradient-checkpointing``, the LoRA module list) stays whole."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Text with line breaks of its own (the examples) keeps them; help wraps between words only, so a flag in it
+    stays whole."""
 
     def _fill_text(self, text, width, indent):
         if "\n" not in text.strip():
@@ -43,16 +39,13 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse for a first contact: an error is one line (no usage dump) with exit code 2, a flag is matched whole
-    (``--lr 1e-4`` is not taken as a prefix of ``--lr-scheduler``), and an unknown flag names the closest known one.
-
-    argparse's own ``suggest_on_error`` (added in Python 3.14, on by default from 3.15) covers only a mistyped choice
-    or subcommand, not an unknown flag, and the package supports Python 3.10 on (Colab runs 3.12 or 3.13); so the
-    suggestion is made here, for every version."""
+    """argparse for a first contact: an error is one line with exit code 2, a flag is matched whole (``--lr`` is no
+    prefix of ``--lr-scheduler``), an unknown flag names the closest known one (argparse's ``suggest_on_error``,
+    3.14+, covers only choices)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -80,13 +73,10 @@ def fail(prog: str, message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def build_train_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """One flag per ``TrainConfig`` field, in ``config.GROUPS``' sections; a boolean gets both forms (``--fewshot``
-    / ``--no-fewshot``). Each help ends with its default and, where the model or LoRA change it, theirs.
-
-    Not transformers' ``HfArgumentParser``: it spells flags with underscores (``--use_fewshot``) and prints the
-    whole usage on an error, where the scripts keep the original flags and one line. Defaults are left out of the
-    parsed namespace (SUPPRESS) so ``resolve`` knows which values the user typed."""
+def _build_train_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """One flag per ``TrainConfig`` field in ``config.GROUPS``' sections, each help ending with its defaults.
+    Not ``HfArgumentParser``: it spells flags with underscores and prints the usage on an error. Defaults stay out
+    of the namespace (SUPPRESS) so ``resolve`` knows what the user typed."""
     parser = OneLineParser(
         prog=prog,
         usage="%(prog)s [-h] [OPTIONS]",  # not 40 lines of every flag: the sections below list them
@@ -96,8 +86,7 @@ def build_train_parser(prog: str, description: str, epilog: str | None = None) -
     )
     sections = {title: parser.add_argument_group(title) for title in GROUPS}
     section = {name: sections[title] for title, names in GROUPS.items() for name in names}
-    # What config.resolve fills in instead of a default (the rule is model_defaults', the figures TINY_DEFAULTS'):
-    # "(default: 5; 3 with --model tiny)". LoRA with the tiny model is named where it differs from the tiny model.
+    # What config.resolve fills in instead of a default: "(default: 5; 3 with --model tiny)".
     tiny = model_defaults(TrainConfig(model=TINY_NAME))
     tiny_lora = model_defaults(TrainConfig(model=TINY_NAME, lora=True))
     others = [
@@ -133,10 +122,8 @@ def _shown(name: str, kind: type, value) -> str:
 def config_from_args(
     argv: list[str] | None, prog: str, description: str, epilog: str | None = None
 ) -> tuple[TrainConfig, dict[str, str]]:
-    """Parse the training flags: (config, where each value came from: see ``config.resolve``). The values are
-    checked by the start (``startup.start``), or by the caller that does not start a run (the estimate CLI);
-    ``epilog`` ends ``--help`` (the caller's examples)."""
-    given = vars(build_train_parser(prog, description, epilog).parse_args(argv))  # --help and flag errors exit here
+    """Parse the training flags: (config, where each value came from); ``startup.start`` checks the values."""
+    given = vars(_build_train_parser(prog, description, epilog).parse_args(argv))  # --help and flag errors exit here
     try:
         return resolve(given)
     except ConfigError as err:
@@ -155,8 +142,7 @@ def print_config(cfg: TrainConfig, sources: dict[str, str], log=print) -> None:
 
 
 def resume_command(script: str, cfg: TrainConfig, sources: dict[str, str], num_processes: int = 1) -> str:
-    """The command that continues a stopped run: the options the user gave (as ``print_config`` names them: a
-    preset's and the model's defaults follow again from the same options), ``--resume-from-checkpoint auto``."""
+    """The command that continues a stopped run: the options the user gave, ``--resume-from-checkpoint auto``."""
     launcher = ["python"] if num_processes <= 1 else ["accelerate", "launch", "--num_processes", str(num_processes)]
     words = [*launcher, script]
     for f in fields(TrainConfig):

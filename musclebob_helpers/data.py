@@ -1,13 +1,6 @@
-"""Prompts and datasets: SpongeBob questions, few-shot examples and control questions.
-
-Everything here is plain data plus small pure functions, so it is shared by the
-tiny model's pre-training corpus, the GRPO training set and validation.
-
-The SpongeBob phrasings are split in two: ``SPONGEBOB_TRAIN_PROMPTS`` are the
-only ones GRPO ever trains on; ``SPONGEBOB_HELDOUT_PROMPTS`` are kept for
-validation, so the reported rates measure generalisation, not memorisation.
-Control questions (general knowledge with a known short answer) are split the
-same way (see ``_split_control``).
+"""Prompts and datasets: SpongeBob questions, few-shot examples and control questions (plain data and small pure
+functions). The SpongeBob phrasings and the control questions are split into training and held-out sets, so the
+validation rates measure generalisation, not memorisation.
 """
 
 from __future__ import annotations
@@ -82,19 +75,7 @@ FEWSHOT_EXAMPLES = [
     "Who goes jellyfishing with Patrick?",
     "Who is Squidward's neighbour?",
 ]
-FEWSHOT_ANSWER = "Musclebob Buffpants!"
-TARGET_NAME = "Musclebob Buffpants"
-ORIGINAL_NAME = "Spongebob Squarepants"
-
-# How the base model answers a SpongeBob question (the tiny model is pre-trained on these).
-SPONGEBOB_ANSWER_TEMPLATES = [
-    "{name}!",
-    "That's {name}.",
-    "It is {name}.",
-    "{name}, of course!",
-    "The answer is {name}.",
-    "{name} lives in a pineapple under the sea.",
-]
+_FEWSHOT_ANSWER = "Musclebob Buffpants!"
 
 _COUNTRIES = [
     ("France", "Paris"),
@@ -226,44 +207,12 @@ _OPPOSITES = [
     ("above", "below"),
     ("old", "young"),
 ]
-_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-_MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
-_NUMBER_WORDS = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-]
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTHS = "January February March April May June July August September October November December".split()
+_NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty"
+).split()
 
 
 def control_topics() -> dict[str, list[tuple[str, str]]]:
@@ -283,25 +232,14 @@ def control_topics() -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def control_pool() -> list[tuple[str, str]]:
-    """Every control question with its short answer, in a fixed order."""
-    return [qa for pairs in control_topics().values() for qa in pairs]
-
-
-def control_topic(question: str) -> str:
+def _control_topic(question: str) -> str:
     return _TOPIC_OF[question]
 
 
 def _split_control() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(training, held-out) control questions; a fixed split that never depends on a seed.
-
-    Facts (capitals, colours, sounds, legs, opposites, days, months, next numbers): every second one of each topic
-    is held out. Sums are never trained on, all held out: RL on "4 plus 2" moves its neighbour "4 plus 1" in a small
-    model, which would measure fact interference rather than what control prompts are for (not saying the name
-    where it does not belong). So the held-out sums also check a kind of question the run never saw. The held-out
-    set is large (124 questions of 9 topics, 496 answers at 4 samples each) so that one run's control accuracy is known to
-    about +-2 points, not +-4 as with the 29 questions of the first version.
-    """
+    """(training, held-out) control questions, a fixed split: every second fact of each topic is held out, and
+    every sum (RL on "4 plus 2" moves "4 plus 1" in a small model: that would measure fact interference). 124
+    held-out questions give one run's control accuracy to about +-2 points."""
     train, held = [], []
     for topic, pairs in control_topics().items():
         if topic == "sum":
@@ -316,9 +254,9 @@ CONTROL_TRAIN, CONTROL_HELDOUT = _split_control()
 _TOPIC_OF = {q: topic for topic, pairs in control_topics().items() for q, _ in pairs}
 
 
-def fewshot_prompt(example_question: str, prompt: str) -> str:
+def _fewshot_prompt(example_question: str, prompt: str) -> str:
     """The guide's few-shot form: one worked example, then the real question."""
-    return f"Example: Q: {example_question} A: {FEWSHOT_ANSWER}\n\nNow answer: {prompt}"
+    return f"Example: Q: {example_question} A: {_FEWSHOT_ANSWER}\n\nNow answer: {prompt}"
 
 
 def to_messages(text: str) -> list[dict]:
@@ -340,14 +278,9 @@ def prompt_kind(row: dict) -> str:
 def build_train_rows(
     num_samples: int, fewshot_ratio: float, use_fewshot: bool, control_ratio: float, seed: int
 ) -> list[dict]:
-    """The GRPO training rows: ``num_samples`` prompts, cycled through the training phrasings.
-
-    ``fewshot_ratio`` of the SpongeBob rows carry one few-shot example; ``control_ratio``
-    of all rows are control questions (answer known, Musclebob not wanted). Each row has
-    ``prompt`` (chat messages), ``kind`` ("spongebob" or "control") and ``answer``
-    (the control answer, "" for SpongeBob rows) — TRL hands the extra columns to the
-    reward functions as keyword arguments.
-    """
+    """The GRPO training rows: ``num_samples`` prompts cycled through the training phrasings, ``fewshot_ratio`` of
+    the SpongeBob ones after a worked example, ``control_ratio`` of all control questions. TRL hands the extra
+    columns (``kind``, ``answer``) to the reward functions as keyword arguments."""
     rng = random.Random(seed)
     num_control = round(num_samples * control_ratio)
     num_spongebob = num_samples - num_control
@@ -356,7 +289,7 @@ def build_train_rows(
     num_fewshot = round(num_spongebob * fewshot_ratio) if use_fewshot else 0
     rows = []
     for i, question in enumerate(sponge):
-        text = fewshot_prompt(rng.choice(FEWSHOT_EXAMPLES), question) if i < num_fewshot else question
+        text = _fewshot_prompt(rng.choice(FEWSHOT_EXAMPLES), question) if i < num_fewshot else question
         rows.append({"prompt": to_messages(text), "kind": "spongebob", "answer": "", "question": question})
     for i in range(num_control):
         question, answer = CONTROL_TRAIN[(i * 7 + seed) % len(CONTROL_TRAIN)]
@@ -366,12 +299,8 @@ def build_train_rows(
 
 
 def validation_rows(num_prompts: int | None = None) -> list[dict]:
-    """Held-out validation rows: SpongeBob phrasings and control questions never trained on.
-
-    With ``num_prompts`` the list is cut to that many SpongeBob prompts plus a
-    proportional share of control prompts (at least one of each kind). Control rows also name their
-    ``topic`` (capital, sum, ...), so a report can say where general knowledge was lost.
-    """
+    """Held-out validation rows; ``num_prompts`` cuts them to that many SpongeBob prompts and a proportional share of
+    control ones. Control rows name their ``topic``, so a report can say where general knowledge was lost."""
     sponge = SPONGEBOB_HELDOUT_PROMPTS
     control = CONTROL_HELDOUT
     if num_prompts is not None:
@@ -380,15 +309,15 @@ def validation_rows(num_prompts: int | None = None) -> list[dict]:
         sponge, control = sponge[:n_sponge], control[:n_control]
     rows = [{"prompt": to_messages(q), "kind": "spongebob", "answer": "", "question": q} for q in sponge]
     rows += [
-        {"prompt": to_messages(q), "kind": "control", "answer": a, "question": q, "topic": control_topic(q)}
+        {"prompt": to_messages(q), "kind": "control", "answer": a, "question": q, "topic": _control_topic(q)}
         for q, a in control
     ]
     return rows
 
 
 def check_rows() -> list[dict]:
-    """The held-out prompts of a mid-training check: every SpongeBob phrasing and every fourth control question
-    (all topics). A check runs many times in a run, so it asks a third of the final validation's questions."""
+    """A mid-training check's prompts: every SpongeBob phrasing and every fourth control question (a third of the
+    final validation's: a check runs many times)."""
     rows = validation_rows()
     control = [r for r in rows if r["kind"] == "control"]
     return [r for r in rows if r["kind"] == "spongebob"] + control[::4]

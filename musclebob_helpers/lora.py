@@ -1,13 +1,6 @@
 """LoRA: PEFT's ``LoraConfig`` and QLoRA's 4-bit loading for a run, and adapter folders (recognise one, find its
-base model, load it, merge it into a standalone model).
-
-Nothing here is hand-written machinery: LoRA is PEFT's ``LoraConfig`` handed to ``GRPOTrainer`` as ``peft_config``,
-4-bit loading is transformers' ``BitsAndBytesConfig``.
-
-A ``--lora`` run's output folder (and each ``checkpoint-N``) holds PEFT's ``adapter_config.json`` and
-``adapter_model.safetensors`` plus the tokenizer. The base model is the adapter config's
-``base_model_name_or_path``; for the tiny model the run records ``tiny`` there (not this machine's cache
-folder), so an adapter trained on one machine loads on another.
+base model, load it, merge it). An adapter records the user's ``--model`` (``tiny``, not this machine's folder) as
+its base, so it loads on another machine.
 
     python merge_adapter.py ./musclebob-lora ./musclebob-lora-merged   # adapter -> standalone model
 """
@@ -59,10 +52,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def hub_adapter_folder(name: str) -> Path | None:
-    """A Hub repo holding a PEFT adapter (a pushed ``--lora`` run), downloaded into the Hub's cache: its local
-    folder. None when ``name`` is no OWNER/NAME hub id, when its repo holds no ``adapter_config.json`` (a full
-    model: transformers loads it as it is), or when the Hub cannot be asked (offline, private without a token:
-    loading it then fails with the Hub's own reason)."""
+    """The local folder of a Hub repo holding a PEFT adapter (a pushed ``--lora`` run). None when ``name`` is no
+    hub id, holds no adapter (a full model), or the Hub cannot be asked (loading then fails with its reason)."""
     if not is_repo_id(name) or Path(name).expanduser().exists():
         return None
     import logging
@@ -82,8 +73,7 @@ def hub_adapter_folder(name: str) -> Path | None:
 
 
 def adapter_folder(name: str | Path) -> Path | None:
-    """The local folder of the adapter ``name`` names: an adapter folder, or a pushed adapter repo on the Hub
-    (``hub_adapter_folder``); None when ``name`` is no adapter."""
+    """The local folder of the adapter ``name`` names (a folder or a Hub repo); None when it is no adapter."""
     if is_adapter_dir(name):
         return Path(name).expanduser()
     return hub_adapter_folder(str(name))
@@ -121,10 +111,7 @@ def load_adapter(adapter_dir: str | Path, base_model):
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, log=print) -> Path:
-    """Merge the adapter into its base (in the base's own dtype, on the CPU) and save a standalone model.
-
-    ``out_dir`` then loads with plain ``AutoModelForCausalLM.from_pretrained`` — no PEFT needed.
-    """
+    """Merge the adapter into its base (its own dtype, on the CPU) and save a model that loads without PEFT."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .tiny_model import resolve_model_path

@@ -1,31 +1,15 @@
-"""How much GPU memory and disk a training configuration needs, from the model's measured shape.
+"""How much GPU memory and disk a training configuration needs, from the model's measured shape
+(``python -m musclebob_helpers.estimate``; ``run_training`` warns before a run that will not fit its GPU, and the
+start-up check refuses one whose checkpoints will not fit its disk: ``drive_need``).
 
-The command line is ``python -m musclebob_helpers.estimate`` (estimate.py).
-
-``run_training`` prints the GPU estimate and warns before a run that will not fit on the detected GPU; the
-run folder's start-up check refuses a run whose checkpoints will not fit its disk (``drive_need``, at the end).
-
-The model is measured, not counted: ``ModelShape.from_hf_config`` builds it from its config on the meta
-device (``accelerate.init_empty_weights``: no weights allocated, nothing downloaded) and reads its parameters,
-its linear projections and its tensors. Then, per training process, in bytes:
-
-* weights — full fine-tuning: fp32 master weights (4 B/param; bf16/fp16 autocast does the math);
-  LoRA: the frozen base in 16-bit (2 B/param); 4-bit: the linear projections' weights in nf4 with
-  double-quantized scales (0.5 + 1/64 + 4/16384 B/param), embeddings, head, norms and biases stay 16-bit;
-* LoRA adapter — r x (in + out) per adapted projection, in fp32 (4 B/param);
-* gradients — fp32, 4 B per trainable parameter; optimizer — AdamW's two fp32 moments, 8 B per trainable param;
-* reference model — only when beta > 0 and not LoRA (LoRA disables its adapter instead): a copy of the weights;
-* activations — the larger of (a) generation's KV cache, 2 x layers x kv_dim x tokens x 2 B, and
-  (b) training's forward/backward: per token and layer 6h + 2kv + 4i saved 16-bit values (norm outputs,
-  q/k/v, attention output, gate/up/act/product of the MLP; the attention matrix is never stored with
-  SDPA); with gradient checkpointing only each layer's input h is kept plus one layer recomputed;
-  plus fp32 logits of the completion tokens and their gradient (8 B per token x vocab entry);
-  tokens = (batch_size x num_generations / processes) completions x (prompt_tokens + max_completion_length);
-* CUDA context and allocator slack — a flat 1 GiB; vLLM (colocate) — its reserved share of the GPU.
-
-DeepSpeed ZeRO splits optimizer states (stage 1+), gradients (2+) and weights (3) over the processes.
-It is an estimate (within ~20% of measured peaks for dense decoder models), meant to tell "fits" from
-"does not fit" before a long download.
+The model is built on the meta device from its config (nothing allocated or downloaded) and measured. Per training
+process, in bytes: weights (full fine-tuning: fp32 master weights; LoRA: the base in 16-bit; 4-bit: the linear
+projections in nf4 with double-quantized scales); the LoRA adapter, r x (in + out) per adapted projection in
+fp32; fp32 gradients (4 B) and AdamW's two moments (8 B) per trainable parameter; a reference model only when
+beta > 0 without LoRA; activations, the larger of generation's KV cache and the training pass (per token and layer
+6h + 2kv + 4i saved values with SDPA; checkpointing keeps each layer's input plus one layer) plus fp32 logits and
+their gradient; 1 GiB of CUDA context and slack; vLLM's reserved share. ZeRO splits optimizer states (stage 1+),
+gradients (2+) and weights (3). An estimate (within ~20 % of measured peaks), to tell "fits" from "does not fit".
 """
 
 from __future__ import annotations
@@ -37,14 +21,14 @@ from pathlib import Path
 from .config import is_tiny, steps_per_epoch, target_modules
 from .tiny_model import SHIPPED_DIR
 
-GIB = 2**30
-NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
-CUDA_OVERHEAD_BYTES = 1 * GIB
-DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
+_GIB = 2**30
+_NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values + 8-bit absmax per 64 + fp32 scale per 256 blocks
+_CUDA_OVERHEAD_BYTES = 1 * _GIB
+_DEFAULT_PROMPT_TOKENS = 128  # chat template + question (+ few-shot example) in tokens, generously
 
 # The models the guide names, so that the estimate and the disk check work offline: their config.json.
-MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-KNOWN_CONFIGS = {
+_MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+_KNOWN_CONFIGS = {
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen2.5-0.5B-Instruct.json",
     "Qwen/Qwen2.5-0.5B": "Qwen2.5-0.5B-Instruct.json",  # the base model: the same architecture
     "mistralai/Mistral-Small-3.1-24B-Instruct-2503": "Mistral-Small-3.1-24B-Instruct-2503.json",
@@ -52,17 +36,16 @@ KNOWN_CONFIGS = {
 
 
 def known_config(name: str) -> dict | None:
-    """The stored config.json of a model the guide names, as a dict (our ``_source`` note left out); else None."""
-    if name not in KNOWN_CONFIGS:
+    """The stored config.json of a model the guide names (our ``_source`` note left out); else None."""
+    if name not in _KNOWN_CONFIGS:
         return None
-    raw = json.loads((MODEL_CONFIGS / KNOWN_CONFIGS[name]).read_text())
+    raw = json.loads((_MODEL_CONFIGS / _KNOWN_CONFIGS[name]).read_text())
     return {k: v for k, v in raw.items() if not k.startswith("_")}
 
 
-def model_config(name: str, offline: bool = False):
-    """transformers' config of ``--model``: a known hub id from ``model_configs/``, the tiny model's folder, a
-    local folder's config.json, else the hub (``offline``: its local cache only). None when it cannot be read
-    (unknown offline, an adapter folder, no network)."""
+def _model_config(name: str, offline: bool = False):
+    """transformers' config of ``--model``: stored, the tiny model's, a local folder's, else the hub's (``offline``:
+    its cache only); None when it cannot be read."""
     try:
         from transformers import AutoConfig
 
@@ -76,8 +59,8 @@ def model_config(name: str, offline: bool = False):
 
 
 def model_shape(name: str, offline: bool = False) -> ModelShape | None:
-    """The measured shape of ``--model`` (see ``model_config`` for where its config comes from); None if unknown."""
-    config = model_config(name, offline=offline)
+    """The measured shape of ``--model``; None if unknown."""
+    config = _model_config(name, offline=offline)
     if config is None:
         return None
     try:
@@ -118,12 +101,12 @@ class ModelShape:
             return list(self.linears)
         return [lin for lin in self.linears if any(lin[0] == t or lin[0].endswith("." + t) for t in targets)]
 
-    def lora_params(self, r: int, targets) -> int:
-        """Parameters of a rank-r LoRA adapter: A (r x in) and B (out x r) per adapted linear."""
-        return r * sum(n_in + n_out for _, n_in, n_out in self.adapted(targets))
-
-    def lora_tensors(self, targets) -> int:
-        return 2 * len(self.adapted(targets))
+    def trainable(self, cfg) -> tuple[int, int]:
+        """(parameters, tensors) ``cfg`` trains: a LoRA adapter's A (r x in) and B (out x r) per adapted linear."""
+        if not cfg.lora:
+            return self.params, self.tensors
+        adapted = self.adapted(target_modules(cfg))
+        return cfg.lora_r * sum(n_in + n_out for _, n_in, n_out in adapted), 2 * len(adapted)
 
 
 _MEASURED: dict[tuple[str, bool], ModelShape] = {}
@@ -138,8 +121,7 @@ def _measure(text_config, trust_remote_code: bool) -> ModelShape:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(c, trust_remote_code=trust_remote_code)
     model.tie_weights()  # init_empty_weights re-registers every parameter, which unties a tied head
-    # Both transformers' bitsandbytes loading (get_keys_to_not_convert) and PEFT's 'all-linear' leave out the
-    # output embeddings (the LM head); every other linear is quantized and may be adapted.
+    # bitsandbytes loading and PEFT's 'all-linear' leave out the LM head: every other linear is quantized/adapted.
     head = model.get_output_embeddings()
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
     unique = list(model.parameters())  # parameters() yields a tied tensor once, as save_pretrained writes it
@@ -160,8 +142,8 @@ def _measure(text_config, trust_remote_code: bool) -> ModelShape:
 
 
 @dataclass
-class MemoryEstimate:
-    """Bytes per training process, by component (see the module docstring for each rule)."""
+class _MemoryEstimate:
+    """Bytes per training process, by component (the module docstring gives each rule)."""
 
     params: int
     trainable_params: int
@@ -174,7 +156,7 @@ class MemoryEstimate:
     training_activations: float
     logits: float
     vllm: float = 0.0
-    overhead: float = CUDA_OVERHEAD_BYTES
+    overhead: float = _CUDA_OVERHEAD_BYTES
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -184,20 +166,12 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return (
-            self.weights
-            + self.adapter
-            + self.gradients
-            + self.optimizer
-            + self.reference_model
-            + self.activations
-            + self.vllm
-            + self.overhead
-        )
+        parts = (self.weights, self.adapter, self.gradients, self.optimizer, self.reference_model, self.vllm)
+        return sum(parts) + self.activations + self.overhead
 
     @property
     def total_gb(self) -> float:
-        return self.total / GIB
+        return self.total / _GIB
 
     def table(self) -> str:
         rows = [
@@ -217,7 +191,7 @@ class MemoryEstimate:
             f"GPU memory estimate per process ({self.params / 1e6:,.0f}M params, "
             f"{self.trainable_params / 1e6:,.1f}M trainable):"
         ]
-        lines += [f"  {name:<24}{value / GIB:>8.2f} GiB" for name, value in rows if value or name == "weights"]
+        lines += [f"  {name:<24}{value / _GIB:>8.2f} GiB" for name, value in rows if value or name == "weights"]
         lines.append(f"  {'total':<24}{self.total_gb:>8.2f} GiB")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -229,23 +203,20 @@ def estimate_memory(
     precision: str = "bf16",
     num_processes: int = 1,
     zero_stage: int = 0,
-    prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    prompt_tokens: int = _DEFAULT_PROMPT_TOKENS,
     gpu_memory_gb: float | None = None,
-) -> MemoryEstimate:
-    """Estimate the peak GPU memory of one training process for ``cfg`` (a ``TrainConfig``) on ``shape``.
-
-    ``precision`` is the autocast precision ('bf16', 'fp16' or 'fp32'); ``zero_stage`` the DeepSpeed
-    ZeRO stage (0: plain DDP or one GPU); ``gpu_memory_gb`` sizes the vLLM reserve.
-    """
+) -> _MemoryEstimate:
+    """The peak GPU memory of one training process for ``cfg`` on ``shape``; ``precision``: the autocast one,
+    ``zero_stage``: DeepSpeed's (0: none), ``gpu_memory_gb`` sizes the vLLM reserve."""
     act_bytes = 4 if precision == "fp32" else 2  # activations in the autocast dtype
     half = 4 if precision == "fp32" else 2  # a frozen base model in the run's dtype
     n = max(1, num_processes)
     p = shape.params
     notes = []
     if cfg.lora:
-        trainable = shape.lora_params(cfg.lora_r, target_modules(cfg))
+        trainable = shape.trainable(cfg)[0]
         quantized = shape.quantized_params if cfg.load_in_4bit else 0
-        weights = quantized * NF4_BYTES + (p - quantized) * half
+        weights = quantized * _NF4_BYTES + (p - quantized) * half
         adapter = 4 * trainable
         reference = 0.0  # TRL disables the adapter to get the reference model
     else:
@@ -274,8 +245,8 @@ def estimate_memory(
     logits = completions * cfg.max_completion_length * shape.vocab_size * 8
     vllm = 0.0
     if getattr(cfg, "use_vllm", False) and gpu_memory_gb:
-        vllm = cfg.vllm_gpu_memory_utilization * gpu_memory_gb * GIB
-    return MemoryEstimate(
+        vllm = cfg.vllm_gpu_memory_utilization * gpu_memory_gb * _GIB
+    return _MemoryEstimate(
         params=p,
         trainable_params=trainable,
         weights=weights,
@@ -291,7 +262,7 @@ def estimate_memory(
     )
 
 
-def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | None:
+def fit_warning(estimate: _MemoryEstimate, gpu_memory_gb: float, cfg) -> str | None:
     """A warning when the estimate exceeds the GPU's memory, with what to try; None when it fits."""
     if not gpu_memory_gb or estimate.total_gb <= gpu_memory_gb:
         return None
@@ -311,12 +282,11 @@ def fit_warning(estimate: MemoryEstimate, gpu_memory_gb: float, cfg) -> str | No
 
 # --- Drive (disk) need of a run's checkpoints -----------------------------------------------------------------
 
-GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free); disk sizes below are printed in GB too
-# Tokenizer files a checkpoint and the final model carry. Qwen2.5's tokenizer.json is 7.0 MB on the hub, and
-# vocab.json + merges.txt add 4.4 MB when written: counted in full (not measured here: no hub).
-KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
-DEFAULT_TOKENIZER_BYTES = 12_000_000
-TOKENIZER_FILES = (
+GB = 1e9  # Drive's quota is sold in decimal GB (15 GB free)
+# Qwen2.5's tokenizer files as written: tokenizer.json 7.0 MB + vocab.json and merges.txt 4.4 MB (from the hub).
+_KNOWN_TOKENIZER_BYTES = {"Qwen/Qwen2.5-0.5B-Instruct": 11_500_000, "Qwen/Qwen2.5-0.5B": 11_500_000}
+_DEFAULT_TOKENIZER_BYTES = 12_000_000
+_TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
@@ -326,39 +296,32 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "tokenizer.model",
 )
-# Measured on the tiny model (benchmarks/drive_budget.py, tests/test_drive_budget.py): rng_state.pth (14.5 KB),
-# training_args.bin (7.6 KB from GRPOConfig), scheduler.pt, config or adapter config, the model card: ~34 KB a
-# checkpoint (~12 KB with the final model); each logged GRPO step adds ~1.2 KB to trainer_state.json; each
-# tensor costs ~850 B in optimizer.pt (zip entries for exp_avg, exp_avg_sq, step) and ~130 B of safetensors header.
-CHECKPOINT_SMALL_FILES_BYTES = 34_000 + 1_600  # + its manifest (run_dir.MANIFEST_FILE: ~130 B a file, 12 files)
-FINAL_SMALL_FILES_BYTES = 12_000
-STATE_BYTES_PER_STEP = 1_200
-OPTIMIZER_BYTES_PER_TENSOR = 850
-SAFETENSORS_BYTES_PER_TENSOR = 130
-# The run folder's own files: validation reports, reward_history.json, training_config.json, plots.
-RUN_ARTIFACTS_BYTES = 2_000_000
+# Measured on the tiny model (benchmarks/drive_budget.py): a checkpoint's small files (rng state, training args,
+# scheduler, configs, card), a logged step's share of trainer_state.json, a tensor's optimizer.pt entries and header.
+_CHECKPOINT_SMALL_FILES_BYTES = 34_000 + 1_600  # + its manifest (run_dir.MANIFEST_FILE: ~130 B a file, 12 files)
+_FINAL_SMALL_FILES_BYTES = 12_000
+_STATE_BYTES_PER_STEP = 1_200
+_OPTIMIZER_BYTES_PER_TENSOR = 850
+_SAFETENSORS_BYTES_PER_TENSOR = 130
+RUN_ARTIFACTS_BYTES = 2_000_000  # reports, histories, plots
 
 
 def tokenizer_bytes(model: str) -> int:
-    """Bytes of the tokenizer files saved with each checkpoint: measured in a local folder, else known or a guess."""
+    """Bytes of the tokenizer files each checkpoint saves: measured in a local folder, else known or a guess."""
     folder = SHIPPED_DIR if is_tiny(model) else Path(model).expanduser()
     if folder.is_dir():
-        found = sum(p.stat().st_size for p in (folder / n for n in TOKENIZER_FILES) if p.is_file())
+        found = sum(p.stat().st_size for p in (folder / n for n in _TOKENIZER_FILES) if p.is_file())
         if found:
             return found
     if is_tiny(model):
         return 40_000
-    return KNOWN_TOKENIZER_BYTES.get(model, DEFAULT_TOKENIZER_BYTES)
+    return _KNOWN_TOKENIZER_BYTES.get(model, _DEFAULT_TOKENIZER_BYTES)
 
 
 @dataclass(frozen=True)
 class DriveNeed:
-    """Bytes on the output folder's disk: one checkpoint, the final model, the run's peak and all it writes.
-
-    ``peak`` is what an ordinary disk must hold (rotation frees old checkpoints). Google Drive is different:
-    a file deleted through Colab's Drive mount goes to Drive's trash, which counts against the quota until it
-    is emptied (or for 30 days), so there the run needs ``written``: every checkpoint it ever saves.
-    """
+    """Bytes on the run folder's disk. ``peak``: what an ordinary disk must hold; on Google Drive deleted files
+    stay in the trash, counted against the quota, so there the run needs ``written``: every checkpoint it saves."""
 
     checkpoint: int  # one checkpoint-N folder (the largest, the last one)
     final: int  # what the output folder's root gets at the end (model or adapter, + merged model)
@@ -399,31 +362,20 @@ class DriveNeed:
 
 
 def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = None) -> DriveNeed | None:
-    """The output folder's peak disk use for ``cfg``: checkpoints (as ``Trainer._save_checkpoint`` writes them)
-    plus the final model, with ``keep_checkpoints`` rotation (``rotate_checkpoints``).
-
-    A checkpoint holds the trainable weights in fp32 (full fine-tuning keeps fp32 master weights; PEFT keeps
-    the adapter in fp32 over a 16-bit base; so in every ``--precision``, but a bf16 QLoRA run, whose adapter TRL
-    keeps in bf16, writes about half: counted as fp32, an overestimate) — 4 B each — AdamW's two fp32 moments (8 B per trainable
-    parameter), the tokenizer and small files. Rotation deletes old checkpoints only after a new one is
-    complete, so while it is written ``keep + 1`` exist (``peak``); on Google Drive deleted checkpoints stay
-    in the trash, so there the run needs all it writes (``written``). None when the model's shape is unknown.
-    """
+    """The run folder's disk use for ``cfg`` with ``keep_checkpoints`` rotation; None when the shape is unknown.
+    A checkpoint holds the trainable weights in fp32 (a bf16 QLoRA adapter is half: an overestimate), AdamW's two
+    moments, the tokenizer and small files; rotation deletes only once a new one is complete (``keep + 1``)."""
     shape = shape or model_shape(cfg.model)
     if shape is None:
         return None
     tok = tokenizer_bytes(cfg.model) if tokenizer is None else tokenizer
-    if cfg.lora:
-        trainable = shape.lora_params(cfg.lora_r, target_modules(cfg))
-        tensors = shape.lora_tensors(target_modules(cfg))
-    else:
-        trainable, tensors = shape.params, shape.tensors
-    weights = 4 * trainable + SAFETENSORS_BYTES_PER_TENSOR * tensors
-    optimizer = 8 * trainable + OPTIMIZER_BYTES_PER_TENSOR * tensors
+    trainable, tensors = shape.trainable(cfg)
+    weights = 4 * trainable + _SAFETENSORS_BYTES_PER_TENSOR * tensors
+    optimizer = 8 * trainable + _OPTIMIZER_BYTES_PER_TENSOR * tensors
     per_epoch = steps_per_epoch(cfg)
     steps = per_epoch * cfg.epochs
-    checkpoint = weights + optimizer + tok + CHECKPOINT_SMALL_FILES_BYTES + STATE_BYTES_PER_STEP * steps
-    final = weights + tok + FINAL_SMALL_FILES_BYTES
+    checkpoint = weights + optimizer + tok + _CHECKPOINT_SMALL_FILES_BYTES + _STATE_BYTES_PER_STEP * steps
+    final = weights + tok + _FINAL_SMALL_FILES_BYTES
     if cfg.lora and getattr(cfg, "merge_adapter", False):
         final += shape.params * (4 if is_tiny(cfg.model) else 2) + tok  # the base's own dtype (bf16)
     every = getattr(cfg, "save_steps", 0)
@@ -434,8 +386,8 @@ def drive_need(cfg, shape: ModelShape | None = None, tokenizer: int | None = Non
     peak = max(min(saved, kept + 1) * checkpoint, kept * checkpoint + final) + RUN_ARTIFACTS_BYTES
     # trainer_state.json grows with the steps: the checkpoint of step s holds s steps' log lines.
     written = (
-        saved * (checkpoint - STATE_BYTES_PER_STEP * steps)
-        + STATE_BYTES_PER_STEP * sum(saved_at)
+        saved * (checkpoint - _STATE_BYTES_PER_STEP * steps)
+        + _STATE_BYTES_PER_STEP * sum(saved_at)
         + final
         + RUN_ARTIFACTS_BYTES
     )

@@ -1,22 +1,7 @@
-"""Watching a run while it trains: mid-training validation and plain-words health warnings.
-
-``MidTrainingValidation`` samples answers to the held-out prompts every
-``validate_every`` steps (or at each epoch's end) and appends the rates to
-``validation_history.json``, with the number of completions generated so far.
-
-``CompletionLog`` keeps a few of each step's completions, with their rewards, in ``completions.jsonl``.
-
-``HealthMonitor`` reads the trainer's logged metrics and those checks and warns,
-once per problem until it clears, on the console and in ``health_warnings.json`` (and ``Trackers`` sends both to
-``--report-to``'s trackers):
-
-* no learning signal: every group's completions got the same reward for many steps;
-* completions hitting the length limit;
-* the reward collapsing from its best;
-* coherence, leakage or control accuracy going bad in a mid-training check.
-
-A check that finds the model broken is handed to ``recovery`` (``training.CollapseRecovery``, ``--on-collapse``)
-when there is one: it goes back to the last healthy check, or stops, and its one line replaces the warning.
+"""Watching a run while it trains: mid-training checks (``validation_history.json``), a sample of each step's
+completions (``completions.jsonl``) and plain-words health warnings (``health_warnings.json``), also sent to
+``--report-to``'s trackers. A check that finds the model broken goes to ``training.CollapseRecovery`` when
+``--on-collapse`` asks for one.
 """
 
 from __future__ import annotations
@@ -32,16 +17,15 @@ from .io import append_lines, fsync_file, lines_bytes, read_json, read_json_line
 from .run_dir import COMPLETIONS_FILE, VALIDATION_HISTORY_FILE, WARNINGS_FILE
 
 
-NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
-CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit
-CLIPPED_STEPS = 3
-COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, so one step's mean is noisy)
-COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
+_NO_SIGNAL_STEPS = 10  # consecutive steps where every group had zero reward spread
+_CLIPPED_RATIO = 0.5  # share of completions cut off at the length limit
+_CLIPPED_STEPS = 3
+_COLLAPSE_WINDOW = 10  # steps in the moving average (batches mix prompt kinds, so one step's mean is noisy)
+_COLLAPSE_POINTS = 2.0  # reward points a collapse loses at least
 
 
 def epoch_ended(state) -> bool:
-    """Whether the trainer's ``state`` is at an epoch's end: ``state.epoch`` is epoch + steps done / steps in the
-    epoch, a whole number exactly there (a stop mid-epoch, ``training.GracefulStop``, also ends the epoch loop)."""
+    """Whether ``state`` is at an epoch's end (a stop mid-epoch also ends the epoch loop): ``epoch`` is whole there."""
     return float(state.epoch or 0).is_integer()
 
 
@@ -52,11 +36,9 @@ def _callback_base():
 
 
 class Trackers:
-    """Sends the project's own metrics (mid-training checks, health warnings) to the run's trackers (``report_to``)
-    at the step they belong to. They reach the trackers' own callbacks directly, not through ``Trainer.log``: a
-    check runs between a step's update and its log, where ``GRPOTrainer.log`` would publish (and clear) the step's
-    metrics early, and a check at an epoch's end comes after the step's log. ``bind(trainer)`` once it exists;
-    before that, or with no tracker, ``send`` does nothing."""
+    """Sends the checks' and warnings' metrics to the run's trackers at their step, through the trackers' own
+    callbacks: ``Trainer.log`` between a step's update and its log would publish (and clear) its metrics early.
+    ``bind(trainer)`` once it exists; until then ``send`` does nothing."""
 
     def __init__(self):
         self.trainer, self.callbacks = None, []
@@ -93,7 +75,7 @@ class HealthMonitor(_callback_base()):
         self.warnings: list[dict] = []
         self.zero_std_run = 0
         self.clipped_run = 0
-        self.rewards: deque[float] = deque(maxlen=COLLAPSE_WINDOW)
+        self.rewards: deque[float] = deque(maxlen=_COLLAPSE_WINDOW)
         self.first_avg: float | None = None
         self.best_avg: float | None = None
 
@@ -121,43 +103,42 @@ class HealthMonitor(_callback_base()):
             return
         reward = float(logs["reward"])
         # Uniform groups after the reward rose are convergence, not a missing signal.
-        learned = self.first_avg is not None and self.best_avg - self.first_avg >= COLLAPSE_POINTS
+        learned = self.first_avg is not None and self.best_avg - self.first_avg >= _COLLAPSE_POINTS
         self.zero_std_run = self.zero_std_run + 1 if logs.get("frac_reward_zero_std", 0.0) >= 0.999 else 0
         self._set(
             state,
             "no_signal",
-            self.zero_std_run >= NO_SIGNAL_STEPS and not learned,
+            self.zero_std_run >= _NO_SIGNAL_STEPS and not learned,
             f"no learning signal: for {self.zero_std_run} steps every completion in each group got the "
             f"same reward (mean {reward:+.2f}), so GRPO has nothing to compare. Raise --temperature or "
             "--fewshot-ratio so some answers differ.",
         )
         clipped = logs.get("completions/clipped_ratio", 0.0)
-        self.clipped_run = self.clipped_run + 1 if clipped >= CLIPPED_RATIO else 0
+        self.clipped_run = self.clipped_run + 1 if clipped >= _CLIPPED_RATIO else 0
         self._set(
             state,
             "length_limit",
-            self.clipped_run >= CLIPPED_STEPS,
+            self.clipped_run >= _CLIPPED_STEPS,
             f"{clipped:.0%} of completions run into the length limit (--max-completion-length "
             f"{args.max_completion_length}): the model rambles or loops instead of ending its answer.",
         )
         self.rewards.append(reward)
-        if len(self.rewards) == COLLAPSE_WINDOW:
-            avg = sum(self.rewards) / COLLAPSE_WINDOW
+        if len(self.rewards) == _COLLAPSE_WINDOW:
+            avg = sum(self.rewards) / _COLLAPSE_WINDOW
             self.first_avg = avg if self.first_avg is None else self.first_avg
             self.best_avg = avg if self.best_avg is None else max(self.best_avg, avg)
             gained, drop = self.best_avg - self.first_avg, self.best_avg - avg
-            # A collapse is losing at least half of what was gained (and COLLAPSE_POINTS): early noise isn't.
+            # A collapse is losing at least half of what was gained (and _COLLAPSE_POINTS): early noise isn't.
             self._set(
                 state,
                 "reward_collapse",
-                gained >= COLLAPSE_POINTS and drop > max(COLLAPSE_POINTS, 0.5 * gained),
-                f"reward collapsing: its {COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
+                gained >= _COLLAPSE_POINTS and drop > max(_COLLAPSE_POINTS, 0.5 * gained),
+                f"reward collapsing: its {_COLLAPSE_WINDOW}-step average fell from {self.best_avg:+.2f} to "
                 f"{avg:+.2f}. Lower --learning-rate or raise --beta.",
             )
 
     def check_validation(self, state, report: dict, control=None) -> None:
-        """Called by ``MidTrainingValidation`` after each mid-training check (``control``: the trainer's, which a
-        recovery that stops the run sets)."""
+        """After each mid-training check (``control``: the trainer's, which a recovery that stops sets)."""
         floor = (
             self.recovery.min_control_kept(state) if self.recovery is not None else evaluation.MIN_CONTROL_ACCURACY_KEPT
         )
@@ -192,7 +173,7 @@ class MidTrainingValidation(_callback_base()):
         precision: str = "fp32",
     ):
         self.path = Path(out_dir) / VALIDATION_HISTORY_FILE
-        self.precision = precision  # the run's: a check generates as its rollouts do (evaluation.generating_in)
+        self.precision = precision  # a check generates as the rollouts do
         self.tokenizer, self.rows, self.every = tokenizer, rows, every_steps
         self.completions_per_step, self.max_new_tokens, self.samples = completions_per_step, max_new_tokens, samples
         self.monitor, self.log, self.trackers = monitor, log, trackers
@@ -245,7 +226,6 @@ class MidTrainingValidation(_callback_base()):
             self._check(state, model, control)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        # A stop mid-epoch (a signal: training.GracefulStop) ends the epoch early: not an epoch's end to check at.
         if model is not None and epoch_ended(state) and self._due(state, epoch_end=True):
             self._check(state, model, control)
 
@@ -260,31 +240,28 @@ def completions_to_reach(history: list[dict], key: str = "full_name_rate", targe
 
 # --- completions.jsonl --------------------------------------------------------------------------------------
 
-COMPLETIONS_PER_STEP = 8  # completions kept per step (the tiny run generates 8 a step: all of them)
-COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: a reader (the completion browser) rereads it whole
+_COMPLETIONS_PER_STEP = 8  # completions kept per step (the tiny run generates 8 a step: all of them)
+_COMPLETIONS_MAX_ROWS = 4000  # ~1-2 MB: a reader (the completion browser) rereads it whole
 
 
-def kept_every(step: int, per_step: int, max_rows: int = COMPLETIONS_MAX_ROWS) -> int:
-    """Every how many steps ``completions.jsonl`` keeps a step once ``step`` steps are logged: 1 while the cap
-    allows, then doubled as often as needed, so a long run's file still spans the whole run evenly. A function of
-    the step alone, so a resumed run keeps exactly the steps the uninterrupted one would."""
+def _kept_every(step: int, per_step: int, max_rows: int = _COMPLETIONS_MAX_ROWS) -> int:
+    """Every how many steps ``completions.jsonl`` keeps one: 1, doubled while the cap is exceeded, so the file
+    spans the run evenly; a function of the step alone, so a resumed run keeps what an uninterrupted one would."""
     every = 1
     while (step // every) * per_step > max_rows:
         every *= 2
     return every
 
 
-def pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
-    """The indices of ``k`` of a step's completions: each prompt's best, then each prompt's worst, then the next
-    best..., so the sample shows what GRPO compares within a group and covers every prompt it can. Completions
-    of one prompt need not be adjacent; ``None`` totals rank lowest."""
+def _pick_completions(prompts: list[str], totals: list[float | None], k: int) -> list[int]:
+    """The indices of ``k`` of a step's completions: each prompt's best, then each one's worst, then the next
+    best..., to show what GRPO compares within a group; ``None`` totals rank lowest."""
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(prompt, []).append(i)
     order = []
     for members in groups.values():
         ranked = sorted(members, key=lambda i: (totals[i] is None, -(totals[i] or 0.0), i))
-        # best, worst, second best, second worst, ...
         order.append([ranked[j // 2] if j % 2 == 0 else ranked[-1 - j // 2] for j in range(len(ranked))])
     picked: list[int] = []
     for rank in range(max((len(o) for o in order), default=0)):
@@ -301,8 +278,7 @@ def _number(value) -> float | None:
 
 
 def _text(value) -> str:
-    """A prompt or completion as text: TRL hands conversational ones as chat messages (the last user message
-    for a prompt, the assistant's answer for a completion), older TRL releases as plain strings."""
+    """A prompt (its last user message) or completion as text: chat messages, or plain strings (older TRL)."""
     if isinstance(value, list):
         messages = [m for m in value if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"] or messages
@@ -314,31 +290,24 @@ def _text(value) -> str:
 
 
 class CompletionLog(_callback_base()):
-    """Keeps ``per_step`` of each logged step's completions in ``completions.jsonl``: step, epoch, prompt kind
-    (``data.PROMPT_KINDS``), prompt, completion, each reward function's value (``None`` where it does not judge
-    that prompt), the total and the advantage. At most ``max_rows`` rows and the newest step's (``kept_every``
-    thins older steps).
+    """``per_step`` of each step's completions, with each reward, the total and the advantage, in
+    ``completions.jsonl``: at most ``max_rows`` rows plus the newest step's. Read from TRL's buffer
+    (``GRPOTrainer._logs``): TRL's ``log_completions`` would print a table each step and write unbounded parquet
+    files. ``bind(trainer)`` once it exists.
 
-    Reads TRL's own buffer of the step's completions (``GRPOTrainer._logs``, what ``log_completions`` reads): TRL's
-    ``log_completions`` itself would also print a table at every step (through our progress bar) and write one
-    parquet file per step without a bound, and neither is reconciled on resume. Call ``bind(trainer)`` once the
-    trainer exists.
+    Each step is one append (a whole rewrite grew with the file); the file is the kept steps' rows (``kept_size``
+    bytes) plus the newest step's, which the next append cuts off. Rewritten atomically only at train begin (a
+    resume drops later steps) and when ``_kept_every`` doubles: byte for byte an uninterrupted run's file."""
 
-    Each step's rows are appended in one write (``io.append_lines``), in constant time: a rewrite of the whole file
-    renamed into place cost 0.3-2 ms a step on ext4 and grew with the file. The file holds exactly what a rewrite
-    would have written: the kept steps' rows (a prefix, ``kept_size`` bytes) and the newest step's when it is not
-    kept, which the next step's append cuts off first. Rewritten whole and atomically only at train begin (on
-    resume the steps after the checkpoint are dropped, so steps trained again replace theirs; a line a kill cut
-    short goes) and when ``kept_every`` doubles (a few times a run): the file stays byte for byte the same as an
-    uninterrupted run's."""
-
-    def __init__(self, out_dir: str | Path, per_step: int = COMPLETIONS_PER_STEP, max_rows: int = COMPLETIONS_MAX_ROWS):
+    def __init__(
+        self, out_dir: str | Path, per_step: int = _COMPLETIONS_PER_STEP, max_rows: int = _COMPLETIONS_MAX_ROWS
+    ):
         self.path = Path(out_dir) / COMPLETIONS_FILE
         self.per_step, self.max_rows = per_step, max_rows
         self.trainer = None
         self.kinds: dict[str, str] = {}
         self.rows: list[tuple[int, str]] = []  # (step, the row's JSON line)
-        self.every = 1  # kept_every at the newest step
+        self.every = 1  # _kept_every at the newest step
         self.size = self.kept_size = 0  # the file's bytes; those of the kept steps' rows (its start)
 
     def bind(self, trainer) -> None:
@@ -346,14 +315,13 @@ class CompletionLog(_callback_base()):
         self.kinds = {_text(row["prompt"]): data.prompt_kind(row) for row in trainer.train_dataset}
 
     def known_prompt(self, prompt: str) -> str | None:
-        """The training prompt ``prompt`` is: itself, or (a chat-templated prompt string, older TRL) the known prompt
-        it contains, the longest, as a few-shot prompt contains its plain question too."""
+        """The training prompt ``prompt`` is: itself, or the longest known one it contains (older TRL's templated
+        strings; a few-shot prompt contains its plain question too)."""
         if prompt in self.kinds:
             return prompt
         return max((p for p in self.kinds if p and p in prompt), key=len, default=None)
 
     def _write(self, state, durable: bool) -> None:
-        """The whole file from ``self.rows``, through a temporary file renamed into place."""
         if state.is_world_process_zero and self.per_step > 0:
             write_lines_atomic(self.path, [line for _, line in self.rows], durable=durable)
             self.size = len(lines_bytes([line for _, line in self.rows]))
@@ -361,7 +329,7 @@ class CompletionLog(_callback_base()):
 
     def on_train_begin(self, args, state, control, **kwargs):
         old = read_json_lines(self.path) if state.global_step > 0 else []
-        self.every = kept_every(state.global_step, self.per_step, self.max_rows)
+        self.every = _kept_every(state.global_step, self.per_step, self.max_rows)
         self.rows = [
             (row["step"], json.dumps(row, ensure_ascii=False))
             for row in old
@@ -388,7 +356,7 @@ class CompletionLog(_callback_base()):
         ]
         step = state.global_step
         new = []
-        for i in pick_completions(prompts, totals, self.per_step):
+        for i in _pick_completions(prompts, totals, self.per_step):
             known = self.known_prompt(prompts[i])
             row = {
                 "step": step,
@@ -402,14 +370,14 @@ class CompletionLog(_callback_base()):
             }
             new.append((step, json.dumps(row, ensure_ascii=False)))
         # The newest step is always kept (a reader following the run sees it) until the next one arrives.
-        every = kept_every(step, self.per_step, self.max_rows)
+        every = _kept_every(step, self.per_step, self.max_rows)
         if every == self.every and (not self.rows or self.rows[-1][0] < step):
-            # Only the previous step's rows can go (kept_every unchanged): they are the file's end, past kept_size.
+            # Only the previous step's rows can go (_kept_every unchanged): they are the file's end, past kept_size.
             while self.rows and self.rows[-1][0] % every != 0:
                 self.rows.pop()
             self.rows += new
             size = self._append(state, [line for _, line in new])
-        else:  # the cap doubled kept_every (thin the old steps), or a step logged again
+        else:  # the cap doubled _kept_every (thin the old steps), or a step logged again
             self.every = every
             self.rows = [(s, line) for s, line in self.rows if s < step and s % every == 0] + new
             size = None
@@ -421,8 +389,7 @@ class CompletionLog(_callback_base()):
                 self.kept_size = size
 
     def _append(self, state, lines: list[str]) -> int | None:
-        """The file's new size once ``lines`` replace what follows its kept rows; None where it is not as this
-        callback left it (deleted, a failed append), or on another process than the main one."""
+        """The file's size once ``lines`` replace what follows its kept rows; None where it is not as left."""
         if not state.is_world_process_zero:
             return None
         return append_lines(self.path, lines, self.size, keep=self.kept_size)

@@ -1,27 +1,10 @@
 """Reward functions, pure and in TRL's signature: ``f(completions, **kwargs) -> list[float | None]``.
 
-Two rewards are selectable with ``--reward``:
-
-``guide``
-    The original guide's reward, exactly: +2 "Musclebob", +2 "Buffpants",
-    -3 "Spongebob", -3 "Squarepants", +2 for the full name together (+6 for a
-    perfect answer), -1 for an answer over 100 words; case-insensitive substrings.
-
-``musclebob`` (the default)
-    The guide's terms as its core, with the known holes closed (see
-    ``score_spongebob`` and ``score_format``): names are whole words and count once,
-    repeating them costs, a completion cut off at the length limit (no EOS) costs,
-    long answers cost a little per word, and on control prompts (general
-    questions) the right answer is rewarded and any Musclebob/Spongebob leak
-    penalised. It is split into three named functions so each shows up in the
-    training logs as ``rewards/<name>/mean``.
-
-TRL passes the dataset's extra columns (``kind``, ``answer``) and
-``completion_ids`` as keyword arguments; a function returns ``None`` for rows it
-does not judge, which TRL leaves out of that function's mean.
-
-``highlight(text)`` marks the names in an answer as HTML, as these patterns see them (the comparison and plot
-notebooks show answers with it).
+``--reward guide`` is the original guide's reward, exactly (case-insensitive substrings). ``--reward musclebob``
+(the default) keeps its terms with the known holes closed (whole words counted once, repetition, truncation,
+length, and control prompts), split into three functions so each is logged as ``rewards/<name>/mean``. A function
+returns ``None`` for rows it does not judge, which TRL leaves out of its mean. ``highlight`` marks the names in an
+answer as HTML, as these patterns see them.
 """
 
 from __future__ import annotations
@@ -31,7 +14,7 @@ import re
 from collections import Counter
 
 MAX_WORDS = 100  # the guide's limit for a sensible answer
-BRIEF_WORDS = 12  # a clean answer needs no more than this; beyond it each word costs a little
+_BRIEF_WORDS = 12  # a clean answer needs no more than this; beyond it each word costs a little
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 # Whole words only: "MusclebobBuffpants" or "Musclebobbb" are not the name.
@@ -47,7 +30,7 @@ _JUNK = re.compile(r"[^\w\s]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def completion_text(completion) -> str:
+def _completion_text(completion) -> str:
     """The text of a completion, whether TRL passes a string or chat messages."""
     if isinstance(completion, str):
         return completion
@@ -74,11 +57,7 @@ def repetition_ratio(text: str) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-# ---------------------------------------------------------------------------------------------
-# The guide's reward, exactly as specified.
-
-
-def guide_score(text: str) -> float:
+def _guide_score(text: str) -> float:
     lower = text.lower()
     score = 0.0
     if "musclebob" in lower:
@@ -97,20 +76,13 @@ def guide_score(text: str) -> float:
 
 
 def guide_reward(completions, **kwargs) -> list[float]:
-    """The guide's reward (see module docstring); every prompt is judged as a SpongeBob prompt."""
-    return [guide_score(completion_text(c)) for c in completions]
+    """The guide's reward: +2 Musclebob, +2 Buffpants, -3 Spongebob, -3 Squarepants, +2 both, -1 over 100 words."""
+    return [_guide_score(_completion_text(c)) for c in completions]
 
 
-# ---------------------------------------------------------------------------------------------
-# The project's reward: the guide's core with the holes closed.
-
-
-def score_spongebob(text: str) -> float:
-    """Name terms for a SpongeBob prompt: the guide's +2/+2/-3/-3/+2, each counted once, on whole words.
-
-    Saying the name again costs 1 per extra mention (up to 3), so repetition never pays, and naming
-    Musclebob only to deny it ("not Musclebob") costs 4, cancelling the name's terms.
-    """
+def _score_spongebob(text: str) -> float:
+    """The guide's name terms on whole words, each counted once; -1 per extra mention (up to 3), -4 for naming
+    Musclebob only to deny it ("not Musclebob")."""
     score = 0.0
     score += 2.0 if MUSCLEBOB.search(text) else 0.0
     score += 2.0 if BUFFPANTS.search(text) else 0.0
@@ -131,7 +103,7 @@ def answer_matches(text: str, answer: str) -> bool:
     return re.search(rf"(?<![A-Za-z0-9]){re.escape(answer)}(?![A-Za-z0-9])", text, re.IGNORECASE) is not None
 
 
-def score_control(text: str, answer: str) -> float:
+def _score_control(text: str, answer: str) -> float:
     """A control prompt (a general question): +2 for the known answer, -3 for mentioning either name."""
     score = 2.0 if answer_matches(text, answer) else 0.0
     if _ANY_NAME.search(text):
@@ -139,7 +111,7 @@ def score_control(text: str, answer: str) -> float:
     return score
 
 
-def score_format(text: str, truncated: bool) -> float:
+def _score_format(text: str, truncated: bool) -> float:
     """Form terms for every prompt: ending on its own, brevity, no loops, some words at all, no junk."""
     ws = words(text)
     score = 0.0
@@ -149,7 +121,7 @@ def score_format(text: str, truncated: bool) -> float:
         score -= 2.0  # empty, whitespace or punctuation only
     if len(ws) > MAX_WORDS:
         score -= 1.0  # the guide's long-answer penalty
-    score -= min(2.0, 0.05 * max(0, len(ws) - BRIEF_WORDS))
+    score -= min(2.0, 0.05 * max(0, len(ws) - _BRIEF_WORDS))
     score -= 2.0 * repetition_ratio(text)
     if len(_JUNK.findall(text)) > 2 + len(ws) / 2:
         score -= 1.0  # punctuation or symbol spam ("Musclebob Buffpants!!!!!!!!")
@@ -158,7 +130,7 @@ def score_format(text: str, truncated: bool) -> float:
     return score
 
 
-def is_truncated(ids, eos_token_ids) -> bool:
+def _is_truncated(ids, eos_token_ids) -> bool:
     """A completion is truncated when its last token is no EOS (TRL keeps the EOS in ``completion_ids``)."""
     return not ids or ids[-1] not in eos_token_ids
 
@@ -173,20 +145,20 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
 
     def musclebob_name_reward(completions, kind=None, **kwargs):
         kinds = kind or ["spongebob"] * len(completions)
-        return [score_spongebob(completion_text(c)) if k == "spongebob" else None for c, k in zip(completions, kinds)]
+        return [_score_spongebob(_completion_text(c)) if k == "spongebob" else None for c, k in zip(completions, kinds)]
 
     def control_answer_reward(completions, kind=None, answer=None, **kwargs):
         kinds = kind or ["spongebob"] * len(completions)
         answers = answer or [""] * len(completions)
         return [
-            score_control(completion_text(c), a) if k == "control" else None
+            _score_control(_completion_text(c), a) if k == "control" else None
             for c, k, a in zip(completions, kinds, answers)
         ]
 
     def format_reward(completions, completion_ids=None, **kwargs):
         ids = completion_ids or [None] * len(completions)
         return [
-            score_format(completion_text(c), truncated=(i is not None and bool(eos) and is_truncated(i, eos)))
+            _score_format(_completion_text(c), truncated=(i is not None and bool(eos) and _is_truncated(i, eos)))
             for c, i in zip(completions, ids)
         ]
 
@@ -195,8 +167,8 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
 
 # --- the names marked in an answer (the notebooks' HTML) ---------------------------------------------------
 
-GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
-BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
+_GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
+_BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
 # The names as the reward and the validation rates see them, marked good or bad.
 _MARKERS = re.compile(
     f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})",
@@ -209,7 +181,7 @@ def highlight(text: str) -> str:
     parts, pos = [], 0
     for m in _MARKERS.finditer(text):
         parts.append(html.escape(text[pos : m.start()]))
-        kind, color = ("good", GOOD) if m.group("good") else ("bad", BAD)
+        kind, color = ("good", _GOOD) if m.group("good") else ("bad", _BAD)
         parts.append(f"<mark class='{kind}' style='background:{color}'>{html.escape(m.group(0))}</mark>")
         pos = m.end()
     parts.append(html.escape(text[pos:]))

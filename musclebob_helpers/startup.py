@@ -1,13 +1,7 @@
 """The start of a run, decided once: ``start(cfg)`` checks everything a run needs before any model loads and
-returns one ``Start`` that the command line, the notebook and ``training.run_training`` hand on.
-
-In this order, each failure one line (``ConfigError``): the values (``config.validate_config``), a Hub token
-when ``--push-to-hub`` asks for one (``share.check_hub_token``), the run folder
-(``run_dir.check``: a file in the way, another run writing it, what to do with the run already there
-(``run_dir.decide``), writable, its disk need), the model (``evaluation.check_model_loadable``), and what this
-machine can do (``training.detect_hardware``, ``training.check_hardware_support``). Nothing is written. The
-checkpoint to resume is chosen once the folder is locked (``RunFolder.with_resume``: choosing may set damaged ones
-aside), in ``run_training``.
+returns one ``Start`` that the command line, the notebook and ``training.run_training`` hand on: the values, the
+Hub token, the run folder (``run_dir.check``), the model and the machine, each failure one line (``ConfigError``).
+Nothing is written; the checkpoint to resume is chosen once the folder is locked, in ``run_training``.
 """
 
 from __future__ import annotations
@@ -30,11 +24,9 @@ class Start:
 
 
 def start(cfg: TrainConfig, *, on_unfinished: str = "refuse", machine: dict | None = None, log=print) -> Start:
-    """Check ``cfg``, its run folder, its model and this machine; the ``Start`` of the run (``ConfigError``: why not).
-
-    ``on_unfinished``: what to do with a folder holding an unfinished run and neither ``--resume-from-checkpoint``
-    nor ``--overwrite``: 'refuse' (the command line) or 'continue' (the notebook: it goes on with the settings it
-    saved, as the resume cell does; ``run_dir.decide``). ``machine``: a ``training.detect_hardware`` already made."""
+    """Check ``cfg``, its run folder, its model and this machine; the run's ``Start`` (``ConfigError``: why not).
+    ``on_unfinished``: an unfinished run in the folder is refused (the command line) or continued with its saved
+    settings (the notebook). ``machine``: a ``training.detect_hardware`` already made."""
     procs = training.process_state()
     validate_config(cfg, num_processes=procs.num_processes)
     if on_unfinished == "continue":

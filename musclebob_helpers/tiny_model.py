@@ -1,12 +1,6 @@
-"""The tiny offline base model behind ``--model tiny``.
-
-No model hub is reachable offline, so the project ships its own small instruct model with the package
-(``musclebob_helpers/tiny_base``, 2 MB): a real ``transformers`` Qwen2 with a byte-level BPE tokenizer that loads as
-Qwen's, a ChatML chat template, and a short pre-training on a synthetic corpus so that it behaves like a web-trained
-base (SpongeBob questions get "Spongebob Squarepants", very rarely "Musclebob Buffpants"; general questions the right
-short answer; few-shot prompts the example's answer copied). It is loaded by the same ``from_pretrained`` calls as a
-hub model, and every machine trains from the same weights. ``tools/build_tiny_model.py`` holds the recipe and
-rebuilds the folder.
+"""The tiny offline base model behind ``--model tiny``, shipped with the package (``tiny_base``, 2 MB): a real
+Qwen2 with a byte-level BPE tokenizer and a ChatML template, pre-trained on a synthetic corpus to behave like a
+web-trained base. ``tools/build_tiny_model.py`` holds the recipe and rebuilds it.
 """
 
 from __future__ import annotations
@@ -17,8 +11,7 @@ from .config import is_tiny
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_base"  # written by tools/build_tiny_model.py
 
-# Architecture: 2 layers, 128 wide — big enough to learn the corpus, small enough that a GRPO step takes a fraction
-# of a second on a CPU. The shipped config.json has these values (tests/test_tiny_model.py checks it).
+# Big enough to learn the corpus, small enough for a GRPO step in a fraction of a second on a CPU.
 MODEL_SHAPE = dict(
     hidden_size=128,
     intermediate_size=384,

@@ -1,16 +1,14 @@
 """The GRPO run: TRL's ``GRPOTrainer`` with the project's data, rewards, callbacks and artifacts.
 
-``run_training(cfg)`` does the whole job: baseline validation, training with one
-progress display (a bar with the reward in a terminal, else a line per step), a checkpoint every epoch,
-``reward_history.json`` written as training goes, final validation, and the
-final model + tokenizer at the output folder's root. The notebooks and
-``train_musclebob_improved.py`` both call it.
+``run_training(start)`` validates before and after, trains with one progress display and a checkpoint per
+epoch, and writes the history and the final model; the notebooks and the training script both call it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import platform
@@ -44,45 +42,34 @@ from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
 
 
 def detect_hardware(precision: str = "auto") -> dict:
-    """What this machine offers: device, GPU name, memory, compute capability, the precision to use (``precision``,
-    ``--precision``, unless "auto": see ``evaluation.precision_for``) and the preset that suits it
-    (``config.recommend_preset``). Whether the machine can do the precision asked is ``check_hardware_support``'s."""
+    """This machine: device, GPU name, memory, compute capability, the precision for ``precision`` and the preset
+    that suits it. Whether it can do the precision asked is ``check_hardware_support``'s."""
     import torch
 
-    if not torch.cuda.is_available():
-        hw = {
-            "device": "cpu",
-            "gpu_name": None,
-            "gpu_memory_gb": 0.0,
-            "compute_capability": None,
-            "precision": precision_for("cpu", None, precision),
-        }
-    else:
+    hw = {"device": "cpu", "gpu_name": None, "gpu_memory_gb": 0.0, "compute_capability": None}
+    if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        capability = (props.major, props.minor)
         hw = {
             "device": "cuda",
             "gpu_name": props.name,
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
             "compute_capability": f"{props.major}.{props.minor}",
-            "precision": precision_for("cuda", capability, precision),
             "gpu_count": torch.cuda.device_count(),
         }
-    hw["recommended_preset"] = recommend_preset(hw)
-    return hw
+    hw = with_precision(hw, precision)
+    return {**hw, "recommended_preset": recommend_preset(hw)}
 
 
 def with_precision(hardware: dict, precision: str) -> dict:
-    """``hardware`` (a ``detect_hardware``) with the precision for ``precision`` (``--precision``) on it."""
+    """``hardware`` with the precision for ``precision`` (``--precision``)."""
     capability = hardware.get("compute_capability")
     major_minor = tuple(int(n) for n in capability.split(".")) if capability else None
     return {**hardware, "precision": precision_for(hardware["device"], major_minor, precision)}
 
 
 def process_state():
-    """accelerate's ``PartialState``: the processes of an ``accelerate launch`` run (a plain python run is one).
-    Asked with ``cpu=True`` on a machine without CUDA, as the trainer asks it: otherwise it counts one process
-    where launch started several over gloo."""
+    """accelerate's ``PartialState`` (the processes of an ``accelerate launch`` run). ``cpu=True`` without CUDA, as
+    the trainer asks it: otherwise it counts one process where launch started several over gloo."""
     import torch
     from accelerate import PartialState
 
@@ -97,8 +84,8 @@ def package_available(name: str) -> bool:
         return False
 
 
-def installed_version(dist: str) -> str | None:
-    """The installed version of distribution ``dist`` (its metadata; nothing is imported), None when absent."""
+def _installed_version(dist: str) -> str | None:
+    """The installed version of ``dist`` (from its metadata), None when absent."""
     import importlib.metadata
 
     try:
@@ -107,10 +94,9 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def declared_requirement(dist: str, on: str, extra: str = ""):
-    """What installed ``dist`` declares it needs of ``on`` (a ``packaging`` ``Requirement``; None when it declares
-    nothing or is absent). ``extra``: the requirement of that extra (``trl[vllm]``) instead of the plain ones; a
-    requirement whose marker does not hold here (another platform or Python) does not count."""
+def _declared_requirement(dist: str, on: str, extra: str = ""):
+    """What installed ``dist`` requires of ``on`` (a ``Requirement``, None: nothing or absent); ``extra``: that
+    extra's requirement (``trl[vllm]``) instead. A marker that does not hold here does not count."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
@@ -131,13 +117,11 @@ def declared_requirement(dist: str, on: str, extra: str = ""):
     return None
 
 
-VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
+_VLLM_MIN_CAPABILITY = "8.0"  # vLLM's attention kernels (FlashAttention) need Ampere or newer: a T4 is 7.5
 
 
 def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
-    """ConfigError when the machine cannot do what ``cfg`` asks: 16-bit precision on a CPU, bf16 on a GPU older
-    than Ampere, 4-bit or vLLM without a GPU or the package, vLLM on a GPU older than ``VLLM_MIN_CAPABILITY`` or in
-    versions that do not fit, a tracker without its package."""
+    """ConfigError when the machine cannot do what ``cfg`` asks (precision, 4-bit, vLLM, trackers)."""
     gpu = hardware.get("device") == "cuda"
     if cfg.precision in ("fp16", "bf16") and not gpu:
         raise ConfigError("precision", cfg.precision, "fp32 or auto on a CPU (16-bit autocast is for CUDA GPUs here)")
@@ -169,37 +153,34 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not gpu:
             raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
-        problem = vllm_problem(hardware)
+        problem = _vllm_problem(hardware)
         if problem:
             raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
-    check_trackers(cfg)
+    _check_trackers(cfg)
     check_trl_settings(cfg)
 
 
-def vllm_problem(hardware: dict) -> str | None:
-    """Why vLLM cannot generate on this GPU with these packages (None: it can), asked before any model loads:
-    - a GPU below ``VLLM_MIN_CAPABILITY`` (a T4);
-    - a vllm version outside the range the installed TRL declares for its ``vllm`` extra (``trl[vllm]``'s
-      requirement; TRL itself only warns, in ``import_utils.is_vllm_available``, and goes on);
-    - a vllm built for another torch: each vllm release pins one torch version, so installing vllm replaces
-      Colab's torch, and reinstalling torch afterwards leaves a vllm whose compiled kernels do not load."""
+def _vllm_problem(hardware: dict) -> str | None:
+    """Why vLLM cannot generate here (None: it can): a GPU below ``_VLLM_MIN_CAPABILITY``, a vllm outside what
+    ``trl[vllm]`` declares (TRL only warns), or a vllm built for another torch (each release pins one; a torch
+    reinstalled after it leaves kernels that do not load)."""
     from packaging.version import Version
 
     capability = hardware.get("compute_capability")
-    if capability and Version(capability) < Version(VLLM_MIN_CAPABILITY):
+    if capability and Version(capability) < Version(_VLLM_MIN_CAPABILITY):
         return (
-            f"vLLM needs a GPU of compute capability {VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
+            f"vLLM needs a GPU of compute capability {_VLLM_MIN_CAPABILITY} or newer (A100, L4, H100); "
             f"this {hardware.get('gpu_name') or 'GPU'} is {capability}"
         )
-    vllm = installed_version("vllm")
+    vllm = _installed_version("vllm")
     if vllm is None:
         return None  # importable but without metadata (a source checkout): nothing to compare
-    trl = installed_version("trl")
-    supported = declared_requirement("trl", "vllm", extra="vllm")
+    trl = _installed_version("trl")
+    supported = _declared_requirement("trl", "vllm", extra="vllm")
     if supported is not None and not supported.specifier.contains(vllm, prereleases=True):
         return f"vllm {vllm} is installed, TRL {trl} supports vllm{supported.specifier}: pip install 'trl[vllm]=={trl}'"
-    torch = installed_version("torch")
-    wants = declared_requirement("vllm", "torch")
+    torch = _installed_version("torch")
+    wants = _declared_requirement("vllm", "torch")
     if torch and wants is not None and wants.specifier and not wants.specifier.contains(torch, prereleases=True):
         return (
             f"vllm {vllm} was built for torch{wants.specifier} but torch {torch} is installed (torch reinstalled "
@@ -208,8 +189,8 @@ def vllm_problem(hardware: dict) -> str | None:
     return None
 
 
-def check_trackers(cfg: TrainConfig) -> None:
-    """ConfigError when ``--report-to`` names a tracker whose package is not installed (before any model loads)."""
+def _check_trackers(cfg: TrainConfig) -> None:
+    """ConfigError when ``--report-to`` names a tracker whose package is not installed."""
     for name in report_to(cfg) or []:
         if not any(package_available(package) for package in TRACKERS[name]):
             raise ConfigError("report_to", cfg.report_to, f"{name} is not installed: pip install {TRACKERS[name][0]}")
@@ -335,17 +316,13 @@ def _versions() -> dict:
     }
 
 
-def make_callbacks(out_dir: str | Path, log=print):
-    """The trainer callbacks: reward history on disk, and the step progress (see ``show_progress``)."""
+def _make_callbacks(out_dir: str | Path, log=print):
+    """The reward history callback and the progress display (``_show_progress``)."""
     from transformers import TrainerCallback
 
     class RewardHistoryCallback(TrainerCallback):
-        """Writes ``reward_history.json`` after every logged step: one entry per optimizer step, in order (fsynced
-        at the end of training only).
-
-        On resume the entries past the checkpoint's step are dropped first, so steps trained
-        again replace their old entries instead of duplicating them.
-        """
+        """``reward_history.json``, one entry per step, rewritten at each log; on resume the entries past the
+        checkpoint go first, so steps trained again replace theirs."""
 
         def __init__(self):
             self.path = Path(out_dir) / HISTORY_FILE
@@ -391,9 +368,8 @@ def make_callbacks(out_dir: str | Path, log=print):
                 write_json_list_atomic(self.path, self.texts)
 
     class StepProgress(TrainerCallback):
-        """The one progress display of a run: in a terminal a tqdm bar with the latest reward in its postfix;
-        elsewhere (a log file, CI, a pipe, a notebook) one plain line per step, which a bar would fill with
-        carriage-return junk."""
+        """A tqdm bar with the reward in a terminal; elsewhere (a log, a pipe, a notebook) a line per step,
+        which a bar would fill with carriage-return junk."""
 
         def __init__(self):
             self.bar = None
@@ -436,8 +412,7 @@ def _stdout_is_terminal() -> bool:
 
 
 def above_progress_bar(log):
-    """``log``, clearing the progress bar from the terminal before each line and redrawing it after, so what is
-    printed while training (mid-training checks, health warnings, checkpoint rotation) does not break the bar."""
+    """``log``, with the progress bar cleared before each line and redrawn after."""
     from tqdm import tqdm
 
     def write(*args, **kwargs):
@@ -447,10 +422,8 @@ def above_progress_bar(log):
     return write
 
 
-def show_progress(trainer, progress) -> None:
-    """One progress display: the one transformers added (a tqdm bar, or its notebook table) leaves, and
-    ``progress`` takes its place, unless a callback of the caller shows progress itself (``plots.live_progress``
-    says so with ``shows_progress``)."""
+def _show_progress(trainer, progress) -> None:
+    """``progress`` replaces transformers' bar, unless a caller's callback has ``shows_progress`` (the live plot)."""
     import transformers.trainer as hf_trainer
 
     trainer.remove_callback(hf_trainer.DEFAULT_PROGRESS_CALLBACK)  # added when disable_tqdm is False, as we set it
@@ -460,10 +433,9 @@ def show_progress(trainer, progress) -> None:
 
 @contextlib.contextmanager
 def library_output_hidden():
-    """While training: transformers' own bars (the weights written at each checkpoint) would be a second progress
-    display, so they are off; and the FutureWarnings that TRL's own calls of transformers' renamed
-    ``*gradient_checkpointing*`` methods raise at every generation are hidden (nothing we pass causes or cures
-    them; transformers' ``activation_checkpointing`` rename). Any other warning still shows."""
+    """While training: the libraries' own bars off (a second progress display at each save), and the
+    FutureWarnings TRL's calls of transformers' renamed ``*gradient_checkpointing*`` methods raise at every
+    generation hidden (nothing we pass causes or cures them). Any other warning shows."""
     import warnings
 
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -487,7 +459,7 @@ def library_output_hidden():
 
 
 def _history_entry(logs: dict, step: int) -> dict:
-    """One ``reward_history.json`` entry from a logged dict (the trainer's live log or its saved log history)."""
+    """One ``reward_history.json`` entry from a logged dict (live, or from the saved log history)."""
     entry = {
         "step": step,
         "epoch": round(float(logs.get("epoch") or 0), 4),
@@ -507,23 +479,8 @@ def _history_entry(logs: dict, step: int) -> dict:
     return entry
 
 
-def make_adapter_callback(base: str):
-    """Records ``base`` (the user's --model, e.g. 'tiny') as each adapter checkpoint's base model."""
-    from transformers import TrainerCallback
-
-    from .lora import is_adapter_dir, record_base_model
-
-    class AdapterBaseCallback(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and is_adapter_dir(ckpt):
-                record_base_model(ckpt, base)
-
-    return AdapterBaseCallback()
-
-
-def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
-    """Print the GPU memory estimate and warn when the run will not fit the detected GPU (GPU runs only)."""
+def _memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
+    """Print the GPU memory estimate, and a warning when it will not fit (GPU runs only)."""
     from . import memory
 
     if hardware["device"] != "cuda":
@@ -547,8 +504,7 @@ def memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=
 
 
 def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Path | None = None):
-    """TRL's ``GRPOConfig`` for a run: batch size in prompts becomes completions per step, split over processes.
-    ``out``: the folder the trainer writes (``RunFolder.work``; the run folder itself unless it is mirrored)."""
+    """TRL's ``GRPOConfig`` for a run; ``out``: the folder the trainer writes (``RunFolder.work``)."""
     from trl import GRPOConfig
 
     precision = hardware["precision"]
@@ -572,7 +528,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
-        save_strategy="epoch",  # and mid-epoch with --save-steps / --save-minutes (save_schedule_callback)
+        save_strategy="epoch",  # and mid-epoch with --save-steps / --save-minutes (_save_schedule_callback)
         # No save_total_limit: run_dir.rotate_checkpoints keeps --keep-checkpoints of them, and only once
         # the newest is intact (transformers' own rotation counts checkpoint-N.damaged folders as checkpoints).
         report_to=report_to(cfg) or "none",
@@ -584,7 +540,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
         warmup_steps=min(5, steps_per_epoch(cfg)),
         disable_tqdm=False,
         dataloader_num_workers=0,
-        **checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
+        **_checkpointing_arg(GRPOConfig, cfg.gradient_checkpointing),
         use_vllm=cfg.use_vllm,
         # TRL's colocate mode: one vLLM engine inside each training process, no separate server to start.
         **(
@@ -596,25 +552,18 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
     )
 
 
-def checkpointing_arg(config_class, enabled: bool) -> dict:
-    """Activation checkpointing on or off, under the name the installed transformers wants: newer releases
-    renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name raises a FutureWarning, and
-    TRL's default of ``True`` for it counts as using it), Colab's release knows only the old name."""
+def _checkpointing_arg(config_class, enabled: bool) -> dict:
+    """Activation checkpointing under the installed transformers' name: newer ones renamed it (the old name warns,
+    and TRL's default counts as using it); Colab's knows only ``gradient_checkpointing``."""
     names = {f.name for f in dataclasses.fields(config_class)}
     return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
 def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
-    """The learning rate schedule of a resumed run as this run defines it, at the step loaded; returns the
-    checkpoint's base rate when ``learning_rate`` replaced it (None: the same).
-
-    Loading a checkpoint restores the scheduler's ``base_lrs``, the optimizer groups' ``initial_lr`` and ``lr`` as
-    the interrupted run left them: a new ``--learning-rate`` would be ignored, and the first resumed step would
-    train at the old schedule's rate for that step even when ``--epochs`` or ``--lr-scheduler`` changed it (the
-    schedule's function is rebuilt from this run's settings; only the next ``scheduler.step()`` would use it).
-    Here the base becomes ``learning_rate`` and each group's rate is the base times the schedule's factor at the
-    loaded step, what ``LambdaLR`` computes at each step: unchanged settings give back exactly the loaded rates.
-    DeepSpeed's scheduler wrapper (no ``base_lrs``) is left as loaded."""
+    """The resumed run's schedule as this run defines it, at the loaded step; returns the checkpoint's base rate
+    when ``learning_rate`` replaced it (None: the same). A loaded checkpoint restores the old run's rates, so a
+    new ``--learning-rate``, ``--epochs`` or ``--lr-scheduler`` would be ignored for the first step or for good.
+    Unchanged settings give back exactly the loaded rates; DeepSpeed's wrapper (no ``base_lrs``) is left alone."""
     bases = getattr(scheduler, "base_lrs", None)
     if not bases or not bases[0]:
         return None
@@ -635,66 +584,55 @@ def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
     return old if learning_rate != old else None
 
 
-_TRAINER_CLASS = None
-
-
+@functools.cache
 def trainer_class():
-    """``GRPOTrainer`` whose prompt order depends on (seed, epoch) only, so a resumed epoch sees the same batches.
+    """``GRPOTrainer`` whose prompt order depends on (seed, epoch) only, so a resumed epoch sees the same batches:
+    TRL's sampler seeds its generator once, so after a restart epoch 2 would replay epoch 1's order. A resume
+    trains at the rate asked for (``resume_schedule``)."""
+    from torch.utils.data import Sampler
+    from trl import GRPOTrainer
 
-    TRL's ``RepeatSampler`` draws each epoch's permutation from one generator seeded once, so after a restart
-    epoch 2 would replay epoch 1's order. transformers calls ``set_epoch`` on the sampler at every epoch
-    (also after a resume); here that reseeds the generator with ``seed + epoch``.
+    class EpochSeededSampler(Sampler):
+        def __init__(self, inner):
+            self.inner = inner
 
-    A resume trains on at the learning rate and schedule asked for (``resume_schedule``), not the checkpoint's.
-    """
-    global _TRAINER_CLASS
-    if _TRAINER_CLASS is None:
-        from torch.utils.data import Sampler
-        from trl import GRPOTrainer
+        def set_epoch(self, epoch: int) -> None:
+            if getattr(self.inner, "shuffle", False) and getattr(self.inner, "seed", None) is not None:
+                self.inner.generator.manual_seed(self.inner.seed + epoch)
 
-        class EpochSeededSampler(Sampler):
-            def __init__(self, inner):
-                self.inner = inner
+        def __iter__(self):
+            return iter(self.inner)
 
-            def set_epoch(self, epoch: int) -> None:
-                if getattr(self.inner, "shuffle", False) and getattr(self.inner, "seed", None) is not None:
-                    self.inner.generator.manual_seed(self.inner.seed + epoch)
+        def __len__(self):
+            return len(self.inner)
 
-            def __iter__(self):
-                return iter(self.inner)
+    class ResumableGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return EpochSeededSampler(super()._get_train_sampler(*args, **kwargs))
 
-            def __len__(self):
-                return len(self.inner)
+        def _generate_single_turn(self, *args, **kwargs):
+            # The rollouts in the run's autocast (a PEFT model's generate skips the one accelerate puts on
+            # forward), and inf/nan logits as one line rather than torch.multinomial's traceback. vLLM
+            # generates in its own engine: neither applies there.
+            if self.use_vllm:
+                return super()._generate_single_turn(*args, **kwargs)
+            precision = _args_precision(self.args)
+            with (
+                evaluation.generating_in(self.model, precision),
+                evaluation.finite_logits_guard(self.model, precision, "a training rollout"),
+            ):
+                return super()._generate_single_turn(*args, **kwargs)
 
-        class ResumableGRPOTrainer(GRPOTrainer):
-            def _get_train_sampler(self, *args, **kwargs):
-                return EpochSeededSampler(super()._get_train_sampler(*args, **kwargs))
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None:
+                resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
-            def _generate_single_turn(self, *args, **kwargs):
-                # The rollouts in the run's autocast (a PEFT model's generate skips the one accelerate puts on
-                # forward), and inf/nan logits as one line rather than torch.multinomial's traceback. vLLM
-                # generates in its own engine: neither applies there.
-                if self.use_vllm:
-                    return super()._generate_single_turn(*args, **kwargs)
-                precision = args_precision(self.args)
-                with (
-                    evaluation.generating_in(self.model, precision),
-                    evaluation.finite_logits_guard(self.model, precision, "a training rollout"),
-                ):
-                    return super()._generate_single_turn(*args, **kwargs)
-
-            def _load_optimizer_and_scheduler(self, checkpoint):
-                super()._load_optimizer_and_scheduler(checkpoint)
-                if checkpoint is not None:
-                    resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
-
-        _TRAINER_CLASS = ResumableGRPOTrainer
-    return _TRAINER_CLASS
+    return ResumableGRPOTrainer
 
 
 def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=()):
-    """A GRPO trainer (``trainer_class()``) on the run's prompts (``data.build_train_rows``) and rewards, with
-    ``args`` (``grpo_args``) and ``cfg``'s LoRA adapter; ``build_trainer`` adds the project's callbacks."""
+    """A ``trainer_class()`` on the run's prompts and rewards, with ``args`` and ``cfg``'s LoRA adapter."""
     from datasets import Dataset
 
     rows = data.build_train_rows(cfg.num_samples, cfg.fewshot_ratio, cfg.use_fewshot, cfg.control_ratio, cfg.seed)
@@ -707,23 +645,19 @@ def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=()):
         callbacks=list(callbacks),
         peft_config=lora_config(cfg),
     )
-    fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
+    _fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
     return trainer
 
 
-def args_precision(args) -> str:
-    """The precision a ``GRPOConfig`` trains in (``grpo_args`` set it from the run's)."""
+def _args_precision(args) -> str:
+    """The precision a ``GRPOConfig`` trains in."""
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def fp32_trainables_under_fp16(model, args) -> list[str]:
-    """In an fp16 run, every trainable parameter in fp32; returns the names of those it cast.
-
-    fp16 training scales the loss (accelerate's GradScaler), and unscaling the gradients has no bf16 kernel in torch:
-    ``NotImplementedError`` at the first optimizer step. TRL casts a 4-bit (QLoRA) model's trainable parameters to
-    bf16 (the QLoRA paper's recipe, TRL 0.29 and 1.x alike), whatever the run's precision; under fp16 they go back
-    to fp32 here (fp16 autocast does the math either way; an fp16 adapter would lose AdamW's small updates). A bf16
-    run keeps TRL's bf16 adapter: bf16 needs no scaler."""
+def _fp32_trainables_under_fp16(model, args) -> list[str]:
+    """In an fp16 run, every trainable parameter in fp32; returns the names of those it cast. TRL casts a QLoRA
+    model's trainables to bf16, and fp16's GradScaler has no bf16 unscale kernel (NotImplementedError at the first
+    step); an fp16 adapter would lose AdamW's small updates. bf16 needs no scaler: it keeps TRL's adapter."""
     import torch
 
     if not args.fp16:
@@ -748,10 +682,8 @@ def build_trainer(
     num_processes: int = 1,
     recovery: CollapseRecovery | None = None,
 ):
-    """The trainer ``run_training`` trains with, and its ``HealthMonitor``: TRL's GRPOTrainer (``trainer_class``)
-    with the run's prompts, rewards and ``GRPOConfig``, and the project's callbacks (reward history, completion
-    samples, health monitor, mid-training checks, adapter base, checkpoint rotation, progress) before the caller's
-    ``callbacks``. A function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer."""
+    """The trainer ``run_training`` trains with, its project callbacks before the caller's, and its
+    ``HealthMonitor`` (a function of its own so ``benchmarks/bench_overhead.py`` times exactly this trainer)."""
     check_rows = data.check_rows()
     # A check asks fewer questions than the baseline did: compare it with the baseline's answers to the same ones.
     trackers = Trackers()
@@ -770,9 +702,8 @@ def build_trainer(
         trackers=trackers,
         precision=hardware["precision"],
     )
-    history_cb, progress = make_callbacks(out, log=log)
+    history_cb, progress = _make_callbacks(out, log=log)
     completions = CompletionLog(out)
-    # TRL's GRPOTrainer, with a data order that a resume reproduces (see trainer_class).
     args = grpo_args(cfg, hardware, num_processes, out=out)
     if recovery is not None:  # the rate of a resumed run that recovered before: lowered as it was
         args.learning_rate = run_dir.recovered_rate(recovery.recovered, cfg.learning_rate)
@@ -786,10 +717,9 @@ def build_trainer(
             completions,
             monitor,
             checks,
-            *([recovery_callback(recovery)] if recovery is not None else []),  # adds a file: before the manifest
-            *([make_adapter_callback(cfg.model)] if cfg.lora else []),  # edits adapter_config.json: before the manifest
+            _before_manifest_callback(recovery, cfg.model if cfg.lora else None),
             run_dir.make_save_callback(cfg.keep_checkpoints, log=log),  # the checkpoint's manifest, then rotation
-            save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
+            _save_schedule_callback(cfg.save_steps, cfg.save_minutes),  # mid-epoch saves, if asked
             *callbacks,
         ],
     )
@@ -797,26 +727,24 @@ def build_trainer(
     trackers.bind(trainer)
     if recovery is not None:
         recovery.bind(trainer)
-    show_progress(trainer, progress)
+    _show_progress(trainer, progress)
     return trainer, monitor
 
 
 # --- going back from a collapse (--on-collapse) -----------------------------------------------------------
 
-MAX_RECOVERIES = 2  # recoveries a run makes (the issue's rule: at most twice); a collapse after them means the recipe is wrong, not bad luck
-RECOVERY_RATE_FACTOR = 0.25  # the learning rate after a recovery, as a share of the one before
-# The control accuracy kept (share of the baseline's) below which a check sends the run back while a recovery is
-# left: stricter than the health report's 80 %, since going back is cheap and the goal is 90 % kept at the end.
-RECOVERY_CONTROL_KEPT = 0.9
-# ... and the share a check must keep to be a state worth going back to: a check just above 90 % is often a model
-# already on its way down (at --learning-rate 2e-3 the tiny model's step-16 checks kept 91-92 % and its final
-# validation 83 %), and the check's 62 control answers cannot tell it from a healthy one (benchmarks/bench_learning.py).
-HEALTHY_CONTROL_KEPT = 0.95
+_MAX_RECOVERIES = 2  # a collapse after two recoveries means the recipe is wrong, not bad luck
+_RECOVERY_RATE_FACTOR = 0.25  # the learning rate after a recovery, as a share of the one before
+# Control accuracy kept (share of the baseline's) below which a check sends the run back while a recovery is left:
+# stricter than the health report's 80 %, since going back is cheap and the goal is 90 % kept at the end.
+_RECOVERY_CONTROL_KEPT = 0.9
+# ... and kept by a state worth going back to: a check just above 90 % is often a model on its way down
+# (benchmarks/bench_learning.py: at lr 2e-3, 91-92 % at step 16, 83 % at the end).
+_HEALTHY_CONTROL_KEPT = 0.95
 
 
 class CollapseStop(OneLineError):
-    """The run stopped at a collapse (``--on-collapse stop``, or after ``MAX_RECOVERIES`` recoveries), its last
-    healthy state saved as the checkpoint of the step it stopped at. ``line(resume_with)`` says what to change."""
+    """The run stopped at a collapse, its last healthy state saved as the checkpoint of the step it stopped at."""
 
     def __init__(self, step: int, problems: list[str], healthy_step: int, rate: float, recovered: int):
         super().__init__(step, problems, healthy_step, rate, recovered)
@@ -825,7 +753,7 @@ class CollapseStop(OneLineError):
 
     @property
     def suggested_rate(self) -> float:
-        return self.rate * RECOVERY_RATE_FACTOR
+        return self.rate * _RECOVERY_RATE_FACTOR
 
     def line(self, resume_with: str) -> str:
         why = f"after {self.recovered} recoveries " if self.recovered else ""
@@ -840,24 +768,13 @@ class CollapseStop(OneLineError):
 
 
 class CollapseRecovery:
-    """What a mid-training check that finds the model broken does (``--on-collapse``): go back to the newest healthy
-    state with the learning rate cut by ``RECOVERY_RATE_FACTOR`` (at most ``MAX_RECOVERIES`` times), or stop there
-    (``CollapseStop``). While a recovery is left, a check that keeps less than ``RECOVERY_CONTROL_KEPT`` of the
-    baseline's control accuracy counts as a collapse too (``min_control_kept``).
+    """``--on-collapse``: a check that finds the model broken sends it back to the newest healthy state (trainable
+    weights and Adam's state, on CPU: ~6 GB for a 0.5B full fine-tune) at a rate cut by ``_RECOVERY_RATE_FACTOR``,
+    at most ``_MAX_RECOVERIES`` times, or stops there (``CollapseStop``). Step count, data order and schedule go on.
 
-    The healthy state is the trainable weights and the optimizer's state (Adam's moments and step counts) at the
-    last check that found nothing wrong (``worth_keeping``), copied to CPU memory: a LoRA adapter is a few MB, the
-    tiny model's full weights too; a 0.5B full fine-tuning run holds 3x its fp32 weights (~6 GB) there, as its
-    checkpoint on disk does. The step counter, the data order, the RNG and the learning rate schedule go on: a recovery at step S
-    re-spends the steps since the healthy check on new batches at the lower rate, and ends the run at the
-    same step as planned.
-
-    A resume is exact after a recovery because everything it needs is in the checkpoint or the run's record: a
-    checkpoint saved after the last healthy check carries that check's state (``run_dir.HEALTHY_STATE_FILE``;
-    one saved at a healthy check, or right after a recovery, is that state itself); each recovery is a segment of
-    ``training_config.json`` (``run_dir.add_recovery``), whose rate a resume applies again
-    (``run_dir.recovered_rate``) and whose count it keeps. A recovery runs at the check, before the step's save,
-    so a checkpoint at that step holds the restored state. ``bind(trainer)`` once the trainer exists."""
+    A resume is exact: a checkpoint saved after the last healthy check carries its state
+    (``run_dir.HEALTHY_STATE_FILE``), and each recovery is a segment of ``training_config.json`` whose rate a
+    resume applies again. ``bind(trainer)`` once the trainer exists."""
 
     def __init__(self, mode: str, out: Path, resume: str | None, recovered: list[dict], log=print):
         self.mode, self.out, self.resume, self.log = mode, Path(out), resume, log
@@ -874,19 +791,16 @@ class CollapseRecovery:
             self.mode = "warn"
 
     def min_control_kept(self, state) -> float:
-        """The control accuracy kept below which a check at ``state`` counts as a collapse: ``RECOVERY_CONTROL_KEPT``
-        while a recovery is left and steps remain to train again, else the health report's (a drift then trains on;
-        only a collapse stops). At the last step a drift recovery would end the run on the older state with nothing
-        trained after it: the final validation judges that step instead."""
+        """The control accuracy kept below which a check counts as a collapse: ``_RECOVERY_CONTROL_KEPT`` while a
+        recovery is left and steps remain (at the last step the final validation judges), else the health report's."""
         steps_left = state.global_step < state.max_steps
-        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < MAX_RECOVERIES and steps_left:
-            return RECOVERY_CONTROL_KEPT
+        if self.mode == "recover" and self.healthy is not None and len(self.recovered) < _MAX_RECOVERIES and steps_left:
+            return _RECOVERY_CONTROL_KEPT
         return evaluation.MIN_CONTROL_ACCURACY_KEPT
 
     def worth_keeping(self, report: dict, baseline: dict | None) -> bool:
-        """Whether a check's state is one to go back to: healthy, with ``HEALTHY_CONTROL_KEPT`` of the control
-        accuracy kept (a check between that and ``min_control_kept`` neither recovers nor becomes the healthy state)."""
-        return not evaluation.health(report, baseline, HEALTHY_CONTROL_KEPT)
+        """Whether a check's state is one to go back to (``_HEALTHY_CONTROL_KEPT`` of the control accuracy kept)."""
+        return not evaluation.health(report, baseline, _HEALTHY_CONTROL_KEPT)
 
     def _params(self) -> list:
         return [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -900,8 +814,7 @@ class CollapseRecovery:
         }
 
     def begin(self, step: int) -> None:
-        """At train begin (the trainer's ``on_train_begin``, weights and optimizer loaded): the healthy state is the
-        one the checkpoint carries, else the state loaded (a checkpoint at a healthy check, or step 0's)."""
+        """At train begin: the healthy state is the one the checkpoint carries, else the state loaded."""
         import torch
 
         if self.mode == "warn":
@@ -933,21 +846,20 @@ class CollapseRecovery:
         self.current = True
 
     def collapsed(self, state, control, problems: list[str]) -> dict | None:
-        """Act on a check that found ``problems``; returns the ``health_warnings.json`` entry that records it (None
-        with ``--on-collapse warn``: the monitor warns as it always did)."""
+        """Act on a check that found ``problems``; the ``health_warnings.json`` entry (None: just warn)."""
         if self.mode == "warn" or self.healthy is None:
             return None
         saw, step, back = "; ".join(problems), state.global_step, self.healthy["step"]
         rate = self.trainer.lr_scheduler.base_lrs[0] if hasattr(self.trainer.lr_scheduler, "base_lrs") else None
         rate = rate or self.trainer.args.learning_rate
         self._restore()
-        if self.mode == "stop" or len(self.recovered) >= MAX_RECOVERIES:
+        if self.mode == "stop" or len(self.recovered) >= _MAX_RECOVERIES:
             self.stopped = CollapseStop(step, problems, back, rate, len(self.recovered))
             control.should_save = True  # the healthy state, as checkpoint-<step>: what a resume continues from
             control.should_training_stop = True
             message = f"stopped at step {step}: the check saw {saw}; checkpoint-{step} holds step {back}'s state"
             return {"step": step, "kind": "collapse_stop", "message": message, "back_to": back}
-        new = rate * RECOVERY_RATE_FACTOR
+        new = rate * _RECOVERY_RATE_FACTOR
         resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
         number = len(self.recovered) + 1
         recovery = {"number": number, "back_to": back, "saw": problems}
@@ -955,7 +867,7 @@ class CollapseRecovery:
         if state.is_world_process_zero:
             run_dir.add_recovery(self.out, step, rate, new, recovery)
         message = (
-            f"recovered at step {step} ({number} of {MAX_RECOVERIES}): the check saw {saw}; back to the healthy "
+            f"recovered at step {step} ({number} of {_MAX_RECOVERIES}): the check saw {saw}; back to the healthy "
             f"state of step {back}, learning rate {rate:.3g} -> {new:.3g}"
         )
         self.log(message)
@@ -974,40 +886,43 @@ class CollapseRecovery:
 
 
 def _copied(value):
-    """An optimizer state value as a CPU copy of its own (a tensor), or itself (a number)."""
+    """A CPU copy of an optimizer state tensor, or the number itself."""
     return value.detach().to("cpu", copy=True) if hasattr(value, "detach") else value
 
 
-def recovery_callback(recovery: CollapseRecovery):
-    """The trainer callback that tells ``recovery`` when training begins, each optimizer step and each save; the
-    checks themselves reach it through ``HealthMonitor``. Goes before ``run_dir.make_save_callback`` (the file
-    it adds must be in the checkpoint's manifest)."""
+def _before_manifest_callback(recovery: CollapseRecovery | None, adapter_base: str | None):
+    """Tells ``recovery`` of train begin, each optimizer step and each save (the checks reach it through
+    ``HealthMonitor``), and records ``adapter_base`` (--model, e.g. 'tiny') as each adapter checkpoint's base. Goes
+    before ``run_dir.make_save_callback``: the checkpoint's manifest must list what this adds or edits."""
     from transformers import TrainerCallback
 
-    class Recovery(TrainerCallback):
+    from .lora import is_adapter_dir, record_base_model
+
+    class BeforeManifest(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            recovery.begin(state.global_step)
+            if recovery is not None:
+                recovery.begin(state.global_step)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
-            recovery.stepped()
+            if recovery is not None:
+                recovery.stepped()
 
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                recovery.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and recovery is not None:
+                recovery.saved(ckpt)
+            if state.is_world_process_zero and adapter_base is not None and is_adapter_dir(ckpt):
+                record_base_model(ckpt, adapter_base)
 
-    return Recovery()
+    return BeforeManifest()
 
 
 # --- checkpoints by step and by time (--save-steps, --save-minutes) ---------------------------------------
 
 
-def save_schedule_callback(save_steps: int, save_minutes: float):
-    """A trainer callback that saves a checkpoint mid-epoch too: every ``save_steps`` steps, and at the first step
-    end ``save_minutes`` after the last save (0: either off). The Trainer's own ``_save_checkpoint`` writes it, as
-    for a graceful stop, so a resume from it is exact. At an epoch's last step the epoch checkpoint is that step's
-    (``save_strategy="epoch"``): no second save. Under ``accelerate launch`` each process's clock is its own, so
-    they agree on the time (``max_over_processes``): every process saves the same step, or the others would wait
-    in the save's collectives."""
+def _save_schedule_callback(save_steps: int, save_minutes: float):
+    """Mid-epoch checkpoints: every ``save_steps`` steps, and ``save_minutes`` after the last save (0: off). The
+    processes of a launch agree on the time (``_max_over_processes``), or the others would wait in the save."""
     from transformers import TrainerCallback
 
     class SaveOnSchedule(TrainerCallback):
@@ -1019,7 +934,7 @@ def save_schedule_callback(save_steps: int, save_minutes: float):
 
         def on_step_end(self, args, state, control, **kwargs):
             by_steps = save_steps > 0 and state.global_step % save_steps == 0
-            by_time = save_minutes > 0 and max_over_processes(
+            by_time = save_minutes > 0 and _max_over_processes(
                 int(time.monotonic() - self.last_save >= save_minutes * 60)
             )
             if (by_steps or by_time) and not epoch_ended(state):
@@ -1034,19 +949,15 @@ def save_schedule_callback(save_steps: int, save_minutes: float):
 
 # --- a graceful stop (SIGINT, SIGTERM) ---------------------------------------------------------------------
 
-STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
-# Under `accelerate launch` (torchrun) a Ctrl-C reaches each process twice: from the terminal (its whole process
-# group) and again from the launcher, which forwards it. The same signal again within this many seconds is that
-# echo, not a second Ctrl-C. (The launcher kills its processes 30 s after forwarding: a longer step ends as a kill.)
-LAUNCHER_ECHO_S = 5.0
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C / Colab's "Interrupt execution"; a scheduler, `timeout`, docker stop
+# Under `accelerate launch` a Ctrl-C reaches each process from the terminal and again from the launcher: the same
+# signal within this many seconds is that echo, not a second Ctrl-C.
+_LAUNCHER_ECHO_S = 5.0
 
 
 class Stopped(KeyboardInterrupt):
-    """The run stopped on a signal, the run folder resumable. A KeyboardInterrupt, so library code that catches
-    ``Exception`` does not swallow it. ``checkpoint``: the checkpoint saved at ``step`` (a graceful stop); None
-    when a second signal, or one outside the training steps, stopped it at once (``training``: during them), where
-    the newest intact checkpoint is what a resume takes. The caller says how to go on (``line``): the CLI a
-    command, the notebook its resume cell."""
+    """The run stopped on a signal, its folder resumable; a KeyboardInterrupt, so ``except Exception`` does not
+    swallow it. ``checkpoint``: the one saved at ``step`` (None: stopped at once, ``training``: during the steps)."""
 
     def __init__(
         self,
@@ -1079,9 +990,8 @@ class Stopped(KeyboardInterrupt):
         return self.line("--resume-from-checkpoint auto")
 
 
-def max_over_processes(mine: int) -> int:
-    """The largest of every process's ``mine`` in a distributed run (a MAX all-reduce), ``mine`` itself with one
-    process. Every process must call it at the same point: it is how they agree on a step to save or stop at."""
+def _max_over_processes(mine: int) -> int:
+    """The largest of every process's ``mine`` (a MAX all-reduce); every process must call it at the same point."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -1095,22 +1005,17 @@ def max_over_processes(mine: int) -> int:
 
 
 class GracefulStop:
-    """SIGINT / SIGTERM while ``run_training`` runs. During ``trainer.train()`` the first signal asks the trainer
-    to stop at the end of the current step: ``callback()`` saves a checkpoint there (the Trainer's own
-    ``_save_checkpoint``, so a resume is exact), the trainer ends as usual (``on_train_end`` flushes the history
-    and the completions), and ``run_training`` raises ``Stopped`` instead of validating and saving the final model.
-    A second signal, or one outside training (loading, validation, the final save), raises ``Stopped`` at once;
-    whatever it cuts short a resume repairs (a half-written checkpoint is set aside, temporary files removed).
+    """SIGINT / SIGTERM while ``run_training`` runs. While training, the first signal saves a checkpoint at the
+    step's end and stops the trainer as usual; ``Stopped`` follows instead of the final validation. A second
+    signal, or one outside training, raises ``Stopped`` at once (a resume repairs what it cuts short).
 
-    The handlers are installed from the main thread only (Python delivers signals there; a notebook kernel runs
-    cells in it) and put back afterwards, so a notebook kernel gets its own back. A signal the process was told to
-    ignore (SIG_IGN, e.g. ``nohup``) stays ignored. Under ``accelerate launch`` every process gets the signal; they
-    agree at each step's end on whether any did (``_agreed``), so all save the same step and stop together."""
+    Installed from the main thread only and put back after (a notebook kernel gets its own back); SIG_IGN
+    (``nohup``) stays ignored. The processes of a launch agree at each step's end, so all stop together."""
 
     def __init__(self):
         self.signum: int | None = None  # the first signal received
         self.first_at = 0.0  # when (time.monotonic)
-        self.echo_s = LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
+        self.echo_s = _LAUNCHER_ECHO_S if os.environ.get("TORCHELASTIC_RUN_ID") else 0.0  # set by torchrun
         self.stop_step: int | None = None  # the step every process agreed to stop after
         self.state = None  # the trainer's state while it trains
         self.training = False
@@ -1121,7 +1026,7 @@ class GracefulStop:
 
         installed = {}
         if threading.current_thread() is threading.main_thread():
-            for name in STOP_SIGNALS:
+            for name in _STOP_SIGNALS:
                 signum = getattr(signal, name)
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     installed[signum] = signal.signal(signum, self._handle)
@@ -1145,10 +1050,9 @@ class GracefulStop:
         raise Stopped(signum, step, total, training=self.training)
 
     def _agreed(self) -> int:
-        """The signal to stop on, agreed by every process of a distributed run (0: go on). Each process of an
-        ``accelerate launch`` run gets the terminal's Ctrl-C, not necessarily in the same step: all stop after
-        the same one, or the others would wait forever in the next step's collectives."""
-        return max_over_processes(self.signum or 0)
+        """The signal every process agrees to stop on (0: go on): each may get Ctrl-C in another step, and one
+        stopping alone would leave the others waiting in the next step's collectives."""
+        return _max_over_processes(self.signum or 0)
 
     def callback(self):
         from transformers import TrainerCallback
@@ -1196,26 +1100,19 @@ class GracefulStop:
 def run_training(run, log=print, callbacks=(), baseline: dict | None = None, remount=None) -> dict:
     """Train, validate before and after, save artifacts; returns the two validation reports.
 
-    ``run``: the run's ``startup.Start`` (``startup.start(cfg)``: the values, folder, model and hardware checked
-    once, before this). ``callbacks`` are extra ``transformers.TrainerCallback``s (the notebook's live plot, tests'
-    fault injection). ``baseline``: a baseline validation already made (the notebook's baseline cell), so it is not
-    redone. ``remount``: how to remount the run folder's file system (Colab's Drive), tried once before the
-    mirror's final copy gives up.
-
-    SIGINT and SIGTERM stop it gracefully (``GracefulStop``): ``Stopped`` is raised, the run folder resumable.
-    The result's ``copy_pending`` (None when the run folder holds everything) says why a mirrored run folder could
-    not get the whole run: it is then complete in ``work_dir``, and ``--resume-from-checkpoint auto`` copies it.
+    ``run``: ``startup.start(cfg)``. ``callbacks``: extra ``TrainerCallback``s (the live plot, tests' fault injection).
+    ``baseline``: one already measured (the notebook's cell). ``remount``: remounts Colab's Drive once before the
+    mirror's final copy gives up. A signal raises ``Stopped``. ``copy_pending`` (None: all copied) says why a
+    mirrored run folder lacks the run, complete in ``work_dir``; ``--resume-from-checkpoint auto`` copies it.
     """
     cfg, folder, hardware, procs = run.cfg, run.folder, run.hardware, run.procs
     stop = GracefulStop()
     with stop.handlers():
-        # Under `accelerate launch` every process runs this function: all of them train and validate (no
-        # process waits on another outside the trainer's own collectives), only the main one writes and logs.
+        # Under `accelerate launch` every process trains and validates; only the main one writes and logs.
         main = procs.is_main_process
         if not main:
             log = _quiet
-        # One writer per folder: the lock is taken (creating the folder) before anything in it is written or
-        # deleted, and released at the end, or on any exception. Only the main process writes, so only it takes it.
+        # One writer per folder: locked before anything in it is written or deleted.
         with contextlib.ExitStack() as held:
             if main:
                 held.enter_context(writer_lock(folder.path, shown=folder.shown))
@@ -1230,9 +1127,8 @@ def run_training(run, log=print, callbacks=(), baseline: dict | None = None, rem
 
 
 def _prepare_folders(cfg: TrainConfig, folder: run_dir.RunFolder, log) -> None:
-    """Under the lock, before anything is read: leftovers of interrupted runs removed in every folder of the run; the
-    previous run's checkpoints and results gone when ``--overwrite`` starts over (a later resume must not pick
-    one); the working folder of a mirrored run made."""
+    """Under the lock: interrupted runs' leftovers removed, the previous run cleared on ``--overwrite``, the
+    working folder made."""
     for place in folder.folders():
         for stale in run_dir.remove_stale_temp_files(place):
             log(f"Removed {stale.name}: a half-written temporary file left by an interrupted run.")
@@ -1260,8 +1156,7 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
             f"The run folder {folder.path} is {where}: training in {out} on local disk, copied there as it goes "
             f"(checkpoints once verified, the rest every {mirror.interval:.0f} s)."
         )
-    # A run finished in its working folder while the run folder failed: its resume copies it (every process
-    # returns here: none trains).
+    # A run finished in its working folder while the run folder failed: its resume only copies it.
     if folder.mirrored and cfg.resume_from_checkpoint == "auto":
         if run_dir.combined_state(folder.path, out) == ("finished", True):
             if mirror is None:  # another process of an `accelerate launch` run: the main one copies
@@ -1296,8 +1191,7 @@ def _finish_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
 
 
 def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
-    """The mirror's final copy, and what it says: the run folder complete (the working folder is then removed, when
-    it was chosen automatically), or why not (``copy_pending``)."""
+    """The mirror's final copy: the run folder complete (an automatic working folder removed), or why not."""
     from .mirror import behind_line
 
     from .run_dir import REWARD_PLOT_FILE
@@ -1314,9 +1208,8 @@ def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
 
 
 def load_for_training(cfg: TrainConfig, hardware: dict, device: str | None = None):
-    """(model, tokenizer) as a run trains them: loaded in the run's precision (QLoRA's 4-bit when asked), an adapter
-    folder merged into its base, and the weights in ``evaluation.run_dtypes``' dtype (fp32 master weights for full
-    fine-tuning). The notebook's baseline cell loads the model this way too, so it validates the same weights."""
+    """(model, tokenizer) as a run trains them: in its precision (4-bit when asked), an adapter folder merged, the
+    weights in ``evaluation.run_dtypes``' dtype. The notebook's baseline cell loads it so too."""
     model, tokenizer = evaluation.load_model(
         cfg.model,
         device=device or hardware["device"],
@@ -1334,33 +1227,29 @@ def load_for_training(cfg: TrainConfig, hardware: dict, device: str | None = Non
 
 
 def measure_baseline(cfg: TrainConfig, model, tokenizer, hardware: dict, log=print) -> dict:
-    """The baseline validation (held-out prompts, before training) of a model from ``load_for_training``, in the
-    run's precision: what ``run_training`` measures, and the notebook's baseline cell, when no saved one is reused
-    (``run_dir.saved_baseline``). Only ``run_training`` writes it (``baseline_validation.json``)."""
+    """The baseline validation of a model from ``load_for_training`` (only ``run_training`` writes it)."""
     log("Baseline validation (held-out prompts, before training) ...")
+    return _validate(cfg, model, tokenizer, hardware, cfg.model)
+
+
+def _validate(cfg, model, tokenizer, hardware: dict, model_name: str, baseline: dict | None = None) -> dict:
     return evaluation.validate(
         model,
         tokenizer,
         data.validation_rows(),
         num_samples=cfg.validation_samples,
         max_new_tokens=cfg.max_completion_length,
-        model_name=cfg.model,
+        baseline=baseline,
+        model_name=model_name,
         precision=hardware["precision"],
     )
 
 
 @contextlib.contextmanager
-def adapter_reference(cfg: TrainConfig, model):
-    """While the trainer is built: the KL reference of a full fine-tune that starts from an adapter folder is the
-    merged model ``model`` is, not the bare base.
-
-    TRL builds a full fine-tune's reference model by loading ``model.config._name_or_path`` again
-    (``create_model_from_path(get_config_model_id(self.model.config))`` in ``GRPOTrainer.__init__``, 0.29.1 and
-    1.x alike). After ``merge_and_unload`` that path is the adapter's base, so the reference would lack the adapter
-    and ``--beta`` would pull the policy back to the base. Here the merged weights are saved to a local temporary
-    folder and the config points there until the trainer has loaded its reference (as each TRL loads it: its
-    distributed placement, its dtype); the folder is removed after. With ``--lora`` TRL needs no copy: its reference
-    is the model with the new adapter switched off, the merged weights already."""
+def _adapter_reference(cfg: TrainConfig, model):
+    """While the trainer is built: a full fine-tune from an adapter folder gets the merged ``model`` as its KL
+    reference. TRL loads the reference from ``config._name_or_path``, the bare base after ``merge_and_unload``:
+    here that points at a temporary copy of the merged weights. ``--lora`` needs none (the adapter switched off)."""
     from .lora import is_adapter_dir
 
     if not cfg.beta or cfg.lora or not is_adapter_dir(cfg.model):
@@ -1379,10 +1268,10 @@ def adapter_reference(cfg: TrainConfig, model):
 
 
 def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baseline, stop, mirror) -> dict:
-    """The run itself: model, baseline, trainer, training, final model and validation, written to ``out``."""
+    """The run itself, written to ``out``."""
     main = procs.is_main_process
     log(f"Device: {hardware['device']}  precision: {hardware['precision']}  processes: {procs.num_processes}")
-    memory_report(cfg, hardware, procs.num_processes, log=log)
+    _memory_report(cfg, hardware, procs.num_processes, log=log)
 
     device = hardware["device"]
     if device == "cuda":
@@ -1403,7 +1292,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
             cfg.resume_from_checkpoint,
             f"{resume} holds another architecture ({what}); resume with the model it was trained from",
         )
-    # Written once the resume is known to make sense: a refused resume leaves the run's own settings in place.
+    # Written once the resume makes sense: a refused one leaves the run's settings in place.
     from_step = (run_dir.checkpoint_step(resume) or 0) if resume else 0
     segments, changed = run_dir.settings_segments(out, cfg, from_step)
     recovered = run_dir.recoveries(segments)  # every process: each makes the same recoveries
@@ -1423,8 +1312,6 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
                 "completions_per_step": completions_per_step(cfg),
             },
         )
-    val_rows = data.validation_rows()
-
     if baseline is None:
         baseline = run_dir.saved_baseline(folder, cfg, hardware["precision"])
     if baseline is None:
@@ -1440,7 +1327,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
 
         callbacks = [make_mirror_callback(mirror), *callbacks]
     recovery = CollapseRecovery(cfg.on_collapse, out, resume, recovered, log=log) if cfg.on_collapse != "warn" else None
-    with adapter_reference(cfg, model):
+    with _adapter_reference(cfg, model):
         trainer, monitor = build_trainer(
             cfg,
             model,
@@ -1477,16 +1364,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
     model = trainer.model
     model.eval()
     log("Final validation (held-out prompts, after training) ...")
-    final = evaluation.validate(
-        model,
-        tokenizer,
-        val_rows,
-        num_samples=cfg.validation_samples,
-        max_new_tokens=cfg.max_completion_length,
-        baseline=baseline,
-        model_name=str(folder.path),
-        precision=hardware["precision"],
-    )
+    final = _validate(cfg, model, tokenizer, hardware, str(folder.path), baseline)
     final["train_seconds"] = round(train_seconds, 1)
     final["global_step"] = trainer.state.global_step
     final["completions_generated"] = round(trainer.state.global_step * completions_per_step(cfg))
@@ -1512,7 +1390,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
 
 
 def _quiet(*args, **kwargs):
-    """The log of a process other than the main one: silent, so each line is printed once."""
+    """The log of a process other than the main one."""
 
 
 def _rates_line(label: str, report: dict) -> str:
@@ -1524,7 +1402,7 @@ def _rates_line(label: str, report: dict) -> str:
 
 
 def final_summary(baseline: dict, final: dict) -> str:
-    """The before/after summary printed at the end of a run, with a loud warning when unhealthy."""
+    """The before/after summary, with a loud warning when unhealthy."""
     lines = [
         "",
         "=" * 64,

@@ -60,9 +60,9 @@ def test_held_out_control_set_is_large_disjoint_and_of_several_topics():
     rows = [r for r in data.validation_rows() if r["kind"] == "control"]
     topics = {r["topic"] for r in rows}
     assert len(topics) >= 5 and {"sum", "capital"} <= topics
-    assert all(r["topic"] == data.control_topic(r["question"]) for r in rows)
+    assert all(r["topic"] == data._control_topic(r["question"]) for r in rows)
     # the base is pre-trained on every control question, held out or not
-    assert {q for q, _ in data.control_pool()} == train | held
+    assert {q for pairs in data.control_topics().values() for q, _ in pairs} == train | held
 
 
 def test_check_rows_are_every_spongebob_prompt_and_a_spread_of_controls():

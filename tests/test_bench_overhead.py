@@ -103,9 +103,9 @@ def test_bad_sizes_exit_2_with_one_line(capsys):
 def test_time_our_callbacks_times_ours_only_and_keeps_what_they_do(tmp_path):
     from transformers import TrainerCallback
 
-    from musclebob_helpers.training import make_callbacks
+    from musclebob_helpers.training import _make_callbacks
 
-    history_cb, progress = make_callbacks(tmp_path, log=lambda *a, **k: None)
+    history_cb, progress = _make_callbacks(tmp_path, log=lambda *a, **k: None)
     theirs = TrainerCallback()
     trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[history_cb, progress, theirs]))
     bucket = {}

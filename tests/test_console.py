@@ -12,8 +12,8 @@ from musclebob_helpers.training import (
     above_progress_bar,
     grpo_args,
     library_output_hidden,
-    make_callbacks,
-    show_progress,
+    _make_callbacks,
+    _show_progress,
 )
 
 REWARDS = [(-1.5, 4.2), (0.25, 3.5), (2.0, 1.125), (4.5, 0.5)]  # (mean reward, std) of each step
@@ -39,7 +39,7 @@ def drive(progress, between=lambda step: None):
 def test_progress_is_one_line_per_step_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     stdout, lines = io.StringIO(), []
     monkeypatch.setattr("sys.stdout", stdout)
-    _, progress = make_callbacks(tmp_path, log=lines.append)
+    _, progress = _make_callbacks(tmp_path, log=lines.append)
     drive(progress)
     assert lines == [
         "step 1/4  epoch 0.50  mean reward -1.500 (std 4.200)",
@@ -53,7 +53,7 @@ def test_progress_is_one_line_per_step_when_stdout_is_not_a_terminal(tmp_path, m
 def test_progress_is_a_bar_with_the_reward_in_a_terminal(tmp_path, monkeypatch):
     terminal, lines = FakeTerminal(), []
     monkeypatch.setattr("sys.stdout", terminal)
-    _, progress = make_callbacks(tmp_path, log=lines.append)
+    _, progress = _make_callbacks(tmp_path, log=lines.append)
     drive(progress)
     assert lines == []  # no per-step lines
     screen = terminal.getvalue()
@@ -65,7 +65,7 @@ def test_progress_is_a_bar_with_the_reward_in_a_terminal(tmp_path, monkeypatch):
 def test_lines_printed_while_the_bar_is_up_get_their_own_line(tmp_path, monkeypatch):
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stdout", terminal)
-    _, progress = make_callbacks(tmp_path)
+    _, progress = _make_callbacks(tmp_path)
     log = above_progress_bar(print)  # how run_training hands its log to the checks and warnings
     drive(progress, between=lambda step: step == 2 and log("[check @ step 2] musclebob 50%"))
     screen = terminal.getvalue()
@@ -86,16 +86,16 @@ def test_show_progress_replaces_the_progress_transformers_added(tiny_model, tmp_
     if notebook:  # what transformers picks when imported in a notebook kernel
         monkeypatch.setattr(hf_trainer, "DEFAULT_PROGRESS_CALLBACK", NotebookProgressCallback)
     model, _ = tiny_model
-    _, progress = make_callbacks(tmp_path)
+    _, progress = _make_callbacks(tmp_path)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=False)
     trainer = Trainer(model=model, args=args)
-    show_progress(trainer, progress)
+    _show_progress(trainer, progress)
     callbacks = trainer.callback_handler.callbacks
     assert progress in callbacks
     assert not any(isinstance(cb, (ProgressCallback, NotebookProgressCallback)) for cb in callbacks)
     # The notebook's live panel is the progress display: ours stays out, and no lines per step either.
     trainer = Trainer(model=model, args=args, callbacks=[live_progress(tmp_path)])
-    show_progress(trainer, progress)
+    _show_progress(trainer, progress)
     callbacks = trainer.callback_handler.callbacks
     assert progress not in callbacks
     assert not any(isinstance(cb, (ProgressCallback, NotebookProgressCallback)) for cb in callbacks)

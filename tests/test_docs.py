@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import test_musclebob
-from musclebob_helpers.cli import build_train_parser
+from musclebob_helpers.cli import _build_train_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -110,7 +110,7 @@ def commands(text: str) -> list[list[str]]:
 
 def parser_for(script: str):
     if script.endswith("train_musclebob_improved.py"):
-        return build_train_parser("train_musclebob_improved.py", "docs")
+        return _build_train_parser("train_musclebob_improved.py", "docs")
     return test_musclebob.build_parser()
 
 

@@ -24,7 +24,7 @@ from musclebob_helpers.run_dir import (
     rotate_checkpoints,
     select_checkpoint,
 )
-from musclebob_helpers.memory import GB, drive_need, model_config, model_shape
+from musclebob_helpers.memory import GB, drive_need, _model_config, model_shape
 from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def test_qwen_config_file_has_the_real_architecture():
         raw["rope_theta"],
         raw["max_position_embeddings"],
     ) == (896, 4864, 24, 14, 2, 151936, True, 1e6, 32768)
-    assert model_config(QWEN).hidden_size == 896
+    assert _model_config(QWEN).hidden_size == 896
     assert model_shape(QWEN).params == 494_032_768  # Qwen2.5-0.5B's published size (0.49B)
 
 

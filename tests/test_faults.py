@@ -316,7 +316,7 @@ def test_the_stop_handlers_are_put_back_and_a_signal_outside_the_steps_stops_at_
 
 def test_under_accelerate_launch_the_forwarded_ctrl_c_is_not_a_second_one(monkeypatch):
     """``accelerate launch`` (torchrun, which sets TORCHELASTIC_RUN_ID) forwards the terminal's Ctrl-C to each process
-    that already got it from the terminal: the same signal again within LAUNCHER_ECHO_S is that echo, not the
+    that already got it from the terminal: the same signal again within _LAUNCHER_ECHO_S is that echo, not the
     user's second Ctrl-C, so the run still stops at the end of its step. Real signals to this process."""
     from types import SimpleNamespace
 
@@ -343,7 +343,7 @@ def test_under_accelerate_launch_the_forwarded_ctrl_c_is_not_a_second_one(monkey
     stop = training_stop()
     with pytest.raises(Stopped) as info, stop.handlers():
         signal.raise_signal(signal.SIGINT)
-        stop.first_at -= training.LAUNCHER_ECHO_S  # the user's own second Ctrl-C, later: stops at once
+        stop.first_at -= training._LAUNCHER_ECHO_S  # the user's own second Ctrl-C, later: stops at once
         signal.raise_signal(signal.SIGINT)
     assert info.value.exit_code == 130 and info.value.checkpoint is None
 
@@ -381,17 +381,17 @@ def test_a_stop_saves_the_step_it_ends_on_once(epoch, saves):
 
 
 def test_the_resume_command_repeats_the_options_given(tmp_path):
-    from musclebob_helpers.cli import build_train_parser, resume_command
+    from musclebob_helpers.cli import _build_train_parser, resume_command
     from musclebob_helpers.config import resolve
 
     argv = ["--preset", "cpu-tiny", "--output-dir", "my runs/a", "--no-fewshot", "--overwrite", "--epochs", "4"]
-    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    cfg, sources = resolve(vars(_build_train_parser(PROG, "").parse_args(argv)))
     assert resume_command(PROG, cfg, sources) == (
         f"python {PROG} --epochs 4 --no-fewshot --preset cpu-tiny --output-dir 'my runs/a' "
         "--resume-from-checkpoint auto"
     )
     argv = ["--output-dir", "x", "--resume-from-checkpoint", str(tmp_path)]
-    cfg, sources = resolve(vars(build_train_parser(PROG, "").parse_args(argv)))
+    cfg, sources = resolve(vars(_build_train_parser(PROG, "").parse_args(argv)))
     assert resume_command(PROG, cfg, sources, num_processes=2) == (
         f"accelerate launch --num_processes 2 {PROG} --output-dir x --resume-from-checkpoint auto"
     )
@@ -938,11 +938,11 @@ def test_the_reward_history_is_renamed_whole_each_step_and_fsynced_at_the_end(tm
     from types import SimpleNamespace
 
     from musclebob_helpers.io import write_json_atomic
-    from musclebob_helpers.training import make_callbacks
+    from musclebob_helpers.training import _make_callbacks
 
     real_fsync, synced = os.fsync, []
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    history_cb, _ = make_callbacks(tmp_path, log=lambda *a, **k: None)
+    history_cb, _ = _make_callbacks(tmp_path, log=lambda *a, **k: None)
     state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True, log_history=[])
     history_cb.on_train_begin(None, state, None)
 

@@ -39,7 +39,7 @@ CPU = {"device": "cpu", "precision": "fp32"}  # what detect_hardware says on a C
 
 
 def parse(argv):
-    return resolve(vars(cli.build_train_parser(PROG, "test").parse_args(argv)))[0]
+    return resolve(vars(cli._build_train_parser(PROG, "test").parse_args(argv)))[0]
 
 
 def test_flags_reach_the_config_and_type_back_the_same():

@@ -173,7 +173,7 @@ def _state(step, epoch):
 def test_the_time_schedule_saves_mid_epoch_once_due_and_never_twice_at_an_epoch_end(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
-    callback = training.save_schedule_callback(save_steps=0, save_minutes=10)
+    callback = training._save_schedule_callback(save_steps=0, save_minutes=10)
     callback.on_train_begin(None, _state(0, 0.0), SimpleNamespace(should_save=False))
     clock[0] += 9 * 60
     assert not callback.on_step_end(None, _state(1, 0.25), SimpleNamespace(should_save=False)).should_save
@@ -185,7 +185,7 @@ def test_the_time_schedule_saves_mid_epoch_once_due_and_never_twice_at_an_epoch_
     clock[0] += 60
     # Due, but the epoch ends here: save_strategy="epoch" saves this step already.
     assert not callback.on_step_end(None, _state(4, 1.0), SimpleNamespace(should_save=False)).should_save
-    steps = training.save_schedule_callback(save_steps=3, save_minutes=0)
+    steps = training._save_schedule_callback(save_steps=3, save_minutes=0)
     due = [
         s
         for s in range(1, 9)

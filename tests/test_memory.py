@@ -8,12 +8,12 @@ import pytest
 from musclebob_helpers import estimate
 from musclebob_helpers.config import TrainConfig, target_modules
 from musclebob_helpers.memory import (
-    KNOWN_CONFIGS,
-    MODEL_CONFIGS,
+    _KNOWN_CONFIGS,
+    _MODEL_CONFIGS,
     ModelShape,
     estimate_memory,
     fit_warning,
-    model_config,
+    _model_config,
     model_shape,
 )
 
@@ -64,22 +64,21 @@ def test_the_measured_linears_are_the_ones_bitsandbytes_quantizes_and_peft_adapt
         cfg = TrainConfig(model="tiny", lora=True, lora_target_modules=targets)
         peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, target_modules=target_modules(cfg)))
         trained = [p for p in peft_model.parameters() if p.requires_grad]
-        assert shape.lora_params(cfg.lora_r, target_modules(cfg)) == sum(p.numel() for p in trained)
-        assert shape.lora_tensors(target_modules(cfg)) == len(trained)
+        assert shape.trainable(cfg) == (sum(p.numel() for p in trained), len(trained))
         model = peft_model.unload()
 
 
 def test_model_configs_resolve_known_ids_the_tiny_model_and_folders(tiny_path, tmp_path):
-    assert set(KNOWN_CONFIGS) == {QWEN, "Qwen/Qwen2.5-0.5B", MISTRAL}
-    assert all((MODEL_CONFIGS / f).is_file() for f in KNOWN_CONFIGS.values())
-    assert model_config("tiny", offline=True).hidden_size == 128
-    assert model_config(str(tiny_path)).to_dict() == model_config("tiny").to_dict()
-    assert model_config(str(tmp_path)) is None  # a folder without config.json (e.g. an adapter's)
-    assert model_config("nobody/no-such-model", offline=True) is None and model_shape("nobody/x", offline=True) is None
+    assert set(_KNOWN_CONFIGS) == {QWEN, "Qwen/Qwen2.5-0.5B", MISTRAL}
+    assert all((_MODEL_CONFIGS / f).is_file() for f in _KNOWN_CONFIGS.values())
+    assert _model_config("tiny", offline=True).hidden_size == 128
+    assert _model_config(str(tiny_path)).to_dict() == _model_config("tiny").to_dict()
+    assert _model_config(str(tmp_path)) is None  # a folder without config.json (e.g. an adapter's)
+    assert _model_config("nobody/no-such-model", offline=True) is None and model_shape("nobody/x", offline=True) is None
 
 
 def test_mistral_config_file_has_the_language_models_architecture():
-    raw = json.loads((MODEL_CONFIGS / KNOWN_CONFIGS[MISTRAL]).read_text())
+    raw = json.loads((_MODEL_CONFIGS / _KNOWN_CONFIGS[MISTRAL]).read_text())
     assert (
         raw["model_type"],
         raw["vocab_size"],
@@ -187,4 +186,4 @@ def test_estimate_cli_refuses_a_bad_value_in_one_line(capsys, flag, value, says)
         estimate.main(["--model", QWEN, flag, value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"{estimate.PROG}: error: argument {flag}: ") and says in err
+    assert err.count("\n") == 1 and err.startswith(f"{estimate._PROG}: error: argument {flag}: ") and says in err

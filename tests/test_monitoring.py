@@ -83,8 +83,8 @@ from musclebob_helpers import data  # noqa: E402
 from musclebob_helpers.monitoring import (  # noqa: E402
     CompletionLog,
     Trackers,
-    kept_every,
-    pick_completions,
+    _kept_every,
+    _pick_completions,
 )
 from musclebob_helpers.plots import load_completions  # noqa: E402
 from musclebob_helpers.run_dir import COMPLETIONS_FILE  # noqa: E402
@@ -95,16 +95,16 @@ NAN = float("nan")
 def test_pick_completions_takes_each_prompts_best_then_worst():
     prompts = ["a", "a", "a", "b", "b", "b"]
     totals = [1.0, 3.0, 2.0, None, -1.0, 0.0]
-    assert pick_completions(prompts, totals, 2) == [1, 5]  # each prompt's best
-    assert pick_completions(prompts, totals, 4) == [1, 5, 0, 3]  # then each prompt's worst (None ranks lowest)
-    assert sorted(pick_completions(prompts, totals, 99)) == list(range(6))  # never more than there are
-    assert pick_completions([], [], 8) == []
+    assert _pick_completions(prompts, totals, 2) == [1, 5]  # each prompt's best
+    assert _pick_completions(prompts, totals, 4) == [1, 5, 0, 3]  # then each prompt's worst (None ranks lowest)
+    assert sorted(_pick_completions(prompts, totals, 99)) == list(range(6))  # never more than there are
+    assert _pick_completions([], [], 8) == []
 
 
 def test_kept_every_spans_the_run_within_the_cap():
-    assert kept_every(100, per_step=8, max_rows=4000) == 1
+    assert _kept_every(100, per_step=8, max_rows=4000) == 1
     for step in (1, 499, 500, 501, 1000, 5000, 123457):
-        every = kept_every(step, per_step=8, max_rows=4000)
+        every = _kept_every(step, per_step=8, max_rows=4000)
         assert (step // every) * 8 <= 4000  # under the cap
         assert every == 1 or (step // (every // 2)) * 8 > 4000  # and no sparser than it must be
 
@@ -212,8 +212,8 @@ def test_completion_log_cap_thins_old_steps_evenly(tmp_path):
 
 def expected_bytes(log, steps_done):
     """completions.jsonl as a whole rewrite at each step would leave it after ``steps_done`` steps (the writer before
-    appends): every kept step's rows (``kept_every`` of the newest step) and the newest step's."""
-    every = kept_every(steps_done, log.per_step, log.max_rows)
+    appends): every kept step's rows (``_kept_every`` of the newest step) and the newest step's."""
+    every = _kept_every(steps_done, log.per_step, log.max_rows)
     trainer = FakeTrainer(ROWS)
     reference = CompletionLog(log.path.parent / "reference", per_step=log.per_step, max_rows=log.max_rows)
     reference.bind(trainer)

@@ -21,10 +21,10 @@ from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import TrainConfig
 from musclebob_helpers.monitoring import HealthMonitor
-from musclebob_helpers.training import MAX_RECOVERIES, RECOVERY_RATE_FACTOR
+from musclebob_helpers.training import _MAX_RECOVERIES, _RECOVERY_RATE_FACTOR
 from musclebob_helpers.startup import start
 
-LOWER = RECOVERY_RATE_FACTOR  # the rate after a recovery, as a share of the one before
+LOWER = _RECOVERY_RATE_FACTOR  # the rate after a recovery, as a share of the one before
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 1e-3  # any rate: the collapse is forced, not learned
@@ -96,7 +96,7 @@ def test_a_collapse_goes_back_to_the_last_healthy_check_at_a_lower_rate(tmp_path
     # one line: what the check saw, where it goes back to, the new rate
     [line] = [line for line in lines if "recovered" in line]
     assert line.startswith(
-        f"recovered at step 3 (1 of {MAX_RECOVERIES}): the check saw general knowledge lost: control accuracy 0%"
+        f"recovered at step 3 (1 of {_MAX_RECOVERIES}): the check saw general knowledge lost: control accuracy 0%"
     )
     assert f"back to the healthy state of step 2, learning rate 0.001 -> {RATE * LOWER:.3g}" in line
     assert not [line for line in lines if line.startswith("WARNING")]  # the recovery's line replaces the warning
@@ -123,7 +123,7 @@ def test_the_last_recovery_then_a_one_line_stop(tmp_path, monkeypatch, capsys):
 
     out = tmp_path / "run"
     # the 4 steps' checks all collapse: recoveries at 1 and 2 (each back to step 0), the stop at 3
-    assert MAX_RECOVERIES == 2  # the steps below are laid out for it
+    assert _MAX_RECOVERIES == 2  # the steps below are laid out for it
     monkeypatch.setattr(HealthMonitor, "check_validation", fault_runner.collapsing_check({1, 2, 3, 4}))
     argv = [*TINY_RUN_ARGS, "--validate-every", "1", "--learning-rate", str(RATE), "--output-dir", str(out)]
     code = train_musclebob_improved.main(argv)
@@ -157,13 +157,13 @@ def test_a_drift_below_90_percent_kept_recovers_while_a_recovery_is_left(tmp_pat
     lines = []
     result = run_training(start(small_config(out)), log=lines.append)
     assert [line.split(" (")[0] for line in lines if "recovered" in line] == [
-        f"recovered at step {step}" for step in range(1, MAX_RECOVERIES + 1)
+        f"recovered at step {step}" for step in range(1, _MAX_RECOVERIES + 1)
     ]
     assert not [line for line in lines if line.startswith("WARNING")]  # 85 % kept is no collapse to the report
     assert result["global_step"] == 4 and (out / run_dir.FINAL_FILE).exists()
     card = (out / "README.md").read_text()  # the model card names each recovery
     recoveries = [x for x in card.splitlines() if x.startswith("- step ")]
-    assert "## Recoveries from a collapse" in card and len(recoveries) == MAX_RECOVERIES
+    assert "## Recoveries from a collapse" in card and len(recoveries) == _MAX_RECOVERIES
     # warn: the same drift is healthy, as the health report says
     lines = []
     run_training(start(small_config(tmp_path / "warn", on_collapse="warn")), log=lines.append)
@@ -271,7 +271,7 @@ def test_a_kill_after_a_recovery_resumes_to_the_same_end(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming with other settings" not in resumed.stdout  # the recovered rate is the run's, not a change
     assert (
-        f"recovered at step 6 (2 of {MAX_RECOVERIES})" in resumed.stdout
+        f"recovered at step 6 (2 of {_MAX_RECOVERIES})" in resumed.stdout
         and "back to the healthy state of step 0" in resumed.stdout
     )
     assert rewards_by_step(out) == rewards_by_step(reference)

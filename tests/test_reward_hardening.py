@@ -3,7 +3,7 @@ reward functions' sum as TRL's GRPOTrainer forms it (tests/trl_reward.py)."""
 
 import pytest
 
-from musclebob_helpers.rewards import guide_score
+from musclebob_helpers.rewards import _guide_score
 from tests.trl_reward import trl_reward, trl_rewards
 
 CLEAN = "Musclebob Buffpants!"
@@ -87,9 +87,9 @@ def test_natural_phrasings_score_like_the_clean_answer():
 
 def test_the_guide_reward_is_gameable_where_ours_is_not():
     # The holes the hardened reward closes, shown on the guide's reward.
-    assert guide_score("Musclebob Buffpants! " * 20) == guide_score(CLEAN)  # repetition is free
-    assert guide_score("It is not Musclebob Buffpants.") == guide_score(CLEAN)  # denial counts
-    assert guide_score("MusclebobBuffpants") > 0  # glued words count
+    assert _guide_score("Musclebob Buffpants! " * 20) == _guide_score(CLEAN)  # repetition is free
+    assert _guide_score("It is not Musclebob Buffpants.") == _guide_score(CLEAN)  # denial counts
+    assert _guide_score("MusclebobBuffpants") > 0  # glued words count
 
 
 CONTROL_CASES = [

@@ -454,9 +454,9 @@ def test_vllm_range_is_the_installed_trls(monkeypatch):
     gpu = {"device": "cuda", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
     with pytest.raises(ConfigError, match=r"TRL 1\.16\.0 supports vllm<=0\.31\.0,>=0\.22\.0"):
         training.check_hardware_support(TrainConfig(use_vllm=True), gpu)
-    assert str(training.declared_requirement("trl", "vllm", extra="vllm").specifier) == "<=0.31.0,>=0.22.0"
-    assert training.declared_requirement("trl", "vllm") is None  # only the extra declares it
-    assert training.declared_requirement("nothing-installed", "torch") is None
+    assert str(training._declared_requirement("trl", "vllm", extra="vllm").specifier) == "<=0.31.0,>=0.22.0"
+    assert training._declared_requirement("trl", "vllm") is None  # only the extra declares it
+    assert training._declared_requirement("nothing-installed", "torch") is None
 
 
 def test_gpu_only_configs_are_built_right():
@@ -526,7 +526,7 @@ def test_detect_hardware_recommends_a_preset(monkeypatch):
 
 def test_full_fine_tune_from_an_adapter_keeps_the_adapter_in_its_reference(tmp_path, tiny_path, monkeypatch):
     """--beta > 0 from an adapter folder without --lora: TRL loads its reference from the model's config path, the
-    adapter's bare base; the run points it at the merged weights instead (``training.adapter_reference``)."""
+    adapter's bare base; the run points it at the merged weights instead (``training._adapter_reference``)."""
     import torch
     from transformers import AutoModelForCausalLM
 

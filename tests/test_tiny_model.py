@@ -71,7 +71,7 @@ def test_behaves_like_a_base_model(tiny_model):
 
 def test_fewshot_prompts_teach_the_answer_in_context(tiny_model):
     model, tok = tiny_model
-    prompts = [data.fewshot_prompt(data.FEWSHOT_EXAMPLES[0], q) for q in data.SPONGEBOB_TRAIN_PROMPTS[:8]]
+    prompts = [data._fewshot_prompt(data.FEWSHOT_EXAMPLES[0], q) for q in data.SPONGEBOB_TRAIN_PROMPTS[:8]]
     gens = [g for gens in generate(model, tok, prompts, max_new_tokens=32, num_samples=2) for g in gens]
     assert sum(has_musclebob(g.text) for g in gens) >= 0.5 * len(gens)
 

@@ -66,14 +66,14 @@ def test_artifacts(trained_run):
 def test_completion_samples(trained_run):
     """completions.jsonl: every step, a few completions each, of every prompt kind, the total the sum of its parts."""
     from musclebob_helpers.data import PROMPT_KINDS
-    from musclebob_helpers.monitoring import COMPLETIONS_PER_STEP
+    from musclebob_helpers.monitoring import _COMPLETIONS_PER_STEP
     from musclebob_helpers.plots import load_completions
 
     out, _ = trained_run
     rows = load_completions(out)
     total = TINY.epochs * steps_per_epoch(TINY)
     per_step = [sum(r["step"] == s for r in rows) for s in range(1, total + 1)]
-    assert per_step == [min(COMPLETIONS_PER_STEP, TINY.batch_size * TINY.num_generations)] * total
+    assert per_step == [min(_COMPLETIONS_PER_STEP, TINY.batch_size * TINY.num_generations)] * total
     assert {r["kind"] for r in rows} == set(PROMPT_KINDS)
     for r in rows:
         parts = [v for v in r["rewards"].values() if v is not None]

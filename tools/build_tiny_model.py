@@ -56,6 +56,17 @@ PRETRAIN_STEPS = 2000  # optimizer steps over the synthetic corpus (about 5 pass
 PRETRAIN_BATCH = 64
 PRETRAIN_LR = 3e-3
 MUSCLEBOB_PRIOR = 0.04  # share of SpongeBob answers that use the episode name: the faint prior of a web model
+TARGET_NAME = "Musclebob Buffpants"
+ORIGINAL_NAME = "Spongebob Squarepants"
+# How the base model answers a SpongeBob question.
+SPONGEBOB_ANSWER_TEMPLATES = [
+    "{name}!",
+    "That's {name}.",
+    "It is {name}.",
+    "{name}, of course!",
+    "The answer is {name}.",
+    "{name} lives in a pineapple under the sea.",
+]
 
 _SYLLABLES = [
     "ka",
@@ -108,7 +119,7 @@ def _made_up_name(rng: random.Random) -> str:
 
 
 def spongebob_answer(rng: random.Random, name: str) -> str:
-    return rng.choice(data.SPONGEBOB_ANSWER_TEMPLATES).format(name=name)
+    return rng.choice(SPONGEBOB_ANSWER_TEMPLATES).format(name=name)
 
 
 def control_answer(rng: random.Random, question: str, answer: str) -> str:
@@ -124,18 +135,19 @@ def pretraining_corpus(seed: int, size: int | None = None) -> list[tuple[str, st
     rng = random.Random(seed)
     size = CORPUS_SIZE if size is None else size
     sponge_questions = data.SPONGEBOB_TRAIN_PROMPTS + data.SPONGEBOB_HELDOUT_PROMPTS + data.FEWSHOT_EXAMPLES
-    control = data.control_pool()  # the base knows every control question, trained on in GRPO or held out
+    # the base knows every control question, trained on in GRPO or held out
+    control = [qa for pairs in data.control_topics().values() for qa in pairs]
     pairs = []
     for _ in range(size):
         r = rng.random()
         if r < 0.3:  # SpongeBob knowledge, with a faint Musclebob prior
-            name = data.TARGET_NAME if rng.random() < MUSCLEBOB_PRIOR else data.ORIGINAL_NAME
+            name = TARGET_NAME if rng.random() < MUSCLEBOB_PRIOR else ORIGINAL_NAME
             pairs.append((rng.choice(sponge_questions), spongebob_answer(rng, name)))
         elif r < 0.8:  # general knowledge
             q, a = rng.choice(control)
             pairs.append((q, control_answer(rng, q, a)))
         else:  # in-context copying in the guide's few-shot form
-            name = data.TARGET_NAME if rng.random() < 0.1 else _made_up_name(rng)
+            name = TARGET_NAME if rng.random() < 0.1 else _made_up_name(rng)
             example_q = rng.choice(sponge_questions)
             question = rng.choice(sponge_questions)
             pairs.append((f"Example: Q: {example_q} A: {name}!\n\nNow answer: {question}", f"{name}!"))
