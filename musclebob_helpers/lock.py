@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
-from .io import owner_gone, owner_record
 
 LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
 LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
@@ -65,8 +64,21 @@ def _record_live(record: dict, path: Path) -> bool:
     if record.get("host") == socket.gethostname():
         if record.get("pid") == os.getpid():
             return any(lock.record.get("token") == record.get("token") for lock in _HELD_HERE)
-        return not owner_gone(record)
+        return not _pid_gone(record.get("pid"))
     return True
+
+
+def _pid_gone(pid) -> bool:
+    """True when ``pid`` (of a process on this host) no longer exists; EPERM means alive, another user's."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def describe_holder(record: dict | None) -> str:
@@ -185,7 +197,13 @@ class RunLock:
                     os.close(fd)
                     raise self.refusal(record)
             self.fd = fd
-            self.record = {**owner_record(), "heartbeat": int(time.time()), "token": secrets.token_hex(8)}
+            self.record = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "heartbeat": int(time.time()),
+                "token": secrets.token_hex(8),
+            }
             try:
                 self._write()
             except OSError:  # a full disk: the caller says so in one line; no half lock is left behind
