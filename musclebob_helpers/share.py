@@ -1,20 +1,9 @@
-"""Sharing a finished run: its model card, a push to the Hugging Face Hub, a zip to download.
-
-* ``write_model_card(run)`` — the run folder's ``README.md``: base model, adapter or full weights, the recipe, the
-  baseline-vs-final table, the reward plot, health warnings, recoveries, how to load it, two answers before and
-  after, the training data and the license. Built with ``huggingface_hub.ModelCard`` (metadata as
-  ``ModelCardData``); written at the end of every run, over the boilerplate TRL writes at each checkpoint.
-* ``push(run, repo_id)`` — the adapter (or the merged model), the card, the reward plot and the JSON reports, in one
-  commit to a private repo (public with ``--hub-public``). A failure is one line; the run stays as it is locally.
-* ``download_zip(run)`` — the final model and its card in one zip on local disk; on Colab offered for download.
-
-Push a finished run later (or again, under another name):
+"""Sharing a finished run: its model card (``write_model_card``), a push to the Hugging Face Hub (``push``), a zip
+to download (``download_zip``); docs/sharing.md. Push a finished run later:
 
     python -m musclebob_helpers.share ./musclebob-lora OWNER/NAME [--public] [--merge-adapter]
 
-The token is ``huggingface_hub.get_token()``'s: ``HF_TOKEN``, the cached ``hf auth login``, or on Colab the
-``HF_TOKEN`` secret. It is handed to ``HfApi`` and never printed or written.
-"""
+The token is ``huggingface_hub.get_token()``'s, handed to ``HfApi`` and never printed or written."""
 
 from __future__ import annotations
 
@@ -64,79 +53,7 @@ NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin"
 
 # --- the model card -----------------------------------------------------------------------------------------
 
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-{{ summary }}
-
-- **Base model:** {{ base_line }}
-- **Weights:** {{ weights_line }}
-- **Trained:** {{ trained_line }}
-
-## Results
-
-Held-out validation prompts (phrasings never trained on, and general questions), sampled with a fixed seed,
-before training (the base model) and after. Rates, with the answers they count.
-
-| | Before (baseline) | After (final) |
-|---|---|---|
-{% for row in table -%}
-| {{ row.label }} | {{ row.before }} | {{ row.after }} |
-{% endfor %}
-{{ health }}
-
-![Reward per step, its components, and the validation before vs after](reward_plot.png)
-{% if warnings %}
-### Health warnings during training
-
-{% for w in warnings %}- {{ w }}
-{% endfor %}{% endif %}{% if recoveries %}
-## Recoveries from a collapse
-
-{% for line in recoveries %}- {{ line }}
-{% endfor %}{% endif %}
-## How to load it
-
-{{ how_to_load }}
-
-## Example answers
-
-| Question | Before | After |
-|---|---|---|
-{% for ex in examples -%}
-| {{ ex.question }} | {{ ex.before }} | {{ ex.after }} |
-{% endfor %}
-## Training data
-
-{{ data_text }}
-
-## Recipe
-
-GRPO with TRL's `GRPOTrainer`, reward `{{ reward }}`. The command that trains it again (the settings that differ
-from the project's defaults for this model):
-
-```bash
-{{ command }}
-```
-
-<details>
-<summary>Every setting</summary>
-
-```
-{% for s in every -%}
-{{ s }}
-{% endfor -%}
-```
-
-</details>
-
-## License
-
-{{ license_text }}
-"""
+CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text(encoding="utf-8")  # jinja, for ModelCard
 
 
 def _cell(text: str) -> str:
@@ -241,25 +158,29 @@ def _license(base: str) -> tuple[str | None, str]:
 
 
 def recipe(cfg: TrainConfig) -> list[str]:
-    """The settings that differ from the defaults for this model and method (a preset's and the tiny model's
-    values are defaults then), as flags: with the model, the command that trains it again."""
+    """The settings that differ from the defaults for this model and method, as flags: with the model, the
+    command that trains it again."""
     given = {
         "model": cfg.model,
         **({"lora": True} if cfg.lora else {}),
         **({"preset": cfg.preset} if cfg.preset else {}),
     }
     defaults, _ = resolve(given)
+    return _flags(cfg, lambda name, value: name in given or value != getattr(defaults, name))
+
+
+def _flags(cfg: TrainConfig, wanted) -> list[str]:
+    """The recipe's settings for which ``wanted(name, value)`` holds, as flags."""
     return [
         as_typed(f.name, getattr(cfg, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and (f.name in given or getattr(cfg, f.name) != getattr(defaults, f.name))
+        if f.name not in NOT_RECIPE and wanted(f.name, getattr(cfg, f.name))
     ]
 
 
 def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
-    """The card of the finished run in ``run``; ``merged``: for its merged weights (``merged/``) instead of the
-    adapter. ``repo_id``: where it is (or goes) on the Hub, for the loading examples; else ``shown``, the run
-    folder as its user knows it (a mirrored run is written in a working folder), else ``run``."""
+    """The card of the finished run in ``run`` (``merged``: for ``merged/``'s weights). The loading examples
+    name ``repo_id``, else ``shown`` (the run folder as its user knows it), else ``run``."""
     run = Path(run)
     shown = Path(shown or run)
     record = read_json(run / run_dir.CONFIG_FILE, default={}) or {}
@@ -270,11 +191,7 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     base = cfg.model
     license_id, license_text = _license(base)
     where = repo_id or str(shown / MERGED_DIR if merged else shown)
-    every = [
-        as_typed(f.name, getattr(cfg, f.name))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and getattr(cfg, f.name) is not None  # not --preset (not set)
-    ]
+    every = _flags(cfg, lambda _name, value: value is not None)  # not --preset (not set)
     if final.get("is_healthy", True):
         health = "The final check found the model healthy (coherent, no leaking name, general knowledge kept)."
     else:
@@ -331,8 +248,8 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
 
 
 def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | None = None) -> Path:
-    """Write the run's card as ``README.md`` (and, when the run holds merged weights, the merged card in
-    ``merged/README.md``), atomically, over TRL's boilerplate. Returns the run's card path."""
+    """Write the run's card as ``README.md`` (and ``merged/README.md`` for merged weights), atomically,
+    over TRL's boilerplate. Returns its path."""
     run = Path(run)
     path = run / run_dir.MODEL_CARD_FILE
     write_bytes_atomic(path, str(model_card(run, repo_id, shown=shown)).encode("utf-8"))
@@ -346,21 +263,22 @@ def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | Non
 
 
 def model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
-    """``{name in the repo or zip: file}``: the final model (the adapter, the full model, or ``merged/``'s weights)
-    with its card, the reward plot and the run's JSON reports. Never checkpoints, the lock or work files."""
+    """``{name in the repo or zip: file}``: the final model (adapter, full, or ``merged/``'s) with its card,
+    plot and reports; never checkpoints, the lock or work files."""
     run = Path(run)
-    found = {}
-    for p in sorted(run.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.name in NOT_SHARED or p.name.endswith(".tmp"):
-            continue
-        if merged and (p.name in (ADAPTER_CONFIG, "adapter_model.safetensors") or p.suffix == ".safetensors"):
-            continue  # the adapter stays behind; merged/ brings the model
-        found[p.name] = p
-    if merged:
-        for p in sorted((run / MERGED_DIR).iterdir()):
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp"):
-                found[p.name] = p  # merged/'s config, weights, tokenizer and card win over the run's
-    return found
+
+    def files(folder: Path) -> list[Path]:
+        return [
+            p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix != ".tmp"
+        ]
+
+    # merged: the adapter stays behind, and merged/'s config, weights, tokenizer and card win over the run's
+    found = {
+        p.name: p
+        for p in files(run)
+        if p.name not in NOT_SHARED and not (merged and (p.name == ADAPTER_CONFIG or p.suffix == ".safetensors"))
+    }
+    return found | ({p.name: p for p in files(run / MERGED_DIR)} if merged else {})
 
 
 def _check_finished(run: Path, merged: bool) -> str | None:
@@ -381,8 +299,7 @@ TOKEN_ALLOWED = (
 
 
 def hub_token() -> str | None:
-    """The token: ``HF_TOKEN``, the cached login, or Colab's ``HF_TOKEN`` secret (``huggingface_hub.get_token``
-    reads all three, and turns a missing or refused Colab secret into None)."""
+    """``HF_TOKEN``, the cached login, or Colab's secret; None when none (or Colab refuses it)."""
     from huggingface_hub import get_token
 
     return get_token()
@@ -395,8 +312,6 @@ def check_hub_token(cfg: TrainConfig) -> None:
 
 
 def later_command(run: str | Path, repo_id: str, public: bool = False, merged: bool = False) -> str:
-    import shlex
-
     words = ["python", "-m", "musclebob_helpers.share", str(run), repo_id]
     return shlex.join(words + ["--public"] * public + ["--merge-adapter"] * merged)
 
@@ -422,8 +337,8 @@ def _failure(err: BaseException, repo_id: str) -> str:
 def push(
     run: str | Path, repo_id: str, public: bool = False, merged: bool = False, token: str | None = None, log=print
 ) -> str | None:
-    """Push the finished run in ``run`` to ``repo_id`` in one commit; None when done, else the one line that says
-    why not (the run is left as it is locally). The card is written again for ``repo_id`` first."""
+    """Push the finished run to ``repo_id`` in one commit, the card written again for it first; None when done,
+    else the one line that says why not (the run is left as it is)."""
     run = Path(run)
     problem = _check_finished(run, merged)
     if problem:
@@ -453,8 +368,8 @@ def push(
 
 
 def push_after_run(cfg: TrainConfig, run: str | Path, log=print) -> str | None:
-    """The push at the end of a run with ``--push-to-hub``; a failure is one line with the command that pushes
-    the finished run later (returned, and logged)."""
+    """The push at the end of a ``--push-to-hub`` run; a failure is one line (returned and logged) with
+    the command that pushes it later."""
     merged = cfg.merge_adapter
     problem = push(run, cfg.push_to_hub, public=cfg.hub_public, merged=merged, log=log)
     if problem:
@@ -470,9 +385,8 @@ def push_after_run(cfg: TrainConfig, run: str | Path, log=print) -> str | None:
 
 
 def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Path | None:
-    """Zip the final model (the merged one when the run made it, else the adapter or the full model) with its
-    card, the reward plot and the reports, on local disk (``to``, by default the temporary folder: not Drive);
-    on Colab offer it for download, elsewhere say where it is. None (with a line) when the run is not finished."""
+    """Zip the final model (merged when the run made it) with its card, plot and reports on local disk
+    (``to``, default the temporary folder); on Colab offer it for download. None (with a line) when unfinished."""
     run = Path(run).expanduser()
     merged = (run / MERGED_DIR / "config.json").is_file()
     problem = _check_finished(run, merged)
@@ -501,8 +415,7 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Push a finished run folder (see the module docstring); exit 2 with one line on a bad argument, 1 when
-    the push fails."""
+    """Push a finished run folder; exit 2 with one line on a bad argument, 1 when the push fails."""
     import argparse
 
     def fail(message: str):  # as cli.fail (cli imports this module): one line, exit 2
