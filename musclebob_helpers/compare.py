@@ -1,27 +1,16 @@
-"""Base vs trained, side by side: the comparison notebook's logic.
-
-* ``highlight(text)``      — HTML of an answer with Musclebob/Buffpants marked green, Spongebob/Squarepants red
-  (defined in rewards.py, next to the name patterns)
-* ``load_models(...)``     — name -> (model, tokenizer) for hub ids, run folders or ``tiny``
-* ``ask(models, question)``— each model's answer to one question (greedy: its most likely answer)
-* ``side_by_side_html``    — the answers in columns
-* ``AskWidget``            — a text box and a button that ask every model and show the answers side by side
-* ``batch_compare``        — validation of every model on the held-out prompts: a rates table, and a
-  per-prompt table of the answers with the markers highlighted
-"""
+"""Base vs trained, side by side: the comparison notebook's logic (load, ask, the ``AskWidget``, and a batch
+validation of every model with its rates and answers as tables)."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-# highlight lives with the name patterns it marks (rewards.py), so the plot notebook's widgets use it too
-from .rewards import highlight
+from .rewards import highlight  # with the name patterns it marks
 
 
 def resolve_trained(trained_model: str, run_name: str) -> str:
-    """The trained model to load: ``trained_model`` when given, else the run folder named ``run_name``
-    (in ``MyDrive`` on Colab, mounting Drive first; in ``runs/`` elsewhere)."""
+    """``trained_model`` when given, else the run folder ``run_name`` (``MyDrive`` on Colab, ``runs/``)."""
     from . import colab
 
     if trained_model.strip():
@@ -51,8 +40,7 @@ def check_model(name: str, label: str) -> None:
 
 
 def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
-    """label -> (model, tokenizer) for {"base": ..., "trained": ...}; each checked first, so a typo is one
-    clear line naming its parameter (``base_model``, ``trained_model``)."""
+    """label -> (model, tokenizer), each checked first so a typo is one line naming its parameter."""
     from .evaluation import load_model
 
     for label, name in named.items():
