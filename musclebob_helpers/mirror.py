@@ -19,15 +19,7 @@ from pathlib import Path
 from . import run_dir
 from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir, read_json
 from .lock import LOCK_FILE
-from .run_dir import (
-    COPYING_PREFIX,
-    DELETING_PREFIX,
-    FINAL_FILE,
-    MANIFEST_FILE,
-    MANIFEST_HASH,
-    RunFolder,
-    file_hash,
-)
+from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, MANIFEST_FILE, MANIFEST_HASH, RunFolder, file_hash
 
 INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
 RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often

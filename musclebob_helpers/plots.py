@@ -19,14 +19,7 @@ from .evaluation import RATE_KEYS
 from .io import read_json, read_json_lines, write_bytes_atomic
 from .lock import describe_holder, lock_holder
 from .rewards import highlight
-from .run_dir import (
-    BASELINE_FILE,
-    COMPLETIONS_FILE,
-    FINAL_FILE,
-    HISTORY_FILE,
-    REWARD_PLOT_FILE,
-    WARNINGS_FILE,
-)
+from .run_dir import BASELINE_FILE, COMPLETIONS_FILE, FINAL_FILE, HISTORY_FILE, REWARD_PLOT_FILE, WARNINGS_FILE
 
 
 # --- data ------------------------------------------------------------------------------------------------

@@ -18,16 +18,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from . import data, run_dir
-from .config import (
-    REPO_ID_ALLOWED,
-    ConfigError,
-    TrainConfig,
-    as_typed,
-    config_from_dict,
-    is_repo_id,
-    is_tiny,
-    resolve,
-)
+from .config import REPO_ID_ALLOWED, ConfigError, TrainConfig, as_typed, config_from_dict, is_repo_id, is_tiny, resolve
 from .evaluation import RATE_KEYS
 from .io import read_json, write_bytes_atomic
 from .lora import ADAPTER_CONFIG, MERGED_DIR, is_adapter_dir
