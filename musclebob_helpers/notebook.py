@@ -177,12 +177,17 @@ def baseline_validation(cfg: TrainConfig, log=print) -> dict:
         report = measure_baseline(run.cfg, model, tok, run.hardware, log=log)
         del model
     log(evaluation.summary_table({"baseline": report}))
-    sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:4]
-    _show_answers({r["prompt"]: r["response"] for r in sponge}, "<b>Sample answers</b>")
+    _show_answers(report, limit=4)
     return report
 
 
-def _show_answers(answers: dict[str, str], title: str = "") -> None:
+def _show_answers(report: dict, limit: int = 4) -> None:
+    """A few of the report's SpongeBob answers."""
+    sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
+    _show_qa({r["prompt"]: r["response"] for r in sponge}, "<b>Sample answers</b>")
+
+
+def _show_qa(answers: dict[str, str], title: str = "") -> None:
     """Questions and answers as an HTML list, name markers highlighted."""
     from IPython.display import HTML, display
 
@@ -335,5 +340,5 @@ def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 6
         q: evaluation.generate(model, tok, [q], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
         for q in questions
     }
-    _show_answers(answers)
+    _show_qa(answers)
     return answers

@@ -307,10 +307,7 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
             problems.append(f"trainer_state.json says global_step={step!r}, not {name_step}")
     problems += weights_problems(ckpt)
     rng = sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
-    for path in [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]:
-        problem = torch_file_problem(path)
-        if problem:
-            problems.append(problem)
+    problems += [p for p in map(torch_file_problem, [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]) if p]
     named = {p.split(" ", 1)[0] for p in problems}  # a file the structure already named is not named twice
     return problems + [p for p in manifest_problems(ckpt) if p.split(" ", 1)[0] not in named]
 
@@ -340,7 +337,6 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
         try:
             problems = checkpoint_problems(ckpt)
         except OSError as err:  # its file system failing (a Drive disconnect): the next one may be elsewhere
-            problems = [f"it cannot be read ({err.strerror or err})"]
             log(f"Checkpoint {ckpt} cannot be read ({err.strerror or err}); trying the one before it.")
             continue
         if not problems:
@@ -455,11 +451,9 @@ def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
     if problems:
         log(f"Keeping every checkpoint: the newest, {ckpts[-1].name}, is not intact ({'; '.join(problems[:2])}).")
         return []
-    removed = []
     for old in ckpts[:-keep]:
         remove_checkpoint(old)
-        removed.append(old.name)
-    return removed
+    return [old.name for old in ckpts[:-keep]]
 
 
 def remove_checkpoint(ckpt: Path) -> None:
@@ -718,13 +712,8 @@ STATE_ORDER = ("new", "started", "unfinished", "finished")
 def combined_state(path: Path, work: Path) -> tuple[str, bool]:
     """The further state of the run folder and its working folder, and whether only the working folder
     holds it (a local finish whose copy a failing Drive held back)."""
-    here = state(path)
-    if work == path:
-        return here, False
-    there = state(work)
-    if STATE_ORDER.index(there) > STATE_ORDER.index(here):
-        return there, True
-    return here, False
+    here, there = state(path), state(work) if work != path else "new"
+    return (there, True) if STATE_ORDER.index(there) > STATE_ORDER.index(here) else (here, False)
 
 
 def newest_files(folder: RunFolder) -> Path:
@@ -873,9 +862,6 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
 # --- the start-up check ----------------------------------------------------------------------------------
 
 
-FOLDER_ACTIONS = ("new", "continue", "overwrite", "refuse")
-
-
 def decide(cfg: TrainConfig, found: str, local_only: bool = False, continue_unfinished: bool = False) -> str:
     """What a start does with the folder it found in state ``found``: 'new', 'continue', 'overwrite' or
     'refuse', one rule for the CLI and the notebook (``continue_unfinished``: the notebook continues an unfinished
@@ -955,12 +941,8 @@ def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:
     try:
         return _check(cfg, writer)
     except OSError as err:
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            f"it cannot be read ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell), "
-            "then run this again",
-        ) from None
+        why = f"it cannot be read ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell), then "
+        raise ConfigError("output_dir", cfg.output_dir, why + "run this again") from None
 
 
 def _check(cfg: TrainConfig, writer: bool) -> RunFolder:

@@ -138,7 +138,7 @@ def test_the_notebook_baseline_is_run_trainings_and_writes_nothing(tmp_path, mon
     calls = []
     real = training.measure_baseline
     monkeypatch.setattr(training, "measure_baseline", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
-    monkeypatch.setattr(notebook, "_show_answers", lambda answers, title="": None)  # IPython display: not here
+    monkeypatch.setattr(notebook, "_show_answers", lambda report, limit=4: None)  # IPython display: not here
     cfg = TrainConfig(model="tiny", output_dir=str(tmp_path), validation_samples=1, max_completion_length=4)
     report = notebook.baseline_validation(cfg, log=lambda *a: None)
     assert calls == [training.detect_hardware("auto")]  # the function run_training calls, with the run's hardware

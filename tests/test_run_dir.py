@@ -82,7 +82,7 @@ def test_the_cli_and_the_notebook_start_once(tmp_path, monkeypatch):
     calls.clear()  # the notebook: the parameters cell starts, the baseline and training cells go on from there
     monkeypatch.setattr(training, "measure_baseline", lambda cfg, model, tok, hardware, log=print: {"fake": True})
     monkeypatch.setattr(evaluation, "summary_table", lambda reports: "")
-    monkeypatch.setattr(nb, "_show_answers", lambda answers, title="": None)
+    monkeypatch.setattr(nb, "_show_answers", lambda report, limit=4: None)
     loaded = []
 
     def load_for_training(cfg, hardware, device=None):  # the baseline cell's model, then the training's
