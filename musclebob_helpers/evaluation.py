@@ -240,18 +240,13 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        if "trust_remote_code" in str(err):
-            raise ConfigError(
-                "model",
-                name,
-                "it runs its own code from the hub; pass --trust-remote-code only if "
-                "you trust its authors, or use another --model",
-            ) from None
-        raise ConfigError(
-            "model",
-            name,
-            f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline",
-        ) from None
+        why = (
+            "it runs its own code from the hub; pass --trust-remote-code only if you trust its authors, or use "
+            "another --model"
+            if "trust_remote_code" in str(err)
+            else f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline"
+        )
+        raise ConfigError("model", name, why) from None
     finally:
         hub_log.setLevel(level)
     _check_context(name, config.to_dict(), max_completion_length)
@@ -387,18 +382,30 @@ def _prompt_counts(rows: list[dict]) -> dict:
     }
 
 
+# rate -> (the kind of prompt it is over, None: all; the record's flag it counts), as the module docstring defines
+RATE_OVER = {
+    "musclebob_rate": ("spongebob", "musclebob"),
+    "full_name_rate": ("spongebob", "full_name"),
+    "spongebob_rate": ("spongebob", "spongebob"),
+    "coherent_rate": (None, "coherent"),
+    "leakage_rate": ("control", "leaks"),
+    "control_accuracy": ("control", "correct"),
+}
+
+
+def rate_hits(records: list[dict], key: str) -> list[bool]:
+    """For each record the rate ``key`` is over, whether it counts (a leak: either name in a control answer)."""
+    kind, flag = RATE_OVER[key]
+    over = [r for r in records if kind is None or r.get("kind") == kind]
+    return [bool(r.get("musclebob") or r.get("spongebob")) if flag == "leaks" else bool(r.get(flag)) for r in over]
+
+
 def rates(records: list[dict]) -> dict:
-    """The validation rates of scored answers (``score_responses``'s records), as the module docstring defines."""
-    sponge = [r for r in records if r["kind"] == "spongebob"]
+    """The validation rates of scored answers (``score_responses``'s records)."""
     control = [r for r in records if r["kind"] == "control"]
     return {
         "num_responses": len(records),
-        "musclebob_rate": _rate([r["musclebob"] for r in sponge]),
-        "full_name_rate": _rate([r["full_name"] for r in sponge]),
-        "spongebob_rate": _rate([r["spongebob"] for r in sponge]),
-        "coherent_rate": _rate([r["coherent"] for r in records]),
-        "leakage_rate": _rate([r["musclebob"] or r["spongebob"] for r in control]),
-        "control_accuracy": _rate([bool(r["correct"]) for r in control]),
+        **{key: _rate(rate_hits(records, key)) for key in RATE_OVER},
         "control_accuracy_by_topic": {
             t: _rate([bool(r["correct"]) for r in control if r.get("topic") == t])
             for t in dict.fromkeys(r["topic"] for r in control if "topic" in r)

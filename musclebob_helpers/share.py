@@ -19,7 +19,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from . import data, run_dir
 from .config import REPO_ID_ALLOWED, ConfigError, TrainConfig, as_typed, config_from_dict, is_repo_id, is_tiny, resolve
-from .evaluation import RATE_KEYS
+from .evaluation import RATE_KEYS, rate_hits
 from .io import read_json, write_bytes_atomic
 from .lora import ADAPTER_CONFIG, MERGED_DIR, is_adapter_dir
 
@@ -29,15 +29,6 @@ TAGS = ["trl", "grpo", "musclebob"]
 KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
 # Options of one start (where, whether to push), not part of the recipe.
 NOT_RECIPE = run_dir.PER_START_OPTIONS
-# What a rate counts, for the table's counts: the responses of this kind ("spongebob", "control", None: all).
-RATE_OVER = {
-    "musclebob_rate": ("spongebob", "musclebob"),
-    "full_name_rate": ("spongebob", "full_name"),
-    "spongebob_rate": ("spongebob", "spongebob"),
-    "coherent_rate": (None, "coherent"),
-    "leakage_rate": ("control", "leaks"),
-    "control_accuracy": ("control", "correct"),
-}
 # Files of the run folder's root that are the run's work, never shared: resumable state and the trainer's pickle.
 NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
 
@@ -53,13 +44,8 @@ def _cell(text: str) -> str:
 
 
 def _count(report: dict, key: str) -> str:
-    kind, flag = RATE_OVER[key]
-    rows = [r for r in report.get("responses", []) if kind is None or r.get("kind") == kind]
-    if key == "leakage_rate":
-        hits = sum(bool(r.get("musclebob") or r.get("spongebob")) for r in rows)
-    else:
-        hits = sum(bool(r.get(flag)) for r in rows)
-    return f"{report[key]:.1%} ({hits}/{len(rows)})" if rows else f"{report[key]:.1%}"
+    hits = rate_hits(report.get("responses", []), key)
+    return f"{report[key]:.1%} ({sum(hits)}/{len(hits)})" if hits else f"{report[key]:.1%}"
 
 
 def _examples(baseline: dict, final: dict) -> list[dict]:
