@@ -21,15 +21,11 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def is_colab() -> bool:
-    """True inside a Colab kernel."""
     try:
         import google.colab  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-# --- setup ----------------------------------------------------------------------------------------------
 
 
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
@@ -73,9 +69,6 @@ def _setup_marker(root: Path) -> tuple[Path, str]:
     pins = root / "requirements-colab.txt"
     key = hashlib.sha256(f"{root.resolve()}\0{pins.read_text() if pins.is_file() else ''}".encode()).hexdigest()
     return Path(tempfile.gettempdir()) / f"musclebob-setup-{key[:12]}", key
-
-
-# --- Drive and the run folder ---------------------------------------------------------------------------
 
 
 def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
@@ -142,8 +135,6 @@ def check_writable(path: str | Path) -> Path:
         raise ConfigError("output_dir", str(path), f"the run folder cannot be written: {problem}")
     return path
 
-
-# --- keep-alive -----------------------------------------------------------------------------------------
 
 KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
 

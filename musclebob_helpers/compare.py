@@ -53,7 +53,6 @@ def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
 
 
 def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
-    """Each model's greedy answer to ``question``."""
     from .evaluation import generate
 
     return {
@@ -75,7 +74,6 @@ def side_by_side_html(question: str, answers: dict[str, str]) -> str:
 
 
 def show_answers(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
-    """Ask every model ``question`` and display the answers side by side; returns them."""
     from IPython.display import HTML, display
 
     answers = ask(models, question, max_new_tokens)

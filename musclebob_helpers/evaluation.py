@@ -353,7 +353,6 @@ def _rate(flags: list[bool]) -> float:
 
 
 def score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
-    """Rates and per-prompt records for validation rows and their sampled answers."""
     records = []
     for row, gens in zip(rows, generations):
         for g in gens:
@@ -495,7 +494,6 @@ RATE_KEYS = [
 
 
 def summary_table(reports: dict[str, dict]) -> str:
-    """A plain-text table of the rates of several reports, a column each."""
     names = list(reports)
     width = max(12, *(len(n) for n in names))
     lines = [f"{'':<14}" + "".join(f"{n:>{width + 2}}" for n in names)]

@@ -39,7 +39,6 @@ def write_json_list_atomic(path: str | Path, items: list[str], durable: bool = T
 
 
 def write_lines_atomic(path: str | Path, lines: list[str], durable: bool = True) -> None:
-    """A JSON-lines file written whole through a temporary file."""
     _write_atomic(Path(path), lines_bytes(lines), durable)
 
 

@@ -134,8 +134,6 @@ class Mirror:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # --- what the trainer tells it ---
-
     def start(self) -> Mirror:
         self._thread = threading.Thread(target=self._loop, name="musclebob-mirror", daemon=True)
         self._thread.start()
@@ -167,8 +165,6 @@ class Mirror:
         for ckpt in run_dir.list_checkpoints(self.src):
             if ckpt.name not in have and ckpt not in self.pending:
                 self.pending[ckpt] = None
-
-    # --- the copying ---
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -319,8 +315,6 @@ class Mirror:
             return
         for old in ckpts[: -self.keep]:
             _dst(run_dir.remove_checkpoint, old)
-
-    # --- the end ---
 
     def finish(self, wait_s: float = FINAL_WAIT_S) -> bool:
         """Stop the thread and copy everything, retried for ``wait_s`` (and after one ``remount``) while the

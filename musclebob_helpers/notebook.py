@@ -40,9 +40,6 @@ class SimulatedDisconnect(NotebookStop):
     """Raised by ``stop_after_steps``: training ends abruptly, as when Colab disconnects."""
 
 
-# --- hardware -------------------------------------------------------------------------------------------
-
-
 def show_hardware(model: str = "tiny", log=print) -> dict:
     """Print the device, GPU memory, compute capability and precision. Without a GPU the tiny model goes
     on; any other stops "Run all" (``NotebookStop``) rather than start a CPU run of hours."""
@@ -75,9 +72,6 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
     return hw
 
 
-# --- the run folder -------------------------------------------------------------------------------------
-
-
 def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = True, log=print) -> Path:
     """Mount Drive (on Colab, when ``use_drive``), pick the run folder, prove it is writable, say what it holds."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
@@ -86,9 +80,6 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
     run_dir = colab.check_writable(colab.resolve_run_dir(run_name, output_dir, drive_root))
     log(f"Run folder: {run_dir} ({describe(run_dir)})")
     return run_dir
-
-
-# --- configuration --------------------------------------------------------------------------------------
 
 
 def make_config(log=print, **params) -> TrainConfig:
@@ -157,9 +148,6 @@ def _started(cfg: TrainConfig, log, take: bool):
     return run
 
 
-# --- baseline, training, resume -------------------------------------------------------------------------
-
-
 def baseline_validation(cfg: TrainConfig, log=print) -> dict:
     """The base model on the held-out prompts before training (reused when ``saved_baseline`` says
     so), measured as ``run_training`` measures it; ``run_training`` writes the file."""
@@ -182,7 +170,6 @@ def baseline_validation(cfg: TrainConfig, log=print) -> dict:
 
 
 def _show_answers(report: dict, limit: int = 4) -> None:
-    """A few of the report's SpongeBob answers."""
     sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
     _show_qa({r["prompt"]: r["response"] for r in sponge}, "<b>Sample answers</b>")
 
@@ -306,9 +293,6 @@ def resume(
     """The resume cell: ``find_run`` then ``resume_training``; needs nothing from the other cells."""
     run_dir = find_run(run_name, output_dir, use_drive, log=log)
     return None if run_dir is None else resume_training(run_dir, live=live, log=log)
-
-
-# --- results --------------------------------------------------------------------------------------------
 
 
 def show_final(run_dir: str | Path, log=print) -> dict | None:

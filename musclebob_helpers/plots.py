@@ -387,7 +387,6 @@ def show_figure(fig, save_to: str | Path | None = None):
 
 
 def history_table_html(history: list[dict], last: int = 5) -> str:
-    """The latest steps as a small HTML table."""
     rows = "".join(
         f"<tr><td>{e['step']}</td><td>{e.get('epoch', 0):.2f}</td><td>{e['mean_reward']:+.3f}</td>"
         f"<td>{(e.get('reward_std') or 0.0):.3f}</td></tr>"
@@ -733,7 +732,6 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
 
 
 def progress_html(step: int, max_steps: int, history: list[dict]) -> str:
-    """A progress bar, the latest reward and a table of the latest steps, as HTML."""
     latest = history[-1] if history else None
     text = f"step {step}/{max_steps}" + (
         f" · epoch {latest['epoch']:.2f} · mean reward {latest['mean_reward']:+.3f}" if latest else ""

@@ -33,8 +33,6 @@ NOT_RECIPE = run_dir.PER_START_OPTIONS
 NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
 
 
-# --- the model card -----------------------------------------------------------------------------------------
-
 CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text(encoding="utf-8")  # jinja, for ModelCard
 
 
@@ -236,9 +234,6 @@ def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | Non
     return path
 
 
-# --- what is shared -----------------------------------------------------------------------------------------
-
-
 def model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
     """``{name in the repo or zip: file}``: the final model (adapter, full, or ``merged/``'s) with its card,
     plot and reports; never checkpoints, the lock or work files."""
@@ -264,9 +259,6 @@ def _check_finished(run: Path, merged: bool) -> str | None:
     if merged and not (run / MERGED_DIR / "config.json").is_file():
         return f"{run / MERGED_DIR} holds no merged model"
     return None
-
-
-# --- the Hub ------------------------------------------------------------------------------------------------
 
 
 TOKEN_ALLOWED = (
@@ -358,9 +350,6 @@ def push_after_run(cfg: TrainConfig, run: str | Path, log=print) -> str | None:
     return problem
 
 
-# --- a zip to download --------------------------------------------------------------------------------------
-
-
 def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Path | None:
     """Zip the final model (merged when the run made it) with its card, plot and reports on local disk
     (``to``, default the temporary folder); on Colab offer it for download. None (with a line) when unfinished."""
@@ -386,9 +375,6 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
     else:
         log(f"The model and its card: {dest} ({dest.stat().st_size / 2**20:.1f} MB).")
     return dest
-
-
-# --- python -m musclebob_helpers.share ------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
