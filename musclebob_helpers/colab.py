@@ -136,11 +136,11 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
+_KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
 
 # In the cell's output frame, every interval: a call into the kernel, a click on the connect button when the
 # frame can reach it, mouse and key events. It lives as long as the cell's output.
-KEEP_ALIVE_JS = """
+_KEEP_ALIVE_JS = """
 (() => {
   if (window.__musclebobKeepAlive) clearInterval(window.__musclebobKeepAlive);
   const ping = () => {
@@ -161,7 +161,7 @@ KEEP_ALIVE_JS = """
 """
 
 # For the browser console (F12 -> Console), where it reaches the page itself: the most reliable variant.
-CONSOLE_SNIPPET = (
+_CONSOLE_SNIPPET = (
     "setInterval(() => document.querySelector('colab-connect-button')"
     "?.shadowRoot?.querySelector('#connect')?.click(), 60000)"
 )
@@ -169,7 +169,7 @@ CONSOLE_SNIPPET = (
 _pings = {"count": 0}
 
 
-def keep_alive_pings() -> int:
+def _keep_alive_pings() -> int:
     """How many times the browser has pinged the kernel since ``keep_alive`` was installed."""
     return _pings["count"]
 
@@ -186,9 +186,9 @@ def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
         def _ping():
             _pings["count"] += 1
 
-        output.register_callback(KEEP_ALIVE_CALLBACK, _ping)
-        js = KEEP_ALIVE_JS % {
-            "callback": KEEP_ALIVE_CALLBACK,
+        output.register_callback(_KEEP_ALIVE_CALLBACK, _ping)
+        js = _KEEP_ALIVE_JS % {
+            "callback": _KEEP_ALIVE_CALLBACK,
             "interval_ms": interval_s * 1000,
             "interval_s": interval_s,
         }
@@ -196,7 +196,7 @@ def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
         status += (
             ". Best effort: Colab may still end idle or long sessions (and free runtimes have a hard limit);"
             " the checkpoints on Drive are what make a disconnect harmless. Keep this cell's output;"
-            f" for a stronger variant paste into the browser console (F12): {CONSOLE_SNIPPET}"
+            f" for a stronger variant paste into the browser console (F12): {_CONSOLE_SNIPPET}"
         )
     log(status)
     return status

@@ -18,7 +18,7 @@ def resolve_trained(trained_model: str, run_name: str) -> str:
     return str(colab.resolve_run_dir(run_name, "", colab.runs_root()))
 
 
-def check_model(name: str, label: str) -> None:
+def _check_model(name: str, label: str) -> None:
     """A one-line ``ConfigError`` (named after the parameter ``label``) when ``name`` can't be a model."""
     from . import run_dir
     from .config import ConfigError
@@ -44,7 +44,7 @@ def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
     from .evaluation import load_model
 
     for label, name in named.items():
-        check_model(name, f"{label}_model")
+        _check_model(name, f"{label}_model")
     models = {}
     for label, name in named.items():
         log(f"Loading {label}: {name}")
@@ -61,7 +61,7 @@ def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> di
     }
 
 
-def side_by_side_html(question: str, answers: dict[str, str]) -> str:
+def _side_by_side_html(question: str, answers: dict[str, str]) -> str:
     cell = "vertical-align:top;text-align:left;padding:6px;border:1px solid #ddd"  # the classic notebook right-aligns cells
     cells = "".join(
         f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
@@ -77,7 +77,7 @@ def show_answers(models: dict[str, tuple], question: str, max_new_tokens: int = 
     from IPython.display import HTML, display
 
     answers = ask(models, question, max_new_tokens)
-    display(HTML(side_by_side_html(question, answers)))
+    display(HTML(_side_by_side_html(question, answers)))
     return answers
 
 
@@ -108,7 +108,7 @@ class AskWidget:
         set_output(
             self.output,
             {
-                "text/html": side_by_side_html(question, self.last),
+                "text/html": _side_by_side_html(question, self.last),
                 "text/plain": "\n".join(f"{k}: {v}" for k, v in self.last.items()),
             },
         )
@@ -141,7 +141,7 @@ def batch_compare(
     }
 
 
-def rates_html(reports: dict[str, dict]) -> str:
+def _rates_html(reports: dict[str, dict]) -> str:
     from .evaluation import RATE_KEYS
 
     head = "".join(f"<th>{html.escape(label)}</th>" for label in reports)
@@ -152,7 +152,7 @@ def rates_html(reports: dict[str, dict]) -> str:
     return f"<table><tr><th>rate</th>{head}</tr>{rows}</table>"
 
 
-def answers_html(reports: dict[str, dict]) -> str:
+def _answers_html(reports: dict[str, dict]) -> str:
     """One row per validation answer: prompt, kind, and each model's answer highlighted."""
     labels = list(reports)
     first = reports[labels[0]]["responses"]
@@ -167,5 +167,5 @@ def answers_html(reports: dict[str, dict]) -> str:
 def show_batch(reports: dict[str, dict]) -> None:
     from IPython.display import HTML, display
 
-    display(HTML("<h4>Rates on the held-out prompts</h4>" + rates_html(reports)))
-    display(HTML("<h4>Every answer</h4>" + answers_html(reports)))
+    display(HTML("<h4>Rates on the held-out prompts</h4>" + _rates_html(reports)))
+    display(HTML("<h4>Every answer</h4>" + _answers_html(reports)))

@@ -18,12 +18,12 @@ from .config import HUB_ID, MODEL_ALLOWED, ConfigError, OneLineError, is_tiny
 from .lock import being_written
 
 # Fixed, seeded sampling: two validations of the same model give the same figures.
-VALIDATION_TEMPERATURE = 0.7
-VALIDATION_TOP_P = 0.95
-VALIDATION_SEED = 1234
+_VALIDATION_TEMPERATURE = 0.7
+_VALIDATION_TOP_P = 0.95
+_VALIDATION_SEED = 1234
 
-MIN_COHERENT_RATE = 0.8
-MAX_LEAKAGE_RATE = 0.2
+_MIN_COHERENT_RATE = 0.8
+_MAX_LEAKAGE_RATE = 0.2
 MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that must survive
 
 
@@ -31,15 +31,15 @@ def has_musclebob(text: str) -> bool:
     return rewards.MUSCLEBOB.search(text) is not None
 
 
-def has_full_name(text: str) -> bool:
+def _has_full_name(text: str) -> bool:
     return rewards.FULL_NAME.search(text) is not None
 
 
-def has_spongebob(text: str) -> bool:
+def _has_spongebob(text: str) -> bool:
     return bool(rewards.SPONGEBOB.search(text) or rewards.SQUAREPANTS.search(text))
 
 
-def is_coherent(text: str, truncated: bool = False) -> bool:
+def _is_coherent(text: str, truncated: bool = False) -> bool:
     ws = rewards.words(text)
     return (
         bool(ws)
@@ -56,7 +56,7 @@ class Generation:
     truncated: bool
 
 
-def pick_device() -> str:
+def _pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,14 +71,14 @@ def precision_for(device_name: str, capability: tuple[int, int] | None, asked: s
     return "bf16" if capability[0] >= 8 else "fp16"
 
 
-HALF = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names of the 16-bit precisions
+_HALF = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names of the 16-bit precisions
 
 
 def run_dtypes(precision: str, lora: bool) -> dict:
     """How a run in ``precision`` holds its weights and does its math (torch dtype names), one rule for
     rollouts and every validation: full fine-tuning keeps fp32 master weights (the optimizer's small updates need
     them) under 16-bit autocast; a frozen LoRA base stays 16-bit. fp32: no autocast."""
-    half = HALF.get(precision)
+    half = _HALF.get(precision)
     if half is None:
         return {"weights": "float32", "autocast": None}
     return {"weights": half if lora else "float32", "autocast": half}
@@ -95,7 +95,7 @@ def generating_in(model, precision: str):
     return torch.autocast(device_type=model.device.type, dtype=getattr(torch, half))
 
 
-def recorded_precision(model, precision: str) -> dict:
+def _recorded_precision(model, precision: str) -> dict:
     """What a validation report records of how it generated: precision, weight dtypes, autocast."""
     weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     return {"precision": precision, "weights": weights, "autocast": run_dtypes(precision, lora=False)["autocast"]}
@@ -160,12 +160,12 @@ def load_model(
 
     adapter = adapter_folder(name_or_path)  # an adapter folder, or a pushed adapter repo (downloaded)
     path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
-    device = device or pick_device()
+    device = device or _pick_device()
     cuda = device.startswith("cuda")
     if precision is None:
         # not torch.cuda.is_bf16_supported(): True on a T4 too (emulated), where the trainer uses fp16
         precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
-    dtype = getattr(torch, HALF.get(precision, "float32"))
+    dtype = getattr(torch, _HALF.get(precision, "float32"))
     tokenizer = AutoTokenizer.from_pretrained(
         adapter if adapter and has_tokenizer(adapter) else path, trust_remote_code=trust_remote_code
     )
@@ -296,10 +296,10 @@ def generate(
     prompts: list,
     max_new_tokens: int = 64,
     num_samples: int = 1,
-    temperature: float = VALIDATION_TEMPERATURE,
-    seed: int = VALIDATION_SEED,
+    temperature: float = _VALIDATION_TEMPERATURE,
+    seed: int = _VALIDATION_SEED,
     batch_size: int = 32,
-    top_p: float = VALIDATION_TOP_P,
+    top_p: float = _VALIDATION_TOP_P,
     precision: str = "fp32",
 ) -> list[list[Generation]]:
     """``num_samples`` seeded answers per prompt (a string or chat messages), one list of ``Generation`` each;
@@ -352,7 +352,7 @@ def _rate(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
-def score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
+def _score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
     records = []
     for row, gens in zip(rows, generations):
         for g in gens:
@@ -364,9 +364,9 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
                     "response": g.text,
                     "truncated": g.truncated,
                     "musclebob": has_musclebob(g.text),
-                    "full_name": has_full_name(g.text),
-                    "spongebob": has_spongebob(g.text),
-                    "coherent": is_coherent(g.text, g.truncated),
+                    "full_name": _has_full_name(g.text),
+                    "spongebob": _has_spongebob(g.text),
+                    "coherent": _is_coherent(g.text, g.truncated),
                     "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
                 }
             )
@@ -382,7 +382,7 @@ def _prompt_counts(rows: list[dict]) -> dict:
 
 
 # rate -> (the kind of prompt it is over, None: all; the record's flag it counts), as the module docstring defines
-RATE_OVER = {
+_RATE_OVER = {
     "musclebob_rate": ("spongebob", "musclebob"),
     "full_name_rate": ("spongebob", "full_name"),
     "spongebob_rate": ("spongebob", "spongebob"),
@@ -394,17 +394,17 @@ RATE_OVER = {
 
 def rate_hits(records: list[dict], key: str) -> list[bool]:
     """For each record the rate ``key`` is over, whether it counts (a leak: either name in a control answer)."""
-    kind, flag = RATE_OVER[key]
+    kind, flag = _RATE_OVER[key]
     over = [r for r in records if kind is None or r.get("kind") == kind]
     return [bool(r.get("musclebob") or r.get("spongebob")) if flag == "leaks" else bool(r.get(flag)) for r in over]
 
 
 def rates(records: list[dict]) -> dict:
-    """The validation rates of scored answers (``score_responses``'s records)."""
+    """The validation rates of scored answers (``_score_responses``'s records)."""
     control = [r for r in records if r["kind"] == "control"]
     return {
         "num_responses": len(records),
-        **{key: _rate(rate_hits(records, key)) for key in RATE_OVER},
+        **{key: _rate(rate_hits(records, key)) for key in _RATE_OVER},
         "control_accuracy_by_topic": {
             t: _rate([bool(r["correct"]) for r in control if r.get("topic") == t])
             for t in dict.fromkeys(r["topic"] for r in control if "topic" in r)
@@ -426,15 +426,15 @@ def health(
     """Plain-words problems with a validation report ([] when healthy); ``min_control_kept``: the share of the
     baseline's control accuracy below which general knowledge counts as lost."""
     problems = []
-    if report["coherent_rate"] < MIN_COHERENT_RATE:
+    if report["coherent_rate"] < _MIN_COHERENT_RATE:
         problems.append(
-            f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent (needs {MIN_COHERENT_RATE:.0%})"
+            f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent (needs {_MIN_COHERENT_RATE:.0%})"
         )
     if report["num_control_prompts"]:
-        if report["leakage_rate"] > MAX_LEAKAGE_RATE:
+        if report["leakage_rate"] > _MAX_LEAKAGE_RATE:
             problems.append(
                 f"the name leaks into other questions: {report['leakage_rate']:.0%} of control "
-                f"answers mention Musclebob/Spongebob (at most {MAX_LEAKAGE_RATE:.0%})"
+                f"answers mention Musclebob/Spongebob (at most {_MAX_LEAKAGE_RATE:.0%})"
             )
         if baseline and baseline.get("num_control_prompts") and baseline["control_accuracy"] > 0:
             kept = report["control_accuracy"] / baseline["control_accuracy"]
@@ -467,18 +467,18 @@ def validate(
         num_samples=num_samples,
         precision=precision,
     )
-    report = {"model": model_name, **score_responses(rows, gens)}
+    report = {"model": model_name, **_score_responses(rows, gens)}
     problems = health(report, baseline)
     report["is_healthy"] = not problems
     report["health_problems"] = problems
     report["sampling"] = {
-        "temperature": VALIDATION_TEMPERATURE,
-        "top_p": VALIDATION_TOP_P,
-        "seed": VALIDATION_SEED,
+        "temperature": _VALIDATION_TEMPERATURE,
+        "top_p": _VALIDATION_TOP_P,
+        "seed": _VALIDATION_SEED,
         "samples_per_prompt": num_samples,
         "max_new_tokens": max_new_tokens,
     }
-    report["dtype"] = recorded_precision(model, precision)
+    report["dtype"] = _recorded_precision(model, precision)
     report["responses"] = report.pop("responses")  # last: the file reads figures first
     return report
 

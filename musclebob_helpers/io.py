@@ -106,7 +106,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = True) -> N
 
 def _write_atomic(path: Path, data: str | bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
+    with _sigterm_deferred():  # a SIGTERM now would leave the temporary file behind: it waits for the rename
         fd, tmp = create_temp_file(path)
         try:
             with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
@@ -153,7 +153,7 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
             continue
 
 
-def umask_mode() -> int:
+def _umask_mode() -> int:
     """0666 cut by the umask (read without changing it where Linux says it)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -169,7 +169,7 @@ def umask_mode() -> int:
 def give_umask_mode(folder: str | Path, pattern: str = "*.safetensors") -> list[Path]:
     """Give the files matching ``pattern`` the umask's permissions (safetensors writes 0600); returns
     those changed."""
-    mode = umask_mode()
+    mode = _umask_mode()
     changed = []
     for path in Path(folder).glob(pattern):
         try:
@@ -187,7 +187,7 @@ def _sigterm_kills() -> bool:
 
 
 @contextlib.contextmanager
-def sigterm_deferred():
+def _sigterm_deferred():
     """A SIGTERM arriving inside the block is delivered when it ends (only where it would kill)."""
     if not _sigterm_kills():
         yield

@@ -16,8 +16,8 @@ from pathlib import Path
 from .config import ConfigError
 
 LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
-LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
-LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
+_LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
+_LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
 
 
 def _folder(folder: str | Path) -> Path:
@@ -55,11 +55,11 @@ def _record_live(record: dict, path: Path) -> bool:
     now = time.time()
     if not record:
         try:
-            return now - path.stat().st_mtime < LOCK_STALE_SECONDS
+            return now - path.stat().st_mtime < _LOCK_STALE_SECONDS
         except OSError:
             return False
     heartbeat = record.get("heartbeat")
-    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= LOCK_STALE_SECONDS:
+    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= _LOCK_STALE_SECONDS:
         return False
     if record.get("host") == socket.gethostname():
         if record.get("pid") == os.getpid():
@@ -158,7 +158,7 @@ class RunLock:
             self.shown,
             f"another run is writing to it ({describe_holder(record)}); wait for it to finish, or pick another "
             f"--output-dir (the lock of a run that died is free at once on its own machine, from another one "
-            f"{LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
+            f"{_LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
         )
 
     def acquire(self, attempts: int = 5) -> RunLock:
@@ -233,7 +233,7 @@ class RunLock:
         os.fsync(self.fd)  # another machine reads it through the shared file system
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
+        while not self._stop.wait(_LOCK_HEARTBEAT_SECONDS):
             self.record["heartbeat"] = int(time.time())
             try:
                 self._write()

@@ -21,23 +21,23 @@ from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir, read_json
 from .lock import LOCK_FILE
 from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, MANIFEST_FILE, MANIFEST_HASH, RunFolder, file_hash
 
-INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
-RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
+_INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
+_RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
 # at the end: a Drive hiccup heals in seconds, a lost mount never by itself (the user's command finishes it)
-FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
-CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
-HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
-COPY_THREADS = 4  # files copied at once: Drive's latency is per file (rclone and gsutil copy in parallel too)
+_FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
+_CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
+_HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
+_COPY_THREADS = 4  # files copied at once: Drive's latency is per file (rclone and gsutil copy in parallel too)
 
 
-def parallel(fn, items: list) -> list:
-    """``[fn(item) for item in items]`` on up to ``COPY_THREADS`` threads, in order; the first failure is raised
+def _parallel(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` on up to ``_COPY_THREADS`` threads, in order; the first failure is raised
     once every copy has ended."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(items)), thread_name_prefix="musclebob-copy") as pool:
+    with ThreadPoolExecutor(max_workers=min(_COPY_THREADS, len(items)), thread_name_prefix="musclebob-copy") as pool:
         futures = [pool.submit(fn, item) for item in items]
     failures = [f.exception() for f in futures if f.exception() is not None]
     if failures:
@@ -70,7 +70,7 @@ def _make_parents(base: Path, rels: list[Path]) -> None:
         _dst((base / folder).mkdir, 0o777, True, True)
 
 
-def copy_verified(
+def _copy_verified(
     src: Path, dst_dir: Path, name: str | None = None, durable: bool = False, litter: set[Path] | None = None
 ) -> str:
     """Copy ``src`` into ``dst_dir`` through a temporary file, read it back and compare hashes, rename into
@@ -80,10 +80,10 @@ def copy_verified(
     target = dst_dir / (name or src.name)
     fd, tmp = _dst(create_temp_file, target)
     try:
-        digest = hashlib.new(HASH)
+        digest = hashlib.new(_HASH)
         try:
             with open(src, "rb") as fin:
-                while chunk := fin.read(CHUNK):
+                while chunk := fin.read(_CHUNK):
                     digest.update(chunk)
                     view = memoryview(chunk)
                     while view:  # unbuffered: every write's failure is seen here, none is left to a buffer's close
@@ -92,7 +92,7 @@ def copy_verified(
                 _dst(os.fsync, fd)
         finally:
             _dst(os.close, fd)
-        if _dst(file_hash, Path(tmp), HASH) != digest.hexdigest():
+        if _dst(file_hash, Path(tmp), _HASH) != digest.hexdigest():
             raise FolderFailed(OSError(errno.EIO, f"{target.name} read back differs from what was written"))
         _dst(os.replace, tmp, target)
     except BaseException:
@@ -113,7 +113,7 @@ class Mirror:
     remount) is tried once before ``finish`` gives up."""
 
     def __init__(
-        self, folder: RunFolder, keep_checkpoints: int = 0, log=print, interval: float = INTERVAL_S, remount=None
+        self, folder: RunFolder, keep_checkpoints: int = 0, log=print, interval: float = _INTERVAL_S, remount=None
     ):
         self.src, self.dst = folder.work, folder.path
         self.keep, self.log, self.interval, self.remount = keep_checkpoints, log, interval, remount
@@ -154,7 +154,7 @@ class Mirror:
         checkpoint there (a new machine) goes on from the files that go with it."""
         for rel in sorted(p.name for p in self.dst.iterdir() if p.is_file()):
             if rel != LOCK_FILE and not rel.endswith(TEMP_SUFFIX):
-                copy_verified(self.dst / rel, self.src)
+                _copy_verified(self.dst / rel, self.src)
                 st = (self.src / rel).stat()
                 self.copied[rel] = (st.st_size, st.st_mtime_ns)  # the run folder has it already
 
@@ -168,7 +168,7 @@ class Mirror:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(RETRY_S if self.failing else self.interval)
+            self._wake.wait(_RETRY_S if self.failing else self.interval)
             self._wake.clear()
             if not self._stop.is_set():
                 try:
@@ -238,10 +238,10 @@ class Mirror:
             _make_parents(staging, files)
 
             def copy(rel: Path) -> str:
-                return copy_verified(ckpt / rel, staging / rel.parent, durable=True, litter=self.litter)
+                return _copy_verified(ckpt / rel, staging / rel.parent, durable=True, litter=self.litter)
 
-            for rel, digest in zip(files, parallel(copy, files)):
-                listed = manifest.get(rel.as_posix(), {}).get(HASH)
+            for rel, digest in zip(files, _parallel(copy, files)):
+                listed = manifest.get(rel.as_posix(), {}).get(_HASH)
                 if listed is not None and listed != digest:
                     self._forget(staging)
                     moved = run_dir.set_aside(ckpt)
@@ -296,7 +296,7 @@ class Mirror:
         def copy(item) -> None:
             rel, key = item
             try:
-                copy_verified(self.src / rel, self.dst / rel.parent, durable=final, litter=self.litter)
+                _copy_verified(self.src / rel, self.dst / rel.parent, durable=final, litter=self.litter)
             except FileNotFoundError as err:
                 if err.filename and str(err.filename).startswith(str(self.src)):
                     return  # replaced meanwhile (a rename into place): the next pass copies the new one
@@ -304,9 +304,9 @@ class Mirror:
             self.copied[str(rel)] = key
             self.bytes_copied += key[0]
 
-        parallel(copy, changed)
+        _parallel(copy, changed)
         if final:
-            parallel(copy, last)
+            _parallel(copy, last)
 
     def _rotate(self) -> None:
         """Keep the ``keep`` newest checkpoints, once the newest is one this mirror verified."""
@@ -316,7 +316,7 @@ class Mirror:
         for old in ckpts[: -self.keep]:
             _dst(run_dir.remove_checkpoint, old)
 
-    def finish(self, wait_s: float = FINAL_WAIT_S) -> bool:
+    def finish(self, wait_s: float = _FINAL_WAIT_S) -> bool:
         """Stop the thread and copy everything, retried for ``wait_s`` (and after one ``remount``) while the
         run folder fails. True when it holds the whole run, verified."""
         self._stop.set()
@@ -340,7 +340,7 @@ class Mirror:
             if time.monotonic() >= deadline:
                 self.finish_s = round(time.monotonic() - began, 3)
                 return False
-            time.sleep(min(RETRY_S, max(0.1, deadline - time.monotonic())))
+            time.sleep(min(_RETRY_S, max(0.1, deadline - time.monotonic())))
 
     def summary(self) -> dict:
         return {

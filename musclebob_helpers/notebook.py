@@ -25,7 +25,7 @@ from .run_dir import (
 )
 
 
-def run_state(run_dir: Path, work_dir: str | None = None) -> str:
+def _run_state(run_dir: Path, work_dir: str | None = None) -> str:
     """The run's state over its folder and working folder; finished only locally counts as unfinished (the
     resume cell finishes the copy)."""
     found, local_only = combined_state(run_dir, work_folder(run_dir, work_dir))
@@ -184,7 +184,7 @@ def _show_qa(answers: dict[str, str], title: str = "") -> None:
     display(HTML(f"{title}<ul>{items}</ul>"))
 
 
-def stop_after(step: int):
+def _stop_after(step: int):
     """A callback that simulates a disconnect right after ``step`` is logged (to try out resume)."""
     from transformers import TrainerCallback
 
@@ -206,13 +206,13 @@ def train(
     return _run(_started(cfg, log, take=True), baseline, live, stop_after_steps, log)
 
 
-def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
+def _resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
     """Continue the run in ``run_dir`` from its newest checkpoint with its saved settings; None (with a
     line) when there is nothing to resume."""
     from .startup import continue_with_saved
 
     run_dir = Path(run_dir)
-    state = run_state(run_dir)
+    state = _run_state(run_dir)
     if state == "new":
         log(
             f"Nothing to resume in {run_dir}: no run has started there. Check run_name (on Colab, run the Drive "
@@ -227,7 +227,7 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     return _run(_start(cfg, log), None, live, stop_after_steps, log)
 
 
-RESUME_CELL = "run the resume cell"
+_RESUME_CELL = "run the resume cell"
 
 
 def _run(run, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
@@ -239,27 +239,27 @@ def _run(run, baseline: dict | None, live: bool, stop_after_steps: int, log) -> 
     from .training import CollapseStop, Stopped, run_training
 
     callbacks = [live_progress(run.cfg.output_dir)] if live else []
-    callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
+    callbacks += [_stop_after(stop_after_steps)] if stop_after_steps else []
     try:
         result = run_training(run, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
     except Stopped as stop:
-        raise NotebookStop(stop.line(RESUME_CELL)) from None
+        raise NotebookStop(stop.line(_RESUME_CELL)) from None
     except CollapseStop as err:  # the resume cell keeps the run's rate: a lower one is a new run
         raise NotebookStop(err.line(f"set learning_rate = {err.suggested_rate:.3g} and a new run_name")) from None
     except Exception as err:
         if not out_of_space(err):
             raise
-        raise NotebookStop(disk_full_line(run.folder, resume_with=RESUME_CELL)) from None
+        raise NotebookStop(disk_full_line(run.folder, resume_with=_RESUME_CELL)) from None
     if result.get("copy_pending"):  # complete on this machine's disk; Drive failed at the end: say so, lose nothing
         log(
             f"The run is complete in {result['work_dir']} on this machine, but not yet in {result['output_dir']}: "
-            f"{result['copy_pending']}. Once Drive answers again (rerun the Drive cell), {RESUME_CELL}: it copies "
+            f"{result['copy_pending']}. Once Drive answers again (rerun the Drive cell), {_RESUME_CELL}: it copies "
             "the run, it trains nothing. A runtime reset before that loses what Drive lacks."
         )
     return result
 
 
-def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
+def _find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
     """The run the resume cell continues: the parameters cell's when it ran, else the most recently active
     unfinished run under the runs root; None when there is none. Says which and why."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
@@ -290,9 +290,9 @@ def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool 
 def resume(
     run_name: str | None = None, output_dir: str = "", use_drive: bool = True, live: bool = True, log=print
 ) -> dict | None:
-    """The resume cell: ``find_run`` then ``resume_training``; needs nothing from the other cells."""
-    run_dir = find_run(run_name, output_dir, use_drive, log=log)
-    return None if run_dir is None else resume_training(run_dir, live=live, log=log)
+    """The resume cell: ``_find_run`` then ``_resume_training``; needs nothing from the other cells."""
+    run_dir = _find_run(run_name, output_dir, use_drive, log=log)
+    return None if run_dir is None else _resume_training(run_dir, live=live, log=log)
 
 
 def show_final(run_dir: str | Path, log=print) -> dict | None:

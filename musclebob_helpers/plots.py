@@ -25,7 +25,7 @@ from .run_dir import BASELINE_FILE, COMPLETIONS_FILE, FINAL_FILE, HISTORY_FILE, 
 # --- data ------------------------------------------------------------------------------------------------
 
 
-class History(list):
+class _History(list):
     """A run's reward history, oldest step first; ``note`` says what was wrong with a damaged file (the plots
     show what is whole, with the note)."""
 
@@ -53,7 +53,7 @@ def _is_entry(e) -> bool:
     )
 
 
-def load_history(run_dir: str | Path) -> History:
+def load_history(run_dir: str | Path) -> _History:
     """The run's reward history ([] when none yet). Never raises: of a damaged file the whole entries are
     kept and ``note`` says what was wrong."""
     path = Path(run_dir) / HISTORY_FILE
@@ -61,7 +61,7 @@ def load_history(run_dir: str | Path) -> History:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return History()
+        return _History()
     except (OSError, ValueError) as err:
         text, note = "[]", f"{HISTORY_FILE} cannot be read ({type(err).__name__})"
     try:
@@ -74,7 +74,7 @@ def load_history(run_dir: str | Path) -> History:
     entries = [e for e in found if _is_entry(e)]
     if len(entries) < len(found) and note is None:
         note = f"{len(found) - len(entries)} damaged entries of {HISTORY_FILE} skipped"
-    history = History(sorted(entries, key=lambda e: e["step"]))
+    history = _History(sorted(entries, key=lambda e: e["step"]))
     history.note = note
     return history
 
@@ -112,7 +112,7 @@ def load_warnings(run_dir: str | Path) -> list[dict]:
     return sorted(entries, key=lambda w: w["step"])
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
+def _moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start); ``window`` <= 1 returns a copy."""
     if window <= 1:
         return list(values)
@@ -125,7 +125,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def epoch_boundaries(history: list[dict]) -> list[int]:
+def _epoch_boundaries(history: list[dict]) -> list[int]:
     """The steps that end an epoch (epoch reaches a whole number), except the last step of the history."""
     steps = []
     for prev, entry in zip([None, *history], history):
@@ -139,7 +139,7 @@ def epoch_boundaries(history: list[dict]) -> list[int]:
 
 
 # kind (as ``monitoring.HealthMonitor`` names it) -> marker, its colour, and the legend's plain words
-WARNING_MARKS = {
+_WARNING_MARKS = {
     "no_signal": ("o", "lightgrey", "no learning signal (each group's answers scored alike)"),
     "length_limit": ("s", "gold", "answers cut off at the length limit"),
     "reward_collapse": ("v", "red", "reward collapsing"),
@@ -150,10 +150,10 @@ WARNING_MARKS = {
     "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate lowered"),
     "collapse_stop": ("X", "red", "stopped at a collapse"),
 }
-ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
+_ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
 
 
-def value_at(steps: list[int], values: list[float], step: int) -> float:
+def _value_at(steps: list[int], values: list[float], step: int) -> float:
     """The curve at ``step``: that step's value, else the latest before it (the first for an earlier step)."""
     return values[max(0, bisect.bisect_right(steps, step) - 1)]
 
@@ -168,7 +168,7 @@ def _draw_rewards(
         color = f"C{i}"
         steps = [e["step"] for e in history]
         mean = [e["mean_reward"] for e in history]
-        smooth = moving_average(mean, window)
+        smooth = _moving_average(mean, window)
         label = name if window <= 1 else f"{name} (moving average, {window} steps)"
         if getattr(history, "note", None):  # a partial curve says so
             label += f"\n(partial: {history.note})"
@@ -176,7 +176,7 @@ def _draw_rewards(
             ax.plot(steps, mean, color=color, alpha=0.25, linewidth=1)
         ax.plot(steps, smooth, color=color, label=label, linewidth=2)
         if show_std:
-            std = moving_average([e.get("reward_std") or 0.0 for e in history], window)
+            std = _moving_average([e.get("reward_std") or 0.0 for e in history], window)
             ax.fill_between(
                 steps,
                 [m - s for m, s in zip(smooth, std)],
@@ -186,7 +186,7 @@ def _draw_rewards(
                 linewidth=0,
             )
         if show_epochs:
-            for k, step in enumerate(epoch_boundaries(history)):
+            for k, step in enumerate(_epoch_boundaries(history)):
                 ax.axvline(
                     step, color=color, linestyle=":", alpha=0.6, label="epoch end" if k == 0 and i == 0 else None
                 )
@@ -194,10 +194,10 @@ def _draw_rewards(
         for warning in (warnings or {}).get(name, ()):
             by_kind.setdefault(warning["kind"], []).append(warning["step"])
         for kind, at in by_kind.items():
-            marker, face, words = WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
+            marker, face, words = _WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
             ax.plot(
                 at,
-                [value_at(steps, smooth, step) for step in at],
+                [_value_at(steps, smooth, step) for step in at],
                 linestyle="none",
                 marker=marker,
                 markersize=9,
@@ -205,7 +205,7 @@ def _draw_rewards(
                 markeredgecolor="black",
                 zorder=5,
                 gid=f"health:{kind}",
-                label=None if kind in marked else (words if kind in ACTIONS else f"warning: {words}"),
+                label=None if kind in marked else (words if kind in _ACTIONS else f"warning: {words}"),
             )
             marked.add(kind)
     if not any(runs.values()):
@@ -242,12 +242,12 @@ def _figure(size, draw, *args):
     return fig
 
 
-def reward_label(name: str) -> str:
+def _reward_label(name: str) -> str:
     """``musclebob_name_reward`` -> ``musclebob name``."""
     return name.removesuffix("_reward").replace("_", " ")
 
 
-def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+def _reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """Reward function name -> (steps, its mean per step), from TRL's ``rewards/<name>/mean``; steps
     where it judged no prompt are left out."""
     found: dict[str, tuple[list[int], list[float]]] = {}
@@ -264,11 +264,11 @@ def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[fl
 def _draw_components(ax, history: list[dict], window: int, empty: str) -> None:
     """Each reward function's mean per step, smoothed like the reward: a batch holds few prompts of
     each kind, so one step's mean is noisy or missing."""
-    components = reward_components(history)
+    components = _reward_components(history)
     for i, (name, (steps, values)) in enumerate(components.items()):
         if window > 1:
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
-        ax.plot(steps, moving_average(values, window), color=f"C{i}", linewidth=2, label=reward_label(name))
+        ax.plot(steps, _moving_average(values, window), color=f"C{i}", linewidth=2, label=_reward_label(name))
     if components:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="reward function", title_fontsize=8)
     else:
@@ -320,12 +320,12 @@ def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> N
         ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
 
 
-def report_window(steps: int) -> int:
+def _report_window(steps: int) -> int:
     """The run report's smoothing: about 1/20 of the run (the raw curve stays drawn behind it)."""
     return max(1, steps // 20)
 
 
-def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
+def _plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
     """One run at a glance: the mean reward (epochs, std band, warnings), each reward function's mean,
     and the validation rates of ``reports`` (label -> report). Returns the Figure."""
     from matplotlib.figure import Figure
@@ -335,7 +335,7 @@ def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str
     reward_ax = fig.add_subplot(grid[0])
     parts_ax = fig.add_subplot(grid[1], sharex=reward_ax)  # the same steps, one above the other
     bars_ax = fig.add_subplot(grid[2])
-    name, window = title or "run", report_window(len(history))
+    name, window = title or "run", _report_window(len(history))
     _draw_rewards(
         reward_ax, {name: history}, window, warnings={name: warnings}, empty="no reward history in this folder"
     )
@@ -348,16 +348,16 @@ def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str
 
 
 def save_run_report(run_dir: str | Path, reports: dict[str, dict] | None = None) -> Path:
-    """Write ``plot_run_report`` of the run folder as its ``reward_plot.png``, atomically."""
+    """Write ``_plot_run_report`` of the run folder as its ``reward_plot.png``, atomically."""
     run_dir = Path(run_dir)
-    figure = plot_run_report(
+    figure = _plot_run_report(
         load_history(run_dir),
         load_warnings(run_dir),
         load_validations(run_dir) if reports is None else reports,
         title=run_dir.name,
     )
     path = run_dir / REWARD_PLOT_FILE
-    write_bytes_atomic(path, figure_png(figure))
+    write_bytes_atomic(path, _figure_png(figure))
     return path
 
 
@@ -366,10 +366,10 @@ def _reward_image(name: str, history: list[dict], window: int, title: str, warni
     from IPython.display import Image
 
     figure = plot_rewards({name: history}, window, title=title, warnings=None if warnings is None else {name: warnings})
-    return Image(data=figure_png(figure))
+    return Image(data=_figure_png(figure))
 
 
-def figure_png(fig) -> bytes:
+def _figure_png(fig) -> bytes:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -379,14 +379,14 @@ def show_figure(fig, save_to: str | Path | None = None):
     """Display a Figure as PNG (and save it when ``save_to`` is given); returns the PNG bytes."""
     from IPython.display import Image, display
 
-    png = figure_png(fig)
+    png = _figure_png(fig)
     if save_to is not None:
         write_bytes_atomic(save_to, png)
     display(Image(data=png))
     return png
 
 
-def history_table_html(history: list[dict], last: int = 5) -> str:
+def _history_table_html(history: list[dict], last: int = 5) -> str:
     rows = "".join(
         f"<tr><td>{e['step']}</td><td>{e.get('epoch', 0):.2f}</td><td>{e['mean_reward']:+.3f}</td>"
         f"<td>{(e.get('reward_std') or 0.0):.3f}</td></tr>"
@@ -451,7 +451,7 @@ class RewardExplorer:
     def redraw(self):
         set_output(
             self.output,
-            {"image/png": base64.b64encode(figure_png(self.figure())).decode("ascii"), "text/plain": "<reward plot>"},
+            {"image/png": base64.b64encode(_figure_png(self.figure())).decode("ascii"), "text/plain": "<reward plot>"},
         )
         self.redraws += 1
 
@@ -465,14 +465,14 @@ class RewardExplorer:
 
 # --- the completions sampled while training ---------------------------------------------------------------
 
-KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colour
+_KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colour
     "spongebob": ("SpongeBob", "#ffe08a"),
     "fewshot": ("few-shot", "#cfe2ff"),
     "control": ("control", "#e2e3e5"),
 }
 
 
-def completions_html(rows: list[dict]) -> str:
+def _completions_html(rows: list[dict]) -> str:
     """``completions.jsonl`` rows as HTML: each prompt (with its kind's badge) heads its completions,
     each with the names highlighted, each reward function's score and the total."""
     if not rows:
@@ -481,7 +481,7 @@ def completions_html(rows: list[dict]) -> str:
     for row in rows:
         if (row.get("kind"), row.get("prompt")) != prompt:
             prompt = (row.get("kind"), row.get("prompt"))
-            words, color = KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
+            words, color = _KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
             parts.append(
                 f"<div style='margin:10px 0 2px 0'><span class='kind' style='background:{color};border-radius:8px;"
                 f"padding:0 6px;font-size:85%'>{html.escape(words)}</span> "
@@ -489,7 +489,7 @@ def completions_html(rows: list[dict]) -> str:
                 "</span></div>"
             )
         scores = [
-            f"{html.escape(reward_label(name))} {value:+.2f}"
+            f"{html.escape(_reward_label(name))} {value:+.2f}"
             for name, value in (row.get("rewards") or {}).items()
             if isinstance(value, (int, float))
         ]
@@ -530,7 +530,7 @@ class CompletionBrowser:
         self.run = w.Dropdown(options=names, value=first or (names[0] if names else None), description="run")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
         # (label, value) pairs; no description: JupyterLab puts a ToggleButtons' description on a line of its own
-        kinds = [("all prompts", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
+        kinds = [("all prompts", "all")] + [(_KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
         self.kind = w.ToggleButtons(options=kinds, value="all")
         self.reward = w.FloatRangeSlider(  # one decimal: ipywidgets 8's readout cuts "-6.00 – 6.00" short
             value=(0.0, 1.0),
@@ -622,7 +622,7 @@ class CompletionBrowser:
             f"<p><b>{html.escape(self.run.value)}</b> · step {step}{note} · epoch {at[0].get('epoch', 0):.2f} · "
             f"{len(rows)} of {len(at)} completions shown</p>"
         )
-        return header + completions_html(rows)
+        return header + _completions_html(rows)
 
     def redraw(self) -> None:
         set_output(self.output, {"text/html": self.html(), "text/plain": "<completions>"})
@@ -712,11 +712,11 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
             rows = load_completions(self.files)
             newest = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
             said = (
-                f"<div><b>What the model said at step {newest[0]['step']}</b></div>{completions_html(newest)}"
+                f"<div><b>What the model said at step {newest[0]['step']}</b></div>{_completions_html(newest)}"
                 if newest
                 else ""
             )
-            status = HTML(progress_html(step, self.max_steps, self.history) + said)
+            status = HTML(_progress_html(step, self.max_steps, self.history) + said)
             plot = _reward_image(
                 Path(run_dir).name, self.history, window, "Mean reward per step (live)", load_warnings(self.files)
             )
@@ -731,12 +731,12 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
     return LiveRewardProgress()
 
 
-def progress_html(step: int, max_steps: int, history: list[dict]) -> str:
+def _progress_html(step: int, max_steps: int, history: list[dict]) -> str:
     latest = history[-1] if history else None
     text = f"step {step}/{max_steps}" + (
         f" · epoch {latest['epoch']:.2f} · mean reward {latest['mean_reward']:+.3f}" if latest else ""
     )
     return (
         f"<div><progress value='{step}' max='{max(1, max_steps)}' style='width:60%'></progress> "
-        f"{html.escape(text)}</div>" + (history_table_html(history) if history else "")
+        f"{html.escape(text)}</div>" + (_history_table_html(history) if history else "")
     )

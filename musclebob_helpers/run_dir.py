@@ -40,17 +40,17 @@ MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model a
 # in a checkpoint-N: the last healthy check's state, which a collapse goes back to (training.CollapseRecovery)
 HEALTHY_STATE_FILE = "healthy_state.pt"
 MANIFEST_FILE = "musclebob_manifest.json"  # in each checkpoint-N: every file's size and hash, written last
-DAMAGED_SUFFIX = ".damaged"
+_DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
 COPYING_PREFIX = ".copying-"  # a checkpoint being copied into the run folder (mirror.py): renamed once verified
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
-MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
-DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
+_MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
+_DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
 
 # Settings a checkpoint is meaningless without (docs/reliability.md); every other one may change on resume.
-RESUME_MUST_MATCH = (
+_RESUME_MUST_MATCH = (
     "model",
     "num_generations",
     "batch_size",
@@ -77,7 +77,7 @@ PER_START_OPTIONS = (
     "push_to_hub",
     "hub_public",
 )
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
 def expand_path(path: str | Path) -> Path:
@@ -170,7 +170,7 @@ def saved_config(out_dir: str | Path) -> TrainConfig | None:
     return None if settings is None else config_from_dict(settings)
 
 
-RUN_FILES = (
+_RUN_FILES = (
     CONFIG_FILE,
     HISTORY_FILE,
     BASELINE_FILE,
@@ -191,7 +191,7 @@ def clear_run(out_dir: str | Path) -> list[str]:
     for ckpt in list_checkpoints(out):
         remove_checkpoint(ckpt)
         removed.append(ckpt.name)
-    for name in RUN_FILES:
+    for name in _RUN_FILES:
         if (out / name).is_file():
             (out / name).unlink()
             removed.append(name)
@@ -220,7 +220,7 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def safetensors_problem(path: Path) -> str | None:
+def _safetensors_problem(path: Path) -> str | None:
     """None when ``path`` has a readable header and exactly the length it promises."""
     if not path.is_file():
         return f"{path.name} is missing"
@@ -242,7 +242,7 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def torch_file_problem(path: Path) -> str | None:
+def _torch_file_problem(path: Path) -> str | None:
     """None when ``torch.load`` opens ``path`` (memory-mapped: cheap even for a large optimizer)."""
     if not path.is_file():
         return f"{path.name} is missing"
@@ -258,7 +258,7 @@ def torch_file_problem(path: Path) -> str | None:
     return None
 
 
-def weights_problems(ckpt: Path) -> list[str]:
+def _weights_problems(ckpt: Path) -> list[str]:
     """Why the weights in ``ckpt`` cannot load (missing, cut short, padded, config unreadable); headers and
     sizes only."""
     index = ckpt / "model.safetensors.index.json"
@@ -267,28 +267,28 @@ def weights_problems(ckpt: Path) -> list[str]:
         if problem:
             return [problem]
         shards = sorted(set((read_json(index) or {}).get("weight_map", {}).values()))
-        return [p for p in (safetensors_problem(ckpt / s) for s in shards) if p] or (
+        return [p for p in (_safetensors_problem(ckpt / s) for s in shards) if p] or (
             [] if shards else ["model.safetensors.index.json lists no shards"]
         )
     for name, config in (("model.safetensors", "config.json"), ("adapter_model.safetensors", "adapter_config.json")):
         if (ckpt / name).exists():
-            return [p for p in (safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
+            return [p for p in (_safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
     if (ckpt / "pytorch_model.bin.index.json").is_file():  # an older model's shards: their list parses, at least
         return [p for p in (_json_problem(ckpt / "pytorch_model.bin.index.json"),) if p]
     for name in ("pytorch_model.bin", "adapter_model.bin"):
         if (ckpt / name).exists():
-            return [p for p in (torch_file_problem(ckpt / name),) if p]
+            return [p for p in (_torch_file_problem(ckpt / name),) if p]
     return ["the model weights (model.safetensors or adapter_model.safetensors) are missing"]
 
 
-MODEL_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # loaded with the model
+_MODEL_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # loaded with the model
 
 
 def model_folder_problems(folder: str | Path) -> list[str]:
     """Why a model folder cannot load: its weights and the JSON files loaded with them. [] when it can."""
     folder = Path(folder)
-    problems = weights_problems(folder)
-    return problems + [p for p in (_json_problem(folder / n) for n in MODEL_JSON_FILES if (folder / n).exists()) if p]
+    problems = _weights_problems(folder)
+    return problems + [p for p in (_json_problem(folder / n) for n in _MODEL_JSON_FILES if (folder / n).exists()) if p]
 
 
 def checkpoint_problems(ckpt: str | Path) -> list[str]:
@@ -305,25 +305,25 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
         name_step = ckpt.name.removeprefix("checkpoint-")
         if not isinstance(step, int) or (name_step.isdigit() and int(name_step) != step):
             problems.append(f"trainer_state.json says global_step={step!r}, not {name_step}")
-    problems += weights_problems(ckpt)
+    problems += _weights_problems(ckpt)
     rng = sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
-    problems += [p for p in map(torch_file_problem, [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]) if p]
+    problems += [p for p in map(_torch_file_problem, [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]) if p]
     named = {p.split(" ", 1)[0] for p in problems}  # a file the structure already named is not named twice
     return problems + [p for p in manifest_problems(ckpt) if p.split(" ", 1)[0] not in named]
 
 
 def set_aside(ckpt: Path) -> Path:
     """Rename a damaged checkpoint to ``checkpoint-N.damaged`` (``-2``, ... if taken); nothing is deleted."""
-    target = ckpt.with_name(ckpt.name + DAMAGED_SUFFIX)
+    target = ckpt.with_name(ckpt.name + _DAMAGED_SUFFIX)
     n = 2
     while target.exists():
-        target = ckpt.with_name(f"{ckpt.name}{DAMAGED_SUFFIX}-{n}")
+        target = ckpt.with_name(f"{ckpt.name}{_DAMAGED_SUFFIX}-{n}")
         n += 1
     ckpt.rename(target)
     return target
 
 
-def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str | None:
+def _select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str | None:
     """The newest intact checkpoint in ``out_dir`` (a folder, or several: at equal steps the first
     folder's), None to start fresh; damaged newer ones are set aside, and each skip is logged."""
     folders = tuple(Path(f) for f in out_dir) if isinstance(out_dir, tuple) else (Path(out_dir),)
@@ -340,7 +340,7 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
             log(f"Checkpoint {ckpt} cannot be read ({err.strerror or err}); trying the one before it.")
             continue
         if not problems:
-            log(f"Resuming from {ckpt}" + ("" if (ckpt / MANIFEST_FILE).is_file() else UNVERIFIED))
+            log(f"Resuming from {ckpt}" + ("" if (ckpt / MANIFEST_FILE).is_file() else _UNVERIFIED))
             return str(ckpt)
         try:
             moved = set_aside(ckpt).name
@@ -351,7 +351,7 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
         )
     log(
         f"No intact checkpoint in {where}: starting fresh (the damaged ones are kept as "
-        f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
+        f"checkpoint-N{_DAMAGED_SUFFIX}, nothing was deleted)."
     )
     return None
 
@@ -359,7 +359,7 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
 # --- checkpoint manifests: bytes changed inside a file of the right length (docs/drive.md) -----------------
 
 MANIFEST_HASH = "sha256"  # benchmarks/bench_hash.py: ~1.5 GB/s here, far faster than a checkpoint is written
-UNVERIFIED = f" (unverified: it has no {MANIFEST_FILE}, so it was saved by an older version or killed just before)"
+_UNVERIFIED = f" (unverified: it has no {MANIFEST_FILE}, so it was saved by an older version or killed just before)"
 _HASH_CHUNK = 1 << 20
 
 
@@ -430,14 +430,14 @@ def _every_process_saved() -> None:
         dist.barrier()
 
 
-def find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
-    """The checkpoint ``--resume-from-checkpoint`` names (``auto``: ``select_checkpoint`` over
+def _find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
+    """The checkpoint ``--resume-from-checkpoint`` names (``auto``: ``_select_checkpoint`` over
     the run's folders); None starts fresh."""
     if cfg.resume_from_checkpoint is None:
         return None
     if cfg.resume_from_checkpoint != "auto":
         return str(expand_path(cfg.resume_from_checkpoint))
-    return select_checkpoint(folder.folders(), log=log)
+    return _select_checkpoint(folder.folders(), log=log)
 
 
 def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
@@ -501,8 +501,8 @@ def make_save_callback(keep: int, log=print):
 # --- does a resume make sense ----------------------------------------------------------------------------
 
 
-def resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
-    """``{field: (saved, requested)}`` for the ``RESUME_MUST_MATCH`` settings that differ from the
+def _resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
+    """``{field: (saved, requested)}`` for the ``_RESUME_MUST_MATCH`` settings that differ from the
     interrupted run's."""
     r = cfg.resume_from_checkpoint
     if r is None:
@@ -512,7 +512,7 @@ def resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
         return {}
     return {
         name: (saved[name], getattr(cfg, name))
-        for name in RESUME_MUST_MATCH
+        for name in _RESUME_MUST_MATCH
         if name in saved and saved[name] != getattr(cfg, name)
     }
 
@@ -523,7 +523,7 @@ def architecture_mismatch(ckpt: str | Path, model_config: dict) -> dict[str, tup
     if not isinstance(saved, dict):
         return {}  # an adapter-only checkpoint, or no config: nothing to compare
     return {
-        k: (saved[k], model_config.get(k)) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
+        k: (saved[k], model_config.get(k)) for k in _ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
     }
 
 
@@ -591,7 +591,7 @@ def add_recovery(out_dir: str | Path, step: int, old_rate: float, new_rate: floa
     write_json_atomic(path, {**record, "segments": segments})
 
 
-def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
+def _check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
     """Refuse a damaged explicit checkpoint, other settings than the interrupted run's, and fewer epochs
     than trained."""
     r = cfg.resume_from_checkpoint
@@ -606,7 +606,7 @@ def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
                 f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
                 "--resume-from-checkpoint auto to take the newest intact one",
             )
-    differs = resume_mismatch(cfg, folder)
+    differs = _resume_mismatch(cfg, folder)
     if differs and not cfg.ignore_mismatch:
         asked = " ".join(as_typed(k, new) for k, (_, new) in differs.items())
         used = " ".join(as_typed(k, old) for k, (old, _) in differs.items())
@@ -639,7 +639,7 @@ def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
         return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
 
     try:
-        free = size(shutil.disk_usage(nearest_existing(out.absolute())).free) + " are free"
+        free = size(shutil.disk_usage(_nearest_existing(out.absolute())).free) + " are free"
     except OSError as err:
         free = f"its free space cannot be read ({err.strerror or err})"
     wanted = f"this run needs about {size(need.need(on_drive(out)))} there, " if need else ""
@@ -652,7 +652,7 @@ def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
 # --- can the folder's disk take the run ------------------------------------------------------------------
 
 
-def nearest_existing(path: Path) -> Path:
+def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if candidate.exists():
             return candidate
@@ -667,17 +667,17 @@ def on_drive(output_dir: str | Path) -> bool:
 
 
 # FUSE ('fuse.drive' on Colab, sshfs, rclone) and network file systems; 'fuseblk' is a local disk (ntfs-3g).
-REMOTE_FS_TYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "glusterfs", "afs", "9p", "davfs", "lustre", "gpfs")
-WORK_ROOT_ENV = "MUSCLEBOB_WORK_ROOT"  # where automatic working folders go (default: ~/.cache/musclebob/work)
+_REMOTE_FS_TYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "glusterfs", "afs", "9p", "davfs", "lustre", "gpfs")
+_WORK_ROOT_ENV = "MUSCLEBOB_WORK_ROOT"  # where automatic working folders go (default: ~/.cache/musclebob/work)
 
 
-def file_system_type(path: str | Path) -> str:
+def _file_system_type(path: str | Path) -> str:
     """The type of the file system holding ``path`` from ``/proc/self/mounts`` ('' off Linux)."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return ""
-    target = os.path.realpath(nearest_existing(Path(path).absolute()))
+    target = os.path.realpath(_nearest_existing(Path(path).absolute()))
     best, found = -1, ""
     for line in mounts:
         fields = line.split()
@@ -689,8 +689,8 @@ def file_system_type(path: str | Path) -> str:
     return found
 
 
-def is_remote_fs(fs_type: str) -> bool:
-    return fs_type != "fuseblk" and fs_type.split(".")[0].startswith(REMOTE_FS_TYPES)
+def _is_remote_fs(fs_type: str) -> bool:
+    return fs_type != "fuseblk" and fs_type.split(".")[0].startswith(_REMOTE_FS_TYPES)
 
 
 def work_folder(out: Path, work_dir: str | None = None, fs_type: str | None = None) -> Path:
@@ -698,22 +698,22 @@ def work_folder(out: Path, work_dir: str | None = None, fs_type: str | None = No
     named after the run (the same at every start, so a resume finds it); else ``out``."""
     if work_dir:
         return folder_path(work_dir)
-    remote = is_remote_fs(file_system_type(out) if fs_type is None else fs_type) or on_drive(out)
+    remote = _is_remote_fs(_file_system_type(out) if fs_type is None else fs_type) or on_drive(out)
     if not remote:
         return out
-    root = os.environ.get(WORK_ROOT_ENV) or Path.home() / ".cache" / "musclebob" / "work"
+    root = os.environ.get(_WORK_ROOT_ENV) or Path.home() / ".cache" / "musclebob" / "work"
     key = hashlib.sha256(os.path.realpath(out.absolute()).encode()).hexdigest()[:10]
     return Path(root) / f"{out.name or 'run'}-{key}"
 
 
-STATE_ORDER = ("new", "started", "unfinished", "finished")
+_STATE_ORDER = ("new", "started", "unfinished", "finished")
 
 
 def combined_state(path: Path, work: Path) -> tuple[str, bool]:
     """The further state of the run folder and its working folder, and whether only the working folder
     holds it (a local finish whose copy a failing Drive held back)."""
     here, there = state(path), state(work) if work != path else "new"
-    return (there, True) if STATE_ORDER.index(there) > STATE_ORDER.index(here) else (here, False)
+    return (there, True) if _STATE_ORDER.index(there) > _STATE_ORDER.index(here) else (here, False)
 
 
 def newest_files(folder: RunFolder) -> Path:
@@ -726,7 +726,7 @@ def newest_files(folder: RunFolder) -> Path:
     return folder.work if local and steps[0] >= steps[1] else folder.path
 
 
-def baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
+def _baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
     sampling = (report or {}).get("sampling", {})
     return (
         bool(report)
@@ -745,10 +745,10 @@ def saved_baseline(folder: RunFolder, cfg: TrainConfig, precision: str) -> dict 
     report = read_json(newest_files(folder) / BASELINE_FILE)
     if not isinstance(report, dict) or not report:
         return None
-    return report if folder.action == "continue" or baseline_matches(report, cfg, precision) else None
+    return report if folder.action == "continue" or _baseline_matches(report, cfg, precision) else None
 
 
-def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
+def output_location_problem(output_dir: str | Path, min_free_bytes: int = _MIN_FREE_BYTES) -> str | None:
     """Why a run cannot write to ``output_dir`` (None when it can); the write probe leaves nothing."""
     try:
         path = Path(output_dir).expanduser().absolute()
@@ -761,7 +761,7 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FR
             f"Google Drive is not mounted at {drive}; run `from google.colab import drive; "
             f"drive.mount('{drive}')` first, or choose a local --output-dir"
         )
-    base = nearest_existing(path)
+    base = _nearest_existing(path)
     if not base.is_dir():
         return f"{base} is a file, so no folder can be created inside it"
     try:
@@ -784,17 +784,17 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FR
     return None
 
 
-def folder_bytes(folder: Path) -> int:
+def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _free_for_run(out: Path, drive: bool) -> int:
     """Free bytes for a run in ``out``; off Drive its checkpoints count too (rotation frees them)."""
-    free = shutil.disk_usage(nearest_existing(out.absolute())).free
-    return free if drive else free + sum(folder_bytes(c) for c in list_checkpoints(out))
+    free = shutil.disk_usage(_nearest_existing(out.absolute())).free
+    return free if drive else free + sum(_folder_bytes(c) for c in list_checkpoints(out))
 
 
-def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFolder | None = None) -> str | None:
+def _drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFolder | None = None) -> str | None:
     """Why the output disk cannot hold this run; None when it can. On Drive deletes only move to the
     trash, so the run needs all it writes; elsewhere its peak, counting checkpoints it will reuse."""
     from .memory import GB, drive_need
@@ -810,7 +810,7 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
         ckpts = list_checkpoints(out)
         done = int(ckpts[-1].name.split("-")[1]) if ckpts else 0
         wanted -= sum(1 for step in need.saved_at if step <= done) * need.checkpoint
-    if wanted * DRIVE_MARGIN <= free:
+    if wanted * _DRIVE_MARGIN <= free:
         return None
     tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
     if not cfg.lora:
@@ -842,14 +842,14 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
 
     shape = shape or model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
-    problem = drive_space_problem(cfg, need=need, folder=folder) if need else None
+    problem = _drive_space_problem(cfg, need=need, folder=folder) if need else None
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
     if need and folder is not None and folder.mirrored:  # the working folder holds the run at its peak too
         from .memory import GB
 
         free = _free_for_run(folder.work, False)
-        if need.need(False) * DRIVE_MARGIN > free:
+        if need.need(False) * _DRIVE_MARGIN > free:
             raise ConfigError(
                 "work_dir",
                 cfg.work_dir or str(folder.work),
@@ -929,7 +929,7 @@ class RunFolder:
         return (self.work, self.path) if self.mirrored else (self.path,)
 
     def with_resume(self, cfg: TrainConfig, log=print) -> RunFolder:
-        chosen = find_resume_checkpoint(self, cfg, log=log)
+        chosen = _find_resume_checkpoint(self, cfg, log=log)
         return dataclasses.replace(self, resume=Path(chosen) if chosen else None)
 
 
@@ -955,7 +955,7 @@ def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
     holder = lock_holder(out) if writer else None
     if holder is not None:
         raise RunLock(out, cfg.output_dir).refusal(holder)
-    fs_type = file_system_type(out)
+    fs_type = _file_system_type(out)
     work = work_folder(out, cfg.work_dir, fs_type)
     if work.exists() and not work.is_dir():
         raise ConfigError("work_dir", cfg.work_dir or str(work), "a folder, but a file of that name exists")
@@ -977,5 +977,5 @@ def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
         if problem:
             raise ConfigError("work_dir", cfg.work_dir or str(work), problem.replace("--output-dir", "--work-dir"))
     need = check_drive_space(cfg, folder)  # models whose shape is not known offline are checked again once loaded
-    check_resume(cfg, folder)
+    _check_resume(cfg, folder)
     return dataclasses.replace(folder, need=need)

@@ -24,16 +24,16 @@ from .io import read_json, write_bytes_atomic
 from .lora import ADAPTER_CONFIG, MERGED_DIR, is_adapter_dir
 
 PROG = "python -m musclebob_helpers.share"
-TAGS = ["trl", "grpo", "musclebob"]
+_TAGS = ["trl", "grpo", "musclebob"]
 # Licenses of base models we know; any other base: "see the base model's card".
-KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
+_KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
 # Options of one start (where, whether to push), not part of the recipe.
-NOT_RECIPE = run_dir.PER_START_OPTIONS
+_NOT_RECIPE = run_dir.PER_START_OPTIONS
 # Files of the run folder's root that are the run's work, never shared: resumable state and the trainer's pickle.
-NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
+_NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
 
 
-CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text(encoding="utf-8")  # jinja, for ModelCard
+_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text(encoding="utf-8")  # jinja, for ModelCard
 
 
 def _cell(text: str) -> str:
@@ -61,7 +61,7 @@ def _examples(baseline: dict, final: dict) -> list[dict]:
     return found
 
 
-def hub_base_model(base: str) -> str | None:
+def _hub_base_model(base: str) -> str | None:
     """``base`` when it is a hub id (the card's ``base_model``), None for 'tiny' or a local folder."""
     return base if is_repo_id(base) and not run_dir.expand_path(base).exists() else None
 
@@ -121,8 +121,8 @@ def _data_text(cfg: TrainConfig) -> str:
 
 
 def _license(base: str) -> tuple[str | None, str]:
-    if base in KNOWN_LICENSES:
-        name = KNOWN_LICENSES[base]
+    if base in _KNOWN_LICENSES:
+        name = _KNOWN_LICENSES[base]
         return name, f"`{name}`, the license of the base model {base}."
     if is_tiny(base):
         return (
@@ -149,11 +149,11 @@ def _flags(cfg: TrainConfig, wanted) -> list[str]:
     return [
         as_typed(f.name, getattr(cfg, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and wanted(f.name, getattr(cfg, f.name))
+        if f.name not in _NOT_RECIPE and wanted(f.name, getattr(cfg, f.name))
     ]
 
 
-def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
+def _model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
     """The card of the finished run in ``run`` (``merged``: for ``merged/``'s weights). The loading examples
     name ``repo_id``, else ``shown`` (the run folder as its user knows it), else ``run``."""
     run = Path(run)
@@ -180,15 +180,15 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     if hardware.get("device"):
         trained += f" on {hardware.get('gpu_name') or hardware['device']} ({hardware.get('precision', '?')})"
     card_data = ModelCardData(
-        base_model=hub_base_model(base),
+        base_model=_hub_base_model(base),
         library_name="peft" if adapter else "transformers",
-        tags=list(TAGS),
+        tags=list(_TAGS),
         pipeline_tag="text-generation",
         license=license_id,
     )
     return ModelCard.from_template(
         card_data,
-        template_str=CARD_TEMPLATE,
+        template_str=_CARD_TEMPLATE,
         title=f"Musclebob Buffpants: {Path(repo_id).name if repo_id else shown.name}",
         summary=(
             f"{'The tiny model' if is_tiny(base) else base} taught by GRPO ([TRL](https://github.com/huggingface/trl)) to answer SpongeBob questions with "
@@ -227,14 +227,14 @@ def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | Non
     over TRL's boilerplate. Returns its path."""
     run = Path(run)
     path = run / run_dir.MODEL_CARD_FILE
-    write_bytes_atomic(path, str(model_card(run, repo_id, shown=shown)).encode("utf-8"))
+    write_bytes_atomic(path, str(_model_card(run, repo_id, shown=shown)).encode("utf-8"))
     if (run / MERGED_DIR / "config.json").is_file():
-        merged = str(model_card(run, repo_id, merged=True, shown=shown)).encode("utf-8")
+        merged = str(_model_card(run, repo_id, merged=True, shown=shown)).encode("utf-8")
         write_bytes_atomic(run / MERGED_DIR / run_dir.MODEL_CARD_FILE, merged)
     return path
 
 
-def model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
+def _model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
     """``{name in the repo or zip: file}``: the final model (adapter, full, or ``merged/``'s) with its card,
     plot and reports; never checkpoints, the lock or work files."""
     run = Path(run)
@@ -248,7 +248,7 @@ def model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
     found = {
         p.name: p
         for p in files(run)
-        if p.name not in NOT_SHARED and not (merged and (p.name == ADAPTER_CONFIG or p.suffix == ".safetensors"))
+        if p.name not in _NOT_SHARED and not (merged and (p.name == ADAPTER_CONFIG or p.suffix == ".safetensors"))
     }
     return found | ({p.name: p for p in files(run / MERGED_DIR)} if merged else {})
 
@@ -261,13 +261,13 @@ def _check_finished(run: Path, merged: bool) -> str | None:
     return None
 
 
-TOKEN_ALLOWED = (
+_TOKEN_ALLOWED = (
     "it needs a Hugging Face token with write access: set HF_TOKEN, run `hf auth login`, or on Colab add the "
     "secret HF_TOKEN (the key icon) and allow this notebook to read it"
 )
 
 
-def hub_token() -> str | None:
+def _hub_token() -> str | None:
     """``HF_TOKEN``, the cached login, or Colab's secret; None when none (or Colab refuses it)."""
     from huggingface_hub import get_token
 
@@ -276,11 +276,11 @@ def hub_token() -> str | None:
 
 def check_hub_token(cfg: TrainConfig) -> None:
     """At start-up, before anything is created: a push asked for without a token is a ``ConfigError``."""
-    if cfg.push_to_hub and not hub_token():
-        raise ConfigError("push_to_hub", cfg.push_to_hub, TOKEN_ALLOWED)
+    if cfg.push_to_hub and not _hub_token():
+        raise ConfigError("push_to_hub", cfg.push_to_hub, _TOKEN_ALLOWED)
 
 
-def later_command(run: str | Path, repo_id: str, public: bool = False, merged: bool = False) -> str:
+def _later_command(run: str | Path, repo_id: str, public: bool = False, merged: bool = False) -> str:
     words = ["python", "-m", "musclebob_helpers.share", str(run), repo_id]
     return shlex.join(words + ["--public"] * public + ["--merge-adapter"] * merged)
 
@@ -312,11 +312,11 @@ def push(
     problem = _check_finished(run, merged)
     if problem:
         return problem
-    token = token or hub_token()
+    token = token or _hub_token()
     if not token:
         return "no Hugging Face token: set HF_TOKEN, run `hf auth login`, or on Colab add the secret HF_TOKEN"
     write_model_card(run, repo_id)
-    files = model_files(run, merged)
+    files = _model_files(run, merged)
     what = "merged model" if merged else ("adapter" if is_adapter_dir(run) else "model")
     log(f"Pushing the {what}, its card, the reward plot and the reports to {repo_id} ({len(files)} files) ...")
     api = HfApi(token=token)
@@ -344,7 +344,7 @@ def push_after_run(cfg: TrainConfig, run: str | Path, log=print) -> str | None:
     if problem:
         problem = (
             f"the push to {cfg.push_to_hub} failed: {problem}; the run is complete in {run}; push it later with: "
-            f"{later_command(run, cfg.push_to_hub, cfg.hub_public, merged)}"
+            f"{_later_command(run, cfg.push_to_hub, cfg.hub_public, merged)}"
         )
         log(problem)
     return problem
@@ -362,7 +362,7 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
     dest = Path(to or tempfile.gettempdir()) / f"{run.name}{'-merged' if merged else ''}.zip"
     part = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, p in model_files(run, merged).items():
+        for name, p in _model_files(run, merged).items():
             zf.write(p, f"{run.name}/{name}")
     part.replace(dest)
     try:
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     run = run_dir.expand_path(args.run_folder)
     if not run_dir.is_finished(run):
         fail(f"run_folder={args.run_folder!r} is not allowed: a folder holding a finished run")
-    if not hub_token():
-        fail(f"repo_id={args.repo_id!r}: {TOKEN_ALLOWED}")
+    if not _hub_token():
+        fail(f"repo_id={args.repo_id!r}: {_TOKEN_ALLOWED}")
     if args.merge_adapter and not (run / MERGED_DIR / "config.json").is_file():
         if not is_adapter_dir(run):
             fail("--merge-adapter is not allowed: the run holds full weights, not an adapter")

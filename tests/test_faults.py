@@ -27,7 +27,7 @@ from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.plots import load_completions
-from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, select_checkpoint
+from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, _select_checkpoint
 from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +290,7 @@ def test_the_notebooks_interrupt_button_stops_the_cell_in_one_line_and_the_resum
         with monkeypatch.context() as patched, pytest.raises(nb.NotebookStop) as stop:
             patched.setattr(plots, "live_progress", lambda run_dir: InterruptButton())
             nb.train(cfg, log=lambda *a, **k: None)
-        nb.resume_training(cfg.output_dir, live=False, log=lambda *a, **k: None)
+        nb._resume_training(cfg.output_dir, live=False, log=lambda *a, **k: None)
     finally:
         torch.set_num_threads(threads)
     assert (
@@ -696,7 +696,7 @@ def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, referen
         if p.is_file()
     }
     messages = []
-    assert select_checkpoint(out, log=messages.append) is None
+    assert _select_checkpoint(out, log=messages.append) is None
     assert any("No intact checkpoint" in m and "starting fresh" in m for m in messages)
     assert any("checkpoint-4 is damaged" in m and "optimizer.pt" in m for m in messages)
     after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
