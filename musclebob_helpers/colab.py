@@ -1,20 +1,5 @@
-"""The one small interface to Colab-only steps; everything else in the notebooks runs anywhere.
-
-* ``is_colab()``           — running in a Colab kernel (``google.colab`` importable)
-* ``setup_project(root)``  — on Colab: ``bash colab_setup.sh`` once; elsewhere it installs nothing; and in any
-  notebook, a bad parameter (``ConfigError``) shows as one line instead of a traceback
-* ``mount_drive()``        — on Colab: mount Google Drive and return ``MyDrive``; elsewhere None
-* ``resolve_run_dir(...)`` — where a run's folder goes: ``MyDrive/<run name>`` on Colab, ``runs/<run name>`` here
-* ``runs_root(...)``       — the folder that holds the runs (``MyDrive`` on Colab, ``runs/`` here)
-* ``check_writable(path)`` — create the folder and prove it can be written, or one clear ``ConfigError``
-* ``keep_alive(...)``      — opt-in, best-effort JavaScript that keeps the browser session active
-
-The repository address is each notebook's ``repo_url`` parameter (``python tools/sync_repo_url.py [URL]`` points
-its default and the badges at a published copy).
-
-Tests drive the Colab branch with a stand-in ``google.colab`` module (``drive.mount``,
-``output.eval_js``, ``output.register_callback``), so nothing here needs a real Colab.
-"""
+"""The one small interface to Colab-only steps (setup, Drive, the run folder's place, keep-alive); everything else
+in the notebooks runs anywhere. Tests drive the Colab branch with a stand-in ``google.colab`` module."""
 
 from __future__ import annotations
 
@@ -36,7 +21,6 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def is_colab() -> bool:
-    """True inside a Colab kernel."""
     try:
         import google.colab  # noqa: F401
     except ImportError:
@@ -44,14 +28,9 @@ def is_colab() -> bool:
     return True
 
 
-# --- setup ----------------------------------------------------------------------------------------------
-
-
 def setup_project(root: str | Path = ROOT, log=print) -> Path:
-    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime), and show its report: what it
-    installed (``name old -> new``) and any conflict ``pip check`` reports about it. Elsewhere: nothing.
-
-    """
+    """On Colab: install what Colab lacks with ``colab_setup.sh`` (once per runtime) and show its report
+    (what it installed, ``pip check``'s conflicts). Elsewhere: nothing."""
     root = Path(root)
     if not is_colab():
         log(
@@ -64,7 +43,7 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
         log("Colab: the project is already set up in this runtime.")
         return root
     log("Colab: installing what Colab lacks (a minute) ...")
-    # The kernel's own interpreter: on Colab `python3` is the same one, in a twin or a venv it may not be.
+    # the kernel's own interpreter: in a twin or a venv `python3` may be another
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(root / "colab_setup.sh")], capture_output=True, text=True, env=env)
     report = [line for line in (done.stdout or "").splitlines() if line.strip()]
@@ -85,22 +64,15 @@ def setup_project(root: str | Path = ROOT, log=print) -> Path:
 
 
 def _setup_marker(root: Path) -> tuple[Path, str]:
-    """Where a finished setup is recorded, and what it records. The marker lives in the runtime's temporary
-    folder, not in the project (a project copied to Drive outlives the runtime and its installs); it names the
-    pinned set, so a project updated with other pins installs again."""
+    """Where a finished setup is recorded: the runtime's temporary folder (a project on Drive outlives the
+    runtime's installs), keyed by the pins so new pins install again."""
     pins = root / "requirements-colab.txt"
     key = hashlib.sha256(f"{root.resolve()}\0{pins.read_text() if pins.is_file() else ''}".encode()).hexdigest()
     return Path(tempfile.gettempdir()) / f"musclebob-setup-{key[:12]}", key
 
 
-# --- Drive and the run folder ---------------------------------------------------------------------------
-
-
 def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
-    """On Colab: mount Google Drive (asks for permission the first time) and return its ``MyDrive``.
-
-    Off Colab: None. A mount that fails or is refused raises ``ConfigError`` with a one-line reason.
-    """
+    """On Colab: mount Google Drive and return its ``MyDrive`` (a failure is one ``ConfigError``); else None."""
     if not is_colab():
         return None
     from google.colab import drive
@@ -124,8 +96,7 @@ def mount_drive(mountpoint: str | None = None, log=print) -> Path | None:
 
 
 def remount_drive(mountpoint: str | None = None) -> None:
-    """Remount Google Drive (``force_remount``), for a mirror whose run folder stopped answering mid-run (a Drive
-    disconnect: "Transport endpoint is not connected"); nothing off Colab."""
+    """Remount Google Drive (``force_remount``) for a mirror whose run folder stopped answering; Colab only."""
     if not is_colab():
         return
     from google.colab import drive
@@ -134,8 +105,7 @@ def remount_drive(mountpoint: str | None = None) -> None:
 
 
 def resolve_run_dir(run_name: str, output_dir: str = "", drive_root: str | Path | None = None) -> Path:
-    """The run's folder: ``output_dir`` when given, else ``<drive_root>/<run_name>`` (Drive mounted),
-    else ``runs/<run_name>`` in the repository."""
+    """``output_dir`` when given, else ``<drive_root>/<run_name>``, else ``runs/<run_name>``."""
     if not isinstance(run_name, str) or not _RUN_NAME.match(run_name):
         raise ConfigError("run_name", run_name, "a folder name of letters, digits, '.', '_' or '-' (no slashes)")
     if not isinstance(output_dir, str):
@@ -166,15 +136,11 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-# --- keep-alive -----------------------------------------------------------------------------------------
+_KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
 
-KEEP_ALIVE_CALLBACK = "musclebob.keep_alive"
-
-# Runs in the cell's output frame. Every interval it (1) calls back into the kernel through the Colab
-# frontend (real browser<->kernel traffic), (2) clicks the toolbar's connect button when the page lets the
-# frame reach it (the trick Colab users paste into the browser console), and (3) dispatches mouse and key
-# activity events. It lives as long as this cell's output: clearing the output or rerunning the cell stops it.
-KEEP_ALIVE_JS = """
+# In the cell's output frame, every interval: a call into the kernel, a click on the connect button when the
+# frame can reach it, mouse and key events. It lives as long as the cell's output.
+_KEEP_ALIVE_JS = """
 (() => {
   if (window.__musclebobKeepAlive) clearInterval(window.__musclebobKeepAlive);
   const ping = () => {
@@ -195,7 +161,7 @@ KEEP_ALIVE_JS = """
 """
 
 # For the browser console (F12 -> Console), where it reaches the page itself: the most reliable variant.
-CONSOLE_SNIPPET = (
+_CONSOLE_SNIPPET = (
     "setInterval(() => document.querySelector('colab-connect-button')"
     "?.shadowRoot?.querySelector('#connect')?.click(), 60000)"
 )
@@ -203,13 +169,9 @@ CONSOLE_SNIPPET = (
 _pings = {"count": 0}
 
 
-def keep_alive_pings() -> int:
+def _keep_alive_pings() -> int:
     """How many times the browser has pinged the kernel since ``keep_alive`` was installed."""
     return _pings["count"]
-
-
-def keep_alive_js(interval_s: int = 60) -> str:
-    return KEEP_ALIVE_JS % {"callback": KEEP_ALIVE_CALLBACK, "interval_ms": interval_s * 1000, "interval_s": interval_s}
 
 
 def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
@@ -224,12 +186,17 @@ def keep_alive(enable: bool, interval_s: int = 60, log=print) -> str:
         def _ping():
             _pings["count"] += 1
 
-        output.register_callback(KEEP_ALIVE_CALLBACK, _ping)
-        status = str(output.eval_js(keep_alive_js(interval_s)))
+        output.register_callback(_KEEP_ALIVE_CALLBACK, _ping)
+        js = _KEEP_ALIVE_JS % {
+            "callback": _KEEP_ALIVE_CALLBACK,
+            "interval_ms": interval_s * 1000,
+            "interval_s": interval_s,
+        }
+        status = str(output.eval_js(js))
         status += (
             ". Best effort: Colab may still end idle or long sessions (and free runtimes have a hard limit);"
             " the checkpoints on Drive are what make a disconnect harmless. Keep this cell's output;"
-            f" for a stronger variant paste into the browser console (F12): {CONSOLE_SNIPPET}"
+            f" for a stronger variant paste into the browser console (F12): {_CONSOLE_SNIPPET}"
         )
     log(status)
     return status

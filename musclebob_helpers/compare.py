@@ -1,27 +1,16 @@
-"""Base vs trained, side by side: the comparison notebook's logic.
-
-* ``highlight(text)``      — HTML of an answer with Musclebob/Buffpants marked green, Spongebob/Squarepants red
-  (defined in rewards.py, next to the name patterns)
-* ``load_models(...)``     — name -> (model, tokenizer) for hub ids, run folders or ``tiny``
-* ``ask(models, question)``— each model's answer to one question (greedy: its most likely answer)
-* ``side_by_side_html``    — the answers in columns
-* ``AskWidget``            — a text box and a button that ask every model and show the answers side by side
-* ``batch_compare``        — validation of every model on the held-out prompts: a rates table, and a
-  per-prompt table of the answers with the markers highlighted
-"""
+"""Base vs trained, side by side: the comparison notebook's logic (load, ask, the ``AskWidget``, and a batch
+validation of every model with its rates and answers as tables)."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-# highlight lives with the name patterns it marks (rewards.py), so the plot notebook's widgets use it too
-from .rewards import highlight
+from .rewards import highlight  # with the name patterns it marks
 
 
 def resolve_trained(trained_model: str, run_name: str) -> str:
-    """The trained model to load: ``trained_model`` when given, else the run folder named ``run_name``
-    (in ``MyDrive`` on Colab, mounting Drive first; in ``runs/`` elsewhere)."""
+    """``trained_model`` when given, else the run folder ``run_name`` (``MyDrive`` on Colab, ``runs/``)."""
     from . import colab
 
     if trained_model.strip():
@@ -29,7 +18,7 @@ def resolve_trained(trained_model: str, run_name: str) -> str:
     return str(colab.resolve_run_dir(run_name, "", colab.runs_root()))
 
 
-def check_model(name: str, label: str) -> None:
+def _check_model(name: str, label: str) -> None:
     """A one-line ``ConfigError`` (named after the parameter ``label``) when ``name`` can't be a model."""
     from . import run_dir
     from .config import ConfigError
@@ -51,12 +40,11 @@ def check_model(name: str, label: str) -> None:
 
 
 def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
-    """label -> (model, tokenizer) for {"base": ..., "trained": ...}; each checked first, so a typo is one
-    clear line naming its parameter (``base_model``, ``trained_model``)."""
+    """label -> (model, tokenizer), each checked first so a typo is one line naming its parameter."""
     from .evaluation import load_model
 
     for label, name in named.items():
-        check_model(name, f"{label}_model")
+        _check_model(name, f"{label}_model")
     models = {}
     for label, name in named.items():
         log(f"Loading {label}: {name}")
@@ -65,7 +53,6 @@ def load_models(named: dict[str, str], log=print) -> dict[str, tuple]:
 
 
 def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
-    """Each model's greedy answer to ``question``."""
     from .evaluation import generate
 
     return {
@@ -74,7 +61,7 @@ def ask(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> di
     }
 
 
-def side_by_side_html(question: str, answers: dict[str, str]) -> str:
+def _side_by_side_html(question: str, answers: dict[str, str]) -> str:
     cell = "vertical-align:top;text-align:left;padding:6px;border:1px solid #ddd"  # the classic notebook right-aligns cells
     cells = "".join(
         f"<td style='{cell}'><b>{html.escape(label)}</b><br>{highlight(text) or '<i>(empty)</i>'}</td>"
@@ -87,11 +74,10 @@ def side_by_side_html(question: str, answers: dict[str, str]) -> str:
 
 
 def show_answers(models: dict[str, tuple], question: str, max_new_tokens: int = 64) -> dict[str, str]:
-    """Ask every model ``question`` and display the answers side by side; returns them."""
     from IPython.display import HTML, display
 
     answers = ask(models, question, max_new_tokens)
-    display(HTML(side_by_side_html(question, answers)))
+    display(HTML(_side_by_side_html(question, answers)))
     return answers
 
 
@@ -122,7 +108,7 @@ class AskWidget:
         set_output(
             self.output,
             {
-                "text/html": side_by_side_html(question, self.last),
+                "text/html": _side_by_side_html(question, self.last),
                 "text/plain": "\n".join(f"{k}: {v}" for k, v in self.last.items()),
             },
         )
@@ -155,7 +141,7 @@ def batch_compare(
     }
 
 
-def rates_html(reports: dict[str, dict]) -> str:
+def _rates_html(reports: dict[str, dict]) -> str:
     from .evaluation import RATE_KEYS
 
     head = "".join(f"<th>{html.escape(label)}</th>" for label in reports)
@@ -166,7 +152,7 @@ def rates_html(reports: dict[str, dict]) -> str:
     return f"<table><tr><th>rate</th>{head}</tr>{rows}</table>"
 
 
-def answers_html(reports: dict[str, dict]) -> str:
+def _answers_html(reports: dict[str, dict]) -> str:
     """One row per validation answer: prompt, kind, and each model's answer highlighted."""
     labels = list(reports)
     first = reports[labels[0]]["responses"]
@@ -181,5 +167,5 @@ def answers_html(reports: dict[str, dict]) -> str:
 def show_batch(reports: dict[str, dict]) -> None:
     from IPython.display import HTML, display
 
-    display(HTML("<h4>Rates on the held-out prompts</h4>" + rates_html(reports)))
-    display(HTML("<h4>Every answer</h4>" + answers_html(reports)))
+    display(HTML("<h4>Rates on the held-out prompts</h4>" + _rates_html(reports)))
+    display(HTML("<h4>Every answer</h4>" + _answers_html(reports)))

@@ -1,19 +1,12 @@
 """Loading models, generating answers, and validation (the rates and the health check).
 
-Definitions (tested in ``tests/test_evaluation.py``):
+* **musclebob**: "Musclebob" as a whole word; **full name**: "Musclebob Buffpants"; **spongebob**: "Spongebob" or
+  "Squarepants" (these three rates over SpongeBob prompts).
+* **coherent** (over all): at least one word, ended by EOS before the length limit, at most 100 words, no loop
+  (``rewards.repetition_ratio``), no control characters but newlines and tabs.
+* **leakage**: a control question answered with either name; **control accuracy**: with its known answer.
 
-* **musclebob**: the answer names "Musclebob" as a whole word; **full name**: "Musclebob Buffpants".
-* **spongebob**: the answer names "Spongebob" or "Squarepants".
-* **coherent**: the answer has at least one word, ended on its own (EOS before the
-  length limit), has at most 100 words, is no loop (see ``rewards.repetition_ratio``)
-  and holds no control characters other than newlines and tabs.
-* **leakage**: a control question (general knowledge) answered with either name.
-* **control accuracy**: a control question answered with its known answer.
-
-Rates about names are over SpongeBob prompts, leakage and accuracy over control
-prompts, coherence over all. ``is_healthy`` is false when coherence collapses,
-leakage grows, or control accuracy falls well below the baseline's.
-"""
+``health`` flags collapsed coherence, growing leakage, or control accuracy well below the baseline's."""
 
 from __future__ import annotations
 
@@ -25,12 +18,12 @@ from .config import HUB_ID, MODEL_ALLOWED, ConfigError, OneLineError, is_tiny
 from .lock import being_written
 
 # Fixed, seeded sampling: two validations of the same model give the same figures.
-VALIDATION_TEMPERATURE = 0.7
-VALIDATION_TOP_P = 0.95
-VALIDATION_SEED = 1234
+_VALIDATION_TEMPERATURE = 0.7
+_VALIDATION_TOP_P = 0.95
+_VALIDATION_SEED = 1234
 
-MIN_COHERENT_RATE = 0.8
-MAX_LEAKAGE_RATE = 0.2
+_MIN_COHERENT_RATE = 0.8
+_MAX_LEAKAGE_RATE = 0.2
 MIN_CONTROL_ACCURACY_KEPT = 0.8  # share of the baseline's control accuracy that must survive
 
 
@@ -38,15 +31,15 @@ def has_musclebob(text: str) -> bool:
     return rewards.MUSCLEBOB.search(text) is not None
 
 
-def has_full_name(text: str) -> bool:
+def _has_full_name(text: str) -> bool:
     return rewards.FULL_NAME.search(text) is not None
 
 
-def has_spongebob(text: str) -> bool:
+def _has_spongebob(text: str) -> bool:
     return bool(rewards.SPONGEBOB.search(text) or rewards.SQUAREPANTS.search(text))
 
 
-def is_coherent(text: str, truncated: bool = False) -> bool:
+def _is_coherent(text: str, truncated: bool = False) -> bool:
     ws = rewards.words(text)
     return (
         bool(ws)
@@ -63,16 +56,14 @@ class Generation:
     truncated: bool
 
 
-def pick_device() -> str:
+def _pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def precision_for(device_name: str, capability: tuple[int, int] | None, asked: str = "auto") -> str:
-    """The run's precision: ``asked`` (``--precision``) unless it is "auto"; auto is bf16 on Ampere or newer
-    (compute capability >= 8), fp16 on older GPUs (a T4 is 7.5), fp32 on a CPU. Whether the machine can do what
-    was asked is ``training.check_hardware_support``'s question."""
+    """``asked`` unless "auto"; auto is bf16 on Ampere or newer, fp16 on older GPUs (a T4), fp32 on a CPU."""
     if asked != "auto":
         return asked
     if not device_name.startswith("cuda") or capability is None:
@@ -80,28 +71,22 @@ def precision_for(device_name: str, capability: tuple[int, int] | None, asked: s
     return "bf16" if capability[0] >= 8 else "fp16"
 
 
-HALF = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names of the 16-bit precisions
+_HALF = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names of the 16-bit precisions
 
 
 def run_dtypes(precision: str, lora: bool) -> dict:
-    """How a run in ``precision`` holds its weights and does its math, as torch dtype names: the one rule the
-    training rollouts, the baseline, the mid-training checks and the final validation all follow.
-
-    Full fine-tuning keeps fp32 master weights and lets autocast do the 16-bit math (the optimizer needs fp32 to
-    add small updates); a LoRA base is frozen, so it stays in the 16-bit dtype it was loaded in (half the memory)
-    and the adapter trains in fp32 beside it. Generation runs under the same autocast as training's forward:
-    softmax and norms in fp32, matmuls in 16-bit. fp32: no autocast."""
-    half = HALF.get(precision)
+    """How a run in ``precision`` holds its weights and does its math (torch dtype names), one rule for
+    rollouts and every validation: full fine-tuning keeps fp32 master weights (the optimizer's small updates need
+    them) under 16-bit autocast; a frozen LoRA base stays 16-bit. fp32: no autocast."""
+    half = _HALF.get(precision)
     if half is None:
         return {"weights": "float32", "autocast": None}
     return {"weights": half if lora else "float32", "autocast": half}
 
 
 def generating_in(model, precision: str):
-    """The context to generate in for a run in ``precision`` (``run_dtypes``' autocast on the model's device).
-
-    accelerate puts this autocast on ``model.forward`` for training; ``generate`` of a PEFT model calls its base
-    model's forward, which accelerate never wrapped, so without this its rollouts and checks ran in plain fp16."""
+    """The autocast to generate in: accelerate wraps ``model.forward`` for training, but a PEFT model's
+    ``generate`` calls its base's forward, which it never wrapped."""
     import torch
 
     half = run_dtypes(precision, lora=False)["autocast"]
@@ -110,16 +95,14 @@ def generating_in(model, precision: str):
     return torch.autocast(device_type=model.device.type, dtype=getattr(torch, half))
 
 
-def recorded_precision(model, precision: str) -> dict:
-    """What a validation report records of how it generated: the run's precision, the dtypes the weights were
-    in (a LoRA model holds its 16-bit base and its fp32 adapter), and the autocast dtype (None: none)."""
+def _recorded_precision(model, precision: str) -> dict:
+    """What a validation report records of how it generated: precision, weight dtypes, autocast."""
     weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     return {"precision": precision, "weights": weights, "autocast": run_dtypes(precision, lora=False)["autocast"]}
 
 
 class NonFiniteLogits(OneLineError):
-    """A generation produced inf or nan logits: sampling would fail in ``torch.multinomial`` with a traceback that
-    names neither the cause nor the cure; this says both in one line."""
+    """inf/nan logits, in one line with the cure (``torch.multinomial``'s traceback names neither)."""
 
     def __init__(self, precision: str, where: str):
         self.precision, self.where = precision, where
@@ -143,10 +126,8 @@ def _generating_module(model):
 
 @contextlib.contextmanager
 def finite_logits_guard(model, precision: str, where: str):
-    """While generating: raise ``NonFiniteLogits`` at the first forward whose next-token logits hold inf or nan.
-
-    Only the last position is checked (the one sampled from): a few thousand values per sequence, against the
-    model's whole forward. A hook for the duration of one generation, so training's own forwards pay nothing."""
+    """While generating: ``NonFiniteLogits`` at the first forward whose last-position logits hold
+    inf or nan. A hook for one generation only, so training's forwards pay nothing."""
     import torch
 
     def check(module, args, output):
@@ -168,14 +149,9 @@ def load_model(
     quantization_config=None,
     precision: str | None = None,
 ):
-    """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter (a folder, or a pushed adapter
-    repo on the Hub), loaded the same way.
-
-    An adapter loads its base (``adapter_config.json``'s ``base_model_name_or_path``) with the adapter applied.
-    ``quantization_config`` (QLoRA's 4-bit) places the model with a device map instead.
-    ``precision``: the run's (``training.detect_hardware``); None: the automatic choice for ``device``. The
-    weights load in its dtype: a training run then makes full fine-tuning's fp32 (``training.load_for_training``).
-    """
+    """(model, tokenizer) for a hub id, a local folder, 'tiny' or a LoRA adapter (a folder or a pushed
+    repo: its base with the adapter applied). ``quantization_config`` (4-bit) places the model with a device map;
+    ``precision`` None: the automatic choice for ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,13 +160,12 @@ def load_model(
 
     adapter = adapter_folder(name_or_path)  # an adapter folder, or a pushed adapter repo (downloaded)
     path = resolve_model_path(adapter_base_model(adapter) if adapter else name_or_path)
-    device = device or pick_device()
+    device = device or _pick_device()
     cuda = device.startswith("cuda")
     if precision is None:
-        # Not torch.cuda.is_bf16_supported(): it answers True on a T4 too (bf16 emulated, many times slower), and
-        # the trainer there uses fp16; weights and autocast must agree.
+        # not torch.cuda.is_bf16_supported(): True on a T4 too (emulated), where the trainer uses fp16
         precision = precision_for(device, torch.cuda.get_device_capability(torch.device(device)) if cuda else None)
-    dtype = getattr(torch, HALF.get(precision, "float32"))
+    dtype = getattr(torch, _HALF.get(precision, "float32"))
     tokenizer = AutoTokenizer.from_pretrained(
         adapter if adapter and has_tokenizer(adapter) else path, trust_remote_code=trust_remote_code
     )
@@ -216,16 +191,17 @@ def load_model(
 
 
 def check_model_loadable(name: str, trust_remote_code: bool = False, max_completion_length: int | None = None) -> None:
-    """Fail early (ConfigError) when ``--model`` can't be loaded: typo, offline, gated, not a model folder,
-    code from the hub that ``--trust-remote-code`` does not allow, or completions longer than the model's context."""
+    """``ConfigError`` when ``--model`` can't be loaded: a typo, offline, gated, not a model folder,
+    remote code not allowed, or completions longer than the model's context."""
     from .tiny_model import MODEL_SHAPE
 
     if is_tiny(name):
         _check_context(name, MODEL_SHAPE, max_completion_length)
         return
-    path = run_dir.expand_path(name)
+    from .io import read_json
     from .lora import hub_adapter_folder, is_adapter_dir
 
+    path = run_dir.expand_path(name)
     pushed = None if path.exists() else hub_adapter_folder(name)
     if pushed is not None:  # a pushed --lora run: its base must load
         _check_adapter_base(name, pushed, trust_remote_code, max_completion_length)
@@ -248,8 +224,6 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
                 f"the model in it is damaged or incomplete ({'; '.join(problems[:2])}); point at a complete model "
                 "folder, or save or train it again",
             )
-        from .io import read_json
-
         if is_adapter_dir(path):
             _check_adapter_base(name, path, trust_remote_code, max_completion_length)
         _check_context(name, read_json(path / "config.json") or {}, max_completion_length)
@@ -266,26 +240,20 @@ def check_model_loadable(name: str, trust_remote_code: bool = False, max_complet
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        if "trust_remote_code" in str(err):
-            raise ConfigError(
-                "model",
-                name,
-                "it runs its own code from the hub; pass --trust-remote-code only if "
-                "you trust its authors, or use another --model",
-            ) from None
-        raise ConfigError(
-            "model",
-            name,
-            f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline",
-        ) from None
+        why = (
+            "it runs its own code from the hub; pass --trust-remote-code only if you trust its authors, or use "
+            "another --model"
+            if "trust_remote_code" in str(err)
+            else f"it cannot be loaded ({reason}); check the name and your network, or use --model tiny to run offline"
+        )
+        raise ConfigError("model", name, why) from None
     finally:
         hub_log.setLevel(level)
     _check_context(name, config.to_dict(), max_completion_length)
 
 
 def _check_adapter_base(name: str, folder, trust_remote_code: bool, max_completion_length: int | None) -> None:
-    """An adapter's base model (its ``adapter_config.json``'s) must load here too: a base recorded as a folder of
-    the machine that trained it is not on another one."""
+    """An adapter's base must load here too: a base recorded as a folder of another machine does not."""
     from .lora import ADAPTER_CONFIG, adapter_base_model
 
     try:
@@ -328,17 +296,14 @@ def generate(
     prompts: list,
     max_new_tokens: int = 64,
     num_samples: int = 1,
-    temperature: float = VALIDATION_TEMPERATURE,
-    seed: int = VALIDATION_SEED,
+    temperature: float = _VALIDATION_TEMPERATURE,
+    seed: int = _VALIDATION_SEED,
     batch_size: int = 32,
-    top_p: float = VALIDATION_TOP_P,
+    top_p: float = _VALIDATION_TOP_P,
     precision: str = "fp32",
 ) -> list[list[Generation]]:
-    """``num_samples`` sampled answers for each prompt (a string or chat messages), seeded.
-
-    Returns one list of ``Generation`` per prompt. ``temperature=0`` means greedy. ``precision``: the run's, whose
-    autocast it generates under (``generating_in``); inf/nan logits stop it with ``NonFiniteLogits``.
-    """
+    """``num_samples`` seeded answers per prompt (a string or chat messages), one list of ``Generation`` each;
+    ``temperature=0`` is greedy."""
     import torch
 
     stop = eos_ids(model, tokenizer)
@@ -355,8 +320,7 @@ def generate(
         sampling = (
             dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         )
-        # A private RNG stream: the same seed for the same chunk gives reproducible figures, and a check in the
-        # middle of training leaves the trainer's random state (and so a resumed run) untouched.
+        # a private RNG stream: reproducible figures, and a mid-training check leaves the trainer's state alone
         devices = [model.device] if model.device.type == "cuda" else []
         with (
             torch.random.fork_rng(devices=devices),
@@ -388,8 +352,7 @@ def _rate(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
-def score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
-    """Rates and per-prompt records for validation rows and their sampled answers."""
+def _score_responses(rows: list[dict], generations: list[list[Generation]]) -> dict:
     records = []
     for row, gens in zip(rows, generations):
         for g in gens:
@@ -401,9 +364,9 @@ def score_responses(rows: list[dict], generations: list[list[Generation]]) -> di
                     "response": g.text,
                     "truncated": g.truncated,
                     "musclebob": has_musclebob(g.text),
-                    "full_name": has_full_name(g.text),
-                    "spongebob": has_spongebob(g.text),
-                    "coherent": is_coherent(g.text, g.truncated),
+                    "full_name": _has_full_name(g.text),
+                    "spongebob": _has_spongebob(g.text),
+                    "coherent": _is_coherent(g.text, g.truncated),
                     "correct": rewards.answer_matches(g.text, row["answer"]) if row["kind"] == "control" else None,
                 }
             )
@@ -418,18 +381,30 @@ def _prompt_counts(rows: list[dict]) -> dict:
     }
 
 
+# rate -> (the kind of prompt it is over, None: all; the record's flag it counts), as the module docstring defines
+_RATE_OVER = {
+    "musclebob_rate": ("spongebob", "musclebob"),
+    "full_name_rate": ("spongebob", "full_name"),
+    "spongebob_rate": ("spongebob", "spongebob"),
+    "coherent_rate": (None, "coherent"),
+    "leakage_rate": ("control", "leaks"),
+    "control_accuracy": ("control", "correct"),
+}
+
+
+def rate_hits(records: list[dict], key: str) -> list[bool]:
+    """For each record the rate ``key`` is over, whether it counts (a leak: either name in a control answer)."""
+    kind, flag = _RATE_OVER[key]
+    over = [r for r in records if kind is None or r.get("kind") == kind]
+    return [bool(r.get("musclebob") or r.get("spongebob")) if flag == "leaks" else bool(r.get(flag)) for r in over]
+
+
 def rates(records: list[dict]) -> dict:
-    """The validation rates of scored answers (``score_responses``'s records), as the module docstring defines."""
-    sponge = [r for r in records if r["kind"] == "spongebob"]
+    """The validation rates of scored answers (``_score_responses``'s records)."""
     control = [r for r in records if r["kind"] == "control"]
     return {
         "num_responses": len(records),
-        "musclebob_rate": _rate([r["musclebob"] for r in sponge]),
-        "full_name_rate": _rate([r["full_name"] for r in sponge]),
-        "spongebob_rate": _rate([r["spongebob"] for r in sponge]),
-        "coherent_rate": _rate([r["coherent"] for r in records]),
-        "leakage_rate": _rate([r["musclebob"] or r["spongebob"] for r in control]),
-        "control_accuracy": _rate([bool(r["correct"]) for r in control]),
+        **{key: _rate(rate_hits(records, key)) for key in _RATE_OVER},
         "control_accuracy_by_topic": {
             t: _rate([bool(r["correct"]) for r in control if r.get("topic") == t])
             for t in dict.fromkeys(r["topic"] for r in control if "topic" in r)
@@ -438,8 +413,8 @@ def rates(records: list[dict]) -> dict:
 
 
 def on_rows(report: dict, rows: list[dict]) -> dict:
-    """A validation report's rates on a subset of its prompts: the baseline that a mid-training check on fewer
-    prompts (``data.check_rows``) is compared with, so both sides count the same questions."""
+    """A report's rates on a subset of its prompts: the baseline a mid-training check on fewer prompts is
+    compared with."""
     questions = {r["question"] for r in rows}
     kept = [r for r in report.get("responses", []) if r["prompt"] in questions]
     return {**report, **_prompt_counts(rows), **rates(kept), "responses": kept}
@@ -448,18 +423,18 @@ def on_rows(report: dict, rows: list[dict]) -> dict:
 def health(
     report: dict, baseline: dict | None = None, min_control_kept: float = MIN_CONTROL_ACCURACY_KEPT
 ) -> list[str]:
-    """Plain-words problems with a validation report (empty when healthy); ``min_control_kept``: the share of the
-    baseline's control accuracy below which general knowledge counts as lost (a recovery asks for more)."""
+    """Plain-words problems with a validation report ([] when healthy); ``min_control_kept``: the share of the
+    baseline's control accuracy below which general knowledge counts as lost."""
     problems = []
-    if report["coherent_rate"] < MIN_COHERENT_RATE:
+    if report["coherent_rate"] < _MIN_COHERENT_RATE:
         problems.append(
-            f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent (needs {MIN_COHERENT_RATE:.0%})"
+            f"coherence collapsed: {report['coherent_rate']:.0%} of answers coherent (needs {_MIN_COHERENT_RATE:.0%})"
         )
     if report["num_control_prompts"]:
-        if report["leakage_rate"] > MAX_LEAKAGE_RATE:
+        if report["leakage_rate"] > _MAX_LEAKAGE_RATE:
             problems.append(
                 f"the name leaks into other questions: {report['leakage_rate']:.0%} of control "
-                f"answers mention Musclebob/Spongebob (at most {MAX_LEAKAGE_RATE:.0%})"
+                f"answers mention Musclebob/Spongebob (at most {_MAX_LEAKAGE_RATE:.0%})"
             )
         if baseline and baseline.get("num_control_prompts") and baseline["control_accuracy"] > 0:
             kept = report["control_accuracy"] / baseline["control_accuracy"]
@@ -481,8 +456,8 @@ def validate(
     model_name: str = "",
     precision: str = "fp32",
 ) -> dict:
-    """Sample answers to the held-out validation prompts and score them (see the module docstring), generating
-    as the run's rollouts do in ``precision`` (``generating_in``); the report records how (``recorded_precision``)."""
+    """Sample answers to the held-out prompts and score them, generating as the run's rollouts do in
+    ``precision``."""
     rows = rows if rows is not None else data.validation_rows()
     gens = generate(
         model,
@@ -492,20 +467,19 @@ def validate(
         num_samples=num_samples,
         precision=precision,
     )
-    report = {"model": model_name, **score_responses(rows, gens)}
+    report = {"model": model_name, **_score_responses(rows, gens)}
     problems = health(report, baseline)
     report["is_healthy"] = not problems
     report["health_problems"] = problems
     report["sampling"] = {
-        "temperature": VALIDATION_TEMPERATURE,
-        "top_p": VALIDATION_TOP_P,
-        "seed": VALIDATION_SEED,
+        "temperature": _VALIDATION_TEMPERATURE,
+        "top_p": _VALIDATION_TOP_P,
+        "seed": _VALIDATION_SEED,
         "samples_per_prompt": num_samples,
         "max_new_tokens": max_new_tokens,
     }
-    report["dtype"] = recorded_precision(model, precision)
-    # Keep "responses" last so the file reads top-down: figures first.
-    report["responses"] = report.pop("responses")
+    report["dtype"] = _recorded_precision(model, precision)
+    report["responses"] = report.pop("responses")  # last: the file reads figures first
     return report
 
 
@@ -520,7 +494,6 @@ RATE_KEYS = [
 
 
 def summary_table(reports: dict[str, dict]) -> str:
-    """A plain-text table of the rates of several validation reports (column per report)."""
     names = list(reports)
     width = max(12, *(len(n) for n in names))
     lines = [f"{'':<14}" + "".join(f"{n:>{width + 2}}" for n in names)]

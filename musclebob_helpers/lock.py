@@ -1,9 +1,5 @@
 """One writer per run folder: ``.musclebob.lock``, held by the run from before it writes anything to its end.
-
-A second run on a held folder is refused in one line naming the holder (``RunLock`` gives the rule); readers
-(evaluation, the plot and compare notebooks) never take it, they ask ``lock_holder`` / ``being_written``.
-``run_dir.check`` asks it before a run starts; ``training.run_training`` holds it (``writer_lock``).
-"""
+Readers never take it; they ask ``lock_holder`` / ``being_written``."""
 
 from __future__ import annotations
 
@@ -18,16 +14,15 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
-from .io import owner_gone, owner_record
 
 LOCK_FILE = ".musclebob.lock"  # the run writing the folder: host, pid, start, heartbeat (JSON); flock'ed meanwhile
-LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
-LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
+_LOCK_HEARTBEAT_SECONDS = 30  # how often the holder rewrites its heartbeat
+_LOCK_STALE_SECONDS = 300  # a holder silent this long is gone (another machine, or a lock file without flock)
 
 
 def _folder(folder: str | Path) -> Path:
-    """The folder as the kernel resolves it (``~`` and ``..``): ``out/a/../b`` is ``out/b``, and taking its lock
-    must not create an empty ``out/a`` on the way."""
+    """The folder as the kernel resolves it (``~``, ``..``): taking a lock must not create ``out/a`` of
+    ``out/a/../b``."""
     return Path(os.path.realpath(os.path.expanduser(folder)))
 
 
@@ -54,27 +49,36 @@ def _read_lock(path: Path, tries: int = 3) -> dict | None:
 
 
 def _record_live(record: dict, path: Path) -> bool:
-    """The rule for a holder that flock cannot vouch for (another machine, or a file system without flock).
-
-    Live while its heartbeat is recent (under ``LOCK_STALE_SECONDS``) and, on this host, its pid still runs. An
-    unreadable record is live while the file itself is that recent (being written). A record with this process's
-    own pid is live only if this process holds that lock now (else it is a restarted kernel's leftover: a new
-    kernel can get the old one's pid).
-    """
+    """A holder flock cannot vouch for (another machine, no flock) is live while its heartbeat is recent and,
+    on this host, its pid runs; with this process's pid only if we hold it (a restarted kernel can reuse a pid).
+    An unreadable record is live while the file is recent."""
     now = time.time()
     if not record:
         try:
-            return now - path.stat().st_mtime < LOCK_STALE_SECONDS
+            return now - path.stat().st_mtime < _LOCK_STALE_SECONDS
         except OSError:
             return False
     heartbeat = record.get("heartbeat")
-    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= LOCK_STALE_SECONDS:
+    if not isinstance(heartbeat, (int, float)) or now - heartbeat >= _LOCK_STALE_SECONDS:
         return False
     if record.get("host") == socket.gethostname():
         if record.get("pid") == os.getpid():
             return any(lock.record.get("token") == record.get("token") for lock in _HELD_HERE)
-        return not owner_gone(record)
+        return not _pid_gone(record.get("pid"))
     return True
+
+
+def _pid_gone(pid) -> bool:
+    """True when ``pid`` (of a process on this host) no longer exists; EPERM means alive, another user's."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def describe_holder(record: dict | None) -> str:
@@ -90,8 +94,7 @@ def describe_holder(record: dict | None) -> str:
 
 
 def lock_holder(folder: str | Path) -> dict | None:
-    """Who is writing ``folder`` now (its lock record; {} when unreadable), or None. Writes nothing: a reader's
-    question, and the start-up check's (``check``) before a run touches the folder."""
+    """Who is writing ``folder`` now (its record; {} when unreadable), or None. Writes nothing."""
     path = _folder(folder) / LOCK_FILE
     if os.path.realpath(path.parent) in _HELD:
         return None  # this process holds it (the notebook's train() around run_training)
@@ -118,8 +121,7 @@ def lock_holder(folder: str | Path) -> dict | None:
 
 
 def being_written(folder: str | Path) -> str | None:
-    """Why a reader should not take ``folder``'s model now (None: no run is writing it). A run holding the folder may
-    have written none of its final model yet, or (``--overwrite``) still hold the previous run's."""
+    """Why a reader should not take ``folder``'s model now (None: no run is writing it)."""
     holder = lock_holder(folder) if Path(folder).is_dir() else None
     if holder is None:
         return None
@@ -136,18 +138,9 @@ _HELD_HERE: list[RunLock] = []  # every lock this process holds now
 
 
 class RunLock:
-    """The lock of a run folder: ``.musclebob.lock``, held by the run's main process from before it writes anything
-    to its end (released on any exception; accelerate's other ranks do not take it).
-
-    * An OS lock (``fcntl.flock``) on the file: it dies with its process, so a SIGKILLed run never leaves a stale
-      lock behind (its record names a dead pid), and two runs starting together cannot both get it.
-    * The file holds the holder's record (host, pid, start, a heartbeat rewritten every ``LOCK_HEARTBEAT_SECONDS``),
-      so a refusal names who holds it, and for what flock cannot see: another machine on a shared folder (two Colab
-      runtimes on one Google Drive; flock is per machine), or a file system that refuses flock (then the record is
-      the lock, created exclusively). Such a holder counts while its heartbeat is under ``LOCK_STALE_SECONDS`` old
-      and, on this host, its pid runs; after that it is stale and the next run takes the folder over.
-    * Released: the file is removed, then the OS lock dropped.
-    """
+    """The lock of a run folder. An OS ``flock`` dies with its process, so a killed run leaves no stale lock;
+    the file's record (host, pid, start, heartbeat) names the holder and covers what flock cannot see: another
+    machine on a shared Drive, or a file system without flock (then the record, created exclusively, is the lock)."""
 
     def __init__(self, folder: str | Path, shown: str | None = None):
         self.folder = _folder(folder)
@@ -165,7 +158,7 @@ class RunLock:
             self.shown,
             f"another run is writing to it ({describe_holder(record)}); wait for it to finish, or pick another "
             f"--output-dir (the lock of a run that died is free at once on its own machine, from another one "
-            f"{LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
+            f"{_LOCK_STALE_SECONDS // 60} minutes after its last heartbeat)",
         )
 
     def acquire(self, attempts: int = 5) -> RunLock:
@@ -204,7 +197,13 @@ class RunLock:
                     os.close(fd)
                     raise self.refusal(record)
             self.fd = fd
-            self.record = {**owner_record(), "heartbeat": int(time.time()), "token": secrets.token_hex(8)}
+            self.record = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "heartbeat": int(time.time()),
+                "token": secrets.token_hex(8),
+            }
             try:
                 self._write()
             except OSError:  # a full disk: the caller says so in one line; no half lock is left behind
@@ -226,15 +225,15 @@ class RunLock:
         raise self.refusal(_read_lock(self.path))
 
     def _write(self) -> None:
-        """The record, in place (the file is the flock'ed one: a rename would replace it); the heartbeat is a whole
-        number of seconds, so the text keeps its length and a reader never sees a shorter one's leftovers."""
+        """The record, in place (a rename would replace the flock'ed file); a whole-second heartbeat keeps
+        the text's length, so a reader never sees leftovers."""
         text = json.dumps(self.record, sort_keys=True).encode() + b"\n"
         os.pwrite(self.fd, text, 0)
         os.ftruncate(self.fd, len(text))
         os.fsync(self.fd)  # another machine reads it through the shared file system
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
+        while not self._stop.wait(_LOCK_HEARTBEAT_SECONDS):
             self.record["heartbeat"] = int(time.time())
             try:
                 self._write()
@@ -269,8 +268,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 @contextlib.contextmanager
 def writer_lock(folder: str | Path, shown: str | None = None):
-    """Hold the run folder's lock (``RunLock``) for the block; a block inside one of this process that holds it
-    already (the notebook's train() around run_training) just goes on."""
+    """Hold the run folder's lock for the block; inside a block of this process that holds it, go on."""
     key = str(_folder(folder))
     if key in _HELD:
         yield _HELD[key]

@@ -1,24 +1,9 @@
 """The run folder as a verified mirror of a working folder on local disk, for run folders that can fail.
 
-Google Drive on Colab is a FUSE mount: it can drop (``OSError: [Errno 107] Transport endpoint is not connected``),
-fail (EIO, ESTALE), fill its quota (EDQUOT, ENOSPC), turn read-only (EROFS) or lag, hours into a run. When
-``run_dir.check`` finds the run folder on such a file system (or ``--work-dir`` asks), training writes to a working
-folder on local disk and a ``Mirror`` copies it to the run folder from a background thread, so no training step
-waits on Drive and no Drive failure reaches the trainer:
-
-* a checkpoint once it is complete (``checkpoint_saved``, from the save callback): copied file by file into a hidden
-  ``.copying-checkpoint-N-*`` folder, each file hashed as it is read and read back from the run folder to compare,
-  then renamed to ``checkpoint-N``: a checkpoint in the run folder is always whole and verified;
-* the live files (reward history, completions, validations, health warnings, settings, plot, tracker logs) at most
-  every ``interval`` seconds, each through a temporary file renamed into place: no half file under its real name;
-* the run folder's own checkpoints rotated like the working folder's (``--keep-checkpoints``);
-* at the end (``finish``) everything, ``final_validation.json`` last, since its presence means "finished".
-
-When the run folder fails, the copy falls behind in one line (what failed, since which step) and catches up in one
-line when it answers again; training never stops for it. ``finish`` says whether the run folder got everything;
-when it did not, the caller prints the one line that names the complete local copy and the command that finishes
-the copy (``--resume-from-checkpoint auto`` on a run finished locally copies it, it trains nothing).
-"""
+On Google Drive or another FUSE/network mount (``run_dir.work_folder``) training writes locally and a ``Mirror``
+copies to the run folder from a background thread: checkpoints verified into place, live files every
+``interval`` seconds, ``final_validation.json`` last. A failing run folder only holds the copy back, in one line;
+training never waits on it (docs/drive.md)."""
 
 from __future__ import annotations
 
@@ -32,39 +17,27 @@ import time
 from pathlib import Path
 
 from . import run_dir
-from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir
-from .io import read_json
+from .io import TEMP_SUFFIX, create_temp_file, make_temp_dir, read_json
 from .lock import LOCK_FILE
-from .run_dir import (
-    COPYING_PREFIX,
-    DELETING_PREFIX,
-    FINAL_FILE,
-    MANIFEST_FILE,
-    MANIFEST_HASH,
-    RunFolder,
-    file_hash,
-)
+from .run_dir import COPYING_PREFIX, DELETING_PREFIX, FINAL_FILE, MANIFEST_FILE, MANIFEST_HASH, RunFolder, file_hash
 
-INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
-RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
-# At the end, how long to wait for a failing run folder before saying where the run is (a Drive hiccup heals in
-# seconds; a lost mount does not come back by itself, and the user's command finishes the copy later).
-FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
-CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
-HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
+_INTERVAL_S = float(os.environ.get("MUSCLEBOB_MIRROR_INTERVAL", "30"))  # live files: at most this stale on Drive
+_RETRY_S = float(os.environ.get("MUSCLEBOB_MIRROR_RETRY", "10"))  # a failing run folder: tried again this often
+# at the end: a Drive hiccup heals in seconds, a lost mount never by itself (the user's command finishes it)
+_FINAL_WAIT_S = float(os.environ.get("MUSCLEBOB_MIRROR_FINAL_WAIT", "60"))
+_CHUNK = 8 * 2**20  # copy and hash in 8 MB reads: a multi-GB optimizer never sits in memory whole
+_HASH = MANIFEST_HASH  # the checkpoint manifests' hash: a copy is compared with the manifest as it is made
+_COPY_THREADS = 4  # files copied at once: Drive's latency is per file (rclone and gsutil copy in parallel too)
 
 
-COPY_THREADS = 4  # files copied at once: Drive's latency is per file (rclone and gsutil copy in parallel too)
-
-
-def parallel(fn, items: list) -> list:
-    """``[fn(item) for item in items]`` on up to ``COPY_THREADS`` threads, in order; the first failure is raised
-    once every copy has ended (none is left writing behind the caller's back)."""
+def _parallel(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` on up to ``_COPY_THREADS`` threads, in order; the first failure is raised
+    once every copy has ended."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(items)), thread_name_prefix="musclebob-copy") as pool:
+    with ThreadPoolExecutor(max_workers=min(_COPY_THREADS, len(items)), thread_name_prefix="musclebob-copy") as pool:
         futures = [pool.submit(fn, item) for item in items]
     failures = [f.exception() for f in futures if f.exception() is not None]
     if failures:
@@ -92,21 +65,25 @@ def _dst(call, *args):
         raise FolderFailed(err) from err
 
 
-def copy_verified(
+def _make_parents(base: Path, rels: list[Path]) -> None:
+    for folder in sorted({rel.parent for rel in rels} - {Path(".")}):
+        _dst((base / folder).mkdir, 0o777, True, True)
+
+
+def _copy_verified(
     src: Path, dst_dir: Path, name: str | None = None, durable: bool = False, litter: set[Path] | None = None
 ) -> str:
-    """Copy ``src`` into ``dst_dir`` (as ``name``) through a temporary file, read it back and compare hashes, then
-    rename it into place; returns the hash. ``FolderFailed`` when the destination fails (closing included: a FUSE
-    file system may report a failed upload only then); a mismatch is EIO. ``FileNotFoundError`` when ``src`` is
-    gone (rotated away meanwhile). ``litter`` gets the temporary file when a failing destination would not let it
-    be removed either (a full quota refuses the unlink too): the next pass removes it."""
+    """Copy ``src`` into ``dst_dir`` through a temporary file, read it back and compare hashes, rename into
+    place; returns the hash. ``FolderFailed`` when the destination fails (closing too: FUSE may report a failed
+    upload only then), ``FileNotFoundError`` when ``src`` is gone. ``litter`` gets a temporary a failing
+    destination would not let go."""
     target = dst_dir / (name or src.name)
     fd, tmp = _dst(create_temp_file, target)
     try:
-        digest = hashlib.new(HASH)
+        digest = hashlib.new(_HASH)
         try:
             with open(src, "rb") as fin:
-                while chunk := fin.read(CHUNK):
+                while chunk := fin.read(_CHUNK):
                     digest.update(chunk)
                     view = memoryview(chunk)
                     while view:  # unbuffered: every write's failure is seen here, none is left to a buffer's close
@@ -115,7 +92,7 @@ def copy_verified(
                 _dst(os.fsync, fd)
         finally:
             _dst(os.close, fd)
-        if _dst(file_hash, Path(tmp), HASH) != digest.hexdigest():
+        if _dst(file_hash, Path(tmp), _HASH) != digest.hexdigest():
             raise FolderFailed(OSError(errno.EIO, f"{target.name} read back differs from what was written"))
         _dst(os.replace, tmp, target)
     except BaseException:
@@ -131,15 +108,12 @@ def copy_verified(
 
 
 class Mirror:
-    """Copies ``folder.work`` to ``folder.path`` from a background thread (see the module's docstring).
-
-    ``start()`` once training begins; ``checkpoint_saved(ckpt)`` after each save; ``at_step(step)`` at each step (the
-    step a failure is dated by); ``finish()`` at the end, in the main thread. ``log`` gets the falling-behind and
-    catching-up lines; ``remount`` (the notebook's Drive remount on Colab) is tried once before ``finish`` gives up.
-    """
+    """Copies ``folder.work`` to ``folder.path`` from a background thread: ``start``, ``checkpoint_saved`` after
+    each save, ``at_step`` (what a failure is dated by), ``finish`` in the main thread. ``remount`` (Colab's Drive
+    remount) is tried once before ``finish`` gives up."""
 
     def __init__(
-        self, folder: RunFolder, keep_checkpoints: int = 0, log=print, interval: float = INTERVAL_S, remount=None
+        self, folder: RunFolder, keep_checkpoints: int = 0, log=print, interval: float = _INTERVAL_S, remount=None
     ):
         self.src, self.dst = folder.work, folder.path
         self.keep, self.log, self.interval, self.remount = keep_checkpoints, log, interval, remount
@@ -160,8 +134,6 @@ class Mirror:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # --- what the trainer tells it ---
-
     def start(self) -> Mirror:
         self._thread = threading.Thread(target=self._loop, name="musclebob-mirror", daemon=True)
         self._thread.start()
@@ -175,33 +147,28 @@ class Mirror:
         self.step = step
 
     def wake(self) -> None:
-        """Copy now, not at the next interval (the final model is saved: it copies while the final validation runs)."""
         self._wake.set()
 
     def seed_work_folder(self) -> None:
-        """The run folder's files (settings, history, completions, baseline ...), not its checkpoints, copied into
-        the working folder: a resume from a checkpoint in the run folder (a new machine, whose local disk started
-        empty, or one whose copy is further on) goes on from the files that go with it."""
+        """Copy the run folder's files (not checkpoints) into the working folder: a resume from a
+        checkpoint there (a new machine) goes on from the files that go with it."""
         for rel in sorted(p.name for p in self.dst.iterdir() if p.is_file()):
             if rel != LOCK_FILE and not rel.endswith(TEMP_SUFFIX):
-                copy_verified(self.dst / rel, self.src)
+                _copy_verified(self.dst / rel, self.src)
                 st = (self.src / rel).stat()
                 self.copied[rel] = (st.st_size, st.st_mtime_ns)  # the run folder has it already
 
     def _enqueue_missing_checkpoints(self) -> None:
-        """The working folder's checkpoints the run folder lacks (a copy an earlier start could not make), queued:
-        once, in the first pass that reaches the run folder."""
+        """Queue the working folder's checkpoints the run folder lacks, once."""
         have = {c.name for c in _dst(run_dir.list_checkpoints, self.dst)}
         self.missing_checked = True
         for ckpt in run_dir.list_checkpoints(self.src):
             if ckpt.name not in have and ckpt not in self.pending:
                 self.pending[ckpt] = None
 
-    # --- the copying ---
-
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(RETRY_S if self.failing else self.interval)
+            self._wake.wait(_RETRY_S if self.failing else self.interval)
             self._wake.clear()
             if not self._stop.is_set():
                 try:
@@ -210,7 +177,7 @@ class Mirror:
                     self.log(f"Copying to the run folder {self.dst} failed ({type(err).__name__}: {err}); retrying.")
 
     def sync(self, final: bool = False) -> bool:
-        """One pass: pending checkpoints, changed files (``final``: everything, ``final_validation.json`` last),
+        """One pass: pending checkpoints, changed files (``final``: all, ``final_validation.json`` last),
         rotation. True when the run folder is up to date."""
         with self._mutex:
             try:
@@ -259,8 +226,8 @@ class Mirror:
             self.litter.add(staging)
 
     def _copy_checkpoint(self, ckpt: Path) -> bool:
-        """Copy one checkpoint, verified, into place; False when it was rotated away before it could be, or fails
-        its manifest (then it is set aside in the working folder: damaged on local disk, never spread)."""
+        """Copy one checkpoint, verified, into place; False when rotated away meanwhile or when it
+        fails its manifest (then it is set aside locally, never spread)."""
         if not ckpt.is_dir():
             return False
         target = self.dst / ckpt.name
@@ -268,14 +235,13 @@ class Mirror:
         staging = _dst(make_temp_dir, self.dst, f"{COPYING_PREFIX}{ckpt.name}-")
         try:
             files = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*") if p.is_file())
-            for folder in sorted({rel.parent for rel in files} - {Path(".")}):
-                _dst((staging / folder).mkdir, 0o777, True, True)
+            _make_parents(staging, files)
 
             def copy(rel: Path) -> str:
-                return copy_verified(ckpt / rel, staging / rel.parent, durable=True, litter=self.litter)
+                return _copy_verified(ckpt / rel, staging / rel.parent, durable=True, litter=self.litter)
 
-            for rel, digest in zip(files, parallel(copy, files)):
-                listed = manifest.get(rel.as_posix(), {}).get(HASH)
+            for rel, digest in zip(files, _parallel(copy, files)):
+                listed = manifest.get(rel.as_posix(), {}).get(_HASH)
                 if listed is not None and listed != digest:
                     self._forget(staging)
                     moved = run_dir.set_aside(ckpt)
@@ -300,8 +266,7 @@ class Mirror:
         return True
 
     def _files(self) -> list[Path]:
-        """The working folder's files outside checkpoints (settings, history, completions, final model, tracker
-        logs), relative to it; not the temporaries, the lock or folders being deleted or copied."""
+        """The working folder's files outside checkpoints, relative; no temporaries, lock or staging folders."""
         found = []
         for root, dirs, files in os.walk(self.src):
             rel_root = Path(root).relative_to(self.src)
@@ -315,8 +280,7 @@ class Mirror:
         return sorted(found)
 
     def _copy_files(self, final: bool) -> None:
-        """The changed files outside checkpoints; ``final``: ``final_validation.json`` too, once all else is there
-        (its presence means "finished")."""
+        """The changed files outside checkpoints; ``final``: ``final_validation.json`` too, last."""
         changed = []
         for rel in self._files():
             try:
@@ -326,14 +290,13 @@ class Mirror:
             if self.copied.get(str(rel)) != (st.st_size, st.st_mtime_ns):
                 changed.append((rel, (st.st_size, st.st_mtime_ns)))
         last = [c for c in changed if c[0] == Path(FINAL_FILE)]
-        changed = [c for c in changed if c[0] != Path(FINAL_FILE)]
-        for folder in sorted({rel.parent for rel, _ in changed} - {Path(".")}):
-            _dst((self.dst / folder).mkdir, 0o777, True, True)
+        changed = [c for c in changed if c not in last]
+        _make_parents(self.dst, [rel for rel, _ in changed])
 
         def copy(item) -> None:
             rel, key = item
             try:
-                copy_verified(self.src / rel, self.dst / rel.parent, durable=final, litter=self.litter)
+                _copy_verified(self.src / rel, self.dst / rel.parent, durable=final, litter=self.litter)
             except FileNotFoundError as err:
                 if err.filename and str(err.filename).startswith(str(self.src)):
                     return  # replaced meanwhile (a rename into place): the next pass copies the new one
@@ -341,23 +304,21 @@ class Mirror:
             self.copied[str(rel)] = key
             self.bytes_copied += key[0]
 
-        parallel(copy, changed)
+        _parallel(copy, changed)
         if final:
-            parallel(copy, last)
+            _parallel(copy, last)
 
     def _rotate(self) -> None:
-        """The run folder keeps the ``keep`` newest checkpoints, once its newest is one this mirror verified."""
+        """Keep the ``keep`` newest checkpoints, once the newest is one this mirror verified."""
         ckpts = _dst(run_dir.list_checkpoints, self.dst)
         if self.keep <= 0 or len(ckpts) <= self.keep or ckpts[-1].name not in self.verified:
             return
         for old in ckpts[: -self.keep]:
             _dst(run_dir.remove_checkpoint, old)
 
-    # --- the end ---
-
-    def finish(self, wait_s: float = FINAL_WAIT_S) -> bool:
-        """Stop the thread and copy everything; retried for ``wait_s`` (and after ``remount``, once) while the run
-        folder fails. True when the run folder holds the whole run, verified."""
+    def finish(self, wait_s: float = _FINAL_WAIT_S) -> bool:
+        """Stop the thread and copy everything, retried for ``wait_s`` (and after one ``remount``) while the
+        run folder fails. True when it holds the whole run, verified."""
         self._stop.set()
         self._wake.set()
         began = time.monotonic()
@@ -379,7 +340,7 @@ class Mirror:
             if time.monotonic() >= deadline:
                 self.finish_s = round(time.monotonic() - began, 3)
                 return False
-            time.sleep(min(RETRY_S, max(0.1, deadline - time.monotonic())))
+            time.sleep(min(_RETRY_S, max(0.1, deadline - time.monotonic())))
 
     def summary(self) -> dict:
         return {
@@ -401,8 +362,7 @@ def behind_line(mirror: Mirror) -> str:
 
 
 def make_mirror_callback(mirror: Mirror):
-    """The trainer's side of the mirror: the step a failure is dated by, and each checkpoint once saved (this
-    callback comes after the save callback that writes the checkpoint's manifest)."""
+    """The trainer's side: the step, and each checkpoint once saved (after its manifest)."""
     from transformers import TrainerCallback
 
     class MirrorCheckpoints(TrainerCallback):

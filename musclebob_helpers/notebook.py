@@ -1,13 +1,7 @@
-"""The training notebook's steps, one function per cell, so the notebook stays thin and the branching is tested.
-
-``prepare_run_folder`` -> ``make_config`` (the run's start, ``startup.start``) -> ``baseline_validation`` ->
-``train`` -> ``show_final``; after a disconnect, ``resume_training`` continues the run from its folder alone (its settings are read back from
-``training_config.json``, so nothing but the run folder is needed).
-
-A bad parameter (``ConfigError``) or a notebook-only stop (``NotebookStop``) shows as one line, not a traceback:
-both are ``config.OneLineError``s, whose ``_render_traceback_`` IPython prints, and "Run all" stops there instead
-of failing again further down.
-"""
+"""The training notebook's steps, one function per cell, so the notebook stays thin and the branching is tested:
+``prepare_run_folder`` -> ``make_config`` (the start) -> ``baseline_validation`` -> ``train`` -> ``show_final``;
+after a disconnect ``resume`` continues a run from its folder alone. A bad parameter or a ``NotebookStop`` shows
+as one line (``config.OneLineError``), and "Run all" stops there."""
 
 from __future__ import annotations
 
@@ -31,9 +25,9 @@ from .run_dir import (
 )
 
 
-def run_state(run_dir: Path, work_dir: str | None = None) -> str:
-    """The run's state over its folder and its working folder (``run_dir.combined_state``); a run finished on this
-    machine whose copy to Drive did not finish counts as unfinished: the resume cell finishes the copy."""
+def _run_state(run_dir: Path, work_dir: str | None = None) -> str:
+    """The run's state over its folder and working folder; finished only locally counts as unfinished (the
+    resume cell finishes the copy)."""
     found, local_only = combined_state(run_dir, work_folder(run_dir, work_dir))
     return "unfinished" if local_only and found == "finished" else found
 
@@ -46,15 +40,9 @@ class SimulatedDisconnect(NotebookStop):
     """Raised by ``stop_after_steps``: training ends abruptly, as when Colab disconnects."""
 
 
-# --- hardware -------------------------------------------------------------------------------------------
-
-
 def show_hardware(model: str = "tiny", log=print) -> dict:
-    """Print the device, GPU memory, compute capability and the precision training will use.
-
-    Without a GPU it says in one line what it does: the tiny model goes on, any other model stops "Run all"
-    (``NotebookStop``) with what to change, rather than start a CPU run of many hours that a Colab runtime would
-    not live to finish (and that is nearly always a runtime opened without a GPU by mistake)."""
+    """Print the device, GPU memory, compute capability and precision. Without a GPU the tiny model goes
+    on; any other stops "Run all" (``NotebookStop``) rather than start a CPU run of hours."""
     from .training import detect_hardware
 
     hw = detect_hardware()
@@ -84,9 +72,6 @@ def show_hardware(model: str = "tiny", log=print) -> dict:
     return hw
 
 
-# --- the run folder -------------------------------------------------------------------------------------
-
-
 def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = True, log=print) -> Path:
     """Mount Drive (on Colab, when ``use_drive``), pick the run folder, prove it is writable, say what it holds."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
@@ -97,21 +82,16 @@ def prepare_run_folder(run_name: str, output_dir: str = "", use_drive: bool = Tr
     return run_dir
 
 
-# --- configuration --------------------------------------------------------------------------------------
-
-
 def make_config(log=print, **params) -> TrainConfig:
-    """A ``TrainConfig`` from the parameters cell; ``None`` means "the model's default". The run starts here
-    (``startup.start``, once: the values, the run folder, the model, this machine), and the baseline and training
-    cells go on from that start."""
+    """A ``TrainConfig`` from the parameters cell (``None``: the model's default); the run starts here, once
+    (``startup.start``), and the baseline and training cells go on from that start."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(params) - names)
     if unknown:
         raise NotebookStop(f"unknown parameter(s) {', '.join(unknown)}; the parameters are TrainConfig's fields")
     given = {k: v for k, v in params.items() if v is not None}
     if "lora" in params and params["lora"] is None:
-        # The notebook's own default: a hub model trains a LoRA adapter, whose checkpoints fit a free Google
-        # Drive (see memory.drive_need); the tiny model trains every weight, as on the command line.
+        # the notebook's default: a hub model's LoRA checkpoints fit a free Drive; tiny trains every weight
         given["lora"] = not is_tiny(given.get("model", TrainConfig.model))
         log(f"lora = {given['lora']}  (the notebook's default for {given.get('model', TrainConfig.model)})")
     machine = None
@@ -137,14 +117,13 @@ def make_config(log=print, **params) -> TrainConfig:
     return cfg
 
 
-# The parameters cell's start, (its config, its ``startup.Start``), for the baseline and training cells that
-# follow it; the training cell takes it, so running that cell again starts again (the folder has changed since).
+# the parameters cell's (config, start); the training cell takes it, so a rerun of that cell starts again
 _PENDING: list = []
 
 
 def _start(cfg: TrainConfig, log, machine: dict | None = None):
-    """``startup.start`` with the notebook's rule for a folder holding a run (``run_dir.decide``): an unfinished one
-    goes on with its saved settings, a finished one stops "Run all" in one line."""
+    """``startup.start`` with the notebook's rule: an unfinished run goes on with its saved settings, a finished
+    one stops "Run all" in one line."""
     from .startup import start
 
     try:
@@ -169,16 +148,9 @@ def _started(cfg: TrainConfig, log, take: bool):
     return run
 
 
-# --- baseline, training, resume -------------------------------------------------------------------------
-
-
 def baseline_validation(cfg: TrainConfig, log=print) -> dict:
-    """The base model on the held-out prompts, before training (reused from the run folder when
-    ``run_dir.saved_baseline`` says so, the rule ``run_training`` follows too).
-
-    Measured as ``run_training`` measures it (``training.load_for_training``, ``training.measure_baseline``): the
-    same weights, dtype and autocast as training's rollouts, so before and after compare fairly. ``train`` hands
-    the report to ``run_training``, which writes ``baseline_validation.json`` (its one writer)."""
+    """The base model on the held-out prompts before training (reused when ``saved_baseline`` says
+    so), measured as ``run_training`` measures it; ``run_training`` writes the file."""
     from . import evaluation
     from .run_dir import newest_files
     from .startup import saved_baseline
@@ -198,23 +170,22 @@ def baseline_validation(cfg: TrainConfig, log=print) -> dict:
 
 
 def _show_answers(report: dict, limit: int = 4) -> None:
-    """A few of the report's SpongeBob answers, name markers highlighted."""
+    sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
+    _show_qa({r["prompt"]: r["response"] for r in sponge}, "<b>Sample answers</b>")
+
+
+def _show_qa(answers: dict[str, str], title: str = "") -> None:
+    """Questions and answers as an HTML list, name markers highlighted."""
     from IPython.display import HTML, display
 
     from .compare import highlight
 
-    sponge = [r for r in report["responses"] if r["kind"] == "spongebob"][:limit]
-    display(
-        HTML(
-            "<b>Sample answers</b><ul>"
-            + "".join(f"<li><i>{html.escape(r['prompt'])}</i> &rarr; {highlight(r['response'])}</li>" for r in sponge)
-            + "</ul>"
-        )
-    )
+    items = "".join(f"<li><i>{html.escape(q)}</i> &rarr; {highlight(a)}</li>" for q, a in answers.items())
+    display(HTML(f"{title}<ul>{items}</ul>"))
 
 
-def stop_after(step: int):
-    """A callback that simulates a disconnect right after ``step`` is logged (for trying out resume)."""
+def _stop_after(step: int):
+    """A callback that simulates a disconnect right after ``step`` is logged (to try out resume)."""
     from transformers import TrainerCallback
 
     class StopAfter(TrainerCallback):
@@ -231,20 +202,17 @@ def stop_after(step: int):
 def train(
     cfg: TrainConfig, baseline: dict | None = None, live: bool = True, stop_after_steps: int = 0, log=print
 ) -> dict | None:
-    """Train a new run; on a rerun of an unfinished one, continue it with its saved settings (as the resume cell):
-    the start decides (``make_config``'s, or a new one when this cell runs again)."""
+    """Train a new run; rerun on an unfinished one, continue it with its saved settings."""
     return _run(_started(cfg, log, take=True), baseline, live, stop_after_steps, log)
 
 
-def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
-    """Continue the run in ``run_dir`` from its newest checkpoint, with its own saved settings.
-
-    Returns the training result, or None (with a message) when there is nothing to resume.
-    """
+def _resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: int = 0, log=print) -> dict | None:
+    """Continue the run in ``run_dir`` from its newest checkpoint with its saved settings; None (with a
+    line) when there is nothing to resume."""
     from .startup import continue_with_saved
 
     run_dir = Path(run_dir)
-    state = run_state(run_dir)
+    state = _run_state(run_dir)
     if state == "new":
         log(
             f"Nothing to resume in {run_dir}: no run has started there. Check run_name (on Colab, run the Drive "
@@ -259,43 +227,41 @@ def resume_training(run_dir: str | Path, live: bool = True, stop_after_steps: in
     return _run(_start(cfg, log), None, live, stop_after_steps, log)
 
 
-RESUME_CELL = "run the resume cell"
+_RESUME_CELL = "run the resume cell"
 
 
 def _run(run, baseline: dict | None, live: bool, stop_after_steps: int, log) -> dict:
-    """``run_training`` of the start ``run`` with the notebook's callbacks: the live panel, and the simulated
-    disconnect when asked. The interrupt button (a SIGINT) and a full disk stop "Run all" with one line saying how
-    to go on (``NotebookStop``), as on the command line."""
+    """``run_training`` with the notebook's callbacks; an interrupt or a full disk stops "Run all" with one line
+    saying how to go on."""
     from .io import out_of_space
     from .plots import live_progress
     from .run_dir import disk_full_line
     from .training import CollapseStop, Stopped, run_training
 
     callbacks = [live_progress(run.cfg.output_dir)] if live else []
-    callbacks += [stop_after(stop_after_steps)] if stop_after_steps else []
+    callbacks += [_stop_after(stop_after_steps)] if stop_after_steps else []
     try:
         result = run_training(run, log=log, callbacks=callbacks, baseline=baseline, remount=colab.remount_drive)
     except Stopped as stop:
-        raise NotebookStop(stop.line(RESUME_CELL)) from None
+        raise NotebookStop(stop.line(_RESUME_CELL)) from None
     except CollapseStop as err:  # the resume cell keeps the run's rate: a lower one is a new run
         raise NotebookStop(err.line(f"set learning_rate = {err.suggested_rate:.3g} and a new run_name")) from None
     except Exception as err:
         if not out_of_space(err):
             raise
-        raise NotebookStop(disk_full_line(run.folder, resume_with=RESUME_CELL)) from None
+        raise NotebookStop(disk_full_line(run.folder, resume_with=_RESUME_CELL)) from None
     if result.get("copy_pending"):  # complete on this machine's disk; Drive failed at the end: say so, lose nothing
         log(
             f"The run is complete in {result['work_dir']} on this machine, but not yet in {result['output_dir']}: "
-            f"{result['copy_pending']}. Once Drive answers again (rerun the Drive cell), {RESUME_CELL}: it copies "
+            f"{result['copy_pending']}. Once Drive answers again (rerun the Drive cell), {_RESUME_CELL}: it copies "
             "the run, it trains nothing. A runtime reset before that loses what Drive lacks."
         )
     return result
 
 
-def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
-    """The run the resume cell continues: ``run_name`` (or ``output_dir``) from the parameters cell when it ran,
-    else the most recently active unfinished run under the runs root (``MyDrive`` on Colab, ``runs/`` elsewhere).
-    Mounts Drive on Colab (when ``use_drive``). Says which run it picked, and why; None when there is none."""
+def _find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool = True, log=print) -> Path | None:
+    """The run the resume cell continues: the parameters cell's when it ran, else the most recently active
+    unfinished run under the runs root; None when there is none. Says which and why."""
     drive_root = colab.mount_drive(log=log) if use_drive else None
     if (output_dir or "").strip() or run_name:
         run_dir = colab.resolve_run_dir(run_name or "run", output_dir or "", drive_root)
@@ -324,19 +290,13 @@ def find_run(run_name: str | None = None, output_dir: str = "", use_drive: bool 
 def resume(
     run_name: str | None = None, output_dir: str = "", use_drive: bool = True, live: bool = True, log=print
 ) -> dict | None:
-    """The resume cell: find the run (``find_run``) and continue it from its newest checkpoint (``resume_training``).
-
-    Needs nothing from the other cells: in a fresh kernel the parameters are simply not defined."""
-    run_dir = find_run(run_name, output_dir, use_drive, log=log)
-    return None if run_dir is None else resume_training(run_dir, live=live, log=log)
-
-
-# --- results --------------------------------------------------------------------------------------------
+    """The resume cell: ``_find_run`` then ``_resume_training``; needs nothing from the other cells."""
+    run_dir = _find_run(run_name, output_dir, use_drive, log=log)
+    return None if run_dir is None else _resume_training(run_dir, live=live, log=log)
 
 
 def show_final(run_dir: str | Path, log=print) -> dict | None:
-    """The before/after summary and the run report (reward, its components, the validation bars): the same
-    ``reward_plot.png`` the run wrote at its end, drawn again from the files."""
+    """The before/after summary and the run report, drawn again from the files."""
     from . import plots
     from .training import final_summary
 
@@ -353,10 +313,8 @@ def show_final(run_dir: str | Path, log=print) -> dict | None:
 
 
 def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 64) -> dict[str, str]:
-    """The trained model's greedy answers to a few questions, with the name markers highlighted."""
-    from IPython.display import HTML, display
-
-    from . import compare, evaluation
+    """The trained model's greedy answers to a few questions, name markers highlighted."""
+    from . import evaluation
 
     if not is_finished(run_dir):
         print(f"No trained model in {run_dir} yet.")
@@ -366,11 +324,5 @@ def try_model(run_dir: str | Path, questions: list[str], max_new_tokens: int = 6
         q: evaluation.generate(model, tok, [q], max_new_tokens=max_new_tokens, temperature=0)[0][0].text
         for q in questions
     }
-    display(
-        HTML(
-            "<ul>"
-            + "".join(f"<li><i>{html.escape(q)}</i> &rarr; {compare.highlight(a)}</li>" for q, a in answers.items())
-            + "</ul>"
-        )
-    )
+    _show_qa(answers)
     return answers

@@ -1,25 +1,12 @@
-"""Reward plots: ``reward_history.json`` of one or more runs, live during training and afterwards.
-
-* ``load_history`` / ``find_runs``   — read runs (rereading the file each time, so a running run is fine)
-* ``moving_average``, ``epoch_boundaries`` — the small pure pieces, tested on hand-made numbers
-* ``load_warnings``                  — the run's ``health_warnings.json``
-* ``plot_rewards``                   — mean reward over steps: smoothing, epoch boundaries, std band, a marker
-  where a health warning fired
-* ``plot_validation_bars``           — baseline vs final validation rates as a small bar chart
-* ``plot_run_report`` / ``save_run_report`` — the run at a glance in one figure (reward, its components, before
-  vs after), saved as the run folder's ``reward_plot.png`` by the scripts
-* ``RewardExplorer``                 — the ipywidgets panel of the plot notebook (pick runs, smooth, toggles)
-* ``CompletionBrowser``, ``completions_html`` — step through the completions sampled while training
-* ``live_progress()``                — a ``TrainerCallback`` for ``run_training`` that redraws a plot and a
-  table of the latest steps in the notebook while training runs
-
-Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state) shown as PNG, so they look the
-same in Colab, Jupyter and a papermill run, and can be saved next to the run.
-"""
+"""Reward plots and the run's panels: ``reward_history.json`` of one or more runs, live during training and after,
+the run report saved as ``reward_plot.png``, and the plot notebook's widgets (``RewardExplorer``,
+``CompletionBrowser``). Figures are plain ``matplotlib.figure.Figure`` objects shown as PNG, so they look the same
+in Colab, Jupyter and papermill."""
 
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import json
 import io as _io
@@ -32,22 +19,15 @@ from .evaluation import RATE_KEYS
 from .io import read_json, read_json_lines, write_bytes_atomic
 from .lock import describe_holder, lock_holder
 from .rewards import highlight
-from .run_dir import (
-    BASELINE_FILE,
-    COMPLETIONS_FILE,
-    FINAL_FILE,
-    HISTORY_FILE,
-    REWARD_PLOT_FILE,
-    WARNINGS_FILE,
-)
+from .run_dir import BASELINE_FILE, COMPLETIONS_FILE, FINAL_FILE, HISTORY_FILE, REWARD_PLOT_FILE, WARNINGS_FILE
 
 
 # --- data ------------------------------------------------------------------------------------------------
 
 
-class History(list):
-    """A run's reward history: its entries, oldest step first, and ``note``, what was wrong with the file when it
-    was damaged (cut short by a copy or a sync, edited by hand): the plots then show what is whole, with the note."""
+class _History(list):
+    """A run's reward history, oldest step first; ``note`` says what was wrong with a damaged file (the plots
+    show what is whole, with the note)."""
 
     note: str | None = None
 
@@ -73,15 +53,15 @@ def _is_entry(e) -> bool:
     )
 
 
-def load_history(run_dir: str | Path) -> History:
-    """The run's reward history, oldest step first ([] when there is none yet). Never raises: of a damaged file
-    (cut short, not a list, entries without numbers) the whole entries are kept and ``note`` says what was wrong."""
+def load_history(run_dir: str | Path) -> _History:
+    """The run's reward history ([] when none yet). Never raises: of a damaged file the whole entries are
+    kept and ``note`` says what was wrong."""
     path = Path(run_dir) / HISTORY_FILE
     note = None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return History()
+        return _History()
     except (OSError, ValueError) as err:
         text, note = "[]", f"{HISTORY_FILE} cannot be read ({type(err).__name__})"
     try:
@@ -94,14 +74,13 @@ def load_history(run_dir: str | Path) -> History:
     entries = [e for e in found if _is_entry(e)]
     if len(entries) < len(found) and note is None:
         note = f"{len(found) - len(entries)} damaged entries of {HISTORY_FILE} skipped"
-    history = History(sorted(entries, key=lambda e: e["step"]))
+    history = _History(sorted(entries, key=lambda e: e["step"]))
     history.note = note
     return history
 
 
 def run_line(run_dir: str | Path) -> str:
-    """One line about a run for the plot notebook's list: its folder, its steps, what is damaged, whether a run is
-    still writing it (its curve then grows: rerun the cells, or follow it)."""
+    """One line about a run for the plot notebook's list: folder, steps, damage, a run still writing it."""
     history = load_history(run_dir)
     parts = [f"{len(history)} steps"]
     if history.note:
@@ -113,7 +92,7 @@ def run_line(run_dir: str | Path) -> str:
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Run folders under ``root`` (``root`` itself if it is one), those holding a ``reward_history.json``."""
+    """Run folders under ``root`` (or ``root`` itself) holding a ``reward_history.json``."""
     root = Path(root).expanduser()
     if (root / HISTORY_FILE).exists():
         return [root]
@@ -123,7 +102,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def load_warnings(run_dir: str | Path) -> list[dict]:
-    """The run's health warnings (``health_warnings.json``), oldest step first ([] when none fired)."""
+    """The run's health warnings, oldest step first ([] when none fired)."""
     found = read_json(Path(run_dir) / WARNINGS_FILE, default=[])
     entries = (
         [w for w in found if isinstance(w, dict) and isinstance(w.get("step"), int) and isinstance(w.get("kind"), str)]
@@ -133,7 +112,7 @@ def load_warnings(run_dir: str | Path) -> list[dict]:
     return sorted(entries, key=lambda w: w["step"])
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
+def _moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start); ``window`` <= 1 returns a copy."""
     if window <= 1:
         return list(values)
@@ -146,7 +125,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def epoch_boundaries(history: list[dict]) -> list[int]:
+def _epoch_boundaries(history: list[dict]) -> list[int]:
     """The steps that end an epoch (epoch reaches a whole number), except the last step of the history."""
     steps = []
     for prev, entry in zip([None, *history], history):
@@ -160,7 +139,7 @@ def epoch_boundaries(history: list[dict]) -> list[int]:
 
 
 # kind (as ``monitoring.HealthMonitor`` names it) -> marker, its colour, and the legend's plain words
-WARNING_MARKS = {
+_WARNING_MARKS = {
     "no_signal": ("o", "lightgrey", "no learning signal (each group's answers scored alike)"),
     "length_limit": ("s", "gold", "answers cut off at the length limit"),
     "reward_collapse": ("v", "red", "reward collapsing"),
@@ -171,21 +150,17 @@ WARNING_MARKS = {
     "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate lowered"),
     "collapse_stop": ("X", "red", "stopped at a collapse"),
 }
-ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
+_ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
 
 
-def value_at(steps: list[int], values: list[float], step: int) -> float:
-    """The curve's value at ``step``: that step's, else the latest one before it (the first for an earlier step)."""
-    found = values[0]
-    for s, v in zip(steps, values):
-        if s > step:
-            break
-        found = v
-    return found
+def _value_at(steps: list[int], values: list[float], step: int) -> float:
+    """The curve at ``step``: that step's value, else the latest before it (the first for an earlier step)."""
+    return values[max(0, bisect.bisect_right(steps, step) - 1)]
 
 
-def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empty):
-    """``plot_rewards`` on an existing axis (the run report draws it as one of its panels)."""
+def _draw_rewards(
+    ax, runs, window, show_epochs=True, show_std=True, warnings=None, title="Mean reward per step", empty=""
+):
     marked: set[str] = set()  # one legend entry per warning kind, whichever run it fired in
     for i, (name, history) in enumerate(runs.items()):
         if not history:
@@ -193,7 +168,7 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
         color = f"C{i}"
         steps = [e["step"] for e in history]
         mean = [e["mean_reward"] for e in history]
-        smooth = moving_average(mean, window)
+        smooth = _moving_average(mean, window)
         label = name if window <= 1 else f"{name} (moving average, {window} steps)"
         if getattr(history, "note", None):  # a partial curve says so
             label += f"\n(partial: {history.note})"
@@ -201,7 +176,7 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
             ax.plot(steps, mean, color=color, alpha=0.25, linewidth=1)
         ax.plot(steps, smooth, color=color, label=label, linewidth=2)
         if show_std:
-            std = moving_average([e.get("reward_std") or 0.0 for e in history], window)
+            std = _moving_average([e.get("reward_std") or 0.0 for e in history], window)
             ax.fill_between(
                 steps,
                 [m - s for m, s in zip(smooth, std)],
@@ -211,7 +186,7 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
                 linewidth=0,
             )
         if show_epochs:
-            for k, step in enumerate(epoch_boundaries(history)):
+            for k, step in enumerate(_epoch_boundaries(history)):
                 ax.axvline(
                     step, color=color, linestyle=":", alpha=0.6, label="epoch end" if k == 0 and i == 0 else None
                 )
@@ -219,10 +194,10 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
         for warning in (warnings or {}).get(name, ()):
             by_kind.setdefault(warning["kind"], []).append(warning["step"])
         for kind, at in by_kind.items():
-            marker, face, words = WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
+            marker, face, words = _WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
             ax.plot(
                 at,
-                [value_at(steps, smooth, step) for step in at],
+                [_value_at(steps, smooth, step) for step in at],
                 linestyle="none",
                 marker=marker,
                 markersize=9,
@@ -230,7 +205,7 @@ def _draw_rewards(ax, runs, window, show_epochs, show_std, warnings, title, empt
                 markeredgecolor="black",
                 zorder=5,
                 gid=f"health:{kind}",
-                label=None if kind in marked else (words if kind in ACTIONS else f"warning: {words}"),
+                label=None if kind in marked else (words if kind in _ACTIONS else f"warning: {words}"),
             )
             marked.add(kind)
     if not any(runs.values()):
@@ -252,24 +227,29 @@ def plot_rewards(
     title: str = "Mean reward per step",
     warnings: dict[str, list[dict]] | None = None,
 ):
-    """Mean reward over steps for each run (name -> history); returns the Figure. ``warnings`` (name -> that
-    run's ``load_warnings``) puts a marker on the curve at each step where a health warning fired."""
+    """Mean reward over steps for each run (name -> history); ``warnings`` (name -> ``load_warnings``)
+    marks where a health warning fired. Returns the Figure."""
+    return _figure((8, 4), _draw_rewards, runs, window, show_epochs, show_std, warnings, title, "no reward history yet")
+
+
+def _figure(size, draw, *args):
+    """A one-panel Figure of ``size`` inches that ``draw(ax, *args)`` fills."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4), dpi=100)
-    _draw_rewards(fig.add_subplot(), runs, window, show_epochs, show_std, warnings, title, "no reward history yet")
+    fig = Figure(figsize=size, dpi=100)
+    draw(fig.add_subplot(), *args)
     fig.tight_layout()
     return fig
 
 
-def reward_label(name: str) -> str:
-    """A reward function's name as a reader says it: ``musclebob_name_reward`` -> ``musclebob name``."""
+def _reward_label(name: str) -> str:
+    """``musclebob_name_reward`` -> ``musclebob name``."""
     return name.removesuffix("_reward").replace("_", " ")
 
 
-def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """Reward function name -> (steps, its mean per step), from the ``rewards/<name>/mean`` entries TRL logs;
-    steps where it judged no prompt (no value, or NaN) are left out."""
+def _reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Reward function name -> (steps, its mean per step), from TRL's ``rewards/<name>/mean``; steps
+    where it judged no prompt are left out."""
     found: dict[str, tuple[list[int], list[float]]] = {}
     for entry in history:
         for key, value in entry.items():
@@ -282,13 +262,13 @@ def reward_components(history: list[dict]) -> dict[str, tuple[list[int], list[fl
 
 
 def _draw_components(ax, history: list[dict], window: int, empty: str) -> None:
-    """Each reward function's mean per step, smoothed like the reward (the raw values faint behind it): a batch
-    holds few prompts of each kind, so one step's mean of a function is noisy or missing."""
-    components = reward_components(history)
+    """Each reward function's mean per step, smoothed like the reward: a batch holds few prompts of
+    each kind, so one step's mean is noisy or missing."""
+    components = _reward_components(history)
     for i, (name, (steps, values)) in enumerate(components.items()):
         if window > 1:
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, linewidth=1)
-        ax.plot(steps, moving_average(values, window), color=f"C{i}", linewidth=2, label=reward_label(name))
+        ax.plot(steps, _moving_average(values, window), color=f"C{i}", linewidth=2, label=_reward_label(name))
     if components:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="reward function", title_fontsize=8)
     else:
@@ -303,8 +283,7 @@ def load_validations(run_dir: str | Path) -> dict[str, dict]:
     """``{"baseline": ..., "final": ...}`` for the validation files the run has so far."""
     run_dir = Path(run_dir)
     found = {"baseline": read_json(run_dir / BASELINE_FILE), "final": read_json(run_dir / FINAL_FILE)}
-    # A file cut short reads as None and is left out, as one not written yet; a report whose rates are not numbers
-    # (edited by hand, another tool's) too: a bar of it would be a TypeError.
+    # a file cut short reads as None; rates that are not numbers (edited by hand) would make a bar a TypeError
     return {
         k: v
         for k, v in found.items()
@@ -315,12 +294,7 @@ def load_validations(run_dir: str | Path) -> dict[str, dict]:
 
 def plot_validation_bars(runs: dict[str, dict[str, dict]], title: str = "Held-out validation: before vs after"):
     """Bars of the rates in ``RATE_KEYS`` for each run's baseline and final validation (run -> reports)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5), dpi=100)
-    _draw_validation_bars(fig.add_subplot(), runs, title)
-    fig.tight_layout()
-    return fig
+    return _figure((9, 3.5), _draw_validation_bars, runs, title)
 
 
 def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> None:
@@ -346,16 +320,14 @@ def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> N
         ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
 
 
-def report_window(steps: int) -> int:
-    """The run report's smoothing: none for a short run, about 1/20 of the run for a longer one (the raw curve
-    stays drawn faintly behind it)."""
+def _report_window(steps: int) -> int:
+    """The run report's smoothing: about 1/20 of the run (the raw curve stays drawn behind it)."""
     return max(1, steps // 20)
 
 
-def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
-    """One run at a glance, three panels: the mean reward per step (epochs, std band, health warnings), each
-    reward function's mean per step, and the validation rates of ``reports`` (label -> validation report, e.g.
-    ``{"baseline": ..., "final": ...}``). Returns the Figure."""
+def _plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
+    """One run at a glance: the mean reward (epochs, std band, warnings), each reward function's mean,
+    and the validation rates of ``reports`` (label -> report). Returns the Figure."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 11), dpi=100)
@@ -363,16 +335,9 @@ def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str
     reward_ax = fig.add_subplot(grid[0])
     parts_ax = fig.add_subplot(grid[1], sharex=reward_ax)  # the same steps, one above the other
     bars_ax = fig.add_subplot(grid[2])
-    name, window = title or "run", report_window(len(history))
+    name, window = title or "run", _report_window(len(history))
     _draw_rewards(
-        reward_ax,
-        {name: history},
-        window,
-        True,
-        True,
-        {name: warnings},
-        "Mean reward per step",
-        "no reward history in this folder",
+        reward_ax, {name: history}, window, warnings={name: warnings}, empty="no reward history in this folder"
     )
     _draw_components(parts_ax, history, window, "no reward history in this folder")
     _draw_validation_bars(bars_ax, {name: reports}, "Held-out validation rates")
@@ -383,21 +348,28 @@ def plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str
 
 
 def save_run_report(run_dir: str | Path, reports: dict[str, dict] | None = None) -> Path:
-    """Draw ``plot_run_report`` from the run folder's files (``reports``: its baseline and final validation
-    unless given) and write it as the folder's ``reward_plot.png``, atomically; returns its path."""
+    """Write ``_plot_run_report`` of the run folder as its ``reward_plot.png``, atomically."""
     run_dir = Path(run_dir)
-    figure = plot_run_report(
+    figure = _plot_run_report(
         load_history(run_dir),
         load_warnings(run_dir),
         load_validations(run_dir) if reports is None else reports,
         title=run_dir.name,
     )
     path = run_dir / REWARD_PLOT_FILE
-    write_bytes_atomic(path, figure_png(figure))
+    write_bytes_atomic(path, _figure_png(figure))
     return path
 
 
-def figure_png(fig) -> bytes:
+def _reward_image(name: str, history: list[dict], window: int, title: str, warnings: list[dict] | None):
+    """One run's ``plot_rewards`` as an IPython Image (the live and followed plots)."""
+    from IPython.display import Image
+
+    figure = plot_rewards({name: history}, window, title=title, warnings=None if warnings is None else {name: warnings})
+    return Image(data=_figure_png(figure))
+
+
+def _figure_png(fig) -> bytes:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -407,15 +379,14 @@ def show_figure(fig, save_to: str | Path | None = None):
     """Display a Figure as PNG (and save it when ``save_to`` is given); returns the PNG bytes."""
     from IPython.display import Image, display
 
-    png = figure_png(fig)
+    png = _figure_png(fig)
     if save_to is not None:
         write_bytes_atomic(save_to, png)
     display(Image(data=png))
     return png
 
 
-def history_table_html(history: list[dict], last: int = 5) -> str:
-    """The latest steps as a small HTML table."""
+def _history_table_html(history: list[dict], last: int = 5) -> str:
     rows = "".join(
         f"<tr><td>{e['step']}</td><td>{e.get('epoch', 0):.2f}</td><td>{e['mean_reward']:+.3f}</td>"
         f"<td>{(e.get('reward_std') or 0.0):.3f}</td></tr>"
@@ -428,15 +399,9 @@ def history_table_html(history: list[dict], last: int = 5) -> str:
 
 
 def set_output(output, data: dict[str, str]) -> None:
-    """Replace what an ``ipywidgets.Output`` shows with one display (mime type -> text, images in base64).
-
-    Sets the widget's synced ``outputs`` in one state update instead of ``clear_output(wait=True)`` and
-    ``with output: display(...)``. Capturing makes a headless runner that stands in for the frontend (nbclient,
-    so papermill) send the captured output back on the kernel's shell channel while it waits on that socket for
-    the cell's reply; with jupyter_client 7.4.9 (Colab's) that wait can miss the reply and sleep until the
-    execution timeout (the cell "never finishes"). One state update sends nothing back, flickers less, and
-    ``outputs`` is synced the same way by ipywidgets 7.7 and 8.x and by the classic, Lab and Colab frontends.
-    """
+    """Replace what an ``ipywidgets.Output`` shows with one display, in one synced state update: capturing
+    with ``with output: display(...)`` can make nbclient (papermill) with Colab's jupyter_client 7.4.9 miss the
+    cell's reply and hang until its timeout."""
     output.outputs = ({"output_type": "display_data", "data": dict(data), "metadata": {}},)
 
 
@@ -473,7 +438,6 @@ class RewardExplorer:
         self.redraws = 0
 
     def figure(self):
-        """The figure for the current choices, from the files as they are now."""
         runs = {name: load_history(self.run_dirs[name]) for name in self.runs.value}
         warnings = {name: load_warnings(self.run_dirs[name]) for name in runs} if self.show_warnings.value else None
         return plot_rewards(
@@ -487,7 +451,7 @@ class RewardExplorer:
     def redraw(self):
         set_output(
             self.output,
-            {"image/png": base64.b64encode(figure_png(self.figure())).decode("ascii"), "text/plain": "<reward plot>"},
+            {"image/png": base64.b64encode(_figure_png(self.figure())).decode("ascii"), "text/plain": "<reward plot>"},
         )
         self.redraws += 1
 
@@ -501,24 +465,23 @@ class RewardExplorer:
 
 # --- the completions sampled while training ---------------------------------------------------------------
 
-KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colour
+_KIND_BADGES = {  # prompt kind (data.PROMPT_KINDS) -> its badge's words and colour
     "spongebob": ("SpongeBob", "#ffe08a"),
     "fewshot": ("few-shot", "#cfe2ff"),
     "control": ("control", "#e2e3e5"),
 }
 
 
-def completions_html(rows: list[dict]) -> str:
-    """``completions.jsonl`` rows as HTML: a prompt (with its kind's badge) heads the completions of it that
-    follow it in ``rows``; each completion with the names highlighted, the score of each reward function that
-    judges it, and the total."""
+def _completions_html(rows: list[dict]) -> str:
+    """``completions.jsonl`` rows as HTML: each prompt (with its kind's badge) heads its completions,
+    each with the names highlighted, each reward function's score and the total."""
     if not rows:
         return "<p><i>No completions match these filters.</i></p>"
     parts, prompt = [], None
     for row in rows:
         if (row.get("kind"), row.get("prompt")) != prompt:
             prompt = (row.get("kind"), row.get("prompt"))
-            words, color = KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
+            words, color = _KIND_BADGES.get(row.get("kind"), (str(row.get("kind", "unknown")), "#eeeeee"))
             parts.append(
                 f"<div style='margin:10px 0 2px 0'><span class='kind' style='background:{color};border-radius:8px;"
                 f"padding:0 6px;font-size:85%'>{html.escape(words)}</span> "
@@ -526,7 +489,7 @@ def completions_html(rows: list[dict]) -> str:
                 "</span></div>"
             )
         scores = [
-            f"{html.escape(reward_label(name))} {value:+.2f}"
+            f"{html.escape(_reward_label(name))} {value:+.2f}"
             for name, value in (row.get("rewards") or {}).items()
             if isinstance(value, (int, float))
         ]
@@ -543,9 +506,7 @@ def completions_html(rows: list[dict]) -> str:
 
 
 def load_completions(run_dir: str | Path) -> list[dict]:
-    """The rows of a run's ``completions.jsonl`` (``monitoring.CompletionLog`` writes it), oldest step first ([] when
-    there is none yet); a row that is not whole (a file being copied) is skipped. Rereads the file, so a run still
-    training is fine."""
+    """A run's ``completions.jsonl`` rows, oldest step first, whole rows only; rereads the file."""
     rows = [
         r
         for r in read_json_lines(Path(run_dir) / COMPLETIONS_FILE)
@@ -555,9 +516,8 @@ def load_completions(run_dir: str | Path) -> list[dict]:
 
 
 class CompletionBrowser:
-    """ipywidgets: step through the completions a run sampled while training (``completions.jsonl``): a step
-    slider, a run picker, the prompt kind, a reward range, and Reload. The file is reread on Reload and when the
-    slider reaches the newest step, so it follows a run still training (the slider's range grows with it)."""
+    """ipywidgets: step through a run's sampled completions (step slider, run picker, prompt kind,
+    reward range, Reload). Reaching the newest step rereads the file, so it follows a run still training."""
 
     def __init__(self, run_dirs: list[str | Path]):
         import ipywidgets as w
@@ -570,7 +530,7 @@ class CompletionBrowser:
         self.run = w.Dropdown(options=names, value=first or (names[0] if names else None), description="run")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False)
         # (label, value) pairs; no description: JupyterLab puts a ToggleButtons' description on a line of its own
-        kinds = [("all prompts", "all")] + [(KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
+        kinds = [("all prompts", "all")] + [(_KIND_BADGES[k][0], k) for k in PROMPT_KINDS]
         self.kind = w.ToggleButtons(options=kinds, value="all")
         self.reward = w.FloatRangeSlider(  # one decimal: ipywidgets 8's readout cuts "-6.00 – 6.00" short
             value=(0.0, 1.0),
@@ -596,8 +556,7 @@ class CompletionBrowser:
         self.load(redraw=False, newest=True)
 
     def load(self, redraw: bool = True, newest: bool = False) -> None:
-        """Reread the chosen run's file; the sliders' ranges follow what it holds now. A slider at the newest
-        step moves on to the new newest step (``newest``: go there anyway)."""
+        """Reread the chosen run's file; a slider at the newest step (or ``newest``) moves on to it."""
         follow = newest or not self.steps or self.step.value >= self.steps[-1]
         full_range = self.reward.value == (self.reward.min, self.reward.max)
         self.rows = load_completions(self.run_dirs[self.run.value]) if self.run.value is not None else []
@@ -630,13 +589,13 @@ class CompletionBrowser:
             self.redraw()
 
     def shown_step(self) -> int | None:
-        """The step shown: the slider's, or the kept step before it (a long run's older steps are thinned)."""
+        """The slider's step, or the kept step before it (older steps are thinned)."""
         if not self.steps:
             return None
         return max((s for s in self.steps if s <= self.step.value), default=self.steps[0])
 
     def visible(self) -> list[dict]:
-        """The shown step's rows that pass the filters, each prompt's completions together, best first."""
+        """The shown step's rows that pass the filters, each prompt's together, best first."""
         step = self.shown_step()
         rows = [r for r in self.rows if r["step"] == step]
         if self.kind.value != "all":
@@ -663,7 +622,7 @@ class CompletionBrowser:
             f"<p><b>{html.escape(self.run.value)}</b> · step {step}{note} · epoch {at[0].get('epoch', 0):.2f} · "
             f"{len(rows)} of {len(at)} completions shown</p>"
         )
-        return header + completions_html(rows)
+        return header + _completions_html(rows)
 
     def redraw(self) -> None:
         set_output(self.output, {"text/html": self.html(), "text/plain": "<completions>"})
@@ -680,22 +639,17 @@ class CompletionBrowser:
 def follow(
     run_dirs: list[str | Path], seconds: float, every: float = 10.0, window: int = 5, show_warnings: bool = True
 ) -> int:
-    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes), with
-    its health warnings marked unless ``show_warnings`` is False.
-
-    Returns the number of frames drawn (0 when ``seconds`` <= 0 or there is no run)."""
-    from IPython.display import Image, display
+    """Redraw the newest run's plot in place every ``every`` s for up to ``seconds`` (stops when it finishes);
+    returns the frames drawn."""
+    from IPython.display import display
 
     if seconds <= 0 or not run_dirs:
         return 0
     run_dir = max((Path(p) for p in run_dirs), key=lambda p: (p / HISTORY_FILE).stat().st_mtime)
 
     def frame():
-        warnings = {run_dir.name: load_warnings(run_dir)} if show_warnings else None
-        figure = plot_rewards(
-            {run_dir.name: load_history(run_dir)}, window, title=f"{run_dir.name} (following)", warnings=warnings
-        )
-        return Image(data=figure_png(figure))
+        warnings = load_warnings(run_dir) if show_warnings else None
+        return _reward_image(run_dir.name, load_history(run_dir), window, f"{run_dir.name} (following)", warnings)
 
     handle = display(frame(), display_id=True)
     deadline, frames = time.time() + seconds, 1
@@ -710,12 +664,9 @@ def follow(
 
 
 def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 5):
-    """A ``TrainerCallback`` that keeps a reward plot (health warnings marked), a table of the latest steps and the
-    newest step's sampled completions up to date in the notebook.
-
-    Redraws at most every ``min_interval`` seconds (drawing costs ~0.1 s), and always at the end. On a resumed
-    run the history before the checkpoint (from ``reward_history.json``) is drawn too, so the curve continues.
-    """
+    """A ``TrainerCallback`` keeping a reward plot, a table of the latest steps and the newest sampled
+    completions up to date in the notebook, at most every ``min_interval`` s (a draw costs ~0.1 s) and at the end.
+    A resumed run's earlier history is drawn too."""
     from transformers import TrainerCallback
 
     class LiveRewardProgress(TrainerCallback):
@@ -754,28 +705,20 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
         def _draw(self, step: int, force: bool = False):
             if not force and time.time() - self.last_draw < min_interval:
                 return
-            from IPython.display import HTML, Image, display
+            from IPython.display import HTML, display
 
             # What the model is saying: the newest step's sampled completions (completions.jsonl, written before
             # this callback runs), under the table.
             rows = load_completions(self.files)
             newest = [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
             said = (
-                f"<div><b>What the model said at step {newest[0]['step']}</b></div>{completions_html(newest)}"
+                f"<div><b>What the model said at step {newest[0]['step']}</b></div>{_completions_html(newest)}"
                 if newest
                 else ""
             )
-            status = HTML(progress_html(step, self.max_steps, self.history) + said)
-            name = Path(run_dir).name
-            plot = Image(
-                data=figure_png(
-                    plot_rewards(
-                        {name: self.history},
-                        window=window,
-                        title="Mean reward per step (live)",
-                        warnings={name: load_warnings(self.files)},
-                    )
-                )
+            status = HTML(_progress_html(step, self.max_steps, self.history) + said)
+            plot = _reward_image(
+                Path(run_dir).name, self.history, window, "Mean reward per step (live)", load_warnings(self.files)
             )
             if self.handles is None or None in self.handles:  # first draw (outside a kernel display returns None)
                 self.handles = (display(status, display_id=True), display(plot, display_id=True))
@@ -788,13 +731,12 @@ def live_progress(run_dir: str | Path, min_interval: float = 2.0, window: int = 
     return LiveRewardProgress()
 
 
-def progress_html(step: int, max_steps: int, history: list[dict]) -> str:
-    """A progress bar, the latest reward and a table of the latest steps, as HTML."""
+def _progress_html(step: int, max_steps: int, history: list[dict]) -> str:
     latest = history[-1] if history else None
     text = f"step {step}/{max_steps}" + (
         f" · epoch {latest['epoch']:.2f} · mean reward {latest['mean_reward']:+.3f}" if latest else ""
     )
     return (
         f"<div><progress value='{step}' max='{max(1, max_steps)}' style='width:60%'></progress> "
-        f"{html.escape(text)}</div>" + (history_table_html(history) if history else "")
+        f"{html.escape(text)}</div>" + (_history_table_html(history) if history else "")
     )

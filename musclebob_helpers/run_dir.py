@@ -1,45 +1,9 @@
 """The run folder: what is in it, whether a run may start there, and which checkpoint a resume trusts.
 
-One module owns it, so the CLI, the trainer callbacks and the notebooks ask the same questions and get the same
-answers:
-
-* the names of the files a run writes (``CONFIG_FILE``, ``HISTORY_FILE``, ...), defined once;
-* ``state(out)``: 'new', 'started' (settings written, no checkpoint yet), 'unfinished' (checkpoints) or 'finished'
-  (a trained model and its final validation), and what ``describe`` / ``unfinished_runs`` tell the notebook;
-* ``check(cfg)``: the start-up check of the folder (``startup.start`` calls it once per start, before any model
-  loads). It returns the ``RunFolder``, the folder resolved once (the run folder, the working folder training
-  writes to, their state, what this start does with it (``decide``: new, continue, overwrite or refuse, one rule
-  for the command line and the notebook), its disk need, later the checkpoint to resume) that the trainer, its
-  callbacks, the mirror and the notebook receive: on Google
-  Drive or another FUSE or network file system (``file_system_type``) the run trains in a working folder on local
-  disk (``work_folder``) and ``mirror.Mirror`` copies it to the run folder. It raises
-  ``ConfigError`` (one line: flag, value, what is allowed) for a file in the way, a finished run without
-  ``--overwrite``, an unfinished one without ``--resume-from-checkpoint``, a folder that cannot be written (a
-  probe file is really created and removed: permission bits are not trusted, root ignores them; Google Drive
-  not mounted, where a path under ``/content/drive`` would land on the runtime's own disk and vanish with it),
-  too little free space for the run at its peak (``memory.drive_need``), a damaged explicit checkpoint, a
-  resume whose settings differ from the run it continues (unless ``--ignore-mismatch``), and a resume with fewer
-  ``--epochs`` than already trained;
-* the record of the run's settings per segment (``settings_segments``): which settings trained which steps, when a
-  resume changed one that may change;
-* the one line for a run that ran out of space at any save (``disk_full_line``);
-* checkpoints a resume can trust (``checkpoint_problems``). A kill in the middle of a save, or Google Drive
-  syncing lazily, leaves a ``checkpoint-N`` folder with a file missing or cut short. transformers writes
-  ``trainer_state.json`` last but not atomically, and loads whatever it finds, so "intact" is checked here:
-  ``trainer_state.json`` parses and its ``global_step`` is the N of ``checkpoint-N``; the weights are there
-  (full model, shards or a LoRA adapter), every safetensors header is readable and the file is exactly as long
-  as its header says; ``config.json`` / ``adapter_config.json`` parse; ``optimizer.pt``, ``scheduler.pt`` and
-  the RNG state open with ``torch.load`` (memory-mapped, so a multi-GB optimizer costs no RAM: a cut-short zip
-  has no central directory and fails at once); and every file matches the checkpoint's manifest
-  (``MANIFEST_FILE``: each file's size and SHA-256, written last at each save by ``make_save_callback``), which
-  catches what the structure cannot: bytes changed inside a file of the right length. ``select_checkpoint`` walks
-  from the newest checkpoint back to the newest intact one; damaged ones are renamed ``checkpoint-N.damaged``
-  (moved aside, never deleted);
-* checkpoint rotation (``--keep-checkpoints``) that deletes only once the newest checkpoint is intact;
-* a second run on a folder that another run is writing is refused (``lock.lock_holder``; the lock is ``lock.py``'s).
-
-Importing it is cheap (torch, transformers and the model's shape load only when a check needs them).
-"""
+One module owns it, so the CLI, the trainer callbacks and the notebooks get the same answers: the artifact names,
+``state``, the start-up ``check`` (which returns the ``RunFolder`` the rest of the start uses), the settings per
+segment, intact checkpoints (``checkpoint_problems``, manifests), rotation and the disk-space checks.
+docs/reliability.md and docs/drive.md give the reasons."""
 
 from __future__ import annotations
 
@@ -73,27 +37,20 @@ COMPLETIONS_FILE = "completions.jsonl"  # a few sampled completions per step, wi
 REWARD_PLOT_FILE = "reward_plot.png"  # the run at a glance: reward, its components, before vs after
 MODEL_CARD_FILE = "README.md"  # the model card (share.write_model_card), written last, over TRL's boilerplate
 MODEL_CONFIG_FILES = ("config.json", "adapter_config.json")  # the final model at the root: full or LoRA
-# in a checkpoint-N saved after the last healthy mid-training check: that check's weights and optimizer state,
-# which a collapse later goes back to (training.CollapseRecovery); absent when the checkpoint's own state is it
+# in a checkpoint-N: the last healthy check's state, which a collapse goes back to (training.CollapseRecovery)
 HEALTHY_STATE_FILE = "healthy_state.pt"
 MANIFEST_FILE = "musclebob_manifest.json"  # in each checkpoint-N: every file's size and hash, written last
-DAMAGED_SUFFIX = ".damaged"
+_DAMAGED_SUFFIX = ".damaged"
 DELETING_PREFIX = ".deleting-"
 COPYING_PREFIX = ".copying-"  # a checkpoint being copied into the run folder (mirror.py): renamed once verified
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 DRIVE_MOUNT = Path(os.environ.get("MUSCLEBOB_DRIVE_MOUNTPOINT", "/content/drive"))  # where Colab mounts Drive
-MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
-DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
+_MIN_FREE_BYTES = 200 * 2**20  # below this even the tiny model's checkpoints will not fit
+_DRIVE_MARGIN = 1.05  # the estimate is within a few % of measured sizes; Drive's quota also counts the trash
 
-# Settings that make a checkpoint meaningless when they change: another model's weights, another
-# group size or prompts per step (the optimizer's step count no longer maps onto the data), other data, another
-# adapter shape or base (the checkpoint's adapter and optimizer state would not fit it), another completion length
-# (the baseline the final validation is compared with was measured at the old one). Every other setting may change
-# on resume and takes effect from the resumed step on (``settings_segments`` records from which): the learning rate
-# (``training.resume_schedule``), the schedule, --epochs (the schedule spans the new total; fewer epochs than
-# already trained are refused), temperature, beta, validation, checkpoints kept, trackers, speed and memory knobs.
-RESUME_MUST_MATCH = (
+# Settings a checkpoint is meaningless without (docs/reliability.md); every other one may change on resume.
+_RESUME_MUST_MATCH = (
     "model",
     "num_generations",
     "batch_size",
@@ -121,7 +78,7 @@ PER_START_OPTIONS = (
     "push_to_hub",
     "hub_public",
 )
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
 def expand_path(path: str | Path) -> Path:
@@ -133,12 +90,8 @@ def expand_path(path: str | Path) -> Path:
 
 
 def folder_path(output_dir: str | Path) -> Path:
-    """The run folder ``output_dir`` names: ``expand_path``, with the part up to its last ``..`` resolved.
-
-    ``out/a/../b`` is ``out/b``; left as written, ``mkdir(parents=True)`` (ours, transformers') creates the empty
-    ``out/a`` on the way, and ``exists()`` says no while ``out/b`` holds a run. Resolved as the kernel would (a
-    symbolic link before the ``..`` is followed); a path without ``..`` is kept as written.
-    """
+    """``expand_path`` with the part up to the last ``..`` resolved as the kernel would: left as written,
+    ``mkdir(parents=True)`` creates ``out/a`` of ``out/a/../b`` on the way."""
     path = expand_path(output_dir)
     parts = path.parts
     if ".." not in parts:
@@ -160,7 +113,6 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 
 
 def is_finished(out_dir: str | Path) -> bool:
-    """A folder that holds a trained model (final weights at its root), which a new run would overwrite."""
     out = Path(out_dir)
     return any((out / name).exists() for name in MODEL_CONFIG_FILES) and (out / FINAL_FILE).exists()
 
@@ -196,7 +148,7 @@ def _last_activity(out: Path) -> float:
 
 
 def unfinished_runs(root: str | Path) -> list[Path]:
-    """The run folders directly under ``root`` that can be resumed, the most recently active first."""
+    """The resumable run folders directly under ``root``, the most recently active first."""
     root = Path(root)
     runs = [
         p
@@ -214,12 +166,12 @@ def _saved_settings(out_dir: str | Path) -> dict | None:
 
 
 def saved_config(out_dir: str | Path) -> TrainConfig | None:
-    """The settings the run in ``out_dir`` was started with (keys this version does not know are ignored)."""
+    """The settings the run in ``out_dir`` was started with (unknown keys ignored)."""
     settings = _saved_settings(out_dir)
     return None if settings is None else config_from_dict(settings)
 
 
-RUN_FILES = (
+_RUN_FILES = (
     CONFIG_FILE,
     HISTORY_FILE,
     BASELINE_FILE,
@@ -233,15 +185,14 @@ RUN_FILES = (
 
 
 def clear_run(out_dir: str | Path) -> list[str]:
-    """Remove a run's checkpoints and results from ``out_dir`` (``--overwrite`` starting over: a later
-    ``--resume-from-checkpoint auto`` must not pick the previous run's newer checkpoint); returns what went.
-    Damaged checkpoints set aside and anything else in the folder stay."""
+    """Remove a run's checkpoints and results (``--overwrite``: a later resume must not pick the previous
+    run's checkpoint); damaged checkpoints and other files stay. Returns what went."""
     out = Path(out_dir)
     removed = []
     for ckpt in list_checkpoints(out):
         remove_checkpoint(ckpt)
         removed.append(ckpt.name)
-    for name in RUN_FILES:
+    for name in _RUN_FILES:
         if (out / name).is_file():
             (out / name).unlink()
             removed.append(name)
@@ -249,7 +200,7 @@ def clear_run(out_dir: str | Path) -> list[str]:
 
 
 def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
-    """Delete the temporary files ``io.write_json_atomic`` leaves when killed before its rename; returns them."""
+    """Delete the temporary files ``io.write_json_atomic`` leaves when killed before its rename."""
     out = Path(out_dir)
     stale = [p for p in out.glob(TEMP_GLOB) if p.is_file()] if out.is_dir() else []
     for p in stale:
@@ -270,8 +221,8 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """None when ``path`` is a complete safetensors file: readable header and exactly the promised length."""
+def _safetensors_problem(path: Path) -> str | None:
+    """None when ``path`` has a readable header and exactly the length it promises."""
     if not path.is_file():
         return f"{path.name} is missing"
     size = path.stat().st_size
@@ -292,8 +243,8 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def torch_file_problem(path: Path) -> str | None:
-    """None when ``torch.load`` opens ``path`` (weights only, memory-mapped: cheap even for a large optimizer)."""
+def _torch_file_problem(path: Path) -> str | None:
+    """None when ``torch.load`` opens ``path`` (memory-mapped: cheap even for a large optimizer)."""
     if not path.is_file():
         return f"{path.name} is missing"
     import torch
@@ -308,42 +259,41 @@ def torch_file_problem(path: Path) -> str | None:
     return None
 
 
-def weights_problems(ckpt: Path) -> list[str]:
-    """Why the model in ``ckpt`` (a checkpoint or a saved model folder) cannot load: weights missing, cut short or
-    padded, their config unreadable. Cheap: headers and file sizes only."""
+def _weights_problems(ckpt: Path) -> list[str]:
+    """Why the weights in ``ckpt`` cannot load (missing, cut short, padded, config unreadable); headers and
+    sizes only."""
     index = ckpt / "model.safetensors.index.json"
     if index.is_file():
         problem = _json_problem(index)
         if problem:
             return [problem]
         shards = sorted(set((read_json(index) or {}).get("weight_map", {}).values()))
-        return [p for p in (safetensors_problem(ckpt / s) for s in shards) if p] or (
+        return [p for p in (_safetensors_problem(ckpt / s) for s in shards) if p] or (
             [] if shards else ["model.safetensors.index.json lists no shards"]
         )
     for name, config in (("model.safetensors", "config.json"), ("adapter_model.safetensors", "adapter_config.json")):
         if (ckpt / name).exists():
-            return [p for p in (safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
+            return [p for p in (_safetensors_problem(ckpt / name), _json_problem(ckpt / config)) if p]
     if (ckpt / "pytorch_model.bin.index.json").is_file():  # an older model's shards: their list parses, at least
         return [p for p in (_json_problem(ckpt / "pytorch_model.bin.index.json"),) if p]
     for name in ("pytorch_model.bin", "adapter_model.bin"):
         if (ckpt / name).exists():
-            return [p for p in (torch_file_problem(ckpt / name),) if p]
+            return [p for p in (_torch_file_problem(ckpt / name),) if p]
     return ["the model weights (model.safetensors or adapter_model.safetensors) are missing"]
 
 
-MODEL_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # loaded with the model
+_MODEL_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # loaded with the model
 
 
 def model_folder_problems(folder: str | Path) -> list[str]:
-    """Why the model folder ``folder`` (a finished run, a merged model, a checkpoint) cannot load, cheaply: its
-    weights (``weights_problems``) and the JSON files ``from_pretrained`` reads with them. [] when it can."""
+    """Why a model folder cannot load: its weights and the JSON files loaded with them. [] when it can."""
     folder = Path(folder)
-    problems = weights_problems(folder)
-    return problems + [p for p in (_json_problem(folder / n) for n in MODEL_JSON_FILES if (folder / n).exists()) if p]
+    problems = _weights_problems(folder)
+    return problems + [p for p in (_json_problem(folder / n) for n in _MODEL_JSON_FILES if (folder / n).exists()) if p]
 
 
 def checkpoint_problems(ckpt: str | Path) -> list[str]:
-    """Why ``ckpt`` can't be resumed from, in plain words; an empty list means it is intact."""
+    """Why ``ckpt`` can't be resumed from, in plain words; [] means intact."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         return [f"{ckpt} is not a folder"]
@@ -356,33 +306,27 @@ def checkpoint_problems(ckpt: str | Path) -> list[str]:
         name_step = ckpt.name.removeprefix("checkpoint-")
         if not isinstance(step, int) or (name_step.isdigit() and int(name_step) != step):
             problems.append(f"trainer_state.json says global_step={step!r}, not {name_step}")
-    problems += weights_problems(ckpt)
+    problems += _weights_problems(ckpt)
     rng = sorted(ckpt.glob("rng_state*.pth")) or [ckpt / "rng_state.pth"]
-    for path in [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]:
-        problem = torch_file_problem(path)
-        if problem:
-            problems.append(problem)
+    problems += [p for p in map(_torch_file_problem, [ckpt / "optimizer.pt", ckpt / "scheduler.pt", *rng]) if p]
     named = {p.split(" ", 1)[0] for p in problems}  # a file the structure already named is not named twice
     return problems + [p for p in manifest_problems(ckpt) if p.split(" ", 1)[0] not in named]
 
 
 def set_aside(ckpt: Path) -> Path:
-    """Rename a damaged checkpoint to ``checkpoint-N.damaged`` (``.damaged-2``, ... if taken); nothing is deleted."""
-    target = ckpt.with_name(ckpt.name + DAMAGED_SUFFIX)
+    """Rename a damaged checkpoint to ``checkpoint-N.damaged`` (``-2``, ... if taken); nothing is deleted."""
+    target = ckpt.with_name(ckpt.name + _DAMAGED_SUFFIX)
     n = 2
     while target.exists():
-        target = ckpt.with_name(f"{ckpt.name}{DAMAGED_SUFFIX}-{n}")
+        target = ckpt.with_name(f"{ckpt.name}{_DAMAGED_SUFFIX}-{n}")
         n += 1
     ckpt.rename(target)
     return target
 
 
-def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str | None:
-    """The newest intact checkpoint in ``out_dir`` (or in any of several folders: the working folder and the run
-    folder of a mirrored run; at equal steps the first folder's) (None: start fresh); says what it skipped and why.
-
-    Damaged checkpoints newer than the one chosen are moved aside (``set_aside``), never deleted.
-    """
+def _select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str | None:
+    """The newest intact checkpoint in ``out_dir`` (a folder, or several: at equal steps the first
+    folder's), None to start fresh; damaged newer ones are set aside, and each skip is logged."""
     folders = tuple(Path(f) for f in out_dir) if isinstance(out_dir, tuple) else (Path(out_dir),)
     where = " or ".join(str(f) for f in folders)
     found = [(checkpoint_step(c) or 0, -rank, c) for rank, f in enumerate(folders) for c in list_checkpoints(f)]
@@ -394,11 +338,10 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
         try:
             problems = checkpoint_problems(ckpt)
         except OSError as err:  # its file system failing (a Drive disconnect): the next one may be elsewhere
-            problems = [f"it cannot be read ({err.strerror or err})"]
             log(f"Checkpoint {ckpt} cannot be read ({err.strerror or err}); trying the one before it.")
             continue
         if not problems:
-            log(f"Resuming from {ckpt}" + ("" if (ckpt / MANIFEST_FILE).is_file() else UNVERIFIED))
+            log(f"Resuming from {ckpt}" + ("" if (ckpt / MANIFEST_FILE).is_file() else _UNVERIFIED))
             return str(ckpt)
         try:
             moved = set_aside(ckpt).name
@@ -409,32 +352,20 @@ def select_checkpoint(out_dir: str | Path | tuple[Path, ...], log=print) -> str 
         )
     log(
         f"No intact checkpoint in {where}: starting fresh (the damaged ones are kept as "
-        f"checkpoint-N{DAMAGED_SUFFIX}, nothing was deleted)."
+        f"checkpoint-N{_DAMAGED_SUFFIX}, nothing was deleted)."
     )
     return None
 
 
-# --- checkpoint manifests: every file's size and hash ----------------------------------------------------
-#
-# The structural checks above catch a save cut short; they cannot see bytes changed inside a file whose length is
-# intact (a bad disk block, a sync client's conflict copy written over it, a half-applied Drive revision), where
-# the resume dies deep in sampling ("probability tensor contains either inf, nan"). So each save ends with a
-# manifest of every file in the checkpoint, and a resume compares them.
-#
-# A checkpoint without a manifest (saved by a version before manifests, or killed between trainer_state.json and
-# its manifest: everything else was written) passes on the structural checks alone, as before, and the resume line
-# says it is unverified: old runs stay resumable. Files added after the save (a leftover temporary file, a sync
-# client's own) are not damage: the resume reads only what the save wrote, and those are all listed.
+# --- checkpoint manifests: bytes changed inside a file of the right length (docs/drive.md) -----------------
 
 MANIFEST_HASH = "sha256"  # benchmarks/bench_hash.py: ~1.5 GB/s here, far faster than a checkpoint is written
-UNVERIFIED = f" (unverified: it has no {MANIFEST_FILE}, so it was saved by an older version or killed just before)"
+_UNVERIFIED = f" (unverified: it has no {MANIFEST_FILE}, so it was saved by an older version or killed just before)"
 _HASH_CHUNK = 1 << 20
 
 
 def file_hash(path: Path, algorithm: str = MANIFEST_HASH) -> str:
-    """The hex digest of ``path``, read in 1 MiB chunks (``hashlib.file_digest`` is Python 3.11+)."""
-    import hashlib
-
+    """The hex digest of ``path`` in 1 MiB chunks (``hashlib.file_digest`` is Python 3.11+)."""
     digest = hashlib.new(algorithm)
     buffer = memoryview(bytearray(_HASH_CHUNK))
     with open(path, "rb", buffering=0) as fh:
@@ -448,8 +379,7 @@ def _listed_files(ckpt: Path) -> list[Path]:
 
 
 def write_manifest(ckpt: str | Path) -> dict:
-    """Write ``ckpt``'s manifest (every file, recursively: relative path, size, hash) atomically and durably;
-    returns it. Called once the save has written everything else."""
+    """Write ``ckpt``'s manifest (each file's relative path, size, hash) atomically, last in a save."""
     ckpt = Path(ckpt)
     files = {
         p.relative_to(ckpt).as_posix(): {"bytes": p.stat().st_size, MANIFEST_HASH: file_hash(p)}
@@ -461,8 +391,8 @@ def write_manifest(ckpt: str | Path) -> dict:
 
 
 def manifest_problems(ckpt: str | Path) -> list[str]:
-    """How ``ckpt``'s files differ from its manifest, in plain words: missing, another size, another hash. []
-    when they match, and when there is no manifest (see above). Sizes first: a file cut short is not hashed."""
+    """How ``ckpt``'s files differ from its manifest ([] also without one: an older save). Sizes first:
+    a file cut short is not hashed."""
     ckpt = Path(ckpt)
     path = ckpt / MANIFEST_FILE
     if not path.is_file():
@@ -493,39 +423,28 @@ def manifest_problems(ckpt: str | Path) -> list[str]:
 
 
 def _every_process_saved() -> None:
-    """Under ``accelerate launch`` each process writes its own ``rng_state_K.pth`` and nothing waits for the others
-    before ``on_save``: wait here, so the main process's manifest lists them all. A no-op with one process."""
+    """Under ``accelerate launch`` each rank writes its own ``rng_state_K.pth``: wait for all, so
+    the manifest lists them. A no-op with one process."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
-def find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
-    """The checkpoint to resume from for ``--resume-from-checkpoint`` (None: start fresh).
-
-    ``auto`` takes the newest intact checkpoint, in the working folder or the run folder, and says which damaged
-    ones it skipped (``select_checkpoint``).
-    """
+def _find_resume_checkpoint(folder: RunFolder, cfg: TrainConfig, log=print) -> str | None:
+    """The checkpoint ``--resume-from-checkpoint`` names (``auto``: ``_select_checkpoint`` over
+    the run's folders); None starts fresh."""
     if cfg.resume_from_checkpoint is None:
         return None
     if cfg.resume_from_checkpoint != "auto":
         return str(expand_path(cfg.resume_from_checkpoint))
-    return select_checkpoint(folder.folders(), log=log)
+    return _select_checkpoint(folder.folders(), log=log)
 
 
 def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
-    """Delete all but the ``keep`` newest ``checkpoint-N`` folders, only once the newest is intact; returns the
-    names deleted. ``keep`` <= 0 keeps every one.
-
-    Not transformers' ``save_total_limit``: its rotation globs ``checkpoint-*`` (so ``checkpoint-N.damaged``
-    folders count towards the limit, and sorting by number puts ``checkpoint-4.damaged`` after ``checkpoint-4``
-    as "the most recent"), and it never checks that what it keeps can be resumed from. Here damaged folders are
-    neither counted nor deleted, and nothing is deleted unless the newest checkpoint passes
-    ``checkpoint_problems``: a save cut short leaves every older checkpoint in place. A folder is first renamed
-    to ``.deleting-checkpoint-N`` (atomic) and then removed, so a kill mid-delete never leaves a half-deleted
-    ``checkpoint-N`` that looks like a resumable one; ``remove_leftover_deletions`` finishes the job next time.
-    """
+    """Delete all but the ``keep`` newest checkpoints, only once the newest is intact (``keep`` <= 0
+    keeps all); returns the names deleted. Not transformers' ``save_total_limit``: it counts ``.damaged`` folders and
+    never checks what it keeps."""
     ckpts = list_checkpoints(out_dir)
     if keep <= 0 or len(ckpts) <= keep:
         return []
@@ -533,23 +452,21 @@ def rotate_checkpoints(out_dir: str | Path, keep: int, log=print) -> list[str]:
     if problems:
         log(f"Keeping every checkpoint: the newest, {ckpts[-1].name}, is not intact ({'; '.join(problems[:2])}).")
         return []
-    removed = []
     for old in ckpts[:-keep]:
         remove_checkpoint(old)
-        removed.append(old.name)
-    return removed
+    return [old.name for old in ckpts[:-keep]]
 
 
 def remove_checkpoint(ckpt: Path) -> None:
-    """Delete a checkpoint folder: renamed to ``.deleting-checkpoint-N`` first (atomic), so a kill mid-delete never
-    leaves a half-deleted ``checkpoint-N`` that looks resumable (``remove_leftover_deletions`` finishes it)."""
+    """Delete a checkpoint, renamed to ``.deleting-checkpoint-N`` first so a kill mid-delete never
+    leaves one that looks resumable."""
     doomed = ckpt.with_name(DELETING_PREFIX + ckpt.name)
     ckpt.rename(doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
-    """Finish deletions a kill interrupted (``.deleting-checkpoint-N`` folders); returns their names."""
+    """Finish deletions and copies a kill interrupted; returns their names."""
     out = Path(out_dir)
     leftovers = (
         sorted([*out.glob(DELETING_PREFIX + "checkpoint-*"), *out.glob(COPYING_PREFIX + "checkpoint-*")])
@@ -562,10 +479,8 @@ def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
 
 
 def make_save_callback(keep: int, log=print):
-    """A trainer callback for after each save (``on_save`` runs once ``_save_checkpoint`` has written every file,
-    ``trainer_state.json`` last): the new checkpoint's weights get the umask's permissions (safetensors writes 0600
-    files), its manifest is written (``write_manifest``: last, so a checkpoint with one is complete), then
-    checkpoints are rotated (``rotate_checkpoints``, which checks the newest against that manifest)."""
+    """A callback for after each save: umask permissions on the weights (safetensors writes 0600),
+    the manifest (last: a checkpoint with one is complete), then rotation."""
     from transformers import TrainerCallback
 
     class AfterSave(TrainerCallback):
@@ -587,9 +502,9 @@ def make_save_callback(keep: int, log=print):
 # --- does a resume make sense ----------------------------------------------------------------------------
 
 
-def resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
-    """``{field: (saved value, requested value)}`` for the settings in ``RESUME_MUST_MATCH`` that differ from the
-    ``training_config.json`` the interrupted run left next to its checkpoints."""
+def _resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
+    """``{field: (saved, requested)}`` for the ``_RESUME_MUST_MATCH`` settings that differ from the
+    interrupted run's."""
     r = cfg.resume_from_checkpoint
     if r is None:
         return {}
@@ -598,23 +513,23 @@ def resume_mismatch(cfg: TrainConfig, folder: RunFolder) -> dict[str, tuple]:
         return {}
     return {
         name: (saved[name], getattr(cfg, name))
-        for name in RESUME_MUST_MATCH
+        for name in _RESUME_MUST_MATCH
         if name in saved and saved[name] != getattr(cfg, name)
     }
 
 
 def architecture_mismatch(ckpt: str | Path, model_config: dict) -> dict[str, tuple]:
-    """``{key: (checkpoint's, model's)}`` where a checkpoint's ``config.json`` describes another architecture."""
+    """``{key: (checkpoint's, model's)}`` where a checkpoint describes another architecture."""
     saved = read_json(Path(ckpt) / "config.json")
     if not isinstance(saved, dict):
         return {}  # an adapter-only checkpoint, or no config: nothing to compare
     return {
-        k: (saved[k], model_config.get(k)) for k in ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
+        k: (saved[k], model_config.get(k)) for k in _ARCHITECTURE_KEYS if k in saved and saved[k] != model_config.get(k)
     }
 
 
 def checkpoint_step(ckpt: str | Path) -> int | None:
-    """The global step a checkpoint was saved at: its ``trainer_state.json``, else the N of ``checkpoint-N``."""
+    """A checkpoint's global step: its ``trainer_state.json``, else the N of ``checkpoint-N``."""
     step = (read_json(Path(ckpt) / "trainer_state.json") or {}).get("global_step")
     if isinstance(step, int):
         return step
@@ -623,12 +538,9 @@ def checkpoint_step(ckpt: str | Path) -> int | None:
 
 
 def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> tuple[list[dict], dict]:
-    """The record of a run's settings per segment, for ``training_config.json``, and what changes at this start.
-
-    ``[{"from_step": 0, "config": {...}}, {"from_step": 6, "changed": {"learning_rate": [2e-4, 1e-3]}}, ...]``: the
-    steps after ``from_step`` were trained with the settings of the segments up to it. A resume from step
-    ``from_step`` (0: a fresh run) drops the segments that began after it (those steps are trained again) and adds
-    one when a setting differs from those in effect there. Returns (segments, ``{field: [old, new]}``)."""
+    """The run's settings per segment for ``training_config.json``, and ``{field: [old, new]}`` changed
+    at this start. A resume from ``from_step`` (0: fresh) drops the segments after it and adds one when a setting
+    differs from those in effect there."""
     now = {k: v for k, v in cfg.to_dict().items() if k not in PER_START_OPTIONS}
     fresh = [{"from_step": 0, "config": now}], {}
     saved = read_json(Path(out_dir) / CONFIG_FILE) if from_step > 0 else None
@@ -651,21 +563,19 @@ def settings_segments(out_dir: str | Path, cfg: TrainConfig, from_step: int) -> 
 
 
 def _kept(segment: dict, from_step: int) -> bool:
-    """Whether a resume from ``from_step`` keeps ``segment``: one that began before it; a recovery made at that very
-    step too (a check's recovery comes before the step's save, so the checkpoint holds what it restored)."""
+    """A segment a resume from ``from_step`` keeps: one begun before it, or a recovery at that very step (the
+    recovery precedes the step's save)."""
     step = segment.get("from_step", 0)
     return step < from_step or ("recovery" in segment and step == from_step)
 
 
 def recoveries(segments: list[dict]) -> list[dict]:
-    """The recoveries from a collapse among ``segments`` (``training.CollapseRecovery`` records them)."""
     return [seg for seg in segments if isinstance(seg.get("recovery"), dict)]
 
 
 def recovered_rate(segments: list[dict], learning_rate: float) -> float:
-    """The learning rate in effect after ``segments``' recoveries: ``learning_rate`` (the one asked for now) scaled
-    by each recovery's factor, so a recovered rate stays lowered across a resume, and a new ``--learning-rate`` on
-    resume is lowered as the old one was."""
+    """``learning_rate`` scaled by each recovery's factor, so a recovered rate stays lowered across a
+    resume."""
     for seg in recoveries(segments):
         old, new = seg["changed"]["learning_rate"]
         learning_rate *= new / old
@@ -673,8 +583,7 @@ def recovered_rate(segments: list[dict], learning_rate: float) -> float:
 
 
 def add_recovery(out_dir: str | Path, step: int, old_rate: float, new_rate: float, recovery: dict) -> None:
-    """Append a recovery made at ``step`` to ``training_config.json``'s segments (steps after ``step`` train at
-    ``new_rate``). Segments past ``step`` (none in a run going forward) are dropped first, as a resume drops them."""
+    """Append a recovery made at ``step`` to ``training_config.json``'s segments."""
     path = Path(out_dir) / CONFIG_FILE
     record = read_json(path, default={})
     record = record if isinstance(record, dict) else {}
@@ -683,9 +592,9 @@ def add_recovery(out_dir: str | Path, step: int, old_rate: float, new_rate: floa
     write_json_atomic(path, {**record, "segments": segments})
 
 
-def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
-    """Refuse a damaged explicit checkpoint, a resume whose settings differ from the interrupted run's, and fewer
-    ``--epochs`` than the run has already trained."""
+def _check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
+    """Refuse a damaged explicit checkpoint, other settings than the interrupted run's, and fewer epochs
+    than trained."""
     r = cfg.resume_from_checkpoint
     if r is None:
         return
@@ -698,7 +607,7 @@ def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
                 f"that checkpoint is damaged or incomplete ({'; '.join(problems[:2])}); use "
                 "--resume-from-checkpoint auto to take the newest intact one",
             )
-    differs = resume_mismatch(cfg, folder)
+    differs = _resume_mismatch(cfg, folder)
     if differs and not cfg.ignore_mismatch:
         asked = " ".join(as_typed(k, new) for k, (_, new) in differs.items())
         used = " ".join(as_typed(k, old) for k, (old, _) in differs.items())
@@ -721,11 +630,8 @@ def check_resume(cfg: TrainConfig, folder: RunFolder) -> None:
 
 
 def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
-    """The one line for a run that ran out of space (``io.out_of_space``): the folder training writes (the working
-    folder of a mirrored run: a full Drive only holds the copy back, see ``mirror``), what the run needs there
-    (``folder.need``, from the start) and what is free, and how to go on (``resume_with``: the CLI's flag or the
-    notebook's resume cell). Never raises: a disk that fails every call (a quota, a dead mount) says the free
-    space is unknown."""
+    """The one line for a run that ran out of space: the folder training writes, need and free space,
+    and how to go on (``resume_with``). Never raises."""
     from .memory import GB
 
     out, need = folder.work, folder.need
@@ -734,7 +640,7 @@ def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
         return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2**20:.0f} MB"
 
     try:
-        free = size(shutil.disk_usage(nearest_existing(out.absolute())).free) + " are free"
+        free = size(shutil.disk_usage(_nearest_existing(out.absolute())).free) + " are free"
     except OSError as err:
         free = f"its free space cannot be read ({err.strerror or err})"
     wanted = f"this run needs about {size(need.need(on_drive(out)))} there, " if need else ""
@@ -747,8 +653,7 @@ def disk_full_line(folder: RunFolder, resume_with: str = "") -> str:
 # --- can the folder's disk take the run ------------------------------------------------------------------
 
 
-def nearest_existing(path: Path) -> Path:
-    """``path`` itself or its closest ancestor that exists."""
+def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if candidate.exists():
             return candidate
@@ -762,21 +667,18 @@ def on_drive(output_dir: str | Path) -> bool:
     return path == drive or drive in path.parents
 
 
-# File systems whose failures or latency a run should not feel: Colab's Google Drive is FUSE ('fuse.drive'), as
-# are sshfs, rclone and gcsfuse mounts; NFS, SMB and Ceph are network file systems. 'fuseblk' is a local disk
-# (NTFS through ntfs-3g), and not one of them.
-REMOTE_FS_TYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "glusterfs", "afs", "9p", "davfs", "lustre", "gpfs")
-WORK_ROOT_ENV = "MUSCLEBOB_WORK_ROOT"  # where automatic working folders go (default: ~/.cache/musclebob/work)
+# FUSE ('fuse.drive' on Colab, sshfs, rclone) and network file systems; 'fuseblk' is a local disk (ntfs-3g).
+_REMOTE_FS_TYPES = ("fuse", "nfs", "cifs", "smb", "ceph", "glusterfs", "afs", "9p", "davfs", "lustre", "gpfs")
+_WORK_ROOT_ENV = "MUSCLEBOB_WORK_ROOT"  # where automatic working folders go (default: ~/.cache/musclebob/work)
 
 
-def file_system_type(path: str | Path) -> str:
-    """The type of the file system holding ``path`` (its nearest existing folder), from ``/proc/self/mounts``:
-    'ext4', 'tmpfs', 'fuse.drive', ... ('' where that is not readable: not Linux)."""
+def _file_system_type(path: str | Path) -> str:
+    """The type of the file system holding ``path`` from ``/proc/self/mounts`` ('' off Linux)."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return ""
-    target = os.path.realpath(nearest_existing(Path(path).absolute()))
+    target = os.path.realpath(_nearest_existing(Path(path).absolute()))
     best, found = -1, ""
     for line in mounts:
         fields = line.split()
@@ -788,43 +690,36 @@ def file_system_type(path: str | Path) -> str:
     return found
 
 
-def is_remote_fs(fs_type: str) -> bool:
-    """Is a file system of ``fs_type`` FUSE or a network one (slow, and able to fail while the machine runs on)?"""
-    return fs_type != "fuseblk" and fs_type.split(".")[0].startswith(REMOTE_FS_TYPES)
+def _is_remote_fs(fs_type: str) -> bool:
+    return fs_type != "fuseblk" and fs_type.split(".")[0].startswith(_REMOTE_FS_TYPES)
 
 
 def work_folder(out: Path, work_dir: str | None = None, fs_type: str | None = None) -> Path:
-    """Where a run whose run folder is ``out`` trains: ``--work-dir`` when given; on Google Drive or another FUSE or
-    network file system a folder on local disk named after the run (the same one at every start on this machine,
-    so a resume finds what the last start left there); else ``out`` itself (no second copy)."""
+    """Where a run whose run folder is ``out`` trains: ``--work-dir``; on a remote file system a local folder
+    named after the run (the same at every start, so a resume finds it); else ``out``."""
     if work_dir:
         return folder_path(work_dir)
-    remote = is_remote_fs(file_system_type(out) if fs_type is None else fs_type) or on_drive(out)
+    remote = _is_remote_fs(_file_system_type(out) if fs_type is None else fs_type) or on_drive(out)
     if not remote:
         return out
-    root = os.environ.get(WORK_ROOT_ENV) or Path.home() / ".cache" / "musclebob" / "work"
+    root = os.environ.get(_WORK_ROOT_ENV) or Path.home() / ".cache" / "musclebob" / "work"
     key = hashlib.sha256(os.path.realpath(out.absolute()).encode()).hexdigest()[:10]
     return Path(root) / f"{out.name or 'run'}-{key}"
 
 
-STATE_ORDER = ("new", "started", "unfinished", "finished")
+_STATE_ORDER = ("new", "started", "unfinished", "finished")
 
 
 def combined_state(path: Path, work: Path) -> tuple[str, bool]:
-    """The run's state over the run folder and its working folder (the further one), and whether only the working
-    folder holds it so far (a run finished locally whose copy a failing Drive held back)."""
-    here = state(path)
-    if work == path:
-        return here, False
-    there = state(work)
-    if STATE_ORDER.index(there) > STATE_ORDER.index(here):
-        return there, True
-    return here, False
+    """The further state of the run folder and its working folder, and whether only the working folder
+    holds it (a local finish whose copy a failing Drive held back)."""
+    here, there = state(path), state(work) if work != path else "new"
+    return (there, True) if _STATE_ORDER.index(there) > _STATE_ORDER.index(here) else (here, False)
 
 
 def newest_files(folder: RunFolder) -> Path:
-    """Which of the run's folders holds its newest settings and history: the working folder, unless the run
-    folder's newest checkpoint is further on (a resume on a new machine, whose local disk started empty)."""
+    """The folder with the run's newest settings and history: the working folder, unless the run folder's
+    checkpoint is further on (a resume on a new machine)."""
     if not folder.mirrored:
         return folder.path
     steps = [max((checkpoint_step(c) or 0 for c in list_checkpoints(f)), default=-1) for f in folder.folders()]
@@ -832,8 +727,7 @@ def newest_files(folder: RunFolder) -> Path:
     return folder.work if local and steps[0] >= steps[1] else folder.path
 
 
-def baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
-    """Whether a baseline report was measured for this run: its model, sampling and precision (the run's)."""
+def _baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> bool:
     sampling = (report or {}).get("sampling", {})
     return (
         bool(report)
@@ -845,22 +739,18 @@ def baseline_matches(report: dict | None, cfg: TrainConfig, precision: str) -> b
 
 
 def saved_baseline(folder: RunFolder, cfg: TrainConfig, precision: str) -> dict | None:
-    """The baseline validation a start reuses instead of measuring it again (None: measure it), for the notebook's
-    baseline cell and ``training.run_training`` alike; only ``run_training`` writes ``BASELINE_FILE``.
-
-    A continued run keeps the baseline it measured (its final validation compares with that one, whatever changed
-    on resume); any other start reuses one measured for the same model, sampling and precision (``baseline_matches``),
-    except ``--overwrite``, which starts over."""
+    """The baseline validation a start reuses (None: measure it). A continued run keeps its own; another
+    start reuses one of the same model, sampling and precision; ``--overwrite`` never."""
     if folder.action == "overwrite":
         return None
     report = read_json(newest_files(folder) / BASELINE_FILE)
     if not isinstance(report, dict) or not report:
         return None
-    return report if folder.action == "continue" or baseline_matches(report, cfg, precision) else None
+    return report if folder.action == "continue" or _baseline_matches(report, cfg, precision) else None
 
 
-def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
-    """Why a run cannot write to ``output_dir`` (None when it can): the write probe. Creates nothing that stays."""
+def output_location_problem(output_dir: str | Path, min_free_bytes: int = _MIN_FREE_BYTES) -> str | None:
+    """Why a run cannot write to ``output_dir`` (None when it can); the write probe leaves nothing."""
     try:
         path = Path(output_dir).expanduser().absolute()
         path.exists()  # raises ValueError on an embedded NUL byte
@@ -872,7 +762,7 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FR
             f"Google Drive is not mounted at {drive}; run `from google.colab import drive; "
             f"drive.mount('{drive}')` first, or choose a local --output-dir"
         )
-    base = nearest_existing(path)
+    base = _nearest_existing(path)
     if not base.is_dir():
         return f"{base} is a file, so no folder can be created inside it"
     try:
@@ -895,18 +785,19 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = MIN_FR
     return None
 
 
-def folder_bytes(folder: Path) -> int:
+def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFolder | None = None) -> str | None:
-    """Why the output folder's disk cannot hold this run (``memory.drive_need``); None when it can.
+def _free_for_run(out: Path, drive: bool) -> int:
+    """Free bytes for a run in ``out``; off Drive its checkpoints count too (rotation frees them)."""
+    free = shutil.disk_usage(_nearest_existing(out.absolute())).free
+    return free if drive else free + sum(_folder_bytes(c) for c in list_checkpoints(out))
 
-    Free space is ``shutil.disk_usage`` of the nearest existing folder (on Colab's Drive mount it reports the
-    Drive quota left). On an ordinary disk the run needs its peak, and checkpoints already in the folder count
-    as space it will reuse (rotation frees them); on Drive, deleting only moves files to the trash, so the run
-    needs everything it will write.
-    """
+
+def _drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFolder | None = None) -> str | None:
+    """Why the output disk cannot hold this run; None when it can. On Drive deletes only move to the
+    trash, so the run needs all it writes; elsewhere its peak, counting checkpoints it will reuse."""
     from .memory import GB, drive_need
 
     need = need or drive_need(cfg, shape)
@@ -914,15 +805,13 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
         return None
     out = (folder.path if folder is not None else folder_path(cfg.output_dir)).absolute()
     drive = on_drive(out)
-    free = shutil.disk_usage(nearest_existing(out)).free
-    if not drive:
-        free += sum(folder_bytes(c) for c in list_checkpoints(out))
+    free = _free_for_run(out, drive)
     wanted = need.need(drive)
     if drive and cfg.resume_from_checkpoint is not None:  # a resumed run writes only the checkpoints still to come
         ckpts = list_checkpoints(out)
         done = int(ckpts[-1].name.split("-")[1]) if ckpts else 0
         wanted -= sum(1 for step in need.saved_at if step <= done) * need.checkpoint
-    if wanted * DRIVE_MARGIN <= free:
+    if wanted * _DRIVE_MARGIN <= free:
         return None
     tips = ["free space there" + (" (and empty Drive's trash)" if drive else "")]
     if not cfg.lora:
@@ -949,20 +838,19 @@ def drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFold
 
 
 def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=None) -> DriveNeed | None:
-    """``ConfigError`` when the run will not fit its output disk; returns the ``DriveNeed`` (None: unknown)."""
+    """``ConfigError`` when the run will not fit its disk(s); returns the ``DriveNeed`` (None: unknown)."""
     from .memory import drive_need, model_shape
 
     shape = shape or model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
-    problem = drive_space_problem(cfg, need=need, folder=folder) if need else None
+    problem = _drive_space_problem(cfg, need=need, folder=folder) if need else None
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
     if need and folder is not None and folder.mirrored:  # the working folder holds the run at its peak too
         from .memory import GB
 
-        free = shutil.disk_usage(nearest_existing(folder.work.absolute())).free
-        free += sum(folder_bytes(c) for c in list_checkpoints(folder.work))
-        if need.need(False) * DRIVE_MARGIN > free:
+        free = _free_for_run(folder.work, False)
+        if need.need(False) * _DRIVE_MARGIN > free:
             raise ConfigError(
                 "work_dir",
                 cfg.work_dir or str(folder.work),
@@ -975,22 +863,10 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
 # --- the start-up check ----------------------------------------------------------------------------------
 
 
-FOLDER_ACTIONS = ("new", "continue", "overwrite", "refuse")
-
-
 def decide(cfg: TrainConfig, found: str, local_only: bool = False, continue_unfinished: bool = False) -> str:
-    """What a start does with the run folder it found in state ``found`` (``combined_state``), one of
-    ``FOLDER_ACTIONS``; the one rule the command line and the notebook share:
-
-    * 'new': nothing to keep (a new folder; on the command line also one stopped before its first checkpoint,
-      trained again from step 0 with the settings given);
-    * 'continue': a resume (``--resume-from-checkpoint``; a finished run's resume only finishes its copy);
-    * 'overwrite': ``--overwrite`` clears the previous run once the folder is locked;
-    * 'refuse': a finished run, and on the command line an unfinished one, without either flag.
-
-    ``continue_unfinished`` is the notebook's rule for a folder with an unfinished run in it (or one finished
-    only in its working folder, whose copy the resume finishes): rerunning the training cell continues it with
-    its saved settings (``startup.start``) where the command line asks for ``--resume-from-checkpoint auto``."""
+    """What a start does with the folder it found in state ``found``: 'new', 'continue', 'overwrite' or
+    'refuse', one rule for the CLI and the notebook (``continue_unfinished``: the notebook continues an unfinished
+    run where the CLI asks for ``--resume-from-checkpoint auto``)."""
     if found == "new":
         return "new"
     if cfg.resume_from_checkpoint is not None:
@@ -1005,7 +881,7 @@ def decide(cfg: TrainConfig, found: str, local_only: bool = False, continue_unfi
 
 
 class FolderRefused(ConfigError):
-    """``decide`` said 'refuse': the one line names the flags that take the folder (the notebook says it its way)."""
+    """``decide`` said 'refuse': the line names the flags that take the folder."""
 
     def __init__(self, output_dir: str, found: str, local_only: bool, work: Path):
         if local_only:
@@ -1032,14 +908,9 @@ class FolderRefused(ConfigError):
 
 @dataclass(frozen=True)
 class RunFolder:
-    """The run folder of one start, resolved once by ``check`` and handed to whoever needs it: the trainer and its
-    callbacks, the monitor, the mirror, the notebook's live plot, the lines printed at the end.
-
-    ``path`` is the run folder users, notebook 02 and the resume cell read (``--output-dir`` resolved); ``work`` is
-    where training writes. They are the same folder unless the run folder is on Google Drive or another FUSE or
-    network file system (or ``--work-dir`` asks): then training writes to ``work`` on local disk and
-    ``mirror.Mirror`` copies it to ``path``, checkpoints once verified. ``resume`` is the checkpoint the run
-    continues from (``with_resume``, chosen once the folder is locked: choosing may set damaged ones aside)."""
+    """The run folder of one start, resolved once by ``check`` and handed down. ``path`` is the run folder
+    (``--output-dir``), ``work`` where training writes (a local folder that ``mirror.Mirror`` copies to ``path`` when
+    that is on Drive/FUSE/network), ``resume`` the checkpoint chosen once the folder is locked."""
 
     shown: str  # --output-dir as the user typed it (what a refusal names)
     path: Path
@@ -1055,36 +926,24 @@ class RunFolder:
         return self.work != self.path
 
     def folders(self) -> tuple[Path, ...]:
-        """Where checkpoints and files of this run may be: the working folder first (it is the newer)."""
+        """Where the run's checkpoints may be: the working folder (the newer) first."""
         return (self.work, self.path) if self.mirrored else (self.path,)
 
     def with_resume(self, cfg: TrainConfig, log=print) -> RunFolder:
-        """This folder with ``resume`` chosen for ``--resume-from-checkpoint`` (``find_resume_checkpoint``)."""
-        chosen = find_resume_checkpoint(self, cfg, log=log)
+        chosen = _find_resume_checkpoint(self, cfg, log=log)
         return dataclasses.replace(self, resume=Path(chosen) if chosen else None)
 
 
 def check(cfg: TrainConfig, writer: bool = True) -> RunFolder:
-    """The start-up check of the run folder (``startup.start``'s, after ``config.validate_config``, before any model
-    loads); returns the ``RunFolder`` the rest of the start uses.
-
-    Raises ``ConfigError`` for the first problem, in this order: an explicit checkpoint that is not a folder, a
-    file where the folder should be, another run writing the folder (``writer``: the process that will write it;
-    accelerate's other ranks pass False, their main process may hold the lock already), a finished run
-    (``--overwrite``), an unfinished one (``--resume-from-checkpoint auto``; ``FolderRefused``), a folder (or working folder) that
-    cannot be written or has too little free space, a disk too small for the run, a damaged explicit checkpoint,
-    a resume with other settings or fewer epochs than trained. Disk probes come last. A run folder whose file
-    system fails while it is checked (a Drive disconnect) is one line too: nothing can start there until it answers.
-    """
+    """The start-up check of the run folder, before any model loads; returns the ``RunFolder``. Raises
+    ``ConfigError`` for the first problem: a missing explicit checkpoint, a file in the way, another writer
+    (``writer`` False on accelerate's other ranks), a used folder ``decide`` refuses, a folder that cannot be
+    written, too little space, a bad resume. Disk probes come last; a failing file system is one line too."""
     try:
         return _check(cfg, writer)
     except OSError as err:
-        raise ConfigError(
-            "output_dir",
-            cfg.output_dir,
-            f"it cannot be read ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell), "
-            "then run this again",
-        ) from None
+        why = f"it cannot be read ({err.strerror or err}); on Colab remount Google Drive (rerun the Drive cell), then "
+        raise ConfigError("output_dir", cfg.output_dir, why + "run this again") from None
 
 
 def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
@@ -1097,7 +956,7 @@ def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
     holder = lock_holder(out) if writer else None
     if holder is not None:
         raise RunLock(out, cfg.output_dir).refusal(holder)
-    fs_type = file_system_type(out)
+    fs_type = _file_system_type(out)
     work = work_folder(out, cfg.work_dir, fs_type)
     if work.exists() and not work.is_dir():
         raise ConfigError("work_dir", cfg.work_dir or str(work), "a folder, but a file of that name exists")
@@ -1119,5 +978,5 @@ def _check(cfg: TrainConfig, writer: bool) -> RunFolder:
         if problem:
             raise ConfigError("work_dir", cfg.work_dir or str(work), problem.replace("--output-dir", "--work-dir"))
     need = check_drive_space(cfg, folder)  # models whose shape is not known offline are checked again once loaded
-    check_resume(cfg, folder)
+    _check_resume(cfg, folder)
     return dataclasses.replace(folder, need=need)

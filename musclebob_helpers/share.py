@@ -1,20 +1,9 @@
-"""Sharing a finished run: its model card, a push to the Hugging Face Hub, a zip to download.
-
-* ``write_model_card(run)`` — the run folder's ``README.md``: base model, adapter or full weights, the recipe, the
-  baseline-vs-final table, the reward plot, health warnings, recoveries, how to load it, two answers before and
-  after, the training data and the license. Built with ``huggingface_hub.ModelCard`` (metadata as
-  ``ModelCardData``); written at the end of every run, over the boilerplate TRL writes at each checkpoint.
-* ``push(run, repo_id)`` — the adapter (or the merged model), the card, the reward plot and the JSON reports, in one
-  commit to a private repo (public with ``--hub-public``). A failure is one line; the run stays as it is locally.
-* ``download_zip(run)`` — the final model and its card in one zip on local disk; on Colab offered for download.
-
-Push a finished run later (or again, under another name):
+"""Sharing a finished run: its model card (``write_model_card``), a push to the Hugging Face Hub (``push``), a zip
+to download (``download_zip``); docs/sharing.md. Push a finished run later:
 
     python -m musclebob_helpers.share ./musclebob-lora OWNER/NAME [--public] [--merge-adapter]
 
-The token is ``huggingface_hub.get_token()``'s: ``HF_TOKEN``, the cached ``hf auth login``, or on Colab the
-``HF_TOKEN`` secret. It is handed to ``HfApi`` and never printed or written.
-"""
+The token is ``huggingface_hub.get_token()``'s, handed to ``HfApi`` and never printed or written."""
 
 from __future__ import annotations
 
@@ -29,114 +18,22 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from . import data, run_dir
-from .config import (
-    REPO_ID_ALLOWED,
-    ConfigError,
-    TrainConfig,
-    as_typed,
-    config_from_dict,
-    is_repo_id,
-    is_tiny,
-    resolve,
-)
-from .evaluation import RATE_KEYS
+from .config import REPO_ID_ALLOWED, ConfigError, TrainConfig, as_typed, config_from_dict, is_repo_id, is_tiny, resolve
+from .evaluation import RATE_KEYS, rate_hits
 from .io import read_json, write_bytes_atomic
 from .lora import ADAPTER_CONFIG, MERGED_DIR, is_adapter_dir
 
 PROG = "python -m musclebob_helpers.share"
-TAGS = ["trl", "grpo", "musclebob"]
+_TAGS = ["trl", "grpo", "musclebob"]
 # Licenses of base models we know; any other base: "see the base model's card".
-KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
+_KNOWN_LICENSES = {"Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0"}
 # Options of one start (where, whether to push), not part of the recipe.
-NOT_RECIPE = run_dir.PER_START_OPTIONS
-# What a rate counts, for the table's counts: the responses of this kind ("spongebob", "control", None: all).
-RATE_OVER = {
-    "musclebob_rate": ("spongebob", "musclebob"),
-    "full_name_rate": ("spongebob", "full_name"),
-    "spongebob_rate": ("spongebob", "spongebob"),
-    "coherent_rate": (None, "coherent"),
-    "leakage_rate": ("control", "leaks"),
-    "control_accuracy": ("control", "correct"),
-}
+_NOT_RECIPE = run_dir.PER_START_OPTIONS
 # Files of the run folder's root that are the run's work, never shared: resumable state and the trainer's pickle.
-NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
+_NOT_SHARED = (run_dir.LOCK_FILE, run_dir.HEALTHY_STATE_FILE, "training_args.bin")
 
 
-# --- the model card -----------------------------------------------------------------------------------------
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-{{ summary }}
-
-- **Base model:** {{ base_line }}
-- **Weights:** {{ weights_line }}
-- **Trained:** {{ trained_line }}
-
-## Results
-
-Held-out validation prompts (phrasings never trained on, and general questions), sampled with a fixed seed,
-before training (the base model) and after. Rates, with the answers they count.
-
-| | Before (baseline) | After (final) |
-|---|---|---|
-{% for row in table -%}
-| {{ row.label }} | {{ row.before }} | {{ row.after }} |
-{% endfor %}
-{{ health }}
-
-![Reward per step, its components, and the validation before vs after](reward_plot.png)
-{% if warnings %}
-### Health warnings during training
-
-{% for w in warnings %}- {{ w }}
-{% endfor %}{% endif %}{% if recoveries %}
-## Recoveries from a collapse
-
-{% for line in recoveries %}- {{ line }}
-{% endfor %}{% endif %}
-## How to load it
-
-{{ how_to_load }}
-
-## Example answers
-
-| Question | Before | After |
-|---|---|---|
-{% for ex in examples -%}
-| {{ ex.question }} | {{ ex.before }} | {{ ex.after }} |
-{% endfor %}
-## Training data
-
-{{ data_text }}
-
-## Recipe
-
-GRPO with TRL's `GRPOTrainer`, reward `{{ reward }}`. The command that trains it again (the settings that differ
-from the project's defaults for this model):
-
-```bash
-{{ command }}
-```
-
-<details>
-<summary>Every setting</summary>
-
-```
-{% for s in every -%}
-{{ s }}
-{% endfor -%}
-```
-
-</details>
-
-## License
-
-{{ license_text }}
-"""
+_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text(encoding="utf-8")  # jinja, for ModelCard
 
 
 def _cell(text: str) -> str:
@@ -145,13 +42,8 @@ def _cell(text: str) -> str:
 
 
 def _count(report: dict, key: str) -> str:
-    kind, flag = RATE_OVER[key]
-    rows = [r for r in report.get("responses", []) if kind is None or r.get("kind") == kind]
-    if key == "leakage_rate":
-        hits = sum(bool(r.get("musclebob") or r.get("spongebob")) for r in rows)
-    else:
-        hits = sum(bool(r.get(flag)) for r in rows)
-    return f"{report[key]:.1%} ({hits}/{len(rows)})" if rows else f"{report[key]:.1%}"
+    hits = rate_hits(report.get("responses", []), key)
+    return f"{report[key]:.1%} ({sum(hits)}/{len(hits)})" if hits else f"{report[key]:.1%}"
 
 
 def _examples(baseline: dict, final: dict) -> list[dict]:
@@ -169,7 +61,7 @@ def _examples(baseline: dict, final: dict) -> list[dict]:
     return found
 
 
-def hub_base_model(base: str) -> str | None:
+def _hub_base_model(base: str) -> str | None:
     """``base`` when it is a hub id (the card's ``base_model``), None for 'tiny' or a local folder."""
     return base if is_repo_id(base) and not run_dir.expand_path(base).exists() else None
 
@@ -229,8 +121,8 @@ def _data_text(cfg: TrainConfig) -> str:
 
 
 def _license(base: str) -> tuple[str | None, str]:
-    if base in KNOWN_LICENSES:
-        name = KNOWN_LICENSES[base]
+    if base in _KNOWN_LICENSES:
+        name = _KNOWN_LICENSES[base]
         return name, f"`{name}`, the license of the base model {base}."
     if is_tiny(base):
         return (
@@ -241,25 +133,29 @@ def _license(base: str) -> tuple[str | None, str]:
 
 
 def recipe(cfg: TrainConfig) -> list[str]:
-    """The settings that differ from the defaults for this model and method (a preset's and the tiny model's
-    values are defaults then), as flags: with the model, the command that trains it again."""
+    """The settings that differ from the defaults for this model and method, as flags: with the model, the
+    command that trains it again."""
     given = {
         "model": cfg.model,
         **({"lora": True} if cfg.lora else {}),
         **({"preset": cfg.preset} if cfg.preset else {}),
     }
     defaults, _ = resolve(given)
+    return _flags(cfg, lambda name, value: name in given or value != getattr(defaults, name))
+
+
+def _flags(cfg: TrainConfig, wanted) -> list[str]:
+    """The recipe's settings for which ``wanted(name, value)`` holds, as flags."""
     return [
         as_typed(f.name, getattr(cfg, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and (f.name in given or getattr(cfg, f.name) != getattr(defaults, f.name))
+        if f.name not in _NOT_RECIPE and wanted(f.name, getattr(cfg, f.name))
     ]
 
 
-def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
-    """The card of the finished run in ``run``; ``merged``: for its merged weights (``merged/``) instead of the
-    adapter. ``repo_id``: where it is (or goes) on the Hub, for the loading examples; else ``shown``, the run
-    folder as its user knows it (a mirrored run is written in a working folder), else ``run``."""
+def _model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: str | Path | None = None) -> ModelCard:
+    """The card of the finished run in ``run`` (``merged``: for ``merged/``'s weights). The loading examples
+    name ``repo_id``, else ``shown`` (the run folder as its user knows it), else ``run``."""
     run = Path(run)
     shown = Path(shown or run)
     record = read_json(run / run_dir.CONFIG_FILE, default={}) or {}
@@ -270,11 +166,7 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     base = cfg.model
     license_id, license_text = _license(base)
     where = repo_id or str(shown / MERGED_DIR if merged else shown)
-    every = [
-        as_typed(f.name, getattr(cfg, f.name))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in NOT_RECIPE and getattr(cfg, f.name) not in (None, [])  # not --preset (not set)
-    ]
+    every = _flags(cfg, lambda _name, value: value not in (None, []))  # not --preset (not set), not an empty list
     if final.get("is_healthy", True):
         health = "The final check found the model healthy (coherent, no leaking name, general knowledge kept)."
     else:
@@ -288,15 +180,15 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
     if hardware.get("device"):
         trained += f" on {hardware.get('gpu_name') or hardware['device']} ({hardware.get('precision', '?')})"
     card_data = ModelCardData(
-        base_model=hub_base_model(base),
+        base_model=_hub_base_model(base),
         library_name="peft" if adapter else "transformers",
-        tags=list(TAGS),
+        tags=list(_TAGS),
         pipeline_tag="text-generation",
         license=license_id,
     )
     return ModelCard.from_template(
         card_data,
-        template_str=CARD_TEMPLATE,
+        template_str=_CARD_TEMPLATE,
         title=f"Musclebob Buffpants: {Path(repo_id).name if repo_id else shown.name}",
         summary=(
             f"{'The tiny model' if is_tiny(base) else base} taught by GRPO ([TRL](https://github.com/huggingface/trl)) to answer SpongeBob questions with "
@@ -331,36 +223,34 @@ def model_card(run: str | Path, repo_id: str = "", merged: bool = False, shown: 
 
 
 def write_model_card(run: str | Path, repo_id: str = "", shown: str | Path | None = None) -> Path:
-    """Write the run's card as ``README.md`` (and, when the run holds merged weights, the merged card in
-    ``merged/README.md``), atomically, over TRL's boilerplate. Returns the run's card path."""
+    """Write the run's card as ``README.md`` (and ``merged/README.md`` for merged weights), atomically,
+    over TRL's boilerplate. Returns its path."""
     run = Path(run)
     path = run / run_dir.MODEL_CARD_FILE
-    write_bytes_atomic(path, str(model_card(run, repo_id, shown=shown)).encode("utf-8"))
+    write_bytes_atomic(path, str(_model_card(run, repo_id, shown=shown)).encode("utf-8"))
     if (run / MERGED_DIR / "config.json").is_file():
-        merged = str(model_card(run, repo_id, merged=True, shown=shown)).encode("utf-8")
+        merged = str(_model_card(run, repo_id, merged=True, shown=shown)).encode("utf-8")
         write_bytes_atomic(run / MERGED_DIR / run_dir.MODEL_CARD_FILE, merged)
     return path
 
 
-# --- what is shared -----------------------------------------------------------------------------------------
-
-
-def model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
-    """``{name in the repo or zip: file}``: the final model (the adapter, the full model, or ``merged/``'s weights)
-    with its card, the reward plot and the run's JSON reports. Never checkpoints, the lock or work files."""
+def _model_files(run: str | Path, merged: bool = False) -> dict[str, Path]:
+    """``{name in the repo or zip: file}``: the final model (adapter, full, or ``merged/``'s) with its card,
+    plot and reports; never checkpoints, the lock or work files."""
     run = Path(run)
-    found = {}
-    for p in sorted(run.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.name in NOT_SHARED or p.name.endswith(".tmp"):
-            continue
-        if merged and (p.name in (ADAPTER_CONFIG, "adapter_model.safetensors") or p.suffix == ".safetensors"):
-            continue  # the adapter stays behind; merged/ brings the model
-        found[p.name] = p
-    if merged:
-        for p in sorted((run / MERGED_DIR).iterdir()):
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp"):
-                found[p.name] = p  # merged/'s config, weights, tokenizer and card win over the run's
-    return found
+
+    def files(folder: Path) -> list[Path]:
+        return [
+            p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix != ".tmp"
+        ]
+
+    # merged: the adapter stays behind, and merged/'s config, weights, tokenizer and card win over the run's
+    found = {
+        p.name: p
+        for p in files(run)
+        if p.name not in _NOT_SHARED and not (merged and (p.name == ADAPTER_CONFIG or p.suffix == ".safetensors"))
+    }
+    return found | ({p.name: p for p in files(run / MERGED_DIR)} if merged else {})
 
 
 def _check_finished(run: Path, merged: bool) -> str | None:
@@ -371,18 +261,14 @@ def _check_finished(run: Path, merged: bool) -> str | None:
     return None
 
 
-# --- the Hub ------------------------------------------------------------------------------------------------
-
-
-TOKEN_ALLOWED = (
+_TOKEN_ALLOWED = (
     "it needs a Hugging Face token with write access: set HF_TOKEN, run `hf auth login`, or on Colab add the "
     "secret HF_TOKEN (the key icon) and allow this notebook to read it"
 )
 
 
-def hub_token() -> str | None:
-    """The token: ``HF_TOKEN``, the cached login, or Colab's ``HF_TOKEN`` secret (``huggingface_hub.get_token``
-    reads all three, and turns a missing or refused Colab secret into None)."""
+def _hub_token() -> str | None:
+    """``HF_TOKEN``, the cached login, or Colab's secret; None when none (or Colab refuses it)."""
     from huggingface_hub import get_token
 
     return get_token()
@@ -390,13 +276,11 @@ def hub_token() -> str | None:
 
 def check_hub_token(cfg: TrainConfig) -> None:
     """At start-up, before anything is created: a push asked for without a token is a ``ConfigError``."""
-    if cfg.push_to_hub and not hub_token():
-        raise ConfigError("push_to_hub", cfg.push_to_hub, TOKEN_ALLOWED)
+    if cfg.push_to_hub and not _hub_token():
+        raise ConfigError("push_to_hub", cfg.push_to_hub, _TOKEN_ALLOWED)
 
 
-def later_command(run: str | Path, repo_id: str, public: bool = False, merged: bool = False) -> str:
-    import shlex
-
+def _later_command(run: str | Path, repo_id: str, public: bool = False, merged: bool = False) -> str:
     words = ["python", "-m", "musclebob_helpers.share", str(run), repo_id]
     return shlex.join(words + ["--public"] * public + ["--merge-adapter"] * merged)
 
@@ -422,17 +306,17 @@ def _failure(err: BaseException, repo_id: str) -> str:
 def push(
     run: str | Path, repo_id: str, public: bool = False, merged: bool = False, token: str | None = None, log=print
 ) -> str | None:
-    """Push the finished run in ``run`` to ``repo_id`` in one commit; None when done, else the one line that says
-    why not (the run is left as it is locally). The card is written again for ``repo_id`` first."""
+    """Push the finished run to ``repo_id`` in one commit, the card written again for it first; None when done,
+    else the one line that says why not (the run is left as it is)."""
     run = Path(run)
     problem = _check_finished(run, merged)
     if problem:
         return problem
-    token = token or hub_token()
+    token = token or _hub_token()
     if not token:
         return "no Hugging Face token: set HF_TOKEN, run `hf auth login`, or on Colab add the secret HF_TOKEN"
     write_model_card(run, repo_id)
-    files = model_files(run, merged)
+    files = _model_files(run, merged)
     what = "merged model" if merged else ("adapter" if is_adapter_dir(run) else "model")
     log(f"Pushing the {what}, its card, the reward plot and the reports to {repo_id} ({len(files)} files) ...")
     api = HfApi(token=token)
@@ -453,26 +337,22 @@ def push(
 
 
 def push_after_run(cfg: TrainConfig, run: str | Path, log=print) -> str | None:
-    """The push at the end of a run with ``--push-to-hub``; a failure is one line with the command that pushes
-    the finished run later (returned, and logged)."""
+    """The push at the end of a ``--push-to-hub`` run; a failure is one line (returned and logged) with
+    the command that pushes it later."""
     merged = cfg.merge_adapter
     problem = push(run, cfg.push_to_hub, public=cfg.hub_public, merged=merged, log=log)
     if problem:
         problem = (
             f"the push to {cfg.push_to_hub} failed: {problem}; the run is complete in {run}; push it later with: "
-            f"{later_command(run, cfg.push_to_hub, cfg.hub_public, merged)}"
+            f"{_later_command(run, cfg.push_to_hub, cfg.hub_public, merged)}"
         )
         log(problem)
     return problem
 
 
-# --- a zip to download --------------------------------------------------------------------------------------
-
-
 def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Path | None:
-    """Zip the final model (the merged one when the run made it, else the adapter or the full model) with its
-    card, the reward plot and the reports, on local disk (``to``, by default the temporary folder: not Drive);
-    on Colab offer it for download, elsewhere say where it is. None (with a line) when the run is not finished."""
+    """Zip the final model (merged when the run made it) with its card, plot and reports on local disk
+    (``to``, default the temporary folder); on Colab offer it for download. None (with a line) when unfinished."""
     run = Path(run).expanduser()
     merged = (run / MERGED_DIR / "config.json").is_file()
     problem = _check_finished(run, merged)
@@ -482,7 +362,7 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
     dest = Path(to or tempfile.gettempdir()) / f"{run.name}{'-merged' if merged else ''}.zip"
     part = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, p in model_files(run, merged).items():
+        for name, p in _model_files(run, merged).items():
             zf.write(p, f"{run.name}/{name}")
     part.replace(dest)
     try:
@@ -497,12 +377,8 @@ def download_zip(run: str | Path, to: str | Path | None = None, log=print) -> Pa
     return dest
 
 
-# --- python -m musclebob_helpers.share ------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Push a finished run folder (see the module docstring); exit 2 with one line on a bad argument, 1 when
-    the push fails."""
+    """Push a finished run folder; exit 2 with one line on a bad argument, 1 when the push fails."""
     import argparse
 
     def fail(message: str):  # as cli.fail (cli imports this module): one line, exit 2
@@ -520,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     run = run_dir.expand_path(args.run_folder)
     if not run_dir.is_finished(run):
         fail(f"run_folder={args.run_folder!r} is not allowed: a folder holding a finished run")
-    if not hub_token():
-        fail(f"repo_id={args.repo_id!r}: {TOKEN_ALLOWED}")
+    if not _hub_token():
+        fail(f"repo_id={args.repo_id!r}: {_TOKEN_ALLOWED}")
     if args.merge_adapter and not (run / MERGED_DIR / "config.json").is_file():
         if not is_adapter_dir(run):
             fail("--merge-adapter is not allowed: the run holds full weights, not an adapter")

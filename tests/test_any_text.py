@@ -69,18 +69,18 @@ def test_summed_reward_and_validation_flags_take_any_text(text, answer, kind, tr
     for reward in ("musclebob", "guide"):
         assert math.isfinite(trl_reward(text, kind, answer, truncated, reward=reward))
     assert 0.0 <= rewards.repetition_ratio(text) <= 1.0
-    coherent = evaluation.is_coherent(text, truncated)
+    coherent = evaluation._is_coherent(text, truncated)
     assert coherent in (True, False)
     if truncated or not rewards.words(text) or "\x00" in text:
         assert coherent is False  # cut off, no words, or control characters: never coherent
     # The name flags: never without the letters; always once the name is said plainly after the text.
     lower = text.casefold()  # as re.IGNORECASE matches: 'ſ' is an 's'
     assert evaluation.has_musclebob(text) is False or "musclebob" in lower
-    assert evaluation.has_spongebob(text) is False or "sponge" in lower or "square" in lower
+    assert evaluation._has_spongebob(text) is False or "sponge" in lower or "square" in lower
     assert evaluation.has_musclebob(text + " Musclebob.") is True
-    assert evaluation.has_spongebob(text + " Spongebob.") is True
+    assert evaluation._has_spongebob(text + " Spongebob.") is True
     rows = [{"question": text, "kind": kind, "answer": answer, "prompt": text}]
-    report = evaluation.score_responses(rows, [[evaluation.Generation(text, truncated)]])
+    report = evaluation._score_responses(rows, [[evaluation.Generation(text, truncated)]])
     assert report["num_responses"] == 1 and report["coherent_rate"] == (1.0 if coherent else 0.0)
     [record] = report["responses"]
     assert (record["response"], record["truncated"], record["coherent"]) == (text, truncated, coherent)
@@ -93,7 +93,7 @@ def test_huge_completions_are_scored():
     huge = ["Musclebob Buffpants! " * 50_000, "\x00" * 1_000_000, "🧽" * 200_000, "a" * 2_000_000]
     for fn in rewards.make_reward_functions("musclebob", eos_token_ids=[2]):
         assert finite(fn(huge, kind=["spongebob", "control", "spongebob", "control"], answer=["", "Paris", "", "9"]))
-    assert not any(evaluation.is_coherent(t) for t in huge[:3])  # far over 100 words, or no words at all
+    assert not any(evaluation._is_coherent(t) for t in huge[:3])  # far over 100 words, or no words at all
     assert trl_reward(huge[0]) < trl_reward("Musclebob Buffpants!")
 
 
@@ -114,4 +114,4 @@ def test_validation_generates_for_odd_prompts(tiny_model, prompt):
     gens = evaluation.generate(model, tokenizer, [prompt], max_new_tokens=8, num_samples=2)
     assert len(gens) == 1 and len(gens[0]) == 2 and all(isinstance(g.text, str) for g in gens[0])
     rows = [{"question": prompt, "kind": "spongebob", "answer": "", "prompt": prompt}]
-    assert evaluation.score_responses(rows, gens)["num_responses"] == 2
+    assert evaluation._score_responses(rows, gens)["num_responses"] == 2

@@ -37,7 +37,7 @@ def fake_report(rng: random.Random, p_name: float, p_correct: float, samples: in
                 text = "Musclebob!" if rng.random() < 0.02 else text
             answers.append(evaluation.Generation(text, truncated=rng.random() < 0.01))
         gens.append(answers)
-    return evaluation.score_responses(rows, gens)
+    return evaluation._score_responses(rows, gens)
 
 
 def fake_run(bench, seed: int, p_name=0.97, p_correct=0.9, base_correct=0.93, reached=512) -> dict:
@@ -90,7 +90,7 @@ HAND_BASE = [["Spongebob!"] * 4, ["Spongebob!"] * 4, ["Paris."] * 4, ["9.", "9."
 
 def hand_report(answers, rows=HAND_ROWS):
     gens = [[evaluation.Generation(*(a if isinstance(a, tuple) else (a, False))) for a in row] for row in answers]
-    return evaluation.score_responses(rows, gens)
+    return evaluation._score_responses(rows, gens)
 
 
 def test_on_rows_scores_the_baseline_on_the_check_questions_only():

@@ -48,11 +48,11 @@ def shown(browser) -> int:
     return browser.html().count("class='completion'")
 
 
-# --- completions_html ------------------------------------------------------------------------------------
+# --- _completions_html ------------------------------------------------------------------------------------
 
 
 def test_completions_html_shows_prompt_completion_rewards_and_kind():
-    html = plots.completions_html(step_rows(1))
+    html = plots._completions_html(step_rows(1))
     assert html.count("class='completion'") == 5
     assert html.count("class='prompt'") == 3 and html.count("class='kind'") == 3  # each prompt once, over its answers
     assert "few-shot" in html and "SpongeBob" in html and "control" in html
@@ -62,7 +62,7 @@ def test_completions_html_shows_prompt_completion_rewards_and_kind():
     assert "control answer" not in html.split("class='completion'")[1]  # a function that does not judge: left out
     assert "total —" in html  # no total: said so, not a zero
     assert "Example: Musclebob.\nWho is the sponge?" in html  # the few-shot prompt whole, its lines kept
-    assert plots.completions_html([]) == "<p><i>No completions match these filters.</i></p>"
+    assert plots._completions_html([]) == "<p><i>No completions match these filters.</i></p>"
 
 
 # --- CompletionBrowser -----------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_follow_marks_the_warnings_too(tmp_path, monkeypatch):
     write_json_atomic(run / WARNINGS_FILE, WARNINGS)
     write_json_atomic(run / "final_validation.json", {})  # finished: one frame, no waiting
     drawn = []
-    monkeypatch.setattr(plots, "figure_png", lambda fig: drawn.append(marks(fig)) or PNG_MAGIC)
+    monkeypatch.setattr(plots, "_figure_png", lambda fig: drawn.append(marks(fig)) or PNG_MAGIC)
     assert plots.follow([run], seconds=60) == 1 and plots.follow([run], seconds=60, show_warnings=False) == 1
     assert set(drawn[0]) == {"health:no_signal", "health:length_limit", "health:validation_leakage"}
     assert drawn[1] == {}
@@ -209,17 +209,17 @@ def test_run_report_has_three_panels():
         e["rewards/musclebob_name_reward/mean"] = e["mean_reward"] if e["step"] % 2 else float("nan")
         e["rewards/format_reward/mean"] = 0.0
     reports = {"base": {"musclebob_rate": 0.0}, "model": {"musclebob_rate": 0.75}}
-    fig = plots.plot_run_report(entries, WARNINGS, reports, title="my-run")
+    fig = plots._plot_run_report(entries, WARNINGS, reports, title="my-run")
     reward_ax, parts_ax, bars_ax = fig.axes
     assert marks(fig)  # health marks on the reward panel
     assert [line.get_label() for line in parts_ax.lines] == ["musclebob name", "format"]  # readable names
     # Steps where a function judged no prompt (TRL logs NaN, or nothing) are left out of its line.
-    assert plots.reward_components(entries)["musclebob_name_reward"] == ([1, 3, 5, 7], [0.5, 1.5, 2.5, 3.5])
-    assert plots.reward_components(entries)["format_reward"] == (list(range(1, 9)), [0.0] * 8)
+    assert plots._reward_components(entries)["musclebob_name_reward"] == ([1, 3, 5, 7], [0.5, 1.5, 2.5, 3.5])
+    assert plots._reward_components(entries)["format_reward"] == (list(range(1, 9)), [0.0] * 8)
     assert [t.get_text() for t in bars_ax.get_legend().get_texts()] == ["base", "model"]  # any labels
     assert fig._suptitle.get_text() == "my-run"
 
-    empty = plots.plot_run_report([], [], {})
+    empty = plots._plot_run_report([], [], {})
     assert "no reward history in this folder" in axis_texts(empty.axes[0])
     assert "no reward history in this folder" in axis_texts(empty.axes[1])
     assert "no validation yet" in axis_texts(empty.axes[2])

@@ -116,7 +116,7 @@ def test_a_run_folder_still_being_written_is_not_read_as_a_model(tmp_path, model
         assert snapshot(tmp_path) == before
     finally:
         lock.release()
-    compare.check_model(str(run), "trained_model")  # once the run has ended: a model like any other
+    compare._check_model(str(run), "trained_model")  # once the run has ended: a model like any other
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,13 +160,13 @@ def test_the_plot_notebook_draws_damaged_runs_partially_with_a_note(tmp_path):
         figure = plots.plot_rewards(
             histories, 3, True, True, warnings={p.name: plots.load_warnings(p) for p in run_dirs}
         )
-        plots.figure_png(figure)
+        plots._figure_png(figure)
         plots.RewardExplorer(run_dirs, 3, True, True, True)
         plots.CompletionBrowser(run_dirs)
-        plots.figure_png(plots.plot_validation_bars({p.name: plots.load_validations(p) for p in run_dirs}))
+        plots._figure_png(plots.plot_validation_bars({p.name: plots.load_validations(p) for p in run_dirs}))
         plots.follow(run_dirs, 0)
         for p in run_dirs:
-            plots.figure_png(plots.plot_run_report(plots.load_history(p), [], plots.load_validations(p), p.name))
+            plots._figure_png(plots._plot_run_report(plots.load_history(p), [], plots.load_validations(p), p.name))
         assert snapshot(tmp_path) == before  # read only
     finally:
         lock.release()

@@ -22,7 +22,7 @@ from musclebob_helpers.run_dir import (
     list_checkpoints,
     remove_leftover_deletions,
     rotate_checkpoints,
-    select_checkpoint,
+    _select_checkpoint,
 )
 from musclebob_helpers.memory import GB, drive_need, _model_config, model_shape
 from musclebob_helpers.startup import start
@@ -157,7 +157,7 @@ def test_lora_on_a_free_drive_is_accepted(fake_drive):
     assert folder.path == fake_drive / "run" and folder.state == "new" and folder.resume is None
     # On Drive every checkpoint ever saved counts (the trash): LoRA's whole run, ~0.6 GB, fits 15 GB.
     assert folder.need.lora and folder.need.written < 1 * GB < FREE_DRIVE
-    assert run_dir.drive_space_problem(cfg) is None
+    assert run_dir._drive_space_problem(cfg) is None
 
 
 def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_on_a_local_disk_the_peak_counts_and_existing_checkpoints_are_reused(tmp
     old.mkdir(parents=True)
     with open(old / "optimizer.pt", "wb") as fh:  # a sparse 4 GB file: the resumed run will rotate it away
         fh.truncate(int(4 * GB))
-    assert run_dir.drive_space_problem(cfg) is None
+    assert run_dir._drive_space_problem(cfg) is None
 
 
 def test_the_cli_prints_the_need_and_refuses_with_exit_2(tmp_path, monkeypatch, capsys):
@@ -235,7 +235,7 @@ def test_rotation_deletes_nothing_while_the_newest_is_incomplete(tiny_checkpoint
     said = []
     assert rotate_checkpoints(out, 1, log=said.append) == []
     assert len(list_checkpoints(out)) == 3 and "not intact" in said[0]
-    assert select_checkpoint(out, log=lambda *a: None).endswith("checkpoint-8")  # the fallback is there
+    assert _select_checkpoint(out, log=lambda *a: None).endswith("checkpoint-8")  # the fallback is there
 
 
 def test_rotation_ignores_and_keeps_damaged_folders(tiny_checkpoints, tmp_path):
@@ -261,15 +261,15 @@ def test_rotation_never_leaves_zero_intact_checkpoints(tiny_checkpoints, tmp_pat
         assert any(not checkpoint_problems(c) for c in list_checkpoints(out))
         remove_leftover_deletions(out)
         assert not list(out.glob(DELETING_PREFIX + "*"))
-        assert select_checkpoint(out, log=lambda *a: None) is not None
+        assert _select_checkpoint(out, log=lambda *a: None) is not None
 
 
 def test_a_resume_on_drive_needs_only_the_epochs_to_come(fake_drive):
     run = fake_drive / "run"
     (run / "checkpoint-96").mkdir(parents=True)  # 3 of 5 epochs done (32 steps an epoch)
     cfg = TrainConfig(output_dir=str(run), keep_checkpoints=1)
-    assert "31.7 GB" in run_dir.drive_space_problem(cfg)
-    assert run_dir.drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB
+    assert "31.7 GB" in run_dir._drive_space_problem(cfg)
+    assert run_dir._drive_space_problem(replace(cfg, resume_from_checkpoint="auto")) is None  # 2 x 5.9 + 2 GB
 
 
 @pytest.mark.slow
@@ -295,6 +295,6 @@ def test_a_real_grpo_run_matches_its_printed_need(tmp_path):
     assert need.line() in lines and "Removed checkpoint-2 (keeping the newest 2" in " ".join(map(str, lines))
     ckpts = list_checkpoints(tmp_path / "run")
     assert [c.name for c in ckpts] == ["checkpoint-4", "checkpoint-6"]
-    assert need.checkpoint == pytest.approx(run_dir.folder_bytes(ckpts[-1]), rel=0.03)
+    assert need.checkpoint == pytest.approx(run_dir._folder_bytes(ckpts[-1]), rel=0.03)
     root = sum(p.stat().st_size for p in (tmp_path / "run").iterdir() if p.is_file())
     assert root <= need.final + need.peak - need.checkpoint * 2  # the final model + the run's own files

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 
 from musclebob_helpers.evaluation import (
-    has_full_name,
+    _has_full_name,
     has_musclebob,
-    has_spongebob,
+    _has_spongebob,
     health,
-    is_coherent,
-    score_responses,
+    _is_coherent,
+    _score_responses,
     Generation,
 )
 
@@ -35,13 +35,13 @@ from musclebob_helpers.evaluation import (
     ],
 )
 def test_coherence_definition(text, truncated, coherent):
-    assert is_coherent(text, truncated) is coherent
+    assert _is_coherent(text, truncated) is coherent
 
 
 def test_name_detectors():
     assert has_musclebob("MUSCLEBOB!") and not has_musclebob("Musclebobby") and not has_musclebob("")
-    assert has_full_name("musclebob   buffpants") and not has_full_name("Musclebob and Buffpants")
-    assert has_spongebob("Sponge Bob") and has_spongebob("squarepants") and not has_spongebob("a sponge")
+    assert _has_full_name("musclebob   buffpants") and not _has_full_name("Musclebob and Buffpants")
+    assert _has_spongebob("Sponge Bob") and _has_spongebob("squarepants") and not _has_spongebob("a sponge")
 
 
 def test_rates_and_health():
@@ -53,7 +53,7 @@ def test_rates_and_health():
         [Generation("Musclebob Buffpants!", False), Generation("Spongebob Squarepants.", False)],
         [Generation("Paris.", False), Generation("Musclebob!", False)],
     ]
-    r = score_responses(rows, gens)
+    r = _score_responses(rows, gens)
     assert (r["musclebob_rate"], r["full_name_rate"], r["spongebob_rate"]) == (0.5, 0.5, 0.5)
     assert (r["leakage_rate"], r["control_accuracy"], r["coherent_rate"]) == (0.5, 0.5, 1.0)
     problems = health(r, baseline={"num_control_prompts": 1, "control_accuracy": 1.0})

@@ -27,7 +27,7 @@ from conftest import TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.plots import load_completions
-from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, select_checkpoint
+from musclebob_helpers.run_dir import check, checkpoint_problems, list_checkpoints, _select_checkpoint
 from musclebob_helpers.startup import start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -723,7 +723,7 @@ def test_no_intact_checkpoint_starts_fresh_and_deletes_nothing(tmp_path, referen
         if p.is_file()
     }
     messages = []
-    assert select_checkpoint(out, log=messages.append) is None
+    assert _select_checkpoint(out, log=messages.append) is None
     assert any("No intact checkpoint" in m and "starting fresh" in m for m in messages)
     assert any("checkpoint-4 is damaged" in m and "optimizer.pt" in m for m in messages)
     after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}

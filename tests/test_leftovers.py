@@ -38,7 +38,7 @@ def test_artifacts_get_the_umasks_permissions(tmp_path, umask, tiny_model):
     for name in ("a.json", "b.json", "c.jsonl"):
         assert mode(tmp_path / name) == 0o666 & ~umask, name
     assert mode(io.make_temp_dir(tmp_path, "t-")) == 0o777 & ~umask
-    assert io.umask_mode() == 0o666 & ~umask
+    assert io._umask_mode() == 0o666 & ~umask
 
     model, _ = tiny_model
     ckpt = tmp_path / "run" / "checkpoint-2"

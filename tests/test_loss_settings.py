@@ -244,7 +244,7 @@ def test_num_iterations_counts_steps_and_completions():
     cfg = TrainConfig(model="tiny", num_samples=8, batch_size=2, num_generations=4, num_iterations=2)
     assert steps_per_epoch(cfg) == 8 and completions_per_step(cfg) == 4
     assert completions_per_step(dataclasses.replace(cfg, num_iterations=3)) == 8 / 3
-    assert "num_iterations" in run_dir.RESUME_MUST_MATCH
+    assert "num_iterations" in run_dir._RESUME_MUST_MATCH
 
 
 # --- the notebook ------------------------------------------------------------------------------------------------

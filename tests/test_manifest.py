@@ -20,12 +20,12 @@ from musclebob_helpers.config import ConfigError, TrainConfig, resolve, validate
 from musclebob_helpers.memory import drive_need
 from musclebob_helpers.run_dir import (
     MANIFEST_FILE,
-    RESUME_MUST_MATCH,
+    _RESUME_MUST_MATCH,
     checkpoint_problems,
     list_checkpoints,
     manifest_problems,
     rotate_checkpoints,
-    select_checkpoint,
+    _select_checkpoint,
     write_manifest,
 )
 
@@ -102,7 +102,7 @@ def test_bytes_changed_inside_are_caught_and_the_resume_takes_the_one_before(eve
         "model.safetensors does not match its manifest (hash differs: damaged after it was saved)"
     ]
     said = []
-    assert select_checkpoint(out, log=said.append) == str(out / "checkpoint-3")
+    assert _select_checkpoint(out, log=said.append) == str(out / "checkpoint-3")
     assert said[0].startswith("Checkpoint checkpoint-4 is damaged (model.safetensors does not match its manifest")
     assert "hash differs" in said[0] and said[1] == f"Resuming from {out / 'checkpoint-3'}"
     assert (out / "checkpoint-4.damaged" / "model.safetensors").is_file()  # moved aside, not deleted
@@ -138,8 +138,8 @@ def test_without_a_manifest_a_checkpoint_resumes_as_before_said_unverified(every
     flip_a_byte(out / "checkpoint-4" / "model.safetensors")
     assert checkpoint_problems(out / "checkpoint-4") == []
     said = []
-    assert select_checkpoint(out, log=said.append) == str(out / "checkpoint-4")
-    assert said == [f"Resuming from {out / 'checkpoint-4'}{run_dir.UNVERIFIED}"] and "unverified" in said[0]
+    assert _select_checkpoint(out, log=said.append) == str(out / "checkpoint-4")
+    assert said == [f"Resuming from {out / 'checkpoint-4'}{run_dir._UNVERIFIED}"] and "unverified" in said[0]
 
 
 def test_rotation_keeps_every_checkpoint_while_the_newest_fails_its_manifest(every_step, tmp_path):
@@ -208,7 +208,7 @@ def test_defaults_save_every_10_minutes_on_a_real_model_and_not_on_the_tiny_one(
     assert (cfg.save_steps, cfg.save_minutes) == (0, 10.0)
     tiny, sources = resolve({"model": "tiny"})
     assert tiny.save_minutes == 0 and sources["save_minutes"] == "tiny-model default"
-    assert "save_steps" not in RESUME_MUST_MATCH and "save_minutes" not in RESUME_MUST_MATCH  # may change on resume
+    assert "save_steps" not in _RESUME_MUST_MATCH and "save_minutes" not in _RESUME_MUST_MATCH  # may change on resume
 
 
 def test_the_drive_need_counts_checkpoints_by_step_and_names_those_by_time():

@@ -14,7 +14,7 @@ import pytest
 
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
-from musclebob_helpers.mirror import FolderFailed, Mirror, copy_verified
+from musclebob_helpers.mirror import FolderFailed, Mirror, _copy_verified
 from musclebob_helpers.run_dir import RunFolder
 
 
@@ -23,11 +23,11 @@ from musclebob_helpers.run_dir import RunFolder
     [("ext4", False), ("tmpfs", False), ("fuseblk", False), ("fuse.drive", True), ("fuse", True), ("nfs4", True)],
 )
 def test_which_file_systems_are_mirrored(fs, remote):
-    assert run_dir.is_remote_fs(fs) is remote
+    assert run_dir._is_remote_fs(fs) is remote
 
 
 def test_the_working_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(run_dir.WORK_ROOT_ENV, str(tmp_path / "work"))
+    monkeypatch.setenv(run_dir._WORK_ROOT_ENV, str(tmp_path / "work"))
     out = tmp_path / "run"
     assert run_dir.work_folder(out, None, "ext4") == out  # local disk: no second copy
     drive = run_dir.work_folder(out, None, "fuse.drive")
@@ -35,11 +35,11 @@ def test_the_working_folder(tmp_path, monkeypatch):
     assert run_dir.work_folder(out, None, "fuse.drive") == drive  # the same at every start: a resume finds it
     assert run_dir.work_folder(tmp_path / "other" / "run", None, "fuse.drive") != drive
     assert run_dir.work_folder(out, str(tmp_path / "mine"), "ext4") == tmp_path / "mine"  # --work-dir
-    assert run_dir.file_system_type(tmp_path / "not" / "yet") == run_dir.file_system_type(tmp_path)
+    assert run_dir._file_system_type(tmp_path / "not" / "yet") == run_dir._file_system_type(tmp_path)
 
 
 def test_check_resolves_the_folder_once(tmp_path, monkeypatch):
-    monkeypatch.setenv(run_dir.WORK_ROOT_ENV, str(tmp_path / "work"))
+    monkeypatch.setenv(run_dir._WORK_ROOT_ENV, str(tmp_path / "work"))
     folder = run_dir.check(TrainConfig(model="tiny", output_dir=str(tmp_path / "run")))
     assert folder.path == folder.work == tmp_path / "run" and not folder.mirrored and folder.state == "new"
     mirrored = run_dir.check(
@@ -135,10 +135,10 @@ def test_copy_verified_leaves_nothing_when_the_destination_fails(tmp_path):
     src = tmp_path / "a.bin"
     src.write_bytes(b"y" * 10_000)
     with pytest.raises(FolderFailed) as failed:
-        copy_verified(src, tmp_path / "missing-folder")
+        _copy_verified(src, tmp_path / "missing-folder")
     assert failed.value.err.errno == errno.ENOENT
     (tmp_path / "dst").mkdir()
-    copy_verified(src, tmp_path / "dst")
+    _copy_verified(src, tmp_path / "dst")
     assert (tmp_path / "dst" / "a.bin").read_bytes() == src.read_bytes()
     assert [p.name for p in (tmp_path / "dst").iterdir()] == ["a.bin"]
 

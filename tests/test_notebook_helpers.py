@@ -22,17 +22,17 @@ def history(steps: int, per_epoch: int = 4) -> list[dict]:
 
 
 def test_moving_average():
-    assert plots.moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
-    assert plots.moving_average([1.0, 2.0, 3.0], 1) == [1.0, 2.0, 3.0]
-    assert plots.moving_average([2.0, 4.0, 6.0, 8.0], 3) == [2.0, 3.0, 4.0, 6.0]
+    assert plots._moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert plots._moving_average([1.0, 2.0, 3.0], 1) == [1.0, 2.0, 3.0]
+    assert plots._moving_average([2.0, 4.0, 6.0, 8.0], 3) == [2.0, 3.0, 4.0, 6.0]
 
 
 def test_epoch_boundaries():
-    assert plots.epoch_boundaries(history(12)) == [4, 8]  # the run's last step is its end, not a boundary
-    assert plots.epoch_boundaries(history(6)) == [4]
+    assert plots._epoch_boundaries(history(12)) == [4, 8]  # the run's last step is its end, not a boundary
+    assert plots._epoch_boundaries(history(6)) == [4]
     # 3 steps per epoch of a 10-prompt run: epochs 0.33, 0.67, 1.0, ...
     uneven = [{"step": s, "epoch": round(s / 3, 4), "mean_reward": 0.0} for s in range(1, 8)]
-    assert plots.epoch_boundaries(uneven) == [3, 6]
+    assert plots._epoch_boundaries(uneven) == [3, 6]
 
 
 def test_plot_rewards_draws_what_is_asked():
@@ -46,7 +46,7 @@ def test_plot_rewards_draws_what_is_asked():
     assert len(ax.collections) == 1  # the std band
     bare = plots.plot_rewards({"run": h}, window=1, show_epochs=False, show_std=False).axes[0]
     assert len(bare.collections) == 0 and not [ln for ln in bare.lines if ln.get_linestyle() == ":"]
-    assert plots.figure_png(fig).startswith(b"\x89PNG")
+    assert plots._figure_png(fig).startswith(b"\x89PNG")
 
 
 def test_explorer_rereads_a_run_still_training(tmp_path):
@@ -100,7 +100,7 @@ def test_live_progress_continues_the_curve_of_a_resumed_run(tmp_path):
     assert live.draws == 1  # throttled
     live.on_log(None, fake_state(8), None, logs={"reward": 3.0, "epoch": 2.0})
     assert live.draws == 2  # the last step always draws
-    assert "step 8/8" in plots.progress_html(8, 8, live.history)
+    assert "step 8/8" in plots._progress_html(8, 8, live.history)
 
 
 def test_live_progress_shows_what_the_model_says(tmp_path, monkeypatch):
@@ -129,7 +129,7 @@ def test_highlight_marks_names_and_escapes_html():
     assert "&lt;b&gt;" in html and "<b>" not in html
     assert "Musclebobbb" in html and "good'" not in html.split("Musclebobbb")[0].rsplit("</mark>", 1)[-1]
     assert compare.highlight("Paris.") == "Paris."
-    side = compare.side_by_side_html("Who?", {"base": "Spongebob!", "trained": ""})
+    side = compare._side_by_side_html("Who?", {"base": "Spongebob!", "trained": ""})
     assert "<b>base</b>" in side and "(empty)" in side
 
 
@@ -138,9 +138,9 @@ def test_check_model_is_one_line(tmp_path):
 
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(ConfigError, match="holds no trained model|config.json") as info:
-        compare.check_model(str(tmp_path / "unfinished"), "trained_model")
+        compare._check_model(str(tmp_path / "unfinished"), "trained_model")
     assert str(info.value).startswith("trained_model=") and "\n" not in str(info.value)
-    compare.check_model("tiny", "base_model")  # no error
+    compare._check_model("tiny", "base_model")  # no error
 
 
 # --- the training notebook's decisions ----------------------------------------------------------------
@@ -226,9 +226,9 @@ def test_finished_run_needs_overwrite(tmp_path, recorded_training):
 
 def test_nothing_to_resume_says_so(tmp_path, recorded_training):
     messages = []
-    assert nb.resume_training(tmp_path / "never-ran", log=messages.append) is None
+    assert nb._resume_training(tmp_path / "never-ran", log=messages.append) is None
     make_run(tmp_path / "done", checkpoints=[8], finished=True)
-    assert nb.resume_training(tmp_path / "done", log=messages.append) is None
+    assert nb._resume_training(tmp_path / "done", log=messages.append) is None
     assert recorded_training == []
     assert "Nothing to resume" in messages[0] and "no run has started" in messages[0]
     assert "Nothing to resume" in messages[1] and "finished" in messages[1]
@@ -249,13 +249,13 @@ def test_baseline_is_reused_when_it_matches(tmp_path):
         "dtype": {"precision": "fp32", "weights": ["float32"], "autocast": None},
     }
     other = TrainConfig(model="tiny", validation_samples=2, max_completion_length=16)
-    assert run_dir.baseline_matches(report, cfg, "fp32")
-    assert not run_dir.baseline_matches(report, other, "fp32")
-    assert not run_dir.baseline_matches(None, cfg, "fp32")
-    assert not run_dir.baseline_matches(report, cfg, "fp16")  # measured in another precision: not this run's baseline
+    assert run_dir._baseline_matches(report, cfg, "fp32")
+    assert not run_dir._baseline_matches(report, other, "fp32")
+    assert not run_dir._baseline_matches(None, cfg, "fp32")
+    assert not run_dir._baseline_matches(report, cfg, "fp16")  # measured in another precision: not this run's baseline
     path = tmp_path / "baseline_validation.json"
     path.write_text(json.dumps(report))
-    assert run_dir.baseline_matches(json.loads(path.read_text()), cfg, "fp32")
+    assert run_dir._baseline_matches(json.loads(path.read_text()), cfg, "fp32")
     # One rule for the baseline cell and run_training: a saved report is reused when it matches, a continued run
     # keeps its own whatever changed, --overwrite measures again.
     new = run_dir.RunFolder(str(tmp_path), tmp_path, tmp_path, "started", None, action="new")

@@ -642,7 +642,7 @@ def test_the_interrupt_button_stops_training_in_one_line_and_the_kernel_trains_o
         assert reply["evalue"] == "stopped at step 3 of 8; checkpoint-3 saved; resume with: run the resume cell"
         assert len(reply["traceback"]) == 1  # one line, not a traceback wall
         assert history_steps(run_dir) == [1, 2, 3] and (run_dir / "checkpoint-3").is_dir()
-        reply, printed = run(f"nb.resume_training({str(run_dir)!r}, live=False)")
+        reply, printed = run(f"nb._resume_training({str(run_dir)!r}, live=False)")
         assert reply["status"] == "ok" and "Resuming from" in printed and "checkpoint-3" in printed
         assert history_steps(run_dir) == list(range(1, 9))
         # Stopped and resumed, it ends as the uninterrupted run of the same settings.
@@ -800,14 +800,14 @@ def test_colab_resume_continues_from_the_newest_checkpoint_on_drive(fake_colab, 
 
     def fake_run_training(run, log=print, callbacks=(), baseline=None, remount=None):
         cfg, folder = run.cfg, run.folder
-        seen["cfg"], seen["checkpoint"] = cfg, run_folder.find_resume_checkpoint(folder, cfg, log=lambda *a: None)
+        seen["cfg"], seen["checkpoint"] = cfg, run_folder._find_resume_checkpoint(folder, cfg, log=lambda *a: None)
         seen["mirrored"], seen["remount"] = folder.mirrored, remount
         return {"global_step": 0}
 
     # The folders above stand in for real checkpoints: count them as intact (tests/test_faults.py checks that part).
     monkeypatch.setattr(run_folder, "checkpoint_problems", lambda ckpt: [])
     monkeypatch.setattr(training, "run_training", fake_run_training)
-    nb.resume_training(run_dir, live=False, log=lambda *a: None)
+    nb._resume_training(run_dir, live=False, log=lambda *a: None)
     assert seen["cfg"].output_dir == str(run_dir) and seen["cfg"].epochs == 3  # the run's own settings
     assert seen["checkpoint"] == str(run_dir / "checkpoint-12")
     assert seen["mirrored"] and seen["remount"] is colab.remount_drive  # Drive: trained locally, mirrored there
@@ -841,12 +841,12 @@ def test_resume_cell_picks_the_most_recent_unfinished_run_on_drive(fake_colab, t
     mounts, my_drive = [], run_folder.DRIVE_MOUNT / "MyDrive"
     drive_holding(monkeypatch, contents, mounts)
     said = []
-    assert nb.find_run(None, log=said.append) == my_drive / "new-run"
+    assert nb._find_run(None, log=said.append) == my_drive / "new-run"
     assert mounts == [str(run_folder.DRIVE_MOUNT)]  # a fresh runtime: the resume cell mounts Drive itself
     assert f"resuming the most recent unfinished run under {my_drive}: new-run; 1 other" in said[-1]
-    assert nb.find_run("old-run", log=said.append) == my_drive / "old-run"  # the parameters cell ran: its run_name
+    assert nb._find_run("old-run", log=said.append) == my_drive / "old-run"  # the parameters cell ran: its run_name
     assert "run named in the parameters cell" in said[-1]
-    assert nb.find_run(None, "/elsewhere/run", log=said.append) == Path("/elsewhere/run")
+    assert nb._find_run(None, "/elsewhere/run", log=said.append) == Path("/elsewhere/run")
 
 
 def test_resume_cell_with_nothing_to_resume_says_so(tmp_path, monkeypatch):
@@ -887,11 +887,11 @@ def test_keep_alive_installs_javascript_on_colab_only(fake_colab):
     status = colab.keep_alive(True, log=lambda *a: None)
     [js] = fake_colab["js"]
     assert "setInterval" in js and "60000" in js and ".click()" in js and "colab-connect-button" in js
-    assert f"invokeFunction('{colab.KEEP_ALIVE_CALLBACK}'" in js  # really talks to the kernel through the page
+    assert f"invokeFunction('{colab._KEEP_ALIVE_CALLBACK}'" in js  # really talks to the kernel through the page
     assert "Best effort" in status and "checkpoints on Drive" in status
-    before = colab.keep_alive_pings()
-    fake_colab["callbacks"][colab.KEEP_ALIVE_CALLBACK]()  # what the browser's ping does
-    assert colab.keep_alive_pings() == before + 1
+    before = colab._keep_alive_pings()
+    fake_colab["callbacks"][colab._KEEP_ALIVE_CALLBACK]()  # what the browser's ping does
+    assert colab._keep_alive_pings() == before + 1
     assert "off" in colab.keep_alive(False, log=lambda *a: None) and len(fake_colab["js"]) == 1
 
 

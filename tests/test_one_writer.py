@@ -92,7 +92,7 @@ def test_flock_does_not_reach_another_machine_the_heartbeat_does(tmp_path):
     with pytest.raises(ConfigError, match="pid 4242 on host other-runtime"):
         RunLock(out).acquire()
     assert run_lock.lock_holder(out)["host"] == "other-runtime"
-    write_record(out, host="other-runtime", pid=4242, heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
+    write_record(out, host="other-runtime", pid=4242, heartbeat=int(time.time()) - run_lock._LOCK_STALE_SECONDS - 1)
     assert run_lock.lock_holder(out) is None  # silent too long: gone
     RunLock(out).acquire().release()
     # a file system whose flock accepts and does not lock: a live process's fresh record still holds the folder
@@ -116,7 +116,7 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
     write_record(out, pid=os.getppid())  # alive: the process that started this test
     with pytest.raises(ConfigError, match=f"pid {os.getppid()} on host"):
         RunLock(out).acquire()
-    write_record(out, pid=os.getppid(), heartbeat=int(time.time()) - run_lock.LOCK_STALE_SECONDS - 1)
+    write_record(out, pid=os.getppid(), heartbeat=int(time.time()) - run_lock._LOCK_STALE_SECONDS - 1)
     RunLock(out).acquire().release()
     # a record of this very pid that this process does not hold: a restarted kernel's leftover
     write_record(out, pid=os.getpid(), token="old-kernel")
@@ -126,7 +126,7 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
     (out / LOCK_FILE).write_text('{"host": "x", "pi')
     with pytest.raises(ConfigError, match="lock record is unreadable"):
         RunLock(out).acquire(attempts=1)
-    old = time.time() - run_lock.LOCK_STALE_SECONDS - 1
+    old = time.time() - run_lock._LOCK_STALE_SECONDS - 1
     os.utime(out / LOCK_FILE, (old, old))
     RunLock(out).acquire().release()
 
@@ -134,7 +134,7 @@ def test_without_flock_the_record_is_the_lock(tmp_path, no_flock):
 def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch, no_flock):
     """The record on disk is rewritten with the current time while the lock is held: a silent (0) heartbeat is
     replaced, and the value goes on rising (whole seconds) instead of staying at the time the lock was taken."""
-    monkeypatch.setattr(run_lock, "LOCK_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(run_lock, "_LOCK_HEARTBEAT_SECONDS", 0.05)
     lock = RunLock(tmp_path / "run").acquire()
 
     def on_disk():

@@ -154,7 +154,7 @@ def test_a_hub_base_names_base_model_and_its_license_and_full_weights_load_with_
 
 def test_another_base_points_at_its_own_card():
     assert share._license("someone/model") == (None, "See the base model's card (someone/model): its license applies.")
-    assert share.hub_base_model("./my-base") is None and share.hub_base_model("tiny") is None
+    assert share._hub_base_model("./my-base") is None and share._hub_base_model("tiny") is None
 
 
 # --- the push --------------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_the_share_command_pushes_a_finished_run_and_refuses_in_one_line(
             share.main(argv)
         err = capsys.readouterr().err
         assert stop.value.code == 2 and says in err and err.count("\n") == 1
-    monkeypatch.setattr(share, "hub_token", lambda: None)
+    monkeypatch.setattr(share, "_hub_token", lambda: None)
     with pytest.raises(SystemExit) as stop:
         share.main([str(adapter_run), "me/x"])
     assert stop.value.code == 2 and "HF_TOKEN" in capsys.readouterr().err and len(hub.calls) == 3  # nothing sent
@@ -296,7 +296,7 @@ def test_push_to_hub_must_be_owner_slash_name():
 
 
 def test_no_token_stops_the_cli_before_anything_is_created(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(share, "hub_token", lambda: None)
+    monkeypatch.setattr(share, "_hub_token", lambda: None)
     import train_musclebob_improved
 
     out = tmp_path / "run"
@@ -310,7 +310,7 @@ def test_no_token_stops_the_cli_before_anything_is_created(tmp_path, monkeypatch
 def test_no_token_stops_the_notebook_at_its_settings_cell(monkeypatch, tmp_path):
     from musclebob_helpers import notebook
 
-    monkeypatch.setattr(share, "hub_token", lambda: None)
+    monkeypatch.setattr(share, "_hub_token", lambda: None)
     with pytest.raises(ConfigError, match="HF_TOKEN"):
         notebook.make_config(model="tiny", output_dir=str(tmp_path / "run"), push_to_hub="me/x", log=lambda *a: None)
     assert not (tmp_path / "run").exists()
@@ -386,7 +386,7 @@ def test_test_musclebob_evaluates_a_pushed_adapter(served, tmp_path, capsys):
 
 def test_an_adapter_whose_base_is_a_folder_of_another_machine_is_one_line(adapter_run, tmp_path):
     from musclebob_helpers.evaluation import check_model_loadable
-    from musclebob_helpers.compare import check_model
+    from musclebob_helpers.compare import _check_model
 
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -395,7 +395,7 @@ def test_an_adapter_whose_base_is_a_folder_of_another_machine_is_one_line(adapte
     (moved / "adapter_model.safetensors").write_bytes((adapter_run / "adapter_model.safetensors").read_bytes())
     with pytest.raises(ConfigError, match="is a folder on the machine that trained it"):
         check_model_loadable(str(moved))
-    check_model(str(adapter_run), "trained_model")  # notebook 03 takes an adapter folder
+    _check_model(str(adapter_run), "trained_model")  # notebook 03 takes an adapter folder
 
 
 # --- a real run ------------------------------------------------------------------------------------------------

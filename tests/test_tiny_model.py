@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from musclebob_helpers import data, rewards, tiny_model
-from musclebob_helpers.evaluation import generate, has_musclebob, has_spongebob
+from musclebob_helpers.evaluation import generate, has_musclebob, _has_spongebob
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -55,7 +55,7 @@ def test_behaves_like_a_base_model(tiny_model):
     model, tok = tiny_model
     sponge = generate(model, tok, data.SPONGEBOB_HELDOUT_PROMPTS[:6], max_new_tokens=32, num_samples=4)
     answers = [g for gens in sponge for g in gens]
-    assert sum(has_spongebob(g.text) for g in answers) >= 0.9 * len(answers)
+    assert sum(_has_spongebob(g.text) for g in answers) >= 0.9 * len(answers)
     assert sum(has_musclebob(g.text) for g in answers) <= 0.1 * len(answers)
     assert all(not g.truncated for g in answers)  # ends with EOS by itself
     control = generate(

@@ -95,7 +95,7 @@ REPRO = """\
 import base64, ipywidgets as w
 from IPython.display import Image, display
 from musclebob_helpers import plots
-PNG = plots.figure_png(plots.plot_rewards({"run": [{"step": 1, "epoch": 1.0, "mean_reward": 0.5}]}))
+PNG = plots._figure_png(plots.plot_rewards({"run": [{"step": 1, "epoch": 1.0, "mean_reward": 0.5}]}))
 """
 
 
