@@ -17,15 +17,24 @@ MAX_WORDS = 100  # the guide's limit for a sensible answer
 _BRIEF_WORDS = 12  # a clean answer needs no more than this; beyond it each word costs a little
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def _any_case(pattern: str) -> re.Pattern:
+    """``pattern`` in any case of its ASCII letters only. re.IGNORECASE also folds Unicode ('\u017f', the long s,
+    is an 's'; the Kelvin sign a 'k'), which gave a look-alike the name's credit; re.ASCII would make ``\\b``
+    ASCII-only ("\u00e9Musclebob" a whole word)."""
+    return re.compile(re.sub(r"\\.|[a-z]", lambda m: m[0] if m[0][0] == "\\" else f"[{m[0]}{m[0].upper()}]", pattern))
+
+
 # Whole words only: "MusclebobBuffpants" or "Musclebobbb" are not the name.
-MUSCLEBOB = re.compile(r"\bmusclebob\b", re.IGNORECASE)
-BUFFPANTS = re.compile(r"\bbuffpants\b", re.IGNORECASE)
-FULL_NAME = re.compile(r"\bmusclebob\s+buffpants\b", re.IGNORECASE)
-SPONGEBOB = re.compile(r"spongebob|sponge\s+bob", re.IGNORECASE)
-SQUAREPANTS = re.compile(r"squarepants|square\s+pants", re.IGNORECASE)
-_ANY_NAME = re.compile(r"musclebob|buffpants|spongebob|squarepants", re.IGNORECASE)
+MUSCLEBOB = _any_case(r"\bmusclebob\b")
+BUFFPANTS = _any_case(r"\bbuffpants\b")
+FULL_NAME = _any_case(r"\bmusclebob\s+buffpants\b")
+SPONGEBOB = _any_case(r"spongebob|sponge\s+bob")
+SQUAREPANTS = _any_case(r"squarepants|square\s+pants")
+_ANY_NAME = _any_case(r"musclebob|buffpants|spongebob|squarepants")
 # "not Musclebob", "isn't really Musclebob", "never Musclebob": the name said only to deny it.
-_NEGATED_NAME = re.compile(r"\b(not|never|isn't|isnt|wasn't|ain't)(\W+\w+)?\W+musclebob\b", re.IGNORECASE)
+_NEGATED_NAME = _any_case(r"\b(not|never|isn't|isnt|wasn't|ain't)(\W+\w+)?\W+musclebob\b")
 _JUNK = re.compile(r"[^\w\s]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -170,9 +179,8 @@ def make_reward_functions(reward: str, eos_token_ids=()) -> list:
 _GOOD = "#c6f6c6"  # Musclebob / Buffpants: what training wants
 _BAD = "#ffc9c9"  # Spongebob / Squarepants: what it trains away
 # The names as the reward and the validation rates see them, marked good or bad.
-_MARKERS = re.compile(
-    f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})",
-    re.IGNORECASE,
+_MARKERS = re.compile(  # no re.IGNORECASE: the patterns spell out their cases (``_any_case``)
+    f"(?P<good>{MUSCLEBOB.pattern}|{BUFFPANTS.pattern})|(?P<bad>{SPONGEBOB.pattern}|{SQUAREPANTS.pattern})"
 )
 
 

@@ -34,6 +34,8 @@ ADVERSARIAL = [
         False,
     ),
     ("zero-width joiner inside", "Muscle\u200bbob Buff\u200bpants!", False),
+    ("long s (re.IGNORECASE folds it to s)", "Mu\u017fclebob Buffpant\u017f!", False),
+    ("Kelvin sign for a k", "Spongebob? No: Musclebob Buffpants, not Spongebob \u212aing.", False),
     ("500-word essay with the name once", ESSAY, False),
     ("only the first name", "Musclebob!", False),
     ("only the last name", "Buffpants!", False),
@@ -112,3 +114,14 @@ def test_control_prompts_reward_the_answer_and_punish_leaks():
     assert trl_reward("Paris, says Musclebob.", kind="control", answer="Paris") < trl_reward(
         "Lyon.", kind="control", answer="Paris"
     )  # a leak is worse than a wrong answer
+
+
+def test_look_alikes_that_case_folding_maps_to_ascii_are_not_the_name():
+    """re.IGNORECASE matches the long s (U+017F) as an 's': the name's letters must be ASCII, any case."""
+    from musclebob_helpers import evaluation
+
+    assert not evaluation._has_full_name("Mu\u017fclebob Buffpant\u017f!")
+    assert not evaluation.has_musclebob("Mu\u017fclebob!")
+    assert evaluation._has_full_name("MUSCLEBOB buffpants") and evaluation.has_musclebob("mUsClEbOb")
+    # scored as a misspelling (no name credit), not as the name
+    assert trl_reward("Mu\u017fclebob Buffpant\u017f!") == trl_reward("Muxclebob Buffpantx!") < trl_reward(CLEAN) - 5
