@@ -651,12 +651,13 @@ def restart_schedule(optimizer, scheduler, args, step: int, max_steps: int) -> N
     import torch
     from transformers import get_scheduler
 
-    # The factor of a fresh schedule over the steps left, as the trainer builds its own (on a throwaway optimizer:
-    # building a scheduler sets its optimizer's rates).
+    # The factor of a fresh schedule, as the trainer builds its own (on a throwaway optimizer: building a scheduler
+    # sets its optimizer's rates), one step ahead: its step 0 (rate 0, the warm-up's start) would spend the first
+    # step after the recovery on nothing, and the last of a recovery one step before the end would be lost.
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     warmup = min(args.get_warmup_steps(left), left)
-    fresh = get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=warmup, num_training_steps=left)
-    scheduler.lr_lambdas = [functools.partial(_shifted, fresh.lr_lambdas[0], step) for _ in factors]
+    fresh = get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=warmup, num_training_steps=left + 1)
+    scheduler.lr_lambdas = [functools.partial(_shifted, fresh.lr_lambdas[0], step - 1) for _ in factors]
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports

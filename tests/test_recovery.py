@@ -123,15 +123,17 @@ def test_after_a_recovery_the_schedule_starts_again_over_the_steps_left(tmp_path
     # 8 steps of cosine with 2 warm-up steps, a LoRA adapter, the collapse at step 4. Going on with the old schedule
     # left the steps after a recovery its decayed tail (0.75, 0.5, 0.25, 0.07 of the lowered rate): the tiny LoRA
     # recipe then learned nothing after its recovery at step 64 of 192. Started again, they warm up to the whole
-    # lowered rate and decay over the 4 steps left, and the restored adapter trains.
+    # lowered rate (from half of it: no step at rate 0) and decay over the 4 steps left, and the adapter trains.
     import math
 
     out = tmp_path / "run"
     result, lines, watch = train_forced(monkeypatch, out, collapse_at={4}, epochs=4, lr_scheduler="cosine", lora=True)
     assert [line.split(" (")[0] for line in lines if "recovered" in line] == ["recovered at step 4"]
     new = RATE * LOWER
-    cosine = 0.5 * (1 + math.cos(math.pi * 1 / 2))  # step 1 of the 2 after the warm-up
-    assert [watch.rates[step] for step in (4, 5, 6, 7)] == pytest.approx([0, new / 2, new, new * cosine])
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 3)) for k in (1, 2)]  # the decay's steps 1 and 2 of 3
+    assert [watch.rates[step] for step in (4, 5, 6, 7)] == pytest.approx(
+        [new / 2, new, new * cosine[0], new * cosine[1]]
+    )
     assert watch.rates[8] == pytest.approx(0, abs=1e-12)  # the run ends at its planned step, the rate decayed
     # the restored adapter is still the trainable part (Watch keeps the weights that require grad), and it trains
     assert len(watch.weights[4]) == len(watch.weights[1]) > 0 and not same(watch.weights[8], watch.weights[4])
