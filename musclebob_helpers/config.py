@@ -62,7 +62,7 @@ TINY_DEFAULTS = dict(
 )
 # A LoRA adapter wants about 10x full fine-tuning's learning rate (TRL's "LoRA Without Regret" guide,
 # after Schulman et al. 2025): 5e-4 for the 0.5B model. The tiny model's adapter at 5e-3 lost general answers by
-# the first check on 5 seeds of 5 and, recovered, ended on 0-69 % Musclebob; 2e-3 learned the name on 4 of 5 with
+# the first check on 5 seeds of 5 and, recovered, ended on 0-54 % Musclebob; 2e-3 learned the name on 4 of 5 with
 # 95 % kept, the best of 1e-3 to 5e-3 (docs/results.md, benchmarks/bench_learning.py --set lora=true).
 LORA_LEARNING_RATE = 5e-4
 TINY_LORA_LEARNING_RATE = 2e-3

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib.util
 import os
 import platform
@@ -636,37 +635,6 @@ def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
     return old if learning_rate != old else None
 
 
-def restart_schedule(optimizer, scheduler, args, step: int, max_steps: int) -> None:
-    """The learning rate schedule started again at ``step`` (a recovery's): ``args``' warm-up, then its decay over
-    the steps left, at the scheduler's base rates (``resume_schedule`` sets them).
-
-    Going on with the old schedule would give the steps a recovery re-spends only the decayed tail: a recovery at
-    step 64 of 192 under cosine trains at most 77 % of the lowered rate, falling to 0, 30 % of it on average; the
-    tiny LoRA recipe, which recovered at step 64 on 5 seeds of 5, then ended at 0-54 % Musclebob (docs/results.md).
-    DeepSpeed's scheduler wrapper (no ``lr_lambdas``) is left as it is."""
-    factors = getattr(scheduler, "lr_lambdas", None)  # every schedule of LR_SCHEDULERS is a LambdaLR
-    left = max_steps - step
-    if not factors or len(factors) != len(optimizer.param_groups) or left < 1:
-        return
-    import torch
-    from transformers import get_scheduler
-
-    # The factor of a fresh schedule, as the trainer builds its own (on a throwaway optimizer: building a scheduler
-    # sets its optimizer's rates), one step ahead: its step 0 (rate 0, the warm-up's start) would spend the first
-    # step after the recovery on nothing, and the last of a recovery one step before the end would be lost.
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    warmup = min(args.get_warmup_steps(left), left)
-    fresh = get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=warmup, num_training_steps=left + 1)
-    scheduler.lr_lambdas = [functools.partial(_shifted, fresh.lr_lambdas[0], step - 1) for _ in factors]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
-
-
-def _shifted(factor, start: int, step: int) -> float:
-    return factor(step - start)
-
-
 _TRAINER_CLASS = None
 
 
@@ -880,10 +848,9 @@ class CollapseRecovery:
     The healthy state is the trainable weights and the optimizer's state (Adam's moments and step counts) at the
     last check that found nothing wrong (``worth_keeping``), copied to CPU memory: a LoRA adapter is a few MB, the
     tiny model's full weights too; a 0.5B full fine-tuning run holds 3x its fp32 weights (~6 GB) there, as its
-    checkpoint on disk does. The step counter, the data order and the RNG go on: a recovery at step S re-spends the
-    steps since the healthy check on new batches, and ends the run at the same step as planned. The learning rate
-    schedule starts again at S (``restart_schedule``: warm-up, then the decay over the steps left) at the lower
-    rate, so the steps left can still learn.
+    checkpoint on disk does. The step counter, the data order, the RNG and the learning rate schedule go on: a recovery at step S
+    re-spends the steps since the healthy check on new batches at the lower rate, and ends the run at the
+    same step as planned.
 
     A resume is exact after a recovery because everything it needs is in the checkpoint or the run's record: a
     checkpoint saved after the last healthy check carries that check's state (``run_dir.HEALTHY_STATE_FILE``;
@@ -937,8 +904,6 @@ class CollapseRecovery:
         one the checkpoint carries, else the state loaded (a checkpoint at a healthy check, or step 0's)."""
         import torch
 
-        if self.recovered:  # a resume after a recovery: its schedule started again at the last one's step
-            self._restart_schedule(self.recovered[-1]["from_step"])
         if self.mode == "warn":
             return
         saved = Path(self.resume) / run_dir.HEALTHY_STATE_FILE if self.resume else None
@@ -946,10 +911,6 @@ class CollapseRecovery:
             self.healthy, self.current = torch.load(saved, map_location="cpu", weights_only=True), False
         else:
             self.healthy, self.current = self._copy_now(step), True
-
-    def _restart_schedule(self, step: int) -> None:
-        t = self.trainer
-        restart_schedule(t.optimizer, t.lr_scheduler, t.args, step, t.state.max_steps)
 
     def mark_healthy(self, step: int) -> None:
         if self.mode != "warn":
@@ -988,7 +949,6 @@ class CollapseRecovery:
             return {"step": step, "kind": "collapse_stop", "message": message, "back_to": back}
         new = rate * RECOVERY_RATE_FACTOR
         resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
-        self._restart_schedule(step)
         number = len(self.recovered) + 1
         recovery = {"number": number, "back_to": back, "saw": problems}
         self.recovered.append({"from_step": step, "changed": {"learning_rate": [rate, new]}, "recovery": recovery})

@@ -55,7 +55,7 @@ class Watch:
     def __init__(self):
         from transformers import TrainerCallback
 
-        self.weights, self.moments, self.base_rate, self.group_rates, self.rates = {}, {}, {}, {}, {}
+        self.weights, self.moments, self.base_rate, self.group_rates = {}, {}, {}, {}
         watch = self
 
         class Cb(TrainerCallback):
@@ -66,7 +66,6 @@ class Watch:
                 watch.moments[state.global_step] = [moments[i]["exp_avg"].clone() for i in sorted(moments)]
                 watch.base_rate[state.global_step] = lr_scheduler.base_lrs[0]
                 watch.group_rates[state.global_step] = [g["initial_lr"] for g in optimizer.param_groups]
-                watch.rates[state.global_step] = optimizer.param_groups[0]["lr"]  # the next step's rate
 
         self.callback = Cb()
 
@@ -117,27 +116,6 @@ def test_a_collapse_goes_back_to_the_last_healthy_check_at_a_lower_rate(tmp_path
     [entry] = json.loads((out / run_dir.WARNINGS_FILE).read_text())
     assert entry["kind"] == "recovery" and entry["step"] == 3 and entry["back_to"] == 2
     assert result["final"]["health_warnings"] == [line] and result["global_step"] == 4  # the run ends as planned
-
-
-def test_after_a_recovery_the_schedule_starts_again_over_the_steps_left(tmp_path, monkeypatch):
-    # 8 steps of cosine with 2 warm-up steps, a LoRA adapter, the collapse at step 4. Going on with the old schedule
-    # left the steps after a recovery its decayed tail (0.75, 0.5, 0.25, 0.07 of the lowered rate): the tiny LoRA
-    # recipe then learned nothing after its recovery at step 64 of 192. Started again, they warm up to the whole
-    # lowered rate (from half of it: no step at rate 0) and decay over the 4 steps left, and the adapter trains.
-    import math
-
-    out = tmp_path / "run"
-    result, lines, watch = train_forced(monkeypatch, out, collapse_at={4}, epochs=4, lr_scheduler="cosine", lora=True)
-    assert [line.split(" (")[0] for line in lines if "recovered" in line] == ["recovered at step 4"]
-    new = RATE * LOWER
-    cosine = [0.5 * (1 + math.cos(math.pi * k / 3)) for k in (1, 2)]  # the decay's steps 1 and 2 of 3
-    assert [watch.rates[step] for step in (4, 5, 6, 7)] == pytest.approx(
-        [new / 2, new, new * cosine[0], new * cosine[1]]
-    )
-    assert watch.rates[8] == pytest.approx(0, abs=1e-12)  # the run ends at its planned step, the rate decayed
-    # the restored adapter is still the trainable part (Watch keeps the weights that require grad), and it trains
-    assert len(watch.weights[4]) == len(watch.weights[1]) > 0 and not same(watch.weights[8], watch.weights[4])
-    assert result["global_step"] == 8
 
 
 def test_the_last_recovery_then_a_one_line_stop(tmp_path, monkeypatch, capsys):
