@@ -1402,17 +1402,26 @@ def _rates_line(label: str, report: dict) -> str:
 
 
 def final_summary(baseline: dict, final: dict) -> str:
-    """The before/after summary, with a loud warning when unhealthy."""
+    """The before/after summary, with a loud warning when unhealthy, and one when the name was not learned."""
+    gain = final["musclebob_rate"] - baseline["musclebob_rate"]
     lines = [
         "",
         "=" * 64,
         "Before vs after training (held-out prompts)",
         evaluation.summary_table({"baseline": baseline, "final": final}),
-        f"Musclebob rate improved by {(final['musclebob_rate'] - baseline['musclebob_rate']) * 100:+.1f} points.",
+        f"Musclebob rate improved by {gain * 100:+.1f} points.",
     ]
     if not final["is_healthy"]:
         lines += ["!" * 64, "WARNING: the trained model is UNHEALTHY:"]
         lines += [f"  - {p}" for p in final["health_problems"]]
         lines += ["  Try a lower --learning-rate, fewer --epochs, or a larger --control-ratio.", "!" * 64]
+    if gain <= 0:
+        lines += [
+            "!" * 64,
+            f"WARNING: the model did NOT learn the name: Musclebob {final['musclebob_rate']:.0%} of answers, "
+            f"{baseline['musclebob_rate']:.0%} before training.",
+            "  Try more --epochs, or a higher --learning-rate (after a recovery from a collapse: more --epochs).",
+            "!" * 64,
+        ]
     lines.append("=" * 64)
     return "\n".join(lines)

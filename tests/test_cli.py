@@ -216,7 +216,7 @@ def test_printed_config_reads_as_typed_with_its_source(tmp_path):
     assert preset["--batch-size 8"] == preset["--no-gradient-checkpointing"] == "preset colab-a100"
     assert preset["--epochs 2"] == "you" and preset["--preset colab-a100"] == "you"
     lora = printed(["--model", "tiny", "--lora", *out])
-    assert lora["--learning-rate 0.005"] == "tiny-model LoRA default"
+    assert lora["--learning-rate 0.002"] == "tiny-model LoRA default"
     # What is printed is what the user would type: the printed flags, typed back, give the same configuration.
     argv = ["--model", "tiny", "--preset", "colab-l4", "--output-dir", str(tmp_path / "my runs")]
     typed = [w for text in printed(argv) if not text.endswith("(not set)") for w in shlex.split(text.strip())]

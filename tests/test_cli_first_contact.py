@@ -101,7 +101,7 @@ def test_help_shows_the_tiny_and_lora_defaults_and_two_examples(train_help):
     text = " ".join(train_help.split())  # argparse wraps at the terminal's width
     assert "passes over the training prompts (default: 5; 3 with --model tiny)" in text
     assert "--learning-rate LEARNING_RATE, --lr LEARNING_RATE" in text  # the alias, documented
-    assert "(default: 5e-05; 0.0003 with --model tiny; 0.0005 with --lora; 0.005 with --lora --model tiny)" in text
+    assert "(default: 5e-05; 0.0003 with --model tiny; 0.0005 with --lora; 0.002 with --lora --model tiny)" in text
     assert "(default: --gradient-checkpointing; --no-gradient-checkpointing with --model tiny)" in text
     assert "(default: 16)" in text and "(default: not set)" in text  # no tiny note where tiny changes nothing
     examples = sections(train_help)["examples"]

@@ -131,3 +131,20 @@ def test_library_output_hidden_keeps_other_warnings_and_restores_bars(tiny_model
             warnings.warn("not ours, not hidden", FutureWarning)
     assert [str(w.message) for w in caught] == ["`something_else` is deprecated", "not ours, not hidden"]
     assert hf_logging.is_progress_bar_enabled()
+
+
+def report(musclebob: float, healthy: bool = True) -> dict:
+    rates = dict(full_name_rate=musclebob, spongebob_rate=1 - musclebob, coherent_rate=1.0, leakage_rate=0.0)
+    return dict(rates, musclebob_rate=musclebob, control_accuracy=0.95, is_healthy=healthy, health_problems=[])
+
+
+def test_the_end_summary_says_when_the_model_did_not_learn_the_name():
+    from musclebob_helpers.training import final_summary
+
+    # healthy only means no worse than before: a run that never learned the name says so, and what to try
+    flat = final_summary(report(0.0), report(0.0)).splitlines()
+    [line] = [line for line in flat if "did NOT learn" in line]
+    assert line == "WARNING: the model did NOT learn the name: Musclebob 0% of answers, 0% before training."
+    assert flat[flat.index(line) + 1].startswith("  Try more --epochs, or a higher --learning-rate")
+    assert "did NOT learn" in final_summary(report(0.25), report(0.1))  # fewer than before: not learned either
+    assert "did NOT learn" not in final_summary(report(0.0), report(0.9))

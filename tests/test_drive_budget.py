@@ -124,7 +124,7 @@ def test_lora_gets_loras_learning_rate_unless_set():
     cfg, sources = resolve({"lora": True})
     assert cfg.learning_rate == 5e-4 and sources["learning_rate"] == "LoRA default"
     tiny, sources = resolve({"model": "tiny", "lora": True})
-    assert tiny.learning_rate == 5e-3 and sources["learning_rate"] == "tiny-model LoRA default"
+    assert tiny.learning_rate == 2e-3 and sources["learning_rate"] == "tiny-model LoRA default"
     mine, sources = resolve({"lora": True, "learning_rate": 1e-4})
     assert mine.learning_rate == 1e-4 and sources["learning_rate"] == "you"
 
