@@ -143,17 +143,14 @@ def check_hardware_support(cfg: TrainConfig, hardware: dict) -> None:
             )
         if not package_available("bitsandbytes"):
             raise ConfigError("load_in_4bit", True, "needs bitsandbytes: pip install bitsandbytes")
-    if cfg.use_vllm:
-        if not package_available("vllm"):
-            raise ConfigError(
-                "use_vllm",
-                True,
-                "vLLM is not installed (pip install vllm, on a GPU machine); "
-                "drop --use-vllm to generate with transformers",
-            )
-        if not gpu:
-            raise ConfigError("use_vllm", True, "needs a CUDA GPU; drop --use-vllm to generate with transformers")
-        problem = _vllm_problem(hardware)
+    if cfg.use_vllm:  # the first of: not installed, no GPU, this GPU or these versions (_vllm_problem)
+        problem = (
+            "vLLM is not installed (pip install vllm, on a GPU machine)"
+            if not package_available("vllm")
+            else "needs a CUDA GPU"
+            if not gpu
+            else _vllm_problem(hardware)
+        )
         if problem:
             raise ConfigError("use_vllm", True, f"{problem}; drop --use-vllm to generate with transformers")
     _check_trackers(cfg)
@@ -300,20 +297,10 @@ def check_trl_settings(cfg: TrainConfig) -> None:
 
 
 def _versions() -> dict:
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-    import trl
+    import importlib
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "datasets": datasets.__version__,
-        "accelerate": accelerate.__version__,
-    }
+    libraries = ("torch", "transformers", "trl", "datasets", "accelerate")
+    return {"python": platform.python_version(), **{n: importlib.import_module(n).__version__ for n in libraries}}
 
 
 def _make_callbacks(out_dir: str | Path, log=print):
