@@ -362,7 +362,8 @@ def _make_callbacks(out_dir: str | Path, log=print):
             self.bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero and _stdout_is_terminal():
+            # getattr: a replaced sys.stdout (a test's, a notebook's) need not have isatty
+            if state.is_world_process_zero and getattr(sys.stdout, "isatty", lambda: False)():
                 from tqdm.auto import tqdm
 
                 # On stdout, where the decision was made; initial: a resumed run's bar starts at its checkpoint.
@@ -391,11 +392,6 @@ def _make_callbacks(out_dir: str | Path, log=print):
                 self.bar = None
 
     return RewardHistoryCallback(), StepProgress()
-
-
-def _stdout_is_terminal() -> bool:
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def above_progress_bar(log):
@@ -603,7 +599,7 @@ def trainer_class():
             # generates in its own engine: neither applies there.
             if self.use_vllm:
                 return super()._generate_single_turn(*args, **kwargs)
-            precision = _args_precision(self.args)
+            precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
             with (
                 evaluation.generating_in(self.model, precision),
                 evaluation.finite_logits_guard(self.model, precision, "a training rollout"),
@@ -634,11 +630,6 @@ def grpo_trainer(cfg: TrainConfig, model, tokenizer, args, callbacks=()):
     )
     _fp32_trainables_under_fp16(trainer.model, args)  # before train() creates the optimizer over them
     return trainer
-
-
-def _args_precision(args) -> str:
-    """The precision a ``GRPOConfig`` trains in."""
-    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def _fp32_trainables_under_fp16(model, args) -> list[str]:
