@@ -828,8 +828,7 @@ class CollapseRecovery:
         if self.mode == "warn" or self.healthy is None:
             return None
         saw, step, back = "; ".join(problems), state.global_step, self.healthy["step"]
-        rate = self.trainer.lr_scheduler.base_lrs[0] if hasattr(self.trainer.lr_scheduler, "base_lrs") else None
-        rate = rate or self.trainer.args.learning_rate
+        rate = getattr(self.trainer.lr_scheduler, "base_lrs", [None])[0] or self.trainer.args.learning_rate
         self._restore()
         if self.mode == "stop" or len(self.recovered) >= _MAX_RECOVERIES:
             self.stopped = CollapseStop(step, problems, back, rate, len(self.recovered))
@@ -1027,11 +1026,6 @@ class GracefulStop:
         step, total = (self.state.global_step, self.state.max_steps) if self.state else (None, None)
         raise Stopped(signum, step, total, training=self.training)
 
-    def _agreed(self) -> int:
-        """The signal every process agrees to stop on (0: go on): each may get Ctrl-C in another step, and one
-        stopping alone would leave the others waiting in the next step's collectives."""
-        return _max_over_processes(self.signum or 0)
-
     def callback(self):
         from transformers import TrainerCallback
 
@@ -1042,7 +1036,9 @@ class GracefulStop:
                 stop.state, stop.training = state, True
 
             def on_step_end(self, args, state, control, **kwargs):
-                agreed = stop._agreed() if stop.stop_step is None else 0
+                # The signal every process agrees to stop on (0: go on): each may get Ctrl-C in another step, and
+                # one stopping alone would leave the others waiting in the next step's collectives.
+                agreed = _max_over_processes(stop.signum or 0) if stop.stop_step is None else 0
                 if agreed:
                     stop.signum, stop.stop_step = agreed, state.global_step
                     if not epoch_ended(state):
