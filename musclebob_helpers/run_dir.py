@@ -7,6 +7,7 @@ docs/reliability.md and docs/drive.md give the reasons."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -201,8 +202,7 @@ def clear_run(out_dir: str | Path) -> list[str]:
 
 def remove_stale_temp_files(out_dir: str | Path) -> list[Path]:
     """Delete the temporary files ``io.write_json_atomic`` leaves when killed before its rename."""
-    out = Path(out_dir)
-    stale = [p for p in out.glob(TEMP_GLOB) if p.is_file()] if out.is_dir() else []
+    stale = [p for p in Path(out_dir).glob(TEMP_GLOB) if p.is_file()]  # none when the folder is missing
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -467,12 +467,8 @@ def remove_checkpoint(ckpt: Path) -> None:
 
 def remove_leftover_deletions(out_dir: str | Path) -> list[str]:
     """Finish deletions and copies a kill interrupted; returns their names."""
-    out = Path(out_dir)
-    leftovers = (
-        sorted([*out.glob(DELETING_PREFIX + "checkpoint-*"), *out.glob(COPYING_PREFIX + "checkpoint-*")])
-        if out.is_dir()
-        else []
-    )
+    out = Path(out_dir)  # glob finds nothing in a folder that is missing
+    leftovers = sorted([*out.glob(DELETING_PREFIX + "checkpoint-*"), *out.glob(COPYING_PREFIX + "checkpoint-*")])
     for folder in leftovers:
         shutil.rmtree(folder, ignore_errors=True)
     return [f.name for f in leftovers]
@@ -772,10 +768,8 @@ def output_location_problem(output_dir: str | Path, min_free_bytes: int = _MIN_F
         os.unlink(probe)
     except OSError as err:
         return f"{base} cannot be written ({err.strerror or type(err).__name__}); choose a writable --output-dir"
-    try:  # leave the folder exactly as found, its modification time included
+    with contextlib.suppress(OSError):  # leave the folder as found, its mtime too (some network file systems refuse)
         os.utime(base, ns=(before.st_atime_ns, before.st_mtime_ns))
-    except OSError:
-        pass  # some network file systems refuse; harmless
     free = shutil.disk_usage(base).free
     if free < min_free_bytes:
         return (
@@ -839,7 +833,7 @@ def _drive_space_problem(cfg: TrainConfig, shape=None, need=None, folder: RunFol
 
 def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=None) -> DriveNeed | None:
     """``ConfigError`` when the run will not fit its disk(s); returns the ``DriveNeed`` (None: unknown)."""
-    from .memory import drive_need, model_shape
+    from .memory import GB, drive_need, model_shape
 
     shape = shape or model_shape(cfg.model, offline=True)
     need = drive_need(cfg, shape) if shape else None  # no network here: an unknown hub id is checked once loaded
@@ -847,8 +841,6 @@ def check_drive_space(cfg: TrainConfig, folder: RunFolder | None = None, shape=N
     if problem:
         raise ConfigError("output_dir", cfg.output_dir, problem)
     if need and folder is not None and folder.mirrored:  # the working folder holds the run at its peak too
-        from .memory import GB
-
         free = _free_for_run(folder.work, False)
         if need.need(False) * _DRIVE_MARGIN > free:
             raise ConfigError(
