@@ -10,6 +10,7 @@ import bisect
 import html
 import json
 import io as _io
+import itertools
 import math
 import time
 from pathlib import Path
@@ -104,11 +105,10 @@ def find_runs(root: str | Path) -> list[Path]:
 def load_warnings(run_dir: str | Path) -> list[dict]:
     """The run's health warnings, oldest step first ([] when none fired)."""
     found = read_json(Path(run_dir) / WARNINGS_FILE, default=[])
-    entries = (
-        [w for w in found if isinstance(w, dict) and isinstance(w.get("step"), int) and isinstance(w.get("kind"), str)]
-        if isinstance(found, list)
-        else []
-    )
+    found = found if isinstance(found, list) else []
+    entries = [
+        w for w in found if isinstance(w, dict) and isinstance(w.get("step"), int) and isinstance(w.get("kind"), str)
+    ]
     return sorted(entries, key=lambda w: w["step"])
 
 
@@ -116,13 +116,8 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start); ``window`` <= 1 returns a copy."""
     if window <= 1:
         return list(values)
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    sums = [0.0, *itertools.accumulate(values)]  # the mean of values[a:b] is (sums[b] - sums[a]) / (b - a)
+    return [(sums[b] - sums[max(0, b - window)]) / min(b, window) for b in range(1, len(values) + 1)]
 
 
 def _epoch_boundaries(history: list[dict]) -> list[int]:
@@ -208,15 +203,15 @@ def _draw_rewards(
                 label=None if kind in marked else (words if kind in _ACTIONS else f"warning: {words}"),
             )
             marked.add(kind)
-    if not any(runs.values()):
+    if any(runs.values()):
+        ax.legend(loc="lower right", fontsize=8)
+    else:
         notes = [f"{name}: {h.note}" for name, h in runs.items() if getattr(h, "note", None)]
         ax.text(0.5, 0.5, "\n".join(notes) or empty, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward" + (" (band: ± std)" if show_std else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if any(runs.values()):
-        ax.legend(loc="lower right", fontsize=8)
 
 
 def plot_rewards(
@@ -320,11 +315,6 @@ def _draw_validation_bars(ax, runs: dict[str, dict[str, dict]], title: str) -> N
         ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
 
 
-def _report_window(steps: int) -> int:
-    """The run report's smoothing: about 1/20 of the run (the raw curve stays drawn behind it)."""
-    return max(1, steps // 20)
-
-
 def _plot_run_report(history: list[dict], warnings: list[dict], reports: dict[str, dict], title: str = ""):
     """One run at a glance: the mean reward (epochs, std band, warnings), each reward function's mean,
     and the validation rates of ``reports`` (label -> report). Returns the Figure."""
@@ -335,7 +325,8 @@ def _plot_run_report(history: list[dict], warnings: list[dict], reports: dict[st
     reward_ax = fig.add_subplot(grid[0])
     parts_ax = fig.add_subplot(grid[1], sharex=reward_ax)  # the same steps, one above the other
     bars_ax = fig.add_subplot(grid[2])
-    name, window = title or "run", _report_window(len(history))
+    # smoothed over about 1/20 of the run (the raw curve stays drawn behind it)
+    name, window = title or "run", max(1, len(history) // 20)
     _draw_rewards(
         reward_ax, {name: history}, window, warnings={name: warnings}, empty="no reward history in this folder"
     )
