@@ -38,7 +38,7 @@ from .io import give_umask_mode, json_list_item, read_json, write_json_atomic, w
 from .lora import lora_config, quantization_config
 from .monitoring import CompletionLog, HealthMonitor, MidTrainingValidation, Trackers, epoch_ended
 from .rewards import make_reward_functions
-from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE
+from .run_dir import BASELINE_FILE, CONFIG_FILE, FINAL_FILE, HISTORY_FILE, REWARD_PLOT_FILE
 
 
 def detect_hardware(precision: str = "auto") -> dict:
@@ -449,41 +449,28 @@ def _history_entry(logs: dict, step: int) -> dict:
         "mean_reward": logs["reward"],
         "reward_std": logs.get("reward_std"),
     }
-    for key, value in logs.items():
-        if key.startswith("rewards/") or key in (
-            "frac_reward_zero_std",
-            "kl",
-            "entropy",
-            "learning_rate",
-            "completions/mean_length",
-            "completions/clipped_ratio",
-        ):
-            entry[key] = value
-    return entry
+    kept = "frac_reward_zero_std kl entropy learning_rate completions/mean_length completions/clipped_ratio".split()
+    return {**entry, **{k: v for k, v in logs.items() if k.startswith("rewards/") or k in kept}}
 
 
-def _memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print):
+def _memory_report(cfg: TrainConfig, hardware: dict, num_processes: int = 1, log=print) -> None:
     """Print the GPU memory estimate, and a warning when it will not fit (GPU runs only)."""
     from . import memory
 
     if hardware["device"] != "cuda":
-        return None
+        return
     shape = memory.model_shape(cfg.model)
     if shape is None:
         log("GPU memory estimate: unavailable (the model's config could not be read).")
-        return None
+        return
+    gpu_gb = hardware["gpu_memory_gb"]
     est = memory.estimate_memory(
-        shape,
-        cfg,
-        precision=hardware["precision"],
-        num_processes=num_processes,
-        gpu_memory_gb=hardware["gpu_memory_gb"],
+        shape, cfg, precision=hardware["precision"], num_processes=num_processes, gpu_memory_gb=gpu_gb
     )
     log(est.table())
-    warning = memory.fit_warning(est, hardware["gpu_memory_gb"], cfg)
+    warning = memory.fit_warning(est, gpu_gb, cfg)
     if warning:
         log(warning)
-    return est
 
 
 def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Path | None = None):
@@ -1100,7 +1087,7 @@ def run_training(run, log=print, callbacks=(), baseline: dict | None = None, rem
             return result
 
 
-def _prepare_folders(cfg: TrainConfig, folder: run_dir.RunFolder, log) -> None:
+def _prepare_folders(folder: run_dir.RunFolder, log) -> None:
     """Under the lock: interrupted runs' leftovers removed, the previous run cleared on ``--overwrite``, the
     working folder made."""
     for place in folder.folders():
@@ -1121,7 +1108,7 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
 
     main = procs.is_main_process
     if main:
-        _prepare_folders(cfg, folder, log)
+        _prepare_folders(folder, log)
     out = folder.work  # where training writes; the run folder itself unless it is mirrored
     mirror = Mirror(folder, cfg.keep_checkpoints, log=log, remount=remount) if folder.mirrored and main else None
     if mirror is not None:
@@ -1154,21 +1141,23 @@ def _train(cfg, procs, hardware, folder, log, callbacks, baseline, stop: Gracefu
 def _finish_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     """A run that finished in its working folder while the run folder failed: copy it, train nothing."""
     log(f"The run finished in {folder.work} but its copy to {folder.path} did not: copying it now.")
-    final = read_json(folder.work / FINAL_FILE) or {}
-    result = {
-        "baseline": read_json(folder.work / BASELINE_FILE) or {},
+    done = _result(read_json(folder.work / BASELINE_FILE) or {}, read_json(folder.work / FINAL_FILE) or {}, folder)
+    return {**done, **_end_copy(folder, mirror, log)}
+
+
+def _result(baseline: dict, final: dict, folder: run_dir.RunFolder) -> dict:
+    """What ``run_training`` returns of a run done: its two validations, folder and steps."""
+    return {
+        "baseline": baseline,
         "final": final,
         "output_dir": str(folder.path),
         "global_step": final.get("global_step"),
     }
-    return {**result, **_end_copy(folder, mirror, log)}
 
 
 def _end_copy(folder: run_dir.RunFolder, mirror, log) -> dict:
     """The mirror's final copy: the run folder complete (an automatic working folder removed), or why not."""
     from .mirror import behind_line
-
-    from .run_dir import REWARD_PLOT_FILE
 
     if mirror.finish():
         lag = f"; each checkpoint verified there {max(mirror.lags):.1f} s after its save at most" if mirror.lags else ""
@@ -1355,12 +1344,7 @@ def _train_in(cfg, procs, hardware, folder, out, resume, log, callbacks, baselin
         write_model_card(out, cfg.push_to_hub, shown=folder.path)
         if mirror is None:  # a mirrored run says where its plot is once the final copy has ended (_end_copy)
             log(f"Reward plot: {plot}")
-    return {
-        "baseline": baseline,
-        "final": final,
-        "output_dir": str(folder.path),
-        "global_step": trainer.state.global_step,
-    }
+    return _result(baseline, final, folder)  # final["global_step"] is trainer.state.global_step
 
 
 def _quiet(*args, **kwargs):
