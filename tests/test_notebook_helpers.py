@@ -220,7 +220,7 @@ def test_finished_run_needs_overwrite(tmp_path, recorded_training):
     # run_training (CLI and notebook alike) removes the old run's checkpoints and results once it holds the lock
     from musclebob_helpers import run_dir, training
 
-    training._prepare_folders(recorded_training[-1], run_dir.check(recorded_training[-1]), quiet)
+    training._prepare_folders(run_dir.check(recorded_training[-1]), quiet)
     assert not list(run.glob("checkpoint-*")) and not (run / "reward_history.json").exists()  # no stale resume
 
 
