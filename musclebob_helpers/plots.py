@@ -172,14 +172,8 @@ def _draw_rewards(
         ax.plot(steps, smooth, color=color, label=label, linewidth=2)
         if show_std:
             std = _moving_average([e.get("reward_std") or 0.0 for e in history], window)
-            ax.fill_between(
-                steps,
-                [m - s for m, s in zip(smooth, std)],
-                [m + s for m, s in zip(smooth, std)],
-                color=color,
-                alpha=0.15,
-                linewidth=0,
-            )
+            low, high = [m - s for m, s in zip(smooth, std)], [m + s for m, s in zip(smooth, std)]
+            ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
         if show_epochs:
             for k, step in enumerate(_epoch_boundaries(history)):
                 ax.axvline(
@@ -431,13 +425,8 @@ class RewardExplorer:
     def figure(self):
         runs = {name: load_history(self.run_dirs[name]) for name in self.runs.value}
         warnings = {name: load_warnings(self.run_dirs[name]) for name in runs} if self.show_warnings.value else None
-        return plot_rewards(
-            runs,
-            window=self.window.value,
-            show_epochs=self.show_epochs.value,
-            show_std=self.show_std.value,
-            warnings=warnings,
-        )
+        shown = self.window.value, self.show_epochs.value, self.show_std.value  # plot_rewards' window, epochs, std
+        return plot_rewards(runs, *shown, warnings=warnings)
 
     def redraw(self):
         set_output(
