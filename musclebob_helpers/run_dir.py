@@ -125,9 +125,7 @@ def state(out_dir: str | Path) -> str:
         return "finished"
     if list_checkpoints(out):
         return "unfinished"
-    if (out / CONFIG_FILE).exists():
-        return "started"
-    return "new"
+    return "started" if (out / CONFIG_FILE).exists() else "new"
 
 
 def describe(out_dir: str | Path) -> str:
@@ -138,9 +136,7 @@ def describe(out_dir: str | Path) -> str:
         return f"holds a finished run (step {final.get('global_step', '?')})"
     if found == "unfinished":
         return f"holds an unfinished run (newest checkpoint: {list_checkpoints(out)[-1].name})"
-    if found == "started":
-        return "holds a run stopped before its first checkpoint"
-    return "is new"
+    return "holds a run stopped before its first checkpoint" if found == "started" else "is new"
 
 
 def _last_activity(out: Path) -> float:
@@ -487,10 +483,9 @@ def make_save_callback(keep: int, log=print):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             give_umask_mode(ckpt)
             write_manifest(ckpt)
-            if keep > 0:
-                removed = rotate_checkpoints(args.output_dir, keep, log=log)
-                if removed:
-                    log(f"Removed {', '.join(removed)} (keeping the newest {keep}: --keep-checkpoints).")
+            removed = rotate_checkpoints(args.output_dir, keep, log=log)  # [] when keep <= 0 (keep all)
+            if removed:
+                log(f"Removed {', '.join(removed)} (keeping the newest {keep}: --keep-checkpoints).")
 
     return AfterSave()
 
