@@ -145,6 +145,7 @@ _WARNING_MARKS = {
     "recovery": ("^", "limegreen", "recovery: back to the last healthy check, learning rate lowered"),
     "collapse_stop": ("X", "red", "stopped at a collapse"),
 }
+_MARK_STYLE = {"linestyle": "none", "markersize": 9, "markeredgecolor": "black", "zorder": 5}  # every kind's
 _ACTIONS = ("recovery", "collapse_stop")  # entries of health_warnings.json that record an action, not a warning
 
 
@@ -184,18 +185,9 @@ def _draw_rewards(
             by_kind.setdefault(warning["kind"], []).append(warning["step"])
         for kind, at in by_kind.items():
             marker, face, words = _WARNING_MARKS.get(kind, ("*", "white", kind.replace("_", " ")))
-            ax.plot(
-                at,
-                [_value_at(steps, smooth, step) for step in at],
-                linestyle="none",
-                marker=marker,
-                markersize=9,
-                markerfacecolor=face,
-                markeredgecolor="black",
-                zorder=5,
-                gid=f"health:{kind}",
-                label=None if kind in marked else (words if kind in _ACTIONS else f"warning: {words}"),
-            )
+            label = None if kind in marked else (words if kind in _ACTIONS else f"warning: {words}")
+            ys = [_value_at(steps, smooth, step) for step in at]
+            ax.plot(at, ys, marker=marker, markerfacecolor=face, gid=f"health:{kind}", label=label, **_MARK_STYLE)
             marked.add(kind)
     if any(runs.values()):
         ax.legend(loc="lower right", fontsize=8)
