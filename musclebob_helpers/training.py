@@ -195,7 +195,7 @@ def _check_trackers(cfg: TrainConfig) -> None:
 
 # GRPOConfig fields grpo_args sets from an option of its own, whose flag --trl-arg points to (the fields named as
 # TrainConfig's, like learning_rate, point to their own flag), or sets itself for the run's sake (why).
-TRL_FIELDS_OWNED = {
+_TRL_FIELDS_OWNED = {
     "num_train_epochs": "use --epochs",
     "per_device_train_batch_size": "use --batch-size (prompts a step; each brings --num-generations completions)",
     "data_seed": "use --seed",
@@ -216,7 +216,7 @@ TRL_FIELDS_OWNED = {
 }
 
 
-def trl_loss_types() -> list[str]:
+def _trl_loss_types() -> list[str]:
     """The loss types the installed TRL knows: those of ``LOSS_TYPES`` its GRPOConfig documents (it keeps no list,
     and its trainer raises on an unknown one only in the first step's loss)."""
     from trl import GRPOConfig
@@ -225,7 +225,7 @@ def trl_loss_types() -> list[str]:
     return [name for name in LOSS_TYPES if f"'{name}'" in doc]
 
 
-def trl_overrides(cfg: TrainConfig) -> dict:
+def _trl_overrides(cfg: TrainConfig) -> dict:
     """``--trl-arg KEY=VALUE`` as GRPOConfig keyword arguments, each value of its field's type; ConfigError in one
     line for a name GRPOConfig lacks (with a did-you-mean), one this project sets (and how to set it), or a value
     of the wrong type."""
@@ -244,8 +244,8 @@ def trl_overrides(cfg: TrainConfig) -> dict:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]}?" if close else "see TRL's GRPOConfig for the names"
             raise ConfigError("trl_args", item, f"GRPOConfig has no field {key!r}; {hint}")
-        if key in flags or key in TRL_FIELDS_OWNED:
-            raise ConfigError("trl_args", item, TRL_FIELDS_OWNED.get(key) or f"use {flags[key]}")
+        if key in flags or key in _TRL_FIELDS_OWNED:
+            raise ConfigError("trl_args", item, _TRL_FIELDS_OWNED.get(key) or f"use {flags[key]}")
         try:
             values[key] = _typed(raw, hints[key])
         except ValueError as err:
@@ -285,15 +285,15 @@ def _typed(raw: str, hint):
 
 def check_trl_settings(cfg: TrainConfig) -> None:
     """ConfigError when the installed TRL cannot do what ``cfg`` asks of it: a loss type it lacks (Colab's 0.29.1
-    has no vespo), or a ``--trl-arg`` it would not take (``trl_overrides``)."""
+    has no vespo), or a ``--trl-arg`` it would not take (``_trl_overrides``)."""
     import trl
 
-    supported = trl_loss_types()
+    supported = _trl_loss_types()
     if cfg.loss_type not in supported:
         raise ConfigError(
             "loss_type", cfg.loss_type, f"one of {', '.join(supported)} with the installed TRL {trl.__version__}"
         )
-    trl_overrides(cfg)
+    _trl_overrides(cfg)
 
 
 def _versions() -> dict:
@@ -518,7 +518,7 @@ def grpo_args(cfg: TrainConfig, hardware: dict, num_processes: int = 1, out: Pat
             if cfg.use_vllm
             else {}
         ),
-        **trl_overrides(cfg),  # --trl-arg: any other field (none of those above: trl_overrides refuses them)
+        **_trl_overrides(cfg),  # --trl-arg: any other field (none of those above: _trl_overrides refuses them)
     )
 
 
@@ -529,7 +529,7 @@ def _checkpointing_arg(config_class, enabled: bool) -> dict:
     return {("activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"): enabled}
 
 
-def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
+def _resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
     """The resumed run's schedule as this run defines it, at the loaded step; returns the checkpoint's base rate
     when ``learning_rate`` replaced it (None: the same). A loaded checkpoint restores the old run's rates, so a
     new ``--learning-rate``, ``--epochs`` or ``--lr-scheduler`` would be ignored for the first step or for good.
@@ -558,7 +558,7 @@ def resume_schedule(optimizer, scheduler, learning_rate: float) -> float | None:
 def trainer_class():
     """``GRPOTrainer`` whose prompt order depends on (seed, epoch) only, so a resumed epoch sees the same batches:
     TRL's sampler seeds its generator once, so after a restart epoch 2 would replay epoch 1's order. A resume
-    trains at the rate asked for (``resume_schedule``)."""
+    trains at the rate asked for (``_resume_schedule``)."""
     from torch.utils.data import Sampler
     from trl import GRPOTrainer
 
@@ -596,7 +596,7 @@ def trainer_class():
         def _load_optimizer_and_scheduler(self, checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint is not None:
-                resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+                _resume_schedule(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
     return ResumableGRPOTrainer
 
@@ -824,7 +824,7 @@ class CollapseRecovery:
             message = f"stopped at step {step}: the check saw {saw}; checkpoint-{step} holds step {back}'s state"
             return {"step": step, "kind": "collapse_stop", "message": message, "back_to": back}
         new = rate * _RECOVERY_RATE_FACTOR
-        resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
+        _resume_schedule(self.trainer.optimizer, self.trainer.lr_scheduler, new)
         number = len(self.recovered) + 1
         recovery = {"number": number, "back_to": back, "saw": problems}
         self.recovered.append({"from_step": step, "changed": {"learning_rate": [rate, new]}, "recovery": recovery})

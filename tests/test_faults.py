@@ -549,11 +549,11 @@ def _interrupted_copy(reference, dest):
 def test_a_resumed_schedule_is_the_one_asked_for_at_the_loaded_step(rate, total):
     """As a resume does: the trainer builds optimizer and schedule from this run's settings, then loads the
     checkpoint's states, which bring back the old rate and the old schedule's rate for the next step;
-    ``resume_schedule`` makes them what a run with these settings from the start would have at that step."""
+    ``_resume_schedule`` makes them what a run with these settings from the start would have at that step."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from musclebob_helpers.training import resume_schedule
+    from musclebob_helpers.training import _resume_schedule
 
     def optimizer_and_schedule(rate, total, steps=0):
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=rate)
@@ -568,7 +568,7 @@ def test_a_resumed_schedule_is_the_one_asked_for_at_the_loaded_step(rate, total)
     optimizer.load_state_dict(interrupted[0].state_dict())
     schedule.load_state_dict(interrupted[1].state_dict())
     assert schedule.get_last_lr() == interrupted[1].get_last_lr()  # loaded: the checkpoint's schedule wins
-    assert resume_schedule(optimizer, schedule, rate) == (2e-4 if rate != 2e-4 else None)
+    assert _resume_schedule(optimizer, schedule, rate) == (2e-4 if rate != 2e-4 else None)
     if (rate, total) == (2e-4, 10):  # nothing changed: exactly the loaded rates, so a resume stays exact
         assert schedule.get_last_lr() == interrupted[1].get_last_lr()
         assert optimizer.param_groups[0]["lr"] == interrupted[0].param_groups[0]["lr"]

@@ -71,7 +71,7 @@ def test_defaults_are_trls_own():
     for name, expected in TRL_DEFAULTS.items():
         assert getattr(ours, name) == trl_default[name] == expected, name
     assert ours.trl_args == [] and TrainConfig().trl_args is not ours.trl_args  # a fresh list each time
-    assert training.trl_loss_types() == list(LOSS_TYPES)  # trl 1.x knows every loss type the flag offers
+    assert training._trl_loss_types() == list(LOSS_TYPES)  # trl 1.x knows every loss type the flag offers
 
 
 def colab_grpo_config() -> Path:
@@ -100,7 +100,7 @@ def test_colabs_trl_has_the_same_defaults_and_no_vespo():
 
 
 def test_a_loss_type_the_installed_trl_lacks_is_one_line(monkeypatch):
-    monkeypatch.setattr(training, "trl_loss_types", lambda: [t for t in LOSS_TYPES if t != "vespo"])  # trl 0.29.1
+    monkeypatch.setattr(training, "_trl_loss_types", lambda: [t for t in LOSS_TYPES if t != "vespo"])  # trl 0.29.1
     with pytest.raises(ConfigError, match=r"^--loss-type='vespo' is not allowed: one of dapo, .*luspo with the "):
         training.check_hardware_support(TrainConfig(model="tiny", loss_type="vespo"), CPU)
     training.check_hardware_support(TrainConfig(model="tiny", loss_type="dr_grpo"), CPU)
@@ -138,7 +138,7 @@ def test_grpo_args_passes_them_and_the_trl_args():
 )
 def test_trl_arg_values_take_the_fields_type(item, value):
     key = item.split("=", 1)[0]
-    got = training.trl_overrides(TrainConfig(trl_args=[item]))
+    got = training._trl_overrides(TrainConfig(trl_args=[item]))
     assert got == {key: value} and type(got[key]) is type(value)
 
 
@@ -200,7 +200,7 @@ def test_every_grpoconfig_field_the_project_sets_is_refused_as_a_trl_arg(monkeyp
     assert set(LOSS_FIELDS) <= passed
     for key in sorted(passed & {f.name for f in dataclasses.fields(trl.GRPOConfig)}):
         with pytest.raises(ConfigError, match=r"is not allowed: (use --|the )") as err:
-            training.trl_overrides(TrainConfig(trl_args=[f"{key}=1"]))
+            training._trl_overrides(TrainConfig(trl_args=[f"{key}=1"]))
         assert "\n" not in str(err.value)
 
 
@@ -327,7 +327,9 @@ def test_a_tiny_run_trains_with_them(tmp_path):
         trl_args=["top_entropy_quantile=0.5"],
         output_dir=str(tmp_path / "run"),
     )
-    result = training.run_training(cfg, log=lambda *a, **k: None)
+    from musclebob_helpers.startup import start
+
+    result = training.run_training(start(cfg), log=lambda *a, **k: None)
     args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
     assert (args.loss_type, args.scale_rewards, args.num_iterations, args.epsilon_high) == ("dr_grpo", "none", 2, 0.28)
     assert args.top_entropy_quantile == 0.5
