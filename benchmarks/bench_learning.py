@@ -189,6 +189,7 @@ def run_one(name: str, seed: int, check_every: int, extra: dict, threads: int) -
 def stopped_result(cfg, out: Path, stop) -> dict:
     """The figures of a run stopped at a collapse: the checkpoint it saved, validated as a final model is."""
     from musclebob_helpers import data, evaluation
+    from musclebob_helpers.config import completions_per_step
     from musclebob_helpers.io import read_json
     from musclebob_helpers.run_dir import BASELINE_FILE, WARNINGS_FILE
 
@@ -202,7 +203,7 @@ def stopped_result(cfg, out: Path, stop) -> dict:
         max_new_tokens=cfg.max_completion_length,
         baseline=baseline,
     )
-    final["completions_generated"] = stop.step * cfg.batch_size * cfg.num_generations
+    final["completions_generated"] = round(stop.step * completions_per_step(cfg))  # as training counts them
     final["health_warnings"] = [w["message"] for w in read_json(out / WARNINGS_FILE, default=[])]
     return {"baseline": baseline, "final": final}
 
