@@ -4,12 +4,12 @@ Pure functions on hand-made runs: the per-prompt counts add up to the validation
 interval shrinks to the point when nothing varies and widens when seeds disagree, and docs/results.md's tables
 are the ones the committed JSON files render."""
 
-import importlib.util
 import random
 from pathlib import Path
 
 import pytest
 
+import bench_module
 from musclebob_helpers import data, evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module.load("bench_learning")
 
 
 def fake_report(rng: random.Random, p_name: float, p_correct: float, samples: int = 4) -> dict:

@@ -1,24 +1,15 @@
 """benchmarks/bench_overhead.py: its summaries (ratio, line fit, itemised costs, logged lengths), its same-GRPOConfig
 check, the timers it wraps around our callbacks, and (slow) its smallest run end to end."""
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import bench_module
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "benchmarks" / "bench_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = bench_module.load("bench_overhead")
 
 
 def test_ratio_summary_gives_each_pair_its_ratio_and_the_median_and_range():

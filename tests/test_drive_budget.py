@@ -5,7 +5,6 @@ The estimate (``memory.drive_need``) is checked against real checkpoints written
 against the Qwen2.5-0.5B-shaped figures that benchmark measured (recorded below with their source).
 """
 
-import importlib.util
 import json
 import shutil
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import bench_module
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig, preset_config, resolve
 from musclebob_helpers.run_dir import (
@@ -40,16 +40,9 @@ QWEN_MEASURED = {  # bytes, 5 epochs x 32 steps, keep 2; full: 3 epochs written,
 }
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("drive_budget", ROOT / "benchmarks" / "drive_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load_benchmark()
+    return bench_module.load("drive_budget")
 
 
 def _run_tiny(bench, tmp_path, lora, epochs=3, keep=2):

@@ -1,21 +1,12 @@
 """benchmarks/gpu_check.py on this machine's CPU: the GPU variants are skipped, each in one line, and the CPU ones
 (the tiny preset's trainer and a real ``run_training``) run and fill their rows; its non-finite logits counter."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench_module
 
 
-gpu_check = _load_benchmark()
+gpu_check = bench_module.load("gpu_check")
 
 
 def test_cpu_path_skips_the_gpu_variants_and_runs_the_rest(tmp_path, capsys, tiny_path):

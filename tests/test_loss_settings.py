@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import bench_module
 import train_musclebob_improved
 from musclebob_helpers import cli, notebook, run_dir, training
 from musclebob_helpers.config import (
@@ -279,12 +280,7 @@ def test_notebook_parameters_reach_the_config(tmp_path, monkeypatch):
 
 
 def load_bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "bench_learning.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return bench_module.load("bench_learning")
 
 
 def test_bench_set_types_the_new_fields():
