@@ -14,25 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The shortest real training run, for the tests that start training processes (kills, signals, two writers):
+# The shortest real training run (TrainConfig values; TINY_RUN_ARGS: the same as flags), for the tests that train
+# (kills, signals, two writers, recovery):
 # 6 prompts x 2 epochs at 3 prompts per step: 2 steps per epoch, 4 in all, checkpoints at steps 2 and 4.
 # Two generations and 16 tokens keep each run to seconds; the two epochs are what a kill must cross.
-TINY_RUN_ARGS = [
-    "--model",
-    "tiny",
-    "--epochs",
-    "2",
-    "--num-samples",
-    "6",
-    "--batch-size",
-    "3",
-    "--num-generations",
-    "2",
-    "--max-completion-length",
-    "16",
-    "--validation-samples",
-    "1",
-]
+TINY_RUN = dict(
+    model="tiny",
+    epochs=2,
+    num_samples=6,
+    batch_size=3,
+    num_generations=2,
+    max_completion_length=16,
+    validation_samples=1,
+)
+TINY_RUN_ARGS = [word for name, value in TINY_RUN.items() for word in (f"--{name.replace('_', '-')}", str(value))]
 
 # No hub: fail fast instead of retrying a connection that cannot succeed.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import fault_runner
-from conftest import TINY_RUN_ARGS
+from conftest import TINY_RUN, TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import ConfigError, TrainConfig
 from musclebob_helpers.plots import load_completions
@@ -748,17 +748,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_after_loading(tmp_path,
     cfg_path = out / "checkpoint-2" / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "hidden_size": 256}))
     run_dir.write_manifest(out / "checkpoint-2")  # saved so, not damaged later: its manifest says what it holds
-    cfg = TrainConfig(
-        model="tiny",
-        output_dir=str(out),
-        resume_from_checkpoint="auto",
-        num_samples=6,
-        batch_size=3,
-        num_generations=2,
-        epochs=2,
-        max_completion_length=16,
-        validation_samples=1,
-    )
+    cfg = TrainConfig(**TINY_RUN, output_dir=str(out), resume_from_checkpoint="auto")
     with pytest.raises(ConfigError, match="another architecture.*hidden_size 256"):
         run_training(start(cfg), log=lambda *a: None)
     assert not (out / "model.safetensors").exists()

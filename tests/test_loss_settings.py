@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import bench_module
+from conftest import TINY_RUN
 import train_musclebob_improved
 from musclebob_helpers import cli, notebook, run_dir, training
 from musclebob_helpers.config import (
@@ -309,13 +310,7 @@ def test_a_tiny_run_trains_with_them(tmp_path):
     import torch
 
     cfg = TrainConfig(
-        model="tiny",
-        epochs=1,
-        num_samples=6,
-        batch_size=3,
-        num_generations=2,
-        max_completion_length=16,  # short answers keep the run to seconds
-        validation_samples=1,
+        **{**TINY_RUN, "epochs": 1},
         loss_type="dr_grpo",
         scale_rewards="none",
         num_iterations=2,

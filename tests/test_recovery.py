@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import fault_runner
-from conftest import TINY_RUN_ARGS
+from conftest import TINY_RUN, TINY_RUN_ARGS
 from musclebob_helpers import run_dir
 from musclebob_helpers.config import TrainConfig
 from musclebob_helpers.monitoring import HealthMonitor
@@ -29,13 +29,7 @@ LOWER = _RECOVERY_RATE_FACTOR  # the rate after a recovery, as a share of the on
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 1e-3  # any rate: the collapse is forced, not learned
 SMALL = dict(
-    model="tiny",
-    epochs=2,
-    num_samples=6,
-    batch_size=3,
-    num_generations=2,
-    max_completion_length=16,
-    validation_samples=1,
+    TINY_RUN,
     validate_every=1,  # a check after every step, so a collapse can be put at any step
     learning_rate=RATE,
     lr_scheduler="constant_with_warmup",
