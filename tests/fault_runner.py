@@ -34,7 +34,9 @@ or makes the run folder's file system fail, as Google Drive does (``tools/faultf
 
 * ``drive:N``           - as each step N of the schedule in ``$MUSCLEBOB_FAULTFS_SCHEDULE`` (JSON ``{"N": settings}``)
   begins, its settings are written to the faultfs control file ``$MUSCLEBOB_FAULTFS_CONTROL`` (N in the point
-  itself is the first step of the schedule, for the usage line)
+  itself is the first step of the schedule, for the usage line); settings with ``"after_a_failure": true`` wait
+  first (up to 2 min) until the mount has failed an operation, so a fault that waits for bytes (a copy cut
+  midway) is not healed before the copy reaches it however slow the machine is
 
 or waits for one, so a test's signal lands at a known step however loaded the machine is:
 
@@ -177,6 +179,22 @@ def interrupt(where: str) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+def wait_for_a_failure(stats: Path, step: int, timeout: float = 120.0) -> None:
+    """Until the faultfs server's counts (``FaultFS.stats_path``) show a failed operation."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(stats.read_text())["failed"]:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    print(f"{MARKER} the mount never failed before step {step}", file=sys.stderr)
+
+
 def fault_callback(point: str, step: int):
     """A trainer callback that dies during step ``step``'s generation or optimizer step, or interrupts it twice."""
     from transformers import TrainerCallback
@@ -207,6 +225,9 @@ def fault_callback(point: str, step: int):
                     import json
 
                     control = Path(os.environ["MUSCLEBOB_FAULTFS_CONTROL"])
+                    settings = dict(settings)
+                    if settings.pop("after_a_failure", False):
+                        wait_for_a_failure(Path(f"{control}.stats.json"), step=state.global_step + 1)
                     tmp = control.with_name(control.name + ".next")
                     tmp.write_text(json.dumps(settings))
                     os.rename(tmp, control)  # whole, as FaultFS.set writes it
