@@ -18,6 +18,7 @@ from .config import (
     ConfigError,
     TrainConfig,
     as_typed,
+    completions_per_step,
     field_default,
     flag_name,
     model_defaults,
@@ -135,10 +136,10 @@ def print_config(cfg: TrainConfig, sources: dict[str, str], log=print) -> None:
     log("Training with:")
     for f in fields(TrainConfig):
         log(f"  {as_typed(f.name, getattr(cfg, f.name)):<46}  ({sources.get(f.name, 'default')})")
-    log(
-        f"  (one step = {cfg.batch_size} prompts x {cfg.num_generations} generations = "
-        f"{cfg.batch_size * cfg.num_generations} completions)"
-    )
+    made = f"{cfg.batch_size} prompts x {cfg.num_generations} generations = {cfg.batch_size * cfg.num_generations}"
+    if cfg.num_iterations > 1:  # one generated batch serves num_iterations optimizer steps
+        made = f"{made} completions, each batch used for {cfg.num_iterations} steps: {completions_per_step(cfg)}"
+    log(f"  (one step = {made} completions)")
 
 
 def resume_command(script: str, cfg: TrainConfig, sources: dict[str, str], num_processes: int = 1) -> str:

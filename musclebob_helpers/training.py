@@ -241,8 +241,11 @@ def _trl_overrides(cfg: TrainConfig) -> dict:
     for item in cfg.trl_args:
         key, raw = item.split("=", 1)
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else "see TRL's GRPOConfig for the names"
+            [near] = difflib.get_close_matches(key, known, n=1) or [None]
+            # A near name this project sets gets its own flag: that --trl-arg would only be refused next.
+            hint = "see TRL's GRPOConfig for the names" if near is None else f"did you mean {flags.get(near, near)}?"
+            if near in _TRL_FIELDS_OWNED:
+                hint = f"did you mean {near}? ({_TRL_FIELDS_OWNED[near]})"
             raise ConfigError("trl_args", item, f"GRPOConfig has no field {key!r}; {hint}")
         if key in flags or key in _TRL_FIELDS_OWNED:
             raise ConfigError("trl_args", item, _TRL_FIELDS_OWNED.get(key) or f"use {flags[key]}")

@@ -449,3 +449,15 @@ def test_unreachable_hub_is_one_line_even_with_retries(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--model tiny" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_printed_step_size_counts_the_batch_reused_over_num_iterations(tmp_path):
+    """One generated batch serves --num-iterations optimizer steps, so a step uses fewer completions than made."""
+    lines = []
+    print_config(*parse(["--model", "tiny", "--num-iterations", "2", "--output-dir", str(tmp_path)]), log=lines.append)
+    assert lines[-1] == (
+        "  (one step = 2 prompts x 4 generations = 8 completions, each batch used for 2 steps: 4 completions)"
+    )
+    lines.clear()
+    print_config(*parse(["--model", "tiny", "--output-dir", str(tmp_path)]), log=lines.append)
+    assert lines[-1] == "  (one step = 2 prompts x 4 generations = 8 completions)"

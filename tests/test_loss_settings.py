@@ -148,6 +148,9 @@ BAD_TRL_ARGS = [
     # unknown: a did-you-mean from GRPOConfig's own fields
     ("top_entropy_quanitle=0.2", "GRPOConfig has no field 'top_entropy_quanitle'; did you mean top_entropy_quantile?"),
     ("zzzz=1", "GRPOConfig has no field 'zzzz'; see TRL's GRPOConfig"),
+    # near a field the project sets: the flag that sets it, not a --trl-arg that would be refused next
+    ("learning_rat=1e-3", "GRPOConfig has no field 'learning_rat'; did you mean --learning-rate?"),
+    ("num_train_epoch=3", "did you mean num_train_epochs? (use --epochs)"),
     # set by a flag of ours, or by the project
     ("learning_rate=1e-3", "is not allowed: use --learning-rate"),
     ("loss_type=grpo", "is not allowed: use --loss-type"),
