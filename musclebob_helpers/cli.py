@@ -136,10 +136,11 @@ def print_config(cfg: TrainConfig, sources: dict[str, str], log=print) -> None:
     log("Training with:")
     for f in fields(TrainConfig):
         log(f"  {as_typed(f.name, getattr(cfg, f.name)):<46}  ({sources.get(f.name, 'default')})")
-    made = f"{cfg.batch_size} prompts x {cfg.num_generations} generations = {cfg.batch_size * cfg.num_generations}"
+    made = cfg.batch_size * cfg.num_generations
+    step = f"{cfg.batch_size} prompts x {cfg.num_generations} generations = {made} completions"
     if cfg.num_iterations > 1:  # one generated batch serves num_iterations optimizer steps
-        made = f"{made} completions, each batch used for {cfg.num_iterations} steps: {completions_per_step(cfg)}"
-    log(f"  (one step = {made} completions)")
+        step += f", each batch used for {cfg.num_iterations} steps: {completions_per_step(cfg)} completions"
+    log(f"  (one step = {step})")
 
 
 def resume_command(script: str, cfg: TrainConfig, sources: dict[str, str], num_processes: int = 1) -> str:

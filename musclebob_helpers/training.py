@@ -242,10 +242,13 @@ def _trl_overrides(cfg: TrainConfig) -> dict:
         key, raw = item.split("=", 1)
         if key not in known:
             [near] = difflib.get_close_matches(key, known, n=1) or [None]
-            # A near name this project sets gets its own flag: that --trl-arg would only be refused next.
-            hint = "see TRL's GRPOConfig for the names" if near is None else f"did you mean {flags.get(near, near)}?"
-            if near in _TRL_FIELDS_OWNED:
+            # A near name this project sets points at how to set it: that --trl-arg would only be refused next.
+            if near is None:
+                hint = "see TRL's GRPOConfig for the names"
+            elif near in _TRL_FIELDS_OWNED:
                 hint = f"did you mean {near}? ({_TRL_FIELDS_OWNED[near]})"
+            else:
+                hint = f"did you mean {flags.get(near, near)}?"
             raise ConfigError("trl_args", item, f"GRPOConfig has no field {key!r}; {hint}")
         if key in flags or key in _TRL_FIELDS_OWNED:
             raise ConfigError("trl_args", item, _TRL_FIELDS_OWNED.get(key) or f"use {flags[key]}")

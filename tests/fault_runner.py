@@ -179,18 +179,16 @@ def interrupt(where: str) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def wait_for_a_failure(stats: Path, step: int, timeout: float = 120.0) -> None:
-    """Until the faultfs server's counts (``FaultFS.stats_path``) show a failed operation."""
-    import json
+def wait_for_a_failure(control: Path, step: int, timeout: float = 120.0) -> None:
+    """Until the counts of the faultfs server behind ``control`` show a failed operation."""
     import time
+
+    from tools.faultfs import read_stats, stats_path
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if json.loads(stats.read_text())["failed"]:
-                return
-        except (FileNotFoundError, ValueError):
-            pass
+        if read_stats(stats_path(control))["failed"]:
+            return
         time.sleep(0.05)
     print(f"{MARKER} the mount never failed before step {step}", file=sys.stderr)
 
@@ -227,7 +225,7 @@ def fault_callback(point: str, step: int):
                     control = Path(os.environ["MUSCLEBOB_FAULTFS_CONTROL"])
                     settings = dict(settings)
                     if settings.pop("after_a_failure", False):
-                        wait_for_a_failure(Path(f"{control}.stats.json"), step=state.global_step + 1)
+                        wait_for_a_failure(control, step=state.global_step + 1)
                     tmp = control.with_name(control.name + ".next")
                     tmp.write_text(json.dumps(settings))
                     os.rename(tmp, control)  # whole, as FaultFS.set writes it

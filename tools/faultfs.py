@@ -487,6 +487,19 @@ def mounted_fstype(mountpoint) -> str | None:
     return fstype
 
 
+def stats_path(control) -> Path:
+    """Where ``FaultFS`` has the server write its counts, beside the control file."""
+    return Path(f"{control}.stats.json")
+
+
+def read_stats(path) -> dict:
+    """The server's counts in ``path`` (see the module docstring); zeros before the first fault."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {"failed": {}, "delayed": {}, "throttled_writes": 0, "bytes_written": 0}
+
+
 class FaultFS:
     """A faultfs server in a subprocess, mounted while the object is entered.
 
@@ -496,7 +509,7 @@ class FaultFS:
     def __init__(self, backing, mountpoint, control=None, timeout: float = 15.0, debug: bool = False):
         self.backing, self.mountpoint = Path(backing), Path(mountpoint)
         self.control = Path(control) if control else self.mountpoint.with_name(self.mountpoint.name + ".faultfs.json")
-        self.stats_path = Path(f"{self.control}.stats.json")
+        self.stats_path = stats_path(self.control)
         self.log_path = Path(f"{self.control}.log")
         self.timeout, self.debug = timeout, debug
         self.settings = normalize({})
@@ -550,10 +563,7 @@ class FaultFS:
 
     def stats(self) -> dict:
         """What the server counted so far (see the module docstring); zeros before the first fault."""
-        try:
-            return json.loads(self.stats_path.read_text())
-        except FileNotFoundError:
-            return {"failed": {}, "delayed": {}, "throttled_writes": 0, "bytes_written": 0}
+        return read_stats(self.stats_path)
 
     def mounted(self) -> bool:
         return mounted_fstype(self.mountpoint) is not None
